@@ -1,0 +1,101 @@
+"""The executable contract: typed parameters in, typed result out."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+P_co = TypeVar("P_co", bound=BaseModel, covariant=True)
+
+TASK_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,127}$")
+
+
+class Progress(BaseModel):
+    """Progress an executable reports. Subclass it to carry typed extra fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: float | None = Field(default=None, ge=0, le=100)
+    message: str | None = Field(default=None, max_length=1000)
+
+
+class TaskContext(Protocol[P_co]):
+    """What an executable sees of the platform while it runs."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def task_type(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def parameters(self) -> P_co: ...
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation of this task was requested; stop soon when it is."""
+        ...
+
+    async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
+        """Record progress (stored and published as an event)."""
+        ...
+
+    def log_info(self, message: str, **fields: Any) -> None:
+        """Log with the task's context attached."""
+        ...
+
+    def log_error(self, message: str, **fields: Any) -> None:
+        """Log an error with the task's context attached."""
+        ...
+
+
+class BackgroundTaskExecutable(ABC, Generic[P, R]):
+    """Base class of every task type.
+
+    Subclasses set ``task_type``, define nested pydantic models ``Params`` and ``Result``
+    and implement ``execute``. One instance serves every task of its type in a worker,
+    so keep per-task state in locals, not on ``self``.
+    """
+
+    task_type: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    Result: ClassVar[type[BaseModel]]
+    #: Work queue group; tasks of types sharing a queue share a RabbitMQ queue.
+    queue: ClassVar[str] = "default"
+    #: Seconds an attempt may run; None means the platform default.
+    timeout: ClassVar[float | None] = None
+    #: Short description, shown in the API's list of task types.
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    async def execute(self, ctx: TaskContext[P]) -> R:
+        """Run one attempt and return the result."""
+
+    @classmethod
+    def validate_definition(cls) -> None:
+        """Raise TypeError when the class does not meet the contract."""
+        name = cls.__qualname__
+        task_type = getattr(cls, "task_type", None)
+        if not isinstance(task_type, str) or not TASK_TYPE_PATTERN.match(task_type):
+            raise TypeError(
+                f"{name}.task_type must match {TASK_TYPE_PATTERN.pattern} (a lower-case name), "
+                f"got {task_type!r}"
+            )
+        for attr in ("Params", "Result"):
+            model = getattr(cls, attr, None)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise TypeError(f"{name}.{attr} must be a pydantic BaseModel subclass")
+        if not inspect.iscoroutinefunction(cls.execute):
+            raise TypeError(f"{name}.execute must be 'async def'")
+        if inspect.isabstract(cls):
+            raise TypeError(f"{name} does not implement execute()")
+        if not isinstance(cls.queue, str) or not TASK_TYPE_PATTERN.match(cls.queue):
+            raise TypeError(f"{name}.queue must match {TASK_TYPE_PATTERN.pattern}, got {cls.queue!r}")

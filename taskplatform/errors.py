@@ -1,0 +1,81 @@
+"""The platform's exception tree.
+
+``TaskPlatformError`` is the root. *Faults* say something in the platform or its
+infrastructure went wrong; *control signals* are raised by executables to steer
+settlement.
+"""
+
+from __future__ import annotations
+
+
+class TaskPlatformError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+
+# ---------------------------------------------------------------- faults
+class Fault(TaskPlatformError):
+    """Something outside the executable's control failed."""
+
+
+class ConfigError(Fault):
+    """Configuration is invalid; the message says which setting and why."""
+
+
+class BrokerError(Fault):
+    """RabbitMQ could not be reached or refused an operation."""
+
+
+class UnroutableError(BrokerError):
+    """A mandatory publish came back unroutable: no queue is bound for the routing key."""
+
+
+class StoreError(Fault):
+    """The task store failed."""
+
+
+class TopologyError(Fault):
+    """The broker's topology differs from the declared one."""
+
+
+class UnknownTaskTypeError(TaskPlatformError):
+    """No executable is registered for a task type."""
+
+    def __init__(self, task_type: str, registered: list[str]) -> None:
+        self.task_type = task_type
+        self.registered = sorted(registered)
+        names = ", ".join(self.registered) or "(none)"
+        super().__init__(f"unknown task type {task_type!r}; registered: {names}")
+
+
+class DuplicateTaskError(StoreError):
+    """A task with this id (or idempotency key) already exists."""
+
+
+class MessageDecodeError(TaskPlatformError):
+    """An AMQP message could not be decoded into a task message."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+# ------------------------------------------------------- control signals
+class ControlSignal(TaskPlatformError):
+    """Raised by an executable to steer how its attempt is settled."""
+
+
+class Retry(ControlSignal):
+    """Ask for another attempt, optionally after ``delay`` seconds."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        self.delay = delay
+        super().__init__(message)
+
+
+class PermanentFailure(ControlSignal):
+    """Fail the task now, without retrying; it goes to the dead-letter queue."""
+
+
+class Cancelled(ControlSignal):
+    """The task observed a cancellation request and stopped."""

@@ -1,0 +1,30 @@
+"""Data that crosses process boundaries: statuses, the task document, the AMQP message."""
+
+from taskplatform.models.message import TaskMessage
+from taskplatform.models.status import RUNNABLE, TERMINAL, TRANSITIONS, TaskStatus, can_transition, sources_of
+from taskplatform.models.task import (
+    BackgroundTask,
+    ErrorInfo,
+    OutboxState,
+    OutboxStatus,
+    SubTaskStatusSummary,
+    new_task_id,
+    utcnow,
+)
+
+__all__ = [
+    "RUNNABLE",
+    "TERMINAL",
+    "TRANSITIONS",
+    "BackgroundTask",
+    "ErrorInfo",
+    "OutboxState",
+    "OutboxStatus",
+    "SubTaskStatusSummary",
+    "TaskMessage",
+    "TaskStatus",
+    "can_transition",
+    "new_task_id",
+    "sources_of",
+    "utcnow",
+]

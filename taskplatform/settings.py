@@ -1,0 +1,82 @@
+"""Platform configuration: one settings object, read from the environment on demand."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
+
+
+def default_node_id() -> str:
+    """A node id unique per process: host, pid and a short random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class PlatformSettings(BaseSettings):
+    """Every knob of the platform. Environment prefix ``TASKPLATFORM_``.
+
+    Nothing is read at import time: build one with ``PlatformSettings()`` where the
+    process starts and pass it down.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TASKPLATFORM_", extra="ignore", validate_default=True)
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    store_url: str = DEFAULT_STORE_URL
+    store_auto_migrate: bool = True
+    node_id: str = Field(default_factory=default_node_id)
+
+    # worker
+    prefetch: int = Field(default=32, ge=1, le=65535)
+    task_timeout_seconds: float = Field(default=300.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    executor_modules: list[str] = Field(default_factory=list)
+    load_entry_points: bool = True
+
+    # topology
+    topology_prefix: str = ""
+    delivery_limit: int = Field(default=5, ge=1)
+
+    # publishing and outbox
+    publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    publish_retry_attempts: int = Field(default=3, ge=1)
+    outbox_relay_enabled: bool = True
+    outbox_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_grace_seconds: float = Field(default=10.0, ge=0)
+    outbox_lease_seconds: float = Field(default=30.0, gt=0)
+    outbox_batch_size: int = Field(default=200, ge=1)
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    api_url: str | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_json: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {value!r}")
+        return value
+
+    @property
+    def client_api_url(self) -> str:
+        """Where clients (CLI, Python client) reach the API."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::") else self.api_host  # noqa: S104
+        return f"http://{host}:{self.api_port}"

@@ -1,0 +1,279 @@
+"""The task store port: one protocol, one shared implementation of the operations.
+
+Backends implement a handful of primitives (insert, fetch, list, a guarded update,
+outbox claiming); every state-changing operation is written once here on top of the
+guarded update, so all backends make the same decisions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskplatform.models import (
+    RUNNABLE,
+    BackgroundTask,
+    ErrorInfo,
+    OutboxStatus,
+    TaskStatus,
+    sources_of,
+    utcnow,
+)
+
+MAX_PAGE_SIZE = 500
+
+
+class TaskFilter(BaseModel):
+    """List filters; every given field must match. ``tags``: the task carries all of them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: TaskStatus | None = None
+    task_type: str | None = None
+    user_id: str | None = None
+    parent_task_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class TaskPage(BaseModel):
+    """One page of a listing, newest first; ``next_cursor`` is None on the last page."""
+
+    items: list[BackgroundTask] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class InvalidCursorError(ValueError):
+    """A pagination cursor that this store did not produce."""
+
+
+def encode_cursor(created_at: datetime, task_id: str) -> str:
+    """An opaque cursor pointing just after (created_at, id) in newest-first order."""
+    raw = f"{created_at.isoformat()}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of :func:`encode_cursor`; raises InvalidCursorError on anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, task_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        when = datetime.fromisoformat(stamp)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursorError(f"invalid cursor {cursor!r}") from exc
+    if when.tzinfo is None or not task_id:
+        raise InvalidCursorError(f"invalid cursor {cursor!r}")
+    return when, task_id
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The condition a guarded update requires of the current document.
+
+    The document must be in one of ``statuses`` and match every ``equals`` field, or,
+    when ``takeover_before`` is set, be RUNNING with ``lease_until`` earlier than it
+    (and still match ``equals``): the previous owner's lease has lapsed.
+    """
+
+    statuses: frozenset[TaskStatus]
+    equals: Mapping[str, Any] = field(default_factory=dict)
+    takeover_before: datetime | None = None
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What the platform needs from durable task state. Contract: ``tests/store``."""
+
+    url_scheme: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create(self, task: BackgroundTask) -> None: ...
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None: ...
+    async def get(self, task_id: str) -> BackgroundTask | None: ...
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage: ...
+    async def count_by_status(self) -> dict[TaskStatus, int]: ...
+
+    async def try_set_running(
+        self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
+    ) -> BackgroundTask | None: ...
+    async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool: ...
+    async def record_completion(
+        self, task_id: str, *, node_id: str, attempt: int, result: Mapping[str, Any] | None
+    ) -> BackgroundTask | None: ...
+    async def record_failure(
+        self, task_id: str, *, node_id: str, attempt: int, error: ErrorInfo, status: TaskStatus
+    ) -> BackgroundTask | None: ...
+
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> list[BackgroundTask]: ...
+    async def mark_published(self, task_ids: Sequence[str]) -> int: ...
+    async def record_publish_failure(self, task_id: str, error: str) -> None: ...
+
+
+class BaseTaskStore(ABC):
+    """Shared operations over a backend's primitives."""
+
+    url_scheme: str = ""
+
+    # ------------------------------------------------------------ primitives
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and make sure the schema/indexes exist."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    @abstractmethod
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
+        """Insert new documents; DuplicateTaskError if an id exists (nothing inserted)."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> BackgroundTask | None:
+        """The document, or None."""
+
+    @abstractmethod
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """A page of documents, newest first."""
+
+    @abstractmethod
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (statuses with none are omitted)."""
+
+    @abstractmethod
+    async def _guarded_update(
+        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
+    ) -> BackgroundTask | None:
+        """Apply ``changes`` atomically if ``guard`` holds; bump version, set updated_at.
+
+        ``changes`` keys are document field names (``outbox.<field>`` for outbox state);
+        values are JSON-ready (models already dumped) except datetimes and enums.
+        Returns the updated document, or None when the guard did not hold.
+        """
+
+    @abstractmethod
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> list[BackgroundTask]:
+        """Lease up to ``limit`` pending outbox entries created before ``created_before``
+        whose lease is free or lapsed; returns them (leased to ``owner``)."""
+
+    @abstractmethod
+    async def mark_published(self, task_ids: Sequence[str]) -> int:
+        """Mark the outbox of these tasks published; returns how many changed."""
+
+    @abstractmethod
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        """Count a failed publish attempt and keep the error; the entry stays pending."""
+
+    # ------------------------------------------------------------ operations
+    async def create(self, task: BackgroundTask) -> None:
+        """Insert one new document."""
+        await self.create_many([task])
+
+    async def try_set_running(
+        self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
+    ) -> BackgroundTask | None:
+        """Claim the task for this attempt. Returns the document if this caller won.
+
+        Wins when the task is QUEUED/RETRYING at this attempt, or RUNNING at this attempt
+        under a lease that has lapsed (its previous owner died).
+        """
+        now = utcnow()
+        guard = Guard(statuses=RUNNABLE, equals={"retry_count": attempt}, takeover_before=now)
+        return await self._guarded_update(
+            task_id,
+            guard,
+            {
+                "status": TaskStatus.RUNNING,
+                "execution_node_id": node_id,
+                "lease_until": lease_until,
+                "last_attempt_at": now,
+                "started_at": now,
+                "next_attempt_at": None,
+            },
+        )
+
+    async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool:
+        """Store progress reported by the task's current owner."""
+        guard = Guard(statuses=frozenset({TaskStatus.RUNNING}), equals={"execution_node_id": node_id})
+        return await self._guarded_update(task_id, guard, {"progress": dict(progress)}) is not None
+
+    async def record_completion(
+        self, task_id: str, *, node_id: str, attempt: int, result: Mapping[str, Any] | None
+    ) -> BackgroundTask | None:
+        """RUNNING -> COMPLETED with ``result``, only for the owner of this attempt."""
+        guard = Guard(
+            statuses=frozenset({TaskStatus.RUNNING}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(
+            task_id,
+            guard,
+            {
+                "status": TaskStatus.COMPLETED,
+                "result": dict(result) if result is not None else None,
+                "completed_at": utcnow(),
+                "lease_until": None,
+            },
+        )
+
+    async def record_failure(
+        self, task_id: str, *, node_id: str, attempt: int, error: ErrorInfo, status: TaskStatus
+    ) -> BackgroundTask | None:
+        """Record a failed attempt and move to ``status`` (FAILED or DEAD_LETTER).
+
+        Only the owner of this attempt may do it, from a status that may legally precede
+        ``status``.
+        """
+        if status not in (TaskStatus.FAILED, TaskStatus.DEAD_LETTER):
+            raise ValueError(f"record_failure moves to FAILED or DEAD_LETTER, not {status}")
+        guard = Guard(
+            statuses=sources_of(status) & frozenset({TaskStatus.RUNNING, TaskStatus.FAILED}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(
+            task_id,
+            guard,
+            {
+                "status": status,
+                "error_info": error.model_dump(mode="json"),
+                "completed_at": utcnow(),
+                "lease_until": None,
+            },
+        )
+
+
+def check_page_size(limit: int) -> int:
+    """Validate a page size (1..MAX_PAGE_SIZE)."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+    return limit
+
+
+def outbox_published_changes(now: datetime) -> dict[str, Any]:
+    """The changes that mark an outbox entry published."""
+    return {
+        "outbox.status": OutboxStatus.PUBLISHED.value,
+        "outbox.published_at": now,
+        "outbox.lease_until": None,
+        "outbox.lease_owner": None,
+    }

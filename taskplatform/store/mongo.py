@@ -1,0 +1,260 @@
+"""MongoDB task store on PyMongo's async API (``AsyncMongoClient``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from taskplatform.errors import DuplicateTaskError, StoreError
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
+from taskplatform.store.base import (
+    BaseTaskStore,
+    Guard,
+    TaskFilter,
+    TaskPage,
+    check_page_size,
+    decode_cursor,
+    encode_cursor,
+    outbox_published_changes,
+)
+
+COLLECTION = "tasks"
+DEFAULT_DATABASE = "taskplatform"
+_TOP_DATETIMES = (
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "last_attempt_at",
+    "next_attempt_at",
+    "lease_until",
+)
+_OUTBOX_DATETIMES = ("lease_until", "published_at")
+
+
+def _aware(value: Any) -> Any:
+    # BSON datetimes have no zone; a tz_aware client returns UTC, an emulation may not.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _mongo_value(value: Any) -> Any:
+    return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
+
+
+class MongoTaskStore(BaseTaskStore):
+    """Tasks as documents in one collection (``_id`` is the task id).
+
+    ``database`` may be injected (any object with PyMongo's async database interface);
+    otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
+    database (``taskplatform`` when it has none).
+    """
+
+    url_scheme = "mongodb"
+
+    def __init__(self, url: str, *, database: Any = None, server_selection_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self._timeout_ms = server_selection_timeout_ms
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._db: Any = database
+        self._injected = database is not None
+
+    @property
+    def collection(self) -> Any:
+        if self._db is None:
+            raise StoreError("store is not open; call open() first")
+        return self._db[COLLECTION]
+
+    async def open(self) -> None:
+        if self._db is None:
+            self._client = AsyncMongoClient(
+                self.url,
+                tz_aware=True,
+                serverSelectionTimeoutMS=self._timeout_ms,
+                uuidRepresentation="standard",
+            )
+            self._db = self._client.get_default_database(default=DEFAULT_DATABASE)
+        async with self._errors():
+            await self.ping()
+            await self._ensure_indexes()
+
+    async def _ensure_indexes(self) -> None:
+        coll = self.collection
+        await coll.create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="ix_created")
+        await coll.create_index([("status", ASCENDING), ("created_at", DESCENDING)], name="ix_status_created")
+        await coll.create_index(
+            [("task_type", ASCENDING), ("created_at", DESCENDING)], name="ix_type_created"
+        )
+        await coll.create_index([("user_id", ASCENDING), ("created_at", DESCENDING)], name="ix_user_created")
+        await coll.create_index([("parent_task_id", ASCENDING)], name="ix_parent")
+        await coll.create_index([("tags", ASCENDING)], name="ix_tags")
+        await coll.create_index(
+            [("created_at", ASCENDING)],
+            name="ix_outbox_pending",
+            partialFilterExpression={"outbox.status": OutboxStatus.PENDING.value},
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+        if not self._injected:
+            self._db = None
+
+    async def ping(self) -> None:
+        if self._db is None:
+            raise StoreError("store is not open; call open() first")
+        async with self._errors():
+            await self._db.command("ping")
+
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            raise DuplicateTaskError(f"task already exists: {exc}") from exc
+        except PyMongoError as exc:
+            raise StoreError(f"store operation failed: {exc}") from exc
+
+    # ------------------------------------------------------------ mapping
+    @staticmethod
+    def _to_doc(task: BackgroundTask) -> dict[str, Any]:
+        doc = task.model_dump(mode="python", exclude={"id"})
+        doc["_id"] = task.id
+        doc["status"] = task.status.value
+        doc["outbox"]["status"] = task.outbox.status.value
+        for name in ("error_info", "sub_task_status_summary"):
+            model = getattr(task, name)
+            doc[name] = model.model_dump(mode="json") if model is not None else None
+        return doc
+
+    @staticmethod
+    def _to_task(doc: Mapping[str, Any]) -> BackgroundTask:
+        data = dict(doc)
+        data["id"] = data.pop("_id")
+        for name in _TOP_DATETIMES:
+            data[name] = _aware(data.get(name))
+        outbox = dict(data.get("outbox") or {})
+        for name in _OUTBOX_DATETIMES:
+            outbox[name] = _aware(outbox.get(name))
+        data["outbox"] = outbox
+        return BackgroundTask.model_validate(data)
+
+    # ------------------------------------------------------------ primitives
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
+        if not tasks:
+            return
+        async with self._errors():
+            await self.collection.insert_many([self._to_doc(t) for t in tasks], ordered=True)
+
+    async def get(self, task_id: str) -> BackgroundTask | None:
+        async with self._errors():
+            doc = await self.collection.find_one({"_id": task_id})
+        return self._to_task(doc) if doc is not None else None
+
+    @staticmethod
+    def _filter(filters: TaskFilter) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if filters.status is not None:
+            query["status"] = filters.status.value
+        for name in ("task_type", "user_id", "parent_task_id"):
+            value = getattr(filters, name)
+            if value is not None:
+                query[name] = value
+        if filters.tags:
+            query["tags"] = {"$all": list(filters.tags)}
+        return query
+
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        check_page_size(limit)
+        query = self._filter(filters or TaskFilter())
+        if cursor:
+            at, last_id = decode_cursor(cursor)
+            query["$or"] = [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": last_id}}]
+        async with self._errors():
+            found = self.collection.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            docs = await found.limit(limit + 1).to_list(None)
+        items = [self._to_task(d) for d in docs[:limit]]
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(docs) > limit else None
+        return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        async with self._errors():
+            cursor = await self.collection.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            rows = await cursor.to_list(None)
+        return {TaskStatus(r["_id"]): int(r["n"]) for r in rows}
+
+    @staticmethod
+    def _guard_filter(task_id: str, guard: Guard) -> dict[str, Any]:
+        equals = {k: _mongo_value(v) for k, v in guard.equals.items()}
+        branches: list[dict[str, Any]] = [{"status": {"$in": [s.value for s in guard.statuses]}, **equals}]
+        if guard.takeover_before is not None:
+            branches.append(
+                {"status": TaskStatus.RUNNING.value, "lease_until": {"$lt": guard.takeover_before}, **equals}
+            )
+        return {"_id": task_id, "$or": branches}
+
+    async def _guarded_update(
+        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
+    ) -> BackgroundTask | None:
+        values = {k: _mongo_value(v) for k, v in changes.items()}
+        values.setdefault("updated_at", utcnow())
+        async with self._errors():
+            doc = await self.collection.find_one_and_update(
+                self._guard_filter(task_id, guard),
+                {"$set": values, "$inc": {"version": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return self._to_task(doc) if doc is not None else None
+
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> list[BackgroundTask]:
+        now = utcnow()
+        claimable = {
+            "outbox.status": OutboxStatus.PENDING.value,
+            "created_at": {"$lt": created_before},
+            "$or": [{"outbox.lease_until": None}, {"outbox.lease_until": {"$lt": now}}],
+        }
+        claimed: list[BackgroundTask] = []
+        async with self._errors():
+            # Each claim is one atomic find-and-modify, so two relays never lease the same entry.
+            for _ in range(limit):
+                doc = await self.collection.find_one_and_update(
+                    claimable,
+                    {
+                        "$set": {"outbox.lease_until": lease_until, "outbox.lease_owner": owner},
+                        "$inc": {"version": 1},
+                    },
+                    sort=[("created_at", ASCENDING)],
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is None:
+                    break
+                claimed.append(self._to_task(doc))
+        return claimed
+
+    async def mark_published(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        async with self._errors():
+            result = await self.collection.update_many(
+                {"_id": {"$in": list(task_ids)}, "outbox.status": OutboxStatus.PENDING.value},
+                {"$set": outbox_published_changes(utcnow()), "$inc": {"version": 1}},
+            )
+        return int(result.modified_count)
+
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        async with self._errors():
+            await self.collection.update_one(
+                {"_id": task_id, "outbox.status": OutboxStatus.PENDING.value},
+                {"$inc": {"outbox.attempts": 1, "version": 1}, "$set": {"outbox.last_error": error[:2000]}},
+            )

@@ -1,0 +1,5 @@
+"""SQL backends (PostgreSQL, SQLite)."""
+
+from taskplatform.store.sql.store import SqlTaskStore
+
+__all__ = ["SqlTaskStore"]

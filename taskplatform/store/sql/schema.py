@@ -1,0 +1,103 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def json_type() -> Any:
+    """JSON, stored as JSONB on PostgreSQL."""
+    return JSON().with_variant(JSONB(), "postgresql")
+
+
+metadata = MetaData()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=True),
+    Column("task_type", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("parameters", json_type(), nullable=False),
+    Column("progress", json_type(), nullable=True),
+    Column("result", json_type(), nullable=True),
+    Column("error_info", json_type(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("retry_count", Integer, nullable=False, server_default=text("0")),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("execution_node_id", String(255), nullable=True),
+    Column("parent_task_id", String(64), nullable=True),
+    Column("sub_task_status_summary", json_type(), nullable=True),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("tags", json_type(), nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("outbox_status", String(16), nullable=False),
+    Column("outbox_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("outbox_lease_until", UTCDateTime(), nullable=True),
+    Column("outbox_lease_owner", String(255), nullable=True),
+    Column("outbox_published_at", UTCDateTime(), nullable=True),
+    Column("outbox_last_error", Text, nullable=True),
+    Index("ix_tasks_created", "created_at", "id"),
+    Index("ix_tasks_status_created", "status", "created_at"),
+    Index("ix_tasks_type_created", "task_type", "created_at"),
+    Index("ix_tasks_user_created", "user_id", "created_at"),
+    Index("ix_tasks_parent", "parent_task_id"),
+    Index(
+        "ix_tasks_outbox_pending",
+        "created_at",
+        postgresql_where=text("outbox_status = 'pending'"),
+        sqlite_where=text("outbox_status = 'pending'"),
+    ),
+)
+
+#: Document fields kept as JSON columns.
+JSON_FIELDS = ("parameters", "progress", "result", "error_info", "sub_task_status_summary", "tags")
+#: Outbox sub-fields, flattened into ``outbox_<name>`` columns.
+OUTBOX_FIELDS = ("status", "attempts", "lease_until", "lease_owner", "published_at", "last_error")

@@ -1,0 +1,309 @@
+"""SQL task store: PostgreSQL (asyncpg) and SQLite (aiosqlite) through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    event,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from taskplatform.errors import DuplicateTaskError, StoreError
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
+from taskplatform.store.base import (
+    BaseTaskStore,
+    Guard,
+    TaskFilter,
+    TaskPage,
+    check_page_size,
+    decode_cursor,
+    encode_cursor,
+    outbox_published_changes,
+)
+from taskplatform.store.sql import migrate
+from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
+
+_COLUMNS = {c.name for c in tasks.columns}
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _column_name(field: str) -> str:
+    return field.replace("outbox.", "outbox_", 1) if field.startswith("outbox.") else field
+
+
+def _db_value(value: Any) -> Any:
+    return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
+
+
+class SqlTaskStore(BaseTaskStore):
+    """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``."""
+
+    def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:
+        self.url = url
+        self.url_scheme = url.split(":", 1)[0]
+        self._auto_migrate = auto_migrate
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("store is not open; call open() first")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+        if self.url.startswith("sqlite"):
+            self._prepare_sqlite_path()
+        else:
+            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_pre_ping=True)
+        engine = create_async_engine(self.url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        try:
+            if self._auto_migrate:
+                await migrate.upgrade(engine)
+            else:
+                await self.ping()
+        except SQLAlchemyError as exc:
+            await self.close()
+            raise StoreError(f"cannot open store {engine.url!r}: {exc}") from exc
+        except OSError as exc:
+            await self.close()
+            raise StoreError(f"cannot reach store {engine.url!r}: {exc}") from exc
+
+    def _prepare_sqlite_path(self) -> None:
+        database = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._errors():
+            async with self.engine.connect() as conn:
+                await conn.execute(select(literal(1)))
+
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (StoreError, ValueError):
+            raise
+        except IntegrityError as exc:
+            raise DuplicateTaskError(f"task already exists: {exc.orig}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store operation failed: {exc}") from exc
+
+    # ------------------------------------------------------------ mapping
+    @staticmethod
+    def _to_row(task: BackgroundTask) -> dict[str, Any]:
+        doc = task.model_dump(mode="python")
+        row = {k: v for k, v in doc.items() if k in _COLUMNS}
+        row["status"] = task.status.value
+        for name in ("error_info", "sub_task_status_summary"):
+            model = getattr(task, name)
+            row[name] = model.model_dump(mode="json") if model is not None else None
+        for name in OUTBOX_FIELDS:
+            row[f"outbox_{name}"] = _db_value(doc["outbox"][name])
+        return row
+
+    @staticmethod
+    def _to_task(row: Row[Any] | Mapping[str, Any]) -> BackgroundTask:
+        data = dict(row._mapping) if isinstance(row, Row) else dict(row)
+        data["outbox"] = {name: data.pop(f"outbox_{name}") for name in OUTBOX_FIELDS}
+        return BackgroundTask.model_validate(data)
+
+    # ------------------------------------------------------------ primitives
+    async def create_many(self, tasks_: Sequence[BackgroundTask]) -> None:
+        if not tasks_:
+            return
+        rows = [self._to_row(t) for t in tasks_]
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(tasks), rows)
+
+    async def get(self, task_id: str) -> BackgroundTask | None:
+        async with self._errors():
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        return self._to_task(row) if row is not None else None
+
+    def _tag_clause(self, tag: str) -> ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            return type_coerce(tasks.c.tags, JSONB).contains([tag])
+        each = func.json_each(tasks.c.tags).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
+
+    def _filter_clauses(self, filters: TaskFilter) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if filters.status is not None:
+            clauses.append(tasks.c.status == filters.status.value)
+        for name in ("task_type", "user_id", "parent_task_id"):
+            value = getattr(filters, name)
+            if value is not None:
+                clauses.append(tasks.c[name] == value)
+        clauses.extend(self._tag_clause(tag) for tag in filters.tags)
+        return clauses
+
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        check_page_size(limit)
+        clauses = self._filter_clauses(filters or TaskFilter())
+        if cursor:
+            at, last_id = decode_cursor(cursor)
+            clauses.append(or_(tasks.c.created_at < at, and_(tasks.c.created_at == at, tasks.c.id < last_id)))
+        query = (
+            select(tasks)
+            .where(and_(true(), *clauses))
+            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+            .limit(limit + 1)
+        )
+        async with self._errors():
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        items = [self._to_task(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+        return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        async with self._errors():
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return {TaskStatus(status): int(n) for status, n in rows}
+
+    def _guard_clause(self, guard: Guard) -> ColumnElement[bool]:
+        equals = [tasks.c[_column_name(k)] == _db_value(v) for k, v in guard.equals.items()]
+        allowed = tasks.c.status.in_([s.value for s in guard.statuses])
+        if guard.takeover_before is not None:
+            takeover = and_(
+                tasks.c.status == TaskStatus.RUNNING.value,
+                tasks.c.lease_until.is_not(None),
+                tasks.c.lease_until < guard.takeover_before,
+            )
+            allowed = or_(allowed, takeover)
+        return and_(allowed, *equals)
+
+    async def _guarded_update(
+        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
+    ) -> BackgroundTask | None:
+        values = {_column_name(k): _db_value(v) for k, v in changes.items()}
+        values["version"] = tasks.c.version + 1
+        values.setdefault("updated_at", utcnow())
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, self._guard_clause(guard))
+            .values(**values)
+            .returning(*tasks.columns)
+        )
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(stmt)).first()
+        return self._to_task(row) if row is not None else None
+
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> list[BackgroundTask]:
+        now = utcnow()
+        claimable = and_(
+            tasks.c.outbox_status == OutboxStatus.PENDING.value,
+            tasks.c.created_at < created_before,
+            or_(tasks.c.outbox_lease_until.is_(None), tasks.c.outbox_lease_until < now),
+        )
+        candidates = (
+            select(tasks.c.id)
+            .where(claimable)
+            .order_by(tasks.c.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(candidates.scalar_subquery()), claimable)
+            .values(outbox_lease_until=lease_until, outbox_lease_owner=owner, version=tasks.c.version + 1)
+            .returning(*tasks.columns)
+        )
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                rows = (await conn.execute(stmt)).all()
+        claimed = [self._to_task(r) for r in rows]
+        claimed.sort(key=lambda t: t.created_at)
+        return claimed
+
+    async def mark_published(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        values: dict[str, Any] = {_column_name(k): v for k, v in outbox_published_changes(utcnow()).items()}
+        values["version"] = tasks.c.version + 1
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id.in_(list(task_ids)), tasks.c.outbox_status == OutboxStatus.PENDING.value)
+            .values(**values)
+        )
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                result = await conn.execute(stmt)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.outbox_status == OutboxStatus.PENDING.value)
+            .values(
+                outbox_attempts=tasks.c.outbox_attempts + 1,
+                outbox_last_error=error[:2000],
+                version=tasks.c.version + 1,
+            )
+        )
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                await conn.execute(stmt)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,136 @@
+"""Store fixtures: one contract, every backend.
+
+``store`` is parametrized over SQLite, PostgreSQL and MongoDB. MongoDB runs against a
+real server when ``TASKPLATFORM_TEST_MONGODB_URL`` is set, in a testcontainers container
+when a Docker engine answers, and otherwise against the in-process emulation; the test
+id and the report header say which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from taskplatform.store import BaseTaskStore
+from taskplatform.store.mongo import MongoTaskStore
+from taskplatform.store.sql import SqlTaskStore
+from tests.support.mongo_emulation import AsyncEmulatedDatabase
+from tests.support.services import MONGODB_URL, POSTGRES_URL, require_postgres
+
+
+def _docker_engine_available() -> bool:
+    sock = Path("/var/run/docker.sock")
+    if not sock.exists() and not os.environ.get("DOCKER_HOST"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: F401  (installed with testcontainers)
+
+        return bool(docker.from_env().ping())
+    except Exception:
+        return False
+
+
+def mongo_mode() -> str:
+    if MONGODB_URL:
+        return "real"
+    if _docker_engine_available():
+        return "container"
+    return "emulated"
+
+
+MONGO_MODE = mongo_mode()
+
+
+def pytest_report_header() -> str:
+    where = {
+        "real": f"a real server at TASKPLATFORM_TEST_MONGODB_URL={MONGODB_URL}",
+        "container": "a MongoDB container started by testcontainers",
+        "emulated": "the in-process emulation (mongomock behind an async adapter); "
+        "set TASKPLATFORM_TEST_MONGODB_URL to run it against a real server",
+    }[MONGO_MODE]
+    return f"store contract, MongoDB backend: {where}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    require_postgres()
+    name = f"tp_test_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run_sync(sql: str) -> None:
+        # Own thread: this fixture may be first requested from inside a running event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    run_sync(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mongodb_url() -> Iterator[str | None]:
+    """URL of a real MongoDB (env or container), or None for the emulation."""
+    if MONGO_MODE == "real":
+        yield MONGODB_URL
+    elif MONGO_MODE == "container":
+        from testcontainers.mongodb import MongoDbContainer
+
+        with MongoDbContainer("mongo:7") as container:
+            yield container.get_connection_url()
+    else:
+        yield None
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "postgresql",
+        pytest.param(f"mongodb-{MONGO_MODE}", marks=pytest.mark.mongodb),
+    ]
+)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseTaskStore]:
+    backend: str = request.param
+    s: BaseTaskStore
+    if backend == "sqlite":
+        s = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path}/tasks.db")
+    elif backend == "postgresql":
+        url = request.getfixturevalue("postgres_database_url")
+        s = SqlTaskStore(url)
+    else:
+        url = request.getfixturevalue("mongodb_url")
+        if url is None:
+            s = MongoTaskStore("mongodb://emulated/taskplatform_test", database=AsyncEmulatedDatabase())
+        else:
+            db_name = f"tp_test_{uuid.uuid4().hex[:12]}"
+            base = url.split("?", 1)[0].rstrip("/")
+            s = MongoTaskStore(f"{base}/{db_name}?authSource=admin")
+    await s.open()
+    if isinstance(s, SqlTaskStore) and backend == "postgresql":
+        async with s.engine.begin() as conn:
+            from sqlalchemy import text
+
+            await conn.execute(text("TRUNCATE tasks"))
+    try:
+        yield s
+    finally:
+        if isinstance(s, MongoTaskStore) and backend != "mongodb-emulated":
+            await s._db.client.drop_database(s._db.name)
+        await s.close()

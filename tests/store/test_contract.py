@@ -1,0 +1,248 @@
+"""The TaskStore contract: one body, run against every backend (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from taskplatform.errors import DuplicateTaskError
+from taskplatform.models import BackgroundTask, ErrorInfo, OutboxStatus, TaskStatus, utcnow
+from taskplatform.store import BaseTaskStore, InvalidCursorError, TaskFilter
+
+NODE = "node-a"
+
+
+def make_task(**overrides: object) -> BackgroundTask:
+    fields: dict[str, object] = {
+        "task_type": "generate_summary",
+        "parameters": {"text": "x", "max_sentences": 1},
+    }
+    fields.update(overrides)
+    return BackgroundTask.model_validate(fields)
+
+
+def close_in_time(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) < timedelta(milliseconds=1)  # type: ignore[operator]  # BSON keeps milliseconds
+
+
+async def claim(
+    store: BaseTaskStore, task: BackgroundTask, *, node: str = NODE, lease: float = 60
+) -> BackgroundTask | None:
+    return await store.try_set_running(
+        task.id, attempt=task.retry_count, node_id=node, lease_until=utcnow() + timedelta(seconds=lease)
+    )
+
+
+async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) -> None:
+    task = make_task(
+        user_id="u1",
+        priority=7,
+        tags=["a", "b"],
+        parent_task_id="p1",
+        idempotency_key="k1",
+        parameters={"text": "héllo", "nested": {"n": [1, 2.5, None, True]}},
+    )
+    await store.create(task)
+    got = await store.get(task.id)
+    assert got is not None
+    assert got.model_dump(exclude={"created_at", "updated_at"}) == task.model_dump(
+        exclude={"created_at", "updated_at"}
+    )
+    assert close_in_time(got.created_at, task.created_at)
+    assert got.created_at.tzinfo is not None
+    assert got.status is TaskStatus.QUEUED and got.outbox.status is OutboxStatus.PENDING
+
+
+async def test_creating_an_existing_id_raises_duplicate(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    with pytest.raises(DuplicateTaskError):
+        await store.create(task.model_copy())
+
+
+async def test_get_of_unknown_id_is_none(store: BaseTaskStore) -> None:
+    assert await store.get("does-not-exist") is None
+
+
+async def test_list_is_newest_first_and_cursor_pages_cover_everything_once(store: BaseTaskStore) -> None:
+    base = utcnow()
+    # Pairs share a timestamp, so the id tie-breaker is exercised.
+    created = [make_task(created_at=base - timedelta(seconds=i // 2)) for i in range(11)]
+    await store.create_many(created)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.list(limit=4, cursor=cursor)
+        seen.extend(t.id for t in page.items)
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert pages == 3
+    expected = sorted(created, key=lambda t: (t.created_at, t.id), reverse=True)
+    assert seen == [t.id for t in expected]
+
+
+async def test_list_filters_by_each_field_and_all_tags(store: BaseTaskStore) -> None:
+    a = make_task(user_id="alice", tags=["red", "big"], task_type="generate_scene")
+    b = make_task(user_id="bob", tags=["red"], parent_task_id="parent-1")
+    c = make_task(user_id="alice", tags=[])
+    await store.create_many([a, b, c])
+    await claim(store, c)
+
+    async def ids(**kw: object) -> set[str]:
+        return {t.id for t in (await store.list(TaskFilter.model_validate(kw), limit=50)).items}
+
+    assert await ids(user_id="alice") == {a.id, c.id}
+    assert await ids(task_type="generate_scene") == {a.id}
+    assert await ids(parent_task_id="parent-1") == {b.id}
+    assert await ids(status=TaskStatus.RUNNING) == {c.id}
+    assert await ids(tags=("red",)) == {a.id, b.id}
+    assert await ids(tags=("red", "big")) == {a.id}
+    assert await ids(tags=("red",), user_id="bob") == {b.id}
+    assert await ids(tags=("green",)) == set()
+
+
+async def test_list_rejects_foreign_cursor_and_bad_limit(store: BaseTaskStore) -> None:
+    with pytest.raises(InvalidCursorError):
+        await store.list(cursor="not-a-cursor")
+    with pytest.raises(ValueError):
+        await store.list(limit=0)
+
+
+async def test_try_set_running_has_one_winner_and_bumps_version(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    won = await claim(store, task)
+    assert won is not None
+    assert won.status is TaskStatus.RUNNING and won.execution_node_id == NODE
+    assert won.version == task.version + 1 and won.started_at is not None
+    assert await claim(store, task, node="node-b") is None  # lease still live
+
+
+async def test_concurrent_claims_have_exactly_one_winner(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    results = await asyncio.gather(*(claim(store, task, node=f"n{i}") for i in range(20)))
+    assert sum(r is not None for r in results) == 1
+
+
+async def test_claim_for_another_attempt_or_finished_task_loses(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    stale = await store.try_set_running(task.id, attempt=3, node_id=NODE, lease_until=utcnow())
+    assert stale is None
+    assert await claim(store, task) is not None
+    assert await store.record_completion(task.id, node_id=NODE, attempt=0, result={"ok": True})
+    assert await claim(store, task, node="node-b", lease=60) is None
+    got = await store.get(task.id)
+    assert got is not None and got.status is TaskStatus.COMPLETED
+
+
+async def test_expired_lease_lets_another_node_take_over(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    first = await claim(store, task, lease=-1)  # already lapsed: its owner is presumed dead
+    assert first is not None
+    second = await claim(store, task, node="node-b")
+    assert second is not None and second.execution_node_id == "node-b"
+    assert second.version == first.version + 1
+    # the old owner can no longer complete
+    assert await store.record_completion(task.id, node_id=NODE, attempt=0, result={}) is None
+
+
+async def test_completion_records_result_once(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    await claim(store, task)
+    done = await store.record_completion(task.id, node_id=NODE, attempt=0, result={"summary": "s"})
+    assert done is not None and done.status is TaskStatus.COMPLETED
+    assert done.result == {"summary": "s"} and done.completed_at is not None and done.lease_until is None
+    again = await store.record_completion(task.id, node_id=NODE, attempt=0, result={"summary": "other"})
+    assert again is None
+    got = await store.get(task.id)
+    assert got is not None and got.result == {"summary": "s"} and got.version == done.version
+
+
+async def test_progress_is_kept_only_from_the_owner(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    assert not await store.record_progress(task.id, node_id=NODE, progress={"percent": 1})  # not running
+    await claim(store, task)
+    assert await store.record_progress(task.id, node_id=NODE, progress={"percent": 40.0, "message": "m"})
+    assert not await store.record_progress(task.id, node_id="intruder", progress={"percent": 99})
+    got = await store.get(task.id)
+    assert got is not None and got.progress == {"percent": 40.0, "message": "m"}
+
+
+async def test_failure_dead_letters_with_error_info(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    await claim(store, task)
+    error = ErrorInfo(type="ValueError", message="bad", traceback="tb", attempt=0, node_id=NODE)
+    dead = await store.record_failure(
+        task.id, node_id=NODE, attempt=0, error=error, status=TaskStatus.DEAD_LETTER
+    )
+    assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
+    assert dead.error_info is not None and dead.error_info.type == "ValueError"
+    assert await store.record_completion(task.id, node_id=NODE, attempt=0, result={}) is None
+
+
+async def test_outbox_claim_leases_pending_entries_until_published(store: BaseTaskStore) -> None:
+    old = make_task(created_at=utcnow() - timedelta(seconds=30))
+    fresh = make_task()
+    await store.create_many([old, fresh])
+    cutoff = utcnow() - timedelta(seconds=10)
+    short_lease = utcnow() + timedelta(milliseconds=300)
+    first = await store.claim_pending_outbox(
+        owner="r1", limit=10, lease_until=short_lease, created_before=cutoff
+    )
+    assert [t.id for t in first] == [old.id]  # the fresh one is still within its grace period
+    assert first[0].outbox.lease_owner == "r1"
+    lease = utcnow() + timedelta(seconds=30)
+    assert (
+        await store.claim_pending_outbox(owner="r2", limit=10, lease_until=lease, created_before=cutoff) == []
+    )
+    await store.record_publish_failure(old.id, "broker down")
+    got = await store.get(old.id)
+    assert got is not None and got.outbox.attempts == 1 and got.outbox.last_error == "broker down"
+    await asyncio.sleep(0.4)  # r1's lease lapses: the entry is claimable again
+    again = await store.claim_pending_outbox(owner="r2", limit=10, lease_until=lease, created_before=cutoff)
+    assert [t.id for t in again] == [old.id] and again[0].outbox.lease_owner == "r2"
+    assert await store.mark_published([old.id, fresh.id]) == 2
+    assert await store.mark_published([old.id]) == 0
+    assert (
+        await store.claim_pending_outbox(owner="r3", limit=10, lease_until=lease, created_before=utcnow())
+        == []
+    )
+    got = await store.get(old.id)
+    assert (
+        got is not None
+        and got.outbox.status is OutboxStatus.PUBLISHED
+        and got.outbox.published_at is not None
+    )
+
+
+async def test_two_relays_claim_disjoint_outbox_entries(store: BaseTaskStore) -> None:
+    tasks = [make_task(created_at=utcnow() - timedelta(seconds=60 - i)) for i in range(30)]
+    await store.create_many(tasks)
+    lease = utcnow() + timedelta(seconds=30)
+    a, b = await asyncio.gather(
+        store.claim_pending_outbox(owner="r1", limit=20, lease_until=lease, created_before=utcnow()),
+        store.claim_pending_outbox(owner="r2", limit=20, lease_until=lease, created_before=utcnow()),
+    )
+    ids_a, ids_b = {t.id for t in a}, {t.id for t in b}
+    assert not ids_a & ids_b
+    assert len(ids_a | ids_b) == 30
+
+
+async def test_count_by_status(store: BaseTaskStore) -> None:
+    tasks = [make_task() for _ in range(3)]
+    await store.create_many(tasks)
+    await claim(store, tasks[0])
+    assert await store.count_by_status() == {TaskStatus.QUEUED: 2, TaskStatus.RUNNING: 1}

@@ -1,0 +1,114 @@
+"""An in-process stand-in for PyMongo's async API, over mongomock. Tests only.
+
+It forwards each call to a mongomock collection and translates mongomock's errors into
+PyMongo's, so ``MongoTaskStore`` runs unchanged against it. It emulates the query and
+update semantics mongomock implements; it is not a server (no transactions, no
+replica-set behaviour), which is why the contract suite also runs against a real server
+when ``TASKPLATFORM_TEST_MONGODB_URL`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mongomock
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, mongomock.BulkWriteError):
+        return BulkWriteError(getattr(exc, "details", {"writeErrors": [{"code": 11000}]}))
+    if isinstance(exc, mongomock.DuplicateKeyError):
+        return DuplicateKeyError(str(exc), 11000)
+    if isinstance(exc, mongomock.OperationFailure):
+        return OperationFailure(str(exc), getattr(exc, "code", None))
+    return exc
+
+
+class _Cursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def sort(self, *args: Any, **kwargs: Any) -> _Cursor:
+        self._cursor = self._cursor.sort(*args, **kwargs)
+        return self
+
+    def limit(self, n: int) -> _Cursor:
+        self._cursor = self._cursor.limit(n)
+        return self
+
+    async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
+        docs = list(self._cursor)
+        return docs if length is None else docs[:length]
+
+
+class _ListCursor:
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self._docs = docs
+
+    async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
+        return self._docs if length is None else self._docs[:length]
+
+
+class AsyncEmulatedCollection:
+    """The subset of ``AsyncCollection`` the platform uses."""
+
+    def __init__(self, collection: Any) -> None:
+        self._c = collection
+
+    def _call(self, _method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._c, _method)(*args, **kwargs)
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def insert_one(self, *a: Any, **k: Any) -> Any:
+        return self._call("insert_one", *a, **k)
+
+    async def insert_many(self, *a: Any, **k: Any) -> Any:
+        return self._call("insert_many", *a, **k)
+
+    async def find_one(self, *a: Any, **k: Any) -> Any:
+        return self._call("find_one", *a, **k)
+
+    def find(self, *a: Any, **k: Any) -> _Cursor:
+        return _Cursor(self._call("find", *a, **k))
+
+    async def find_one_and_update(self, *a: Any, **k: Any) -> Any:
+        return self._call("find_one_and_update", *a, **k)
+
+    async def update_one(self, *a: Any, **k: Any) -> Any:
+        return self._call("update_one", *a, **k)
+
+    async def update_many(self, *a: Any, **k: Any) -> Any:
+        return self._call("update_many", *a, **k)
+
+    async def delete_many(self, *a: Any, **k: Any) -> Any:
+        return self._call("delete_many", *a, **k)
+
+    async def count_documents(self, *a: Any, **k: Any) -> int:
+        return int(self._call("count_documents", *a, **k))
+
+    async def create_index(self, *a: Any, **k: Any) -> Any:
+        return self._call("create_index", *a, **k)
+
+    async def aggregate(self, *a: Any, **k: Any) -> _ListCursor:
+        return _ListCursor(list(self._call("aggregate", *a, **k)))
+
+
+class AsyncEmulatedDatabase:
+    """The subset of ``AsyncDatabase`` the platform uses."""
+
+    def __init__(self, name: str = "taskplatform_test") -> None:
+        self._db = mongomock.MongoClient(tz_aware=True)[name]
+
+    def __getitem__(self, name: str) -> AsyncEmulatedCollection:
+        return AsyncEmulatedCollection(self._db[name])
+
+    async def command(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if name != "ping":
+            raise OperationFailure(f"emulation supports only 'ping', not {name!r}")
+        return {"ok": 1.0}

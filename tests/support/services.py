@@ -1,0 +1,52 @@
+"""Where the test services are, and what to do when one is missing.
+
+A missing service skips the tests that need it, loudly, on a developer machine and
+fails them under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+RABBITMQ_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "TASKPLATFORM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+MONGODB_URL = os.environ.get("TASKPLATFORM_TEST_MONGODB_URL")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(url: str, default_port: int) -> str | None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} unreachable ({exc})"
+
+
+def require(service: str, url: str, default_port: int) -> None:
+    """Skip (locally) or fail (CI) unless ``service`` answers at ``url``."""
+    problem = _reachable(url, default_port)
+    if problem is None:
+        return
+    message = f"{service} is required: {problem}; start it (see README 'Services')"
+    if in_ci():
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+def require_rabbitmq() -> None:
+    require("RabbitMQ", RABBITMQ_URL, 5672)
+
+
+def require_postgres() -> None:
+    require("PostgreSQL", POSTGRES_URL, 5432)
