@@ -79,3 +79,16 @@ class PermanentFailure(ControlSignal):
 
 class Cancelled(ControlSignal):
     """The task observed a cancellation request and stopped."""
+
+
+# ------------------------------------------- transient infrastructure errors
+def _transient_broker_errors() -> tuple[type[BaseException], ...]:
+    from aiormq.exceptions import AMQPConnectionError, ChannelClosed, ChannelInvalidStateError
+
+    return (AMQPConnectionError, ChannelInvalidStateError, ChannelClosed, ConnectionError, TimeoutError)
+
+
+#: Broker faults worth retrying: the connection or channel went away, or a confirm timed out.
+TRANSIENT_BROKER_ERRORS: tuple[type[BaseException], ...] = _transient_broker_errors()
+#: Every infrastructure fault after which the same work may succeed if tried again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_BROKER_ERRORS, StoreError, BrokerError)

@@ -36,6 +36,7 @@ class PlatformSettings(BaseSettings):
     prefetch: int = Field(default=32, ge=1, le=65535)
     task_timeout_seconds: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     executor_modules: list[str] = Field(default_factory=list)
     load_entry_points: bool = True
 

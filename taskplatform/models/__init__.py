@@ -3,6 +3,7 @@
 from taskplatform.models.message import TaskMessage
 from taskplatform.models.status import RUNNABLE, TERMINAL, TRANSITIONS, TaskStatus, can_transition, sources_of
 from taskplatform.models.task import (
+    MAX_PRIORITY,
     BackgroundTask,
     ErrorInfo,
     OutboxState,
@@ -13,6 +14,7 @@ from taskplatform.models.task import (
 )
 
 __all__ = [
+    "MAX_PRIORITY",
     "RUNNABLE",
     "TERMINAL",
     "TRANSITIONS",

@@ -115,6 +115,8 @@ class TaskStore(Protocol):
         self, task_id: str, *, node_id: str, attempt: int, error: ErrorInfo, status: TaskStatus
     ) -> BackgroundTask | None: ...
 
+    async def mark_dead_letter(self, task_id: str, *, error: ErrorInfo) -> BackgroundTask | None: ...
+
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> list[BackgroundTask]: ...
@@ -255,6 +257,24 @@ class BaseTaskStore(ABC):
             guard,
             {
                 "status": status,
+                "error_info": error.model_dump(mode="json"),
+                "completed_at": utcnow(),
+                "lease_until": None,
+            },
+        )
+
+
+    async def mark_dead_letter(self, task_id: str, *, error: ErrorInfo) -> BackgroundTask | None:
+        """Move a task that can never run here (malformed or poison message) to DEAD_LETTER.
+
+        No ownership check: whoever finds the dead message records it. Terminal tasks are
+        left as they are.
+        """
+        return await self._guarded_update(
+            task_id,
+            Guard(statuses=sources_of(TaskStatus.DEAD_LETTER)),
+            {
+                "status": TaskStatus.DEAD_LETTER,
                 "error_info": error.model_dump(mode="json"),
                 "completed_at": utcnow(),
                 "lease_until": None,

@@ -1,0 +1,53 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from taskplatform import __version__
+from taskplatform.api.errors import install_error_handlers
+from taskplatform.api.limits import BodySizeLimit
+from taskplatform.api.routes import health_router, tasks_router
+from taskplatform.runtime import Runtime
+from taskplatform.settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: PlatformSettings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    with_worker: bool = False,
+) -> FastAPI:
+    """The API. It owns ``runtime`` (built from ``settings`` when not given) for its lifetime.
+
+    ``with_worker`` also consumes tasks in this process (the ``dev`` command).
+    """
+    settings = settings or (runtime.settings if runtime else PlatformSettings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or Runtime(settings, role="dev" if with_worker else "api", consume=with_worker)
+        app.state.runtime = rt
+        await rt.start(wait_for_broker=False)
+        try:
+            yield
+        finally:
+            await rt.stop(grace=settings.shutdown_grace_seconds)
+
+    app = FastAPI(
+        title="taskplatform",
+        version=__version__,
+        summary="Submit typed background tasks and follow them to completion.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(tasks_router)
+    app.include_router(health_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

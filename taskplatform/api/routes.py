@@ -1,0 +1,111 @@
+"""HTTP routes: tasks, task types, health."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from taskplatform.api.errors import ErrorBody
+from taskplatform.api.schemas import Health, Readiness, TaskCreated, TaskList, TaskTypeInfo
+from taskplatform.errors import StoreError
+from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.runtime import Runtime
+from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
+from taskplatform.submission import SubmitRequest
+
+ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
+
+TaskId = Annotated[str, Path(min_length=1, max_length=64, description="Task id")]
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # type: ignore[arg-type]
+
+
+@tasks_router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskCreated,
+    summary="Submit a task",
+    responses={202: {"model": TaskCreated, "description": "Stored; the broker is unreachable, so the "
+                     "message waits in the outbox and is published when the broker returns"}},
+)
+async def submit_task(body: SubmitRequest, runtime: RuntimeDep, response: Response) -> TaskCreated:
+    """Validate the parameters against the task type, store the task, publish it."""
+    submitted = await runtime.submitter.submit(body)
+    if not submitted.published:
+        response.status_code = 202
+    return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
+
+
+@tasks_router.get("/tasks/{task_id}", response_model=BackgroundTask, summary="Get a task")
+async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
+    task = await runtime.store.get(task_id)
+    if task is None:
+        raise HTTPException(404, f"task {task_id!r} not found")
+    return task
+
+
+@tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")
+async def list_tasks(
+    runtime: RuntimeDep,
+    status: TaskStatus | None = None,
+    task_type: Annotated[str | None, Query(max_length=128)] = None,
+    user_id: Annotated[str | None, Query(max_length=255)] = None,
+    parent_task_id: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[list[str] | None, Query(description="Repeat to require several tags", max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> TaskList:
+    filters = TaskFilter(status=status, task_type=task_type, user_id=user_id, parent_task_id=parent_task_id,
+                         tags=tuple(tag or ()))
+    page = await runtime.store.list(filters, limit=limit, cursor=cursor)
+    return TaskList(items=page.items, next_cursor=page.next_cursor)
+
+
+@tasks_router.get("/task-types", response_model=list[TaskTypeInfo], summary="Registered task types")
+async def list_task_types(runtime: RuntimeDep) -> list[TaskTypeInfo]:
+    return [
+        TaskTypeInfo(
+            task_type=cls.task_type, queue=cls.queue, description=cls.description,
+            parameters_schema=cls.Params.model_json_schema(), result_schema=cls.Result.model_json_schema(),
+        )
+        for cls in sorted(runtime.registry, key=lambda c: c.task_type)
+    ]
+
+
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@health_router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
+                   summary="Readiness: store and broker reachable")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(runtime.store.ping(), timeout=3)
+        checks["store"] = "ok"
+    except (StoreError, TimeoutError) as exc:
+        checks["store"] = f"unavailable: {exc}"
+    checks["broker"] = "ok" if runtime.broker.is_connected and runtime.broker_ready.is_set() else "unavailable"
+    ok = all(v == "ok" for v in checks.values())
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+
+@health_router.get("/swagger/index.html", include_in_schema=False)
+async def swagger_redirect() -> RedirectResponse:
+    return RedirectResponse("/docs", status_code=307)

@@ -1,0 +1,46 @@
+"""API request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from taskplatform.models import BackgroundTask, TaskStatus
+
+
+class TaskCreated(BaseModel):
+    """Answer to a submission."""
+
+    task_id: str
+    status: TaskStatus
+
+
+class TaskList(BaseModel):
+    """A page of tasks, newest first."""
+
+    items: list[BackgroundTask]
+    next_cursor: str | None = None
+
+
+class TaskTypeInfo(BaseModel):
+    """A registered task type and the JSON Schemas of its parameters and result."""
+
+    task_type: str
+    queue: str
+    description: str
+    parameters_schema: dict[str, Any]
+    result_schema: dict[str, Any]
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: str
+
+
+class Readiness(BaseModel):
+    """Readiness, with each dependency's state."""
+
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,210 @@
+"""The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from taskplatform.errors import TaskPlatformError
+from taskplatform.settings import PlatformSettings
+
+log = logging.getLogger("taskplatform")
+
+
+def _settings(args: argparse.Namespace) -> PlatformSettings:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[f"api_{name}"] = value
+    if getattr(args, "api_url", None):
+        overrides["api_url"] = args.api_url
+    return PlatformSettings(**overrides)
+
+
+# ---------------------------------------------------------------- servers
+def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
+    import uvicorn
+
+    from taskplatform.api.app import create_app
+
+    app = create_app(settings, with_worker=with_worker)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
+                log_level=settings.log_level.lower(), access_log=False)
+    return 0
+
+
+async def run_worker(settings: PlatformSettings) -> None:
+    """Run a worker until SIGTERM/SIGINT, then shut down gracefully."""
+    from taskplatform.runtime import Runtime
+
+    runtime = Runtime(settings, role="worker", consume=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start(wait_for_broker=False)
+    try:
+        await stop.wait()
+        log.info("shutting down: finishing in-flight tasks (up to %.0fs)", settings.shutdown_grace_seconds)
+    finally:
+        await runtime.stop(grace=settings.shutdown_grace_seconds)
+
+
+def cmd_worker(settings: PlatformSettings) -> int:
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+# ---------------------------------------------------------------- client
+async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    from taskplatform.client import TaskPlatformClient
+
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        print(f"--params is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    async with TaskPlatformClient(settings.client_api_url) as client:
+        task_id = await client.submit(args.task_type, params, user_id=args.user_id, priority=args.priority,
+                                      tags=args.tag)
+        if not args.wait:
+            print(json.dumps({"task_id": task_id}))
+            return 0
+        task = await client.wait(task_id, timeout=args.timeout)
+        print(task.model_dump_json(indent=2))
+        return 0 if task.status.value == "COMPLETED" else 1
+
+
+async def _status(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    from taskplatform.client import TaskPlatformClient
+
+    async with TaskPlatformClient(settings.client_api_url) as client:
+        task = await client.get(args.task_id)
+    print(task.model_dump_json(indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- topology / db
+async def _topology(settings: PlatformSettings, action: str) -> int:
+    from taskplatform.messaging.connection import BrokerConnection
+    from taskplatform.runtime import build_platform_topology, build_registry
+    from topology import declare_topology, find_topology_problems
+
+    topo = build_platform_topology(settings, build_registry(settings))
+    broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-cli-{settings.node_id}")
+    await broker.start(wait=True)
+    try:
+        if action == "declare":
+            await declare_topology(broker.connection, topo)
+            print(f"declared {len(topo.exchanges)} exchanges, {len(topo.queues)} queues, "
+                  f"{len(topo.bindings)} bindings")
+            return 0
+        problems = await find_topology_problems(broker.connection, topo)
+        for problem in problems:
+            print(f"MISMATCH {problem}", file=sys.stderr)
+        if problems:
+            print(f"topology differs in {len(problems)} place(s); see above", file=sys.stderr)
+            return 1
+        print(f"topology ok: {len(topo.exchanges)} exchanges, {len(topo.queues)} queues match")
+        return 0
+    finally:
+        await broker.close()
+
+
+async def _db_upgrade(settings: PlatformSettings) -> int:
+    from taskplatform.store import create_store
+
+    store = create_store(settings.store_url, auto_migrate=True)
+    await store.open()
+    await store.close()
+    print(f"store at {settings.store_url.split('://', 1)[0]}:// is at the newest schema")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskplatform", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (("api", "run the HTTP API (and the outbox relay)"),
+                       ("dev", "run API + worker + relay in one process")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+    sub.add_parser("worker", help="run a worker: consume and execute tasks")
+
+    p = sub.add_parser("submit", help="submit a task through the API")
+    p.add_argument("task_type")
+    p.add_argument("--params", default="{}", help="parameters as a JSON object")
+    p.add_argument("--user-id")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--wait", action="store_true", help="wait until the task finishes and print it")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--api-url")
+
+    p = sub.add_parser("status", help="show a task")
+    p.add_argument("task_id")
+    p.add_argument("--api-url")
+
+    p = sub.add_parser("topology", help="declare or verify the RabbitMQ topology")
+    p.add_argument("action", choices=["declare", "verify"])
+
+    p = sub.add_parser("db", help="store schema")
+    p.add_argument("action", choices=["upgrade"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TASKPLATFORM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    from taskplatform.logsetup import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+    try:
+        return _dispatch(args, settings)
+    except TaskPlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
+    command = args.command
+    if command == "api":
+        return cmd_api(settings)
+    if command == "dev":
+        return cmd_api(settings, with_worker=True)
+    if command == "worker":
+        return cmd_worker(settings)
+    runners = {
+        "submit": lambda: _submit(settings, args),
+        "status": lambda: _status(settings, args),
+        "topology": lambda: _topology(settings, args.action),
+        "db": lambda: _db_upgrade(settings),
+    }
+    runner = runners.get(command)
+    if runner is None:
+        raise SystemExit(f"unknown command {command!r}")
+    return asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""RabbitMQ plumbing: the robust connection, the message codec, the publisher."""

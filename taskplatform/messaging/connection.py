@@ -1,0 +1,101 @@
+"""One robust RabbitMQ connection per process, that may come up after the process does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from taskplatform.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+class BrokerConnection:
+    """Owns a ``connect_robust`` connection.
+
+    ``start(wait=False)`` keeps trying in the background when the broker is down, so an
+    API can start (and accept tasks into the outbox) before RabbitMQ is reachable. Once
+    connected, aio-pika's robust connection restores channels and consumers itself.
+    """
+
+    def __init__(self, url: str, *, name: str, retry_interval: float = 2.0) -> None:
+        self.url = url
+        self.name = name
+        self._retry_interval = retry_interval
+        self._connection: AbstractRobustConnection | None = None
+        self._connected = asyncio.Event()
+        self._connector: asyncio.Task[None] | None = None
+        self._on_connect: list[asyncio.Future[None]] = []
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerError(f"not connected to RabbitMQ at {_redact(self.url)}")
+        return self._connection
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def _connect_once(self) -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": self.name}, timeout=10
+        )
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect now (``wait``: raise BrokerError on failure) or keep trying in the background."""
+        if wait:
+            try:
+                self._connection = await self._connect_once()
+            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                raise BrokerError(f"cannot connect to RabbitMQ at {_redact(self.url)}: {exc}") from exc
+            self._connected.set()
+            return
+        self._connector = asyncio.create_task(self._connect_forever(), name=f"{self.name}-connect")
+
+    async def _connect_forever(self) -> None:
+        while self._connection is None:
+            try:
+                self._connection = await self._connect_once()
+            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                log.warning("RabbitMQ at %s unreachable (%s); retrying in %.0fs",
+                            _redact(self.url), exc, self._retry_interval)
+                await asyncio.sleep(self._retry_interval)
+        log.info("connected to RabbitMQ at %s", _redact(self.url))
+        self._connected.set()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the first connection is up; False on timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def channel(self, **kwargs: object) -> AbstractChannel:
+        """A new channel on the connection."""
+        return await self.connection.channel(**kwargs)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+            self._connector = None
+        if self._connection is not None:
+            conn, self._connection = self._connection, None
+            await conn.close()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

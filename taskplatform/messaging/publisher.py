@@ -1,0 +1,117 @@
+"""Publishing with publisher confirms, mandatory routing and retries of transient faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aiormq.exceptions import DeliveryError, PublishError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from taskplatform.errors import TRANSIENT_BROKER_ERRORS, BrokerError, UnroutableError
+from taskplatform.messaging.codec import encode
+from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.models.message import TaskMessage
+from topology.spec import Topology
+
+log = logging.getLogger(__name__)
+
+
+class TaskPublisher:
+    """Publishes task messages to the work exchange.
+
+    Every publish waits for the broker's confirm; ``mandatory=True`` makes an unroutable
+    message an ``UnroutableError`` instead of a silent drop. Transient faults (connection
+    or channel lost, confirm timeout) are retried with exponential backoff; anything still
+    failing raises ``BrokerError`` and the caller leaves the task in the outbox.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConnection,
+        topology: Topology,
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+    ) -> None:
+        self._broker = broker
+        self._topology = topology
+        self._timeout = timeout
+        self._attempts = attempts
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._lock = asyncio.Lock()
+
+        self._topology_ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and the topology has been declared (set by :meth:`mark_topology_ready`)."""
+        return self._topology_ready and self._broker.is_connected
+
+    def mark_topology_ready(self) -> None:
+        """Called once the topology exists on the broker; publishing is pointless before."""
+        self._topology_ready = True
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if self._channel is None or self._channel.is_closed:
+            async with self._lock:
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await self._broker.channel(publisher_confirms=True, on_return_raises=True)
+                    self._exchanges.clear()
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            assert self._channel is not None
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(self, message: TaskMessage, *, extra_headers: dict[str, Any] | None = None) -> None:
+        """Publish ``message`` to the work exchange, routed by its task type."""
+        await self.publish_raw(
+            self._topology.work_exchange,
+            self._topology.routing_key_for(message.task_type),
+            encode(message, extra_headers=extra_headers),
+            what=f"task {message.task_id}",
+        )
+
+    async def publish_many(self, messages: Sequence[TaskMessage]) -> list[BaseException | None]:
+        """Publish concurrently (confirms pipelined); per message, None or the error."""
+        results = await asyncio.gather(*(self.publish(m) for m in messages), return_exceptions=True)
+        for r in results:
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message, *, what: str) -> None:
+        """Publish an already-built message with confirms, mandatory routing and retries."""
+        if not self._broker.is_connected:
+            raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential_jitter(initial=0.05, max=1.0),
+                retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
+                reraise=True,
+            ):
+                with attempt:
+                    target = await self._exchange(exchange)
+                    await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+        except PublishError as exc:
+            raise UnroutableError(
+                f"{what} is unroutable: no queue is bound to exchange {exchange!r} "
+                f"with routing key {routing_key!r}; declare the topology for this task type"
+            ) from exc
+        except DeliveryError as exc:
+            raise BrokerError(f"broker refused {what}: {exc}") from exc
+        except TRANSIENT_BROKER_ERRORS as exc:
+            raise BrokerError(f"cannot publish {what}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = None

@@ -1,0 +1,127 @@
+"""Builds the platform's parts from one PlatformSettings and runs them together.
+
+The API, the worker and ``dev`` are the same runtime with different parts switched on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.messaging.publisher import TaskPublisher
+from taskplatform.outbox import OutboxRelay
+from taskplatform.settings import PlatformSettings
+from taskplatform.store import BaseTaskStore, create_store
+from taskplatform.submission import PublishedMarker, TaskSubmitter
+from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.settlement import Settler
+from topology import Topology, build_topology, declare_topology
+
+log = logging.getLogger(__name__)
+
+
+def build_registry(settings: PlatformSettings) -> ExecutableRegistry:
+    """Executables from the entry-point group (unless disabled) and the configured modules."""
+    group = ENTRY_POINT_GROUP if settings.load_entry_points else None
+    return ExecutableRegistry.discover(settings.executor_modules, entry_point_group=group)
+
+
+def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegistry) -> Topology:
+    return build_topology(registry.queues(), prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+
+
+class Runtime:
+    """Store, broker connection, publisher, submitter, relay and (optionally) consumer."""
+
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        *,
+        role: str,
+        registry: ExecutableRegistry | None = None,
+        store: BaseTaskStore | None = None,
+        consume: bool = False,
+        relay: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.role = role
+        self.registry = registry if registry is not None else build_registry(settings)
+        self.topology = build_platform_topology(settings, self.registry)
+        self.store = store if store is not None else create_store(
+            settings.store_url, auto_migrate=settings.store_auto_migrate
+        )
+        self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
+        self.publisher = TaskPublisher(
+            self.broker, self.topology,
+            timeout=settings.publish_timeout_seconds, attempts=settings.publish_retry_attempts,
+        )
+        self.marker = PublishedMarker(self.store)
+        self.submitter = TaskSubmitter(self.store, self.registry, self.publisher, self.marker)
+        self.relay = OutboxRelay(
+            self.store, self.publisher, owner=settings.node_id, interval=settings.outbox_interval_seconds,
+            grace=settings.outbox_grace_seconds, lease_seconds=settings.outbox_lease_seconds,
+            batch_size=settings.outbox_batch_size,
+        )
+        self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
+        self.consumer: TaskConsumer | None = None
+        if consume:
+            settler = Settler(
+                self.store, self.publisher, node_id=settings.node_id,
+                dead_letter_exchange=self.topology.dead_letter_exchange,
+            )
+            self.consumer = TaskConsumer(
+                self.broker, self.topology, self.registry, self.store, settler,
+                node_id=settings.node_id, prefetch=settings.prefetch,
+                default_timeout=settings.task_timeout_seconds, lease_seconds=settings.lease_seconds,
+            )
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self.broker_ready = asyncio.Event()
+
+    async def start(self, *, wait_for_broker: bool = False) -> None:
+        """Open the store, connect (now, or in the background), declare topology, consume."""
+        await self.store.open()
+        self.marker.start()
+        await self.broker.start(wait=wait_for_broker)
+        if wait_for_broker:
+            await self._on_broker_up()
+        else:
+            self._background.append(asyncio.create_task(self._when_connected(), name="broker-up"))
+        if self.relay_enabled:
+            self._background.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        log.info("%s started (node %s, store %s, task types: %s)", self.role, self.settings.node_id,
+                 self.store.url_scheme, ", ".join(self.registry.task_types()) or "none")
+
+    async def _when_connected(self) -> None:
+        await self.broker.wait_connected()
+        try:
+            await self._on_broker_up()
+        except Exception:
+            log.exception("broker setup failed")
+            raise
+
+    async def _on_broker_up(self) -> None:
+        await declare_topology(self.broker.connection, self.topology)
+        self.publisher.mark_topology_ready()
+        if self.consumer is not None:
+            await self.consumer.start()
+        self.broker_ready.set()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop consuming (in-flight work gets ``grace`` seconds), flush, disconnect, close."""
+        self._stop.set()
+        if self.consumer is not None:
+            await self.consumer.stop(grace)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background.clear()
+        await self.marker.stop()
+        await self.publisher.close()
+        await self.broker.close()
+        await self.store.close()

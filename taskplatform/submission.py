@@ -1,0 +1,166 @@
+"""Submitting tasks: validate, write the document, publish, mark the outbox published."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from executors.registry import ExecutableRegistry
+from taskplatform.errors import BrokerError
+from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskMessage, utcnow
+from taskplatform.store.base import BaseTaskStore
+
+log = logging.getLogger(__name__)
+
+MAX_TAGS = 20
+
+
+class SubmitRequest(BaseModel):
+    """What a caller asks for. Parameters are validated against the executable's Params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str = Field(min_length=1, max_length=128)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    user_id: str | None = Field(default=None, max_length=255)
+    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    parent_task_id: str | None = Field(default=None, max_length=64)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The stored task and whether its message reached the broker already."""
+
+    task: BackgroundTask
+    published: bool
+
+
+class PublishedMarker:
+    """Marks outbox entries published in batches, off the submit path.
+
+    If the process dies before a batch is written, the relay republishes those tasks
+    after the grace period; the consumer's claim makes the duplicate harmless.
+    """
+
+    def __init__(self, store: BaseTaskStore, *, max_batch: int = 500) -> None:
+        self._store = store
+        self._pending: list[str] = []
+        self._max_batch = max_batch
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outbox-marker")
+
+    def add(self, task_ids: Sequence[str]) -> None:
+        if self._task is None:
+            raise RuntimeError("PublishedMarker.start() was not called")
+        self._pending.extend(task_ids)
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                try:
+                    await self._store.mark_published(batch)
+                except Exception as exc:  # the relay covers us; never lose the loop
+                    log.warning("could not mark %d outbox entries published (%s); the relay will", len(batch), exc)
+            self._idle.set()
+
+    async def flush(self) -> None:
+        """Wait until everything added so far is written (or given up)."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout=5)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+
+class TaskSubmitter:
+    """Turns submit requests into stored, published tasks.
+
+    Order is what makes it safe: the document (QUEUED, outbox pending) is written first,
+    then the message is published with confirms, then the outbox is marked published.
+    A publish that fails leaves the task pending for the relay; the caller still gets
+    its task id.
+    """
+
+    def __init__(
+        self,
+        store: BaseTaskStore,
+        registry: ExecutableRegistry,
+        publisher: Any,
+        marker: PublishedMarker,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._publisher = publisher
+        self._marker = marker
+
+    def prepare(self, request: SubmitRequest) -> BackgroundTask:
+        """Validate ``request`` into a new task document (no I/O).
+
+        Raises UnknownTaskTypeError or pydantic ValidationError (field errors).
+        """
+        executable = self._registry.get(request.task_type)
+        params = executable.Params.model_validate(request.parameters)
+        now = utcnow()
+        return BackgroundTask(
+            task_type=request.task_type,
+            user_id=request.user_id,
+            parameters=params.model_dump(mode="json"),
+            priority=request.priority,
+            tags=list(dict.fromkeys(request.tags)),
+            parent_task_id=request.parent_task_id,
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def submit(self, request: SubmitRequest) -> Submitted:
+        """Validate, store and publish one task."""
+        return (await self.submit_many([request]))[0]
+
+    async def submit_many(self, requests: Sequence[SubmitRequest]) -> list[Submitted]:
+        """Validate all first (nothing is written if one is invalid), then store and publish."""
+        tasks = [self.prepare(r) for r in requests]
+        return await self.submit_prepared(tasks)
+
+    async def submit_prepared(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+        """Store then publish documents built by :meth:`prepare`."""
+        await self._store.create_many(tasks)
+        if not self._publisher.ready:
+            log.warning("broker not reachable: %d task(s) left in the outbox for the relay", len(tasks))
+            return [Submitted(t, published=False) for t in tasks]
+        results = await self._publisher.publish_many([TaskMessage.for_task(t) for t in tasks])
+        published = [t.id for t, err in zip(tasks, results, strict=True) if err is None]
+        if published:
+            self._marker.add(published)
+        for task, err in zip(tasks, results, strict=True):
+            if err is not None:
+                log.warning("publish of task %s failed (%s); left in the outbox for the relay", task.id, err)
+                with contextlib.suppress(Exception):
+                    await self._store.record_publish_failure(task.id, f"{type(err).__name__}: {err}")
+        return [Submitted(t, published=err is None) for t, err in zip(tasks, results, strict=True)]
+
+
+__all__ = ["BrokerError", "PublishedMarker", "SubmitRequest", "Submitted", "TaskSubmitter"]

@@ -1,0 +1,196 @@
+"""Consumes task messages with manual ack and runs their executables."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import ValidationError
+
+from executors.base import BackgroundTaskExecutable
+from executors.registry import ExecutableRegistry
+from taskplatform.errors import MessageDecodeError, StoreError
+from taskplatform.messaging.codec import decode
+from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.models import BackgroundTask, TaskMessage, utcnow
+from taskplatform.store.base import BaseTaskStore
+from taskplatform.worker.context import ExecutionContext
+from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
+from topology.spec import Topology
+
+log = logging.getLogger(__name__)
+
+
+class TaskConsumer:
+    """One channel, one consumer per work queue, ``prefetch`` messages in flight.
+
+    aio-pika runs each delivery's callback as its own asyncio task, so up to ``prefetch``
+    attempts run concurrently. Nothing is acked before its outcome is in the store.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConnection,
+        topology: Topology,
+        registry: ExecutableRegistry,
+        store: BaseTaskStore,
+        settler: Settler,
+        *,
+        node_id: str,
+        prefetch: int,
+        default_timeout: float,
+        lease_seconds: float,
+        store_backoff: float = 1.0,
+    ) -> None:
+        self._broker = broker
+        self._topology = topology
+        self._registry = registry
+        self._store = store
+        self._settler = settler
+        self._node_id = node_id
+        self._prefetch = prefetch
+        self._default_timeout = default_timeout
+        self._lease = timedelta(seconds=lease_seconds)
+        self._store_backoff = store_backoff
+        self._channel: AbstractChannel | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._running: set[str] = set()
+        self.processed = 0
+
+    async def start(self) -> None:
+        """Start consuming every work queue of the topology."""
+        self._channel = await self._broker.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        for wq in self._topology.work_queues:
+            queue = await self._channel.get_queue(wq.queue, ensure=False)
+            tag = await queue.consume(self._on_message, no_ack=False)
+            self._consumers.append((queue, tag))
+            log.info("consuming %s (%s), prefetch %d", wq.queue, ", ".join(wq.task_types), self._prefetch)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking new messages, give in-flight ones ``grace`` seconds, then close.
+
+        Whatever is still unfinished is left unacked: closing the channel returns it to
+        the queue and another worker picks it up.
+        """
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        pending = list(self._in_flight.values())
+        if pending:
+            log.info("waiting up to %.0fs for %d in-flight task(s)", grace, len(pending))
+            _done, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self._channel = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _executable(self, task_type: str) -> BackgroundTaskExecutable[Any, Any]:
+        instance = self._instances.get(task_type)
+        if instance is None:
+            instance = self._registry.get(task_type)()
+            self._instances[task_type] = instance
+        return instance
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        key = f"{message.delivery_tag}:{id(message)}"
+        current = asyncio.current_task()
+        if current is not None:
+            self._in_flight[key] = current
+        try:
+            await self._handle(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never let a bug kill the consumer; the message goes back for another try.
+            log.exception("unexpected error handling message %s; requeueing", message.message_id)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._in_flight.pop(key, None)
+            self.processed += 1
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            task_message = decode(message)
+        except MessageDecodeError as exc:
+            await self._settler.reject_malformed(message, exc.reason, exc.detail)
+            return
+        if task_message.task_type not in self._registry:
+            await self._settler.dead_letter_task(
+                message, task_message.task_id, "unknown-task-type",
+                f"no executable for task type {task_message.task_type!r} on this worker; "
+                f"registered: {', '.join(self._registry.task_types())}",
+            )
+            return
+        if task_message.task_id in self._running:
+            await self._settler.skip(message, f"task {task_message.task_id} is already running in this worker")
+            return
+        task = await self._claim(message, task_message)
+        if task is None:
+            return
+        self._running.add(task.id)
+        try:
+            outcome = await self._run(task)
+            await self._settler.settle(message, task, outcome)
+        finally:
+            self._running.discard(task.id)
+
+    async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+        try:
+            task = await self._store.try_set_running(
+                tm.task_id, attempt=tm.attempt, node_id=self._node_id, lease_until=utcnow() + self._lease
+            )
+            if task is not None:
+                return task
+            current = await self._store.get(tm.task_id)
+        except StoreError as exc:
+            # Without the store we cannot know whether to run: back off, return the message.
+            log.warning("store unavailable while claiming task %s (%s); requeueing", tm.task_id, exc)
+            await asyncio.sleep(self._store_backoff)
+            await message.nack(requeue=True)
+            return None
+        if current is None:
+            await self._settler.reject_malformed(
+                message, "unknown-task", f"task {tm.task_id!r} does not exist in the store"
+            )
+        else:
+            await self._settler.skip(
+                message, f"task {tm.task_id} is {current.status} at attempt {current.retry_count} "
+                f"(message attempt {tm.attempt})",
+            )
+        return None
+
+    async def _run(self, task: BackgroundTask) -> Outcome:
+        executable = self._executable(task.task_type)
+        cls = type(executable)
+        try:
+            params = cls.Params.model_validate(task.parameters)
+        except ValidationError as exc:
+            return Failed(exc, format_traceback(exc))
+        ctx: ExecutionContext[Any] = ExecutionContext(task, params, store=self._store, node_id=self._node_id)
+        timeout = cls.timeout if cls.timeout is not None else self._default_timeout
+        try:
+            result = await asyncio.wait_for(executable.execute(ctx), timeout)
+            if not isinstance(result, cls.Result):
+                result = cls.Result.model_validate(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return Failed(exc, format_traceback(exc))
+        return Succeeded(result)

@@ -1,0 +1,185 @@
+"""The one place that turns an attempt's outcome into a state transition plus ack/nack.
+
+The store is always written before the broker is told: a crash between the two leaves
+the message unacked, so it is redelivered and the conditional store writes make the
+second delivery harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from taskplatform.errors import PermanentFailure, StoreError
+from taskplatform.messaging.publisher import TaskPublisher
+from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.store.base import BaseTaskStore
+
+log = logging.getLogger(__name__)
+
+TRACEBACK_LIMIT = 8000
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The attempt returned a result."""
+
+    result: BaseModel
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The attempt raised."""
+
+    error: BaseException
+    traceback: str
+
+
+Outcome = Succeeded | Failed
+
+
+class Action(str, Enum):
+    """What the broker is told about the message."""
+
+    ACK = "ack"
+    DEAD_LETTER = "dead_letter"  # nack(requeue=False): the DLX routes it to the DLQ
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Target status and broker action for an outcome."""
+
+    status: TaskStatus
+    action: Action
+
+
+def decide(outcome: Outcome) -> Decision:
+    """Map an outcome to a decision. Pure; the whole settlement policy lives here."""
+    if isinstance(outcome, Succeeded):
+        return Decision(TaskStatus.COMPLETED, Action.ACK)
+    return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER)
+
+
+def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str, reason: str) -> ErrorInfo:
+    """An ErrorInfo with a trimmed traceback (the end, where the cause is)."""
+    trimmed = tb[-TRACEBACK_LIMIT:] if tb else None
+    return ErrorInfo(
+        type=type(exc).__name__, message=str(exc)[:2000], traceback=trimmed, attempt=attempt,
+        node_id=node_id, reason=reason,
+    )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Short classification stored with the error and used as the dead-letter reason."""
+    if isinstance(exc, PermanentFailure):
+        return "permanent-failure"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "error"
+
+
+class Settler:
+    """Applies decisions: store write first, then ack or nack."""
+
+    def __init__(self, store: BaseTaskStore, publisher: TaskPublisher, *, node_id: str,
+                 dead_letter_exchange: str, store_retry_seconds: float = 30.0) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._node_id = node_id
+        self._dlx = dead_letter_exchange
+        self._store_retry_seconds = store_retry_seconds
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_delay(self._store_retry_seconds),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            retry=retry_if_exception_type(StoreError),
+            reraise=True,
+        )
+
+    async def settle(self, message: AbstractIncomingMessage, task: BackgroundTask, outcome: Outcome) -> Decision:
+        """Record the outcome of ``task``'s attempt, then settle ``message``."""
+        decision = decide(outcome)
+        attempt = task.retry_count
+        async for retry in self._retrying():
+            with retry:
+                if isinstance(outcome, Succeeded):
+                    written = await self._store.record_completion(
+                        task.id, node_id=self._node_id, attempt=attempt,
+                        result=outcome.result.model_dump(mode="json"),
+                    )
+                else:
+                    info = error_info(outcome.error, outcome.traceback, attempt=attempt, node_id=self._node_id,
+                                      reason=failure_reason(outcome.error))
+                    written = await self._store.record_failure(
+                        task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
+                    )
+        if written is None:
+            # Someone else settled or took over this attempt (cancelled, lease taken over):
+            # our outcome is stale and must not be applied to the broker either.
+            log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
+            await message.ack()
+            return decision
+        if decision.action is Action.ACK:
+            await message.ack()
+        else:
+            await message.nack(requeue=False)
+        return decision
+
+    async def skip(self, message: AbstractIncomingMessage, why: str) -> None:
+        """Ack a delivery that must not run (duplicate, already finished, lost the claim)."""
+        log.info("skipping message %s: %s", message.message_id, why)
+        await message.ack()
+
+    async def reject_malformed(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
+        """Send a message that cannot be processed to the DLQ with its reason, then ack it.
+
+        The copy goes to the dead-letter exchange with ``x-dead-reason``/``x-dead-detail``
+        headers and is confirmed before the original is acked, so the message is never
+        lost. If that publish fails the original is rejected instead (the DLX still
+        routes it to the DLQ, without the reason).
+        """
+        log.error("dead-lettering message %s: %s: %s", message.message_id, reason, detail)
+        headers = dict(message.headers or {})
+        headers[HEADER_DEAD_REASON] = reason
+        headers[HEADER_DEAD_DETAIL] = detail[:1000]
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        try:
+            await self._publisher.publish_raw(
+                self._dlx, message.routing_key or "", copy, what=f"dead letter {message.message_id}"
+            )
+        except Exception as exc:
+            log.error("could not publish dead letter with reason (%s); rejecting the original", exc)
+            await message.nack(requeue=False)
+            return
+        await message.ack()
+
+    async def dead_letter_task(self, message: AbstractIncomingMessage, task_id: str, reason: str, detail: str) -> None:
+        """Mark a task that cannot run DEAD_LETTER, then move its message to the DLQ."""
+        info = ErrorInfo(type="DeadLetter", message=detail, attempt=0, node_id=self._node_id, reason=reason)
+        async for retry in self._retrying():
+            with retry:
+                await self._store.mark_dead_letter(task_id, error=info)
+        await self.reject_malformed(message, reason, detail)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback as text."""
+    return "".join(traceback.format_exception(exc))

@@ -1,0 +1,29 @@
+"""RabbitMQ topology: declared as data, applied idempotently, verifiable."""
+
+from topology.build import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    WORK_EXCHANGE,
+    build_topology,
+    work_queue_name,
+)
+from topology.declare import declare_topology, find_topology_problems, verify_topology
+from topology.spec import BindingSpec, ExchangeSpec, QueueSpec, Topology, WorkQueue
+
+__all__ = [
+    "DEAD_LETTER_EXCHANGE",
+    "DEAD_LETTER_QUEUE",
+    "EVENTS_EXCHANGE",
+    "WORK_EXCHANGE",
+    "BindingSpec",
+    "ExchangeSpec",
+    "QueueSpec",
+    "Topology",
+    "WorkQueue",
+    "build_topology",
+    "declare_topology",
+    "find_topology_problems",
+    "verify_topology",
+    "work_queue_name",
+]
