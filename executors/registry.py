@@ -98,9 +98,9 @@ class ExecutableRegistry:
         return count
 
     @classmethod
-    def discover(cls, modules: Iterable[str] = (), *, entry_point_group: str | None = ENTRY_POINT_GROUP) -> (
-        ExecutableRegistry
-    ):
+    def discover(
+        cls, modules: Iterable[str] = (), *, entry_point_group: str | None = ENTRY_POINT_GROUP
+    ) -> ExecutableRegistry:
         """A registry filled from entry points (unless ``entry_point_group`` is None) and modules."""
         registry = cls()
         if entry_point_group:

@@ -37,8 +37,14 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
     from taskplatform.api.app import create_app
 
     app = create_app(settings, with_worker=with_worker)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None,
-                log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
     return 0
 
 
@@ -74,8 +80,9 @@ async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
         print(f"--params is not valid JSON: {exc}", file=sys.stderr)
         return 2
     async with TaskPlatformClient(settings.client_api_url) as client:
-        task_id = await client.submit(args.task_type, params, user_id=args.user_id, priority=args.priority,
-                                      tags=args.tag)
+        task_id = await client.submit(
+            args.task_type, params, user_id=args.user_id, priority=args.priority, tags=args.tag
+        )
         if not args.wait:
             print(json.dumps({"task_id": task_id}))
             return 0
@@ -105,8 +112,10 @@ async def _topology(settings: PlatformSettings, action: str) -> int:
     try:
         if action == "declare":
             await declare_topology(broker.connection, topo)
-            print(f"declared {len(topo.exchanges)} exchanges, {len(topo.queues)} queues, "
-                  f"{len(topo.bindings)} bindings")
+            print(
+                f"declared {len(topo.exchanges)} exchanges, {len(topo.queues)} queues, "
+                f"{len(topo.bindings)} bindings"
+            )
             return 0
         problems = await find_topology_problems(broker.connection, topo)
         for problem in problems:
@@ -135,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskplatform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, text in (("api", "run the HTTP API (and the outbox relay)"),
-                       ("dev", "run API + worker + relay in one process")):
+    for name, text in (
+        ("api", "run the HTTP API (and the outbox relay)"),
+        ("dev", "run API + worker + relay in one process"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--host")
         p.add_argument("--port", type=int)

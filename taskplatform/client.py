@@ -38,7 +38,9 @@ class TaskFailedError(TaskPlatformError):
 class TaskPlatformClient:
     """``async with TaskPlatformClient("http://127.0.0.1:8000") as client: ...``"""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None
+    ) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
 
     async def __aenter__(self) -> TaskPlatformClient:
@@ -72,8 +74,12 @@ class TaskPlatformClient:
         """Submit a task; returns its id. ``task_type`` may be the executable class."""
         type_name = task_type if isinstance(task_type, str) else task_type.task_type
         params = parameters.model_dump(mode="json") if isinstance(parameters, BaseModel) else parameters
-        body: dict[str, Any] = {"task_type": type_name, "parameters": params, "priority": priority,
-                                "tags": tags or []}
+        body: dict[str, Any] = {
+            "task_type": type_name,
+            "parameters": params,
+            "priority": priority,
+            "tags": tags or [],
+        }
         if user_id is not None:
             body["user_id"] = user_id
         data = await self._request("POST", "/api/v1/tasks", json=body)

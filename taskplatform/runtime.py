@@ -30,7 +30,9 @@ def build_registry(settings: PlatformSettings) -> ExecutableRegistry:
 
 
 def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegistry) -> Topology:
-    return build_topology(registry.queues(), prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+    return build_topology(
+        registry.queues(), prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit
+    )
 
 
 class Runtime:
@@ -50,32 +52,48 @@ class Runtime:
         self.role = role
         self.registry = registry if registry is not None else build_registry(settings)
         self.topology = build_platform_topology(settings, self.registry)
-        self.store = store if store is not None else create_store(
-            settings.store_url, auto_migrate=settings.store_auto_migrate
+        self.store = (
+            store
+            if store is not None
+            else create_store(settings.store_url, auto_migrate=settings.store_auto_migrate)
         )
         self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
         self.publisher = TaskPublisher(
-            self.broker, self.topology,
-            timeout=settings.publish_timeout_seconds, attempts=settings.publish_retry_attempts,
+            self.broker,
+            self.topology,
+            timeout=settings.publish_timeout_seconds,
+            attempts=settings.publish_retry_attempts,
         )
         self.marker = PublishedMarker(self.store)
         self.submitter = TaskSubmitter(self.store, self.registry, self.publisher, self.marker)
         self.relay = OutboxRelay(
-            self.store, self.publisher, owner=settings.node_id, interval=settings.outbox_interval_seconds,
-            grace=settings.outbox_grace_seconds, lease_seconds=settings.outbox_lease_seconds,
+            self.store,
+            self.publisher,
+            owner=settings.node_id,
+            interval=settings.outbox_interval_seconds,
+            grace=settings.outbox_grace_seconds,
+            lease_seconds=settings.outbox_lease_seconds,
             batch_size=settings.outbox_batch_size,
         )
         self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
         self.consumer: TaskConsumer | None = None
         if consume:
             settler = Settler(
-                self.store, self.publisher, node_id=settings.node_id,
+                self.store,
+                self.publisher,
+                node_id=settings.node_id,
                 dead_letter_exchange=self.topology.dead_letter_exchange,
             )
             self.consumer = TaskConsumer(
-                self.broker, self.topology, self.registry, self.store, settler,
-                node_id=settings.node_id, prefetch=settings.prefetch,
-                default_timeout=settings.task_timeout_seconds, lease_seconds=settings.lease_seconds,
+                self.broker,
+                self.topology,
+                self.registry,
+                self.store,
+                settler,
+                node_id=settings.node_id,
+                prefetch=settings.prefetch,
+                default_timeout=settings.task_timeout_seconds,
+                lease_seconds=settings.lease_seconds,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -92,8 +110,13 @@ class Runtime:
             self._background.append(asyncio.create_task(self._when_connected(), name="broker-up"))
         if self.relay_enabled:
             self._background.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
-        log.info("%s started (node %s, store %s, task types: %s)", self.role, self.settings.node_id,
-                 self.store.url_scheme, ", ".join(self.registry.task_types()) or "none")
+        log.info(
+            "%s started (node %s, store %s, task types: %s)",
+            self.role,
+            self.settings.node_id,
+            self.store.url_scheme,
+            ", ".join(self.registry.task_types()) or "none",
+        )
 
     async def _when_connected(self) -> None:
         await self.broker.wait_connected()

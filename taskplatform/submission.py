@@ -78,7 +78,9 @@ class PublishedMarker:
                 try:
                     await self._store.mark_published(batch)
                 except Exception as exc:  # the relay covers us; never lose the loop
-                    log.warning("could not mark %d outbox entries published (%s); the relay will", len(batch), exc)
+                    log.warning(
+                        "could not mark %d outbox entries published (%s); the relay will", len(batch), exc
+                    )
             self._idle.set()
 
     async def flush(self) -> None:

@@ -38,21 +38,23 @@ async def declare_topology(connection: AbstractRobustConnection, topology: Topol
             await channel.close()
     log.info(
         "topology declared: %d exchanges, %d queues, %d bindings",
-        len(topology.exchanges), len(topology.queues), len(topology.bindings),
+        len(topology.exchanges),
+        len(topology.queues),
+        len(topology.bindings),
     )
 
 
-async def _declare_exchange(channel: AbstractChannel, spec: ExchangeSpec, *, passive: bool = False) -> (
-    aio_pika.abc.AbstractExchange
-):
+async def _declare_exchange(
+    channel: AbstractChannel, spec: ExchangeSpec, *, passive: bool = False
+) -> aio_pika.abc.AbstractExchange:
     return await channel.declare_exchange(
         spec.name, spec.kind, durable=spec.durable, arguments=dict(spec.arguments), passive=passive
     )
 
 
-async def _declare_queue(channel: AbstractChannel, spec: QueueSpec, *, passive: bool = False) -> (
-    aio_pika.abc.AbstractQueue
-):
+async def _declare_queue(
+    channel: AbstractChannel, spec: QueueSpec, *, passive: bool = False
+) -> aio_pika.abc.AbstractQueue:
     return await channel.declare_queue(
         spec.name, durable=spec.durable, arguments=dict(spec.arguments), passive=passive
     )
@@ -69,7 +71,9 @@ class TopologyProblem:
         return f"{self.entity}: {self.problem}"
 
 
-async def find_topology_problems(connection: AbstractRobustConnection, topology: Topology) -> list[TopologyProblem]:
+async def find_topology_problems(
+    connection: AbstractRobustConnection, topology: Topology
+) -> list[TopologyProblem]:
     """Compare the broker with ``topology`` without creating anything.
 
     Each entity is first checked passively (does it exist?), then redeclared with the
@@ -111,7 +115,7 @@ async def _check(connection: AbstractRobustConnection, spec: ExchangeSpec | Queu
 
 
 def _reply_text(exc: Exception) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
     return str(args[1]) if len(args) > 1 else str(exc)
 
 

@@ -31,28 +31,48 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
-    return JSONResponse(status_code=status, content=body.model_dump(mode="json", exclude_none=True), headers=headers)
+    return JSONResponse(
+        status_code=status, content=body.model_dump(mode="json", exclude_none=True), headers=headers
+    )
 
 
-def field_errors(exc: ValidationError | RequestValidationError, prefix: tuple[str | int, ...] = ()) -> (
-    list[dict[str, Any]]
-):
+def field_errors(
+    exc: ValidationError | RequestValidationError, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
     """Pydantic errors as ``{"loc", "msg", "type"}`` items, with JSON-safe values only."""
     out = []
     for err in exc.errors():
         loc = [*prefix, *err.get("loc", ())]
-        out.append({"loc": [str(p) if not isinstance(p, int) else p for p in loc], "msg": err["msg"],
-                    "type": err["type"]})
+        out.append(
+            {
+                "loc": [str(p) if not isinstance(p, int) else p for p in loc],
+                "msg": err["msg"],
+                "type": err["type"],
+            }
+        )
     return out
 
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    429: "too_many_requests", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "unavailable",
 }
 
 
@@ -82,8 +102,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store_down(_: Request, exc: StoreError) -> JSONResponse:
         log.error("store error: %s", exc)
-        return error_response(503, "store_unavailable", "the task store is unavailable; retry later",
-                              headers={"Retry-After": "5"})
+        return error_response(
+            503,
+            "store_unavailable",
+            "the task store is unavailable; retry later",
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Request body size limit, enforced before the body reaches the handler."""
+"""Request body size limit, enforced before the body reaches the application."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from taskplatform.api.errors import error_response
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
-    """Answers 413 when a request body exceeds ``max_bytes`` (declared or streamed)."""
+    """Answers 413 when a request body exceeds ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is refused before reading anything. A
+    body without one (chunked) is read up to the limit and then handed on whole, so the
+    application never sees a partial body and never holds more than ``max_bytes``.
+    """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -25,36 +26,41 @@ class BodySizeLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                size = int(declared)
             except ValueError:
-                await error_response(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
+                await error_response(400, "bad_request", "invalid Content-Length header")(
+                    scope, receive, send
+                )
                 return
-            if too_big:
+            if size > self.max_bytes:
                 await self._reject(scope, receive, send)
                 return
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":  # client went away
+                return
+            body = message.get("body", b"")
+            received += len(body)
+            if received > self.max_bytes:
                 await self._reject(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(

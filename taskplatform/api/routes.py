@@ -36,8 +36,13 @@ tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # 
     status_code=201,
     response_model=TaskCreated,
     summary="Submit a task",
-    responses={202: {"model": TaskCreated, "description": "Stored; the broker is unreachable, so the "
-                     "message waits in the outbox and is published when the broker returns"}},
+    responses={
+        202: {
+            "model": TaskCreated,
+            "description": "Stored; the broker is unreachable, so the "
+            "message waits in the outbox and is published when the broker returns",
+        }
+    },
 )
 async def submit_task(body: SubmitRequest, runtime: RuntimeDep, response: Response) -> TaskCreated:
     """Validate the parameters against the task type, store the task, publish it."""
@@ -62,12 +67,19 @@ async def list_tasks(
     task_type: Annotated[str | None, Query(max_length=128)] = None,
     user_id: Annotated[str | None, Query(max_length=255)] = None,
     parent_task_id: Annotated[str | None, Query(max_length=64)] = None,
-    tag: Annotated[list[str] | None, Query(description="Repeat to require several tags", max_length=20)] = None,
+    tag: Annotated[
+        list[str] | None, Query(description="Repeat to require several tags", max_length=20)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> TaskList:
-    filters = TaskFilter(status=status, task_type=task_type, user_id=user_id, parent_task_id=parent_task_id,
-                         tags=tuple(tag or ()))
+    filters = TaskFilter(
+        status=status,
+        task_type=task_type,
+        user_id=user_id,
+        parent_task_id=parent_task_id,
+        tags=tuple(tag or ()),
+    )
     page = await runtime.store.list(filters, limit=limit, cursor=cursor)
     return TaskList(items=page.items, next_cursor=page.next_cursor)
 
@@ -76,8 +88,11 @@ async def list_tasks(
 async def list_task_types(runtime: RuntimeDep) -> list[TaskTypeInfo]:
     return [
         TaskTypeInfo(
-            task_type=cls.task_type, queue=cls.queue, description=cls.description,
-            parameters_schema=cls.Params.model_json_schema(), result_schema=cls.Result.model_json_schema(),
+            task_type=cls.task_type,
+            queue=cls.queue,
+            description=cls.description,
+            parameters_schema=cls.Params.model_json_schema(),
+            result_schema=cls.Result.model_json_schema(),
         )
         for cls in sorted(runtime.registry, key=lambda c: c.task_type)
     ]
@@ -91,8 +106,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@health_router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
-                   summary="Readiness: store and broker reachable")
+@health_router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+    summary="Readiness: store and broker reachable",
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -100,7 +119,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["store"] = "ok"
     except (StoreError, TimeoutError) as exc:
         checks["store"] = f"unavailable: {exc}"
-    checks["broker"] = "ok" if runtime.broker.is_connected and runtime.broker_ready.is_set() else "unavailable"
+    checks["broker"] = (
+        "ok" if runtime.broker.is_connected and runtime.broker_ready.is_set() else "unavailable"
+    )
     ok = all(v == "ok" for v in checks.values())
     body = Readiness(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())

@@ -66,7 +66,9 @@ def decode(incoming: AbstractIncomingMessage) -> TaskMessage:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise MessageDecodeError("invalid-body", fields) from exc
     if _text(headers.get(HEADER_TASK_ID)) != message.task_id:
-        raise MessageDecodeError("header-mismatch", f"header {HEADER_TASK_ID!r} does not match the body's task_id")
+        raise MessageDecodeError(
+            "header-mismatch", f"header {HEADER_TASK_ID!r} does not match the body's task_id"
+        )
     if _text(headers.get(HEADER_TASK_TYPE)) != message.task_type:
         raise MessageDecodeError(
             "header-mismatch", f"header {HEADER_TASK_TYPE!r} does not match the body's task_type"

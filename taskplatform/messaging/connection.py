@@ -51,7 +51,7 @@ class BrokerConnection:
         if wait:
             try:
                 self._connection = await self._connect_once()
-            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                 raise BrokerError(f"cannot connect to RabbitMQ at {_redact(self.url)}: {exc}") from exc
             self._connected.set()
             return
@@ -61,9 +61,13 @@ class BrokerConnection:
         while self._connection is None:
             try:
                 self._connection = await self._connect_once()
-            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
-                log.warning("RabbitMQ at %s unreachable (%s); retrying in %.0fs",
-                            _redact(self.url), exc, self._retry_interval)
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning(
+                    "RabbitMQ at %s unreachable (%s); retrying in %.0fs",
+                    _redact(self.url),
+                    exc,
+                    self._retry_interval,
+                )
                 await asyncio.sleep(self._retry_interval)
         log.info("connected to RabbitMQ at %s", _redact(self.url))
         self._connected.set()

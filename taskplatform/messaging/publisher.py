@@ -87,20 +87,24 @@ class TaskPublisher:
                 raise r
         return [r if isinstance(r, BaseException) else None for r in results]
 
-    async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message, *, what: str) -> None:
+    async def publish_raw(
+        self, exchange: str, routing_key: str, message: aio_pika.Message, *, what: str
+    ) -> None:
         """Publish an already-built message with confirms, mandatory routing and retries."""
         if not self._broker.is_connected:
             raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(initial=0.05, max=1.0),
+                wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
                 retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
                 reraise=True,
             ):
                 with attempt:
                     target = await self._exchange(exchange)
-                    await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+                    await target.publish(
+                        message, routing_key=routing_key, mandatory=True, timeout=self._timeout
+                    )
         except PublishError as exc:
             raise UnroutableError(
                 f"{what} is unroutable: no queue is bound to exchange {exchange!r} "

@@ -31,8 +31,16 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     # RUNNING -> RUNNING is a takeover after the previous owner's lease expired;
     # RUNNING -> QUEUED is a requeue (graceful shutdown, reaper).
     S.RUNNING: frozenset(
-        {S.RUNNING, S.COMPLETED, S.COMPLETED_WITH_ERRORS, S.RETRYING, S.FAILED, S.DEAD_LETTER,
-         S.CANCELLED, S.QUEUED}
+        {
+            S.RUNNING,
+            S.COMPLETED,
+            S.COMPLETED_WITH_ERRORS,
+            S.RETRYING,
+            S.FAILED,
+            S.DEAD_LETTER,
+            S.CANCELLED,
+            S.QUEUED,
+        }
     ),
     S.RETRYING: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.DEAD_LETTER}),
     S.FAILED: frozenset({S.DEAD_LETTER, S.QUEUED}),

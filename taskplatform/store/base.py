@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class TaskStore(Protocol):
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> list[BackgroundTask]: ...
+    ) -> builtins.list[BackgroundTask]: ...
     async def mark_published(self, task_ids: Sequence[str]) -> int: ...
     async def record_publish_failure(self, task_id: str, error: str) -> None: ...
 
@@ -174,7 +175,7 @@ class BaseTaskStore(ABC):
     @abstractmethod
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> list[BackgroundTask]:
+    ) -> builtins.list[BackgroundTask]:
         """Lease up to ``limit`` pending outbox entries created before ``created_before``
         whose lease is free or lapsed; returns them (leased to ``owner``)."""
 
@@ -262,7 +263,6 @@ class BaseTaskStore(ABC):
                 "lease_until": None,
             },
         )
-
 
     async def mark_dead_letter(self, task_id: str, *, error: ErrorInfo) -> BackgroundTask | None:
         """Move a task that can never run here (malformed or poison message) to DEAD_LETTER.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -217,14 +218,14 @@ class MongoTaskStore(BaseTaskStore):
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> list[BackgroundTask]:
+    ) -> builtins.list[BackgroundTask]:
         now = utcnow()
         claimable = {
             "outbox.status": OutboxStatus.PENDING.value,
             "created_at": {"$lt": created_before},
             "$or": [{"outbox.lease_until": None}, {"outbox.lease_until": {"$lt": now}}],
         }
-        claimed: list[BackgroundTask] = []
+        claimed: builtins.list[BackgroundTask] = []
         async with self._errors():
             # Each claim is one atomic find-and-modify, so two relays never lease the same entry.
             for _ in range(limit):

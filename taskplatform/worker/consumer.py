@@ -133,13 +133,17 @@ class TaskConsumer:
             return
         if task_message.task_type not in self._registry:
             await self._settler.dead_letter_task(
-                message, task_message.task_id, "unknown-task-type",
+                message,
+                task_message.task_id,
+                "unknown-task-type",
                 f"no executable for task type {task_message.task_type!r} on this worker; "
                 f"registered: {', '.join(self._registry.task_types())}",
             )
             return
         if task_message.task_id in self._running:
-            await self._settler.skip(message, f"task {task_message.task_id} is already running in this worker")
+            await self._settler.skip(
+                message, f"task {task_message.task_id} is already running in this worker"
+            )
             return
         task = await self._claim(message, task_message)
         if task is None:
@@ -171,7 +175,8 @@ class TaskConsumer:
             )
         else:
             await self._settler.skip(
-                message, f"task {tm.task_id} is {current.status} at attempt {current.retry_count} "
+                message,
+                f"task {tm.task_id} is {current.status} at attempt {current.retry_count} "
                 f"(message attempt {tm.attempt})",
             )
         return None

@@ -63,8 +63,10 @@ class ExecutionContext(Generic[P]):
         self._cancel.set()
 
     async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        data = progress.model_dump(mode="json", exclude_none=True) if isinstance(progress, BaseModel) else dict(
-            Progress.model_validate(progress).model_dump(mode="json", exclude_none=True)
+        data = (
+            progress.model_dump(mode="json", exclude_none=True)
+            if isinstance(progress, BaseModel)
+            else dict(Progress.model_validate(progress).model_dump(mode="json", exclude_none=True))
         )
         await self._store.record_progress(self._task.id, node_id=self._node_id, progress=data)
 

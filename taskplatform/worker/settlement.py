@@ -72,8 +72,12 @@ def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str
     """An ErrorInfo with a trimmed traceback (the end, where the cause is)."""
     trimmed = tb[-TRACEBACK_LIMIT:] if tb else None
     return ErrorInfo(
-        type=type(exc).__name__, message=str(exc)[:2000], traceback=trimmed, attempt=attempt,
-        node_id=node_id, reason=reason,
+        type=type(exc).__name__,
+        message=str(exc)[:2000],
+        traceback=trimmed,
+        attempt=attempt,
+        node_id=node_id,
+        reason=reason,
     )
 
 
@@ -89,8 +93,15 @@ def failure_reason(exc: BaseException) -> str:
 class Settler:
     """Applies decisions: store write first, then ack or nack."""
 
-    def __init__(self, store: BaseTaskStore, publisher: TaskPublisher, *, node_id: str,
-                 dead_letter_exchange: str, store_retry_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: BaseTaskStore,
+        publisher: TaskPublisher,
+        *,
+        node_id: str,
+        dead_letter_exchange: str,
+        store_retry_seconds: float = 30.0,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._node_id = node_id
@@ -100,12 +111,14 @@ class Settler:
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_delay(self._store_retry_seconds),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
             retry=retry_if_exception_type(StoreError),
             reraise=True,
         )
 
-    async def settle(self, message: AbstractIncomingMessage, task: BackgroundTask, outcome: Outcome) -> Decision:
+    async def settle(
+        self, message: AbstractIncomingMessage, task: BackgroundTask, outcome: Outcome
+    ) -> Decision:
         """Record the outcome of ``task``'s attempt, then settle ``message``."""
         decision = decide(outcome)
         attempt = task.retry_count
@@ -113,12 +126,19 @@ class Settler:
             with retry:
                 if isinstance(outcome, Succeeded):
                     written = await self._store.record_completion(
-                        task.id, node_id=self._node_id, attempt=attempt,
+                        task.id,
+                        node_id=self._node_id,
+                        attempt=attempt,
                         result=outcome.result.model_dump(mode="json"),
                     )
                 else:
-                    info = error_info(outcome.error, outcome.traceback, attempt=attempt, node_id=self._node_id,
-                                      reason=failure_reason(outcome.error))
+                    info = error_info(
+                        outcome.error,
+                        outcome.traceback,
+                        attempt=attempt,
+                        node_id=self._node_id,
+                        reason=failure_reason(outcome.error),
+                    )
                     written = await self._store.record_failure(
                         task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
                     )
@@ -171,7 +191,9 @@ class Settler:
             return
         await message.ack()
 
-    async def dead_letter_task(self, message: AbstractIncomingMessage, task_id: str, reason: str, detail: str) -> None:
+    async def dead_letter_task(
+        self, message: AbstractIncomingMessage, task_id: str, reason: str, detail: str
+    ) -> None:
         """Mark a task that cannot run DEAD_LETTER, then move its message to the DLQ."""
         info = ErrorInfo(type="DeadLetter", message=detail, attempt=0, node_id=self._node_id, reason=reason)
         async for retry in self._retrying():

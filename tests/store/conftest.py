@@ -8,21 +8,18 @@ id and the report header say which.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from taskplatform.store import BaseTaskStore
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.sql import SqlTaskStore
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
-from tests.support.services import MONGODB_URL, POSTGRES_URL, require_postgres
+from tests.support.services import MONGODB_URL
 
 
 def _docker_engine_available() -> bool:
@@ -56,33 +53,6 @@ def pytest_report_header() -> str:
         "set TASKPLATFORM_TEST_MONGODB_URL to run it against a real server",
     }[MONGO_MODE]
     return f"store contract, MongoDB backend: {where}"
-
-
-@pytest.fixture(scope="session")
-def postgres_database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
-    require_postgres()
-    name = f"tp_test_{uuid.uuid4().hex[:12]}"
-    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run_sync(sql: str) -> None:
-        # Own thread: this fixture may be first requested from inside a running event loop.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, run(sql)).result()
-
-    run_sync(f'CREATE DATABASE "{name}"')
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -214,7 +215,7 @@ class SqlTaskStore(BaseTaskStore):
 
     def _guard_clause(self, guard: Guard) -> ColumnElement[bool]:
         equals = [tasks.c[_column_name(k)] == _db_value(v) for k, v in guard.equals.items()]
-        allowed = tasks.c.status.in_([s.value for s in guard.statuses])
+        allowed: ColumnElement[bool] = tasks.c.status.in_([s.value for s in guard.statuses])
         if guard.takeover_before is not None:
             takeover = and_(
                 tasks.c.status == TaskStatus.RUNNING.value,
@@ -243,7 +244,7 @@ class SqlTaskStore(BaseTaskStore):
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> list[BackgroundTask]:
+    ) -> builtins.list[BackgroundTask]:
         now = utcnow()
         claimable = and_(
             tasks.c.outbox_status == OutboxStatus.PENDING.value,
@@ -283,7 +284,7 @@ class SqlTaskStore(BaseTaskStore):
         async with self._errors():
             async with self.engine.begin() as conn:
                 result = await conn.execute(stmt)
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.rowcount)
 
     async def record_publish_failure(self, task_id: str, error: str) -> None:
         stmt = (

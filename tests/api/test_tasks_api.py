@@ -1,0 +1,162 @@
+"""The HTTP API against a real broker: status codes, error shape, nothing kept from bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from executors.registry import ExecutableRegistry
+from taskplatform.api.app import create_app
+from taskplatform.runtime import Runtime
+from taskplatform.settings import PlatformSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def api(
+    make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry, rabbitmq: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """The API with no worker, so published messages stay countable in the queue."""
+    runtime = Runtime(make_settings(max_body_bytes=4096), role="api", registry=registry, relay=False)
+    app = create_app(runtime=runtime)
+    async with app.router.lifespan_context(app):
+        await runtime.broker_ready.wait()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client, runtime
+
+
+async def queue_depth(rabbitmq: Any, runtime: Runtime) -> int:
+    channel = await rabbitmq.channel()
+    queue = await channel.declare_queue(runtime.topology.work_queues[0].queue, passive=True)
+    await channel.close()
+    return int(queue.declaration_result.message_count)
+
+
+async def stored(runtime: Runtime) -> int:
+    return sum((await runtime.store.count_by_status()).values())
+
+
+async def test_bad_submissions_are_refused_and_leave_nothing_behind(
+    api: tuple[httpx.AsyncClient, Runtime], rabbitmq: Any
+) -> None:
+    client, runtime = api
+    r = await client.post("/api/v1/tasks", json={"task_type": "no_such_type", "parameters": {}})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "unknown_task_type"
+    assert "generate_summary" in err["message"] and "generate_scene" in err["message"]
+
+    r = await client.post(
+        "/api/v1/tasks",
+        json={"task_type": "generate_summary", "parameters": {"text": "", "max_sentences": 0}},
+    )
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid_parameters"
+    locs = {tuple(d["loc"]) for d in err["details"]}
+    assert ("parameters", "text") in locs and ("parameters", "max_sentences") in locs
+
+    big = {"task_type": "generate_summary", "parameters": {"text": "word " * 2000}}
+    r = await client.post("/api/v1/tasks", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the streamed limit applies
+        for _ in range(10):
+            yield b"x" * 1000
+
+    r = await client.post("/api/v1/tasks", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+
+    r = await client.post("/api/v1/tasks", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+
+    r = await client.post(
+        "/api/v1/tasks", json={"task_type": "generate_summary", "parameters": {"text": "A b."}, "surprise": 1}
+    )
+    assert r.status_code == 422 and "surprise" in r.json()["error"]["message"]
+
+    assert await stored(runtime) == 0
+    assert await queue_depth(rabbitmq, runtime) == 0
+
+    # The same checks do see a good submission, so the zeros above mean something.
+    r = await client.post(
+        "/api/v1/tasks",
+        json={"task_type": "generate_summary", "parameters": {"text": "One. Two.", "max_sentences": 1}},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "QUEUED"
+    assert await stored(runtime) == 1
+    assert await queue_depth(rabbitmq, runtime) == 1
+
+
+async def test_get_and_list_tasks_with_filters_and_cursor(api: tuple[httpx.AsyncClient, Runtime]) -> None:
+    client, _ = api
+    ids = []
+    for i in range(5):
+        r = await client.post(
+            "/api/v1/tasks",
+            json={
+                "task_type": "test_noop",
+                "parameters": {"value": i},
+                "user_id": "u1" if i % 2 else "u2",
+                "tags": ["even"] if i % 2 == 0 else ["odd", "x"],
+            },
+        )
+        assert r.status_code == 201
+        ids.append(r.json()["task_id"])
+
+    r = await client.get(f"/api/v1/tasks/{ids[0]}")
+    assert r.status_code == 200 and r.json()["parameters"] == {"value": 0, "sleep": 0.0}
+    r = await client.get("/api/v1/tasks/missing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+    r = await client.get("/api/v1/tasks", params={"limit": 2})
+    page1 = r.json()
+    assert [t["id"] for t in page1["items"]] == ids[::-1][:2]
+    r = await client.get("/api/v1/tasks", params={"limit": 2, "cursor": page1["next_cursor"]})
+    assert [t["id"] for t in r.json()["items"]] == ids[::-1][2:4]
+
+    r = await client.get("/api/v1/tasks", params=[("tag", "odd"), ("tag", "x"), ("user_id", "u1")])
+    assert {t["id"] for t in r.json()["items"]} == {ids[1], ids[3]}
+    r = await client.get("/api/v1/tasks", params={"status": "QUEUED", "task_type": "test_noop"})
+    assert len(r.json()["items"]) == 5
+
+    r = await client.get("/api/v1/tasks", params={"status": "SLEEPING"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+    r = await client.get("/api/v1/tasks", params={"cursor": "garbage"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_health_readiness_docs_and_task_types(api: tuple[httpx.AsyncClient, Runtime]) -> None:
+    client, _ = api
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"store": "ok", "broker": "ok"}
+    r = await client.get("/swagger/index.html")
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert (await client.get("/docs")).status_code == 200
+    spec = (await client.get("/openapi.json")).json()
+    assert "/api/v1/tasks" in spec["paths"]
+    types = {t["task_type"]: t for t in (await client.get("/api/v1/task-types")).json()}
+    assert "text" in types["generate_summary"]["parameters_schema"]["properties"]
+
+
+async def test_readiness_reports_an_unreachable_broker(
+    make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry
+) -> None:
+    from tests.support.tcp_proxy import free_port
+
+    settings = make_settings(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    app = create_app(runtime=Runtime(settings, role="api", registry=registry, relay=False))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            r = await client.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["checks"] == {"store": "ok", "broker": "unavailable"}
+            r = await client.post("/api/v1/tasks", json={"task_type": "test_noop", "parameters": {}})
+            assert r.status_code == 202 and r.json()["status"] == "QUEUED"

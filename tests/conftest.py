@@ -1,0 +1,102 @@
+"""Shared fixtures: settings for a test, a unique RabbitMQ namespace, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from executors.registry import ExecutableRegistry
+from taskplatform.settings import PlatformSettings
+from tests.support.executables import EXECUTABLES
+from tests.support.services import POSTGRES_URL, RABBITMQ_URL, require_postgres, require_rabbitmq
+from topology import build_topology
+
+
+@pytest.fixture
+def topology_prefix() -> str:
+    """A prefix that keeps this test's exchanges and queues apart from every other's."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def registry() -> ExecutableRegistry:
+    """Reference executables (entry points) plus the test ones."""
+    registry = ExecutableRegistry.discover()
+    for cls in EXECUTABLES:
+        registry.register(cls)
+    return registry
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, topology_prefix: str) -> Callable[..., PlatformSettings]:
+    """Settings for this test: its own SQLite file and topology prefix, fast outbox timings."""
+
+    def make(**overrides: Any) -> PlatformSettings:
+        values: dict[str, Any] = {
+            "amqp_url": RABBITMQ_URL,
+            "store_url": f"sqlite+aiosqlite:///{tmp_path}/tasks.db",
+            "topology_prefix": topology_prefix,
+            "outbox_interval_seconds": 0.1,
+            "outbox_grace_seconds": 0.2,
+            "outbox_lease_seconds": 5.0,
+            "shutdown_grace_seconds": 5.0,
+            "load_entry_points": True,
+        }
+        values.update(overrides)
+        return PlatformSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def rabbitmq(
+    topology_prefix: str, registry: ExecutableRegistry
+) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    """A connection to the test broker; deletes this test's topology afterwards."""
+    require_rabbitmq()
+    connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    try:
+        yield connection
+    finally:
+        topo = build_topology(registry.queues(), prefix=topology_prefix)
+        channel = await connection.channel()
+        for q in topo.queues:
+            await channel.queue_delete(q.name)
+        for x in topo.exchanges:
+            await channel.exchange_delete(x.name)
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    require_postgres()
+    name = f"tp_test_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run_sync(sql: str) -> None:
+        # Own thread: this fixture may be first requested from inside a running event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    run_sync(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,228 @@
+"""The core pipeline against real RabbitMQ: submit -> store -> broker -> executable -> COMPLETED."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+
+from executors.registry import ExecutableRegistry
+from taskplatform.errors import UnroutableError
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskMessage, TaskStatus
+from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.runtime import Runtime
+from taskplatform.settings import PlatformSettings
+from taskplatform.submission import SubmitRequest
+from tests.support.executables import Noop
+from tests.support.runtime import eventually, running
+from tests.support.services import RABBITMQ_URL
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+TEXT = (
+    "Quorum queues replicate messages across nodes. Publisher confirms tell the producer a message is safe. "
+    "The weather was pleasant. Quorum queues with publisher confirms give durable delivery."
+)
+
+
+async def status_of(runtime: Runtime, task_id: str) -> TaskStatus | None:
+    task = await runtime.store.get(task_id)
+    return task.status if task else None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_submitted_task_completes_with_its_result(
+    backend: str,
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    overrides = {}
+    if backend == "postgresql":
+        overrides["store_url"] = request.getfixturevalue("postgres_database_url")
+    runtime = Runtime(make_settings(**overrides), role="dev", registry=registry, consume=True)
+    async with running(runtime):
+        submitted = await runtime.submitter.submit(
+            SubmitRequest(task_type="generate_summary", parameters={"text": TEXT, "max_sentences": 2})
+        )
+        assert submitted.published
+        await eventually(lambda: _is(runtime, submitted.task.id, TaskStatus.COMPLETED))
+        task = await runtime.store.get(submitted.task.id)
+        assert task is not None and task.result is not None
+        assert len(task.result["sentences"]) == 2
+        assert "Quorum queues" in task.result["summary"]
+        assert task.started_at is not None and task.completed_at is not None
+        assert task.execution_node_id == runtime.settings.node_id
+        await runtime.marker.flush()
+        task = await runtime.store.get(submitted.task.id)
+        assert task is not None and task.outbox.status is OutboxStatus.PUBLISHED
+
+
+async def _is(runtime: Runtime, task_id: str, status: TaskStatus) -> bool:
+    return await status_of(runtime, task_id) is status
+
+
+async def test_submit_while_broker_unreachable_is_accepted_then_relayed_and_completed(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5672)  # closed: the broker is unreachable
+    url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    runtime = Runtime(make_settings(amqp_url=url), role="dev", registry=registry, consume=True)
+    runtime.broker._retry_interval = 0.2
+    async with running(runtime, wait_for_broker=False):
+        submitted = await runtime.submitter.submit(
+            SubmitRequest(task_type="generate_summary", parameters={"text": TEXT, "max_sentences": 1})
+        )
+        assert not submitted.published
+        await asyncio.sleep(0.5)
+        stored = await runtime.store.get(submitted.task.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.QUEUED and stored.outbox.status is OutboxStatus.PENDING
+
+        await proxy.open()  # the broker comes back
+        try:
+            await eventually(lambda: _is(runtime, submitted.task.id, TaskStatus.COMPLETED), timeout=15)
+            done = await runtime.store.get(submitted.task.id)
+            assert done is not None and done.outbox.status is OutboxStatus.PUBLISHED
+            assert done.result is not None and done.result["sentence_indices"]
+        finally:
+            await runtime.stop(grace=1)
+            await proxy.close()
+
+
+async def _publish_twice(runtime: Runtime, tasks: list[BackgroundTask]) -> None:
+    await runtime.store.create_many(tasks)
+    messages = [TaskMessage.for_task(t) for t in tasks]
+    for _ in range(2):
+        results = await runtime.publisher.publish_many(messages)
+        assert results == [None] * len(messages)
+
+
+async def test_same_message_delivered_twice_runs_the_executable_once(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 0.05}) for i in range(20)]
+    async with running(runtime):
+        await _publish_twice(runtime, tasks)
+        await eventually(lambda: _all_done(runtime, tasks))
+        assert runtime.consumer is not None
+        await eventually(lambda: _consumed(runtime, 40))
+    for t in tasks:
+        assert Noop.calls[t.id] == 1, f"task {t.id} ran {Noop.calls[t.id]} times"
+
+
+async def _all_done(runtime: Runtime, tasks: list[BackgroundTask]) -> bool:
+    counts = await runtime.store.count_by_status()
+    return counts.get(TaskStatus.COMPLETED, 0) == len(tasks)
+
+
+async def _consumed(runtime: Runtime, n: int) -> bool:
+    return runtime.consumer is not None and runtime.consumer.processed >= n
+
+
+async def test_two_workers_racing_on_duplicates_complete_each_task_once(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    settings_a = make_settings(node_id="worker-a")
+    settings_b = make_settings(node_id="worker-b")
+    a = Runtime(settings_a, role="worker", registry=registry, consume=True, relay=False)
+    b = Runtime(settings_b, role="worker", registry=registry, consume=True, relay=False)
+    tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 0.02}) for i in range(40)]
+    async with running(a), running(b):
+        await _publish_twice(a, tasks)
+        await eventually(lambda: _all_done(a, tasks), timeout=20)
+        await eventually(lambda: _total_consumed(a, b, 80), timeout=20)
+        nodes = {t.execution_node_id for t in [await a.store.get(t.id) for t in tasks] if t}
+    assert all(Noop.calls[t.id] == 1 for t in tasks), {t.id: Noop.calls[t.id] for t in tasks}
+    assert nodes <= {"worker-a", "worker-b"}
+
+
+async def _total_consumed(a: Runtime, b: Runtime, n: int) -> bool:
+    assert a.consumer is not None and b.consumer is not None
+    return a.consumer.processed + b.consumer.processed >= n
+
+
+async def _dlq_messages(connection: Any, queue_name: str, expected: int) -> list[Any]:
+    channel = await connection.channel()
+    queue = await channel.declare_queue(queue_name, passive=True)
+    got: list[Any] = []
+    for _ in range(100):
+        msg = await queue.get(no_ack=True, fail=False)
+        if msg is None:
+            if len(got) >= expected:
+                break
+            await asyncio.sleep(0.1)
+            continue
+        got.append(msg)
+    await channel.close()
+    return got
+
+
+async def test_malformed_messages_go_to_the_dlq_with_a_reason_and_the_worker_keeps_consuming(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    async with running(runtime):
+        topo = runtime.topology
+        channel = await rabbitmq.channel()
+        exchange = await channel.get_exchange(topo.work_exchange)
+        good_body = TaskMessage(task_id="x", task_type="test_noop").model_dump(mode="json")
+        bad = [
+            (b"{not json", {"x-task-id": "m1", "x-task-type": "test_noop"}),
+            (orjson.dumps(good_body), {"x-task-type": "test_noop"}),  # no task id header
+            (orjson.dumps({"task_id": "m3"}), {"x-task-id": "m3", "x-task-type": "test_noop"}),  # no type
+        ]
+        for body, headers in bad:
+            await exchange.publish(aio_pika.Message(body, headers=headers), routing_key="test_noop")
+        await channel.close()
+        dead = await _dlq_messages(rabbitmq, topo.dead_letter_queue, 3)
+        reasons = sorted(m.headers[HEADER_DEAD_REASON] for m in dead)
+        assert reasons == ["bad-json", "invalid-body", "missing-header"]
+        assert all(m.headers[HEADER_DEAD_DETAIL] for m in dead)
+
+        ok = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", parameters={"value": 7}))
+        await eventually(lambda: _is(runtime, ok.task.id, TaskStatus.COMPLETED))
+
+
+async def test_failing_executable_dead_letters_the_task_and_its_message(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    async with running(runtime):
+        sub = await runtime.submitter.submit(SubmitRequest(task_type="test_boom", parameters={"value": 3}))
+        await eventually(lambda: _is(runtime, sub.task.id, TaskStatus.DEAD_LETTER))
+        task = await runtime.store.get(sub.task.id)
+        assert task is not None and task.error_info is not None
+        assert task.error_info.type == "ValueError" and task.error_info.message == "boom 3"
+        assert "Traceback" in (task.error_info.traceback or "")
+        dead = await _dlq_messages(rabbitmq, runtime.topology.dead_letter_queue, 1)
+        assert len(dead) == 1 and dead[0].headers["x-task-id"] == sub.task.id
+        assert dead[0].headers["x-death"][0]["reason"] == "rejected"
+
+
+async def test_publishing_a_task_type_without_a_bound_queue_raises_unroutable(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    runtime = Runtime(make_settings(), role="api", registry=registry, relay=False)
+    async with running(runtime):
+        with pytest.raises(UnroutableError, match="no queue is bound"):
+            await runtime.publisher.publish(TaskMessage(task_id="t1", task_type="not_bound_anywhere"))

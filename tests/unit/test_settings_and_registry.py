@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from executors.base import BackgroundTaskExecutable, TaskContext
+from executors.registry import ExecutableRegistry
+from taskplatform.errors import ConfigError, UnknownTaskTypeError
+from taskplatform.settings import DEFAULT_STORE_URL, PlatformSettings
+from taskplatform.store import create_store
+
+
+def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPLATFORM_PREFETCH", "7")
+    monkeypatch.setenv("TASKPLATFORM_LOG_LEVEL", "debug")
+    monkeypatch.setenv("TASKPLATFORM_EXECUTOR_MODULES", '["tests.support.executables"]')
+    s = PlatformSettings()
+    assert s.prefetch == 7 and s.log_level == "DEBUG"
+    assert s.executor_modules == ["tests.support.executables"]
+    assert s.store_url == DEFAULT_STORE_URL
+
+
+def test_bad_settings_name_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "http://nope")
+    with pytest.raises(ValidationError, match="amqp_url must start with amqp://"):
+        PlatformSettings()
+    monkeypatch.delenv("TASKPLATFORM_AMQP_URL")
+    monkeypatch.setenv("TASKPLATFORM_PREFETCH", "0")
+    with pytest.raises(ValidationError, match="prefetch"):
+        PlatformSettings()
+
+
+def test_store_url_chooses_the_backend() -> None:
+    assert type(create_store("sqlite+aiosqlite:///x.db")).__name__ == "SqlTaskStore"
+    assert type(create_store("postgresql+asyncpg://u@h/db")).__name__ == "SqlTaskStore"
+    assert type(create_store("mongodb://h/db")).__name__ == "MongoTaskStore"
+    with pytest.raises(ConfigError, match="unsupported store URL scheme 'redis'"):
+        create_store("redis://h")
+
+
+def test_entry_points_register_the_reference_executables() -> None:
+    registry = ExecutableRegistry.discover()
+    assert {"generate_summary", "generate_scene"} <= set(registry.task_types())
+
+
+def test_module_discovery_and_unknown_type_message() -> None:
+    registry = ExecutableRegistry.discover(["tests.support.executables"], entry_point_group=None)
+    assert registry.task_types() == ["test_boom", "test_noop"]
+    with pytest.raises(UnknownTaskTypeError, match="unknown task type 'x'; registered: test_boom, test_noop"):
+        registry.get("x")
+    with pytest.raises(ConfigError, match="cannot import executor module 'no.such.module'"):
+        registry.load_module("no.such.module")
+
+
+class _P(BaseModel):
+    pass
+
+
+class _A(BackgroundTaskExecutable[_P, _P]):
+    task_type = "dup"
+    Params = _P
+    Result = _P
+    calls: ClassVar[int] = 0
+
+    async def execute(self, ctx: TaskContext[_P]) -> _P:
+        return _P()
+
+
+class _B(_A):
+    pass
+
+
+class _BadName(_A):
+    task_type = "Bad Name"
+
+
+def test_registry_refuses_duplicates_and_bad_definitions() -> None:
+    registry = ExecutableRegistry([_A])
+    registry.register(_A)  # same class again is fine
+    with pytest.raises(ConfigError, match="task type 'dup' registered twice"):
+        registry.register(_B)
+    with pytest.raises(ConfigError, match="task_type must match"):
+        registry.register(_BadName)
+    with pytest.raises(ConfigError, match="not a BackgroundTaskExecutable"):
+        registry.register(int)  # type: ignore[arg-type]
