@@ -8,12 +8,12 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from taskplatform.errors import TaskPlatformError
+from taskplatform.errors import ConfigError, TaskPlatformError
 from taskplatform.settings import PlatformSettings
 
 log = logging.getLogger("taskplatform")
@@ -37,8 +37,10 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
     from taskplatform.api.app import create_app
 
     app = create_app(settings, with_worker=with_worker)
+    loop = "asyncio" if loop_factory(settings) is None else "uvloop"
     uvicorn.run(
         app,
+        loop=loop,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
@@ -65,8 +67,26 @@ async def run_worker(settings: PlatformSettings) -> None:
         await runtime.stop(grace=settings.shutdown_grace_seconds)
 
 
+def loop_factory(settings: PlatformSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or when installed and the setting is ``auto``; else asyncio's."""
+    if settings.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            raise ConfigError("TASKPLATFORM_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(settings: PlatformSettings, coro: Coroutine[Any, Any, int | None]) -> int | None:
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        return runner.run(coro)
+
+
 def cmd_worker(settings: PlatformSettings) -> int:
-    asyncio.run(run_worker(settings))
+    run_async(settings, run_worker(settings))
     return 0
 
 
@@ -214,7 +234,7 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     runner = runners.get(command)
     if runner is None:
         raise SystemExit(f"unknown command {command!r}")
-    return asyncio.run(runner())
+    return run_async(settings, runner()) or 0
 
 
 if __name__ == "__main__":

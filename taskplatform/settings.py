@@ -59,6 +59,7 @@ class PlatformSettings(BaseSettings):
     api_url: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False
 

@@ -45,14 +45,17 @@ class Submitted:
 class PublishedMarker:
     """Marks outbox entries published in batches, off the submit path.
 
-    If the process dies before a batch is written, the relay republishes those tasks
-    after the grace period; the consumer's claim makes the duplicate harmless.
+    Marking is off the submit path, so it lingers up to ``linger`` seconds to gather
+    more ids per statement. If the process dies before a batch is written, the relay
+    republishes those tasks after the grace period; the consumer's claim makes the
+    duplicate harmless.
     """
 
-    def __init__(self, store: BaseTaskStore, *, max_batch: int = 500) -> None:
+    def __init__(self, store: BaseTaskStore, *, max_batch: int = 500, linger: float = 0.05) -> None:
         self._store = store
         self._pending: list[str] = []
         self._max_batch = max_batch
+        self._linger = linger
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -72,6 +75,8 @@ class PublishedMarker:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            if len(self._pending) < self._max_batch:
+                await asyncio.sleep(self._linger)
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]

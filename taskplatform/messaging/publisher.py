@@ -93,18 +93,24 @@ class TaskPublisher:
         """Publish an already-built message with confirms, mandatory routing and retries."""
         if not self._broker.is_connected:
             raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
+
+        async def publish_once() -> None:
+            target = await self._exchange(exchange)
+            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
-                retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
-                reraise=True,
-            ):
-                with attempt:
-                    target = await self._exchange(exchange)
-                    await target.publish(
-                        message, routing_key=routing_key, mandatory=True, timeout=self._timeout
-                    )
+            try:
+                await publish_once()  # the hot path: no retry controller unless it fails
+            except TRANSIENT_BROKER_ERRORS:
+                if self._attempts <= 1:
+                    raise
+                retrying = AsyncRetrying(
+                    stop=stop_after_attempt(self._attempts - 1),
+                    wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+                    retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
+                    reraise=True,
+                )
+                await retrying(publish_once)
         except PublishError as exc:
             raise UnroutableError(
                 f"{what} is unroutable: no queue is bound to exchange {exchange!r} "

@@ -74,6 +74,23 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``)."""
+
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """Record ``result`` as the outcome of ``task_id``'s ``attempt``."""
+
+    task_id: str
+    attempt: int
+    result: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Guard:
     """The condition a guarded update requires of the current document.
 
@@ -108,7 +125,11 @@ class TaskStore(Protocol):
     async def try_set_running(
         self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
     ) -> BackgroundTask | None: ...
+    async def try_set_running_many(
+        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
+    ) -> dict[str, BackgroundTask]: ...
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool: ...
+    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]: ...
     async def record_completion(
         self, task_id: str, *, node_id: str, attempt: int, result: Mapping[str, Any] | None
     ) -> BackgroundTask | None: ...
@@ -202,18 +223,58 @@ class BaseTaskStore(ABC):
         """
         now = utcnow()
         guard = Guard(statuses=RUNNABLE, equals={"retry_count": attempt}, takeover_before=now)
-        return await self._guarded_update(
-            task_id,
-            guard,
-            {
-                "status": TaskStatus.RUNNING,
-                "execution_node_id": node_id,
-                "lease_until": lease_until,
-                "last_attempt_at": now,
-                "started_at": now,
-                "next_attempt_at": None,
-            },
-        )
+        return await self._guarded_update(task_id, guard, self.running_changes(node_id, lease_until, now))
+
+    async def try_set_running_many(
+        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
+    ) -> dict[str, BackgroundTask]:
+        """Claim several tasks at once; returns the documents of the claims this caller won.
+
+        Backends override this with one statement; the default claims one by one.
+        """
+        won: dict[str, BackgroundTask] = {}
+        for claim in claims:
+            task = await self.try_set_running(
+                claim.task_id, attempt=claim.attempt, node_id=node_id, lease_until=lease_until
+            )
+            if task is not None:
+                won[task.id] = task
+        return won
+
+    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]:
+        """Record several completions; returns the ids whose completion was recorded."""
+        done: set[str] = set()
+        for item in items:
+            task = await self.record_completion(
+                item.task_id, node_id=node_id, attempt=item.attempt, result=item.result
+            )
+            if task is not None:
+                done.add(task.id)
+        return done
+
+    @staticmethod
+    def running_changes(node_id: str, lease_until: datetime, now: datetime) -> dict[str, Any]:
+        """The changes a successful claim makes.
+
+        A claim also marks the outbox published: its message was evidently delivered.
+        """
+        return {
+            "status": TaskStatus.RUNNING,
+            "execution_node_id": node_id,
+            "lease_until": lease_until,
+            "last_attempt_at": now,
+            "started_at": now,
+            "next_attempt_at": None,
+            "updated_at": now,
+            "outbox.status": OutboxStatus.PUBLISHED.value,
+            "outbox.lease_until": None,
+            "outbox.lease_owner": None,
+        }
+
+    @staticmethod
+    def completion_changes(now: datetime) -> dict[str, Any]:
+        """The changes a recorded completion makes (besides the result)."""
+        return {"status": TaskStatus.COMPLETED, "completed_at": now, "lease_until": None, "updated_at": now}
 
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool:
         """Store progress reported by the task's current owner."""
@@ -228,16 +289,9 @@ class BaseTaskStore(ABC):
             statuses=frozenset({TaskStatus.RUNNING}),
             equals={"execution_node_id": node_id, "retry_count": attempt},
         )
-        return await self._guarded_update(
-            task_id,
-            guard,
-            {
-                "status": TaskStatus.COMPLETED,
-                "result": dict(result) if result is not None else None,
-                "completed_at": utcnow(),
-                "lease_until": None,
-            },
-        )
+        changes = self.completion_changes(utcnow())
+        changes["result"] = dict(result) if result is not None else None
+        return await self._guarded_update(task_id, guard, changes)
 
     async def record_failure(
         self, task_id: str, *, node_id: str, attempt: int, error: ErrorInfo, status: TaskStatus

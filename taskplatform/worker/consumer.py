@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -13,11 +14,12 @@ from pydantic import ValidationError
 
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
+from taskplatform.batching import Coalescer
 from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.models import BackgroundTask, TaskMessage, utcnow
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.base import BaseTaskStore, ClaimRequest
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
 from topology.spec import Topology
@@ -62,6 +64,10 @@ class TaskConsumer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._running: set[str] = set()
         self.processed = 0
+        # Concurrent deliveries share one claim statement (natural batching).
+        self._claims: Coalescer[ClaimRequest, BackgroundTask | None] = Coalescer(
+            self._claim_batch, max_batch=max(prefetch, 1)
+        )
 
     async def start(self) -> None:
         """Start consuming every work queue of the topology."""
@@ -155,11 +161,20 @@ class TaskConsumer:
         finally:
             self._running.discard(task.id)
 
+    async def _claim_batch(self, claims: Sequence[ClaimRequest]) -> list[BackgroundTask | None]:
+        won = await self._store.try_set_running_many(
+            list(dict.fromkeys(claims)), node_id=self._node_id, lease_until=utcnow() + self._lease
+        )
+        results: list[BackgroundTask | None] = []
+        for claim in claims:
+            # A duplicate delivery in the same batch must not run too: only the first gets the task.
+            task = won.pop(claim.task_id, None)
+            results.append(task if task is not None and task.retry_count == claim.attempt else None)
+        return results
+
     async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
         try:
-            task = await self._store.try_set_running(
-                tm.task_id, attempt=tm.attempt, node_id=self._node_id, lease_until=utcnow() + self._lease
-            )
+            task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
             if task is not None:
                 return task
             current = await self._store.get(tm.task_id)
@@ -191,7 +206,8 @@ class TaskConsumer:
         ctx: ExecutionContext[Any] = ExecutionContext(task, params, store=self._store, node_id=self._node_id)
         timeout = cls.timeout if cls.timeout is not None else self._default_timeout
         try:
-            result = await asyncio.wait_for(executable.execute(ctx), timeout)
+            async with asyncio.timeout(timeout):
+                result = await executable.execute(ctx)
             if not isinstance(result, cls.Result):
                 result = cls.Result.model_validate(result)
         except asyncio.CancelledError:

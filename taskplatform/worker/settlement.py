@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from taskplatform.batching import Coalescer
 from taskplatform.errors import PermanentFailure, StoreError
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.base import BaseTaskStore, CompletionRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TRACEBACK_LIMIT = 8000
 
@@ -107,14 +112,29 @@ class Settler:
         self._node_id = node_id
         self._dlx = dead_letter_exchange
         self._store_retry_seconds = store_retry_seconds
+        # Concurrent completions share one store statement (natural batching).
+        self._completions: Coalescer[CompletionRequest, bool] = Coalescer(self._complete_batch)
 
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
+    async def _complete_batch(self, items: Sequence[CompletionRequest]) -> list[bool]:
+        done = await self._store.record_completions(items, node_id=self._node_id)
+        return [item.task_id in done for item in items]
+
+    async def _with_store_retries(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a store write; on StoreError retry with backoff for ``store_retry_seconds``.
+
+        The first try runs without a retry controller: that is the common case and it is hot.
+        """
+        try:
+            return await write()
+        except StoreError as exc:
+            log.warning("store write failed (%s); retrying for up to %.0fs", exc, self._store_retry_seconds)
+        retrying = AsyncRetrying(
             stop=stop_after_delay(self._store_retry_seconds),
             wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
             retry=retry_if_exception_type(StoreError),
             reraise=True,
         )
+        return await retrying(write)
 
     async def settle(
         self, message: AbstractIncomingMessage, task: BackgroundTask, outcome: Outcome
@@ -122,27 +142,25 @@ class Settler:
         """Record the outcome of ``task``'s attempt, then settle ``message``."""
         decision = decide(outcome)
         attempt = task.retry_count
-        async for retry in self._retrying():
-            with retry:
-                if isinstance(outcome, Succeeded):
-                    written = await self._store.record_completion(
-                        task.id,
-                        node_id=self._node_id,
-                        attempt=attempt,
-                        result=outcome.result.model_dump(mode="json"),
-                    )
-                else:
-                    info = error_info(
-                        outcome.error,
-                        outcome.traceback,
-                        attempt=attempt,
-                        node_id=self._node_id,
-                        reason=failure_reason(outcome.error),
-                    )
-                    written = await self._store.record_failure(
-                        task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
-                    )
-        if written is None:
+
+        async def record() -> bool:
+            if isinstance(outcome, Succeeded):
+                result = outcome.result.model_dump(mode="json")
+                return await self._completions.submit(CompletionRequest(task.id, attempt, result))
+            info = error_info(
+                outcome.error,
+                outcome.traceback,
+                attempt=attempt,
+                node_id=self._node_id,
+                reason=failure_reason(outcome.error),
+            )
+            failed = await self._store.record_failure(
+                task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
+            )
+            return failed is not None
+
+        written = await self._with_store_retries(record)
+        if not written:
             # Someone else settled or took over this attempt (cancelled, lease taken over):
             # our outcome is stale and must not be applied to the broker either.
             log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
@@ -196,9 +214,7 @@ class Settler:
     ) -> None:
         """Mark a task that cannot run DEAD_LETTER, then move its message to the DLQ."""
         info = ErrorInfo(type="DeadLetter", message=detail, attempt=0, node_id=self._node_id, reason=reason)
-        async for retry in self._retrying():
-            with retry:
-                await self._store.mark_dead_letter(task_id, error=info)
+        await self._with_store_retries(lambda: self._store.mark_dead_letter(task_id, error=info))
         await self.reject_malformed(message, reason, detail)
 
 

@@ -10,6 +10,7 @@ import pytest
 from taskplatform.errors import DuplicateTaskError
 from taskplatform.models import BackgroundTask, ErrorInfo, OutboxStatus, TaskStatus, utcnow
 from taskplatform.store import BaseTaskStore, InvalidCursorError, TaskFilter
+from taskplatform.store.base import ClaimRequest, CompletionRequest
 
 NODE = "node-a"
 
@@ -246,3 +247,66 @@ async def test_count_by_status(store: BaseTaskStore) -> None:
     await store.create_many(tasks)
     await claim(store, tasks[0])
     assert await store.count_by_status() == {TaskStatus.QUEUED: 2, TaskStatus.RUNNING: 1}
+
+
+async def test_batch_claim_wins_only_runnable_tasks_at_their_attempt(store: BaseTaskStore) -> None:
+    queued = [make_task() for _ in range(4)]
+    done = make_task()
+    await store.create_many([*queued, done])
+    await claim(store, done)
+    await store.record_completion(done.id, node_id=NODE, attempt=0, result={})
+    claims = [ClaimRequest(t.id, 0) for t in queued[:3]]
+    claims += [ClaimRequest(queued[3].id, 2), ClaimRequest(done.id, 0), ClaimRequest("missing", 0)]
+    won = await store.try_set_running_many(claims, node_id=NODE, lease_until=utcnow() + timedelta(seconds=30))
+    assert set(won) == {t.id for t in queued[:3]}
+    assert all(t.status is TaskStatus.RUNNING and t.execution_node_id == NODE for t in won.values())
+    again = await store.try_set_running_many(
+        claims, node_id="other", lease_until=utcnow() + timedelta(seconds=30)
+    )
+    assert again == {}
+
+
+async def test_batch_completion_records_only_the_owners_attempts(store: BaseTaskStore) -> None:
+    tasks = [make_task() for _ in range(4)]
+    await store.create_many(tasks)
+    for t in tasks[:3]:
+        await claim(store, t)
+    await claim(store, tasks[3], node="other")
+    items = [CompletionRequest(t.id, 0, {"n": i, "nested": {"ok": True}}) for i, t in enumerate(tasks)]
+    items.append(CompletionRequest(tasks[0].id, 5, {"stale": True}))
+    recorded = await store.record_completions(items, node_id=NODE)
+    assert recorded == {t.id for t in tasks[:3]}
+    for i, t in enumerate(tasks[:3]):
+        got = await store.get(t.id)
+        assert got is not None and got.status is TaskStatus.COMPLETED
+        assert got.result == {"n": i, "nested": {"ok": True}} and got.completed_at is not None
+    other = await store.get(tasks[3].id)
+    assert other is not None and other.status is TaskStatus.RUNNING and other.result is None
+    assert await store.record_completions(items, node_id=NODE) == set()
+
+
+async def test_a_claim_marks_the_outbox_published(store: BaseTaskStore) -> None:
+    single, batched = make_task(), make_task()
+    await store.create_many([single, batched])
+    one = await claim(store, single)
+    many = await store.try_set_running_many(
+        [ClaimRequest(batched.id, 0)], node_id=NODE, lease_until=utcnow() + timedelta(seconds=30)
+    )
+    assert one is not None and one.outbox.status is OutboxStatus.PUBLISHED
+    assert many[batched.id].outbox.status is OutboxStatus.PUBLISHED
+    assert await store.mark_published([single.id, batched.id]) == 0
+
+
+async def test_overlapping_batch_claims_and_marks_do_not_deadlock(store: BaseTaskStore) -> None:
+    for _ in range(3):
+        tasks = [make_task() for _ in range(200)]
+        await store.create_many(tasks)
+        claims = [ClaimRequest(t.id, 0) for t in tasks]
+        lease = utcnow() + timedelta(seconds=30)
+        a, b, _ = await asyncio.gather(
+            store.try_set_running_many(claims, node_id="a", lease_until=lease),
+            store.try_set_running_many(claims[::-1], node_id="b", lease_until=lease),
+            store.mark_published([t.id for t in reversed(tasks)]),
+        )
+        assert not set(a) & set(b)
+        assert set(a) | set(b) == {t.id for t in tasks}

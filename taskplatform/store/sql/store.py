@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import (
     ColumnElement,
@@ -16,7 +17,6 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -34,18 +34,23 @@ from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.store.base import (
     BaseTaskStore,
+    ClaimRequest,
+    CompletionRequest,
     Guard,
     TaskFilter,
     TaskPage,
     check_page_size,
     decode_cursor,
     encode_cursor,
-    outbox_published_changes,
 )
 from taskplatform.store.sql import migrate
+from taskplatform.store.sql import statements as sql
+from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
 
 _COLUMNS = {c.name for c in tasks.columns}
+#: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
+_INSERT_PAGE = 1000
 
 
 def _json_dumps(value: Any) -> str:
@@ -60,6 +65,11 @@ def _db_value(value: Any) -> Any:
     return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
 
 
+def _columns(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Document-field changes as column values."""
+    return {_column_name(k): _db_value(v) for k, v in changes.items()}
+
+
 class SqlTaskStore(BaseTaskStore):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``."""
 
@@ -69,6 +79,8 @@ class SqlTaskStore(BaseTaskStore):
         self._auto_migrate = auto_migrate
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._auto: AsyncEngine | None = None
+        self._fast: PgFastPath | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -76,6 +88,12 @@ class SqlTaskStore(BaseTaskStore):
         if self._engine is None:
             raise StoreError("store is not open; call open() first")
         return self._engine
+
+    @property
+    def autocommit(self) -> AsyncEngine:
+        if self._auto is None:
+            raise StoreError("store is not open; call open() first")
+        return self._auto
 
     @property
     def dialect(self) -> str:
@@ -88,20 +106,29 @@ class SqlTaskStore(BaseTaskStore):
         if self.url.startswith("sqlite"):
             self._prepare_sqlite_path()
         else:
-            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_pre_ping=True)
-        engine = create_async_engine(self.url, **kwargs)
+            # No pre-ping: it costs three round trips per checkout. A dropped connection
+            # surfaces as StoreError, which every caller already retries.
+            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_recycle=1800)
+        engine = create_async_engine(self.url, insertmanyvalues_page_size=_INSERT_PAGE, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
+        # Single statements run in autocommit: each is atomic on its own, and skipping
+        # BEGIN/COMMIT saves two round trips per operation.
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         try:
             if self._auto_migrate:
                 await migrate.upgrade(engine)
             else:
                 await self.ping()
+            if engine.dialect.name == "postgresql":
+                dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._fast = PgFastPath(dsn, max_size=self._pool_size)
+                await self._fast.open()
         except SQLAlchemyError as exc:
             await self.close()
             raise StoreError(f"cannot open store {engine.url!r}: {exc}") from exc
-        except OSError as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot reach store {engine.url!r}: {exc}") from exc
 
@@ -111,13 +138,16 @@ class SqlTaskStore(BaseTaskStore):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
+        if self._fast is not None:
+            fast, self._fast = self._fast, None
+            await fast.close()
         if self._engine is not None:
-            engine, self._engine = self._engine, None
+            engine, self._engine, self._auto = self._engine, None, None
             await engine.dispose()
 
     async def ping(self) -> None:
         async with self._errors():
-            async with self.engine.connect() as conn:
+            async with self.autocommit.connect() as conn:
                 await conn.execute(select(literal(1)))
 
     @contextlib.asynccontextmanager
@@ -126,9 +156,9 @@ class SqlTaskStore(BaseTaskStore):
             yield
         except (StoreError, ValueError):
             raise
-        except IntegrityError as exc:
-            raise DuplicateTaskError(f"task already exists: {exc.orig}") from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except (IntegrityError, asyncpg.UniqueViolationError) as exc:
+            raise DuplicateTaskError(f"task already exists: {getattr(exc, 'orig', exc)}") from exc
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"store operation failed: {exc}") from exc
 
     # ------------------------------------------------------------ mapping
@@ -155,14 +185,25 @@ class SqlTaskStore(BaseTaskStore):
         if not tasks_:
             return
         rows = [self._to_row(t) for t in tasks_]
+        if self._fast is not None:
+            async with self._errors():
+                await self._fast.insert(rows)
+            return
+        # Up to one INSERT page the statement is single and atomic by itself: autocommit
+        # saves BEGIN/COMMIT. Larger batches are several statements and need a transaction.
+        single = len(rows) <= _INSERT_PAGE
         async with self._errors():
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(tasks), rows)
+            async with self.autocommit.connect() if single else self.engine.begin() as conn:
+                await conn.execute(sql.INSERT, rows)
 
     async def get(self, task_id: str) -> BackgroundTask | None:
+        if self._fast is not None:
+            async with self._errors():
+                record = await self._fast.get(task_id)
+            return self._to_task(record) if record is not None else None
         async with self._errors():
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+            async with self.autocommit.connect() as conn:
+                row = (await conn.execute(sql.GET, {"task_id": task_id})).first()
         return self._to_task(row) if row is not None else None
 
     def _tag_clause(self, tag: str) -> ColumnElement[bool]:
@@ -197,7 +238,7 @@ class SqlTaskStore(BaseTaskStore):
             .limit(limit + 1)
         )
         async with self._errors():
-            async with self.engine.connect() as conn:
+            async with self.autocommit.connect() as conn:
                 rows = (await conn.execute(query)).all()
         items = [self._to_task(r) for r in rows[:limit]]
         next_cursor = None
@@ -209,7 +250,7 @@ class SqlTaskStore(BaseTaskStore):
     async def count_by_status(self) -> dict[TaskStatus, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
         async with self._errors():
-            async with self.engine.connect() as conn:
+            async with self.autocommit.connect() as conn:
                 rows = (await conn.execute(query)).all()
         return {TaskStatus(status): int(n) for status, n in rows}
 
@@ -228,19 +269,66 @@ class SqlTaskStore(BaseTaskStore):
     async def _guarded_update(
         self, task_id: str, guard: Guard, changes: Mapping[str, Any]
     ) -> BackgroundTask | None:
-        values = {_column_name(k): _db_value(v) for k, v in changes.items()}
-        values["version"] = tasks.c.version + 1
-        values.setdefault("updated_at", utcnow())
+        columns = _columns(changes)
+        columns["version"] = tasks.c.version + 1
+        columns.setdefault("updated_at", utcnow())
         stmt = (
             update(tasks)
             .where(tasks.c.id == task_id, self._guard_clause(guard))
-            .values(**values)
+            .values(**columns)
             .returning(*tasks.columns)
         )
         async with self._errors():
-            async with self.engine.begin() as conn:
+            async with self.autocommit.connect() as conn:
                 row = (await conn.execute(stmt)).first()
         return self._to_task(row) if row is not None else None
+
+    async def try_set_running_many(
+        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
+    ) -> dict[str, BackgroundTask]:
+        """One statement for the whole batch (see ``statements``)."""
+        if not claims:
+            return {}
+        now = utcnow()
+        async with self._errors():
+            if self._fast is not None:
+                ids, attempts = [c.task_id for c in claims], [c.attempt for c in claims]
+                rows: Any = await self._fast.claim_many(
+                    ids, attempts, node_id=node_id, lease_until=lease_until, now=now
+                )
+            else:
+                params = {"node": node_id, "lease": lease_until, "now": now}
+                params["claims"] = [(c.task_id, c.attempt) for c in claims]
+                async with self.autocommit.connect() as conn:
+                    rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
+        return {t.id: t for t in map(self._to_task, rows)}
+
+    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]:
+        """PostgreSQL: one statement for the batch; SQLite: a prebuilt statement per item."""
+        if not items:
+            return set()
+        now = utcnow()
+        async with self._errors():
+            if self._fast is not None:
+                return await self._fast.complete_many(
+                    [i.task_id for i in items],
+                    [i.attempt for i in items],
+                    [i.result and dict(i.result) for i in items],
+                    node_id=node_id,
+                    now=now,
+                )
+            async with self.autocommit.connect() as conn:
+                done: set[str] = set()
+                for i in items:
+                    params_one = {
+                        "task_id": i.task_id,
+                        "attempt": i.attempt,
+                        "node": node_id,
+                        "now": now,
+                        "result_value": i.result and dict(i.result),
+                    }
+                    done.update((await conn.execute(sql.COMPLETE_ONE, params_one)).scalars().all())
+                return done
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
@@ -265,7 +353,7 @@ class SqlTaskStore(BaseTaskStore):
             .returning(*tasks.columns)
         )
         async with self._errors():
-            async with self.engine.begin() as conn:
+            async with self.autocommit.connect() as conn:
                 rows = (await conn.execute(stmt)).all()
         claimed = [self._to_task(r) for r in rows]
         claimed.sort(key=lambda t: t.created_at)
@@ -274,16 +362,11 @@ class SqlTaskStore(BaseTaskStore):
     async def mark_published(self, task_ids: Sequence[str]) -> int:
         if not task_ids:
             return 0
-        values: dict[str, Any] = {_column_name(k): v for k, v in outbox_published_changes(utcnow()).items()}
-        values["version"] = tasks.c.version + 1
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id.in_(list(task_ids)), tasks.c.outbox_status == OutboxStatus.PENDING.value)
-            .values(**values)
-        )
         async with self._errors():
-            async with self.engine.begin() as conn:
-                result = await conn.execute(stmt)
+            if self._fast is not None:
+                return await self._fast.mark_published(task_ids, now=utcnow())
+            async with self.autocommit.connect() as conn:
+                result = await conn.execute(sql.MARK_PUBLISHED, {"ids": list(task_ids), "now": utcnow()})
         return int(result.rowcount)
 
     async def record_publish_failure(self, task_id: str, error: str) -> None:
@@ -297,7 +380,7 @@ class SqlTaskStore(BaseTaskStore):
             )
         )
         async with self._errors():
-            async with self.engine.begin() as conn:
+            async with self.autocommit.connect() as conn:
                 await conn.execute(stmt)
 
 

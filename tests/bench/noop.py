@@ -1,0 +1,27 @@
+"""The executable the benchmarks push through the pipeline: does nothing, returns at once."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from executors.base import BackgroundTaskExecutable, TaskContext
+
+
+class BenchParams(BaseModel):
+    n: int = 0
+
+
+class BenchResult(BaseModel):
+    n: int
+
+
+class BenchNoop(BackgroundTaskExecutable[BenchParams, BenchResult]):
+    task_type = "bench_noop"
+    Params = BenchParams
+    Result = BenchResult
+
+    async def execute(self, ctx: TaskContext[BenchParams]) -> BenchResult:
+        return BenchResult(n=ctx.parameters.n)
+
+
+EXECUTABLES = [BenchNoop]
