@@ -37,6 +37,53 @@ AMQP_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.
 PG_ADMIN = os.environ.get("TASKPLATFORM_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent not idle since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM, when it runs on this machine."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "beam.smp":
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+class CpuMeter:
+    """CPU per task: the submitting process, the workers, the broker, and the rest (database)."""
+
+    def __init__(self, workers: list[subprocess.Popen[bytes]]) -> None:
+        self.pids = [p.pid for p in workers]
+        self.broker = broker_pid()
+
+    def snapshot(self) -> tuple[float, ...]:
+        broker = process_cpu(self.broker) if self.broker else 0.0
+        return process_cpu(os.getpid()), sum(process_cpu(p) for p in self.pids), broker, machine_busy()
+
+    @staticmethod
+    def per_task(before: tuple[float, ...], after: tuple[float, ...], n: int) -> str:
+        submit, worker, broker, total = (b - a for a, b in zip(before, after, strict=True))
+        rest = total - submit - worker - broker
+        parts = {"submitter": submit, "worker(s)": worker, "RabbitMQ": broker, "PostgreSQL+rest": rest}
+        return "CPU per task: " + ", ".join(f"{k} {v / n * 1000:.2f} ms" for k, v in parts.items())
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -210,18 +257,25 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await asyncio.sleep(2.0)  # workers connect and start consuming
         print(f"store={args.store} workers={args.workers} prefetch={args.prefetch} cpus={os.cpu_count()}")
+        meter = CpuMeter(workers)
+        before = meter.snapshot()
         tp = await throughput(runtime, args.n, args.batch, args.concurrency)
+        tp_cpu = meter.per_task(before, meter.snapshot(), args.n)
         print(
             f"end-to-end: {tp['tasks']:.0f} tasks in {tp['total_s']:.2f}s = {tp['tasks_per_s']:.0f} tasks/s "
             f"(submitting alone: {tp['submit_per_s']:.0f}/s)"
         )
+        print(f"  {tp_cpu}")
         await asyncio.sleep(args.settle)  # let the broker and database digest the burst
+        before = meter.snapshot()
         lat = await latency(runtime, args.latency_n, args.rate, already=args.n)
+        lat_cpu = meter.per_task(before, meter.snapshot(), args.latency_n)
         print(
             f"submit->start at {lat['rate_per_s']:.0f} tasks/s: p50 {lat['p50_ms']:.2f} ms, "
             f"p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms ({lat['tasks']:.0f} tasks); "
             f"the submit call itself: p50 {lat['submit_p50_ms']:.2f} ms, p99 {lat['submit_p99_ms']:.2f} ms"
         )
+        print(f"  {lat_cpu}")
     finally:
         for p in workers:
             p.terminate()
