@@ -16,8 +16,22 @@ import pytest
 from executors.registry import ExecutableRegistry
 from taskplatform.settings import PlatformSettings
 from tests.support.executables import EXECUTABLES
-from tests.support.services import POSTGRES_URL, RABBITMQ_URL, require_postgres, require_rabbitmq
+from tests.support.services import (
+    POSTGRES_URL,
+    RABBITMQ_URL,
+    mongo_mode_description,
+    require_postgres,
+    require_rabbitmq,
+)
 from topology import build_topology
+
+
+def pytest_report_header() -> str:
+    return mongo_mode_description()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(mongo_mode_description())
 
 
 @pytest.fixture

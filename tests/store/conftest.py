@@ -8,10 +8,10 @@ id and the report header say which.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -19,40 +19,7 @@ from taskplatform.store import BaseTaskStore
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.sql import SqlTaskStore
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
-from tests.support.services import MONGODB_URL
-
-
-def _docker_engine_available() -> bool:
-    sock = Path("/var/run/docker.sock")
-    if not sock.exists() and not os.environ.get("DOCKER_HOST"):
-        return False
-    try:
-        import docker  # type: ignore[import-untyped]  # noqa: F401  (installed with testcontainers)
-
-        return bool(docker.from_env().ping())
-    except Exception:
-        return False
-
-
-def mongo_mode() -> str:
-    if MONGODB_URL:
-        return "real"
-    if _docker_engine_available():
-        return "container"
-    return "emulated"
-
-
-MONGO_MODE = mongo_mode()
-
-
-def pytest_report_header() -> str:
-    where = {
-        "real": f"a real server at TASKPLATFORM_TEST_MONGODB_URL={MONGODB_URL}",
-        "container": "a MongoDB container started by testcontainers",
-        "emulated": "the in-process emulation (mongomock behind an async adapter); "
-        "set TASKPLATFORM_TEST_MONGODB_URL to run it against a real server",
-    }[MONGO_MODE]
-    return f"store contract, MongoDB backend: {where}"
+from tests.support.services import MONGO_MODE, MONGODB_URL
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +56,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         if url is None:
             s = MongoTaskStore("mongodb://emulated/taskplatform_test", database=AsyncEmulatedDatabase())
         else:
+            parts = urlsplit(url)
             db_name = f"tp_test_{uuid.uuid4().hex[:12]}"
-            base = url.split("?", 1)[0].rstrip("/")
-            s = MongoTaskStore(f"{base}/{db_name}?authSource=admin")
+            s = MongoTaskStore(urlunsplit(parts._replace(path=f"/{db_name}")))
     await s.open()
     if isinstance(s, SqlTaskStore) and backend == "postgresql":
         async with s.engine.begin() as conn:

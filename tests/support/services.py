@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -50,3 +51,36 @@ def require_rabbitmq() -> None:
 
 def require_postgres() -> None:
     require("PostgreSQL", POSTGRES_URL, 5432)
+
+
+def _docker_engine_available() -> bool:
+    sock = Path("/var/run/docker.sock")
+    if not sock.exists() and not os.environ.get("DOCKER_HOST"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: F401  (installed with testcontainers)
+
+        return bool(docker.from_env().ping())
+    except Exception:
+        return False
+
+
+def mongo_mode() -> str:
+    if MONGODB_URL:
+        return "real"
+    if _docker_engine_available():
+        return "container"
+    return "emulated"
+
+
+MONGO_MODE = mongo_mode()
+
+
+def mongo_mode_description() -> str:
+    where = {
+        "real": f"a real server at TASKPLATFORM_TEST_MONGODB_URL={MONGODB_URL}",
+        "container": "a MongoDB container started by testcontainers",
+        "emulated": "the in-process emulation (mongomock behind an async adapter); "
+        "set TASKPLATFORM_TEST_MONGODB_URL to run it against a real server",
+    }[MONGO_MODE]
+    return f"store contract, MongoDB backend: {where}"
