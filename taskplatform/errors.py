@@ -47,6 +47,15 @@ class UnknownTaskTypeError(TaskPlatformError):
         super().__init__(f"unknown task type {task_type!r}; registered: {names}")
 
 
+class InvalidInputError(TaskPlatformError):
+    """Input that validated against its model but cannot be stored as given."""
+
+    def __init__(self, location: tuple[str | int, ...], message: str) -> None:
+        self.location = location
+        where = ".".join(map(str, location))
+        super().__init__(f"{where}: {message}")
+
+
 class DuplicateTaskError(StoreError):
     """A task with this id (or idempotency key) already exists."""
 

@@ -57,3 +57,4 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -5,20 +5,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import BrokerError
+from taskplatform.errors import BrokerError, InvalidInputError
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskMessage, utcnow
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
 
 MAX_TAGS = 20
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def ensure_storable(value: Any, location: tuple[str | int, ...]) -> None:
+    """Refuse what no backend stores faithfully: NUL in text (PostgreSQL), integers beyond
+    64 bits (JSON encoders, BSON), NaN and infinities (not JSON). Raises InvalidInputError."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInputError(location, "text must not contain NUL (\\u0000) characters")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidInputError(location, "integer out of the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInputError(location, "number must be finite (no NaN or infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            ensure_storable(key, (*location, str(key)))
+            ensure_storable(item, (*location, str(key)))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            ensure_storable(item, (*location, index))
 
 
 class SubmitRequest(BaseModel):
@@ -30,7 +57,9 @@ class SubmitRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     user_id: str | None = Field(default=None, max_length=255)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
     parent_task_id: str | None = Field(default=None, max_length=64)
 
 
@@ -131,11 +160,16 @@ class TaskSubmitter:
         """
         executable = self._registry.get(request.task_type)
         params = executable.Params.model_validate(request.parameters)
+        parameters = params.model_dump(mode="json")
+        ensure_storable(parameters, ("parameters",))
+        ensure_storable(request.user_id, ("user_id",))
+        ensure_storable(request.tags, ("tags",))
+        ensure_storable(request.parent_task_id, ("parent_task_id",))
         now = utcnow()
         return BackgroundTask(
             task_type=request.task_type,
             user_id=request.user_id,
-            parameters=params.model_dump(mode="json"),
+            parameters=parameters,
             priority=request.priority,
             tags=list(dict.fromkeys(request.tags)),
             parent_task_id=request.parent_task_id,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskplatform.errors import StoreError, UnknownTaskTypeError
+from taskplatform.errors import InvalidInputError, StoreError, UnknownTaskTypeError
 from taskplatform.store.base import InvalidCursorError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,12 @@ def install_error_handlers(app: FastAPI) -> None:
         details = field_errors(exc, ("parameters",))
         where = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details[:5])
         return error_response(422, "invalid_parameters", f"invalid parameters: {where}", details)
+
+    @app.exception_handler(InvalidInputError)
+    async def _unstorable(_: Request, exc: InvalidInputError) -> JSONResponse:
+        details = [{"loc": list(exc.location), "msg": str(exc), "type": "unstorable_value"}]
+        code = "invalid_parameters" if exc.location[:1] == ("parameters",) else "validation_error"
+        return error_response(422, code, f"invalid input: {exc}", details)
 
     @app.exception_handler(InvalidCursorError)
     async def _bad_cursor(_: Request, exc: InvalidCursorError) -> JSONResponse:

@@ -18,7 +18,8 @@ from taskplatform.submission import SubmitRequest
 
 ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
 
-TaskId = Annotated[str, Path(min_length=1, max_length=64, description="Task id")]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it as bad input, not a store fault
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL, description="Task id")]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -64,9 +65,9 @@ async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
 async def list_tasks(
     runtime: RuntimeDep,
     status: TaskStatus | None = None,
-    task_type: Annotated[str | None, Query(max_length=128)] = None,
-    user_id: Annotated[str | None, Query(max_length=255)] = None,
-    parent_task_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_type: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    user_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    parent_task_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     tag: Annotated[
         list[str] | None, Query(description="Repeat to require several tags", max_length=20)
     ] = None,

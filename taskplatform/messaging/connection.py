@@ -39,7 +39,9 @@ class BrokerConnection:
 
     @property
     def is_connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """Connected right now (False while the robust connection is reconnecting)."""
+        conn = self._connection
+        return conn is not None and not conn.is_closed and conn.connected.is_set()
 
     async def _connect_once(self) -> AbstractRobustConnection:
         return await aio_pika.connect_robust(

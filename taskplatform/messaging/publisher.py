@@ -20,6 +20,10 @@ from topology.spec import Topology
 
 log = logging.getLogger(__name__)
 
+#: What a publish may raise when the broker goes away; RuntimeError is aiormq's
+#: "Connection closed" for a socket lost mid-publish.
+_PUBLISH_FAULTS: tuple[type[BaseException], ...] = (*TRANSIENT_BROKER_ERRORS, RuntimeError)
+
 
 class TaskPublisher:
     """Publishes task messages to the work exchange.
@@ -118,7 +122,7 @@ class TaskPublisher:
             ) from exc
         except DeliveryError as exc:
             raise BrokerError(f"broker refused {what}: {exc}") from exc
-        except TRANSIENT_BROKER_ERRORS as exc:
+        except _PUBLISH_FAULTS as exc:
             raise BrokerError(f"cannot publish {what}: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

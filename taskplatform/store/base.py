@@ -128,6 +128,9 @@ class TaskStore(Protocol):
     async def try_set_running_many(
         self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
     ) -> dict[str, BackgroundTask]: ...
+    async def renew_lease(
+        self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
+    ) -> bool: ...
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool: ...
     async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]: ...
     async def record_completion(
@@ -137,7 +140,9 @@ class TaskStore(Protocol):
         self, task_id: str, *, node_id: str, attempt: int, error: ErrorInfo, status: TaskStatus
     ) -> BackgroundTask | None: ...
 
-    async def mark_dead_letter(self, task_id: str, *, error: ErrorInfo) -> BackgroundTask | None: ...
+    async def mark_dead_letter(
+        self, task_id: str, *, error: ErrorInfo, attempt: int | None = None
+    ) -> BackgroundTask | None: ...
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
@@ -206,7 +211,8 @@ class BaseTaskStore(ABC):
 
     @abstractmethod
     async def record_publish_failure(self, task_id: str, error: str) -> None:
-        """Count a failed publish attempt and keep the error; the entry stays pending."""
+        """Count a failed publish attempt, keep the error and release any relay lease;
+        the entry stays pending."""
 
     # ------------------------------------------------------------ operations
     async def create(self, task: BackgroundTask) -> None:
@@ -276,6 +282,14 @@ class BaseTaskStore(ABC):
         """The changes a recorded completion makes (besides the result)."""
         return {"status": TaskStatus.COMPLETED, "completed_at": now, "lease_until": None, "updated_at": now}
 
+    async def renew_lease(self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime) -> bool:
+        """Extend the lease of a task this node runs at ``attempt``; False if it is no longer ours."""
+        guard = Guard(
+            statuses=frozenset({TaskStatus.RUNNING}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(task_id, guard, {"lease_until": lease_until}) is not None
+
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool:
         """Store progress reported by the task's current owner."""
         guard = Guard(statuses=frozenset({TaskStatus.RUNNING}), equals={"execution_node_id": node_id})
@@ -318,15 +332,23 @@ class BaseTaskStore(ABC):
             },
         )
 
-    async def mark_dead_letter(self, task_id: str, *, error: ErrorInfo) -> BackgroundTask | None:
-        """Move a task that can never run here (malformed or poison message) to DEAD_LETTER.
+    async def mark_dead_letter(
+        self, task_id: str, *, error: ErrorInfo, attempt: int | None = None
+    ) -> BackgroundTask | None:
+        """Move a task that can never run (malformed or poison message) to DEAD_LETTER.
 
-        No ownership check: whoever finds the dead message records it. Terminal tasks are
-        left as they are.
+        With ``attempt`` (a worker holding that attempt's message): only while the task waits
+        to run at that attempt, or runs under a lapsed lease, never under a live owner.
+        Without it (whoever finds a dead message later): from any non-final status.
+        Finished tasks are left as they are.
         """
+        if attempt is None:
+            guard = Guard(statuses=sources_of(TaskStatus.DEAD_LETTER))
+        else:
+            guard = Guard(statuses=RUNNABLE, equals={"retry_count": attempt}, takeover_before=utcnow())
         return await self._guarded_update(
             task_id,
-            Guard(statuses=sources_of(TaskStatus.DEAD_LETTER)),
+            guard,
             {
                 "status": TaskStatus.DEAD_LETTER,
                 "error_info": error.model_dump(mode="json"),

@@ -257,5 +257,13 @@ class MongoTaskStore(BaseTaskStore):
         async with self._errors():
             await self.collection.update_one(
                 {"_id": task_id, "outbox.status": OutboxStatus.PENDING.value},
-                {"$inc": {"outbox.attempts": 1, "version": 1}, "$set": {"outbox.last_error": error[:2000]}},
+                {
+                    "$inc": {"outbox.attempts": 1, "version": 1},
+                    # free for the next relay pass, not only after the lease
+                    "$set": {
+                        "outbox.last_error": error[:2000],
+                        "outbox.lease_until": None,
+                        "outbox.lease_owner": None,
+                    },
+                },
             )

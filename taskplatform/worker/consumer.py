@@ -74,7 +74,9 @@ class TaskConsumer:
         self._channel = await self._broker.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
         for wq in self._topology.work_queues:
-            queue = await self._channel.get_queue(wq.queue, ensure=False)
+            # declare_queue (passive) registers the queue with the robust channel, so the
+            # consumer is restored after a reconnect; get_queue would not be.
+            queue = await self._channel.declare_queue(wq.queue, passive=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consumers.append((queue, tag))
             log.info("consuming %s (%s), prefetch %d", wq.queue, ", ".join(wq.task_types), self._prefetch)
@@ -141,6 +143,7 @@ class TaskConsumer:
             await self._settler.dead_letter_task(
                 message,
                 task_message.task_id,
+                task_message.attempt,
                 "unknown-task-type",
                 f"no executable for task type {task_message.task_type!r} on this worker; "
                 f"registered: {', '.join(self._registry.task_types())}",
@@ -155,8 +158,14 @@ class TaskConsumer:
         if task is None:
             return
         self._running.add(task.id)
+        renewer = asyncio.create_task(self._keep_lease(task), name=f"lease-{task.id}")
         try:
             outcome = await self._run(task)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        try:
             await self._settler.settle(message, task, outcome)
         finally:
             self._running.discard(task.id)
@@ -167,9 +176,14 @@ class TaskConsumer:
         )
         results: list[BackgroundTask | None] = []
         for claim in claims:
-            # A duplicate delivery in the same batch must not run too: only the first gets the task.
-            task = won.pop(claim.task_id, None)
-            results.append(task if task is not None and task.retry_count == claim.attempt else None)
+            # Only the first delivery of the winning attempt gets the task; a duplicate in the
+            # same batch, or a delivery of another attempt, gets nothing.
+            task = won.get(claim.task_id)
+            if task is not None and task.retry_count == claim.attempt:
+                del won[claim.task_id]
+                results.append(task)
+            else:
+                results.append(None)
         return results
 
     async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
@@ -196,6 +210,26 @@ class TaskConsumer:
             )
         return None
 
+    async def _keep_lease(self, task: BackgroundTask) -> None:
+        """Renew the claim's lease every third of its length while the attempt runs, so a
+        duplicate delivery cannot take a live task over however long it runs."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ours = await self._store.renew_lease(
+                    task.id,
+                    node_id=self._node_id,
+                    attempt=task.retry_count,
+                    lease_until=utcnow() + self._lease,
+                )
+            except StoreError as exc:
+                log.warning("could not renew the lease of task %s (%s); will retry", task.id, exc)
+                continue
+            if not ours:
+                log.warning("task %s is no longer owned by this worker (lease lost)", task.id)
+                return
+
     async def _run(self, task: BackgroundTask) -> Outcome:
         executable = self._executable(task.task_type)
         cls = type(executable)
@@ -210,8 +244,11 @@ class TaskConsumer:
                 result = await executable.execute(ctx)
             if not isinstance(result, cls.Result):
                 result = cls.Result.model_validate(result)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled (shutdown): propagate
+            return Failed(exc, format_traceback(exc))  # the executable raised it on its own
         except Exception as exc:
             return Failed(exc, format_traceback(exc))
         return Succeeded(result)

@@ -160,7 +160,7 @@ class Settler:
             return failed is not None
 
         written = await self._with_store_retries(record)
-        if not written:
+        if not written and not await self._already_recorded(task, decision):
             # Someone else settled or took over this attempt (cancelled, lease taken over):
             # our outcome is stale and must not be applied to the broker either.
             log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
@@ -171,6 +171,17 @@ class Settler:
         else:
             await message.nack(requeue=False)
         return decision
+
+    async def _already_recorded(self, task: BackgroundTask, decision: Decision) -> bool:
+        """Whether our own write landed after all (its reply was lost and the retry's guard
+        then failed): the task shows this node, this attempt and the decided status."""
+        current = await self._with_store_retries(lambda: self._store.get(task.id))
+        return (
+            current is not None
+            and current.status is decision.status
+            and current.execution_node_id == self._node_id
+            and current.retry_count == task.retry_count
+        )
 
     async def skip(self, message: AbstractIncomingMessage, why: str) -> None:
         """Ack a delivery that must not run (duplicate, already finished, lost the claim)."""
@@ -210,11 +221,15 @@ class Settler:
         await message.ack()
 
     async def dead_letter_task(
-        self, message: AbstractIncomingMessage, task_id: str, reason: str, detail: str
+        self, message: AbstractIncomingMessage, task_id: str, attempt: int, reason: str, detail: str
     ) -> None:
         """Mark a task that cannot run DEAD_LETTER, then move its message to the DLQ."""
-        info = ErrorInfo(type="DeadLetter", message=detail, attempt=0, node_id=self._node_id, reason=reason)
-        await self._with_store_retries(lambda: self._store.mark_dead_letter(task_id, error=info))
+        info = ErrorInfo(
+            type="DeadLetter", message=detail, attempt=attempt, node_id=self._node_id, reason=reason
+        )
+        await self._with_store_retries(
+            lambda: self._store.mark_dead_letter(task_id, error=info, attempt=attempt)
+        )
         await self.reject_malformed(message, reason, detail)
 
 

@@ -160,3 +160,28 @@ async def test_readiness_reports_an_unreachable_broker(
             assert r.json()["checks"] == {"store": "ok", "broker": "unavailable"}
             r = await client.post("/api/v1/tasks", json={"task_type": "test_noop", "parameters": {}})
             assert r.status_code == 202 and r.json()["status"] == "QUEUED"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"task_type": "test_noop", "parameters": {"value": 2**64}}, ["parameters", "value"]),
+        ({"task_type": "generate_summary", "parameters": {"text": "A\x00b."}}, ["parameters", "text"]),
+        ({"task_type": "test_noop", "parameters": {}, "user_id": "u\x00"}, ["user_id"]),
+        ({"task_type": "test_noop", "parameters": {}, "tags": ["ok", "b\x00d"]}, ["tags", 1]),
+    ],
+)
+async def test_values_no_store_can_hold_are_refused_as_bad_input(
+    api: tuple[httpx.AsyncClient, Runtime], rabbitmq: Any, body: dict[str, Any], where: list[Any]
+) -> None:
+    client, runtime = api
+    r = await client.post("/api/v1/tasks", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["loc"] == where
+    assert await stored(runtime) == 0 and await queue_depth(rabbitmq, runtime) == 0
+
+
+async def test_nul_in_path_or_query_is_refused_as_bad_input(api: tuple[httpx.AsyncClient, Runtime]) -> None:
+    client, _ = api
+    assert (await client.get("/api/v1/tasks/a%00b")).status_code == 422
+    assert (await client.get("/api/v1/tasks", params={"user_id": "a\x00"})).status_code == 422

@@ -226,3 +226,75 @@ async def test_publishing_a_task_type_without_a_bound_queue_raises_unroutable(
     async with running(runtime):
         with pytest.raises(UnroutableError, match="no queue is bound"):
             await runtime.publisher.publish(TaskMessage(task_id="t1", task_type="not_bound_anywhere"))
+
+
+async def test_broker_lost_mid_life_consumers_resume_and_the_outbox_catches_up(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5672)
+    await proxy.open()
+    url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    runtime = Runtime(make_settings(amqp_url=url), role="dev", registry=registry, consume=True)
+    try:
+        async with running(runtime):
+            before = await runtime.submitter.submit(
+                SubmitRequest(task_type="test_noop", parameters={"value": 1})
+            )
+            await eventually(lambda: _is(runtime, before.task.id, TaskStatus.COMPLETED))
+
+            await proxy.close()  # every connection cut, nothing listening
+            await eventually(lambda: _not_connected(runtime), timeout=5)
+            during = await runtime.submitter.submit(
+                SubmitRequest(task_type="test_noop", parameters={"value": 2})
+            )
+            assert not during.published
+
+            await proxy.open()  # the broker is back: reconnect, restore the consumer, relay
+            await eventually(lambda: _is(runtime, during.task.id, TaskStatus.COMPLETED), timeout=30)
+            after = await runtime.submitter.submit(
+                SubmitRequest(task_type="test_noop", parameters={"value": 3})
+            )
+            assert after.published
+            await eventually(lambda: _is(runtime, after.task.id, TaskStatus.COMPLETED), timeout=10)
+    finally:
+        await proxy.close()
+
+
+async def _not_connected(runtime: Runtime) -> bool:
+    return not runtime.broker.is_connected
+
+
+async def test_long_task_keeps_its_lease_so_a_late_duplicate_cannot_run_it_again(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    a = Runtime(  # prefetch 1: while busy it cannot take the duplicate, so node-b gets it
+        make_settings(node_id="node-a", lease_seconds=0.6, prefetch=1),
+        role="worker",
+        registry=registry,
+        consume=True,
+        relay=False,
+    )
+    b = Runtime(
+        make_settings(node_id="node-b", lease_seconds=0.6),
+        role="worker",
+        registry=registry,
+        consume=True,
+        relay=False,
+    )
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 1, "sleep": 2.5})
+    async with running(a):
+        await a.store.create(task)
+        await a.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(a, task.id, TaskStatus.RUNNING))
+        async with running(b):
+            await asyncio.sleep(1.5)  # well past the first lease: only renewals keep it
+            await b.publisher.publish(TaskMessage.for_task(task))  # a late duplicate
+            await eventually(lambda: _is(a, task.id, TaskStatus.COMPLETED), timeout=10)
+            await eventually(lambda: _consumed(b, 1))  # node-b saw the duplicate and let it go
+        done = await a.store.get(task.id)
+    assert done is not None and done.execution_node_id == "node-a"
+    assert Noop.calls[task.id] == 1

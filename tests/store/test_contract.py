@@ -310,3 +310,28 @@ async def test_overlapping_batch_claims_and_marks_do_not_deadlock(store: BaseTas
         )
         assert not set(a) & set(b)
         assert set(a) | set(b) == {t.id for t in tasks}
+
+
+async def test_lease_renewal_only_for_the_owner_and_it_blocks_takeover(store: BaseTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    await claim(store, task, lease=0.3)
+    far = utcnow() + timedelta(seconds=60)
+    assert not await store.renew_lease(task.id, node_id="other", attempt=0, lease_until=far)
+    assert not await store.renew_lease(task.id, node_id=NODE, attempt=1, lease_until=far)
+    assert await store.renew_lease(task.id, node_id=NODE, attempt=0, lease_until=far)
+    await asyncio.sleep(0.4)  # the original lease would have lapsed by now
+    assert await claim(store, task, node="other") is None
+
+
+async def test_dead_lettering_for_an_attempt_spares_a_task_running_under_a_live_lease(
+    store: BaseTaskStore,
+) -> None:
+    running, waiting = make_task(), make_task()
+    await store.create_many([running, waiting])
+    await claim(store, running)
+    info = ErrorInfo(type="DeadLetter", message="unknown type", attempt=0)
+    assert await store.mark_dead_letter(running.id, error=info, attempt=0) is None
+    dead = await store.mark_dead_letter(waiting.id, error=info, attempt=0)
+    assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
+    assert await store.mark_dead_letter(running.id, error=info) is not None  # no attempt: whoever finds it

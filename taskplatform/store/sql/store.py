@@ -376,6 +376,8 @@ class SqlTaskStore(BaseTaskStore):
             .values(
                 outbox_attempts=tasks.c.outbox_attempts + 1,
                 outbox_last_error=error[:2000],
+                outbox_lease_until=None,  # free for the next relay pass, not after the lease
+                outbox_lease_owner=None,
                 version=tasks.c.version + 1,
             )
         )
