@@ -18,7 +18,7 @@ from taskplatform.batching import Coalescer
 from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
-from taskplatform.models import BackgroundTask, TaskMessage, utcnow
+from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.store.base import BaseTaskStore, ClaimRequest
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
@@ -187,16 +187,19 @@ class TaskConsumer:
         return results
 
     async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+        """Claim the task for this delivery, or settle the delivery and return None."""
         try:
             task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
             if task is not None:
                 return task
             current = await self._store.get(tm.task_id)
+            if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
+                # The broker gave this message back: the worker that held it lost its channel,
+                # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
+                # it) and take over, instead of acking the task's only message away.
+                return await self._await_owner(message, tm)
         except StoreError as exc:
-            # Without the store we cannot know whether to run: back off, return the message.
-            log.warning("store unavailable while claiming task %s (%s); requeueing", tm.task_id, exc)
-            await asyncio.sleep(self._store_backoff)
-            await message.nack(requeue=True)
+            await self._requeue_for_store(message, tm, exc)
             return None
         if current is None:
             await self._settler.reject_malformed(
@@ -209,6 +212,62 @@ class TaskConsumer:
                 f"(message attempt {tm.attempt})",
             )
         return None
+
+    @staticmethod
+    def _held_by_live_lease(task: BackgroundTask, tm: TaskMessage) -> bool:
+        return (
+            task.status is TaskStatus.RUNNING
+            and task.retry_count == tm.attempt
+            and task.lease_until is not None
+            and task.lease_until > utcnow()
+        )
+
+    async def _await_owner(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+        """Hold a redelivered message until the owner's lease lapses, then claim the task.
+
+        Ends by running it (the owner is gone), acking it (the owner finished), or, after two
+        lease lengths with the owner still renewing, returning it to the queue.
+        """
+        lease = self._lease.total_seconds()
+        deadline = asyncio.get_running_loop().time() + 2 * lease
+        while True:
+            current = await self._store.get(tm.task_id)
+            if current is None or not self._held_by_live_lease(current, tm):
+                task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
+                if task is not None:
+                    log.warning(
+                        "task %s: previous owner %s is gone; taking over",
+                        tm.task_id,
+                        current.execution_node_id if current else None,
+                    )
+                    return task
+                current = await self._store.get(tm.task_id)
+                if current is None or not self._held_by_live_lease(current, tm):
+                    status = current.status if current else "missing"
+                    await self._settler.skip(
+                        message, f"task {tm.task_id} is {status} (after waiting for its owner)"
+                    )
+                    return None
+            now = asyncio.get_running_loop().time()
+            if now >= deadline:
+                log.info(
+                    "task %s: owner %s still renews its lease; returning the redelivery to the queue",
+                    tm.task_id,
+                    current.execution_node_id,
+                )
+                await message.nack(requeue=True)
+                return None
+            assert current.lease_until is not None
+            wait = (current.lease_until - utcnow()).total_seconds() + 0.05
+            await asyncio.sleep(min(max(wait, 0.05), deadline - now))
+
+    async def _requeue_for_store(
+        self, message: AbstractIncomingMessage, tm: TaskMessage, exc: Exception
+    ) -> None:
+        # Without the store we cannot know whether to run: back off, return the message.
+        log.warning("store unavailable while claiming task %s (%s); requeueing", tm.task_id, exc)
+        await asyncio.sleep(self._store_backoff)
+        await message.nack(requeue=True)
 
     async def _keep_lease(self, task: BackgroundTask) -> None:
         """Renew the claim's lease every third of its length while the attempt runs, so a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -12,7 +13,7 @@ import pytest
 
 from executors.registry import ExecutableRegistry
 from taskplatform.errors import UnroutableError
-from taskplatform.models import BackgroundTask, OutboxStatus, TaskMessage, TaskStatus
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskMessage, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
@@ -297,4 +298,34 @@ async def test_long_task_keeps_its_lease_so_a_late_duplicate_cannot_run_it_again
             await eventually(lambda: _consumed(b, 1))  # node-b saw the duplicate and let it go
         done = await a.store.get(task.id)
     assert done is not None and done.execution_node_id == "node-a"
+    assert Noop.calls[task.id] == 1
+
+
+async def test_message_redelivered_after_its_owner_died_is_taken_over_when_the_lease_lapses(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    api = Runtime(make_settings(node_id="api"), role="api", registry=registry, relay=False)
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 5})
+    async with running(api):
+        await api.store.create(task)
+        # A worker claimed it and died: its lease runs 1 s more and is never renewed.
+        lease = utcnow() + timedelta(seconds=1)
+        assert await api.store.try_set_running(task.id, attempt=0, node_id="dead", lease_until=lease)
+        await api.publisher.publish(TaskMessage.for_task(task))
+        # Its channel held the message unacked and went away: RabbitMQ redelivers it.
+        channel = await rabbitmq.channel()
+        queue = await channel.declare_queue(api.topology.work_queues[0].queue, passive=True)
+        held = await queue.get(no_ack=False, fail=True)
+        assert held is not None
+        await channel.close()
+
+        worker = Runtime(
+            make_settings(node_id="node-b"), role="worker", registry=registry, consume=True, relay=False
+        )
+        async with running(worker):
+            await eventually(lambda: _is(api, task.id, TaskStatus.COMPLETED), timeout=10)
+            done = await api.store.get(task.id)
+    assert done is not None and done.execution_node_id == "node-b"
     assert Noop.calls[task.id] == 1
