@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from taskplatform.batching import Coalescer
 from taskplatform.errors import PermanentFailure, StoreError
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.store.base import BaseTaskStore, CompletionRequest
 
@@ -71,6 +71,16 @@ def decide(outcome: Outcome) -> Decision:
     if isinstance(outcome, Succeeded):
         return Decision(TaskStatus.COMPLETED, Action.ACK)
     return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER)
+
+
+def _is_ours(current: BackgroundTask | None, task: BackgroundTask, node_id: str, status: TaskStatus) -> bool:
+    """The stored task shows this node's attempt ending in ``status``."""
+    return (
+        current is not None
+        and current.status is status
+        and current.execution_node_id == node_id
+        and current.retry_count == task.retry_count
+    )
 
 
 def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str, reason: str) -> ErrorInfo:
@@ -160,28 +170,31 @@ class Settler:
             return failed is not None
 
         written = await self._with_store_retries(record)
-        if not written and not await self._already_recorded(task, decision):
-            # Someone else settled or took over this attempt (cancelled, lease taken over):
-            # our outcome is stale and must not be applied to the broker either.
-            log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
-            await message.ack()
-            return decision
+        if not written:
+            current = await self._with_store_retries(lambda: self._store.get(task.id))
+            if _is_ours(current, task, self._node_id, decision.status):
+                pass  # our write landed; its reply was lost and the retry's guard then failed
+            elif (
+                current is not None and current.status in RUNNABLE and current.retry_count == task.retry_count
+            ):
+                # Our claim is gone (the store lost an unflushed commit in a crash): the task
+                # waits to run at this attempt, so the message must come back, not be acked.
+                log.warning("task %s: claim not found at settlement; requeueing the message", task.id)
+                await message.nack(requeue=True)
+                return decision
+            else:
+                # Someone else settled or took over this attempt (cancelled, lease taken over):
+                # our outcome is stale and must not be applied to the broker either.
+                log.warning(
+                    "task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status
+                )
+                await message.ack()
+                return decision
         if decision.action is Action.ACK:
             await message.ack()
         else:
             await message.nack(requeue=False)
         return decision
-
-    async def _already_recorded(self, task: BackgroundTask, decision: Decision) -> bool:
-        """Whether our own write landed after all (its reply was lost and the retry's guard
-        then failed): the task shows this node, this attempt and the decided status."""
-        current = await self._with_store_retries(lambda: self._store.get(task.id))
-        return (
-            current is not None
-            and current.status is decision.status
-            and current.execution_node_id == self._node_id
-            and current.retry_count == task.retry_count
-        )
 
     async def skip(self, message: AbstractIncomingMessage, why: str) -> None:
         """Ack a delivery that must not run (duplicate, already finished, lost the claim)."""

@@ -17,6 +17,7 @@ from taskplatform.models import BackgroundTask, OutboxStatus, TaskMessage, TaskS
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.store.base import Guard
 from taskplatform.submission import SubmitRequest
 from tests.support.executables import Noop
 from tests.support.runtime import eventually, running
@@ -329,3 +330,25 @@ async def test_message_redelivered_after_its_owner_died_is_taken_over_when_the_l
             done = await api.store.get(task.id)
     assert done is not None and done.execution_node_id == "node-b"
     assert Noop.calls[task.id] == 1
+
+
+async def test_a_claim_lost_by_the_store_makes_the_message_come_back_not_vanish(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+) -> None:
+    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 9, "sleep": 0.5})
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.RUNNING))
+        # The store loses the claim (a crash before an asynchronous commit was flushed).
+        lost = await runtime.store._guarded_update(
+            task.id,
+            Guard(statuses=frozenset({TaskStatus.RUNNING})),
+            {"status": TaskStatus.QUEUED, "execution_node_id": None, "lease_until": None},
+        )
+        assert lost is not None
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=10)
+    assert Noop.calls[task.id] == 2  # at-least-once: it ran again rather than being lost

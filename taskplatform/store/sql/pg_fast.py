@@ -79,27 +79,48 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 class PgFastPath:
-    """The fixed hot-path statements on a dedicated asyncpg pool."""
+    """The fixed hot-path statements on dedicated asyncpg pools.
+
+    Claims and outbox marks commit asynchronously (``synchronous_commit = off``): losing one
+    in a crash is harmless, because the WAL is sequential — the attempt's completion, a
+    synchronous commit, makes its claim durable too — and a lost claim reads as a task still
+    waiting at that attempt, which settlement answers by requeueing the message. Inserts
+    and completions stay synchronous: they are what a caller or an ack relies on.
+    """
 
     def __init__(self, dsn: str, *, max_size: int = 10) -> None:
         self._dsn = dsn
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._relaxed: asyncpg.Pool | None = None
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._max_size, init=_init_connection
         )
+        self._relaxed = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=max(2, self._max_size // 2),
+            init=_init_connection,
+            server_settings={"synchronous_commit": "off"},
+        )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._relaxed):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._relaxed = None
 
     @property
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "PgFastPath.open() was not called"
         return self._pool
+
+    @property
+    def relaxed(self) -> asyncpg.Pool:
+        assert self._relaxed is not None, "PgFastPath.open() was not called"
+        return self._relaxed
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         args = [tuple(row[c] for c in _COLUMNS) for row in rows]
@@ -122,7 +143,7 @@ class PgFastPath:
         lease_until: datetime,
         now: datetime,
     ) -> builtins.list[asyncpg.Record]:
-        async with self.pool.acquire() as conn:
+        async with self.relaxed.acquire() as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
                 CLAIM_MANY, list(ids), list(attempts), node_id, lease_until, now
             )
@@ -142,6 +163,6 @@ class PgFastPath:
         return {r["id"] for r in rows}
 
     async def mark_published(self, ids: Sequence[str], *, now: datetime) -> int:
-        async with self.pool.acquire() as conn:
+        async with self.relaxed.acquire() as conn:
             status = await conn.execute(MARK_PUBLISHED, list(ids), now)
         return int(status.rsplit(" ", 1)[-1])
