@@ -73,6 +73,12 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (``RESET ALL; UNLISTEN *; …``, a round trip
+    per release): these connections hold no session state. asyncpg still rolls back an open
+    transaction before calling this."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
@@ -96,13 +102,14 @@ class PgFastPath:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._max_size, init=_init_connection
+            self._dsn, min_size=1, max_size=self._max_size, init=_init_connection, reset=_keep_session
         )
         self._relaxed = await asyncpg.create_pool(
             self._dsn,
             min_size=1,
             max_size=max(2, self._max_size // 2),
             init=_init_connection,
+            reset=_keep_session,
             server_settings={"synchronous_commit": "off"},
         )
 
