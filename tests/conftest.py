@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from executors.registry import ExecutableRegistry
+from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from tests.support.executables import EXECUTABLES
 from tests.support.services import (
@@ -66,6 +67,18 @@ def make_settings(tmp_path: Path, topology_prefix: str) -> Callable[..., Platfor
         }
         values.update(overrides)
         return PlatformSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_runtime(
+    make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry
+) -> Callable[..., Runtime]:
+    """A runtime for this test; a consuming worker without relay unless told otherwise."""
+
+    def make(*, role: str = "worker", consume: bool = True, relay: bool = False, **settings: Any) -> Runtime:
+        return Runtime(make_settings(**settings), role=role, registry=registry, consume=consume, relay=relay)
 
     return make
 

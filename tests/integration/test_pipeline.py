@@ -11,12 +11,10 @@ import aio_pika
 import orjson
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import UnroutableError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskMessage, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.runtime import Runtime
-from taskplatform.settings import PlatformSettings
 from taskplatform.store.base import Guard
 from taskplatform.submission import SubmitRequest
 from tests.support.executables import Noop
@@ -39,16 +37,15 @@ async def status_of(runtime: Runtime, task_id: str) -> TaskStatus | None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_submitted_task_completes_with_its_result(
+    make_runtime: Callable[..., Runtime],
     backend: str,
     request: pytest.FixtureRequest,
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
     rabbitmq: Any,
 ) -> None:
     overrides = {}
     if backend == "postgresql":
         overrides["store_url"] = request.getfixturevalue("postgres_database_url")
-    runtime = Runtime(make_settings(**overrides), role="dev", registry=registry, consume=True)
+    runtime = make_runtime(role="dev", relay=True, **overrides)
     async with running(runtime):
         submitted = await runtime.submitter.submit(
             SubmitRequest(task_type="generate_summary", parameters={"text": TEXT, "max_sentences": 2})
@@ -71,13 +68,12 @@ async def _is(runtime: Runtime, task_id: str, status: TaskStatus) -> bool:
 
 
 async def test_submit_while_broker_unreachable_is_accepted_then_relayed_and_completed(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5672)  # closed: the broker is unreachable
     url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
-    runtime = Runtime(make_settings(amqp_url=url), role="dev", registry=registry, consume=True)
+    runtime = make_runtime(role="dev", relay=True, amqp_url=url)
     runtime.broker._retry_interval = 0.2
     async with running(runtime, wait_for_broker=False):
         submitted = await runtime.submitter.submit(
@@ -109,11 +105,10 @@ async def _publish_twice(runtime: Runtime, tasks: list[BackgroundTask]) -> None:
 
 
 async def test_same_message_delivered_twice_runs_the_executable_once(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    runtime = make_runtime()
     tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 0.05}) for i in range(20)]
     async with running(runtime):
         await _publish_twice(runtime, tasks)
@@ -134,14 +129,11 @@ async def _consumed(runtime: Runtime, n: int) -> bool:
 
 
 async def test_two_workers_racing_on_duplicates_complete_each_task_once(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    settings_a = make_settings(node_id="worker-a")
-    settings_b = make_settings(node_id="worker-b")
-    a = Runtime(settings_a, role="worker", registry=registry, consume=True, relay=False)
-    b = Runtime(settings_b, role="worker", registry=registry, consume=True, relay=False)
+    a = make_runtime(node_id="worker-a")
+    b = make_runtime(node_id="worker-b")
     tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 0.02}) for i in range(40)]
     async with running(a), running(b):
         await _publish_twice(a, tasks)
@@ -174,11 +166,10 @@ async def _dlq_messages(connection: Any, queue_name: str, expected: int) -> list
 
 
 async def test_malformed_messages_go_to_the_dlq_with_a_reason_and_the_worker_keeps_consuming(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    runtime = make_runtime()
     async with running(runtime):
         topo = runtime.topology
         channel = await rabbitmq.channel()
@@ -202,11 +193,10 @@ async def test_malformed_messages_go_to_the_dlq_with_a_reason_and_the_worker_kee
 
 
 async def test_failing_executable_dead_letters_the_task_and_its_message(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    runtime = make_runtime()
     async with running(runtime):
         sub = await runtime.submitter.submit(SubmitRequest(task_type="test_boom", parameters={"value": 3}))
         await eventually(lambda: _is(runtime, sub.task.id, TaskStatus.DEAD_LETTER))
@@ -220,25 +210,23 @@ async def test_failing_executable_dead_letters_the_task_and_its_message(
 
 
 async def test_publishing_a_task_type_without_a_bound_queue_raises_unroutable(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = Runtime(make_settings(), role="api", registry=registry, relay=False)
+    runtime = make_runtime(role="api", consume=False)
     async with running(runtime):
         with pytest.raises(UnroutableError, match="no queue is bound"):
             await runtime.publisher.publish(TaskMessage(task_id="t1", task_type="not_bound_anywhere"))
 
 
 async def test_broker_lost_mid_life_consumers_resume_and_the_outbox_catches_up(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5672)
     await proxy.open()
     url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
-    runtime = Runtime(make_settings(amqp_url=url), role="dev", registry=registry, consume=True)
+    runtime = make_runtime(role="dev", relay=True, amqp_url=url)
     try:
         async with running(runtime):
             before = await runtime.submitter.submit(
@@ -269,24 +257,12 @@ async def _not_connected(runtime: Runtime) -> bool:
 
 
 async def test_long_task_keeps_its_lease_so_a_late_duplicate_cannot_run_it_again(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    a = Runtime(  # prefetch 1: while busy it cannot take the duplicate, so node-b gets it
-        make_settings(node_id="node-a", lease_seconds=0.6, prefetch=1),
-        role="worker",
-        registry=registry,
-        consume=True,
-        relay=False,
-    )
-    b = Runtime(
-        make_settings(node_id="node-b", lease_seconds=0.6),
-        role="worker",
-        registry=registry,
-        consume=True,
-        relay=False,
-    )
+    # prefetch 1: while busy, node-a cannot take the duplicate, so node-b gets it
+    a = make_runtime(node_id="node-a", lease_seconds=0.6, prefetch=1)
+    b = make_runtime(node_id="node-b", lease_seconds=0.6)
     task = BackgroundTask(task_type="test_noop", parameters={"value": 1, "sleep": 2.5})
     async with running(a):
         await a.store.create(task)
@@ -303,11 +279,10 @@ async def test_long_task_keeps_its_lease_so_a_late_duplicate_cannot_run_it_again
 
 
 async def test_message_redelivered_after_its_owner_died_is_taken_over_when_the_lease_lapses(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    api = Runtime(make_settings(node_id="api"), role="api", registry=registry, relay=False)
+    api = make_runtime(role="api", consume=False, node_id="api")
     task = BackgroundTask(task_type="test_noop", parameters={"value": 5})
     async with running(api):
         await api.store.create(task)
@@ -322,9 +297,7 @@ async def test_message_redelivered_after_its_owner_died_is_taken_over_when_the_l
         assert held is not None
         await channel.close()
 
-        worker = Runtime(
-            make_settings(node_id="node-b"), role="worker", registry=registry, consume=True, relay=False
-        )
+        worker = make_runtime(node_id="node-b")
         async with running(worker):
             await eventually(lambda: _is(api, task.id, TaskStatus.COMPLETED), timeout=10)
             done = await api.store.get(task.id)
@@ -333,11 +306,10 @@ async def test_message_redelivered_after_its_owner_died_is_taken_over_when_the_l
 
 
 async def test_a_claim_lost_by_the_store_makes_the_message_come_back_not_vanish(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
+    make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = Runtime(make_settings(), role="worker", registry=registry, consume=True, relay=False)
+    runtime = make_runtime()
     task = BackgroundTask(task_type="test_noop", parameters={"value": 9, "sleep": 0.5})
     async with running(runtime):
         await runtime.store.create(task)
