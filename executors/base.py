@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.retry import RetryPolicy
+
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 P_co = TypeVar("P_co", bound=BaseModel, covariant=True)
@@ -74,6 +76,12 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
     timeout: ClassVar[float | None] = None
     #: Short description, shown in the API's list of task types.
     description: ClassVar[str] = ""
+    #: Retry policy; None means the platform default (settings ``retry_*``).
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    #: Exceptions worth another attempt (timeouts and transient infrastructure faults always are).
+    retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Exceptions that fail the task at once, even if a retryable type also matches.
+    non_retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
 
     @abstractmethod
     async def execute(self, ctx: TaskContext[P]) -> R:

@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import TaskMessage, utcnow
+from taskplatform.models import utcnow
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class OutboxRelay:
         )
         if not claimed:
             return 0
-        results = await self._publisher.publish_many([TaskMessage.for_task(t) for t in claimed])
+        results = await self._publisher.publish_tasks(claimed)  # delay-aware: retries keep their time
         done = [t.id for t, err in zip(claimed, results, strict=True) if err is None]
         for task, err in zip(claimed, results, strict=True):
             if err is not None:

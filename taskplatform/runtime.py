@@ -31,7 +31,10 @@ def build_registry(settings: PlatformSettings) -> ExecutableRegistry:
 
 def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegistry) -> Topology:
     return build_topology(
-        registry.queues(), prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit
+        registry.queues(),
+        prefix=settings.topology_prefix,
+        delivery_limit=settings.delivery_limit,
+        delay_mode=settings.delay_mode,
     )
 
 
@@ -90,10 +93,12 @@ class Runtime:
                 self.registry,
                 self.store,
                 settler,
+                self.publisher,
                 node_id=settings.node_id,
                 prefetch=settings.prefetch,
                 default_timeout=settings.task_timeout_seconds,
                 lease_seconds=settings.lease_seconds,
+                default_policy=settings.default_retry_policy(),
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskplatform.retry import RetryPolicy
+
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
 
 
@@ -40,9 +42,16 @@ class PlatformSettings(BaseSettings):
     executor_modules: list[str] = Field(default_factory=list)
     load_entry_points: bool = True
 
+    # retries (defaults for executables without their own RetryPolicy)
+    retry_max_attempts: int = Field(default=3, ge=1)
+    retry_initial_delay_seconds: float = Field(default=1.0, ge=0)
+    retry_max_delay_seconds: float = Field(default=300.0, ge=0)
+    retry_jitter_seconds: float = Field(default=0.5, ge=0)
+
     # topology
     topology_prefix: str = ""
     delivery_limit: int = Field(default=5, ge=1)
+    delay_mode: Literal["ttl", "plugin"] = "ttl"
 
     # publishing and outbox
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -74,6 +83,15 @@ class PlatformSettings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {value!r}")
         return value
+
+    def default_retry_policy(self) -> RetryPolicy:
+        """The retry policy of executables that declare none."""
+        return RetryPolicy(
+            max_attempts=self.retry_max_attempts,
+            initial_delay=self.retry_initial_delay_seconds,
+            max_delay=self.retry_max_delay_seconds,
+            jitter=self.retry_jitter_seconds,
+        )
 
     @property
     def client_api_url(self) -> str:

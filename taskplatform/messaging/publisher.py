@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -15,7 +16,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from taskplatform.errors import TRANSIENT_BROKER_ERRORS, BrokerError, UnroutableError
 from taskplatform.messaging.codec import encode
 from taskplatform.messaging.connection import BrokerConnection
-from taskplatform.models.message import TaskMessage
+from taskplatform.models import BackgroundTask, utcnow
+from taskplatform.models.message import HEADER_DELAY, HEADER_NOT_BEFORE, TaskMessage
 from topology.spec import Topology
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,10 @@ class TaskPublisher:
         exchange = self._exchanges.get(name)
         if exchange is None:
             assert self._channel is not None
-            exchange = await self._channel.get_exchange(name, ensure=False)
+            if name == "":
+                exchange = self._channel.default_exchange
+            else:
+                exchange = await self._channel.get_exchange(name, ensure=False)
             self._exchanges[name] = exchange
         return exchange
 
@@ -82,6 +87,47 @@ class TaskPublisher:
             encode(message, extra_headers=extra_headers),
             what=f"task {message.task_id}",
         )
+
+    async def publish_task(self, task: BackgroundTask) -> None:
+        """Publish ``task``'s current attempt: at once, or through the delay path when its
+        ``next_attempt_at`` lies ahead (a retry)."""
+        message = TaskMessage.for_task(task)
+        if task.next_attempt_at is None:
+            await self.publish(message)
+        else:
+            await self.publish_not_before(message, task.next_attempt_at)
+
+    async def publish_not_before(self, message: TaskMessage, not_before: datetime) -> None:
+        """Publish so that the message reaches a worker no earlier than ``not_before``.
+
+        The message carries ``x-not-before`` (epoch ms), ``x-delay`` (ms left) and
+        ``x-retry-count``; it waits in the delay path (a TTL tier, or the delayed-message
+        exchange) and a worker receiving it early sends it round again with what is left.
+        """
+        remaining = (not_before - utcnow()).total_seconds()
+        hop = self._topology.delay_hop(message.task_type, remaining)
+        if hop is None:
+            await self.publish(message, extra_headers={HEADER_NOT_BEFORE: _epoch_ms(not_before)})
+            return
+        exchange, routing_key, _hop_seconds = hop
+        headers: dict[str, Any] = {
+            HEADER_NOT_BEFORE: _epoch_ms(not_before),
+            HEADER_DELAY: max(0, int(remaining * 1000)),
+        }
+        await self.publish_raw(
+            exchange,
+            routing_key,
+            encode(message, extra_headers=headers),
+            what=f"delayed task {message.task_id}",
+        )
+
+    async def publish_tasks(self, tasks: Sequence[BackgroundTask]) -> list[BaseException | None]:
+        """``publish_task`` for each, concurrently; per task, None or the error."""
+        results = await asyncio.gather(*(self.publish_task(t) for t in tasks), return_exceptions=True)
+        for r in results:
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     async def publish_many(self, messages: Sequence[TaskMessage]) -> list[BaseException | None]:
         """Publish concurrently (confirms pipelined); per message, None or the error."""
@@ -129,3 +175,7 @@ class TaskPublisher:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = None
+
+
+def _epoch_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)

@@ -14,6 +14,7 @@ HEADER_TASK_ID = "x-task-id"
 HEADER_TASK_TYPE = "x-task-type"
 HEADER_RETRY_COUNT = "x-retry-count"
 HEADER_DELAY = "x-delay"
+HEADER_NOT_BEFORE = "x-not-before"  # epoch milliseconds: do not run before
 HEADER_DEAD_REASON = "x-dead-reason"
 HEADER_DEAD_DETAIL = "x-dead-detail"
 

@@ -143,6 +143,19 @@ class TaskStore(Protocol):
     async def mark_dead_letter(
         self, task_id: str, *, error: ErrorInfo, attempt: int | None = None
     ) -> BackgroundTask | None: ...
+    async def record_retry(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        next_attempt_at: datetime,
+        outbox_hold_until: datetime,
+    ) -> BackgroundTask | None: ...
+    async def record_cancelled(
+        self, task_id: str, *, node_id: str, attempt: int
+    ) -> BackgroundTask | None: ...
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
@@ -330,6 +343,51 @@ class BaseTaskStore(ABC):
                 "completed_at": utcnow(),
                 "lease_until": None,
             },
+        )
+
+    async def record_retry(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        next_attempt_at: datetime,
+        outbox_hold_until: datetime,
+    ) -> BackgroundTask | None:
+        """RUNNING -> RETRYING for the owner of ``attempt``: the next attempt is ``attempt + 1``
+        at ``next_attempt_at``.
+
+        The outbox goes back to pending, held until ``outbox_hold_until`` so the caller can
+        publish the delayed message itself; if it cannot, the relay publishes it after that.
+        """
+        guard = Guard(
+            statuses=frozenset({TaskStatus.RUNNING}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(
+            task_id,
+            guard,
+            {
+                "status": TaskStatus.RETRYING,
+                "retry_count": attempt + 1,
+                "next_attempt_at": next_attempt_at,
+                "error_info": error.model_dump(mode="json"),
+                "lease_until": None,
+                "outbox.status": OutboxStatus.PENDING.value,
+                "outbox.lease_until": outbox_hold_until,
+                "outbox.lease_owner": node_id,
+            },
+        )
+
+    async def record_cancelled(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
+        """RUNNING -> CANCELLED, for the owner of ``attempt`` whose executable stopped on request."""
+        guard = Guard(
+            statuses=frozenset({TaskStatus.RUNNING}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(
+            task_id, guard, {"status": TaskStatus.CANCELLED, "completed_at": utcnow(), "lease_until": None}
         )
 
     async def mark_dead_letter(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -18,11 +18,14 @@ from taskplatform.batching import Coalescer
 from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
+from taskplatform.models.message import HEADER_NOT_BEFORE
+from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore, ClaimRequest
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
-from topology.spec import Topology
+from topology.spec import DELIVER_EARLY_SECONDS, Topology
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,17 @@ class TaskConsumer:
         registry: ExecutableRegistry,
         store: BaseTaskStore,
         settler: Settler,
+        publisher: TaskPublisher,
         *,
         node_id: str,
         prefetch: int,
         default_timeout: float,
         lease_seconds: float,
+        default_policy: RetryPolicy | None = None,
         store_backoff: float = 1.0,
     ) -> None:
         self._broker = broker
+        self._publisher = publisher
         self._topology = topology
         self._registry = registry
         self._store = store
@@ -58,11 +64,12 @@ class TaskConsumer:
         self._default_timeout = default_timeout
         self._lease = timedelta(seconds=lease_seconds)
         self._store_backoff = store_backoff
+        self._default_policy = default_policy or RetryPolicy()
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
-        self._running: set[str] = set()
+        self._running: set[tuple[str, int]] = set()  # (task id, attempt) running in this worker
         self.processed = 0
         # Concurrent deliveries share one claim statement (natural batching).
         self._claims: Coalescer[ClaimRequest, BackgroundTask | None] = Coalescer(
@@ -149,15 +156,21 @@ class TaskConsumer:
                 f"registered: {', '.join(self._registry.task_types())}",
             )
             return
-        if task_message.task_id in self._running:
+        not_before = _not_before(message)
+        if not_before is not None and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS:
+            await self._delay_again(message, task_message, not_before)
+            return
+        if (task_message.task_id, task_message.attempt) in self._running:
             await self._settler.skip(
-                message, f"task {task_message.task_id} is already running in this worker"
+                message,
+                f"task {task_message.task_id} attempt {task_message.attempt} runs in this worker already",
             )
             return
         task = await self._claim(message, task_message)
         if task is None:
             return
-        self._running.add(task.id)
+        running_key = (task.id, task.retry_count)
+        self._running.add(running_key)
         renewer = asyncio.create_task(self._keep_lease(task), name=f"lease-{task.id}")
         try:
             outcome = await self._run(task)
@@ -165,10 +178,32 @@ class TaskConsumer:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+        cls = type(self._executable(task.task_type))
         try:
-            await self._settler.settle(message, task, outcome)
+            await self._settler.settle(
+                message,
+                task,
+                outcome,
+                policy=cls.retry_policy or self._default_policy,
+                retryable=cls.retryable_exceptions,
+                non_retryable=cls.non_retryable_exceptions,
+            )
         finally:
-            self._running.discard(task.id)
+            self._running.discard(running_key)
+
+    async def _delay_again(
+        self, message: AbstractIncomingMessage, tm: TaskMessage, not_before: datetime
+    ) -> None:
+        """A delayed message back before its time (it took a shorter tier): send it round
+        again with what is left, then ack. The store is not touched."""
+        try:
+            await self._publisher.publish_not_before(tm, not_before)
+        except Exception as exc:
+            log.warning("could not re-delay task %s (%s); returning it to the queue", tm.task_id, exc)
+            await asyncio.sleep(self._store_backoff)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
 
     async def _claim_batch(self, claims: Sequence[ClaimRequest]) -> list[BackgroundTask | None]:
         won = await self._store.try_set_running_many(
@@ -311,3 +346,10 @@ class TaskConsumer:
         except Exception as exc:
             return Failed(exc, format_traceback(exc))
         return Succeeded(result)
+
+
+def _not_before(message: AbstractIncomingMessage) -> datetime | None:
+    value = (message.headers or {}).get(HEADER_NOT_BEFORE)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return None

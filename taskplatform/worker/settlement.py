@@ -11,6 +11,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 from typing import TypeVar
 
@@ -20,13 +21,18 @@ from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from taskplatform.batching import Coalescer
-from taskplatform.errors import PermanentFailure, StoreError
+from taskplatform.errors import PermanentFailure, Retry, StoreError
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.retry import RetryPolicy, Verdict, classify
 from taskplatform.store.base import BaseTaskStore, CompletionRequest
 
 log = logging.getLogger(__name__)
+
+#: How long the outbox leaves a retry to the settler's own delayed publish before the
+#: relay takes over.
+RETRY_PUBLISH_HOLD_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -56,30 +62,52 @@ class Action(str, Enum):
 
     ACK = "ack"
     DEAD_LETTER = "dead_letter"  # nack(requeue=False): the DLX routes it to the DLQ
+    RETRY_LATER = "retry_later"  # publish the next attempt through the delay path, then ack
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Target status and broker action for an outcome."""
+    """Target status, broker action and, for a retry, the delay before the next attempt."""
 
     status: TaskStatus
     action: Action
+    delay: float = 0.0
+    reason: str = ""
 
 
-def decide(outcome: Outcome) -> Decision:
-    """Map an outcome to a decision. Pure; the whole settlement policy lives here."""
+def decide(
+    outcome: Outcome,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    retryable: tuple[type[BaseException], ...] = (),
+    non_retryable: tuple[type[BaseException], ...] = (),
+) -> Decision:
+    """Map an attempt's outcome to a decision. Pure: the whole settlement policy lives here."""
     if isinstance(outcome, Succeeded):
         return Decision(TaskStatus.COMPLETED, Action.ACK)
-    return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER)
+    error = outcome.error
+    verdict = classify(error, retryable=retryable, non_retryable=non_retryable)
+    if verdict is Verdict.CANCEL:
+        return Decision(TaskStatus.CANCELLED, Action.ACK, reason="cancelled")
+    if verdict is Verdict.RETRY:
+        if policy.attempts_left(attempt):
+            asked = error.delay if isinstance(error, Retry) else None
+            delay = asked if asked is not None else policy.delay_after(attempt)
+            return Decision(TaskStatus.RETRYING, Action.RETRY_LATER, delay=max(0.0, delay), reason="retry")
+        return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason="attempts-exhausted")
+    reason = "permanent-failure" if isinstance(error, PermanentFailure) else "non-retryable"
+    return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason=reason)
 
 
-def _is_ours(current: BackgroundTask | None, task: BackgroundTask, node_id: str, status: TaskStatus) -> bool:
-    """The stored task shows this node's attempt ending in ``status``."""
+def _is_ours(current: BackgroundTask | None, attempt: int, node_id: str, decision: Decision) -> bool:
+    """The stored task shows this node's ``attempt`` settled as ``decision`` says."""
+    expected = attempt + 1 if decision.status is TaskStatus.RETRYING else attempt
     return (
         current is not None
-        and current.status is status
+        and current.status is decision.status
         and current.execution_node_id == node_id
-        and current.retry_count == task.retry_count
+        and current.retry_count == expected
     )
 
 
@@ -94,15 +122,6 @@ def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str
         node_id=node_id,
         reason=reason,
     )
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Short classification stored with the error and used as the dead-letter reason."""
-    if isinstance(exc, PermanentFailure):
-        return "permanent-failure"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "error"
 
 
 class Settler:
@@ -147,36 +166,26 @@ class Settler:
         return await retrying(write)
 
     async def settle(
-        self, message: AbstractIncomingMessage, task: BackgroundTask, outcome: Outcome
+        self,
+        message: AbstractIncomingMessage,
+        task: BackgroundTask,
+        outcome: Outcome,
+        *,
+        policy: RetryPolicy,
+        retryable: tuple[type[BaseException], ...] = (),
+        non_retryable: tuple[type[BaseException], ...] = (),
     ) -> Decision:
         """Record the outcome of ``task``'s attempt, then settle ``message``."""
-        decision = decide(outcome)
         attempt = task.retry_count
-
-        async def record() -> bool:
-            if isinstance(outcome, Succeeded):
-                result = outcome.result.model_dump(mode="json")
-                return await self._completions.submit(CompletionRequest(task.id, attempt, result))
-            info = error_info(
-                outcome.error,
-                outcome.traceback,
-                attempt=attempt,
-                node_id=self._node_id,
-                reason=failure_reason(outcome.error),
-            )
-            failed = await self._store.record_failure(
-                task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
-            )
-            return failed is not None
-
-        written = await self._with_store_retries(record)
-        if not written:
+        decision = decide(
+            outcome, attempt=attempt, policy=policy, retryable=retryable, non_retryable=non_retryable
+        )
+        written = await self._with_store_retries(lambda: self._record(task, outcome, decision))
+        if written is None:
             current = await self._with_store_retries(lambda: self._store.get(task.id))
-            if _is_ours(current, task, self._node_id, decision.status):
-                pass  # our write landed; its reply was lost and the retry's guard then failed
-            elif (
-                current is not None and current.status in RUNNABLE and current.retry_count == task.retry_count
-            ):
+            if _is_ours(current, attempt, self._node_id, decision):
+                written = current  # our write landed; its reply was lost and the retry's guard failed
+            elif current is not None and current.status in RUNNABLE and current.retry_count == attempt:
                 # Our claim is gone (the store lost an unflushed commit in a crash): the task
                 # waits to run at this attempt, so the message must come back, not be acked.
                 log.warning("task %s: claim not found at settlement; requeueing the message", task.id)
@@ -190,11 +199,53 @@ class Settler:
                 )
                 await message.ack()
                 return decision
-        if decision.action is Action.ACK:
-            await message.ack()
-        else:
+        if decision.action is Action.RETRY_LATER and isinstance(written, BackgroundTask):
+            await self._publish_retry(written)
+        if decision.action is Action.DEAD_LETTER:
             await message.nack(requeue=False)
+        else:
+            await message.ack()
         return decision
+
+    async def _record(
+        self, task: BackgroundTask, outcome: Outcome, decision: Decision
+    ) -> BackgroundTask | bool | None:
+        """The store write for ``decision``: a truthy value if it applied, None if not."""
+        attempt = task.retry_count
+        if isinstance(outcome, Succeeded):
+            result = outcome.result.model_dump(mode="json")
+            done = await self._completions.submit(CompletionRequest(task.id, attempt, result))
+            return True if done else None
+        if decision.status is TaskStatus.CANCELLED:
+            return await self._store.record_cancelled(task.id, node_id=self._node_id, attempt=attempt)
+        info = error_info(
+            outcome.error, outcome.traceback, attempt=attempt, node_id=self._node_id, reason=decision.reason
+        )
+        if decision.status is TaskStatus.RETRYING:
+            now = utcnow()
+            return await self._store.record_retry(
+                task.id,
+                node_id=self._node_id,
+                attempt=attempt,
+                error=info,
+                next_attempt_at=now + timedelta(seconds=decision.delay),
+                outbox_hold_until=now + timedelta(seconds=RETRY_PUBLISH_HOLD_SECONDS),
+            )
+        return await self._store.record_failure(
+            task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
+        )
+
+    async def _publish_retry(self, task: BackgroundTask) -> None:
+        """Publish the next attempt through the delay path; the outbox relay covers a failure."""
+        try:
+            await self._publisher.publish_task(task)
+        except Exception as exc:
+            log.warning("retry of task %s not published now (%s); the outbox relay will", task.id, exc)
+            return
+        try:
+            await self._store.mark_published([task.id])
+        except StoreError as exc:  # the relay republishes; the claim absorbs the duplicate
+            log.warning("could not mark the retry of task %s published: %s", task.id, exc)
 
     async def skip(self, message: AbstractIncomingMessage, why: str) -> None:
         """Ack a delivery that must not run (duplicate, already finished, lost the claim)."""

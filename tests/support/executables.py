@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import ClassVar
 
 from pydantic import BaseModel
 
 from executors.base import BackgroundTaskExecutable, TaskContext
+from taskplatform.retry import RetryPolicy
 
 
 class NoopParams(BaseModel):
@@ -46,4 +48,44 @@ class Boom(BackgroundTaskExecutable[NoopParams, NoopResult]):
         raise ValueError(f"boom {ctx.parameters.value}")
 
 
-EXECUTABLES = [Noop, Boom]
+class FlakyError(Exception):
+    """Declared retryable by Flaky."""
+
+
+class FlakyParams(BaseModel):
+    fail_times: int = 0
+
+
+class Flaky(BackgroundTaskExecutable[FlakyParams, NoopResult]):
+    """Fails (retryably) the first ``fail_times`` attempts; records when each attempt started."""
+
+    task_type = "test_flaky"
+    Params = FlakyParams
+    Result = NoopResult
+    retryable_exceptions = (FlakyError,)
+    retry_policy = RetryPolicy(max_attempts=4, initial_delay=1.0, exp_base=2.0, jitter=0.0)
+    started: ClassVar[dict[str, list[float]]] = {}
+
+    async def execute(self, ctx: TaskContext[FlakyParams]) -> NoopResult:
+        starts = type(self).started.setdefault(ctx.task_id, [])
+        starts.append(time.monotonic())
+        if len(starts) <= ctx.parameters.fail_times:
+            raise FlakyError(f"attempt {ctx.attempt} fails on purpose")
+        return NoopResult(value=len(starts))
+
+
+class Slow(BackgroundTaskExecutable[NoopParams, NoopResult]):
+    """Sleeps past its own timeout."""
+
+    task_type = "test_slow"
+    Params = NoopParams
+    Result = NoopResult
+    timeout = 0.3
+    retry_policy = RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0)
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> NoopResult:
+        await asyncio.sleep(ctx.parameters.sleep)
+        return NoopResult(value=ctx.parameters.value)
+
+
+EXECUTABLES = [Noop, Boom, Flaky, Slow]

@@ -1,0 +1,77 @@
+"""Failure semantics against real RabbitMQ: delayed retries, exhausted attempts, timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
+from taskplatform.runtime import Runtime
+from tests.support.executables import Flaky
+from tests.support.runtime import eventually, running
+
+pytestmark = pytest.mark.integration
+
+
+async def _status(runtime: Runtime, task_id: str) -> TaskStatus | None:
+    task = await runtime.store.get(task_id)
+    return task.status if task else None
+
+
+async def _tier_depth(rabbitmq: Any, runtime: Runtime) -> int:
+    """Messages waiting in the delay tiers."""
+    channel = await rabbitmq.channel()
+    total = 0
+    for tier in runtime.topology.work_queues[0].delay_tiers:
+        queue = await channel.declare_queue(tier.queue, passive=True)
+        total += int(queue.declaration_result.message_count)
+    await channel.close()
+    return total
+
+
+async def test_retryable_failure_twice_then_success_waits_the_policy_delays_with_nothing_unacked(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime()
+    task = BackgroundTask(task_type="test_flaky", parameters={"fail_times": 2})
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.RETRYING))
+        # While it waits, the message sits in a delay tier and the worker holds nothing.
+        assert runtime.consumer is not None
+        assert runtime.consumer.in_flight == 0
+        assert await _tier_depth(rabbitmq, runtime) == 1
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
+        done = await runtime.store.get(task.id)
+    assert done is not None and done.retry_count == 2 and done.result == {"value": 3}
+    assert done.error_info is not None and done.error_info.type == "FlakyError"
+    starts = Flaky.started[task.id]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    policy = Flaky.retry_policy
+    assert policy is not None
+    expected = [policy.delay_after(0), policy.delay_after(1)]  # 1 s, 2 s
+    assert len(gaps) == 2
+    for gap, want in zip(gaps, expected, strict=True):
+        assert abs(gap - want) <= max(0.1 * want, 1.0), (gaps, expected)
+
+
+async def test_timeout_is_retried_then_dead_lettered_when_attempts_run_out(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime()
+    task = BackgroundTask(task_type="test_slow", parameters={"sleep": 5})
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.DEAD_LETTER), timeout=15)
+        dead = await runtime.store.get(task.id)
+    assert dead is not None and dead.retry_count == 1  # two attempts: 0 and 1
+    assert dead.error_info is not None
+    assert dead.error_info.type == "TimeoutError" and dead.error_info.reason == "attempts-exhausted"
+
+
+async def _is(runtime: Runtime, task_id: str, status: TaskStatus) -> bool:
+    return await _status(runtime, task_id) is status
