@@ -13,6 +13,7 @@ from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.outbox import OutboxRelay
+from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
 from taskplatform.store import BaseTaskStore, create_store
 from taskplatform.submission import PublishedMarker, TaskSubmitter
@@ -79,6 +80,14 @@ class Runtime:
             batch_size=settings.outbox_batch_size,
         )
         self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
+        self.reaper = Reaper(
+            self.store,
+            self.registry,
+            default_policy=settings.default_retry_policy(),
+            node_id=settings.node_id,
+            interval=settings.reaper_interval_seconds,
+            grace=settings.reaper_grace_seconds,
+        )
         self.consumer: TaskConsumer | None = None
         if consume:
             settler = Settler(
@@ -115,6 +124,8 @@ class Runtime:
             self._background.append(asyncio.create_task(self._when_connected(), name="broker-up"))
         if self.relay_enabled:
             self._background.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        if self.settings.reaper_enabled:
+            self._background.append(asyncio.create_task(self.reaper.run(self._stop), name="reaper"))
         log.info(
             "%s started (node %s, store %s, task types: %s)",
             self.role,

@@ -48,6 +48,11 @@ class PlatformSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=300.0, ge=0)
     retry_jitter_seconds: float = Field(default=0.5, ge=0)
 
+    # reaper (RUNNING tasks whose worker vanished)
+    reaper_enabled: bool = True
+    reaper_interval_seconds: float = Field(default=10.0, gt=0)
+    reaper_grace_seconds: float = Field(default=5.0, ge=0)
+
     # topology
     topology_prefix: str = ""
     delivery_limit: int = Field(default=5, ge=1)

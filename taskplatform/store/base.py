@@ -380,6 +380,42 @@ class BaseTaskStore(ABC):
             },
         )
 
+    @abstractmethod
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
+        """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
+
+    async def reap(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        before: datetime,
+        error: ErrorInfo,
+        next_attempt_at: datetime | None,
+    ) -> BackgroundTask | None:
+        """Settle an attempt whose worker vanished (RUNNING, lease ended before ``before``).
+
+        With ``next_attempt_at`` the attempt counts as failed and the next one is scheduled
+        (RETRYING, outbox pending for the relay); without it the task is dead-lettered.
+        Guarded on the attempt and the lapsed lease, so a takeover or a late renewal wins.
+        """
+        guard = Guard(statuses=frozenset(), equals={"retry_count": attempt}, takeover_before=before)
+        changes: dict[str, Any] = {"error_info": error.model_dump(mode="json"), "lease_until": None}
+        if next_attempt_at is None:
+            changes.update(status=TaskStatus.DEAD_LETTER, completed_at=utcnow())
+        else:
+            changes.update(
+                {
+                    "status": TaskStatus.RETRYING,
+                    "retry_count": attempt + 1,
+                    "next_attempt_at": next_attempt_at,
+                    "outbox.status": OutboxStatus.PENDING.value,
+                    "outbox.lease_until": None,
+                    "outbox.lease_owner": None,
+                }
+            )
+        return await self._guarded_update(task_id, guard, changes)
+
     async def record_cancelled(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> CANCELLED, for the owner of ``attempt`` whose executable stopped on request."""
         guard = Guard(

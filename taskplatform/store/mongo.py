@@ -216,6 +216,17 @@ class MongoTaskStore(BaseTaskStore):
             )
         return self._to_task(doc) if doc is not None else None
 
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
+        query = {"status": TaskStatus.RUNNING.value, "lease_until": {"$ne": None, "$lt": before}}
+        async with self._errors():
+            docs = (
+                await self.collection.find(query)
+                .sort([("lease_until", ASCENDING)])
+                .limit(limit)
+                .to_list(None)
+            )
+        return [self._to_task(d) for d in docs]
+
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> builtins.list[BackgroundTask]:

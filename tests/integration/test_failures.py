@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
+from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
-from tests.support.executables import Flaky
+from tests.support.executables import Flaky, Noop
 from tests.support.runtime import eventually, running
 
 pytestmark = pytest.mark.integration
@@ -75,3 +76,21 @@ async def test_timeout_is_retried_then_dead_lettered_when_attempts_run_out(
 
 async def _is(runtime: Runtime, task_id: str, status: TaskStatus) -> bool:
     return await _status(runtime, task_id) is status
+
+
+async def test_reaper_recovers_a_running_task_whose_worker_vanished(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime(relay=True, reaper_interval_seconds=0.2, reaper_grace_seconds=0.1)
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 4})
+    async with running(runtime):
+        await runtime.store.create(task)
+        # A worker claimed it and vanished with its message: nothing will ever redeliver it.
+        lapsed = utcnow() - timedelta(seconds=1)
+        assert await runtime.store.try_set_running(task.id, attempt=0, node_id="ghost", lease_until=lapsed)
+        await runtime.store.mark_published([task.id])
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
+        done = await runtime.store.get(task.id)
+    assert done is not None and done.retry_count == 1 and done.execution_node_id == runtime.settings.node_id
+    assert done.error_info is not None and done.error_info.type == "WorkerLost"
+    assert Noop.calls[task.id] == 1

@@ -335,3 +335,24 @@ async def test_dead_lettering_for_an_attempt_spares_a_task_running_under_a_live_
     dead = await store.mark_dead_letter(waiting.id, error=info, attempt=0)
     assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
     assert await store.mark_dead_letter(running.id, error=info) is not None  # no attempt: whoever finds it
+
+
+async def test_reaping_a_lapsed_attempt_schedules_the_next_or_dead_letters(store: BaseTaskStore) -> None:
+    lapsed, live, exhausted = make_task(), make_task(), make_task()
+    await store.create_many([lapsed, live, exhausted])
+    await claim(store, lapsed, lease=-10)
+    await claim(store, exhausted, lease=-10)
+    await claim(store, live, lease=60)
+    before = utcnow() - timedelta(seconds=5)
+    found = {t.id for t in await store.list_lapsed(before=before, limit=10)}
+    assert found == {lapsed.id, exhausted.id}
+    info = ErrorInfo(type="WorkerLost", message="gone", attempt=0)
+    later = utcnow() + timedelta(seconds=2)
+    again = await store.reap(lapsed.id, attempt=0, before=before, error=info, next_attempt_at=later)
+    assert again is not None and again.status is TaskStatus.RETRYING and again.retry_count == 1
+    assert again.outbox.status is OutboxStatus.PENDING and close_in_time(again.next_attempt_at, later)
+    dead = await store.reap(exhausted.id, attempt=0, before=before, error=info, next_attempt_at=None)
+    assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
+    # a live lease, or a stale attempt, is left alone
+    assert await store.reap(live.id, attempt=0, before=before, error=info, next_attempt_at=None) is None
+    assert await store.reap(lapsed.id, attempt=0, before=before, error=info, next_attempt_at=None) is None

@@ -330,6 +330,22 @@ class SqlTaskStore(BaseTaskStore):
                     done.update((await conn.execute(sql.COMPLETE_ONE, params_one)).scalars().all())
                 return done
 
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
+        query = (
+            select(tasks)
+            .where(
+                tasks.c.status == TaskStatus.RUNNING.value,
+                tasks.c.lease_until.is_not(None),
+                tasks.c.lease_until < before,
+            )
+            .order_by(tasks.c.lease_until)
+            .limit(limit)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return [self._to_task(r) for r in rows]
+
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> builtins.list[BackgroundTask]:
