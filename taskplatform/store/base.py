@@ -416,6 +416,17 @@ class BaseTaskStore(ABC):
             )
         return await self._guarded_update(task_id, guard, changes)
 
+    async def release_claim(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
+        """RUNNING -> QUEUED at the same attempt: this node gives the task back unfinished
+        (shutdown), so the next delivery claims it at once rather than after the lease."""
+        guard = Guard(
+            statuses=frozenset({TaskStatus.RUNNING}),
+            equals={"execution_node_id": node_id, "retry_count": attempt},
+        )
+        return await self._guarded_update(
+            task_id, guard, {"status": TaskStatus.QUEUED, "execution_node_id": None, "lease_until": None}
+        )
+
     async def record_cancelled(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> CANCELLED, for the owner of ``attempt`` whose executable stopped on request."""
         guard = Guard(

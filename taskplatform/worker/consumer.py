@@ -174,6 +174,12 @@ class TaskConsumer:
         renewer = asyncio.create_task(self._keep_lease(task), name=f"lease-{task.id}")
         try:
             outcome = await self._run(task)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: hand the task back unfinished, then stop.
+            self._running.discard(running_key)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._give_back(message, task), timeout=5)
+            raise
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -303,6 +309,14 @@ class TaskConsumer:
         log.warning("store unavailable while claiming task %s (%s); requeueing", tm.task_id, exc)
         await asyncio.sleep(self._store_backoff)
         await message.nack(requeue=True)
+
+    async def _give_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
+        """Release the claim (RUNNING -> QUEUED, same attempt) and return the message."""
+        try:
+            await self._store.release_claim(task.id, node_id=self._node_id, attempt=task.retry_count)
+        finally:
+            await message.nack(requeue=True)
+        log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
     async def _keep_lease(self, task: BackgroundTask) -> None:
         """Renew the claim's lease every third of its length while the attempt runs, so a

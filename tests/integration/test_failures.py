@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -94,3 +95,33 @@ async def test_reaper_recovers_a_running_task_whose_worker_vanished(
     assert done is not None and done.retry_count == 1 and done.execution_node_id == runtime.settings.node_id
     assert done.error_info is not None and done.error_info.type == "WorkerLost"
     assert Noop.calls[task.id] == 1
+
+
+async def test_shutdown_out_of_grace_gives_running_tasks_back_and_another_worker_finishes_them(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    first = make_runtime(node_id="leaving", shutdown_grace_seconds=0.5)
+    tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 3}) for i in range(5)]
+    await first.start(wait_for_broker=True)
+    try:
+        await first.store.create_many(tasks)
+        assert await first.publisher.publish_many([TaskMessage.for_task(t) for t in tasks]) == [None] * 5
+        await eventually(lambda: _count(first, TaskStatus.RUNNING, 5))
+    finally:
+        started = time.monotonic()
+        await first.stop(grace=first.settings.shutdown_grace_seconds)
+        stop_took = time.monotonic() - started
+    assert stop_took < 3, f"stop took {stop_took:.1f}s"
+
+    second = make_runtime(node_id="staying")
+    async with running(second):
+        counts = await second.store.count_by_status()
+        assert TaskStatus.RUNNING not in counts, counts  # nothing was left RUNNING
+        await eventually(lambda: _count(second, TaskStatus.COMPLETED, 5), timeout=20)
+        finished = [await second.store.get(t.id) for t in tasks]
+    assert all(t is not None and t.execution_node_id == "staying" for t in finished)
+    assert all(Noop.calls[t.id] == 2 for t in tasks)  # at-least-once: begun, given back, done
+
+
+async def _count(runtime: Runtime, status: TaskStatus, n: int) -> bool:
+    return (await runtime.store.count_by_status()).get(status, 0) == n
