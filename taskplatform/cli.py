@@ -111,6 +111,14 @@ async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
         return 0 if task.status.value == "COMPLETED" else 1
 
 
+async def _cancel(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    from taskplatform.client import TaskPlatformClient
+
+    async with TaskPlatformClient(settings.client_api_url) as client:
+        print(json.dumps(await client.cancel(args.task_id)))
+    return 0
+
+
 async def _status(settings: PlatformSettings, args: argparse.Namespace) -> int:
     from taskplatform.client import TaskPlatformClient
 
@@ -187,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_id")
     p.add_argument("--api-url")
 
+    p = sub.add_parser("cancel", help="cancel a task (a running one is stopped cooperatively)")
+    p.add_argument("task_id")
+    p.add_argument("--api-url")
+
     p = sub.add_parser("topology", help="declare or verify the RabbitMQ topology")
     p.add_argument("action", choices=["declare", "verify"])
 
@@ -228,6 +240,7 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     runners = {
         "submit": lambda: _submit(settings, args),
         "status": lambda: _status(settings, args),
+        "cancel": lambda: _cancel(settings, args),
         "topology": lambda: _topology(settings, args.action),
         "db": lambda: _db_upgrade(settings),
     }

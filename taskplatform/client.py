@@ -88,6 +88,12 @@ class TaskPlatformClient:
     async def get(self, task_id: str) -> BackgroundTask:
         return BackgroundTask.model_validate(await self._request("GET", f"/api/v1/tasks/{task_id}"))
 
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        """Request cancellation; returns ``{task_id, status, cancel_requested}``. ApiError 409
+        when the task already finished."""
+        data: dict[str, Any] = await self._request("POST", f"/api/v1/tasks/{task_id}/cancel")
+        return data
+
     async def wait(self, task_id: str, *, timeout: float = 60.0, poll: float = 0.1) -> BackgroundTask:
         """Poll until the task is terminal; TimeoutError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

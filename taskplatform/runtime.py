@@ -108,6 +108,8 @@ class Runtime:
                 default_timeout=settings.task_timeout_seconds,
                 lease_seconds=settings.lease_seconds,
                 default_policy=settings.default_retry_policy(),
+                cancel_poll=settings.cancel_poll_seconds,
+                cancel_grace=settings.cancel_grace_seconds,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from taskplatform.api.errors import ErrorBody
-from taskplatform.api.schemas import Health, Readiness, TaskCreated, TaskList, TaskTypeInfo
+from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
@@ -59,6 +59,28 @@ async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
     if task is None:
         raise HTTPException(404, f"task {task_id!r} not found")
     return task
+
+
+@tasks_router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=TaskCancellation,
+    summary="Cancel a task",
+    responses={
+        202: {"model": TaskCancellation, "description": "Running: the worker was asked to stop it"},
+        409: {"model": ErrorBody, "description": "Already finished; the body names its status"},
+    },
+)
+async def cancel_task(task_id: TaskId, runtime: RuntimeDep, response: Response) -> TaskCancellation:
+    """QUEUED or RETRYING: CANCELLED now. RUNNING: the executable sees ``ctx.cancelled`` and is
+    stopped if it does not end by itself; the task ends CANCELLED. Finished: 409."""
+    task = await runtime.store.request_cancel(task_id)
+    if task is None:
+        raise HTTPException(404, f"task {task_id!r} not found")
+    if task.status is TaskStatus.RUNNING and task.cancel_requested:
+        response.status_code = 202
+    elif task.status is not TaskStatus.CANCELLED:
+        raise HTTPException(409, f"task {task_id!r} is already {task.status.value}; it cannot be cancelled")
+    return TaskCancellation(task_id=task.id, status=task.status, cancel_requested=task.cancel_requested)
 
 
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")

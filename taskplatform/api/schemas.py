@@ -16,6 +16,14 @@ class TaskCreated(BaseModel):
     status: TaskStatus
 
 
+class TaskCancellation(BaseModel):
+    """Answer to a cancel request: CANCELLED at once, or RUNNING with ``cancel_requested``."""
+
+    task_id: str
+    status: TaskStatus
+    cancel_requested: bool
+
+
 class TaskList(BaseModel):
     """A page of tasks, newest first."""
 

@@ -130,7 +130,7 @@ class TaskStore(Protocol):
     ) -> dict[str, BackgroundTask]: ...
     async def renew_lease(
         self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
-    ) -> bool: ...
+    ) -> BackgroundTask | None: ...
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool: ...
     async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]: ...
     async def record_completion(
@@ -295,13 +295,16 @@ class BaseTaskStore(ABC):
         """The changes a recorded completion makes (besides the result)."""
         return {"status": TaskStatus.COMPLETED, "completed_at": now, "lease_until": None, "updated_at": now}
 
-    async def renew_lease(self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime) -> bool:
-        """Extend the lease of a task this node runs at ``attempt``; False if it is no longer ours."""
+    async def renew_lease(
+        self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
+    ) -> BackgroundTask | None:
+        """Extend the lease of a task this node runs at ``attempt``; None if it is no longer
+        ours. The returned document tells whether cancellation was requested."""
         guard = Guard(
             statuses=frozenset({TaskStatus.RUNNING}),
             equals={"execution_node_id": node_id, "retry_count": attempt},
         )
-        return await self._guarded_update(task_id, guard, {"lease_until": lease_until}) is not None
+        return await self._guarded_update(task_id, guard, {"lease_until": lease_until})
 
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool:
         """Store progress reported by the task's current owner."""
@@ -415,6 +418,29 @@ class BaseTaskStore(ABC):
                 }
             )
         return await self._guarded_update(task_id, guard, changes)
+
+    async def request_cancel(self, task_id: str) -> BackgroundTask | None:
+        """Cancel a task: QUEUED/RETRYING -> CANCELLED at once (its message is skipped when it
+        arrives); RUNNING -> ``cancel_requested`` (the worker stops it cooperatively). Returns
+        the document after the request, unchanged if the task had already finished, or None
+        if there is no such task."""
+        now = utcnow()
+        waiting = Guard(statuses=frozenset({TaskStatus.QUEUED, TaskStatus.RETRYING}))
+        done = await self._guarded_update(
+            task_id,
+            waiting,
+            {
+                "status": TaskStatus.CANCELLED,
+                "cancel_requested": True,
+                "completed_at": now,
+                "lease_until": None,
+            },
+        )
+        if done is not None:
+            return done
+        running = Guard(statuses=frozenset({TaskStatus.RUNNING}), equals={"cancel_requested": False})
+        flagged = await self._guarded_update(task_id, running, {"cancel_requested": True})
+        return flagged if flagged is not None else await self.get(task_id)
 
     async def release_claim(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> QUEUED at the same attempt: this node gives the task back unfinished

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
 from taskplatform.batching import Coalescer
-from taskplatform.errors import MessageDecodeError, StoreError
+from taskplatform.errors import Cancelled, MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
@@ -52,6 +52,8 @@ class TaskConsumer:
         lease_seconds: float,
         default_policy: RetryPolicy | None = None,
         store_backoff: float = 1.0,
+        cancel_poll: float = 1.0,
+        cancel_grace: float = 2.0,
     ) -> None:
         self._broker = broker
         self._publisher = publisher
@@ -65,6 +67,8 @@ class TaskConsumer:
         self._lease = timedelta(seconds=lease_seconds)
         self._store_backoff = store_backoff
         self._default_policy = default_policy or RetryPolicy()
+        self._cancel_poll = cancel_poll
+        self._cancel_grace = cancel_grace
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
@@ -171,7 +175,6 @@ class TaskConsumer:
             return
         running_key = (task.id, task.retry_count)
         self._running.add(running_key)
-        renewer = asyncio.create_task(self._keep_lease(task), name=f"lease-{task.id}")
         try:
             outcome = await self._run(task)
         except asyncio.CancelledError:
@@ -180,10 +183,6 @@ class TaskConsumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._give_back(message, task), timeout=5)
             raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
         cls = type(self._executable(task.task_type))
         try:
             await self._settler.settle(
@@ -318,27 +317,8 @@ class TaskConsumer:
             await message.nack(requeue=True)
         log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
-    async def _keep_lease(self, task: BackgroundTask) -> None:
-        """Renew the claim's lease every third of its length while the attempt runs, so a
-        duplicate delivery cannot take a live task over however long it runs."""
-        interval = self._lease.total_seconds() / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                ours = await self._store.renew_lease(
-                    task.id,
-                    node_id=self._node_id,
-                    attempt=task.retry_count,
-                    lease_until=utcnow() + self._lease,
-                )
-            except StoreError as exc:
-                log.warning("could not renew the lease of task %s (%s); will retry", task.id, exc)
-                continue
-            if not ours:
-                log.warning("task %s is no longer owned by this worker (lease lost)", task.id)
-                return
-
     async def _run(self, task: BackgroundTask) -> Outcome:
+        """Run one attempt in its own asyncio task, watched for lease renewal and cancellation."""
         executable = self._executable(task.task_type)
         cls = type(executable)
         try:
@@ -347,6 +327,25 @@ class TaskConsumer:
             return Failed(exc, format_traceback(exc))
         ctx: ExecutionContext[Any] = ExecutionContext(task, params, store=self._store, node_id=self._node_id)
         timeout = cls.timeout if cls.timeout is not None else self._default_timeout
+        attempt = asyncio.create_task(self._execute(executable, ctx, timeout), name=f"attempt-{task.id}")
+        watcher = asyncio.create_task(self._watch(task, ctx, attempt), name=f"watch-{task.id}")
+        try:
+            return await attempt
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled (shutdown): propagate
+            # The watcher stopped the attempt because cancellation was requested.
+            return Failed(Cancelled("cancelled on request"), "")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _execute(
+        self, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any], timeout: float
+    ) -> Outcome:
+        cls = type(executable)
         try:
             async with asyncio.timeout(timeout):
                 result = await executable.execute(ctx)
@@ -355,11 +354,51 @@ class TaskConsumer:
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # we are being cancelled (shutdown): propagate
+                raise  # stopped from outside (cancel request or shutdown)
             return Failed(exc, format_traceback(exc))  # the executable raised it on its own
         except Exception as exc:
             return Failed(exc, format_traceback(exc))
         return Succeeded(result)
+
+    async def _watch(
+        self, task: BackgroundTask, ctx: ExecutionContext[Any], attempt: asyncio.Task[Outcome]
+    ) -> None:
+        """While the attempt runs: renew its lease every third of the lease length, so no
+        duplicate can take a live task over, and look for a cancel request every
+        ``cancel_poll`` seconds: first ``ctx.cancelled`` turns True, and an attempt still
+        running ``cancel_grace`` seconds later is cancelled."""
+        loop = asyncio.get_running_loop()
+        renew_every = self._lease.total_seconds() / 3
+        next_renewal = loop.time() + renew_every
+        stop_at: float | None = None
+        while not attempt.done():
+            await asyncio.sleep(min(self._cancel_poll, renew_every))
+            try:
+                if loop.time() >= next_renewal:
+                    next_renewal += renew_every
+                    current = await self._store.renew_lease(
+                        task.id,
+                        node_id=self._node_id,
+                        attempt=task.retry_count,
+                        lease_until=utcnow() + self._lease,
+                    )
+                    if current is None:
+                        log.warning("task %s is no longer owned by this worker (lease lost)", task.id)
+                        return
+                elif not ctx.cancelled:
+                    current = await self._store.get(task.id)
+                else:
+                    current = None
+            except StoreError as exc:
+                log.warning("watching task %s: store unavailable (%s); will retry", task.id, exc)
+                continue
+            if current is not None and current.cancel_requested and not ctx.cancelled:
+                log.info("task %s: cancellation requested; asking the executable to stop", task.id)
+                ctx.request_cancel()
+                stop_at = loop.time() + self._cancel_grace
+            if stop_at is not None and loop.time() >= stop_at:
+                attempt.cancel()
+                stop_at = None
 
 
 def _not_before(message: AbstractIncomingMessage) -> datetime | None:

@@ -10,8 +10,10 @@ import pytest
 
 from executors.registry import ExecutableRegistry
 from taskplatform.api.app import create_app
+from taskplatform.models import utcnow
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.submission import SubmitRequest
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +187,25 @@ async def test_nul_in_path_or_query_is_refused_as_bad_input(api: tuple[httpx.Asy
     client, _ = api
     assert (await client.get("/api/v1/tasks/a%00b")).status_code == 422
     assert (await client.get("/api/v1/tasks", params={"user_id": "a\x00"})).status_code == 422
+
+
+async def test_cancel_answers_for_waiting_missing_and_finished_tasks(
+    api: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    client, runtime = api
+    r = await client.post("/api/v1/tasks", json={"task_type": "test_noop", "parameters": {}})
+    task_id = r.json()["task_id"]
+    r = await client.post(f"/api/v1/tasks/{task_id}/cancel")
+    assert r.status_code == 200 and r.json() == {
+        "task_id": task_id,
+        "status": "CANCELLED",
+        "cancel_requested": True,
+    }
+    r = await client.post(f"/api/v1/tasks/{task_id}/cancel")
+    assert r.status_code == 200  # cancelling a cancelled task is idempotent
+    assert (await client.post("/api/v1/tasks/nope/cancel")).status_code == 404
+    done = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", parameters={}))
+    await runtime.store.try_set_running(done.task.id, attempt=0, node_id="n", lease_until=utcnow())
+    await runtime.store.record_completion(done.task.id, node_id="n", attempt=0, result={"value": 0})
+    r = await client.post(f"/api/v1/tasks/{done.task.id}/cancel")
+    assert r.status_code == 409 and "already COMPLETED" in r.json()["error"]["message"]

@@ -11,7 +11,7 @@ import pytest
 
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
-from tests.support.executables import Flaky, Noop
+from tests.support.executables import Cooperative, Flaky, Noop
 from tests.support.runtime import eventually, running
 
 pytestmark = pytest.mark.integration
@@ -125,3 +125,44 @@ async def test_shutdown_out_of_grace_gives_running_tasks_back_and_another_worker
 
 async def _count(runtime: Runtime, status: TaskStatus, n: int) -> bool:
     return (await runtime.store.count_by_status()).get(status, 0) == n
+
+
+async def test_cancel_while_queued_cancels_at_once_and_the_message_is_skipped(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime()
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 1})
+    async with running(runtime):
+        await runtime.store.create(task)
+        cancelled = await runtime.store.request_cancel(task.id)
+        assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        assert runtime.consumer is not None
+        await eventually(lambda: _processed(runtime, 1))
+        final = await runtime.store.get(task.id)
+    assert final is not None and final.status is TaskStatus.CANCELLED
+    assert Noop.calls[task.id] == 0
+
+
+@pytest.mark.parametrize("task_type", ["test_cooperative", "test_stubborn"])
+async def test_cancel_while_running_stops_the_executable_and_ends_cancelled(
+    task_type: str, make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime(cancel_poll_seconds=0.1, cancel_grace_seconds=0.5)
+    task = BackgroundTask(task_type=task_type)
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.RUNNING))
+        flagged = await runtime.store.request_cancel(task.id)
+        assert flagged is not None and flagged.cancel_requested
+        started = time.monotonic()
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.CANCELLED), timeout=10)
+        took = time.monotonic() - started
+    assert took < 5
+    if task_type == "test_cooperative":
+        assert task.id in Cooperative.observed  # it saw ctx.cancelled and stopped by itself
+
+
+async def _processed(runtime: Runtime, n: int) -> bool:
+    return runtime.consumer is not None and runtime.consumer.processed >= n

@@ -356,3 +356,23 @@ async def test_reaping_a_lapsed_attempt_schedules_the_next_or_dead_letters(store
     # a live lease, or a stale attempt, is left alone
     assert await store.reap(live.id, attempt=0, before=before, error=info, next_attempt_at=None) is None
     assert await store.reap(lapsed.id, attempt=0, before=before, error=info, next_attempt_at=None) is None
+
+
+async def test_cancel_request_cancels_waiting_tasks_and_flags_running_ones(store: BaseTaskStore) -> None:
+    waiting, running, finished = make_task(), make_task(), make_task()
+    await store.create_many([waiting, running, finished])
+    await claim(store, running)
+    await claim(store, finished)
+    await store.record_completion(finished.id, node_id=NODE, attempt=0, result={})
+    cancelled = await store.request_cancel(waiting.id)
+    assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED and cancelled.cancel_requested
+    flagged = await store.request_cancel(running.id)
+    assert flagged is not None and flagged.status is TaskStatus.RUNNING and flagged.cancel_requested
+    untouched = await store.request_cancel(finished.id)
+    assert (
+        untouched is not None and untouched.status is TaskStatus.COMPLETED and not untouched.cancel_requested
+    )
+    assert await store.request_cancel("missing") is None
+    assert await claim(store, waiting) is None  # its message is skipped when it arrives
+    done = await store.record_cancelled(running.id, node_id=NODE, attempt=0)
+    assert done is not None and done.status is TaskStatus.CANCELLED

@@ -10,6 +10,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from executors.base import BackgroundTaskExecutable, TaskContext
+from taskplatform.errors import Cancelled
 from taskplatform.retry import RetryPolicy
 
 
@@ -88,4 +89,33 @@ class Slow(BackgroundTaskExecutable[NoopParams, NoopResult]):
         return NoopResult(value=ctx.parameters.value)
 
 
-EXECUTABLES = [Noop, Boom, Flaky, Slow]
+class Cooperative(BackgroundTaskExecutable[NoopParams, NoopResult]):
+    """Works until asked to stop, then stops by raising Cancelled."""
+
+    task_type = "test_cooperative"
+    Params = NoopParams
+    Result = NoopResult
+    observed: ClassVar[set[str]] = set()
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> NoopResult:
+        for _ in range(400):
+            if ctx.cancelled:
+                type(self).observed.add(ctx.task_id)
+                raise Cancelled("stopping as asked")
+            await asyncio.sleep(0.05)
+        return NoopResult(value=0)
+
+
+class Stubborn(BackgroundTaskExecutable[NoopParams, NoopResult]):
+    """Ignores cancellation requests; must be stopped from outside."""
+
+    task_type = "test_stubborn"
+    Params = NoopParams
+    Result = NoopResult
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> NoopResult:
+        await asyncio.sleep(30)
+        return NoopResult(value=0)
+
+
+EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn]

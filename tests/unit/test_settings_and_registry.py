@@ -47,10 +47,18 @@ def test_entry_points_register_the_reference_executables() -> None:
 
 def test_module_discovery_and_unknown_type_message() -> None:
     registry = ExecutableRegistry.discover(["tests.support.executables"], entry_point_group=None)
-    assert registry.task_types() == ["test_boom", "test_flaky", "test_noop", "test_slow"]
+    assert registry.task_types() == [
+        "test_boom",
+        "test_cooperative",
+        "test_flaky",
+        "test_noop",
+        "test_slow",
+        "test_stubborn",
+    ]
     with pytest.raises(
         UnknownTaskTypeError,
-        match="unknown task type 'x'; registered: test_boom, test_flaky, test_noop, test_slow",
+        match="unknown task type 'x'; registered: test_boom, test_cooperative, test_flaky, test_noop, "
+        "test_slow, test_stubborn",
     ):
         registry.get("x")
     with pytest.raises(ConfigError, match="cannot import executor module 'no.such.module'"):
