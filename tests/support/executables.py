@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import ClassVar
@@ -118,4 +119,23 @@ class Stubborn(BackgroundTaskExecutable[NoopParams, NoopResult]):
         return NoopResult(value=0)
 
 
-EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn]
+class SideEffectParams(BaseModel):
+    path: str
+    sleep: float = 0.0
+
+
+class SideEffect(BackgroundTaskExecutable[SideEffectParams, NoopResult]):
+    """Appends one line per execution to a file (countable across processes), then sleeps."""
+
+    task_type = "test_side_effect"
+    Params = SideEffectParams
+    Result = NoopResult
+
+    async def execute(self, ctx: TaskContext[SideEffectParams]) -> NoopResult:
+        with open(ctx.parameters.path, "a", encoding="utf-8") as out:  # noqa: ASYNC230  (tiny, test only)
+            out.write(f"{ctx.task_id} {os.getpid()}\n")
+        await asyncio.sleep(ctx.parameters.sleep)
+        return NoopResult(value=os.getpid())
+
+
+EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect]

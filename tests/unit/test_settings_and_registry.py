@@ -52,13 +52,14 @@ def test_module_discovery_and_unknown_type_message() -> None:
         "test_cooperative",
         "test_flaky",
         "test_noop",
+        "test_side_effect",
         "test_slow",
         "test_stubborn",
     ]
     with pytest.raises(
         UnknownTaskTypeError,
         match="unknown task type 'x'; registered: test_boom, test_cooperative, test_flaky, test_noop, "
-        "test_slow, test_stubborn",
+        "test_side_effect, test_slow, test_stubborn",
     ):
         registry.get("x")
     with pytest.raises(ConfigError, match="cannot import executor module 'no.such.module'"):
