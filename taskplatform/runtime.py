@@ -95,6 +95,7 @@ class Runtime:
                 self.publisher,
                 node_id=settings.node_id,
                 dead_letter_exchange=self.topology.dead_letter_exchange,
+                store_retry_seconds=settings.store_outage_hold_seconds,
             )
             self.consumer = TaskConsumer(
                 self.broker,
@@ -108,6 +109,7 @@ class Runtime:
                 default_timeout=settings.task_timeout_seconds,
                 lease_seconds=settings.lease_seconds,
                 default_policy=settings.default_retry_policy(),
+                store_hold=settings.store_outage_hold_seconds,
                 cancel_poll=settings.cancel_poll_seconds,
                 cancel_grace=settings.cancel_grace_seconds,
             )

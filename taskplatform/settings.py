@@ -39,6 +39,9 @@ class PlatformSettings(BaseSettings):
     task_timeout_seconds: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # how long a worker holds a message and retries while the store is unreachable (well
+    # under RabbitMQ's consumer timeout, 30 min by default)
+    store_outage_hold_seconds: float = Field(default=300.0, gt=0)
     cancel_poll_seconds: float = Field(default=1.0, gt=0)
     cancel_grace_seconds: float = Field(default=2.0, ge=0)
     executor_modules: list[str] = Field(default_factory=list)

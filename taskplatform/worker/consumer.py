@@ -52,6 +52,7 @@ class TaskConsumer:
         lease_seconds: float,
         default_policy: RetryPolicy | None = None,
         store_backoff: float = 1.0,
+        store_hold: float = 300.0,
         cancel_poll: float = 1.0,
         cancel_grace: float = 2.0,
     ) -> None:
@@ -66,6 +67,7 @@ class TaskConsumer:
         self._default_timeout = default_timeout
         self._lease = timedelta(seconds=lease_seconds)
         self._store_backoff = store_backoff
+        self._store_hold = store_hold
         self._default_policy = default_policy or RetryPolicy()
         self._cancel_poll = cancel_poll
         self._cancel_grace = cancel_grace
@@ -227,20 +229,42 @@ class TaskConsumer:
         return results
 
     async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        """Claim the task for this delivery, or settle the delivery and return None."""
-        try:
-            task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
-            if task is not None:
-                return task
-            current = await self._store.get(tm.task_id)
-            if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
-                # The broker gave this message back: the worker that held it lost its channel,
-                # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
-                # it) and take over, instead of acking the task's only message away.
-                return await self._await_owner(message, tm)
-        except StoreError as exc:
-            await self._requeue_for_store(message, tm, exc)
-            return None
+        """Claim the task for this delivery, or settle the delivery and return None.
+
+        While the store is unreachable the message is held and the claim retried with
+        backoff, for up to ``store_hold`` seconds: returning it to the queue at once would
+        count a delivery each time, and the quorum queue's delivery limit would dead-letter
+        healthy work during a long store outage.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store_hold
+        delay = self._store_backoff
+        while True:
+            try:
+                return await self._claim_once(message, tm)
+            except StoreError as exc:
+                if loop.time() + delay > deadline:
+                    await self._requeue_for_store(message, tm, exc)
+                    return None
+                log.warning(
+                    "store unavailable while claiming task %s (%s); holding it, retrying in %.1fs",
+                    tm.task_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _claim_once(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+        task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
+        if task is not None:
+            return task
+        current = await self._store.get(tm.task_id)
+        if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
+            # The broker gave this message back: the worker that held it lost its channel,
+            # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
+            # it) and take over, instead of acking the task's only message away.
+            return await self._await_owner(message, tm)
         if current is None:
             await self._settler.reject_malformed(
                 message, "unknown-task", f"task {tm.task_id!r} does not exist in the store"
@@ -304,9 +328,8 @@ class TaskConsumer:
     async def _requeue_for_store(
         self, message: AbstractIncomingMessage, tm: TaskMessage, exc: Exception
     ) -> None:
-        # Without the store we cannot know whether to run: back off, return the message.
-        log.warning("store unavailable while claiming task %s (%s); requeueing", tm.task_id, exc)
-        await asyncio.sleep(self._store_backoff)
+        # Without the store we cannot know whether to run: return the message.
+        log.warning("store unavailable for too long while claiming task %s (%s); requeueing", tm.task_id, exc)
         await message.nack(requeue=True)
 
     async def _give_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +14,7 @@ from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
 from tests.support.executables import Cooperative, Flaky, Noop
 from tests.support.runtime import eventually, running
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,39 @@ async def test_cancel_while_running_stops_the_executable_and_ends_cancelled(
 
 async def _processed(runtime: Runtime, n: int) -> bool:
     return runtime.consumer is not None and runtime.consumer.processed >= n
+
+
+async def test_store_unreachable_for_a_while_no_task_is_lost_and_all_complete(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any, request: pytest.FixtureRequest
+) -> None:
+    store_url: str = request.getfixturevalue("postgres_database_url")
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.open()
+    via_proxy = store_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    api = make_runtime(role="api", consume=False, store_url=store_url)
+    worker = make_runtime(node_id="patient", store_url=via_proxy, reaper_enabled=False)
+    tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i}) for i in range(30)]
+    try:
+        async with running(api), running(worker):
+            await proxy.close()  # the worker's store goes away, connections and all
+            await api.store.create_many(tasks)
+            assert await api.publisher.publish_many([TaskMessage.for_task(t) for t in tasks]) == [None] * 30
+            await asyncio.sleep(8)  # longer than five quick requeues would survive the delivery limit
+            assert await _all(api, tasks, TaskStatus.QUEUED)
+            await proxy.open()  # the store is back
+            await eventually(lambda: _all(api, tasks, TaskStatus.COMPLETED), timeout=60)
+            assert await _dlq_depth(rabbitmq, api) == 0
+    finally:
+        await proxy.close()
+
+
+async def _all(runtime: Runtime, tasks: list[BackgroundTask], status: TaskStatus) -> bool:
+    statuses = [await _status(runtime, t.id) for t in tasks]
+    return all(s is status for s in statuses)
+
+
+async def _dlq_depth(rabbitmq: Any, runtime: Runtime) -> int:
+    channel = await rabbitmq.channel()
+    queue = await channel.declare_queue(runtime.topology.dead_letter_queue, passive=True)
+    await channel.close()
+    return int(queue.declaration_result.message_count)
