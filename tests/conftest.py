@@ -94,6 +94,7 @@ async def rabbitmq(
         yield connection
     finally:
         topo = build_topology(registry.queues(), prefix=topology_prefix)
+        await asyncio.wait_for(connection.connected.wait(), timeout=60)  # tests may cut or restart the broker
         channel = await connection.channel()
         for q in topo.queues:
             await channel.queue_delete(q.name)
