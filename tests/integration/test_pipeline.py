@@ -179,13 +179,17 @@ async def test_malformed_messages_go_to_the_dlq_with_a_reason_and_the_worker_kee
             (b"{not json", {"x-task-id": "m1", "x-task-type": "test_noop"}),
             (orjson.dumps(good_body), {"x-task-type": "test_noop"}),  # no task id header
             (orjson.dumps({"task_id": "m3"}), {"x-task-id": "m3", "x-task-type": "test_noop"}),  # no type
+            (  # well formed, but a type no worker here knows
+                orjson.dumps({"task_id": "m4", "task_type": "test_unknown"}),
+                {"x-task-id": "m4", "x-task-type": "test_unknown"},
+            ),
         ]
         for body, headers in bad:
             await exchange.publish(aio_pika.Message(body, headers=headers), routing_key="test_noop")
         await channel.close()
-        dead = await _dlq_messages(rabbitmq, topo.dead_letter_queue, 3)
+        dead = await _dlq_messages(rabbitmq, topo.dead_letter_queue, 4)
         reasons = sorted(m.headers[HEADER_DEAD_REASON] for m in dead)
-        assert reasons == ["bad-json", "invalid-body", "missing-header"]
+        assert reasons == ["bad-json", "invalid-body", "missing-header", "unknown-task-type"]
         assert all(m.headers[HEADER_DEAD_DETAIL] for m in dead)
 
         ok = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", parameters={"value": 7}))
