@@ -7,16 +7,11 @@ guarded update, so all backends make the same decisions.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from taskplatform.models import (
     RUNNABLE,
@@ -27,81 +22,33 @@ from taskplatform.models import (
     sources_of,
     utcnow,
 )
+from taskplatform.store.types import (
+    MAX_PAGE_SIZE,
+    ClaimRequest,
+    CompletionRequest,
+    Guard,
+    InvalidCursorError,
+    TaskFilter,
+    TaskPage,
+    decode_cursor,
+    encode_cursor,
+)
 
-MAX_PAGE_SIZE = 500
-
-
-class TaskFilter(BaseModel):
-    """List filters; every given field must match. ``tags``: the task carries all of them."""
-
-    model_config = ConfigDict(frozen=True)
-
-    status: TaskStatus | None = None
-    task_type: str | None = None
-    user_id: str | None = None
-    parent_task_id: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-class TaskPage(BaseModel):
-    """One page of a listing, newest first; ``next_cursor`` is None on the last page."""
-
-    items: list[BackgroundTask] = Field(default_factory=list)
-    next_cursor: str | None = None
-
-
-class InvalidCursorError(ValueError):
-    """A pagination cursor that this store did not produce."""
-
-
-def encode_cursor(created_at: datetime, task_id: str) -> str:
-    """An opaque cursor pointing just after (created_at, id) in newest-first order."""
-    raw = f"{created_at.isoformat()}|{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; raises InvalidCursorError on anything else."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, task_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        when = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidCursorError(f"invalid cursor {cursor!r}") from exc
-    if when.tzinfo is None or not task_id:
-        raise InvalidCursorError(f"invalid cursor {cursor!r}")
-    return when, task_id
-
-
-@dataclass(frozen=True)
-class ClaimRequest:
-    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``)."""
-
-    task_id: str
-    attempt: int
-
-
-@dataclass(frozen=True)
-class CompletionRequest:
-    """Record ``result`` as the outcome of ``task_id``'s ``attempt``."""
-
-    task_id: str
-    attempt: int
-    result: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Guard:
-    """The condition a guarded update requires of the current document.
-
-    The document must be in one of ``statuses`` and match every ``equals`` field, or,
-    when ``takeover_before`` is set, be RUNNING with ``lease_until`` earlier than it
-    (and still match ``equals``): the previous owner's lease has lapsed.
-    """
-
-    statuses: frozenset[TaskStatus]
-    equals: Mapping[str, Any] = field(default_factory=dict)
-    takeover_before: datetime | None = None
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "BaseTaskStore",
+    "ClaimRequest",
+    "CompletionRequest",
+    "Guard",
+    "InvalidCursorError",
+    "TaskFilter",
+    "TaskPage",
+    "TaskStore",
+    "check_page_size",
+    "decode_cursor",
+    "encode_cursor",
+    "outbox_published_changes",
+]
 
 
 @runtime_checkable
