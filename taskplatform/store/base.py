@@ -350,7 +350,11 @@ class BaseTaskStore(ABC):
         Guarded on the attempt and the lapsed lease, so a takeover or a late renewal wins.
         """
         guard = Guard(statuses=frozenset(), equals={"retry_count": attempt}, takeover_before=before)
-        changes: dict[str, Any] = {"error_info": error.model_dump(mode="json"), "lease_until": None}
+        changes: dict[str, Any] = {
+            "error_info": error.model_dump(mode="json"),
+            "lease_until": None,
+            "execution_node_id": None,  # the lost worker's late settlement must not look like ours
+        }
         if next_attempt_at is None:
             changes.update(status=TaskStatus.DEAD_LETTER, completed_at=utcnow())
         else:
@@ -387,7 +391,20 @@ class BaseTaskStore(ABC):
             return done
         running = Guard(statuses=frozenset({TaskStatus.RUNNING}), equals={"cancel_requested": False})
         flagged = await self._guarded_update(task_id, running, {"cancel_requested": True})
-        return flagged if flagged is not None else await self.get(task_id)
+        if flagged is not None:
+            return flagged
+        # It may have left RUNNING for RETRYING or QUEUED between the two updates: once more.
+        done = await self._guarded_update(
+            task_id,
+            waiting,
+            {
+                "status": TaskStatus.CANCELLED,
+                "cancel_requested": True,
+                "completed_at": now,
+                "lease_until": None,
+            },
+        )
+        return done if done is not None else await self.get(task_id)
 
     async def release_claim(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> QUEUED at the same attempt: this node gives the task back unfinished

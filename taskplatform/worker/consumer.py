@@ -260,6 +260,9 @@ class TaskConsumer:
         if task is not None:
             return task
         current = await self._store.get(tm.task_id)
+        if current is not None and self._claimed_by_us(current, tm):
+            # Our claim committed but its reply was lost (the store error was retried).
+            return current
         if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
             # The broker gave this message back: the worker that held it lost its channel,
             # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
@@ -276,6 +279,14 @@ class TaskConsumer:
                 f"(message attempt {tm.attempt})",
             )
         return None
+
+    def _claimed_by_us(self, task: BackgroundTask, tm: TaskMessage) -> bool:
+        return (
+            task.status is TaskStatus.RUNNING
+            and task.execution_node_id == self._node_id
+            and task.retry_count == tm.attempt
+            and (tm.task_id, tm.attempt) not in self._running
+        )
 
     @staticmethod
     def _held_by_live_lease(task: BackgroundTask, tm: TaskMessage) -> bool:
@@ -334,10 +345,20 @@ class TaskConsumer:
 
     async def _give_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
         """Release the claim (RUNNING -> QUEUED, same attempt) and return the message."""
+        # A fresh copy, then ack: requeueing would count a delivery, and a task given back at
+        # a few shutdowns in a row would reach the queue's delivery limit and be dead-lettered.
         try:
-            await self._store.release_claim(task.id, node_id=self._node_id, attempt=task.retry_count)
-        finally:
+            released = await self._store.release_claim(
+                task.id, node_id=self._node_id, attempt=task.retry_count
+            )
+            if released is not None:
+                await self._publisher.publish_task(released)
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
+        except Exception:
             await message.nack(requeue=True)
+            raise
         log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
     async def _run(self, task: BackgroundTask) -> Outcome:
@@ -353,17 +374,22 @@ class TaskConsumer:
         attempt = asyncio.create_task(self._execute(executable, ctx, timeout), name=f"attempt-{task.id}")
         watcher = asyncio.create_task(self._watch(task, ctx, attempt), name=f"watch-{task.id}")
         try:
-            return await attempt
+            outcome = await attempt
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # we are being cancelled (shutdown): propagate
-            # The watcher stopped the attempt because cancellation was requested.
-            return Failed(Cancelled("cancelled on request"), "")
+            # The watcher stopped the attempt (cancel requested, or lease lost).
+            return Failed(Cancelled("stopped on request"), "")
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if ctx.cancelled and isinstance(outcome, Failed):
+            # Asked to stop, it stopped by raising something: that is a cancellation.
+            stopped = Cancelled(f"stopped on request ({type(outcome.error).__name__})")
+            return Failed(stopped, outcome.traceback)
+        return outcome
 
     async def _execute(
         self, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any], timeout: float
@@ -394,11 +420,20 @@ class TaskConsumer:
         renew_every = self._lease.total_seconds() / 3
         next_renewal = loop.time() + renew_every
         stop_at: float | None = None
+        owned = True
+
+        def ask_to_stop(why: str) -> None:
+            nonlocal stop_at
+            if not ctx.cancelled:
+                log.info("task %s: %s; asking the executable to stop", task.id, why)
+                ctx.request_cancel()
+                stop_at = loop.time() + self._cancel_grace
+
         while not attempt.done():
             await asyncio.sleep(min(self._cancel_poll, renew_every))
+            current: BackgroundTask | None = None
             try:
-                if loop.time() >= next_renewal:
-                    next_renewal += renew_every
+                if owned and loop.time() >= next_renewal:
                     current = await self._store.renew_lease(
                         task.id,
                         node_id=self._node_id,
@@ -406,19 +441,18 @@ class TaskConsumer:
                         lease_until=utcnow() + self._lease,
                     )
                     if current is None:
-                        log.warning("task %s is no longer owned by this worker (lease lost)", task.id)
-                        return
-                elif not ctx.cancelled:
+                        # Reaped or taken over: another attempt may run now. This one must stop,
+                        # its outcome can no longer be recorded.
+                        owned = False
+                        ask_to_stop("lease lost to another attempt")
+                    else:
+                        next_renewal = loop.time() + renew_every  # only after a renewal succeeded
+                elif owned and not ctx.cancelled:
                     current = await self._store.get(task.id)
-                else:
-                    current = None
             except StoreError as exc:
                 log.warning("watching task %s: store unavailable (%s); will retry", task.id, exc)
-                continue
-            if current is not None and current.cancel_requested and not ctx.cancelled:
-                log.info("task %s: cancellation requested; asking the executable to stop", task.id)
-                ctx.request_cancel()
-                stop_at = loop.time() + self._cancel_grace
+            if current is not None and current.cancel_requested:
+                ask_to_stop("cancellation requested")
             if stop_at is not None and loop.time() >= stop_at:
                 attempt.cancel()
                 stop_at = None

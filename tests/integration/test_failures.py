@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
+from taskplatform.store.base import Guard
 from tests.support.executables import Cooperative, Flaky, Noop
 from tests.support.runtime import eventually, running
 from tests.support.tcp_proxy import TcpProxy
@@ -204,3 +206,54 @@ async def _dlq_depth(rabbitmq: Any, runtime: Runtime) -> int:
     queue = await channel.declare_queue(runtime.topology.dead_letter_queue, passive=True)
     await channel.close()
     return int(queue.declaration_result.message_count)
+
+
+async def test_a_claim_whose_reply_was_lost_is_recognised_and_the_task_runs_once(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime()
+    store = runtime.store
+    real_claim = store.try_set_running_many
+    failed_once: list[bool] = []
+
+    async def claim_then_lose_the_reply(*args: Any, **kwargs: Any) -> Any:
+        won = await real_claim(*args, **kwargs)
+        if not failed_once:
+            failed_once.append(True)
+            raise StoreError("connection reset after commit")
+        return won
+
+    store.try_set_running_many = claim_then_lose_the_reply  # type: ignore[method-assign]
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 8})
+    async with running(runtime):
+        await store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=10)
+        done = await store.get(task.id)
+    assert failed_once and done is not None and done.retry_count == 0
+    assert Noop.calls[task.id] == 1
+
+
+async def test_an_attempt_that_lost_its_lease_is_stopped(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime(lease_seconds=0.6, cancel_poll_seconds=0.1, cancel_grace_seconds=0.3)
+    task = BackgroundTask(task_type="test_stubborn")  # sleeps 30 s, ignores requests
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.RUNNING))
+        # Another attempt owns it now (a takeover): this worker's renewal will fail.
+        await runtime.store._guarded_update(
+            task.id, Guard(statuses=frozenset({TaskStatus.RUNNING})), {"execution_node_id": "thief"}
+        )
+        assert runtime.consumer is not None
+        started = time.monotonic()
+        await eventually(lambda: _idle(runtime), timeout=5)
+        assert time.monotonic() - started < 3
+        current = await runtime.store.get(task.id)
+    assert current is not None and current.execution_node_id == "thief"  # its state is left to its owner
+
+
+async def _idle(runtime: Runtime) -> bool:
+    return runtime.consumer is not None and runtime.consumer.in_flight == 0
