@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import utcnow
+from taskplatform.periodic import run_periodically
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,6 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set; a full batch is followed at once by another pass."""
-        while not stop.is_set():
-            try:
-                published = await self.run_once()
-            except Exception:
-                log.exception("outbox relay pass failed; retrying in %.1fs", self._interval)
-                published = 0
-            if published >= self._batch:
-                continue
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
+        await run_periodically(
+            self.run_once, stop, interval=self._interval, name="outbox relay", again_at=self._batch
+        )

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from executors.registry import ExecutableRegistry
 from taskplatform.models import ErrorInfo, utcnow
+from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
 
@@ -86,12 +87,4 @@ class Reaper:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("reaper pass failed; retrying in %.1fs", self._interval)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
+        await run_periodically(self.run_once, stop, interval=self._interval, name="reaper")

@@ -247,10 +247,7 @@ class BaseTaskStore(ABC):
     ) -> BackgroundTask | None:
         """Extend the lease of a task this node runs at ``attempt``; None if it is no longer
         ours. The returned document tells whether cancellation was requested."""
-        guard = Guard(
-            statuses=frozenset({TaskStatus.RUNNING}),
-            equals={"execution_node_id": node_id, "retry_count": attempt},
-        )
+        guard = _owner(node_id, attempt)
         return await self._guarded_update(task_id, guard, {"lease_until": lease_until})
 
     async def record_progress(self, task_id: str, *, node_id: str, progress: Mapping[str, Any]) -> bool:
@@ -262,10 +259,7 @@ class BaseTaskStore(ABC):
         self, task_id: str, *, node_id: str, attempt: int, result: Mapping[str, Any] | None
     ) -> BackgroundTask | None:
         """RUNNING -> COMPLETED with ``result``, only for the owner of this attempt."""
-        guard = Guard(
-            statuses=frozenset({TaskStatus.RUNNING}),
-            equals={"execution_node_id": node_id, "retry_count": attempt},
-        )
+        guard = _owner(node_id, attempt)
         changes = self.completion_changes(utcnow())
         changes["result"] = dict(result) if result is not None else None
         return await self._guarded_update(task_id, guard, changes)
@@ -311,10 +305,7 @@ class BaseTaskStore(ABC):
         The outbox goes back to pending, held until ``outbox_hold_until`` so the caller can
         publish the delayed message itself; if it cannot, the relay publishes it after that.
         """
-        guard = Guard(
-            statuses=frozenset({TaskStatus.RUNNING}),
-            equals={"execution_node_id": node_id, "retry_count": attempt},
-        )
+        guard = _owner(node_id, attempt)
         return await self._guarded_update(
             task_id,
             guard,
@@ -409,20 +400,14 @@ class BaseTaskStore(ABC):
     async def release_claim(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> QUEUED at the same attempt: this node gives the task back unfinished
         (shutdown), so the next delivery claims it at once rather than after the lease."""
-        guard = Guard(
-            statuses=frozenset({TaskStatus.RUNNING}),
-            equals={"execution_node_id": node_id, "retry_count": attempt},
-        )
+        guard = _owner(node_id, attempt)
         return await self._guarded_update(
             task_id, guard, {"status": TaskStatus.QUEUED, "execution_node_id": None, "lease_until": None}
         )
 
     async def record_cancelled(self, task_id: str, *, node_id: str, attempt: int) -> BackgroundTask | None:
         """RUNNING -> CANCELLED, for the owner of ``attempt`` whose executable stopped on request."""
-        guard = Guard(
-            statuses=frozenset({TaskStatus.RUNNING}),
-            equals={"execution_node_id": node_id, "retry_count": attempt},
-        )
+        guard = _owner(node_id, attempt)
         return await self._guarded_update(
             task_id, guard, {"status": TaskStatus.CANCELLED, "completed_at": utcnow(), "lease_until": None}
         )
@@ -451,6 +436,14 @@ class BaseTaskStore(ABC):
                 "lease_until": None,
             },
         )
+
+
+def _owner(node_id: str, attempt: int) -> Guard:
+    """The task runs, claimed by ``node_id`` for ``attempt``."""
+    return Guard(
+        statuses=frozenset({TaskStatus.RUNNING}),
+        equals={"execution_node_id": node_id, "retry_count": attempt},
+    )
 
 
 def check_page_size(limit: int) -> int:
