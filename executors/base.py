@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +47,34 @@ class TaskContext(Protocol[P_co]):
         ...
 
     async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        """Record progress (stored and published as an event)."""
+        """Record progress (stored and published as an event).
+
+        Validated against the executable's ``ProgressModel``. Throttled: at most one write
+        per ``progress_interval`` seconds; the latest value in between is kept and written
+        at the end of the interval (and before the attempt settles).
+        """
+        ...
+
+    async def submit_sub_task(
+        self, task_type: str, parameters: BaseModel | Mapping[str, Any], *, key: str | None = None
+    ) -> str:
+        """Create a child task (published through the outbox) and return its id.
+
+        The parent stays RUNNING after ``execute`` returns until every child has finished;
+        it then ends COMPLETED, or COMPLETED_WITH_ERRORS when some child did not succeed.
+        ``key`` names the child within this parent (default: the call's sequence number),
+        so a retried parent that submits the same children again does not duplicate them.
+        """
+        ...
+
+    async def submit_sub_tasks(
+        self,
+        task_type: str,
+        parameters: Sequence[BaseModel | Mapping[str, Any]],
+        *,
+        keys: Sequence[str] | None = None,
+    ) -> list[str]:
+        """``submit_sub_task`` for many children of one type, stored and published in bulk."""
         ...
 
     def log_info(self, message: str, **fields: Any) -> None:
@@ -74,6 +101,8 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
     queue: ClassVar[str] = "default"
     #: Seconds an attempt may run; None means the platform default.
     timeout: ClassVar[float | None] = None
+    #: Model ``update_progress`` validates progress against (subclass Progress for typed fields).
+    ProgressModel: ClassVar[type[Progress]] = Progress
     #: Short description, shown in the API's list of task types.
     description: ClassVar[str] = ""
     #: Retry policy; None means the platform default (settings ``retry_*``).

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from executors.registry import ExecutableRegistry
-from taskplatform.models import ErrorInfo, utcnow
+from taskplatform.events.aggregator import StateAggregator
+from taskplatform.events.bus import EventBus
+from taskplatform.events.models import Origin, TaskDeadLettered, TaskFailed, TaskRetrying
+from taskplatform.models import BackgroundTask, ErrorInfo, utcnow
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
@@ -23,21 +26,28 @@ class Reaper:
     takes over; the reaper is for when none does. It counts the lost attempt as failed
     (``WorkerLost``) under the task type's retry policy: another attempt is scheduled
     (RETRYING, published by the outbox relay), or, when a task keeps losing its workers, it
-    is dead-lettered instead of being revived forever.
+    is dead-lettered instead of being revived forever. Each pass also recounts parents
+    that have waited for their children for a while, so a roll-up lost in a crash heals.
     """
 
     def __init__(
         self,
         store: BaseTaskStore,
         registry: ExecutableRegistry,
+        bus: EventBus,
+        aggregator: StateAggregator,
         *,
         default_policy: RetryPolicy,
         node_id: str,
         interval: float = 10.0,
         grace: float = 5.0,
         batch_size: int = 100,
+        parent_idle_seconds: float = 60.0,
     ) -> None:
         self._store = store
+        self._bus = bus
+        self._aggregator = aggregator
+        self._parent_idle = parent_idle_seconds
         self._registry = registry
         self._default_policy = default_policy
         self._node_id = node_id
@@ -56,34 +66,56 @@ class Reaper:
         before = utcnow() - timedelta(seconds=self._grace)
         settled = 0
         for task in await self._store.list_lapsed(before=before, limit=self._batch):
-            attempt = task.retry_count
-            policy = self._policy(task.task_type)
-            error = ErrorInfo(
-                type="WorkerLost",
-                message=f"worker {task.execution_node_id} stopped renewing its lease ({task.lease_until})",
-                attempt=attempt,
-                node_id=self._node_id,
-                reason="lease-expired" if policy.attempts_left(attempt) else "attempts-exhausted",
-            )
-            next_at = (
-                utcnow() + timedelta(seconds=policy.delay_after(attempt))
-                if policy.attempts_left(attempt)
-                else None
-            )
-            done = await self._store.reap(
-                task.id, attempt=attempt, before=before, error=error, next_attempt_at=next_at
-            )
+            done = await self._reap(task, before)
             if done is not None:
                 settled += 1
                 log.warning(
                     "reaped task %s (attempt %d, node %s): now %s",
                     task.id,
-                    attempt,
+                    task.retry_count,
                     task.execution_node_id,
                     done.status,
                 )
         self.reaped += settled
+        finished = await self._aggregator.reconcile(idle_for=self._parent_idle, limit=self._batch)
+        if finished:
+            log.warning("finished %d parent(s) whose last roll-up had been lost", finished)
         return settled
+
+    async def _reap(self, task: BackgroundTask, before: datetime) -> BackgroundTask | None:
+        attempt = task.retry_count
+        policy = self._policy(task.task_type)
+        retry = policy.attempts_left(attempt)
+        error = ErrorInfo(
+            type="WorkerLost",
+            message=f"worker {task.execution_node_id} stopped renewing its lease ({task.lease_until})",
+            attempt=attempt,
+            node_id=self._node_id,
+            reason="lease-expired" if retry else "attempts-exhausted",
+        )
+        common = {
+            "task_id": task.id,
+            "task_type": task.task_type,
+            "origin": Origin.REAPER,
+            "attempt": attempt,
+            "node_id": self._node_id,
+        }
+        if retry:
+            delay = policy.delay_after(attempt)
+            event = TaskRetrying(
+                **common,
+                error=error,
+                delay_seconds=delay,
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+                lapsed_before=before,
+            )
+            delivery = await self._bus.publish(event, task)
+            return delivery.task if delivery.accepted else None
+        failed = await self._bus.publish(TaskFailed(**common, error=error, lapsed_before=before), task)
+        if not failed.accepted:
+            return None
+        dead = await self._bus.publish(TaskDeadLettered(**common, reason=error.reason or ""), failed.task)
+        return dead.task if dead.accepted else failed.task
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set."""

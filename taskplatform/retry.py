@@ -34,7 +34,7 @@ class RetryPolicy:
         if self.initial_delay < 0 or self.max_delay < 0 or self.jitter < 0:
             raise ValueError("delays and jitter must not be negative")
         wait = tenacity.wait_exponential_jitter(
-            initial=self.initial_delay, max=self.max_delay, exp_base=self.exp_base, jitter=self.jitter
+            multiplier=self.initial_delay, max=self.max_delay, exp_base=self.exp_base, jitter=self.jitter
         )
         object.__setattr__(self, "_wait", wait)
 

@@ -10,6 +10,9 @@ import contextlib
 import logging
 
 from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.events.aggregator import StateAggregator
+from taskplatform.events.bridge import ExternalEventBridge
+from taskplatform.events.bus import EventBus
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.outbox import OutboxRelay
@@ -40,7 +43,8 @@ def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegi
 
 
 class Runtime:
-    """Store, broker connection, publisher, submitter, relay and (optionally) consumer."""
+    """Store, broker connection, publisher, event bus, state aggregator, external event
+    bridge, submitter, relay, reaper and (optionally) consumer."""
 
     def __init__(
         self,
@@ -68,8 +72,24 @@ class Runtime:
             timeout=settings.publish_timeout_seconds,
             attempts=settings.publish_retry_attempts,
         )
+        self.bus = EventBus(observer_buffer=settings.event_observer_buffer)
+        self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
+        self.bridge: ExternalEventBridge | None = None
+        if settings.events_bridge_enabled:
+            self.bridge = ExternalEventBridge(
+                self.broker, self.topology.events_exchange, confirm_timeout=settings.publish_timeout_seconds
+            )
+            self.bus.add_observer(self.bridge)
         self.marker = PublishedMarker(self.store)
-        self.submitter = TaskSubmitter(self.store, self.registry, self.publisher, self.marker)
+        self.submitter = TaskSubmitter(
+            self.store,
+            self.registry,
+            self.publisher,
+            self.marker,
+            self.bus,
+            aggregator=self.aggregator,
+            node_id=settings.node_id,
+        )
         self.relay = OutboxRelay(
             self.store,
             self.publisher,
@@ -83,6 +103,9 @@ class Runtime:
         self.reaper = Reaper(
             self.store,
             self.registry,
+            self.bus,
+            self.aggregator,
+            parent_idle_seconds=settings.parent_reconcile_seconds,
             default_policy=settings.default_retry_policy(),
             node_id=settings.node_id,
             interval=settings.reaper_interval_seconds,
@@ -93,6 +116,7 @@ class Runtime:
             settler = Settler(
                 self.store,
                 self.publisher,
+                self.bus,
                 node_id=settings.node_id,
                 dead_letter_exchange=self.topology.dead_letter_exchange,
                 store_retry_seconds=settings.store_outage_hold_seconds,
@@ -112,6 +136,8 @@ class Runtime:
                 store_hold=settings.store_outage_hold_seconds,
                 cancel_poll=settings.cancel_poll_seconds,
                 cancel_grace=settings.cancel_grace_seconds,
+                submitter=self.submitter,
+                progress_interval=settings.progress_interval_seconds,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -120,6 +146,7 @@ class Runtime:
     async def start(self, *, wait_for_broker: bool = False) -> None:
         """Open the store, connect (now, or in the background), declare topology, consume."""
         await self.store.open()
+        self.bus.start()
         self.marker.start()
         await self.broker.start(wait=wait_for_broker)
         if wait_for_broker:
@@ -165,6 +192,9 @@ class Runtime:
                 await task
         self._background.clear()
         await self.marker.stop()
+        await self.bus.close()
+        if self.bridge is not None:
+            await self.bridge.close()
         await self.publisher.close()
         await self.broker.close()
         await self.store.close()

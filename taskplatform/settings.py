@@ -57,6 +57,16 @@ class PlatformSettings(BaseSettings):
     reaper_enabled: bool = True
     reaper_interval_seconds: float = Field(default=10.0, gt=0)
     reaper_grace_seconds: float = Field(default=5.0, ge=0)
+    #: A parent waiting this long without a roll-up is recounted from its children.
+    parent_reconcile_seconds: float = Field(default=60.0, gt=0)
+
+    # events
+    #: Publish lifecycle events to the events exchange (the external event bridge).
+    events_bridge_enabled: bool = True
+    #: Events buffered per observer before the oldest is dropped (and counted).
+    event_observer_buffer: int = Field(default=10_000, ge=1)
+    #: Least seconds between two progress writes of one attempt (throttling).
+    progress_interval_seconds: float = Field(default=1.0, ge=0)
 
     # topology
     topology_prefix: str = ""

@@ -13,7 +13,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import BrokerError, InvalidInputError
+from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError
+from taskplatform.events.aggregator import StateAggregator
+from taskplatform.events.bus import EventBus
+from taskplatform.events.models import Origin, TaskSubmitted
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskMessage, utcnow
 from taskplatform.store.base import BaseTaskStore
 
@@ -136,9 +139,10 @@ class TaskSubmitter:
     """Turns submit requests into stored, published tasks.
 
     Order is what makes it safe: the document (QUEUED, outbox pending) is written first,
-    then the message is published with confirms, then the outbox is marked published.
-    A publish that fails leaves the task pending for the relay; the caller still gets
-    its task id.
+    then ``TaskSubmitted`` goes through the event bus (a child is counted by its parent
+    there), then the message is published with confirms, then the outbox is marked
+    published. A publish that fails leaves the task pending for the relay; the caller
+    still gets its task id.
     """
 
     def __init__(
@@ -147,13 +151,20 @@ class TaskSubmitter:
         registry: ExecutableRegistry,
         publisher: Any,
         marker: PublishedMarker,
+        bus: EventBus,
+        *,
+        aggregator: StateAggregator | None = None,
+        node_id: str | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._publisher = publisher
         self._marker = marker
+        self._bus = bus
+        self._aggregator = aggregator
+        self._node_id = node_id
 
-    def prepare(self, request: SubmitRequest) -> BackgroundTask:
+    def prepare(self, request: SubmitRequest, *, task_id: str | None = None) -> BackgroundTask:
         """Validate ``request`` into a new task document (no I/O).
 
         Raises UnknownTaskTypeError or pydantic ValidationError (field errors).
@@ -166,7 +177,9 @@ class TaskSubmitter:
         ensure_storable(request.tags, ("tags",))
         ensure_storable(request.parent_task_id, ("parent_task_id",))
         now = utcnow()
+        extra = {"id": task_id} if task_id is not None else {}
         return BackgroundTask(
+            **extra,
             task_type=request.task_type,
             user_id=request.user_id,
             parameters=parameters,
@@ -189,6 +202,56 @@ class TaskSubmitter:
     async def submit_prepared(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
         """Store then publish documents built by :meth:`prepare`."""
         await self._store.create_many(tasks)
+        await self._announce(tasks)
+        return await self._publish(tasks)
+
+    async def submit_children(self, children: Sequence[BackgroundTask]) -> list[BackgroundTask]:
+        """Store and publish sub-tasks whose ids are stable per parent and key.
+
+        A retried parent submits the same children again: those that exist already are
+        kept as they are (only recounted by their parent), the others are created.
+        Returns the children created now.
+        """
+        try:
+            await self._store.create_many(children)
+            created = list(children)
+        except DuplicateTaskError:
+            created = []
+            existing: list[BackgroundTask] = []
+            for child in children:
+                try:
+                    await self._store.create(child)
+                    created.append(child)
+                except DuplicateTaskError:
+                    found = await self._store.get(child.id)
+                    if found is not None:
+                        existing.append(found)
+            if existing and self._aggregator is not None:
+                await self._aggregator.rollup_existing(existing)
+        if created:
+            await self._announce(created, origin=Origin.WORKER)
+            await self._publish(created)
+        return created
+
+    async def _announce(self, tasks: Sequence[BackgroundTask], *, origin: Origin = Origin.API) -> None:
+        """``TaskSubmitted`` for each task, concurrently (a parent's roll-ups batch together)."""
+        events = [
+            TaskSubmitted(
+                task_id=t.id,
+                task_type=t.task_type,
+                occurred_at=t.created_at,
+                origin=origin,
+                node_id=self._node_id,
+                parent_task_id=t.parent_task_id,
+            )
+            for t in tasks
+        ]
+        if len(events) == 1:
+            await self._bus.publish(events[0], tasks[0])
+        else:
+            await asyncio.gather(*(self._bus.publish(e, t) for e, t in zip(events, tasks, strict=True)))
+
+    async def _publish(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
         if not self._publisher.ready:
             log.warning("broker not reachable: %d task(s) left in the outbox for the relay", len(tasks))
             return [Submitted(t, published=False) for t in tasks]

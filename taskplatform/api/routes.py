@@ -72,8 +72,9 @@ async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
 )
 async def cancel_task(task_id: TaskId, runtime: RuntimeDep, response: Response) -> TaskCancellation:
     """QUEUED or RETRYING: CANCELLED now. RUNNING: the executable sees ``ctx.cancelled`` and is
-    stopped if it does not end by itself; the task ends CANCELLED. Finished: 409."""
-    task = await runtime.store.request_cancel(task_id)
+    stopped if it does not end by itself; the task ends CANCELLED. A parent waiting for its
+    children: CANCELLED now. A cancelled parent cancels its unfinished children. Finished: 409."""
+    task = await runtime.aggregator.request_cancel(task_id)
     if task is None:
         raise HTTPException(404, f"task {task_id!r} not found")
     if task.status is TaskStatus.RUNNING and task.cancel_requested:
@@ -81,6 +82,25 @@ async def cancel_task(task_id: TaskId, runtime: RuntimeDep, response: Response) 
     elif task.status is not TaskStatus.CANCELLED:
         raise HTTPException(409, f"task {task_id!r} is already {task.status.value}; it cannot be cancelled")
     return TaskCancellation(task_id=task.id, status=task.status, cancel_requested=task.cancel_requested)
+
+
+@tasks_router.get(
+    "/tasks/{task_id}/children", response_model=TaskList, summary="List a task's sub-tasks, newest first"
+)
+async def list_children(
+    task_id: TaskId,
+    runtime: RuntimeDep,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> TaskList:
+    """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
+    if await runtime.store.get(task_id) is None:
+        raise HTTPException(404, f"task {task_id!r} not found")
+    page = await runtime.store.list(
+        TaskFilter(parent_task_id=task_id, status=status), limit=limit, cursor=cursor
+    )
+    return TaskList(items=page.items, next_cursor=page.next_cursor)
 
 
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")

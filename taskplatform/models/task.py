@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from taskplatform.models.status import TaskStatus
+from taskplatform.models.status import TERMINAL, TaskStatus
 
 JsonObject = dict[str, Any]
 
@@ -41,15 +41,37 @@ class ErrorInfo(BaseModel):
 
 
 class SubTaskStatusSummary(BaseModel):
-    """Counts of a parent's children by status."""
+    """Counts of a parent's children by status (each child counted once, in its current bucket)."""
 
     total: int = 0
     queued: int = 0
     running: int = 0
+    retrying: int = 0
     completed: int = 0
+    completed_with_errors: int = 0
     failed: int = 0
     cancelled: int = 0
     dead_letter: int = 0
+
+    @staticmethod
+    def bucket(status: TaskStatus) -> str:
+        """The summary field that counts a child in ``status``."""
+        return status.value.lower()
+
+    @property
+    def finished(self) -> int:
+        """Children in a terminal status."""
+        return sum(getattr(self, self.bucket(s)) for s in TERMINAL)
+
+    @property
+    def pending(self) -> int:
+        """Children not finished yet (queued, running or retrying)."""
+        return self.total - self.finished
+
+    @property
+    def all_succeeded(self) -> bool:
+        """Every child completed without errors."""
+        return self.completed == self.total
 
 
 class OutboxStatus(str, Enum):
@@ -99,4 +121,18 @@ class BackgroundTask(BaseModel):
     idempotency_key: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    #: Id of the last lifecycle event applied to this document (idempotency by event id).
+    last_event_id: str | None = None
+    #: A parent whose own execution has finished and that now waits for its children.
+    awaiting_children: bool = False
     outbox: OutboxState = Field(default_factory=OutboxState)
+
+    @model_validator(mode="after")
+    def _parent_progress_is_the_roll_up(self) -> BackgroundTask:
+        summary = self.sub_task_status_summary
+        if summary is not None and summary.total > 0:
+            self.progress = {
+                "percent": round(100.0 * summary.finished / summary.total, 2),
+                "message": f"{summary.finished} of {summary.total} sub-tasks finished",
+            }
+        return self

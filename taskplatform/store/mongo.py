@@ -12,7 +12,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from taskplatform.errors import DuplicateTaskError, StoreError
-from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
+from taskplatform.models import BackgroundTask, OutboxStatus, SubTaskStatusSummary, TaskStatus, utcnow
 from taskplatform.store.base import (
     BaseTaskStore,
     Guard,
@@ -23,6 +23,7 @@ from taskplatform.store.base import (
     encode_cursor,
     outbox_published_changes,
 )
+from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
@@ -36,6 +37,12 @@ _TOP_DATETIMES = (
     "lease_until",
 )
 _OUTBOX_DATETIMES = ("lease_until", "published_at")
+#: The parent's roll-up ledger: ``{child_id: {"b": bucket, "v": child version}}``. Not part
+#: of the task model; only ``apply_rollup`` writes it (every other update ``$set``s fields).
+LEDGER = "rollup"
+SUMMARY = "sub_task_status_summary"
+#: Lost races a roll-up retries before giving up; each loss means another roll-up won.
+_ROLLUP_ATTEMPTS = 1000
 
 
 def _aware(value: Any) -> Any:
@@ -47,6 +54,11 @@ def _aware(value: Any) -> Any:
 
 def _mongo_value(value: Any) -> Any:
     return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
+
+
+def _guard_value(value: Any) -> Any:
+    # A document written before a boolean field existed lacks it: it counts as false.
+    return {"$ne": True} if value is False else _mongo_value(value)
 
 
 class MongoTaskStore(BaseTaskStore):
@@ -138,6 +150,7 @@ class MongoTaskStore(BaseTaskStore):
     @staticmethod
     def _to_task(doc: Mapping[str, Any]) -> BackgroundTask:
         data = dict(doc)
+        data.pop(LEDGER, None)
         data["id"] = data.pop("_id")
         for name in _TOP_DATETIMES:
             data[name] = _aware(data.get(name))
@@ -195,7 +208,7 @@ class MongoTaskStore(BaseTaskStore):
 
     @staticmethod
     def _guard_filter(task_id: str, guard: Guard) -> dict[str, Any]:
-        equals = {k: _mongo_value(v) for k, v in guard.equals.items()}
+        equals = {k: _guard_value(v) for k, v in guard.equals.items()}
         branches: list[dict[str, Any]] = [{"status": {"$in": [s.value for s in guard.statuses]}, **equals}]
         if guard.takeover_before is not None:
             branches.append(
@@ -226,6 +239,65 @@ class MongoTaskStore(BaseTaskStore):
                 .to_list(None)
             )
         return [self._to_task(d) for d in docs]
+
+    async def list_awaiting_parents(
+        self, *, updated_before: datetime, limit: int
+    ) -> builtins.list[BackgroundTask]:
+        query = {
+            "status": TaskStatus.RUNNING.value,
+            "awaiting_children": True,
+            "updated_at": {"$lt": updated_before},
+        }
+        async with self._errors():
+            docs = (
+                await self.collection.find(query).sort([("updated_at", ASCENDING)]).limit(limit).to_list(None)
+            )
+        return [self._to_task(d) for d in docs]
+
+    async def apply_rollup(
+        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
+    ) -> BackgroundTask | None:
+        """One document, so one atomic update: read the child's ledger entry, then update the
+        parent only if that entry is still what was read (else another roll-up of this child
+        won the race: read again). Counters move with ``$inc``, so roll-ups of other
+        children never conflict with this one."""
+        check_child_id(child_id)
+        async with self._errors():
+            for _ in range(_ROLLUP_ATTEMPTS):
+                doc = await self.collection.find_one({"_id": parent_id})
+                if doc is None:
+                    return None
+                entry = (doc.get(LEDGER) or {}).get(child_id)
+                current = LedgerEntry(entry["b"], entry["v"]) if entry is not None else None
+                delta = rollup_delta(current, status, child_version)
+                if delta is None:
+                    return self._to_task(doc)
+                path = f"{LEDGER}.{child_id}"
+                query: dict[str, Any] = {"_id": parent_id}
+                if current is None:
+                    query[path] = {"$exists": False}
+                else:
+                    query.update({f"{path}.b": current.bucket, f"{path}.v": current.version})
+                update: dict[str, Any] = {"$set": {path: {"b": delta.entry.bucket, "v": delta.entry.version}}}
+                if delta.increments:
+                    update["$set"]["updated_at"] = utcnow()
+                    update["$inc"] = {"version": 1}
+                    if doc.get(SUMMARY) is None:
+                        # No counters to $inc yet: set them all, unless another roll-up did first.
+                        query[SUMMARY] = None
+                        counts = SubTaskStatusSummary().model_dump()
+                        for name, n in delta.increments.items():
+                            counts[name] += n
+                        update["$set"][SUMMARY] = counts
+                    else:
+                        query[SUMMARY] = {"$ne": None}
+                        update["$inc"].update({f"{SUMMARY}.{k}": n for k, n in delta.increments.items()})
+                after = await self.collection.find_one_and_update(
+                    query, update, return_document=ReturnDocument.AFTER
+                )
+                if after is not None:
+                    return self._to_task(after)
+        raise StoreError(f"roll-up of {child_id} into {parent_id} kept losing races; try again")
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime

@@ -68,11 +68,13 @@ class ClaimRequest:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """Record ``result`` as the outcome of ``task_id``'s ``attempt``."""
+    """Record ``result`` as the outcome of ``task_id``'s ``attempt`` (and ``event_id`` as the
+    document's ``last_event_id`` when given)."""
 
     task_id: str
     attempt: int
     result: Mapping[str, Any] | None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True)

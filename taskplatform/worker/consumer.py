@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,15 +13,17 @@ from pydantic import ValidationError
 
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
-from taskplatform.batching import Coalescer
 from taskplatform.errors import Cancelled, MessageDecodeError, StoreError
+from taskplatform.events.models import TaskRequeued, TaskStarted
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
+from taskplatform.models import BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import HEADER_NOT_BEFORE
 from taskplatform.retry import RetryPolicy
-from taskplatform.store.base import BaseTaskStore, ClaimRequest
+from taskplatform.store.base import BaseTaskStore
+from taskplatform.submission import TaskSubmitter
+from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
 from topology.spec import DELIVER_EARLY_SECONDS, Topology
@@ -55,6 +56,8 @@ class TaskConsumer:
         store_hold: float = 300.0,
         cancel_poll: float = 1.0,
         cancel_grace: float = 2.0,
+        submitter: TaskSubmitter | None = None,
+        progress_interval: float = 1.0,
     ) -> None:
         self._broker = broker
         self._publisher = publisher
@@ -67,19 +70,26 @@ class TaskConsumer:
         self._default_timeout = default_timeout
         self._lease = timedelta(seconds=lease_seconds)
         self._store_backoff = store_backoff
-        self._store_hold = store_hold
         self._default_policy = default_policy or RetryPolicy()
         self._cancel_poll = cancel_poll
         self._cancel_grace = cancel_grace
+        self._submitter = submitter
+        self._progress_interval = progress_interval
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._running: set[tuple[str, int]] = set()  # (task id, attempt) running in this worker
         self.processed = 0
-        # Concurrent deliveries share one claim statement (natural batching).
-        self._claims: Coalescer[ClaimRequest, BackgroundTask | None] = Coalescer(
-            self._claim_batch, max_batch=max(prefetch, 1)
+        self._claimer = Claimer(
+            store,
+            settler,
+            running=self._running,
+            node_id=node_id,
+            lease_seconds=lease_seconds,
+            prefetch=prefetch,
+            store_backoff=store_backoff,
+            store_hold=store_hold,
         )
 
     async def start(self) -> None:
@@ -156,6 +166,7 @@ class TaskConsumer:
             await self._settler.dead_letter_task(
                 message,
                 task_message.task_id,
+                task_message.task_type,
                 task_message.attempt,
                 "unknown-task-type",
                 f"no executable for task type {task_message.task_type!r} on this worker; "
@@ -172,31 +183,45 @@ class TaskConsumer:
                 f"task {task_message.task_id} attempt {task_message.attempt} runs in this worker already",
             )
             return
-        task = await self._claim(message, task_message)
+        task = await self._claimer.claim(message, task_message)
         if task is None:
             return
         running_key = (task.id, task.retry_count)
         self._running.add(running_key)
         try:
-            outcome = await self._run(task)
+            await self._run_and_settle(message, task)
+        finally:
+            self._running.discard(running_key)
+
+    async def _run_and_settle(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
+        try:
+            await self._settler.publish(self._started(task), task)
+            outcome, children = await self._run(task)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the task back unfinished, then stop.
-            self._running.discard(running_key)
+            self._running.discard((task.id, task.retry_count))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._give_back(message, task), timeout=5)
             raise
         cls = type(self._executable(task.task_type))
-        try:
-            await self._settler.settle(
-                message,
-                task,
-                outcome,
-                policy=cls.retry_policy or self._default_policy,
-                retryable=cls.retryable_exceptions,
-                non_retryable=cls.non_retryable_exceptions,
-            )
-        finally:
-            self._running.discard(running_key)
+        await self._settler.settle(
+            message,
+            task,
+            outcome,
+            policy=cls.retry_policy or self._default_policy,
+            retryable=cls.retryable_exceptions,
+            non_retryable=cls.non_retryable_exceptions,
+            children=children,
+        )
+
+    def _started(self, task: BackgroundTask) -> TaskStarted:
+        return TaskStarted(
+            task_id=task.id,
+            task_type=task.task_type,
+            occurred_at=task.last_attempt_at or utcnow(),
+            attempt=task.retry_count,
+            node_id=self._node_id,
+        )
 
     async def _delay_again(
         self, message: AbstractIncomingMessage, tm: TaskMessage, not_before: datetime
@@ -212,145 +237,16 @@ class TaskConsumer:
             return
         await message.ack()
 
-    async def _claim_batch(self, claims: Sequence[ClaimRequest]) -> list[BackgroundTask | None]:
-        won = await self._store.try_set_running_many(
-            list(dict.fromkeys(claims)), node_id=self._node_id, lease_until=utcnow() + self._lease
-        )
-        results: list[BackgroundTask | None] = []
-        for claim in claims:
-            # Only the first delivery of the winning attempt gets the task; a duplicate in the
-            # same batch, or a delivery of another attempt, gets nothing.
-            task = won.get(claim.task_id)
-            if task is not None and task.retry_count == claim.attempt:
-                del won[claim.task_id]
-                results.append(task)
-            else:
-                results.append(None)
-        return results
-
-    async def _claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        """Claim the task for this delivery, or settle the delivery and return None.
-
-        While the store is unreachable the message is held and the claim retried with
-        backoff, for up to ``store_hold`` seconds: returning it to the queue at once would
-        count a delivery each time, and the quorum queue's delivery limit would dead-letter
-        healthy work during a long store outage.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._store_hold
-        delay = self._store_backoff
-        while True:
-            try:
-                return await self._claim_once(message, tm)
-            except StoreError as exc:
-                if loop.time() + delay > deadline:
-                    await self._requeue_for_store(message, tm, exc)
-                    return None
-                log.warning(
-                    "store unavailable while claiming task %s (%s); holding it, retrying in %.1fs",
-                    tm.task_id,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _claim_once(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
-        if task is not None:
-            return task
-        current = await self._store.get(tm.task_id)
-        if current is not None and self._claimed_by_us(current, tm):
-            # Our claim committed but its reply was lost (the store error was retried).
-            return current
-        if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
-            # The broker gave this message back: the worker that held it lost its channel,
-            # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
-            # it) and take over, instead of acking the task's only message away.
-            return await self._await_owner(message, tm)
-        if current is None:
-            await self._settler.reject_malformed(
-                message, "unknown-task", f"task {tm.task_id!r} does not exist in the store"
-            )
-        else:
-            await self._settler.skip(
-                message,
-                f"task {tm.task_id} is {current.status} at attempt {current.retry_count} "
-                f"(message attempt {tm.attempt})",
-            )
-        return None
-
-    def _claimed_by_us(self, task: BackgroundTask, tm: TaskMessage) -> bool:
-        return (
-            task.status is TaskStatus.RUNNING
-            and task.execution_node_id == self._node_id
-            and task.retry_count == tm.attempt
-            and (tm.task_id, tm.attempt) not in self._running
-        )
-
-    @staticmethod
-    def _held_by_live_lease(task: BackgroundTask, tm: TaskMessage) -> bool:
-        return (
-            task.status is TaskStatus.RUNNING
-            and task.retry_count == tm.attempt
-            and task.lease_until is not None
-            and task.lease_until > utcnow()
-        )
-
-    async def _await_owner(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        """Hold a redelivered message until the owner's lease lapses, then claim the task.
-
-        Ends by running it (the owner is gone), acking it (the owner finished), or, after two
-        lease lengths with the owner still renewing, returning it to the queue.
-        """
-        lease = self._lease.total_seconds()
-        deadline = asyncio.get_running_loop().time() + 2 * lease
-        while True:
-            current = await self._store.get(tm.task_id)
-            if current is None or not self._held_by_live_lease(current, tm):
-                task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
-                if task is not None:
-                    log.warning(
-                        "task %s: previous owner %s is gone; taking over",
-                        tm.task_id,
-                        current.execution_node_id if current else None,
-                    )
-                    return task
-                current = await self._store.get(tm.task_id)
-                if current is None or not self._held_by_live_lease(current, tm):
-                    status = current.status if current else "missing"
-                    await self._settler.skip(
-                        message, f"task {tm.task_id} is {status} (after waiting for its owner)"
-                    )
-                    return None
-            now = asyncio.get_running_loop().time()
-            if now >= deadline:
-                log.info(
-                    "task %s: owner %s still renews its lease; returning the redelivery to the queue",
-                    tm.task_id,
-                    current.execution_node_id,
-                )
-                await message.nack(requeue=True)
-                return None
-            assert current.lease_until is not None
-            wait = (current.lease_until - utcnow()).total_seconds() + 0.05
-            await asyncio.sleep(min(max(wait, 0.05), deadline - now))
-
-    async def _requeue_for_store(
-        self, message: AbstractIncomingMessage, tm: TaskMessage, exc: Exception
-    ) -> None:
-        # Without the store we cannot know whether to run: return the message.
-        log.warning("store unavailable for too long while claiming task %s (%s); requeueing", tm.task_id, exc)
-        await message.nack(requeue=True)
-
     async def _give_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
         """Release the claim (RUNNING -> QUEUED, same attempt) and return the message."""
         # A fresh copy, then ack: requeueing would count a delivery, and a task given back at
         # a few shutdowns in a row would reach the queue's delivery limit and be dead-lettered.
+        event = TaskRequeued(
+            task_id=task.id, task_type=task.task_type, attempt=task.retry_count, node_id=self._node_id
+        )
         try:
-            released = await self._store.release_claim(
-                task.id, node_id=self._node_id, attempt=task.retry_count
-            )
+            delivery = await self._settler.publish(event, task)
+            released = delivery.task if delivery.accepted else None
             if released is not None:
                 await self._publisher.publish_task(released)
                 await message.ack()
@@ -361,15 +257,39 @@ class TaskConsumer:
             raise
         log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
-    async def _run(self, task: BackgroundTask) -> Outcome:
-        """Run one attempt in its own asyncio task, watched for lease renewal and cancellation."""
+    async def _run(self, task: BackgroundTask) -> tuple[Outcome, int]:
+        """Run one attempt in its own asyncio task, watched for lease renewal and cancellation.
+
+        Returns the outcome and how many children the task has (submitted by this attempt
+        or, for a retried parent, by an earlier one).
+        """
         executable = self._executable(task.task_type)
         cls = type(executable)
+        earlier = task.sub_task_status_summary.total if task.sub_task_status_summary else 0
         try:
             params = cls.Params.model_validate(task.parameters)
         except ValidationError as exc:
-            return Failed(exc, format_traceback(exc))
-        ctx: ExecutionContext[Any] = ExecutionContext(task, params, store=self._store, node_id=self._node_id)
+            return Failed(exc, format_traceback(exc)), earlier
+        ctx: ExecutionContext[Any] = ExecutionContext(
+            task,
+            params,
+            bus=self._settler.bus,
+            submitter=self._submitter,
+            node_id=self._node_id,
+            progress_model=cls.ProgressModel,
+            progress_interval=self._progress_interval,
+        )
+        outcome = await self._attempt(task, executable, ctx)
+        try:
+            await ctx.flush_progress()
+        except Exception as exc:  # progress is best effort
+            log.warning("task %s: last progress not written: %s", task.id, exc)
+        return outcome, max(ctx.children, earlier)
+
+    async def _attempt(
+        self, task: BackgroundTask, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any]
+    ) -> Outcome:
+        cls = type(executable)
         timeout = cls.timeout if cls.timeout is not None else self._default_timeout
         attempt = asyncio.create_task(self._execute(executable, ctx, timeout), name=f"attempt-{task.id}")
         watcher = asyncio.create_task(self._watch(task, ctx, attempt), name=f"watch-{task.id}")

@@ -3,30 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from executors.base import Progress
+from taskplatform.errors import Cancelled, StoreError
+from taskplatform.events.bus import EventBus
+from taskplatform.events.models import TaskProgress
 from taskplatform.models import BackgroundTask
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.submission import SubmitRequest, TaskSubmitter
 
 P = TypeVar("P", bound=BaseModel)
 
 log = logging.getLogger("taskplatform.task")
 
+#: Namespace of child task ids: uuid5(parent id + "/" + key) is the same on every attempt.
+CHILD_ID_NAMESPACE = uuid.UUID("6f1c2b7e-3f5d-4c43-9a55-2f0d8d1c5e10")
+
+
+def child_task_id(parent_id: str, key: str) -> str:
+    """The id of the child named ``key`` of ``parent_id`` (stable across attempts)."""
+    return str(uuid.uuid5(CHILD_ID_NAMESPACE, f"{parent_id}/{key}"))
+
 
 class ExecutionContext(Generic[P]):
     """Implements ``executors.base.TaskContext`` for one attempt."""
 
-    def __init__(self, task: BackgroundTask, parameters: P, *, store: BaseTaskStore, node_id: str) -> None:
+    def __init__(
+        self,
+        task: BackgroundTask,
+        parameters: P,
+        *,
+        bus: EventBus,
+        submitter: TaskSubmitter | None,
+        node_id: str,
+        progress_model: type[Progress] = Progress,
+        progress_interval: float = 1.0,
+    ) -> None:
         self._task = task
         self._parameters = parameters
-        self._store = store
+        self._bus = bus
+        self._submitter = submitter
         self._node_id = node_id
+        self._progress_model = progress_model
+        self._progress_interval = progress_interval
         self._cancel = asyncio.Event()
+        self._last_progress = float("-inf")
+        self._pending_progress: dict[str, Any] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._child_seq = 0
+        self.children = 0
+        self.progress_writes = 0
         self._log_extra = {
             "task_id": task.id,
             "task_type": task.task_type,
@@ -62,14 +94,106 @@ class ExecutionContext(Generic[P]):
         """Ask the executable to stop (it sees ``cancelled`` become True)."""
         self._cancel.set()
 
+    # ------------------------------------------------------------ progress
     async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        data = (
-            progress.model_dump(mode="json", exclude_none=True)
-            if isinstance(progress, BaseModel)
-            else dict(Progress.model_validate(progress).model_dump(mode="json", exclude_none=True))
+        model = (
+            progress
+            if isinstance(progress, self._progress_model)
+            else self._progress_model.model_validate(
+                progress.model_dump() if isinstance(progress, BaseModel) else progress
+            )
         )
-        await self._store.record_progress(self._task.id, node_id=self._node_id, progress=data)
+        data = model.model_dump(mode="json", exclude_none=True)
+        loop = asyncio.get_running_loop()
+        wait = self._last_progress + self._progress_interval - loop.time()
+        if wait <= 0 and self._flusher is None:
+            await self._write_progress(data)
+            return
+        # Throttled: keep the latest value and write it when the interval ends.
+        self._pending_progress = data
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later(max(wait, 0.0)), name="progress-flush")
 
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        data = self._pending_progress
+        if data is not None:
+            await self._write_progress(data)
+            if self._pending_progress is data:
+                self._pending_progress = None
+        self._flusher = None
+
+    async def flush_progress(self) -> None:
+        """Write throttled progress still pending (before the attempt settles)."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        data, self._pending_progress = self._pending_progress, None
+        if data is not None:
+            await self._write_progress(data)
+
+    async def _write_progress(self, data: dict[str, Any]) -> None:
+        self._last_progress = asyncio.get_running_loop().time()
+        event = TaskProgress(
+            task_id=self._task.id,
+            task_type=self._task.task_type,
+            attempt=self._task.retry_count,
+            node_id=self._node_id,
+            progress=data,
+        )
+        try:
+            delivery = await self._bus.publish(event, self._task)
+        except StoreError as exc:  # progress is best effort; the outcome is what must land
+            log.warning("progress of task %s not recorded: %s", self._task.id, exc, extra=self._log_extra)
+            return
+        self.progress_writes += 1
+        if not delivery.accepted:
+            log.info("progress of task %s ignored: %s", self._task.id, delivery.rejected)
+
+    # ------------------------------------------------------------ sub-tasks
+    async def submit_sub_task(
+        self, task_type: str, parameters: BaseModel | Mapping[str, Any], *, key: str | None = None
+    ) -> str:
+        ids = await self.submit_sub_tasks(task_type, [parameters], keys=None if key is None else [key])
+        return ids[0]
+
+    async def submit_sub_tasks(
+        self,
+        task_type: str,
+        parameters: Sequence[BaseModel | Mapping[str, Any]],
+        *,
+        keys: Sequence[str] | None = None,
+    ) -> list[str]:
+        if self._submitter is None:
+            raise RuntimeError("this context cannot submit sub-tasks (no submitter)")
+        if self.cancelled:
+            raise Cancelled("cancellation requested; no more sub-tasks")
+        if keys is None:
+            keys = [str(self._child_seq + i) for i in range(len(parameters))]
+        elif len(keys) != len(parameters):
+            raise ValueError(f"{len(keys)} keys given for {len(parameters)} sub-tasks")
+        self._child_seq += len(parameters)
+        parent = self._task
+        requests = [
+            SubmitRequest(
+                task_type=task_type,
+                parameters=p.model_dump(mode="json") if isinstance(p, BaseModel) else dict(p),
+                user_id=parent.user_id,
+                priority=parent.priority,
+                tags=parent.tags,
+                parent_task_id=parent.id,
+            )
+            for p in parameters
+        ]
+        ids = [child_task_id(parent.id, key) for key in keys]
+        children = [self._submitter.prepare(r, task_id=i) for r, i in zip(requests, ids, strict=True)]
+        await self._submitter.submit_children(children)
+        self.children += len(children)
+        return ids
+
+    # ------------------------------------------------------------ logging
     def log_info(self, message: str, **fields: Any) -> None:
         log.info(message, extra={**self._log_extra, "fields": fields})
 

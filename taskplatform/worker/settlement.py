@@ -1,32 +1,42 @@
 """The one place that turns an attempt's outcome into a state transition plus ack/nack.
 
-The store is always written before the broker is told: a crash between the two leaves
-the message unacked, so it is redelivered and the conditional store writes make the
-second delivery harmless.
+The transition is published as lifecycle events; the bus's critical subscribers (the
+state aggregator first) have written it to the store before the broker is told. A crash
+between the two leaves the message unacked, so it is redelivered and the conditional
+store writes make the second delivery harmless.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from taskplatform.batching import Coalescer
 from taskplatform.errors import PermanentFailure, Retry, StoreError
+from taskplatform.events.bus import Delivery, EventBus
+from taskplatform.events.models import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskDeadLettered,
+    TaskEvent,
+    TaskFailed,
+    TaskRetrying,
+    TaskWaiting,
+)
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.retry import RetryPolicy, Verdict, classify
-from taskplatform.store.base import BaseTaskStore, CompletionRequest
+from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +92,15 @@ def decide(
     policy: RetryPolicy,
     retryable: tuple[type[BaseException], ...] = (),
     non_retryable: tuple[type[BaseException], ...] = (),
+    children: int = 0,
 ) -> Decision:
-    """Map an attempt's outcome to a decision. Pure: the whole settlement policy lives here."""
+    """Map an attempt's outcome to a decision. Pure: the whole settlement policy lives here.
+
+    A successful parent (``children`` > 0) stays RUNNING, waiting for its children.
+    """
     if isinstance(outcome, Succeeded):
+        if children > 0:
+            return Decision(TaskStatus.RUNNING, Action.ACK, reason="awaiting-children")
         return Decision(TaskStatus.COMPLETED, Action.ACK)
     error = outcome.error
     verdict = classify(error, retryable=retryable, non_retryable=non_retryable)
@@ -98,17 +114,6 @@ def decide(
         return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason="attempts-exhausted")
     reason = "permanent-failure" if isinstance(error, PermanentFailure) else "non-retryable"
     return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason=reason)
-
-
-def _is_ours(current: BackgroundTask | None, attempt: int, node_id: str, decision: Decision) -> bool:
-    """The stored task shows this node's ``attempt`` settled as ``decision`` says."""
-    expected = attempt + 1 if decision.status is TaskStatus.RETRYING else attempt
-    return (
-        current is not None
-        and current.status is decision.status
-        and current.execution_node_id == node_id
-        and current.retry_count == expected
-    )
 
 
 def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str, reason: str) -> ErrorInfo:
@@ -125,12 +130,13 @@ def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str
 
 
 class Settler:
-    """Applies decisions: store write first, then ack or nack."""
+    """Applies decisions: events through the bus (the store write) first, then ack or nack."""
 
     def __init__(
         self,
         store: BaseTaskStore,
         publisher: TaskPublisher,
+        bus: EventBus,
         *,
         node_id: str,
         dead_letter_exchange: str,
@@ -138,15 +144,14 @@ class Settler:
     ) -> None:
         self._store = store
         self._publisher = publisher
+        self._bus = bus
         self._node_id = node_id
         self._dlx = dead_letter_exchange
         self._store_retry_seconds = store_retry_seconds
-        # Concurrent completions share one store statement (natural batching).
-        self._completions: Coalescer[CompletionRequest, bool] = Coalescer(self._complete_batch)
 
-    async def _complete_batch(self, items: Sequence[CompletionRequest]) -> list[bool]:
-        done = await self._store.record_completions(items, node_id=self._node_id)
-        return [item.task_id in done for item in items]
+    @property
+    def bus(self) -> EventBus:
+        return self._bus
 
     async def _with_store_retries(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run a store write; on StoreError retry with backoff for ``store_retry_seconds``.
@@ -165,6 +170,14 @@ class Settler:
         )
         return await retrying(write)
 
+    async def publish(self, event: TaskEvent, task: BackgroundTask | None) -> Delivery:
+        """Publish ``event`` on the bus, retrying while the store is unavailable.
+
+        A retry republishes the same event (same id), so an attempt whose write landed but
+        whose reply was lost is recognised as applied, not rejected.
+        """
+        return await self._with_store_retries(lambda: self._bus.publish(event, task))
+
     async def settle(
         self,
         message: AbstractIncomingMessage,
@@ -174,66 +187,88 @@ class Settler:
         policy: RetryPolicy,
         retryable: tuple[type[BaseException], ...] = (),
         non_retryable: tuple[type[BaseException], ...] = (),
+        children: int = 0,
     ) -> Decision:
         """Record the outcome of ``task``'s attempt, then settle ``message``."""
-        attempt = task.retry_count
         decision = decide(
-            outcome, attempt=attempt, policy=policy, retryable=retryable, non_retryable=non_retryable
+            outcome,
+            attempt=task.retry_count,
+            policy=policy,
+            retryable=retryable,
+            non_retryable=non_retryable,
+            children=children,
         )
-        written = await self._with_store_retries(lambda: self._record(task, outcome, decision))
-        if written is None:
-            current = await self._with_store_retries(lambda: self._store.get(task.id))
-            if _is_ours(current, attempt, self._node_id, decision):
-                written = current  # our write landed; its reply was lost and the retry's guard failed
-            elif current is not None and current.status in RUNNABLE and current.retry_count == attempt:
-                # Our claim is gone (the store lost an unflushed commit in a crash): the task
-                # waits to run at this attempt, so the message must come back, not be acked.
-                log.warning("task %s: claim not found at settlement; requeueing the message", task.id)
-                await message.nack(requeue=True)
-                return decision
-            else:
-                # Someone else settled or took over this attempt (cancelled, lease taken over):
-                # our outcome is stale and must not be applied to the broker either.
-                log.warning(
-                    "task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status
-                )
-                await message.ack()
-                return decision
-        if decision.action is Action.RETRY_LATER and isinstance(written, BackgroundTask):
-            await self._publish_retry(written)
+        first, *rest = self._events(task, outcome, decision, children)
+        delivery = await self.publish(first, task)
+        if not delivery.accepted:
+            await self._not_recorded(message, task, decision, delivery.task)
+            return decision
+        for event in rest:  # TaskDeadLettered after TaskFailed
+            follow = await self.publish(event, delivery.task)
+            if not follow.accepted:
+                log.warning("task %s: %s not recorded: %s", task.id, event.name, follow.rejected)
+        if decision.action is Action.RETRY_LATER and delivery.task is not None:
+            await self._publish_retry(delivery.task)
         if decision.action is Action.DEAD_LETTER:
             await message.nack(requeue=False)
         else:
             await message.ack()
         return decision
 
-    async def _record(
-        self, task: BackgroundTask, outcome: Outcome, decision: Decision
-    ) -> BackgroundTask | bool | None:
-        """The store write for ``decision``: a truthy value if it applied, None if not."""
-        attempt = task.retry_count
+    async def _not_recorded(
+        self,
+        message: AbstractIncomingMessage,
+        task: BackgroundTask,
+        decision: Decision,
+        current: BackgroundTask | None,
+    ) -> None:
+        if current is not None and current.status in RUNNABLE and current.retry_count == task.retry_count:
+            # Our claim is gone (the store lost an unflushed commit in a crash): the task
+            # waits to run at this attempt, so the message must come back, not be acked.
+            log.warning("task %s: claim not found at settlement; requeueing the message", task.id)
+            await message.nack(requeue=True)
+            return
+        # Someone else settled or took over this attempt (cancelled, lease taken over):
+        # our outcome is stale and must not be applied to the broker either.
+        log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
+        await message.ack()
+
+    def _events(
+        self, task: BackgroundTask, outcome: Outcome, decision: Decision, children: int
+    ) -> list[TaskEvent]:
+        """The lifecycle events that record ``decision`` for ``task``'s attempt."""
+        common: dict[str, Any] = {
+            "task_id": task.id,
+            "task_type": task.task_type,
+            "attempt": task.retry_count,
+            "node_id": self._node_id,
+        }
         if isinstance(outcome, Succeeded):
             result = outcome.result.model_dump(mode="json")
-            done = await self._completions.submit(CompletionRequest(task.id, attempt, result))
-            return True if done else None
+            if decision.status is TaskStatus.RUNNING:
+                return [TaskWaiting(**common, result=result, children=children)]
+            return [TaskCompleted(**common, result=result)]
         if decision.status is TaskStatus.CANCELLED:
-            return await self._store.record_cancelled(task.id, node_id=self._node_id, attempt=attempt)
+            return [TaskCancelled(**common)]
         info = error_info(
-            outcome.error, outcome.traceback, attempt=attempt, node_id=self._node_id, reason=decision.reason
+            outcome.error,
+            outcome.traceback,
+            attempt=task.retry_count,
+            node_id=self._node_id,
+            reason=decision.reason,
         )
         if decision.status is TaskStatus.RETRYING:
             now = utcnow()
-            return await self._store.record_retry(
-                task.id,
-                node_id=self._node_id,
-                attempt=attempt,
-                error=info,
-                next_attempt_at=now + timedelta(seconds=decision.delay),
-                outbox_hold_until=now + timedelta(seconds=RETRY_PUBLISH_HOLD_SECONDS),
-            )
-        return await self._store.record_failure(
-            task.id, node_id=self._node_id, attempt=attempt, error=info, status=decision.status
-        )
+            return [
+                TaskRetrying(
+                    **common,
+                    error=info,
+                    delay_seconds=decision.delay,
+                    next_attempt_at=now + timedelta(seconds=decision.delay),
+                    outbox_hold_until=now + timedelta(seconds=RETRY_PUBLISH_HOLD_SECONDS),
+                )
+            ]
+        return [TaskFailed(**common, error=info), TaskDeadLettered(**common, reason=decision.reason)]
 
     async def _publish_retry(self, task: BackgroundTask) -> None:
         """Publish the next attempt through the delay path; the outbox relay covers a failure."""
@@ -285,15 +320,31 @@ class Settler:
         await message.ack()
 
     async def dead_letter_task(
-        self, message: AbstractIncomingMessage, task_id: str, attempt: int, reason: str, detail: str
+        self,
+        message: AbstractIncomingMessage,
+        task_id: str,
+        task_type: str,
+        attempt: int,
+        reason: str,
+        detail: str,
     ) -> None:
         """Mark a task that cannot run DEAD_LETTER, then move its message to the DLQ."""
         info = ErrorInfo(
             type="DeadLetter", message=detail, attempt=attempt, node_id=self._node_id, reason=reason
         )
-        await self._with_store_retries(
-            lambda: self._store.mark_dead_letter(task_id, error=info, attempt=attempt)
+        event = TaskDeadLettered(
+            task_id=task_id,
+            task_type=task_type,
+            attempt=attempt,
+            node_id=self._node_id,
+            reason=reason,
+            error=info,
         )
+        delivery = await self.publish(event, None)
+        if not delivery.accepted:
+            log.info(
+                "task %s not marked DEAD_LETTER (%s); its message goes to the DLQ", task_id, delivery.rejected
+            )
         await self.reject_malformed(message, reason, detail)
 
 

@@ -64,7 +64,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         async with s.engine.begin() as conn:
             from sqlalchemy import text
 
-            await conn.execute(text("TRUNCATE tasks"))
+            await conn.execute(text("TRUNCATE tasks, task_rollups"))
     try:
         yield s
     finally:

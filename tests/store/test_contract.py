@@ -8,34 +8,10 @@ from datetime import timedelta
 import pytest
 
 from taskplatform.errors import DuplicateTaskError
-from taskplatform.models import BackgroundTask, ErrorInfo, OutboxStatus, TaskStatus, utcnow
+from taskplatform.models import ErrorInfo, OutboxStatus, TaskStatus, utcnow
 from taskplatform.store import BaseTaskStore, InvalidCursorError, TaskFilter
-from taskplatform.store.base import ClaimRequest, CompletionRequest
-
-NODE = "node-a"
-
-
-def make_task(**overrides: object) -> BackgroundTask:
-    fields: dict[str, object] = {
-        "task_type": "generate_summary",
-        "parameters": {"text": "x", "max_sentences": 1},
-    }
-    fields.update(overrides)
-    return BackgroundTask.model_validate(fields)
-
-
-def close_in_time(a: object, b: object) -> bool:
-    if a is None or b is None:
-        return a is b
-    return abs(a - b) < timedelta(milliseconds=1)  # type: ignore[operator]  # BSON keeps milliseconds
-
-
-async def claim(
-    store: BaseTaskStore, task: BackgroundTask, *, node: str = NODE, lease: float = 60
-) -> BackgroundTask | None:
-    return await store.try_set_running(
-        task.id, attempt=task.retry_count, node_id=node, lease_until=utcnow() + timedelta(seconds=lease)
-    )
+from taskplatform.store.base import ClaimRequest, CompletionRequest, TaskStore
+from tests.store.helpers import NODE, claim, close_in_time, make_task
 
 
 async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) -> None:
@@ -46,6 +22,8 @@ async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) ->
         parent_task_id="p1",
         idempotency_key="k1",
         parameters={"text": "héllo", "nested": {"n": [1, 2.5, None, True]}},
+        last_event_id="evt-1",
+        awaiting_children=True,
     )
     await store.create(task)
     got = await store.get(task.id)
@@ -56,6 +34,11 @@ async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) ->
     assert close_in_time(got.created_at, task.created_at)
     assert got.created_at.tzinfo is not None
     assert got.status is TaskStatus.QUEUED and got.outbox.status is OutboxStatus.PENDING
+    assert got.last_event_id == "evt-1" and got.awaiting_children is True
+
+
+async def test_every_backend_implements_the_task_store_port(store: BaseTaskStore) -> None:
+    assert isinstance(store, TaskStore)
 
 
 async def test_creating_an_existing_id_raises_duplicate(store: BaseTaskStore) -> None:
@@ -170,15 +153,19 @@ async def test_completion_records_result_once(store: BaseTaskStore) -> None:
     assert got is not None and got.result == {"summary": "s"} and got.version == done.version
 
 
-async def test_progress_is_kept_only_from_the_owner(store: BaseTaskStore) -> None:
+async def test_progress_is_kept_only_from_the_owner_of_the_attempt(store: BaseTaskStore) -> None:
     task = make_task()
     await store.create(task)
-    assert not await store.record_progress(task.id, node_id=NODE, progress={"percent": 1})  # not running
+    assert await store.record_progress(task.id, node_id=NODE, progress={"percent": 1}) is None  # not running
     await claim(store, task)
-    assert await store.record_progress(task.id, node_id=NODE, progress={"percent": 40.0, "message": "m"})
-    assert not await store.record_progress(task.id, node_id="intruder", progress={"percent": 99})
+    kept = await store.record_progress(task.id, node_id=NODE, progress={"percent": 40.0, "message": "m"})
+    assert kept is not None and kept.progress == {"percent": 40.0, "message": "m"}
+    assert await store.record_progress(task.id, node_id="intruder", progress={"percent": 99}) is None
+    assert await store.record_progress(task.id, node_id=NODE, attempt=1, progress={"percent": 98}) is None
+    also = await store.record_progress(task.id, node_id=NODE, attempt=0, progress={"percent": 50.0})
+    assert also is not None and also.version == kept.version + 1
     got = await store.get(task.id)
-    assert got is not None and got.progress == {"percent": 40.0, "message": "m"}
+    assert got is not None and got.progress == {"percent": 50.0} and got.version == also.version
 
 
 async def test_failure_dead_letters_with_error_info(store: BaseTaskStore) -> None:
@@ -275,14 +262,15 @@ async def test_batch_completion_records_only_the_owners_attempts(store: BaseTask
     items = [CompletionRequest(t.id, 0, {"n": i, "nested": {"ok": True}}) for i, t in enumerate(tasks)]
     items.append(CompletionRequest(tasks[0].id, 5, {"stale": True}))
     recorded = await store.record_completions(items, node_id=NODE)
-    assert recorded == {t.id for t in tasks[:3]}
+    assert set(recorded) == {t.id for t in tasks[:3]}
     for i, t in enumerate(tasks[:3]):
         got = await store.get(t.id)
         assert got is not None and got.status is TaskStatus.COMPLETED
         assert got.result == {"n": i, "nested": {"ok": True}} and got.completed_at is not None
+        assert recorded[t.id] == got.version
     other = await store.get(tasks[3].id)
     assert other is not None and other.status is TaskStatus.RUNNING and other.result is None
-    assert await store.record_completions(items, node_id=NODE) == set()
+    assert await store.record_completions(items, node_id=NODE) == {}
 
 
 async def test_a_claim_marks_the_outbox_published(store: BaseTaskStore) -> None:
@@ -337,7 +325,7 @@ async def test_dead_lettering_for_an_attempt_spares_a_task_running_under_a_live_
     assert await store.mark_dead_letter(running.id, error=info) is not None  # no attempt: whoever finds it
 
 
-async def test_reaping_a_lapsed_attempt_schedules_the_next_or_dead_letters(store: BaseTaskStore) -> None:
+async def test_reaping_a_lapsed_attempt_schedules_the_next_or_fails_it(store: BaseTaskStore) -> None:
     lapsed, live, exhausted = make_task(), make_task(), make_task()
     await store.create_many([lapsed, live, exhausted])
     await claim(store, lapsed, lease=-10)
@@ -351,8 +339,13 @@ async def test_reaping_a_lapsed_attempt_schedules_the_next_or_dead_letters(store
     again = await store.reap(lapsed.id, attempt=0, before=before, error=info, next_attempt_at=later)
     assert again is not None and again.status is TaskStatus.RETRYING and again.retry_count == 1
     assert again.outbox.status is OutboxStatus.PENDING and close_in_time(again.next_attempt_at, later)
-    dead = await store.reap(exhausted.id, attempt=0, before=before, error=info, next_attempt_at=None)
+    failed = await store.reap(exhausted.id, attempt=0, before=before, error=info, next_attempt_at=None)
+    assert failed is not None and failed.status is TaskStatus.FAILED and failed.completed_at is not None
+    assert failed.execution_node_id is None and failed.error_info is not None
+    # the caller then dead-letters it for that attempt, keeping the error
+    dead = await store.mark_dead_letter(exhausted.id, error=None, attempt=0)
     assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
+    assert dead.error_info is not None and dead.error_info.type == "WorkerLost"
     # a live lease, or a stale attempt, is left alone
     assert await store.reap(live.id, attempt=0, before=before, error=info, next_attempt_at=None) is None
     assert await store.reap(lapsed.id, attempt=0, before=before, error=info, next_attempt_at=None) is None
@@ -376,3 +369,25 @@ async def test_cancel_request_cancels_waiting_tasks_and_flags_running_ones(store
     assert await claim(store, waiting) is None  # its message is skipped when it arrives
     done = await store.record_cancelled(running.id, node_id=NODE, attempt=0)
     assert done is not None and done.status is TaskStatus.CANCELLED
+
+
+async def test_dead_lettering_for_an_attempt_takes_a_task_that_failed_at_that_attempt(
+    store: BaseTaskStore,
+) -> None:
+    kept, replaced = make_task(), make_task()
+    await store.create_many([kept, replaced])
+    error = ErrorInfo(type="ValueError", message="first", attempt=0, node_id=NODE)
+    for t in (kept, replaced):
+        await claim(store, t)
+        failed = await store.record_failure(
+            t.id, node_id=NODE, attempt=0, error=error, status=TaskStatus.FAILED
+        )
+        assert failed is not None and failed.status is TaskStatus.FAILED
+    assert await store.mark_dead_letter(kept.id, error=None, attempt=1) is None  # another attempt
+    dead = await store.mark_dead_letter(kept.id, error=None, attempt=0)
+    assert dead is not None and dead.status is TaskStatus.DEAD_LETTER
+    assert dead.error_info is not None and dead.error_info.message == "first"
+    other = ErrorInfo(type="DeadLetter", message="second", attempt=0)
+    dead = await store.mark_dead_letter(replaced.id, error=other, attempt=0)
+    assert dead is not None and dead.error_info is not None and dead.error_info.message == "second"
+    assert await store.mark_dead_letter(kept.id, error=None, attempt=0) is None  # already dead

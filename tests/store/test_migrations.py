@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from taskplatform.store.sql import SqlTaskStore
-from taskplatform.store.sql.migrate import current_revision
+from taskplatform.store.sql.migrate import current_revision, upgrade
 from taskplatform.store.sql.schema import metadata
 
 
@@ -37,9 +37,36 @@ async def test_migrated_database_matches_the_schema(
     store = SqlTaskStore(url)
     await store.open()
     try:
-        assert await current_revision(store.engine) == "0001"
+        assert await current_revision(store.engine) == "0002"
         async with store.engine.connect() as conn:
             differences = await conn.run_sync(_diff)
         assert differences == []
+    finally:
+        await store.close()
+
+
+async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_fields(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    old = SqlTaskStore(url, auto_migrate=False)
+    await old.open()
+    try:
+        await upgrade(old.engine, "0001")
+        async with old.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, task_type, status, parameters, created_at, updated_at, tags,"
+                    " outbox_status) VALUES ('t1', 'generate_summary', 'RUNNING', '{}',"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00', '[]', 'published')"
+                )
+            )
+    finally:
+        await old.close()
+    store = SqlTaskStore(url)
+    await store.open()
+    try:
+        assert await current_revision(store.engine) == "0002"
+        got = await store.get("t1")
+        assert got is not None and got.awaiting_children is False and got.last_event_id is None
+        assert got.version == 1 and got.status.value == "RUNNING"
     finally:
         await store.close()

@@ -6,12 +6,13 @@ import asyncio
 import os
 import time
 from collections import Counter
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from executors.base import BackgroundTaskExecutable, TaskContext
-from taskplatform.errors import Cancelled
+from executors.base import BackgroundTaskExecutable, Progress, TaskContext
+from executors.summary import GenerateSummary
+from taskplatform.errors import Cancelled, PermanentFailure
 from taskplatform.retry import RetryPolicy
 
 
@@ -138,4 +139,62 @@ class SideEffect(BackgroundTaskExecutable[SideEffectParams, NoopResult]):
         return NoopResult(value=os.getpid())
 
 
-EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect]
+class FanoutParams(BaseModel):
+    child_type: str = "test_noop"
+    children: list[dict[str, Any]] = Field(default_factory=list)
+    #: Keep running (cooperatively) after submitting, until cancelled.
+    keep_running: bool = False
+    #: Fail (retryably) once, after submitting, so the next attempt submits them again.
+    fail_first_attempt: bool = False
+
+
+class Fanout(BackgroundTaskExecutable[FanoutParams, NoopResult]):
+    """Submits one child per entry of ``children``; optionally keeps running until cancelled."""
+
+    task_type = "test_fanout"
+    Params = FanoutParams
+    Result = NoopResult
+    retryable_exceptions = (FlakyError,)
+    retry_policy = RetryPolicy(max_attempts=3, initial_delay=0.2, jitter=0.0)
+
+    async def execute(self, ctx: TaskContext[FanoutParams]) -> NoopResult:
+        ids = await ctx.submit_sub_tasks(ctx.parameters.child_type, ctx.parameters.children)
+        if ctx.parameters.fail_first_attempt and ctx.attempt == 0:
+            raise FlakyError("parent fails once after submitting its children")
+        while ctx.parameters.keep_running:
+            if ctx.cancelled:
+                raise Cancelled("parent stopping as asked")
+            await asyncio.sleep(0.05)
+        return NoopResult(value=len(ids))
+
+
+class ChattyParams(BaseModel):
+    updates: int = 1000
+    pause: float = 0.0
+
+
+class Chatty(BackgroundTaskExecutable[ChattyParams, NoopResult]):
+    """Reports progress ``updates`` times as fast as it can."""
+
+    task_type = "test_chatty"
+    Params = ChattyParams
+    Result = NoopResult
+
+    async def execute(self, ctx: TaskContext[ChattyParams]) -> NoopResult:
+        n = ctx.parameters.updates
+        for i in range(1, n + 1):
+            await ctx.update_progress(Progress(percent=100 * i / n, message=f"step {i}"))
+            await asyncio.sleep(ctx.parameters.pause)
+        return NoopResult(value=n)
+
+
+class FailingSummary(GenerateSummary):
+    """``generate_summary`` whose texts starting with FAIL fail permanently (fault injection)."""
+
+    async def execute(self, ctx: TaskContext[GenerateSummary.Params]) -> GenerateSummary.Result:
+        if ctx.parameters.text.startswith("FAIL"):
+            raise PermanentFailure("this item is made to fail")
+        return await super().execute(ctx)
+
+
+EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect, Fanout, Chatty]

@@ -5,10 +5,15 @@ PyMongo's, so ``MongoTaskStore`` runs unchanged against it. It emulates the quer
 update semantics mongomock implements; it is not a server (no transactions, no
 replica-set behaviour), which is why the contract suite also runs against a real server
 when ``TASKPLATFORM_TEST_MONGODB_URL`` is set.
+
+Each operation yields to the event loop before it runs, as a round trip to a server
+would: concurrent callers interleave between their operations (a read, then a
+conditional write, can lose a race), while each operation itself stays atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import mongomock
@@ -38,6 +43,7 @@ class _Cursor:
         return self
 
     async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)  # the query runs here, after a round trip
         docs = list(self._cursor)
         return docs if length is None else docs[:length]
 
@@ -65,38 +71,42 @@ class AsyncEmulatedCollection:
                 raise
             raise translated from exc
 
+    async def _round_trip(self, _method: str, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)  # other callers run meanwhile, as they would during network I/O
+        return self._call(_method, *args, **kwargs)
+
     async def insert_one(self, *a: Any, **k: Any) -> Any:
-        return self._call("insert_one", *a, **k)
+        return await self._round_trip("insert_one", *a, **k)
 
     async def insert_many(self, *a: Any, **k: Any) -> Any:
-        return self._call("insert_many", *a, **k)
+        return await self._round_trip("insert_many", *a, **k)
 
     async def find_one(self, *a: Any, **k: Any) -> Any:
-        return self._call("find_one", *a, **k)
+        return await self._round_trip("find_one", *a, **k)
 
     def find(self, *a: Any, **k: Any) -> _Cursor:
         return _Cursor(self._call("find", *a, **k))
 
     async def find_one_and_update(self, *a: Any, **k: Any) -> Any:
-        return self._call("find_one_and_update", *a, **k)
+        return await self._round_trip("find_one_and_update", *a, **k)
 
     async def update_one(self, *a: Any, **k: Any) -> Any:
-        return self._call("update_one", *a, **k)
+        return await self._round_trip("update_one", *a, **k)
 
     async def update_many(self, *a: Any, **k: Any) -> Any:
-        return self._call("update_many", *a, **k)
+        return await self._round_trip("update_many", *a, **k)
 
     async def delete_many(self, *a: Any, **k: Any) -> Any:
-        return self._call("delete_many", *a, **k)
+        return await self._round_trip("delete_many", *a, **k)
 
     async def count_documents(self, *a: Any, **k: Any) -> int:
-        return int(self._call("count_documents", *a, **k))
+        return int(await self._round_trip("count_documents", *a, **k))
 
     async def create_index(self, *a: Any, **k: Any) -> Any:
-        return self._call("create_index", *a, **k)
+        return await self._round_trip("create_index", *a, **k)
 
     async def aggregate(self, *a: Any, **k: Any) -> _ListCursor:
-        return _ListCursor(list(self._call("aggregate", *a, **k)))
+        return _ListCursor(list(await self._round_trip("aggregate", *a, **k)))
 
 
 class AsyncEmulatedDatabase:

@@ -49,7 +49,9 @@ def test_module_discovery_and_unknown_type_message() -> None:
     registry = ExecutableRegistry.discover(["tests.support.executables"], entry_point_group=None)
     assert registry.task_types() == [
         "test_boom",
+        "test_chatty",
         "test_cooperative",
+        "test_fanout",
         "test_flaky",
         "test_noop",
         "test_side_effect",
@@ -58,8 +60,8 @@ def test_module_discovery_and_unknown_type_message() -> None:
     ]
     with pytest.raises(
         UnknownTaskTypeError,
-        match="unknown task type 'x'; registered: test_boom, test_cooperative, test_flaky, test_noop, "
-        "test_side_effect, test_slow, test_stubborn",
+        match="unknown task type 'x'; registered: test_boom, test_chatty, test_cooperative, test_fanout, "
+        "test_flaky, test_noop, test_side_effect, test_slow, test_stubborn",
     ):
         registry.get("x")
     with pytest.raises(ConfigError, match="cannot import executor module 'no.such.module'"):

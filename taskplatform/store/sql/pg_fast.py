@@ -50,13 +50,16 @@ CLAIM_MANY = f"""
     WHERE tasks.id = locked.id AND {_CLAIMABLE}
     RETURNING {_RETURNING}
 """  # noqa: S608
+# Only the owner of the attempt completes it, and not once the task waits for its children;
+# a NULL event id keeps the last one.
 COMPLETE_MANY = """
     UPDATE tasks SET status = 'COMPLETED', result = c.result, completed_at = $5, lease_until = NULL,
-           updated_at = $5, version = tasks.version + 1
-    FROM unnest($1::text[], $2::integer[], $3::jsonb[]) AS c(id, attempt, result)
+           updated_at = $5, last_event_id = COALESCE(c.event_id, tasks.last_event_id),
+           version = tasks.version + 1
+    FROM unnest($1::text[], $2::integer[], $3::jsonb[], $6::text[]) AS c(id, attempt, result, event_id)
     WHERE tasks.id = c.id AND tasks.retry_count = c.attempt AND tasks.status = 'RUNNING'
-      AND tasks.execution_node_id = $4
-    RETURNING tasks.id
+      AND tasks.execution_node_id = $4 AND NOT tasks.awaiting_children
+    RETURNING tasks.id, tasks.version
 """
 # SKIP LOCKED: a row locked by a claim is being marked published by that claim already,
 # so waiting for it would only risk a deadlock.
@@ -161,13 +164,17 @@ class PgFastPath:
         ids: Sequence[str],
         attempts: Sequence[int],
         results: Sequence[Any],
+        event_ids: Sequence[str | None],
         *,
         node_id: str,
         now: datetime,
-    ) -> set[str]:
+    ) -> dict[str, int]:
+        """Complete the owner's attempts; returns each completed id with its new version."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(COMPLETE_MANY, list(ids), list(attempts), list(results), node_id, now)
-        return {r["id"] for r in rows}
+            rows = await conn.fetch(
+                COMPLETE_MANY, list(ids), list(attempts), list(results), node_id, now, list(event_ids)
+            )
+        return {r["id"]: r["version"] for r in rows}
 
     async def mark_published(self, ids: Sequence[str], *, now: datetime) -> int:
         async with self.relaxed.acquire() as conn:

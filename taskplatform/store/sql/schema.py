@@ -86,6 +86,8 @@ tasks = Table(
     Column("idempotency_key", String(255), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("last_event_id", String(64), nullable=True),
+    Column("awaiting_children", Boolean, nullable=False, server_default=text("false")),
     Column("outbox_status", String(16), nullable=False),
     Column("outbox_attempts", Integer, nullable=False, server_default=text("0")),
     Column("outbox_lease_until", UTCDateTime(), nullable=True),
@@ -103,6 +105,18 @@ tasks = Table(
         postgresql_where=text("outbox_status = 'pending'"),
         sqlite_where=text("outbox_status = 'pending'"),
     ),
+)
+
+#: The parents' roll-up ledger: where each child is counted in its parent's summary, and the
+#: child version that put it there (see ``taskplatform.store.rollup``).
+task_rollups = Table(
+    "task_rollups",
+    metadata,
+    Column("child_id", String(64), primary_key=True),
+    Column("parent_id", String(64), nullable=False),
+    Column("bucket", String(32), nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_task_rollups_parent", "parent_id"),
 )
 
 #: Document fields kept as JSON columns.

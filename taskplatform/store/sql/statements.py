@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    false,
     func,
     insert,
     null,
@@ -60,7 +61,8 @@ CLAIM_MANY = (
     .returning(*tasks.columns)
 )
 
-#: One completion, only by the owner of that attempt.
+#: One completion, only by the owner of that attempt (not once it waits for its children);
+#: ``event_id`` (may be None: keep the last one) becomes ``last_event_id``.
 COMPLETE_ONE = (
     update(tasks)
     .where(
@@ -68,6 +70,7 @@ COMPLETE_ONE = (
         tasks.c.retry_count == bindparam("attempt"),
         tasks.c.status == RUNNING,
         tasks.c.execution_node_id == bindparam("node"),
+        tasks.c.awaiting_children == false(),
     )
     .values(
         status=TaskStatus.COMPLETED.value,
@@ -75,9 +78,10 @@ COMPLETE_ONE = (
         completed_at=_now,
         lease_until=null(),
         updated_at=_now,
+        last_event_id=func.coalesce(bindparam("event_id", type_=String()), tasks.c.last_event_id),
         version=tasks.c.version + 1,
     )
-    .returning(tasks.c.id)
+    .returning(tasks.c.id, tasks.c.version)
 )
 
 MARK_PUBLISHED = (

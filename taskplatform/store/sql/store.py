@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
     event,
     exists,
@@ -25,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -44,6 +45,7 @@ from taskplatform.store.base import (
     encode_cursor,
 )
 from taskplatform.store.sql import migrate
+from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
@@ -112,6 +114,7 @@ class SqlTaskStore(BaseTaskStore):
         engine = create_async_engine(self.url, insertmanyvalues_page_size=_INSERT_PAGE, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         self._engine = engine
         # Single statements run in autocommit: each is atomic on its own, and skipping
         # BEGIN/COMMIT saves two round trips per operation.
@@ -303,10 +306,10 @@ class SqlTaskStore(BaseTaskStore):
                     rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
         return {t.id: t for t in map(self._to_task, rows)}
 
-    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> set[str]:
+    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> dict[str, int]:
         """PostgreSQL: one statement for the batch; SQLite: a prebuilt statement per item."""
         if not items:
-            return set()
+            return {}
         now = utcnow()
         async with self._errors():
             if self._fast is not None:
@@ -314,11 +317,12 @@ class SqlTaskStore(BaseTaskStore):
                     [i.task_id for i in items],
                     [i.attempt for i in items],
                     [i.result and dict(i.result) for i in items],
+                    [i.event_id for i in items],
                     node_id=node_id,
                     now=now,
                 )
             async with self.autocommit.connect() as conn:
-                done: set[str] = set()
+                done: dict[str, int] = {}
                 for i in items:
                     params_one = {
                         "task_id": i.task_id,
@@ -326,9 +330,49 @@ class SqlTaskStore(BaseTaskStore):
                         "node": node_id,
                         "now": now,
                         "result_value": i.result and dict(i.result),
+                        "event_id": i.event_id,
                     }
-                    done.update((await conn.execute(sql.COMPLETE_ONE, params_one)).scalars().all())
+                    for task_id, version in (await conn.execute(sql.COMPLETE_ONE, params_one)).all():
+                        done[task_id] = version
                 return done
+
+    async def apply_rollup(
+        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
+    ) -> BackgroundTask | None:
+        return await self.apply_rollups(parent_id, [(child_id, status, child_version)])
+
+    async def apply_rollups(
+        self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
+    ) -> BackgroundTask | None:
+        """One transaction for the whole batch (see ``sql.rollup``)."""
+        if not items:
+            return await self.get(parent_id)
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                row = await sql_rollup.apply_rollups(conn, parent_id, items, now=utcnow())
+        return self._to_task(row) if row is not None else None
+
+    async def _select(self, query: Select[Any]) -> builtins.list[BackgroundTask]:
+        """The documents ``query`` selects."""
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return [self._to_task(r) for r in rows]
+
+    async def list_awaiting_parents(
+        self, *, updated_before: datetime, limit: int
+    ) -> builtins.list[BackgroundTask]:
+        query = (
+            select(tasks)
+            .where(
+                tasks.c.status == TaskStatus.RUNNING.value,
+                tasks.c.awaiting_children.is_(True),
+                tasks.c.updated_at < updated_before,
+            )
+            .order_by(tasks.c.updated_at)
+            .limit(limit)
+        )
+        return await self._select(query)
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         query = (
@@ -341,10 +385,7 @@ class SqlTaskStore(BaseTaskStore):
             .order_by(tasks.c.lease_until)
             .limit(limit)
         )
-        async with self._errors():
-            async with self.autocommit.connect() as conn:
-                rows = (await conn.execute(query)).all()
-        return [self._to_task(r) for r in rows]
+        return await self._select(query)
 
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
@@ -400,6 +441,18 @@ class SqlTaskStore(BaseTaskStore):
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 await conn.execute(stmt)
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    """Begin SQLite transactions IMMEDIATE (taking the write lock at once).
+
+    A multi-statement transaction here reads, then writes (the roll-up ledger); begun
+    DEFERRED, two of them would both hold read locks and deadlock upgrading them (one gets
+    SQLITE_BUSY at once, busy_timeout notwithstanding). Autocommit connections run single
+    statements, each atomic on its own, and emit no BEGIN.
+    """
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -1,0 +1,336 @@
+"""The state aggregator: applies lifecycle events to the store, and rolls children up.
+
+It is the bus's first critical subscriber. Each event becomes one conditional store update
+chosen by its type and origin (the owner of an attempt, the reaper, an operator, the
+roll-up); an update that does not apply rejects the event, unless the task's
+``last_event_id`` shows this very event was applied before (a replay), which changes
+nothing and is accepted again. After an event applies, the task's parent (if any) counts
+the child in its new status; a parent whose children have all finished is completed by a
+roll-up event of its own, and a cancelled task cancels its children.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskplatform.batching import Coalescer
+from taskplatform.events.bus import Delivery, EventBus
+from taskplatform.events.models import (
+    Origin,
+    TaskCancelled,
+    TaskCompleted,
+    TaskDeadLettered,
+    TaskEvent,
+    TaskFailed,
+    TaskProgress,
+    TaskRequeued,
+    TaskRetrying,
+    TaskStarted,
+    TaskSubmitted,
+    TaskWaiting,
+)
+from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
+from taskplatform.store.base import BaseTaskStore, CompletionRequest, TaskFilter
+
+log = logging.getLogger(__name__)
+
+#: How often finishing a parent is retried when concurrent roll-ups keep changing it.
+FINISH_ATTEMPTS = 5
+#: Page size when cancelling a parent's children.
+CASCADE_PAGE = 500
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    parent_id: str
+    child_id: str
+    status: TaskStatus
+    version: int
+
+
+Applier = Callable[[Any, BackgroundTask | None], Awaitable[BackgroundTask | None]]
+
+
+class StateAggregator:
+    """Durable task state from lifecycle events (a critical bus subscriber)."""
+
+    name = "state-aggregator"
+
+    def __init__(self, store: BaseTaskStore, bus: EventBus, *, node_id: str) -> None:
+        self._store = store
+        self._bus = bus
+        self._node_id = node_id
+        # Concurrent completions share one statement; concurrent roll-ups of one parent, one
+        # transaction (natural batching, no added latency when idle).
+        self._completions: Coalescer[tuple[str, CompletionRequest], int | None] = Coalescer(
+            self._complete_batch
+        )
+        self._rollups: Coalescer[_Rollup, BackgroundTask | None] = Coalescer(self._rollup_batch)
+        self._appliers: dict[type[TaskEvent], Applier] = {
+            TaskSubmitted: self._as_given,
+            TaskStarted: self._as_given,
+            TaskProgress: self._progress,
+            TaskWaiting: self._waiting,
+            TaskRetrying: self._retrying,
+            TaskRequeued: self._requeued,
+            TaskCompleted: self._completed,
+            TaskFailed: self._failed,
+            TaskDeadLettered: self._dead_lettered,
+            TaskCancelled: self._cancelled,
+        }
+
+    def attach(self) -> StateAggregator:
+        """Subscribe to the bus as its first critical subscriber."""
+        self._bus.add_critical(self)
+        return self
+
+    # ------------------------------------------------------------ the subscriber
+    async def handle(self, delivery: Delivery) -> None:
+        event = delivery.event
+        applied = await self._appliers[type(event)](event, delivery.task)
+        if applied is None:
+            current = await self._store.get(event.task_id)
+            if current is None or current.last_event_id != event.event_id:
+                delivery.task = current
+                status = current.status if current is not None else "missing"
+                delivery.reject(f"task is {status} at attempt {getattr(current, 'retry_count', '-')}")
+                return
+            delivery.duplicate = True  # applied before; its follow-ups may not have been
+            applied = current
+        delivery.task = applied
+        await self._follow_up(event, applied)
+
+    async def _follow_up(self, event: TaskEvent, task: BackgroundTask) -> None:
+        if task.parent_task_id is not None:
+            parent = await self._rollups.submit(
+                _Rollup(task.parent_task_id, task.id, task.status, task.version)
+            )
+            if parent is None:
+                log.warning("task %s: parent %s not found; nothing to roll up", task.id, task.parent_task_id)
+            elif parent.status is TaskStatus.CANCELLED and task.status not in TERMINAL:
+                await self.request_cancel(task.id, origin=Origin.PLATFORM)
+            else:
+                await self.finish_if_done(parent)
+        if isinstance(event, TaskCancelled) and task.sub_task_status_summary is not None:
+            await self._cancel_children(task.id)
+        elif isinstance(event, TaskWaiting):
+            await self.finish_if_done(task)
+
+    # ------------------------------------------------------------ appliers
+    async def _as_given(self, event: TaskEvent, task: BackgroundTask | None) -> BackgroundTask | None:
+        # Creation and the first claim are written by their producers; the event reports them.
+        return task if task is not None else await self._store.get(event.task_id)
+
+    async def _progress(self, event: TaskProgress, _task: BackgroundTask | None) -> BackgroundTask | None:
+        return await self._store.record_progress(
+            event.task_id,
+            node_id=event.node_id or "",
+            attempt=event.attempt,
+            progress=event.progress,
+            event_id=event.event_id,
+        )
+
+    async def _waiting(self, event: TaskWaiting, _task: BackgroundTask | None) -> BackgroundTask | None:
+        return await self._store.set_awaiting_children(
+            event.task_id,
+            node_id=event.node_id or "",
+            attempt=event.attempt,
+            result=event.result,
+            event_id=event.event_id,
+        )
+
+    async def _retrying(self, event: TaskRetrying, _task: BackgroundTask | None) -> BackgroundTask | None:
+        if event.origin is Origin.REAPER:
+            return await self._reap(event, event.next_attempt_at)
+        return await self._store.record_retry(
+            event.task_id,
+            node_id=event.node_id or "",
+            attempt=event.attempt,
+            error=event.error,
+            next_attempt_at=event.next_attempt_at,
+            outbox_hold_until=event.outbox_hold_until or utcnow(),
+            event_id=event.event_id,
+        )
+
+    async def _reap(
+        self, event: TaskRetrying | TaskFailed, next_attempt_at: datetime | None
+    ) -> BackgroundTask | None:
+        """The reaper's settlement of a lapsed attempt: RETRYING, or FAILED without a next one."""
+        return await self._store.reap(
+            event.task_id,
+            attempt=event.attempt,
+            before=event.lapsed_before or event.occurred_at,
+            error=event.error,
+            next_attempt_at=next_attempt_at,
+            event_id=event.event_id,
+        )
+
+    async def _requeued(self, event: TaskRequeued, _task: BackgroundTask | None) -> BackgroundTask | None:
+        return await self._store.release_claim(
+            event.task_id, node_id=event.node_id or "", attempt=event.attempt, event_id=event.event_id
+        )
+
+    async def _completed(self, event: TaskCompleted, task: BackgroundTask | None) -> BackgroundTask | None:
+        if event.origin is Origin.CHILDREN:
+            if event.expected_version is None:
+                raise ValueError("a roll-up TaskCompleted needs expected_version")
+            return await self._store.finish_parent(
+                event.task_id,
+                expected_version=event.expected_version,
+                status=event.status,
+                event_id=event.event_id,
+            )
+        request = CompletionRequest(
+            task_id=event.task_id, attempt=event.attempt, result=event.result, event_id=event.event_id
+        )
+        version = await self._completions.submit((event.node_id or "", request))
+        if version is None:
+            return None
+        if task is None or task.id != event.task_id:
+            return await self._store.get(event.task_id)
+        # The batched statement returns only the version; the rest is known.
+        changes = self._store.completion_changes(utcnow())
+        changes.update(result=event.result, version=version, last_event_id=event.event_id)
+        return task.model_copy(update=changes)
+
+    async def _complete_batch(self, items: Sequence[tuple[str, CompletionRequest]]) -> list[int | None]:
+        by_node: dict[str, list[CompletionRequest]] = {}
+        for node, request in items:
+            by_node.setdefault(node, []).append(request)
+        done: dict[tuple[str, str], int] = {}
+        for node, requests in by_node.items():
+            versions = await self._store.record_completions(requests, node_id=node)
+            done.update(((node, task_id), v) for task_id, v in versions.items())
+        return [done.get((node, request.task_id)) for node, request in items]
+
+    async def _failed(self, event: TaskFailed, _task: BackgroundTask | None) -> BackgroundTask | None:
+        if event.origin is Origin.REAPER:
+            return await self._reap(event, None)
+        return await self._store.record_failure(
+            event.task_id,
+            node_id=event.node_id or "",
+            attempt=event.attempt,
+            error=event.error,
+            status=TaskStatus.FAILED,
+            event_id=event.event_id,
+        )
+
+    async def _dead_lettered(
+        self, event: TaskDeadLettered, _task: BackgroundTask | None
+    ) -> BackgroundTask | None:
+        # Workers and the reaper name the attempt they dead-letter; the platform (the DLQ)
+        # dead-letters whatever attempt the task is at.
+        attempt = None if event.origin in (Origin.PLATFORM, Origin.API) else event.attempt
+        return await self._store.mark_dead_letter(
+            event.task_id, error=event.error, attempt=attempt, event_id=event.event_id
+        )
+
+    async def _cancelled(self, event: TaskCancelled, _task: BackgroundTask | None) -> BackgroundTask | None:
+        if event.origin is Origin.WORKER:
+            return await self._store.record_cancelled(
+                event.task_id, node_id=event.node_id or "", attempt=event.attempt, event_id=event.event_id
+            )
+        return await self._store.cancel_waiting(event.task_id, event_id=event.event_id)
+
+    # ------------------------------------------------------------ roll-up
+    async def _rollup_batch(self, items: Sequence[_Rollup]) -> list[BackgroundTask | None]:
+        by_parent: dict[str, list[_Rollup]] = {}
+        for item in items:
+            by_parent.setdefault(item.parent_id, []).append(item)
+        parents: dict[str, BackgroundTask | None] = {}
+        for parent_id, group in by_parent.items():
+            entries = [(r.child_id, r.status, r.version) for r in group]
+            parents[parent_id] = await self._store.apply_rollups(parent_id, entries)
+        return [parents[item.parent_id] for item in items]
+
+    async def rollup_existing(self, children: Sequence[BackgroundTask]) -> None:
+        """Count children that already existed (a retried parent submitting them again)."""
+        for child in children:
+            if child.parent_task_id is not None:
+                parent = await self._rollups.submit(
+                    _Rollup(child.parent_task_id, child.id, child.status, child.version)
+                )
+                if parent is not None:
+                    await self.finish_if_done(parent)
+
+    async def finish_if_done(self, parent: BackgroundTask) -> BackgroundTask:
+        """Complete a waiting parent whose children have all finished; returns its state."""
+        for _ in range(FINISH_ATTEMPTS):
+            summary = parent.sub_task_status_summary
+            if not (parent.status is TaskStatus.RUNNING and parent.awaiting_children):
+                return parent
+            if summary is None or summary.pending > 0:
+                return parent
+            status = TaskStatus.COMPLETED if summary.all_succeeded else TaskStatus.COMPLETED_WITH_ERRORS
+            event = TaskCompleted(
+                task_id=parent.id,
+                task_type=parent.task_type,
+                origin=Origin.CHILDREN,
+                attempt=parent.retry_count,
+                node_id=self._node_id,
+                status=status,
+                expected_version=parent.version,
+            )
+            delivery = await self._bus.publish(event, parent)
+            if delivery.accepted and delivery.task is not None:
+                log.info("parent %s finished %s (%s)", parent.id, status.value, summary.model_dump())
+                return delivery.task
+            current = delivery.task or await self._store.get(parent.id)
+            if current is None:
+                return parent
+            parent = current  # changed under us (another roll-up): look again
+        log.warning("parent %s: could not finish after %d tries; the sweep will", parent.id, FINISH_ATTEMPTS)
+        return parent
+
+    async def reconcile(self, *, idle_for: float, limit: int = 100) -> int:
+        """Recount waiting parents untouched for ``idle_for`` seconds (a lost roll-up heals
+        here) and finish those whose children are done. Returns how many finished."""
+        before = utcnow() - timedelta(seconds=idle_for)
+        finished = 0
+        for parent in await self._store.list_awaiting_parents(updated_before=before, limit=limit):
+            current = await self._store.rollup_children(parent.id)
+            if current is not None and (await self.finish_if_done(current)).status in TERMINAL:
+                finished += 1
+        return finished
+
+    # ------------------------------------------------------------ cancellation
+    async def request_cancel(self, task_id: str, *, origin: Origin = Origin.API) -> BackgroundTask | None:
+        """Cancel a task: at once when it waits (queued, retrying, or a parent waiting for its
+        children), else by asking its worker to stop it. Returns its state after the request,
+        unchanged when it had finished, or None when there is no such task."""
+        for _ in range(2):
+            task = await self._store.get(task_id)
+            if task is None or task.status in TERMINAL:
+                return task
+            event = TaskCancelled(
+                task_id=task.id,
+                task_type=task.task_type,
+                origin=origin,
+                attempt=task.retry_count,
+                node_id=self._node_id,
+            )
+            delivery = await self._bus.publish(event, task)
+            if delivery.accepted:
+                return delivery.task
+            flagged = await self._store.flag_cancel(task_id)
+            if flagged is not None:
+                return flagged
+            # It moved between the two updates (RUNNING -> RETRYING, say): once more.
+        return await self._store.get(task_id)
+
+    async def _cancel_children(self, parent_id: str) -> None:
+        cursor: str | None = None
+        while True:
+            page = await self._store.list(
+                TaskFilter(parent_task_id=parent_id), limit=CASCADE_PAGE, cursor=cursor
+            )
+            for child in page.items:
+                if child.status not in TERMINAL:
+                    await self.request_cancel(child.id, origin=Origin.PLATFORM)
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor

@@ -1,0 +1,239 @@
+"""The in-process event bus: critical subscribers are awaited, observers are buffered.
+
+A producer (the settler, the submitter, the reaper...) publishes an event and awaits the
+critical subscribers, in order: the state aggregator first, which applies the event to the
+store and may reject it. A failure of a critical subscriber propagates to the producer, so
+the message behind the event is not acked. Observers (the external bridge, metrics) get
+accepted events through a bounded buffer each, in batches, on their own asyncio task:
+their errors are logged and counted, never propagated, and a full buffer drops its oldest
+event (counted) rather than grow without bound or block the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from taskplatform.events.models import TaskEvent
+from taskplatform.models import BackgroundTask
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two log lines about the same failing observer.
+ERROR_LOG_INTERVAL = 10.0
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One event on its way through the critical subscribers.
+
+    ``task`` starts as the producer's copy of the task (may be None) and is replaced by the
+    state after the event once the aggregator applied it. ``rejected`` names why the event
+    did not take effect; a rejected event reaches no further subscriber.
+    """
+
+    event: TaskEvent
+    task: BackgroundTask | None = None
+    rejected: str | None = None
+    #: The event had been applied before (same event id): a replay that changed nothing.
+    duplicate: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.rejected is None
+
+    def reject(self, why: str) -> None:
+        self.rejected = why
+
+
+@dataclass(frozen=True)
+class Published:
+    """What observers receive: an accepted event and the task's state after it."""
+
+    event: TaskEvent
+    task: BackgroundTask | None
+
+
+class CriticalSubscriber(Protocol):
+    """Awaited for every event; raising makes the producer's publish raise."""
+
+    name: str
+
+    async def handle(self, delivery: Delivery) -> None: ...
+
+
+class Observer(Protocol):
+    """Gets accepted events in batches, after the fact; must not block for long."""
+
+    name: str
+
+    async def observe(self, batch: Sequence[Published]) -> None: ...
+
+
+@dataclass
+class ObserverStats:
+    """Counters of one observer."""
+
+    delivered: int = 0
+    errors: int = 0
+    dropped: int = 0
+    pending: int = 0
+
+
+@dataclass(eq=False)
+class _Pump:
+    observer: Observer
+    buffer: int
+    batch: int
+    queue: deque[Published] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: ObserverStats = field(default_factory=ObserverStats)
+    task: asyncio.Task[None] | None = None
+    last_error_log: float = float("-inf")
+    errors_since_log: int = 0
+
+    def offer(self, item: Published) -> None:
+        if len(self.queue) >= self.buffer:
+            self.queue.popleft()
+            self.stats.dropped += 1
+            if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                log.error(
+                    "observer %s is %d events behind; dropped its oldest (%d dropped so far)",
+                    self.observer.name,
+                    self.buffer,
+                    self.stats.dropped,
+                )
+        self.queue.append(item)
+        self.idle.clear()
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self.queue:
+                self.idle.set()
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            items = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+            try:
+                await self.observer.observe(items)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.errors += 1
+                self._log_error(len(items))
+            else:
+                self.stats.delivered += len(items)
+
+    def _log_error(self, count: int) -> None:
+        self.errors_since_log += 1
+        now = time.monotonic()
+        if now - self.last_error_log >= ERROR_LOG_INTERVAL:
+            log.exception(
+                "observer %s failed on a batch of %d event(s) (%d failure(s) since the last report)",
+                self.observer.name,
+                count,
+                self.errors_since_log,
+            )
+            self.last_error_log = now
+            self.errors_since_log = 0
+
+
+class EventBus:
+    """Dispatches lifecycle events to critical subscribers and observers."""
+
+    def __init__(self, *, observer_buffer: int = 10_000, observer_batch: int = 256) -> None:
+        if observer_buffer < 1 or observer_batch < 1:
+            raise ValueError("observer_buffer and observer_batch must be at least 1")
+        self._critical: list[CriticalSubscriber] = []
+        self._pumps: list[_Pump] = []
+        self._buffer = observer_buffer
+        self._batch = observer_batch
+        self._started = False
+
+    def add_critical(self, subscriber: CriticalSubscriber) -> None:
+        """Await ``subscriber`` for every event, after the ones added before it."""
+        self._critical.append(subscriber)
+
+    def add_observer(
+        self, observer: Observer, *, buffer: int | None = None, batch: int | None = None
+    ) -> None:
+        """Give ``observer`` every accepted event, through a buffer of ``buffer`` events."""
+        pump = _Pump(observer, buffer or self._buffer, batch or self._batch)
+        pump.idle.set()
+        self._pumps.append(pump)
+        if self._started:
+            pump.task = asyncio.create_task(pump.run(), name=f"observer-{observer.name}")
+
+    def start(self) -> None:
+        """Start the observers' tasks (events published before are kept for them)."""
+        if self._started:
+            return
+        self._started = True
+        for pump in self._pumps:
+            pump.task = asyncio.create_task(pump.run(), name=f"observer-{pump.observer.name}")
+
+    async def publish(self, event: TaskEvent, task: BackgroundTask | None = None) -> Delivery:
+        """Run the critical subscribers on ``event``; if it is accepted, queue it for observers.
+
+        Raises whatever a critical subscriber raises (nothing is queued then).
+        """
+        delivery = Delivery(event, task)
+        for subscriber in self._critical:
+            await subscriber.handle(delivery)
+            if delivery.rejected is not None:
+                log.debug(
+                    "event %s %s of task %s rejected: %s",
+                    event.event_id,
+                    event.name,
+                    event.task_id,
+                    delivery.rejected,
+                )
+                return delivery
+        self.notify(event, delivery.task)
+        return delivery
+
+    def notify(self, event: TaskEvent, task: BackgroundTask | None) -> None:
+        """Queue an already-applied event for the observers only."""
+        item = Published(event, task)
+        for pump in self._pumps:
+            pump.offer(item)
+
+    def stats(self) -> dict[str, ObserverStats]:
+        """Counters per observer name."""
+        out: dict[str, ObserverStats] = {}
+        for pump in self._pumps:
+            pump.stats.pending = len(pump.queue)
+            out[pump.observer.name] = pump.stats
+        return out
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Wait until every observer has handled what it was given; False on timeout."""
+        waits = [pump.idle.wait() for pump in self._pumps if pump.task is not None]
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Give observers ``timeout`` seconds to finish their buffers, then stop them."""
+        if not await self.drain(timeout):
+            left = {p.observer.name: len(p.queue) for p in self._pumps if p.queue}
+            log.warning("event observers stopped with events left undelivered: %s", left)
+        for pump in self._pumps:
+            if pump.task is not None:
+                pump.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump.task
+                pump.task = None
+        self._started = False

@@ -1,0 +1,116 @@
+"""What each backend implements: the primitives every shared store operation is built on."""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.store.types import Guard, TaskFilter, TaskPage
+
+
+class StorePrimitives(ABC):
+    """A backend's primitives. Shared operations: ``BaseTaskStore``."""
+
+    url_scheme: str = ""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and make sure the schema/indexes exist."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    @abstractmethod
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
+        """Insert new documents; DuplicateTaskError if an id exists (nothing inserted)."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> BackgroundTask | None:
+        """The document, or None."""
+
+    @abstractmethod
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """A page of documents, newest first."""
+
+    @abstractmethod
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (statuses with none are omitted)."""
+
+    @abstractmethod
+    async def _guarded_update(
+        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
+    ) -> BackgroundTask | None:
+        """Apply ``changes`` atomically if ``guard`` holds; bump version, set updated_at.
+
+        ``changes`` keys are document field names (``outbox.<field>`` for outbox state);
+        values are JSON-ready (models already dumped) except datetimes and enums.
+        Returns the updated document, or None when the guard did not hold.
+        """
+
+    @abstractmethod
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
+        """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
+
+    @abstractmethod
+    async def apply_rollup(
+        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
+    ) -> BackgroundTask | None:
+        """Count ``child_id`` in the bucket of ``status`` in its parent's summary, atomically.
+
+        The parent keeps a ledger entry (bucket, version) per child: a child seen for the
+        first time adds to ``total`` and its bucket; a newer ``child_version`` moves it to
+        the new bucket; a version the ledger already holds, or an older one, changes nothing
+        (see ``taskplatform.store.rollup``). The parent's version is bumped whenever a count
+        changes. Returns the parent after (also when nothing changed), None if there is no
+        such parent. Exact under concurrent roll-ups into one parent.
+        """
+
+    @abstractmethod
+    async def list_awaiting_parents(
+        self, *, updated_before: datetime, limit: int
+    ) -> builtins.list[BackgroundTask]:
+        """RUNNING parents waiting for their children, not updated since ``updated_before``,
+        least recently updated first (for the reconcile sweep)."""
+
+    @abstractmethod
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> builtins.list[BackgroundTask]:
+        """Lease up to ``limit`` pending outbox entries created before ``created_before``
+        whose lease is free or lapsed; returns them (leased to ``owner``)."""
+
+    @abstractmethod
+    async def mark_published(self, task_ids: Sequence[str]) -> int:
+        """Mark the outbox of these tasks published; returns how many changed."""
+
+    @abstractmethod
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        """Count a failed publish attempt, keep the error and release any relay lease;
+        the entry stays pending."""
+
+
+def owner_guard(node_id: str, attempt: int) -> Guard:
+    """The task runs, claimed by ``node_id`` for ``attempt``, and is not a parent waiting for
+    its children (whose own execution is over: it has no owner any more)."""
+    return Guard(
+        statuses=frozenset({TaskStatus.RUNNING}),
+        equals={"execution_node_id": node_id, "retry_count": attempt, "awaiting_children": False},
+    )
+
+
+def with_event(changes: dict[str, Any], event_id: str | None) -> dict[str, Any]:
+    """``changes`` plus ``last_event_id`` when an event id is given."""
+    if event_id is not None:
+        changes["last_event_id"] = event_id
+    return changes

@@ -1,0 +1,150 @@
+"""The ``TaskStore`` port: what the platform needs from durable task state."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.store.types import ClaimRequest, CompletionRequest, TaskFilter, TaskPage
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What the platform needs from durable task state. Contract: ``tests/store``.
+
+    Every status-changing operation takes an optional ``event_id``, written as the
+    document's ``last_event_id`` by the same conditional update.
+    """
+
+    url_scheme: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create(self, task: BackgroundTask) -> None: ...
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None: ...
+    async def get(self, task_id: str) -> BackgroundTask | None: ...
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage: ...
+    async def count_by_status(self) -> dict[TaskStatus, int]: ...
+
+    # ------------------------------------------------------------ an attempt's life
+    async def try_set_running(
+        self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
+    ) -> BackgroundTask | None: ...
+    async def try_set_running_many(
+        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
+    ) -> dict[str, BackgroundTask]: ...
+    async def renew_lease(
+        self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
+    ) -> BackgroundTask | None: ...
+    async def record_progress(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        progress: Mapping[str, Any],
+        attempt: int | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_completions(
+        self, items: Sequence[CompletionRequest], *, node_id: str
+    ) -> dict[str, int]: ...
+    async def record_completion(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        result: Mapping[str, Any] | None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_failure(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        status: TaskStatus,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_retry(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        next_attempt_at: datetime,
+        outbox_hold_until: datetime,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_cancelled(
+        self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+    async def release_claim(
+        self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+    async def mark_dead_letter(
+        self,
+        task_id: str,
+        *,
+        error: ErrorInfo | None,
+        attempt: int | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+
+    # ------------------------------------------------------------ lost workers
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]: ...
+    async def reap(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        before: datetime,
+        error: ErrorInfo,
+        next_attempt_at: datetime | None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+
+    # ------------------------------------------------------------ cancellation
+    async def request_cancel(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    async def cancel_waiting(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    async def flag_cancel(self, task_id: str) -> BackgroundTask | None: ...
+
+    # ------------------------------------------------------------ parents and children
+    async def set_awaiting_children(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        result: Mapping[str, Any] | None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def finish_parent(
+        self, task_id: str, *, expected_version: int, status: TaskStatus, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+    async def apply_rollup(
+        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
+    ) -> BackgroundTask | None: ...
+    async def apply_rollups(
+        self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
+    ) -> BackgroundTask | None: ...
+    async def rollup_children(self, parent_id: str) -> BackgroundTask | None: ...
+    async def list_awaiting_parents(
+        self, *, updated_before: datetime, limit: int
+    ) -> builtins.list[BackgroundTask]: ...
+
+    # ------------------------------------------------------------ outbox
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> builtins.list[BackgroundTask]: ...
+    async def mark_published(self, task_ids: Sequence[str]) -> int: ...
+    async def record_publish_failure(self, task_id: str, error: str) -> None: ...

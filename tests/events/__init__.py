@@ -1,0 +1,1 @@
+"""Tests of the lifecycle events: external format, JSON Schema, bridge."""

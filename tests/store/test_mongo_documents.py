@@ -1,0 +1,49 @@
+"""MongoDB specifics: documents written before a field existed, and the roll-up ledger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from taskplatform.models import TaskStatus, utcnow
+from taskplatform.store.mongo import LEDGER, MongoTaskStore
+from tests.store.helpers import NODE, make_task
+from tests.support.mongo_emulation import AsyncEmulatedDatabase
+
+pytestmark = pytest.mark.mongodb
+
+
+@pytest.fixture
+async def mongo() -> AsyncIterator[MongoTaskStore]:
+    store = MongoTaskStore("mongodb://emulated/taskplatform_test", database=AsyncEmulatedDatabase())
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_a_document_without_the_sub_task_fields_still_runs(mongo: MongoTaskStore) -> None:
+    task = make_task()
+    doc = MongoTaskStore._to_doc(task)
+    del doc["awaiting_children"], doc["last_event_id"]  # as written before these fields existed
+    await mongo.collection.insert_one(doc)
+    lease = utcnow() + timedelta(seconds=30)
+    assert await mongo.try_set_running(task.id, attempt=0, node_id=NODE, lease_until=lease) is not None
+    assert await mongo.renew_lease(task.id, node_id=NODE, attempt=0, lease_until=lease) is not None
+    assert await mongo.flag_cancel(task.id) is not None
+    done = await mongo.record_completion(task.id, node_id=NODE, attempt=0, result={}, event_id="e-1")
+    assert done is not None and done.status is TaskStatus.COMPLETED and done.last_event_id == "e-1"
+    assert done.awaiting_children is False
+
+
+async def test_the_ledger_is_kept_in_the_parent_document_but_not_in_the_model(mongo: MongoTaskStore) -> None:
+    parent, child = make_task(), make_task()
+    await mongo.create_many([parent, child])
+    after = await mongo.apply_rollup(parent.id, child.id, TaskStatus.RUNNING, 2)
+    assert after is not None and not hasattr(after, LEDGER)
+    raw = await mongo.collection.find_one({"_id": parent.id})
+    assert raw[LEDGER] == {child.id: {"b": "running", "v": 2}}
+    assert raw["sub_task_status_summary"]["running"] == 1
