@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from executors.registry import ExecutableRegistry
@@ -48,6 +49,7 @@ class Reaper:
         self._bus = bus
         self._aggregator = aggregator
         self._parent_idle = parent_idle_seconds
+        self._last_reconcile = float("-inf")
         self._registry = registry
         self._default_policy = default_policy
         self._node_id = node_id
@@ -77,9 +79,13 @@ class Reaper:
                     done.status,
                 )
         self.reaped += settled
-        finished = await self._aggregator.reconcile(idle_for=self._parent_idle, limit=self._batch)
-        if finished:
-            log.warning("finished %d parent(s) whose last roll-up had been lost", finished)
+        now = time.monotonic()
+        if now - self._last_reconcile >= self._parent_idle:
+            # Recounting lists every child of each idle parent: once per idle period is enough.
+            self._last_reconcile = now
+            finished = await self._aggregator.reconcile(idle_for=self._parent_idle, limit=self._batch)
+            if finished:
+                log.warning("finished %d parent(s) whose last roll-up had been lost", finished)
         return settled
 
     async def _reap(self, task: BackgroundTask, before: datetime) -> BackgroundTask | None:

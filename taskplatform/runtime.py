@@ -77,7 +77,10 @@ class Runtime:
         self.bridge: ExternalEventBridge | None = None
         if settings.events_bridge_enabled:
             self.bridge = ExternalEventBridge(
-                self.broker, self.topology.events_exchange, confirm_timeout=settings.publish_timeout_seconds
+                self.broker,
+                self.topology.events_exchange,
+                confirm_timeout=settings.publish_timeout_seconds,
+                types=settings.events_bridge_types,
             )
             self.bus.add_observer(self.bridge)
         self.marker = PublishedMarker(self.store)

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskplatform.events.models import EventType
 from taskplatform.retry import RetryPolicy
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
@@ -63,6 +64,8 @@ class PlatformSettings(BaseSettings):
     # events
     #: Publish lifecycle events to the events exchange (the external event bridge).
     events_bridge_enabled: bool = True
+    #: Event types the bridge publishes (default: all). Each costs one confirmed publish.
+    events_bridge_types: list[EventType] | None = None
     #: Events buffered per observer before the oldest is dropped (and counted).
     event_observer_buffer: int = Field(default=10_000, ge=1)
     #: Least seconds between two progress writes of one attempt (throttling).

@@ -63,7 +63,6 @@ class SubmitRequest(BaseModel):
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )
-    parent_task_id: str | None = Field(default=None, max_length=64)
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,9 @@ class TaskSubmitter:
         self._aggregator = aggregator
         self._node_id = node_id
 
-    def prepare(self, request: SubmitRequest, *, task_id: str | None = None) -> BackgroundTask:
+    def prepare(
+        self, request: SubmitRequest, *, task_id: str | None = None, parent_task_id: str | None = None
+    ) -> BackgroundTask:
         """Validate ``request`` into a new task document (no I/O).
 
         Raises UnknownTaskTypeError or pydantic ValidationError (field errors).
@@ -175,7 +176,6 @@ class TaskSubmitter:
         ensure_storable(parameters, ("parameters",))
         ensure_storable(request.user_id, ("user_id",))
         ensure_storable(request.tags, ("tags",))
-        ensure_storable(request.parent_task_id, ("parent_task_id",))
         now = utcnow()
         extra = {"id": task_id} if task_id is not None else {}
         return BackgroundTask(
@@ -185,7 +185,7 @@ class TaskSubmitter:
             parameters=parameters,
             priority=request.priority,
             tags=list(dict.fromkeys(request.tags)),
-            parent_task_id=request.parent_task_id,
+            parent_task_id=parent_task_id,
             created_at=now,
             updated_at=now,
         )
@@ -224,8 +224,19 @@ class TaskSubmitter:
                     created.append(child)
                 except DuplicateTaskError:
                     found = await self._store.get(child.id)
-                    if found is not None:
-                        existing.append(found)
+                    if found is None:
+                        raise
+                    if (found.parent_task_id, found.task_type, found.parameters) != (
+                        child.parent_task_id,
+                        child.task_type,
+                        child.parameters,
+                    ):
+                        raise InvalidInputError(
+                            ("key",),
+                            f"sub-task {child.id} exists with another type or parameters: "
+                            "a key names one child of its parent",
+                        ) from None
+                    existing.append(found)
             if existing and self._aggregator is not None:
                 await self._aggregator.rollup_existing(existing)
         if created:

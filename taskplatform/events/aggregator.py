@@ -102,10 +102,12 @@ class StateAggregator:
             delivery.duplicate = True  # applied before; its follow-ups may not have been
             applied = current
         delivery.task = applied
-        await self._follow_up(event, applied)
+        final = applied
+        delivery.then(lambda: self._follow_up(event, final))
 
     async def _follow_up(self, event: TaskEvent, task: BackgroundTask) -> None:
-        if task.parent_task_id is not None:
+        """Roll the task up into its parent; finish or cancel what that makes due."""
+        if task.parent_task_id is not None and not isinstance(event, TaskProgress):
             parent = await self._rollups.submit(
                 _Rollup(task.parent_task_id, task.id, task.status, task.version)
             )
@@ -118,7 +120,11 @@ class StateAggregator:
         if isinstance(event, TaskCancelled) and task.sub_task_status_summary is not None:
             await self._cancel_children(task.id)
         elif isinstance(event, TaskWaiting):
-            await self.finish_if_done(task)
+            if task.cancel_requested:
+                # Asked to stop while its execute was returning: the cancel still holds.
+                await self.request_cancel(task.id, origin=Origin.PLATFORM)
+            else:
+                await self.finish_if_done(task)
 
     # ------------------------------------------------------------ appliers
     async def _as_given(self, event: TaskEvent, task: BackgroundTask | None) -> BackgroundTask | None:
@@ -259,12 +265,19 @@ class StateAggregator:
 
     async def finish_if_done(self, parent: BackgroundTask) -> BackgroundTask:
         """Complete a waiting parent whose children have all finished; returns its state."""
+        recounted = False
         for _ in range(FINISH_ATTEMPTS):
             summary = parent.sub_task_status_summary
             if not (parent.status is TaskStatus.RUNNING and parent.awaiting_children):
                 return parent
             if summary is None or summary.pending > 0:
                 return parent
+            if not recounted:
+                # All counted children are done. Count from the children themselves once,
+                # so a child whose roll-up was lost (a crash) cannot be finished without.
+                recounted = True
+                parent = await self._store.rollup_children(parent.id) or parent
+                continue
             status = TaskStatus.COMPLETED if summary.all_succeeded else TaskStatus.COMPLETED_WITH_ERRORS
             event = TaskCompleted(
                 task_id=parent.id,
@@ -304,7 +317,11 @@ class StateAggregator:
         unchanged when it had finished, or None when there is no such task."""
         for _ in range(2):
             task = await self._store.get(task_id)
-            if task is None or task.status in TERMINAL:
+            if task is None:
+                return None
+            if task.status in TERMINAL:
+                if task.status is TaskStatus.CANCELLED and _has_unfinished_children(task):
+                    await self._cancel_children(task.id)  # resume a cascade cut short
                 return task
             event = TaskCancelled(
                 task_id=task.id,
@@ -334,3 +351,8 @@ class StateAggregator:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+
+def _has_unfinished_children(task: BackgroundTask) -> bool:
+    summary = task.sub_task_status_summary
+    return summary is not None and summary.pending > 0

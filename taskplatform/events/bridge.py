@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import aio_pika
@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from taskplatform.errors import BrokerError
 from taskplatform.events.bus import Published
 from taskplatform.events.external import SCHEMA_VERSION, to_external
+from taskplatform.events.models import EventType
 from taskplatform.messaging.connection import BrokerConnection
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ExternalEventBridge:
         max_backoff: Cap of that pause.
         max_in_flight: Unconfirmed publishes allowed at once.
         name: Observer name in the bus's stats.
+        types: Event types to publish; None publishes every type.
     """
 
     def __init__(
@@ -77,12 +79,15 @@ class ExternalEventBridge:
         max_backoff: float = 30.0,
         max_in_flight: int = 512,
         name: str = "external-events",
+        types: Iterable[EventType] | None = None,
     ) -> None:
         if confirm_timeout <= 0 or initial_backoff <= 0 or max_backoff < initial_backoff:
             raise ValueError("need confirm_timeout > 0 and 0 < initial_backoff <= max_backoff")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.name = name
+        #: Event types to publish (None: all).
+        self.types = frozenset(types) if types is not None else None
         self.published = 0
         self.publish_failures = 0
         self.retries = 0
@@ -106,6 +111,8 @@ class ExternalEventBridge:
         """Publish ``batch``; return once every event is confirmed or the bridge is closing."""
         groups: dict[str, deque[_Outgoing]] = {}
         for item in batch:
+            if self.types is not None and item.event.type not in self.types:
+                continue
             outgoing = self._encode(item)
             if outgoing is not None:
                 groups.setdefault(item.event.task_id, deque()).append(outgoing)

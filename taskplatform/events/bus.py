@@ -5,8 +5,11 @@ critical subscribers, in order: the state aggregator first, which applies the ev
 store and may reject it. A failure of a critical subscriber propagates to the producer, so
 the message behind the event is not acked. Observers (the external bridge, metrics) get
 accepted events through a bounded buffer each, in batches, on their own asyncio task:
-their errors are logged and counted, never propagated, and a full buffer drops its oldest
-event (counted) rather than grow without bound or block the producer.
+their errors are logged and counted, never propagated. A full buffer pushes back while its
+observer keeps up some work (the producer waits for room: under overload the platform
+slows to what its observers sustain instead of losing events); an observer stalled for
+``stall_seconds`` (its broker is gone, say) loses its oldest events instead (counted), so it
+can neither grow memory without bound nor hold the producers up.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +46,13 @@ class Delivery:
     rejected: str | None = None
     #: The event had been applied before (same event id): a replay that changed nothing.
     duplicate: bool = False
+    #: Work a critical subscriber wants done after observers got the event (they see a
+    #: task's events in order even when this work publishes further events of that task).
+    followups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def then(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` once the event is queued for observers; its failure fails the publish."""
+        self.followups.append(work)
 
     @property
     def accepted(self) -> bool:
@@ -95,9 +105,18 @@ class _Pump:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     stats: ObserverStats = field(default_factory=ObserverStats)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     last_error_log: float = float("-inf")
     errors_since_log: int = 0
+    #: When the observer last finished a batch (or was started): it is alive if recently.
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def full(self) -> bool:
+        return len(self.queue) >= self.buffer
+
+    def stalled(self, after: float) -> bool:
+        return self.task is None or time.monotonic() - self.last_progress > after
 
     def offer(self, item: Published) -> None:
         if len(self.queue) >= self.buffer:
@@ -122,6 +141,7 @@ class _Pump:
                 await self.wakeup.wait()
                 continue
             items = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+            self.room.set()
             try:
                 await self.observer.observe(items)
             except asyncio.CancelledError:
@@ -131,6 +151,7 @@ class _Pump:
                 self._log_error(len(items))
             else:
                 self.stats.delivered += len(items)
+            self.last_progress = time.monotonic()
 
     def _log_error(self, count: int) -> None:
         self.errors_since_log += 1
@@ -149,9 +170,12 @@ class _Pump:
 class EventBus:
     """Dispatches lifecycle events to critical subscribers and observers."""
 
-    def __init__(self, *, observer_buffer: int = 10_000, observer_batch: int = 256) -> None:
-        if observer_buffer < 1 or observer_batch < 1:
-            raise ValueError("observer_buffer and observer_batch must be at least 1")
+    def __init__(
+        self, *, observer_buffer: int = 10_000, observer_batch: int = 256, stall_seconds: float = 2.0
+    ) -> None:
+        if observer_buffer < 1 or observer_batch < 1 or stall_seconds <= 0:
+            raise ValueError("observer_buffer, observer_batch and stall_seconds must be positive")
+        self._stall = stall_seconds
         self._critical: list[CriticalSubscriber] = []
         self._pumps: list[_Pump] = []
         self._buffer = observer_buffer
@@ -178,12 +202,15 @@ class EventBus:
             return
         self._started = True
         for pump in self._pumps:
+            pump.last_progress = time.monotonic()
             pump.task = asyncio.create_task(pump.run(), name=f"observer-{pump.observer.name}")
 
     async def publish(self, event: TaskEvent, task: BackgroundTask | None = None) -> Delivery:
-        """Run the critical subscribers on ``event``; if it is accepted, queue it for observers.
+        """Run the critical subscribers on ``event``; if it is accepted, queue it for observers,
+        then run the follow-up work the subscribers asked for.
 
-        Raises whatever a critical subscriber raises (nothing is queued then).
+        Raises whatever a critical subscriber or a follow-up raises (if a subscriber raised,
+        nothing was queued).
         """
         delivery = Delivery(event, task)
         for subscriber in self._critical:
@@ -197,14 +224,17 @@ class EventBus:
                     delivery.rejected,
                 )
                 return delivery
-        self.notify(event, delivery.task)
-        return delivery
-
-    def notify(self, event: TaskEvent, task: BackgroundTask | None) -> None:
-        """Queue an already-applied event for the observers only."""
-        item = Published(event, task)
+        item = Published(event, delivery.task)
         for pump in self._pumps:
+            while pump.full() and not pump.stalled(self._stall):
+                # Back-pressure: wait for the observer to take a batch, or to stall.
+                pump.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pump.room.wait(), self._stall)
             pump.offer(item)
+        for work in delivery.followups:
+            await work()
+        return delivery
 
     def stats(self) -> dict[str, ObserverStats]:
         """Counters per observer name."""

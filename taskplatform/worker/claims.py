@@ -119,6 +119,7 @@ class Claimer:
     def _claimed_by_us(self, task: BackgroundTask, tm: TaskMessage) -> bool:
         return (
             task.status is TaskStatus.RUNNING
+            and not task.awaiting_children  # a parent waiting for children runs nowhere
             and task.execution_node_id == self._node_id
             and task.retry_count == tm.attempt
             and (tm.task_id, tm.attempt) not in self._running

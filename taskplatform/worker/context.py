@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from executors.base import Progress
-from taskplatform.errors import Cancelled, StoreError
+from taskplatform.errors import Cancelled
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskProgress
 from taskplatform.models import BackgroundTask
@@ -56,6 +56,7 @@ class ExecutionContext(Generic[P]):
         self._last_progress = float("-inf")
         self._pending_progress: dict[str, Any] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._progress_lock = asyncio.Lock()
         self._child_seq = 0
         self.children = 0
         self.progress_writes = 0
@@ -103,36 +104,43 @@ class ExecutionContext(Generic[P]):
                 progress.model_dump() if isinstance(progress, BaseModel) else progress
             )
         )
-        data = model.model_dump(mode="json", exclude_none=True)
-        loop = asyncio.get_running_loop()
-        wait = self._last_progress + self._progress_interval - loop.time()
-        if wait <= 0 and self._flusher is None:
-            await self._write_progress(data)
-            return
-        # Throttled: keep the latest value and write it when the interval ends.
-        self._pending_progress = data
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later(max(wait, 0.0)), name="progress-flush")
+        self._pending_progress = model.model_dump(mode="json", exclude_none=True)
+        if self._flusher is not None:
+            return  # throttled: the scheduled write takes the latest value
+        wait = self._last_progress + self._progress_interval - asyncio.get_running_loop().time()
+        if wait <= 0:
+            await self._write_pending()
+        else:
+            self._flusher = asyncio.create_task(self._flush_later(wait), name="progress-flush")
 
     async def _flush_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        data = self._pending_progress
-        if data is not None:
-            await self._write_progress(data)
-            if self._pending_progress is data:
-                self._pending_progress = None
-        self._flusher = None
+        try:
+            await asyncio.sleep(delay)
+            await self._write_pending()
+        finally:
+            self._flusher = None
 
     async def flush_progress(self) -> None:
         """Write throttled progress still pending (before the attempt settles)."""
-        flusher, self._flusher = self._flusher, None
+        flusher = self._flusher
         if flusher is not None and not flusher.done():
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-        data, self._pending_progress = self._pending_progress, None
-        if data is not None:
-            await self._write_progress(data)
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        """Write the latest value; writes are serialised, so the last one stored is the latest."""
+        async with self._progress_lock:
+            data, self._pending_progress = self._pending_progress, None
+            if data is None:
+                return
+            try:
+                await self._write_progress(data)
+            except asyncio.CancelledError:
+                if self._pending_progress is None:  # not superseded: keep it for flush_progress
+                    self._pending_progress = data
+                raise
 
     async def _write_progress(self, data: dict[str, Any]) -> None:
         self._last_progress = asyncio.get_running_loop().time()
@@ -145,7 +153,7 @@ class ExecutionContext(Generic[P]):
         )
         try:
             delivery = await self._bus.publish(event, self._task)
-        except StoreError as exc:  # progress is best effort; the outcome is what must land
+        except Exception as exc:  # progress is best effort; the outcome is what must land
             log.warning("progress of task %s not recorded: %s", self._task.id, exc, extra=self._log_extra)
             return
         self.progress_writes += 1
@@ -170,8 +178,8 @@ class ExecutionContext(Generic[P]):
             raise RuntimeError("this context cannot submit sub-tasks (no submitter)")
         if self.cancelled:
             raise Cancelled("cancellation requested; no more sub-tasks")
-        if keys is None:
-            keys = [str(self._child_seq + i) for i in range(len(parameters))]
+        if keys is None:  # "#n": apart from explicit keys, which name children themselves
+            keys = [f"#{self._child_seq + i}" for i in range(len(parameters))]
         elif len(keys) != len(parameters):
             raise ValueError(f"{len(keys)} keys given for {len(parameters)} sub-tasks")
         self._child_seq += len(parameters)
@@ -183,12 +191,14 @@ class ExecutionContext(Generic[P]):
                 user_id=parent.user_id,
                 priority=parent.priority,
                 tags=parent.tags,
-                parent_task_id=parent.id,
             )
             for p in parameters
         ]
         ids = [child_task_id(parent.id, key) for key in keys]
-        children = [self._submitter.prepare(r, task_id=i) for r, i in zip(requests, ids, strict=True)]
+        children = [
+            self._submitter.prepare(r, task_id=i, parent_task_id=parent.id)
+            for r, i in zip(requests, ids, strict=True)
+        ]
         await self._submitter.submit_children(children)
         self.children += len(children)
         return ids

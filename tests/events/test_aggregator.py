@@ -142,3 +142,115 @@ async def test_a_waiting_parent_finishes_when_its_last_child_does(
         p for p in recorder.seen if isinstance(p.event, TaskCompleted) and p.event.task_id == parent.id
     ]
     assert len(finishes) == 1 and finishes[0].event.status is TaskStatus.COMPLETED_WITH_ERRORS
+
+
+async def test_a_parent_asked_to_stop_while_returning_is_cancelled_not_completed(
+    parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
+) -> None:
+    store, bus, _aggregator, _recorder = parts
+    parent = BackgroundTask(task_type="test_fanout")
+    kid = BackgroundTask(task_type="test_noop", parent_task_id=parent.id)
+    await store.create_many([parent, kid])
+    running_parent = await _claim(store, parent)
+    await bus.publish(TaskSubmitted(task_id=kid.id, task_type=kid.task_type, parent_task_id=parent.id), kid)
+    assert await store.flag_cancel(parent.id) is not None  # the cancel request lands meanwhile
+    waiting = TaskWaiting(task_id=parent.id, task_type=parent.task_type, node_id=NODE, children=1)
+    assert (await bus.publish(waiting, running_parent)).accepted
+    after, child = await store.get(parent.id), await store.get(kid.id)
+    assert after is not None and after.status is TaskStatus.CANCELLED
+    assert child is not None and child.status is TaskStatus.CANCELLED
+
+
+async def test_a_child_whose_roll_up_was_lost_keeps_its_parent_waiting(
+    parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
+) -> None:
+    store, bus, _aggregator, _recorder = parts
+    parent = BackgroundTask(task_type="test_fanout")
+    counted = BackgroundTask(task_type="test_noop", parent_task_id=parent.id)
+    lost = BackgroundTask(task_type="test_noop", parent_task_id=parent.id)  # created, never announced
+    await store.create_many([parent, counted, lost])
+    running_parent = await _claim(store, parent)
+    await bus.publish(
+        TaskSubmitted(task_id=counted.id, task_type=counted.task_type, parent_task_id=parent.id), counted
+    )
+    waiting = TaskWaiting(task_id=parent.id, task_type=parent.task_type, node_id=NODE, children=2)
+    await bus.publish(waiting, running_parent)
+    claimed = await _claim(store, counted)
+    done = TaskCompleted(task_id=counted.id, task_type=counted.task_type, node_id=NODE, result={})
+    await bus.publish(done, claimed)
+    after = await store.get(parent.id)
+    assert after is not None and after.status is TaskStatus.RUNNING  # the lost child still runs
+    assert _summary(after) == {"total": 2, "queued": 1, "completed": 1}
+
+
+async def test_observers_see_a_parents_waiting_before_its_completion(
+    parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
+) -> None:
+    store, bus, _aggregator, recorder = parts
+    parent = BackgroundTask(task_type="test_fanout")
+    kid = BackgroundTask(task_type="test_noop", parent_task_id=parent.id)
+    await store.create_many([parent, kid])
+    running_parent = await _claim(store, parent)
+    await bus.publish(TaskSubmitted(task_id=kid.id, task_type=kid.task_type, parent_task_id=parent.id), kid)
+    claimed = await _claim(store, kid)
+    done = TaskCompleted(task_id=kid.id, task_type=kid.task_type, node_id=NODE, result={})
+    await bus.publish(done, claimed)  # the child finishes first; the parent is still executing
+    waiting = TaskWaiting(task_id=parent.id, task_type=parent.task_type, node_id=NODE, children=1)
+    await bus.publish(waiting, running_parent)  # ... and finishes the parent at once
+    await bus.drain()
+    names = [p.event.name for p in recorder.seen if p.event.task_id == parent.id]
+    assert names == ["waiting", "completed"]
+
+
+async def test_a_key_reused_for_another_child_is_refused_and_a_retried_one_is_kept(
+    parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
+) -> None:
+    from executors.registry import ExecutableRegistry
+    from taskplatform.errors import InvalidInputError
+    from taskplatform.submission import PublishedMarker, SubmitRequest, TaskSubmitter
+    from tests.support.executables import EXECUTABLES
+
+    store, bus, aggregator, _recorder = parts
+
+    class Offline:  # the broker is away: children stay in the outbox
+        ready = False
+
+    submitter = TaskSubmitter(
+        store, ExecutableRegistry(EXECUTABLES), Offline(), PublishedMarker(store), bus, aggregator=aggregator
+    )
+    parent = BackgroundTask(task_type="test_fanout")
+    await store.create(parent)
+
+    def child(value: int) -> BackgroundTask:
+        request = SubmitRequest(task_type="test_noop", parameters={"value": value})
+        return submitter.prepare(
+            request, task_id="00000000-0000-4000-8000-000000000001", parent_task_id=parent.id
+        )
+
+    assert len(await submitter.submit_children([child(1)])) == 1
+    assert await submitter.submit_children([child(1)]) == []  # a retried parent: kept, not duplicated
+    with pytest.raises(InvalidInputError, match="exists with another type or parameters"):
+        await submitter.submit_children([child(2)])
+    assert _summary(await store.get(parent.id)) == {"total": 1, "queued": 1}
+
+
+async def test_the_reconcile_sweep_finishes_a_parent_whose_last_roll_up_was_lost(
+    parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
+) -> None:
+    store, bus, aggregator, _recorder = parts
+    parent = BackgroundTask(task_type="test_fanout")
+    kid = BackgroundTask(task_type="test_noop", parent_task_id=parent.id)
+    await store.create_many([parent, kid])
+    running_parent = await _claim(store, parent)
+    await bus.publish(TaskSubmitted(task_id=kid.id, task_type=kid.task_type, parent_task_id=parent.id), kid)
+    waiting = TaskWaiting(task_id=parent.id, task_type=parent.task_type, node_id=NODE, children=1)
+    await bus.publish(waiting, running_parent)
+    claimed = await _claim(store, kid)
+    # The child completes, but the process dies before its roll-up: write it behind the bus.
+    assert await store.record_completion(kid.id, node_id=NODE, attempt=0, result={}) is not None
+    assert (await store.get(parent.id)).status is TaskStatus.RUNNING  # type: ignore[union-attr]
+    assert claimed.status is TaskStatus.RUNNING
+    assert await aggregator.reconcile(idle_for=0) == 1
+    after = await store.get(parent.id)
+    assert after is not None and after.status is TaskStatus.COMPLETED
+    assert _summary(after) == {"total": 1, "completed": 1}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from taskplatform.errors import StoreError
-from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
+from taskplatform.models import BackgroundTask, OutboxState, OutboxStatus, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import Guard
 from tests.support.executables import Cooperative, Flaky, Noop
@@ -87,13 +87,16 @@ async def test_reaper_recovers_a_running_task_whose_worker_vanished(
     make_runtime: Callable[..., Runtime], rabbitmq: Any
 ) -> None:
     runtime = make_runtime(relay=True, reaper_interval_seconds=0.2, reaper_grace_seconds=0.1)
-    task = BackgroundTask(task_type="test_noop", parameters={"value": 4})
+    # Published already (its message went to a worker that vanished with it), so the relay
+    # cannot republish attempt 0 before the claim below, however slow the machine.
+    task = BackgroundTask(
+        task_type="test_noop", parameters={"value": 4}, outbox=OutboxState(status=OutboxStatus.PUBLISHED)
+    )
     async with running(runtime):
         await runtime.store.create(task)
         # A worker claimed it and vanished with its message: nothing will ever redeliver it.
         lapsed = utcnow() - timedelta(seconds=1)
         assert await runtime.store.try_set_running(task.id, attempt=0, node_id="ghost", lease_until=lapsed)
-        await runtime.store.mark_published([task.id])
         await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
         done = await runtime.store.get(task.id)
     assert done is not None and done.retry_count == 1 and done.execution_node_id == runtime.settings.node_id

@@ -1,0 +1,118 @@
+"""The event bus on its own: critical subscribers, rejection, observer buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from taskplatform.events import Delivery, EventBus, Published, TaskStarted
+
+
+def _event(i: int) -> TaskStarted:
+    return TaskStarted(task_id=f"task-{i}", task_type="t")
+
+
+class Slow:
+    """Takes 5 ms per batch: alive, but slower than the producer."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def observe(self, batch: Sequence[Published]) -> None:
+        await asyncio.sleep(0.005)
+        self.seen.extend(p.event.task_id for p in batch)
+
+
+class Stuck:
+    """Never finishes its first batch (a bridge whose broker is gone)."""
+
+    name = "stuck"
+
+    async def observe(self, batch: Sequence[Published]) -> None:
+        await asyncio.sleep(3600)
+
+
+class Rejecting:
+    name = "rejecting"
+
+    async def handle(self, delivery: Delivery) -> None:
+        if delivery.event.task_id.endswith("3"):
+            delivery.reject("not applicable")
+
+
+async def test_a_slow_observer_pushes_back_and_loses_nothing() -> None:
+    bus = EventBus(observer_buffer=10, observer_batch=5)
+    slow = Slow()
+    bus.add_observer(slow)
+    bus.start()
+    for i in range(200):
+        await bus.publish(_event(i))
+    assert await bus.drain(5)
+    await bus.close()
+    assert slow.seen == [f"task-{i}" for i in range(200)]
+    assert bus.stats()["slow"].dropped == 0
+
+
+async def test_a_stalled_observer_drops_its_oldest_events_without_holding_producers_up() -> None:
+    bus = EventBus(observer_buffer=10, observer_batch=5, stall_seconds=0.2)
+    bus.add_observer(Stuck())
+    bus.start()
+    started = time.monotonic()
+    for i in range(100):
+        await bus.publish(_event(i))
+    elapsed = time.monotonic() - started
+    stats = bus.stats()["stuck"]
+    assert stats.dropped == 100 - 5 - 10  # one batch taken, a full buffer kept
+    assert stats.pending == 10
+    assert elapsed < 2.0  # waited for the stall to show once, not per event
+    await bus.close(timeout=0.1)
+
+
+async def test_a_rejected_event_reaches_no_observer() -> None:
+    bus = EventBus()
+    bus.add_critical(Rejecting())
+    slow = Slow()
+    bus.add_observer(slow)
+    bus.start()
+    deliveries = [await bus.publish(_event(i)) for i in range(5)]
+    assert await bus.drain(5)
+    await bus.close()
+    assert [d.accepted for d in deliveries] == [True, True, True, False, True]
+    assert deliveries[3].rejected == "not applicable"
+    assert slow.seen == ["task-0", "task-1", "task-2", "task-4"]
+
+
+async def test_a_failing_critical_subscriber_fails_the_publish() -> None:
+    class Failing:
+        name = "failing"
+
+        async def handle(self, delivery: Delivery) -> None:
+            raise RuntimeError("store down")
+
+    bus = EventBus()
+    bus.add_critical(Failing())
+    slow = Slow()
+    bus.add_observer(slow)
+    bus.start()
+    with pytest.raises(RuntimeError, match="store down"):
+        await bus.publish(_event(1))
+    assert await bus.drain(1)
+    await bus.close()
+    assert slow.seen == []
+
+
+async def test_the_bridge_skips_event_types_it_was_not_asked_to_publish() -> None:
+    from taskplatform.events import EventType
+    from taskplatform.events.bridge import ExternalEventBridge
+    from taskplatform.messaging.connection import BrokerConnection
+
+    # Never connected: publishing anything would fail; skipped events never reach the broker.
+    broker = BrokerConnection("amqp://guest:guest@127.0.0.1:1/", name="unused")
+    bridge = ExternalEventBridge(broker, "x", types=[EventType.COMPLETED], confirm_timeout=0.2)
+    await bridge.observe([Published(_event(i), None) for i in range(3)])
+    assert bridge.published == 0 and bridge.publish_failures == 0
