@@ -35,6 +35,7 @@ from taskplatform.events.models import (
 )
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
 from taskplatform.store.base import BaseTaskStore, CompletionRequest, TaskFilter
+from taskplatform.store.types import ParentState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class StateAggregator:
         self._completions: Coalescer[tuple[str, CompletionRequest], int | None] = Coalescer(
             self._complete_batch
         )
-        self._rollups: Coalescer[_Rollup, BackgroundTask | None] = Coalescer(self._rollup_batch)
+        self._rollups: Coalescer[_Rollup, ParentState | None] = Coalescer(self._rollup_batch)
         self._appliers: dict[type[TaskEvent], Applier] = {
             TaskSubmitted: self._as_given,
             TaskStarted: self._as_given,
@@ -124,7 +125,7 @@ class StateAggregator:
                 # Asked to stop while its execute was returning: the cancel still holds.
                 await self.request_cancel(task.id, origin=Origin.PLATFORM)
             else:
-                await self.finish_if_done(task)
+                await self.finish_if_done(ParentState.of(task))
 
     # ------------------------------------------------------------ appliers
     async def _as_given(self, event: TaskEvent, task: BackgroundTask | None) -> BackgroundTask | None:
@@ -191,7 +192,11 @@ class StateAggregator:
                 event_id=event.event_id,
             )
         request = CompletionRequest(
-            task_id=event.task_id, attempt=event.attempt, result=event.result, event_id=event.event_id
+            task_id=event.task_id,
+            attempt=event.attempt,
+            result=event.result,
+            event_id=event.event_id,
+            progress=event.progress,
         )
         version = await self._completions.submit((event.node_id or "", request))
         if version is None:
@@ -201,6 +206,8 @@ class StateAggregator:
         # The batched statement returns only the version; the rest is known.
         changes = self._store.completion_changes(utcnow())
         changes.update(result=event.result, version=version, last_event_id=event.event_id)
+        if event.progress is not None:
+            changes["progress"] = event.progress
         return task.model_copy(update=changes)
 
     async def _complete_batch(self, items: Sequence[tuple[str, CompletionRequest]]) -> list[int | None]:
@@ -243,11 +250,11 @@ class StateAggregator:
         return await self._store.cancel_waiting(event.task_id, event_id=event.event_id)
 
     # ------------------------------------------------------------ roll-up
-    async def _rollup_batch(self, items: Sequence[_Rollup]) -> list[BackgroundTask | None]:
+    async def _rollup_batch(self, items: Sequence[_Rollup]) -> list[ParentState | None]:
         by_parent: dict[str, list[_Rollup]] = {}
         for item in items:
             by_parent.setdefault(item.parent_id, []).append(item)
-        parents: dict[str, BackgroundTask | None] = {}
+        parents: dict[str, ParentState | None] = {}
         for parent_id, group in by_parent.items():
             entries = [(r.child_id, r.status, r.version) for r in group]
             parents[parent_id] = await self._store.apply_rollups(parent_id, entries)
@@ -263,7 +270,7 @@ class StateAggregator:
                 if parent is not None:
                     await self.finish_if_done(parent)
 
-    async def finish_if_done(self, parent: BackgroundTask) -> BackgroundTask:
+    async def finish_if_done(self, parent: ParentState) -> ParentState:
         """Complete a waiting parent whose children have all finished; returns its state."""
         recounted = False
         for _ in range(FINISH_ATTEMPTS):
@@ -288,14 +295,14 @@ class StateAggregator:
                 status=status,
                 expected_version=parent.version,
             )
-            delivery = await self._bus.publish(event, parent)
+            delivery = await self._bus.publish(event)
             if delivery.accepted and delivery.task is not None:
                 log.info("parent %s finished %s (%s)", parent.id, status.value, summary.model_dump())
-                return delivery.task
+                return ParentState.of(delivery.task)
             current = delivery.task or await self._store.get(parent.id)
             if current is None:
                 return parent
-            parent = current  # changed under us (another roll-up): look again
+            parent = ParentState.of(current)  # changed under us (another roll-up): look again
         log.warning("parent %s: could not finish after %d tries; the sweep will", parent.id, FINISH_ATTEMPTS)
         return parent
 

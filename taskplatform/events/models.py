@@ -121,6 +121,8 @@ class TaskCompleted(TaskEvent):
 
     type: ClassVar[EventType] = EventType.COMPLETED
     result: dict[str, Any] | None = None
+    #: The attempt's last progress, when it reported some not yet written.
+    progress: dict[str, Any] | None = None
     status: Literal[TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS] = TaskStatus.COMPLETED
     #: Roll-up events: the parent's version the decision was made on (compare-and-set).
     expected_version: int | None = None

@@ -107,6 +107,7 @@ class BaseTaskStore(SubTaskOperations):
                 attempt=item.attempt,
                 result=item.result,
                 event_id=item.event_id,
+                progress=item.progress,
             )
             if task is not None:
                 done[task.id] = task.version
@@ -170,10 +171,14 @@ class BaseTaskStore(SubTaskOperations):
         attempt: int,
         result: Mapping[str, Any] | None,
         event_id: str | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> BackgroundTask | None:
-        """RUNNING -> COMPLETED with ``result``, only for the owner of this attempt."""
+        """RUNNING -> COMPLETED with ``result`` (and the attempt's last ``progress``, when
+        given), only for the owner of this attempt."""
         changes = self.completion_changes(utcnow())
         changes["result"] = dict(result) if result is not None else None
+        if progress is not None:
+            changes["progress"] = dict(progress)
         return await self._guarded_update(
             task_id, owner_guard(node_id, attempt), with_event(changes, event_id)
         )

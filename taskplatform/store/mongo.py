@@ -24,6 +24,7 @@ from taskplatform.store.base import (
     outbox_published_changes,
 )
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
+from taskplatform.store.types import PARENT_FIELDS, ParentState
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
@@ -50,6 +51,13 @@ def _aware(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+_PARENT_PROJECTION = {name: 1 for name in PARENT_FIELDS if name != "id"}
+
+
+def _parent_state(doc: Mapping[str, Any]) -> ParentState:
+    return ParentState.from_mapping({**doc, "id": doc["_id"]})
 
 
 def _mongo_value(value: Any) -> Any:
@@ -256,7 +264,7 @@ class MongoTaskStore(BaseTaskStore):
 
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> BackgroundTask | None:
+    ) -> ParentState | None:
         """One document, so one atomic update: read the child's ledger entry, then update the
         parent only if that entry is still what was read (else another roll-up of this child
         won the race: read again). Counters move with ``$inc``, so roll-ups of other
@@ -264,15 +272,19 @@ class MongoTaskStore(BaseTaskStore):
         check_child_id(child_id)
         async with self._errors():
             for _ in range(_ROLLUP_ATTEMPTS):
-                doc = await self.collection.find_one({"_id": parent_id})
+                # Only this child's ledger entry and the parent's own fields: the ledger and
+                # the parameters grow with the batch.
+                path = f"{LEDGER}.{child_id}"
+                doc = await self.collection.find_one(
+                    {"_id": parent_id}, projection={**_PARENT_PROJECTION, path: 1}
+                )
                 if doc is None:
                     return None
                 entry = (doc.get(LEDGER) or {}).get(child_id)
                 current = LedgerEntry(entry["b"], entry["v"]) if entry is not None else None
                 delta = rollup_delta(current, status, child_version)
                 if delta is None:
-                    return self._to_task(doc)
-                path = f"{LEDGER}.{child_id}"
+                    return _parent_state(doc)
                 query: dict[str, Any] = {"_id": parent_id}
                 if current is None:
                     query[path] = {"$exists": False}
@@ -293,10 +305,10 @@ class MongoTaskStore(BaseTaskStore):
                         query[SUMMARY] = {"$ne": None}
                         update["$inc"].update({f"{SUMMARY}.{k}": n for k, n in delta.increments.items()})
                 after = await self.collection.find_one_and_update(
-                    query, update, return_document=ReturnDocument.AFTER
+                    query, update, projection=_PARENT_PROJECTION, return_document=ReturnDocument.AFTER
                 )
                 if after is not None:
-                    return self._to_task(after)
+                    return _parent_state(after)
         raise StoreError(f"roll-up of {child_id} into {parent_id} kept losing races; try again")
 
     async def claim_pending_outbox(

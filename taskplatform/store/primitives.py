@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus
-from taskplatform.store.types import Guard, TaskFilter, TaskPage
+from taskplatform.store.types import Guard, ParentState, TaskFilter, TaskPage
 
 
 class StorePrimitives(ABC):
@@ -65,7 +65,7 @@ class StorePrimitives(ABC):
     @abstractmethod
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> BackgroundTask | None:
+    ) -> ParentState | None:
         """Count ``child_id`` in the bucket of ``status`` in its parent's summary, atomically.
 
         The parent keeps a ledger entry (bucket, version) per child: a child seen for the

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
-from taskplatform.store.types import ClaimRequest, CompletionRequest, TaskFilter, TaskPage
+from taskplatform.store.types import ClaimRequest, CompletionRequest, ParentState, TaskFilter, TaskPage
 
 
 @runtime_checkable
@@ -63,6 +63,7 @@ class TaskStore(Protocol):
         attempt: int,
         result: Mapping[str, Any] | None,
         event_id: str | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> BackgroundTask | None: ...
     async def record_failure(
         self,
@@ -133,11 +134,11 @@ class TaskStore(Protocol):
     ) -> BackgroundTask | None: ...
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> BackgroundTask | None: ...
+    ) -> ParentState | None: ...
     async def apply_rollups(
         self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
-    ) -> BackgroundTask | None: ...
-    async def rollup_children(self, parent_id: str) -> BackgroundTask | None: ...
+    ) -> ParentState | None: ...
+    async def rollup_children(self, parent_id: str) -> ParentState | None: ...
     async def list_awaiting_parents(
         self, *, updated_before: datetime, limit: int
     ) -> builtins.list[BackgroundTask]: ...

@@ -7,7 +7,7 @@ from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 from taskplatform.store.primitives import StorePrimitives, owner_guard, with_event
-from taskplatform.store.types import MAX_PAGE_SIZE, Guard, TaskFilter
+from taskplatform.store.types import MAX_PAGE_SIZE, Guard, ParentState, TaskFilter
 
 #: What a parent waiting for its children may finish as.
 PARENT_OUTCOMES = frozenset({TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS})
@@ -56,19 +56,20 @@ class SubTaskOperations(StorePrimitives):
 
     async def apply_rollups(
         self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
-    ) -> BackgroundTask | None:
+    ) -> ParentState | None:
         """``apply_rollup`` for several children of one parent, in order; returns the parent
         after the last, or None if there is no such parent. Backends may do it in one go."""
         if not items:
-            return await self.get(parent_id)
-        parent: BackgroundTask | None = None
+            task = await self.get(parent_id)
+            return ParentState.of(task) if task is not None else None
+        parent: ParentState | None = None
         for child_id, status, version in items:
             parent = await self.apply_rollup(parent_id, child_id, status, version)
             if parent is None:
                 return None
         return parent
 
-    async def rollup_children(self, parent_id: str) -> BackgroundTask | None:
+    async def rollup_children(self, parent_id: str) -> ParentState | None:
         """Reconcile: roll up every child of ``parent_id`` at its current status and version.
 
         Idempotent (the ledger ignores what it already holds); heals a roll-up lost in a
@@ -76,7 +77,8 @@ class SubTaskOperations(StorePrimitives):
         """
         filters = TaskFilter(parent_task_id=parent_id)
         cursor: str | None = None
-        parent = await self.get(parent_id)
+        found = await self.get(parent_id)
+        parent = ParentState.of(found) if found is not None else None
         while parent is not None:
             page = await self.list(filters, limit=MAX_PAGE_SIZE, cursor=cursor)
             if page.items:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.models import BackgroundTask, SubTaskStatusSummary, TaskStatus
 
 MAX_PAGE_SIZE = 500
 
@@ -75,6 +75,8 @@ class CompletionRequest:
     attempt: int
     result: Mapping[str, Any] | None
     event_id: str | None = None
+    #: The attempt's last progress, written with the completion (None keeps what is stored).
+    progress: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,53 @@ class Guard:
     statuses: frozenset[TaskStatus]
     equals: Mapping[str, Any] = field(default_factory=dict)
     takeover_before: datetime | None = None
+
+
+#: The parent fields a roll-up reads and returns (never its parameters, result or ledger,
+#: which grow with the batch).
+PARENT_FIELDS = (
+    "id",
+    "task_type",
+    "status",
+    "version",
+    "retry_count",
+    "awaiting_children",
+    "cancel_requested",
+    "sub_task_status_summary",
+)
+
+
+@dataclass(frozen=True)
+class ParentState:
+    """What a roll-up returns of the parent: enough to decide whether it can finish."""
+
+    id: str
+    task_type: str
+    status: TaskStatus
+    version: int
+    retry_count: int
+    awaiting_children: bool
+    cancel_requested: bool
+    sub_task_status_summary: SubTaskStatusSummary | None
+
+    @classmethod
+    def of(cls, task: BackgroundTask) -> ParentState:
+        """The parent state of a full document."""
+        return cls(**{name: getattr(task, name) for name in PARENT_FIELDS})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ParentState:
+        """From stored values (status as text, summary as a JSON object or None)."""
+        summary = data.get("sub_task_status_summary")
+        return cls(
+            id=str(data["id"]),
+            task_type=str(data["task_type"]),
+            status=TaskStatus(data["status"]),
+            version=int(data["version"]),
+            retry_count=int(data.get("retry_count") or 0),
+            awaiting_children=bool(data.get("awaiting_children")),
+            cancel_requested=bool(data.get("cancel_requested")),
+            sub_task_status_summary=(
+                SubTaskStatusSummary.model_validate(summary) if summary is not None else None
+            ),
+        )

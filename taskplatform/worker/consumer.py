@@ -196,7 +196,7 @@ class TaskConsumer:
     async def _run_and_settle(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
         try:
             await self._settler.publish(self._started(task), task)
-            outcome, children = await self._run(task)
+            outcome, children, progress = await self._run(task)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the task back unfinished, then stop.
             self._running.discard((task.id, task.retry_count))
@@ -212,6 +212,7 @@ class TaskConsumer:
             retryable=cls.retryable_exceptions,
             non_retryable=cls.non_retryable_exceptions,
             children=children,
+            progress=progress,
         )
 
     def _started(self, task: BackgroundTask) -> TaskStarted:
@@ -257,11 +258,12 @@ class TaskConsumer:
             raise
         log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
-    async def _run(self, task: BackgroundTask) -> tuple[Outcome, int]:
+    async def _run(self, task: BackgroundTask) -> tuple[Outcome, int, dict[str, Any] | None]:
         """Run one attempt in its own asyncio task, watched for lease renewal and cancellation.
 
-        Returns the outcome and how many children the task has (submitted by this attempt
-        or, for a retried parent, by an earlier one).
+        Returns the outcome, how many children the task has (submitted by this attempt or,
+        for a retried parent, by an earlier one) and, for a plain success, the attempt's last
+        progress not written yet (its completion writes it, saving a store write).
         """
         executable = self._executable(task.task_type)
         cls = type(executable)
@@ -269,7 +271,7 @@ class TaskConsumer:
         try:
             params = cls.Params.model_validate(task.parameters)
         except ValidationError as exc:
-            return Failed(exc, format_traceback(exc)), earlier
+            return Failed(exc, format_traceback(exc)), earlier, None
         ctx: ExecutionContext[Any] = ExecutionContext(
             task,
             params,
@@ -280,11 +282,14 @@ class TaskConsumer:
             progress_interval=self._progress_interval,
         )
         outcome = await self._attempt(task, executable, ctx)
+        children = max(ctx.children, earlier)
+        if isinstance(outcome, Succeeded) and children == 0:
+            return outcome, children, await ctx.take_pending_progress()
         try:
             await ctx.flush_progress()
         except Exception as exc:  # progress is best effort
             log.warning("task %s: last progress not written: %s", task.id, exc)
-        return outcome, max(ctx.children, earlier)
+        return outcome, children, None
 
     async def _attempt(
         self, task: BackgroundTask, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any]

@@ -53,7 +53,9 @@ class ExecutionContext(Generic[P]):
         self._progress_model = progress_model
         self._progress_interval = progress_interval
         self._cancel = asyncio.Event()
-        self._last_progress = float("-inf")
+        # The first write waits one interval too: most short attempts never need one, their
+        # last progress goes with their completion.
+        self._last_progress = asyncio.get_running_loop().time()
         self._pending_progress: dict[str, Any] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._progress_lock = asyncio.Lock()
@@ -119,6 +121,18 @@ class ExecutionContext(Generic[P]):
             await self._write_pending()
         finally:
             self._flusher = None
+
+    async def take_pending_progress(self) -> dict[str, Any] | None:
+        """Stop throttled writes and hand over the latest progress not written yet (for the
+        completion to carry), or None."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        async with self._progress_lock:  # a write in flight finishes first
+            data, self._pending_progress = self._pending_progress, None
+        return data
 
     async def flush_progress(self) -> None:
         """Write throttled progress still pending (before the attempt settles)."""

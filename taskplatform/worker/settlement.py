@@ -188,8 +188,12 @@ class Settler:
         retryable: tuple[type[BaseException], ...] = (),
         non_retryable: tuple[type[BaseException], ...] = (),
         children: int = 0,
+        progress: dict[str, Any] | None = None,
     ) -> Decision:
-        """Record the outcome of ``task``'s attempt, then settle ``message``."""
+        """Record the outcome of ``task``'s attempt, then settle ``message``.
+
+        ``progress`` is the attempt's last progress not written yet; a completion carries it.
+        """
         decision = decide(
             outcome,
             attempt=task.retry_count,
@@ -198,7 +202,7 @@ class Settler:
             non_retryable=non_retryable,
             children=children,
         )
-        first, *rest = self._events(task, outcome, decision, children)
+        first, *rest = self._events(task, outcome, decision, children, progress)
         delivery = await self.publish(first, task)
         if not delivery.accepted:
             await self._not_recorded(message, task, decision, delivery.task)
@@ -234,7 +238,12 @@ class Settler:
         await message.ack()
 
     def _events(
-        self, task: BackgroundTask, outcome: Outcome, decision: Decision, children: int
+        self,
+        task: BackgroundTask,
+        outcome: Outcome,
+        decision: Decision,
+        children: int,
+        progress: dict[str, Any] | None = None,
     ) -> list[TaskEvent]:
         """The lifecycle events that record ``decision`` for ``task``'s attempt."""
         common: dict[str, Any] = {
@@ -247,7 +256,7 @@ class Settler:
             result = outcome.result.model_dump(mode="json")
             if decision.status is TaskStatus.RUNNING:
                 return [TaskWaiting(**common, result=result, children=children)]
-            return [TaskCompleted(**common, result=result)]
+            return [TaskCompleted(**common, result=result, progress=progress)]
         if decision.status is TaskStatus.CANCELLED:
             return [TaskCancelled(**common)]
         info = error_info(

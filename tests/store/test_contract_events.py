@@ -105,3 +105,25 @@ async def test_cancellation_writes_its_event_id_when_it_changes_the_status(store
     flagged = await store.request_cancel(running.id, event_id="e-flag")
     assert flagged is not None and flagged.status is TaskStatus.RUNNING and flagged.cancel_requested
     assert flagged.last_event_id is None  # only a flag: no lifecycle transition happened
+
+
+async def test_a_completion_writes_the_progress_it_carries_and_keeps_it_otherwise(
+    store: BaseTaskStore,
+) -> None:
+    carried, kept = tasks = [make_task() for _ in range(2)]
+    await store.create_many(tasks)
+    for t in tasks:
+        await claim(store, t)
+    await store.record_progress(kept.id, node_id=NODE, progress={"percent": 40.0})
+    final = {"percent": 60.0, "message": "scored"}
+    done = await store.record_completions(
+        [
+            CompletionRequest(carried.id, 0, {"ok": True}, event_id="e1", progress=final),
+            CompletionRequest(kept.id, 0, {"ok": True}, event_id="e2"),
+        ],
+        node_id=NODE,
+    )
+    assert set(done) == {carried.id, kept.id}
+    got_carried, got_kept = await store.get(carried.id), await store.get(kept.id)
+    assert got_carried is not None and got_carried.progress == final
+    assert got_kept is not None and got_kept.progress == {"percent": 40.0}

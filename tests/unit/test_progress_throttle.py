@@ -39,6 +39,7 @@ def _context(bus: Any, interval: float) -> ExecutionContext[Empty]:
 async def test_updates_while_a_write_is_in_flight_end_with_the_latest_value() -> None:
     bus = SlowBus(delay=0.05)
     ctx = _context(bus, interval=0.01)
+    await asyncio.sleep(0.02)  # past the first interval: the next update is written at once
     first = asyncio.create_task(ctx.update_progress(Progress(percent=1)))
     await asyncio.sleep(0.01)  # the first write is in flight
     for value in (2, 3, 100):
@@ -67,16 +68,26 @@ async def test_a_chatty_executable_is_written_about_once_per_interval() -> None:
 async def test_pending_progress_is_written_by_flush_before_the_interval_ends() -> None:
     bus = SlowBus(delay=0.0)
     ctx = _context(bus, interval=60)
-    await ctx.update_progress(Progress(percent=10))
-    await ctx.update_progress(Progress(percent=90))  # throttled: waits for the interval
-    assert bus.written == [10]
+    await ctx.update_progress(Progress(percent=10))  # even the first waits one interval
+    await ctx.update_progress(Progress(percent=90))
+    assert bus.written == []
     await ctx.flush_progress()
-    assert bus.written == [10, 90]
+    assert bus.written == [90]
+
+
+async def test_a_short_attempt_hands_its_last_progress_to_the_completion_unwritten() -> None:
+    bus = SlowBus(delay=0.0)
+    ctx = _context(bus, interval=60)
+    await ctx.update_progress(Progress(percent=60, message="scored"))
+    assert await ctx.take_pending_progress() == {"percent": 60.0, "message": "scored"}
+    assert bus.written == []
+    assert await ctx.take_pending_progress() is None
 
 
 async def test_a_value_left_pending_by_a_finished_flush_never_overwrites_a_newer_one() -> None:
     bus = SlowBus(delay=0.05)
     ctx = _context(bus, interval=0.03)
+    await asyncio.sleep(0.04)  # past the first interval
     first = asyncio.create_task(ctx.update_progress(Progress(percent=1)))  # written at once
     await asyncio.sleep(0.005)
     await ctx.update_progress(Progress(percent=2))  # throttled: a flush is scheduled

@@ -55,8 +55,9 @@ CLAIM_MANY = f"""
 COMPLETE_MANY = """
     UPDATE tasks SET status = 'COMPLETED', result = c.result, completed_at = $5, lease_until = NULL,
            updated_at = $5, last_event_id = COALESCE(c.event_id, tasks.last_event_id),
-           version = tasks.version + 1
-    FROM unnest($1::text[], $2::integer[], $3::jsonb[], $6::text[]) AS c(id, attempt, result, event_id)
+           progress = COALESCE(c.progress, tasks.progress), version = tasks.version + 1
+    FROM unnest($1::text[], $2::integer[], $3::jsonb[], $6::text[], $7::jsonb[])
+         AS c(id, attempt, result, event_id, progress)
     WHERE tasks.id = c.id AND tasks.retry_count = c.attempt AND tasks.status = 'RUNNING'
       AND tasks.execution_node_id = $4 AND NOT tasks.awaiting_children
     RETURNING tasks.id, tasks.version
@@ -165,14 +166,23 @@ class PgFastPath:
         attempts: Sequence[int],
         results: Sequence[Any],
         event_ids: Sequence[str | None],
+        progress: Sequence[Any] | None = None,
         *,
         node_id: str,
         now: datetime,
     ) -> dict[str, int]:
         """Complete the owner's attempts; returns each completed id with its new version."""
+        progress = list(progress) if progress is not None else [None] * len(ids)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                COMPLETE_MANY, list(ids), list(attempts), list(results), node_id, now, list(event_ids)
+                COMPLETE_MANY,
+                list(ids),
+                list(attempts),
+                list(results),
+                node_id,
+                now,
+                list(event_ids),
+                progress,
             )
         return {r["id"]: r["version"] for r in rows}
 

@@ -19,6 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from taskplatform.models import SubTaskStatusSummary
 from taskplatform.store.rollup import LedgerEntry, RollupItem, check_child_id, fold
 from taskplatform.store.sql.schema import task_rollups, tasks
+from taskplatform.store.types import PARENT_FIELDS
+
+_PARENT_COLUMNS = [tasks.c[name] for name in PARENT_FIELDS]
 
 _LEDGER_INSERT = insert(task_rollups)
 _LEDGER_UPDATE = (
@@ -47,11 +50,11 @@ async def apply_rollups(
 ) -> Row[Any] | None:
     """Roll ``items`` up into ``parent_id`` inside the caller's transaction on ``conn``.
 
-    Returns the parent row after, or None if there is no such parent.
+    Returns the parent's ``PARENT_FIELDS`` after, or None if there is no such parent.
     """
     for child_id, _status, _version in items:
         check_child_id(child_id)
-    locked = select(tasks).where(tasks.c.id == parent_id).with_for_update()
+    locked = select(*_PARENT_COLUMNS).where(tasks.c.id == parent_id).with_for_update()
     row = (await conn.execute(locked)).first()
     if row is None:
         return None
@@ -84,6 +87,6 @@ async def apply_rollups(
             version=tasks.c.version + 1,
             updated_at=now,
         )
-        .returning(*tasks.columns)
+        .returning(*_PARENT_COLUMNS)
     )
     return (await conn.execute(stmt)).first()

@@ -9,6 +9,7 @@ these prebuilt statements. PostgreSQL runs the same operations on the driver dir
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     String,
     and_,
     bindparam,
@@ -79,6 +80,7 @@ COMPLETE_ONE = (
         lease_until=null(),
         updated_at=_now,
         last_event_id=func.coalesce(bindparam("event_id", type_=String()), tasks.c.last_event_id),
+        progress=func.coalesce(bindparam("progress_value", type_=JSON(none_as_null=True)), tasks.c.progress),
         version=tasks.c.version + 1,
     )
     .returning(tasks.c.id, tasks.c.version)

@@ -49,6 +49,7 @@ from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
+from taskplatform.store.types import ParentState
 
 _COLUMNS = {c.name for c in tasks.columns}
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
@@ -318,6 +319,7 @@ class SqlTaskStore(BaseTaskStore):
                     [i.attempt for i in items],
                     [i.result and dict(i.result) for i in items],
                     [i.event_id for i in items],
+                    [i.progress and dict(i.progress) for i in items],
                     node_id=node_id,
                     now=now,
                 )
@@ -331,6 +333,7 @@ class SqlTaskStore(BaseTaskStore):
                         "now": now,
                         "result_value": i.result and dict(i.result),
                         "event_id": i.event_id,
+                        "progress_value": i.progress and dict(i.progress),
                     }
                     for task_id, version in (await conn.execute(sql.COMPLETE_ONE, params_one)).all():
                         done[task_id] = version
@@ -338,19 +341,20 @@ class SqlTaskStore(BaseTaskStore):
 
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> BackgroundTask | None:
+    ) -> ParentState | None:
         return await self.apply_rollups(parent_id, [(child_id, status, child_version)])
 
     async def apply_rollups(
         self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
-    ) -> BackgroundTask | None:
+    ) -> ParentState | None:
         """One transaction for the whole batch (see ``sql.rollup``)."""
         if not items:
-            return await self.get(parent_id)
+            task = await self.get(parent_id)
+            return ParentState.of(task) if task is not None else None
         async with self._errors():
             async with self.engine.begin() as conn:
                 row = await sql_rollup.apply_rollups(conn, parent_id, items, now=utcnow())
-        return self._to_task(row) if row is not None else None
+        return ParentState.from_mapping(dict(row._mapping)) if row is not None else None
 
     async def _select(self, query: Select[Any]) -> builtins.list[BackgroundTask]:
         """The documents ``query`` selects."""
