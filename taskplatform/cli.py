@@ -1,4 +1,5 @@
-"""The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks."""
+"""The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks;
+handle dead letters (``taskplatform dlq``, in ``cli_dlq``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from taskplatform.cli_dlq import add_dlq_parser, run_dlq
 from taskplatform.errors import ConfigError, TaskPlatformError
 from taskplatform.settings import PlatformSettings
 
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="store schema")
     p.add_argument("action", choices=["upgrade"])
+
+    add_dlq_parser(sub)
     return parser
 
 
@@ -243,6 +247,7 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
         "cancel": lambda: _cancel(settings, args),
         "topology": lambda: _topology(settings, args.action),
         "db": lambda: _db_upgrade(settings),
+        "dlq": lambda: run_dlq(settings, args),
     }
     runner = runners.get(command)
     if runner is None:

@@ -10,6 +10,8 @@ import contextlib
 import logging
 
 from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.deadletters.consumer import DeadLetterConsumer
+from taskplatform.deadletters.service import DeadLetterService
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.bus import EventBus
@@ -93,6 +95,14 @@ class Runtime:
             aggregator=self.aggregator,
             node_id=settings.node_id,
         )
+        self.dead_letters = DeadLetterService(
+            self.store,
+            self.registry,
+            self.bus,
+            self.submitter,
+            node_id=settings.node_id,
+            default_rate=settings.dlq_replay_rate,
+        )
         self.relay = OutboxRelay(
             self.store,
             self.publisher,
@@ -115,6 +125,15 @@ class Runtime:
             grace=settings.reaper_grace_seconds,
         )
         self.consumer: TaskConsumer | None = None
+        self.dlq_consumer: DeadLetterConsumer | None = None
+        if consume and settings.dlq_consumer_enabled:
+            self.dlq_consumer = DeadLetterConsumer(
+                self.broker,
+                self.topology.dead_letter_queue,
+                self.store,
+                self.bus,
+                node_id=settings.node_id,
+            )
         if consume:
             settler = Settler(
                 self.store,
@@ -181,6 +200,8 @@ class Runtime:
         self.publisher.mark_topology_ready()
         if self.consumer is not None:
             await self.consumer.start()
+        if self.dlq_consumer is not None:
+            await self.dlq_consumer.start()
         self.broker_ready.set()
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -188,6 +209,8 @@ class Runtime:
         self._stop.set()
         if self.consumer is not None:
             await self.consumer.stop(grace)
+        if self.dlq_consumer is not None:
+            await self.dlq_consumer.stop()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -7,7 +7,7 @@ import socket
 import uuid
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskplatform.events.models import EventType
@@ -60,6 +60,14 @@ class PlatformSettings(BaseSettings):
     reaper_grace_seconds: float = Field(default=5.0, ge=0)
     #: A parent waiting this long without a roll-up is recounted from its children.
     parent_reconcile_seconds: float = Field(default=60.0, gt=0)
+
+    # dead letters
+    #: Run the DLQ consumer in workers (it stores dead messages for the DeadLetter API).
+    dlq_consumer_enabled: bool = True
+    #: Default pace of a bulk replay, tasks per second (a request may ask for less or more).
+    dlq_replay_rate: float = Field(default=50.0, gt=0)
+    #: Bearer token the DeadLetter API requires; the API refuses those requests when unset.
+    operator_token: SecretStr | None = None
 
     # events
     #: Publish lifecycle events to the events exchange (the external event bridge).

@@ -262,6 +262,11 @@ class TaskSubmitter:
         else:
             await asyncio.gather(*(self._bus.publish(e, t) for e, t in zip(events, tasks, strict=True)))
 
+    async def publish_stored(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+        """Publish tasks already stored with their outbox pending (a replay, say); what fails
+        to publish stays pending for the relay."""
+        return await self._publish(tasks)
+
     async def _publish(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
         if not self._publisher.ready:
             log.warning("broker not reachable: %d task(s) left in the outbox for the relay", len(tasks))

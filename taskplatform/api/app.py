@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from taskplatform import __version__
+from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.errors import install_error_handlers
 from taskplatform.api.limits import BodySizeLimit
 from taskplatform.api.routes import health_router, tasks_router
@@ -48,6 +49,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(tasks_router)
+    app.include_router(dead_letters_router)
     app.include_router(health_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

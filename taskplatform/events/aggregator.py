@@ -27,6 +27,7 @@ from taskplatform.events.models import (
     TaskEvent,
     TaskFailed,
     TaskProgress,
+    TaskReplayed,
     TaskRequeued,
     TaskRetrying,
     TaskStarted,
@@ -82,6 +83,7 @@ class StateAggregator:
             TaskFailed: self._failed,
             TaskDeadLettered: self._dead_lettered,
             TaskCancelled: self._cancelled,
+            TaskReplayed: self._replayed,
         }
 
     def attach(self) -> StateAggregator:
@@ -248,6 +250,14 @@ class StateAggregator:
                 event.task_id, node_id=event.node_id or "", attempt=event.attempt, event_id=event.event_id
             )
         return await self._store.cancel_waiting(event.task_id, event_id=event.event_id)
+
+    async def _replayed(self, event: TaskReplayed, _task: BackgroundTask | None) -> BackgroundTask | None:
+        return await self._store.replay_task(
+            event.task_id,
+            expected_replays=event.expected_replays,
+            parameters=event.parameters,
+            event_id=event.event_id,
+        )
 
     # ------------------------------------------------------------ roll-up
     async def _rollup_batch(self, items: Sequence[_Rollup]) -> list[ParentState | None]:

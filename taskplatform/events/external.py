@@ -50,6 +50,7 @@ _STATUS_AFTER: dict[EventType, TaskStatus] = {
     EventType.FAILED: TaskStatus.FAILED,
     EventType.DEAD_LETTERED: TaskStatus.DEAD_LETTER,
     EventType.CANCELLED: TaskStatus.CANCELLED,
+    EventType.REPLAYED: TaskStatus.QUEUED,
 }
 
 

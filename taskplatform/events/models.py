@@ -35,6 +35,7 @@ class EventType(str, Enum):
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
     CANCELLED = "cancelled"
+    REPLAYED = "replayed"
 
 
 class Origin(str, Enum):
@@ -150,6 +151,18 @@ class TaskCancelled(TaskEvent):
     type: ClassVar[EventType] = EventType.CANCELLED
 
 
+class TaskReplayed(TaskEvent):
+    """An operator sent a dead task back to the queue (its attempts start over)."""
+
+    type: ClassVar[EventType] = EventType.REPLAYED
+    #: The task's replay generation before this replay (compare-and-set).
+    expected_replays: int = 0
+    #: Replacement parameters, already validated against the executable's Params.
+    parameters: dict[str, Any] | None = None
+    dead_letter_id: str | None = None
+    actor: str | None = None
+
+
 EVENT_CLASSES: tuple[type[TaskEvent], ...] = (
     TaskSubmitted,
     TaskStarted,
@@ -161,4 +174,5 @@ EVENT_CLASSES: tuple[type[TaskEvent], ...] = (
     TaskFailed,
     TaskDeadLettered,
     TaskCancelled,
+    TaskReplayed,
 )

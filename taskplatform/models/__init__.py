@@ -1,5 +1,6 @@
 """Data that crosses process boundaries: statuses, the task document, the AMQP message."""
 
+from taskplatform.models.dead_letter import AuditEntry, DeadLetter, DeadLetterStatus, DeathRecord
 from taskplatform.models.message import TaskMessage
 from taskplatform.models.status import RUNNABLE, TERMINAL, TRANSITIONS, TaskStatus, can_transition, sources_of
 from taskplatform.models.task import (
@@ -18,7 +19,11 @@ __all__ = [
     "RUNNABLE",
     "TERMINAL",
     "TRANSITIONS",
+    "AuditEntry",
     "BackgroundTask",
+    "DeadLetter",
+    "DeadLetterStatus",
+    "DeathRecord",
     "ErrorInfo",
     "OutboxState",
     "OutboxStatus",

@@ -17,6 +17,7 @@ HEADER_DELAY = "x-delay"
 HEADER_NOT_BEFORE = "x-not-before"  # epoch milliseconds: do not run before
 HEADER_DEAD_REASON = "x-dead-reason"
 HEADER_DEAD_DETAIL = "x-dead-detail"
+HEADER_DEAD_AT = "x-dead-at"  # epoch milliseconds: when the platform dead-lettered it
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = 1
@@ -36,6 +37,9 @@ class TaskMessage(BaseModel):
     parent_task_id: str | None = None
     priority: int = 0
     submitted_at: datetime = Field(default_factory=utcnow)
+    #: The task's replay generation (``BackgroundTask.replays``): tells a dead message of an
+    #: earlier life of the task from one of its current life.
+    generation: int = Field(default=0, ge=0)
 
     @classmethod
     def for_task(cls, task: BackgroundTask) -> TaskMessage:
@@ -49,9 +53,12 @@ class TaskMessage(BaseModel):
             parent_task_id=task.parent_task_id,
             priority=task.priority,
             submitted_at=task.created_at,
+            generation=task.replays,
         )
 
     @property
     def message_id(self) -> str:
         """Unique per task attempt: a redelivery of the same attempt carries the same id."""
+        if self.generation:
+            return f"{self.task_id}:r{self.generation}:{self.attempt}"
         return f"{self.task_id}:{self.attempt}"

@@ -125,6 +125,8 @@ class BackgroundTask(BaseModel):
     last_event_id: str | None = None
     #: A parent whose own execution has finished and that now waits for its children.
     awaiting_children: bool = False
+    #: How often an operator replayed the task from the dead letters (its generation).
+    replays: int = 0
     outbox: OutboxState = Field(default_factory=OutboxState)
 
     @model_validator(mode="after")

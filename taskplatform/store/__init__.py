@@ -11,14 +11,26 @@ from taskplatform.store.base import (
     TaskPage,
     TaskStore,
 )
+from taskplatform.store.deadletters import (
+    AuditPage,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterPage,
+    UpsertOutcome,
+)
 
 __all__ = [
+    "AuditPage",
     "BaseTaskStore",
+    "DeadLetterCounts",
+    "DeadLetterFilter",
+    "DeadLetterPage",
     "Guard",
     "InvalidCursorError",
     "TaskFilter",
     "TaskPage",
     "TaskStore",
+    "UpsertOutcome",
     "create_store",
 ]
 

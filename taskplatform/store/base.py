@@ -2,8 +2,9 @@
 
 Backends implement a handful of primitives (``primitives.StorePrimitives``: insert, fetch,
 list, a guarded update, the parent roll-up, outbox claiming); every state-changing
-operation is written once here (and in ``subtasks``) on top of the guarded update, so all
-backends make the same decisions. The port itself is ``protocol.TaskStore``.
+operation is written once here (and in ``subtasks``, ``replay``) on top of the guarded update,
+so all backends make the same decisions; dead-letter records work the same way over a
+compare-and-set (``deadletters``). The port itself is ``protocol.TaskStore``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from taskplatform.models import (
     sources_of,
     utcnow,
 )
+from taskplatform.store.deadletters import DeadLetterOperations
 from taskplatform.store.primitives import owner_guard, with_event
 from taskplatform.store.protocol import TaskStore
+from taskplatform.store.replay import ReplayOperations
 from taskplatform.store.subtasks import SubTaskOperations
 from taskplatform.store.types import (
     MAX_PAGE_SIZE,
@@ -32,6 +35,7 @@ from taskplatform.store.types import (
     InvalidCursorError,
     TaskFilter,
     TaskPage,
+    check_page_size,
     decode_cursor,
     encode_cursor,
 )
@@ -56,8 +60,8 @@ _RUNNING = frozenset({TaskStatus.RUNNING})
 _WAITING = frozenset({TaskStatus.QUEUED, TaskStatus.RETRYING})
 
 
-class BaseTaskStore(SubTaskOperations):
-    """Shared operations over a backend's primitives.
+class BaseTaskStore(SubTaskOperations, ReplayOperations, DeadLetterOperations):
+    """Shared operations over a backend's primitives (tasks, parents, replays, dead letters).
 
     Every status-changing operation takes an optional ``event_id``: the same conditional
     update then sets the document's ``last_event_id``.
@@ -382,13 +386,6 @@ class BaseTaskStore(SubTaskOperations):
         # It may have left RUNNING for RETRYING or QUEUED between the two updates: once more.
         done = await self.cancel_waiting(task_id, event_id=event_id)
         return done if done is not None else await self.get(task_id)
-
-
-def check_page_size(limit: int) -> int:
-    """Validate a page size (1..MAX_PAGE_SIZE)."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
-    return limit
 
 
 def outbox_published_changes(now: datetime) -> dict[str, Any]:

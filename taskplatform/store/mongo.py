@@ -23,6 +23,7 @@ from taskplatform.store.base import (
     encode_cursor,
     outbox_published_changes,
 )
+from taskplatform.store.mongo_deadletters import MongoDeadLetters
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import PARENT_FIELDS, ParentState
 
@@ -64,13 +65,22 @@ def _mongo_value(value: Any) -> Any:
     return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
 
 
-def _guard_value(value: Any) -> Any:
+#: Counters added after the first documents were written: a document lacking one is at 0.
+_LATE_COUNTERS = frozenset({"replays"})
+
+
+def _guard_value(field: str, value: Any) -> Any:
     # A document written before a boolean field existed lacks it: it counts as false.
-    return {"$ne": True} if value is False else _mongo_value(value)
+    if value is False:
+        return {"$ne": True}
+    if value == 0 and field in _LATE_COUNTERS:
+        return {"$in": [0, None]}  # None matches a missing field
+    return _mongo_value(value)
 
 
-class MongoTaskStore(BaseTaskStore):
-    """Tasks as documents in one collection (``_id`` is the task id).
+class MongoTaskStore(MongoDeadLetters, BaseTaskStore):
+    """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
+    audit log in two more (``MongoDeadLetters``).
 
     ``database`` may be injected (any object with PyMongo's async database interface);
     otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
@@ -91,6 +101,11 @@ class MongoTaskStore(BaseTaskStore):
         if self._db is None:
             raise StoreError("store is not open; call open() first")
         return self._db[COLLECTION]
+
+    def _collection_named(self, name: str) -> Any:
+        if self._db is None:
+            raise StoreError("store is not open; call open() first")
+        return self._db[name]
 
     async def open(self) -> None:
         if self._db is None:
@@ -120,6 +135,7 @@ class MongoTaskStore(BaseTaskStore):
             name="ix_outbox_pending",
             partialFilterExpression={"outbox.status": OutboxStatus.PENDING.value},
         )
+        await self._ensure_dead_letter_indexes()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -216,7 +232,7 @@ class MongoTaskStore(BaseTaskStore):
 
     @staticmethod
     def _guard_filter(task_id: str, guard: Guard) -> dict[str, Any]:
-        equals = {k: _guard_value(v) for k, v in guard.equals.items()}
+        equals = {k: _guard_value(k, v) for k, v in guard.equals.items()}
         branches: list[dict[str, Any]] = [{"status": {"$in": [s.value for s in guard.statuses]}, **equals}]
         if guard.takeover_before is not None:
             branches.append(

@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, ErrorInfo, TaskStatus
+from taskplatform.store.deadletters import (
+    AuditPage,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterPage,
+    UpsertOutcome,
+)
 from taskplatform.store.types import ClaimRequest, CompletionRequest, ParentState, TaskFilter, TaskPage
 
 
@@ -149,3 +156,27 @@ class TaskStore(Protocol):
     ) -> builtins.list[BackgroundTask]: ...
     async def mark_published(self, task_ids: Sequence[str]) -> int: ...
     async def record_publish_failure(self, task_id: str, error: str) -> None: ...
+
+    # ------------------------------------------------------------ replays and dead letters
+    async def replay_task(
+        self,
+        task_id: str,
+        *,
+        expected_replays: int,
+        parameters: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def upsert_dead_letter(self, record: DeadLetter) -> tuple[DeadLetter, UpsertOutcome]: ...
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
+    async def list_dead_letters(
+        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> DeadLetterPage: ...
+    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts: ...
+    async def mark_dead_letter_replayed(
+        self, dead_letter_id: str, *, generation: int, at: datetime
+    ) -> DeadLetter | None: ...
+    async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
+    async def add_audit(self, entry: AuditEntry) -> None: ...
+    async def list_audit(
+        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+    ) -> AuditPage: ...

@@ -35,6 +35,13 @@ class TaskPage(BaseModel):
     next_cursor: str | None = None
 
 
+def check_page_size(limit: int) -> int:
+    """Validate a page size (1..MAX_PAGE_SIZE)."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+    return limit
+
+
 class InvalidCursorError(ValueError):
     """A pagination cursor that this store did not produce."""
 

@@ -307,9 +307,10 @@ class TaskConsumer:
             # The watcher stopped the attempt (cancel requested, or lease lost).
             return Failed(Cancelled("stopped on request"), "")
         finally:
-            watcher.cancel()
+            if not attempt.done():
+                attempt.cancel()  # we are being cancelled: stop the attempt, then the watcher
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await asyncio.shield(watcher)
         if ctx.cancelled and isinstance(outcome, Failed):
             # Asked to stop, it stopped by raising something: that is a cancellation.
             stopped = Cancelled(f"stopped on request ({type(outcome.error).__name__})")
@@ -355,7 +356,12 @@ class TaskConsumer:
                 stop_at = loop.time() + self._cancel_grace
 
         while not attempt.done():
-            await asyncio.sleep(min(self._cancel_poll, renew_every))
+            # Woken early when the attempt ends; never cancelled mid-call, so a store call in
+            # flight always finishes and returns its connection.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(attempt), min(self._cancel_poll, renew_every))
+            if attempt.done():
+                return
             current: BackgroundTask | None = None
             try:
                 if owned and loop.time() >= next_renewal:

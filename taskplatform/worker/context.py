@@ -59,6 +59,7 @@ class ExecutionContext(Generic[P]):
         self._pending_progress: dict[str, Any] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._progress_lock = asyncio.Lock()
+        self._flusher_writing = False
         self._child_seq = 0
         self.children = 0
         self.progress_writes = 0
@@ -118,29 +119,34 @@ class ExecutionContext(Generic[P]):
     async def _flush_later(self, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
+            self._flusher_writing = True
             await self._write_pending()
         finally:
+            self._flusher_writing = False
             self._flusher = None
+
+    async def _stop_flusher(self) -> None:
+        """Cancel a scheduled flush that is still waiting; let one that is writing finish (a
+        store call cancelled midway could strand its connection)."""
+        flusher = self._flusher
+        if flusher is None or flusher.done():
+            return
+        if not self._flusher_writing:
+            flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
 
     async def take_pending_progress(self) -> dict[str, Any] | None:
         """Stop throttled writes and hand over the latest progress not written yet (for the
         completion to carry), or None."""
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await self._stop_flusher()
         async with self._progress_lock:  # a write in flight finishes first
             data, self._pending_progress = self._pending_progress, None
         return data
 
     async def flush_progress(self) -> None:
         """Write throttled progress still pending (before the attempt settles)."""
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await self._stop_flusher()
         await self._write_pending()
 
     async def _write_pending(self) -> None:

@@ -34,7 +34,7 @@ from taskplatform.events.models import (
 )
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
-from taskplatform.models.message import HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.models.message import HEADER_DEAD_AT, HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
 from taskplatform.retry import RetryPolicy, Verdict, classify
 from taskplatform.store.base import BaseTaskStore
 
@@ -308,6 +308,7 @@ class Settler:
         headers = dict(message.headers or {})
         headers[HEADER_DEAD_REASON] = reason
         headers[HEADER_DEAD_DETAIL] = detail[:1000]
+        headers[HEADER_DEAD_AT] = int(utcnow().timestamp() * 1000)
         copy = aio_pika.Message(
             body=message.body,
             headers=headers,

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 S = TaskStatus
 STATUS_AFTER = {
     **{EventType.SUBMITTED: S.QUEUED, EventType.REQUEUED: S.QUEUED, EventType.RETRYING: S.RETRYING},
+    EventType.REPLAYED: S.QUEUED,
     **{EventType.COMPLETED: S.COMPLETED, EventType.FAILED: S.FAILED, EventType.CANCELLED: S.CANCELLED},
     EventType.DEAD_LETTERED: S.DEAD_LETTER,
 }

@@ -169,7 +169,7 @@ async def test_malformed_messages_go_to_the_dlq_with_a_reason_and_the_worker_kee
     make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = make_runtime()
+    runtime = make_runtime(dlq_consumer_enabled=False)  # read the DLQ itself here
     async with running(runtime):
         topo = runtime.topology
         channel = await rabbitmq.channel()
@@ -200,7 +200,7 @@ async def test_failing_executable_dead_letters_the_task_and_its_message(
     make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    runtime = make_runtime()
+    runtime = make_runtime(dlq_consumer_enabled=False)  # read the DLQ itself here
     async with running(runtime):
         sub = await runtime.submitter.submit(SubmitRequest(task_type="test_boom", parameters={"value": 3}))
         await eventually(lambda: _is(runtime, sub.task.id, TaskStatus.DEAD_LETTER))

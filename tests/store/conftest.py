@@ -64,7 +64,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         async with s.engine.begin() as conn:
             from sqlalchemy import text
 
-            await conn.execute(text("TRUNCATE tasks, task_rollups"))
+            await conn.execute(
+                text(
+                    "TRUNCATE tasks, task_rollups, dead_letters, dead_letter_audit, dead_letter_audit_targets"
+                )
+            )
     try:
         yield s
     finally:

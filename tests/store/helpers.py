@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from taskplatform.models import BackgroundTask, utcnow
+from taskplatform.models import BackgroundTask, DeadLetter, DeathRecord, ErrorInfo, new_task_id, utcnow
 from taskplatform.store import BaseTaskStore
 
 NODE = "node-a"
@@ -31,3 +31,26 @@ async def claim(
     return await store.try_set_running(
         task.id, attempt=task.retry_count, node_id=node, lease_until=utcnow() + timedelta(seconds=lease)
     )
+
+
+def make_dead_letter(**overrides: object) -> DeadLetter:
+    """A pending dead letter of a fresh task (its id is the task id), seen just now."""
+    task_id = str(overrides.pop("task_id", new_task_id()))
+    fields: dict[str, object] = {
+        "id": task_id,
+        "task_id": task_id,
+        "task_type": "generate_summary",
+        "user_id": "alice",
+        "reason": "max_retries",
+        "error_type": "ValueError",
+        "error_info": ErrorInfo(type="ValueError", message="boom", attempt=2, reason="max_retries"),
+        "attempt": 2,
+        "exchange": "tasks.exchange",
+        "routing_key": "generate_summary",
+        "body": '{"task_id": "x"}',
+        "properties": {"message_id": f"{task_id}:2", "delivery_mode": 2},
+        "headers": {"x-dead-reason": "max_retries", "x-retry-count": 2},
+        "x_death": [DeathRecord(reason="rejected", queue="tasks.work.default", count=1, time=utcnow())],
+    }
+    fields.update(overrides)
+    return DeadLetter.model_validate(fields)

@@ -24,6 +24,7 @@ async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) ->
         parameters={"text": "héllo", "nested": {"n": [1, 2.5, None, True]}},
         last_event_id="evt-1",
         awaiting_children=True,
+        replays=3,
     )
     await store.create(task)
     got = await store.get(task.id)
@@ -34,7 +35,7 @@ async def test_created_task_reads_back_with_every_field(store: BaseTaskStore) ->
     assert close_in_time(got.created_at, task.created_at)
     assert got.created_at.tzinfo is not None
     assert got.status is TaskStatus.QUEUED and got.outbox.status is OutboxStatus.PENDING
-    assert got.last_event_id == "evt-1" and got.awaiting_children is True
+    assert got.last_event_id == "evt-1" and got.awaiting_children is True and got.replays == 3
 
 
 async def test_every_backend_implements_the_task_store_port(store: BaseTaskStore) -> None:

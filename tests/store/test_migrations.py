@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
+from taskplatform.models import TaskStatus, utcnow
+from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.store.sql import SqlTaskStore
 from taskplatform.store.sql.migrate import current_revision, upgrade
-from taskplatform.store.sql.schema import metadata
+from taskplatform.store.sql.schema import UTCDateTime, metadata
+from tests.store.helpers import make_dead_letter
+from tests.support.services import POSTGRES_URL, require_postgres
+
+HEAD = "0003"
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -37,7 +49,7 @@ async def test_migrated_database_matches_the_schema(
     store = SqlTaskStore(url)
     await store.open()
     try:
-        assert await current_revision(store.engine) == "0002"
+        assert await current_revision(store.engine) == HEAD
         async with store.engine.connect() as conn:
             differences = await conn.run_sync(_diff)
         assert differences == []
@@ -64,9 +76,78 @@ async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_f
     store = SqlTaskStore(url)
     await store.open()
     try:
-        assert await current_revision(store.engine) == "0002"
+        assert await current_revision(store.engine) == HEAD
         got = await store.get("t1")
         assert got is not None and got.awaiting_children is False and got.last_event_id is None
-        assert got.version == 1 and got.status.value == "RUNNING"
+        assert got.version == 1 and got.status.value == "RUNNING" and got.replays == 0
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test (the session's is migrated already)."""
+    require_postgres()
+    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"tp_mig_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run_sync(sql: str) -> None:
+        # Own thread: the test requesting this fixture runs inside an event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    run_sync(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_upgrading_from_0002_with_tasks_keeps_them_replayable_and_adds_the_dead_letter_tables(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path}/old2.db"
+        if backend == "sqlite"
+        else request.getfixturevalue("empty_postgres_url")
+    )
+    old = SqlTaskStore(url, auto_migrate=False)
+    await old.open()
+    try:
+        await upgrade(old.engine, "0002")
+        async with old.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, task_type, status, parameters, created_at, updated_at, tags,"
+                    " outbox_status, version) VALUES (:id, 'generate_summary', :status, '{}', :at, :at,"
+                    " '[]', 'published', 4)"
+                ).bindparams(bindparam("at", type_=UTCDateTime())),
+                [
+                    {"id": "dead", "status": "DEAD_LETTER", "at": datetime(2026, 1, 1, tzinfo=UTC)},
+                    {"id": "done", "status": "COMPLETED", "at": datetime(2026, 1, 2, tzinfo=UTC)},
+                ],
+            )
+    finally:
+        await old.close()
+    store = SqlTaskStore(url)
+    await store.open()
+    try:
+        assert await current_revision(store.engine) == HEAD
+        done = await store.get("done")
+        assert done is not None and done.replays == 0 and done.status is TaskStatus.COMPLETED
+        replayed = await store.replay_task("dead", expected_replays=0)
+        assert replayed is not None and replayed.replays == 1 and replayed.version == 5
+        record, _ = await store.upsert_dead_letter(make_dead_letter(last_seen_at=utcnow()))
+        page = await store.list_dead_letters(DeadLetterFilter(task_id=record.task_id))
+        assert [r.id for r in page.items] == [record.id]
     finally:
         await store.close()

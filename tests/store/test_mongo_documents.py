@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from taskplatform.models import TaskStatus, utcnow
 from taskplatform.store.mongo import LEDGER, MongoTaskStore
-from tests.store.helpers import NODE, make_task
+from taskplatform.store.mongo_deadletters import DEAD_LETTERS
+from tests.store.helpers import NODE, make_dead_letter, make_task
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
 
 pytestmark = pytest.mark.mongodb
@@ -47,3 +48,26 @@ async def test_the_ledger_is_kept_in_the_parent_document_but_not_in_the_model(mo
     raw = await mongo.collection.find_one({"_id": parent.id})
     assert raw[LEDGER] == {child.id: {"b": "running", "v": 2}}
     assert raw["sub_task_status_summary"]["running"] == 1
+
+
+async def test_a_dead_document_without_the_replays_field_can_be_replayed(mongo: MongoTaskStore) -> None:
+    task = make_task(status=TaskStatus.DEAD_LETTER)
+    doc = MongoTaskStore._to_doc(task)
+    del doc["replays"]  # as written before replays existed
+    await mongo.collection.insert_one(doc)
+    got = await mongo.get(task.id)
+    assert got is not None and got.replays == 0
+    assert await mongo.replay_task(task.id, expected_replays=1) is None
+    replayed = await mongo.replay_task(task.id, expected_replays=0)
+    assert replayed is not None and replayed.replays == 1 and replayed.status is TaskStatus.QUEUED
+
+
+async def test_dead_letter_times_are_dates_and_nested_values_keep_their_json_form(
+    mongo: MongoTaskStore,
+) -> None:
+    record = make_dead_letter()
+    await mongo.upsert_dead_letter(record)
+    raw = await mongo._collection_named(DEAD_LETTERS).find_one({"_id": record.id})
+    assert isinstance(raw["last_seen_at"], datetime) and isinstance(raw["first_seen_at"], datetime)
+    assert raw["status"] == "pending" and raw["task_type"] == record.task_type
+    assert isinstance(raw["error_info"]["occurred_at"], str)

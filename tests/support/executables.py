@@ -197,4 +197,20 @@ class FailingSummary(GenerateSummary):
         return await super().execute(ctx)
 
 
-EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect, Fanout, Chatty]
+class Picky(BackgroundTaskExecutable[NoopParams, NoopResult]):
+    """Fails permanently on a negative value (bad parameters), and while ``failing`` is set."""
+
+    task_type = "test_picky"
+    Params = NoopParams
+    Result = NoopResult
+    failing: ClassVar[bool] = False
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> NoopResult:
+        if ctx.parameters.value < 0:
+            raise PermanentFailure(f"value must not be negative, got {ctx.parameters.value}")
+        if type(self).failing:
+            raise PermanentFailure("the downstream service is down")
+        return NoopResult(value=ctx.parameters.value)
+
+
+EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect, Fanout, Chatty, Picky]

@@ -88,6 +88,7 @@ tasks = Table(
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("last_event_id", String(64), nullable=True),
     Column("awaiting_children", Boolean, nullable=False, server_default=text("false")),
+    Column("replays", Integer, nullable=False, server_default=text("0")),
     Column("outbox_status", String(16), nullable=False),
     Column("outbox_attempts", Integer, nullable=False, server_default=text("0")),
     Column("outbox_lease_until", UTCDateTime(), nullable=True),
@@ -117,6 +118,54 @@ task_rollups = Table(
     Column("bucket", String(32), nullable=False),
     Column("version", Integer, nullable=False),
     Index("ix_task_rollups_parent", "parent_id"),
+)
+
+#: Dead-letter records: the whole record as JSON (``record``), and the fields lists filter
+#: and sort on as real columns, written from the same record by the same statement.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("task_id", String(255), nullable=True),
+    Column("task_type", String(255), nullable=True),
+    Column("user_id", String(255), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("error_type", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("record", json_type(), nullable=False),
+    Index("ix_dead_letters_seen", "last_seen_at", "id"),
+    Index("ix_dead_letters_status_seen", "status", "last_seen_at"),
+    Index("ix_dead_letters_type_seen", "task_type", "last_seen_at"),
+    Index("ix_dead_letters_reason_seen", "reason", "last_seen_at"),
+    Index("ix_dead_letters_user_seen", "user_id", "last_seen_at"),
+    Index("ix_dead_letters_error_seen", "error_type", "last_seen_at"),
+    Index("ix_dead_letters_task", "task_id"),
+    Index("ix_dead_letters_first_seen", "first_seen_at"),
+)
+
+#: The operators' audit log: the whole entry as JSON (``entry``), time and who as columns.
+dead_letter_audit = Table(
+    "dead_letter_audit",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("entry", json_type(), nullable=False),
+    Index("ix_dead_letter_audit_at", "at", "id"),
+)
+
+#: Which dead letters each audit entry names (for the log of one record).
+dead_letter_audit_targets = Table(
+    "dead_letter_audit_targets",
+    metadata,
+    Column("audit_id", String(200), primary_key=True),
+    Column("dead_letter_id", String(200), primary_key=True),
+    Index("ix_dead_letter_audit_targets_dead_letter", "dead_letter_id"),
 )
 
 #: Document fields kept as JSON columns.

@@ -1,0 +1,234 @@
+"""The DeadLetter API: list, inspect, replay and discard dead letters; read the audit log.
+
+Guarded by the operator token (``TASKPLATFORM_OPERATOR_TOKEN``) until roles arrive: send it
+as ``Authorization: Bearer <token>``; ``X-Operator`` names who acts, for the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskplatform.api.errors import ErrorBody
+from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
+from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, TaskStatus
+from taskplatform.runtime import Runtime
+from taskplatform.store.base import MAX_PAGE_SIZE
+from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter
+
+NO_NUL = r"^[^\x00]*$"
+RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
+ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
+ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422, 503)}
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def operator(
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_operator: Annotated[str | None, Header(max_length=100, pattern=NO_NUL)] = None,
+) -> str:
+    """Check the operator token; the acting operator's name (``X-Operator``, or "operator")."""
+    expected = runtime.settings.operator_token
+    if expected is None:
+        raise HTTPException(
+            503, "the DeadLetter API is disabled: set TASKPLATFORM_OPERATOR_TOKEN to enable it"
+        )
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(
+            401,
+            "operator token required: send 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(403, "wrong operator token")
+    return x_operator or "operator"
+
+
+Operator = Annotated[str, Depends(operator)]
+
+router = APIRouter(
+    prefix="/api/v1/dead-letters",
+    tags=["dead letters"],
+    responses=ERRORS,  # type: ignore[arg-type]
+    dependencies=[Depends(operator)],
+)
+
+
+class DeadLetterList(BaseModel):
+    """A page of dead letters, newest first, and counts over everything that matches."""
+
+    items: list[DeadLetter]
+    next_cursor: str | None = None
+    counts: DeadLetterCounts
+
+
+class ReplayRequest(BaseModel):
+    """Optional replacement parameters, validated against the task type's Params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] | None = None
+
+
+class ReplayResult(BaseModel):
+    """The record after the replay, and the task, QUEUED again."""
+
+    dead_letter: DeadLetter
+    task_id: str
+    task_status: TaskStatus
+
+
+class BulkReplayRequest(BaseModel):
+    """Which pending dead letters to replay, how many, how fast; ``dry_run`` only lists them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str | None = Field(default=None, max_length=255)
+    reason: str | None = Field(default=None, max_length=255)
+    user_id: str | None = Field(default=None, max_length=255)
+    error_type: str | None = Field(default=None, max_length=255)
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=100, ge=1, le=MAX_BULK)
+    dry_run: bool = False
+    rate: float | None = Field(default=None, gt=0, le=10_000, description="replays per second")
+
+
+class BulkReplayResult(BaseModel):
+    """What matched, what was replayed, what could not be (id -> why)."""
+
+    dry_run: bool
+    matched: list[str]
+    replayed: list[str]
+    failed: dict[str, str]
+    seconds: float
+
+
+class AuditList(BaseModel):
+    """A page of the audit log, newest first."""
+
+    items: list[AuditEntry]
+    next_cursor: str | None = None
+
+
+def _filters(
+    status: DeadLetterStatus | None,
+    task_type: str | None,
+    reason: str | None,
+    user_id: str | None,
+    error_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        status=status,
+        task_type=task_type,
+        reason=reason,
+        user_id=user_id,
+        error_type=error_type,
+        since=since,
+        until=until,
+    )
+
+
+@router.get("", response_model=DeadLetterList, summary="List dead letters, newest first")
+async def list_dead_letters(
+    runtime: RuntimeDep,
+    status: Annotated[
+        Literal["pending", "replayed", "discarded", "any"],
+        Query(description="pending (default), replayed, discarded, or any"),
+    ] = "pending",
+    task_type: ShortText = None,
+    reason: ShortText = None,
+    user_id: ShortText = None,
+    error_type: ShortText = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> DeadLetterList:
+    wanted = None if status == "any" else DeadLetterStatus(status)
+    filters = _filters(wanted, task_type, reason, user_id, error_type, since, until)
+    page = await runtime.store.list_dead_letters(filters, limit=limit, cursor=cursor)
+    counts = await runtime.store.count_dead_letters(filters)
+    return DeadLetterList(items=page.items, next_cursor=page.next_cursor, counts=counts)
+
+
+@router.get("/audit", response_model=AuditList, summary="The audit log of operator actions")
+async def list_audit(
+    runtime: RuntimeDep,
+    dead_letter_id: ShortText = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> AuditList:
+    page = await runtime.store.list_audit(limit=limit, cursor=cursor, dead_letter_id=dead_letter_id)
+    return AuditList(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.post("/replay", response_model=BulkReplayResult, summary="Replay pending dead letters by filter")
+async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Operator) -> BulkReplayResult:
+    """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``)."""
+    filters = _filters(
+        None, body.task_type, body.reason, body.user_id, body.error_type, body.since, body.until
+    )
+    result = await runtime.dead_letters.replay_many(
+        filters, actor=actor, limit=body.limit, dry_run=body.dry_run, rate=body.rate
+    )
+    return BulkReplayResult(
+        dry_run=result.dry_run,
+        matched=result.matched,
+        replayed=result.replayed,
+        failed=result.failed,
+        seconds=result.seconds,
+    )
+
+
+@router.get("/{record_id}", response_model=DeadLetter, summary="One dead letter, whole")
+async def get_dead_letter(record_id: RecordId, runtime: RuntimeDep) -> DeadLetter:
+    try:
+        return await runtime.dead_letters.get(record_id)
+    except DeadLetterNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/{record_id}/replay", response_model=ReplayResult, summary="Replay one dead letter")
+async def replay_one(
+    record_id: RecordId, runtime: RuntimeDep, actor: Operator, body: ReplayRequest | None = None
+) -> ReplayResult:
+    """The task goes back to QUEUED with its retry count reset (through the outbox), with
+    ``parameters`` replacing its own when given. 409 if the record was replayed or
+    discarded already (unless its task died again since)."""
+    parameters = body.parameters if body is not None else None
+    try:
+        replayed = await runtime.dead_letters.replay(record_id, actor=actor, parameters=parameters)
+    except DeadLetterNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except DeadLetterConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return ReplayResult(
+        dead_letter=replayed.record, task_id=replayed.task.id, task_status=replayed.task.status
+    )
+
+
+@router.delete("/{record_id}", response_model=DeadLetter, summary="Discard a dead letter")
+async def discard(record_id: RecordId, runtime: RuntimeDep, actor: Operator) -> DeadLetter:
+    """No longer pending; its task stays DEAD_LETTER."""
+    try:
+        return await runtime.dead_letters.discard(record_id, actor=actor)
+    except DeadLetterNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except DeadLetterConflict as exc:
+        raise HTTPException(409, str(exc)) from None

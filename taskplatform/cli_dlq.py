@@ -1,0 +1,343 @@
+"""``taskplatform dlq``: list, inspect, replay and discard dead letters through the DeadLetter API.
+
+The operator token comes from ``--token`` or ``TASKPLATFORM_OPERATOR_TOKEN``; ``--operator``
+names who acts in the audit log (default: the OS user name). Exit codes: 0 done, 1 the API
+refused or could not be reached (or a bulk replay left some records unreplayed), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+    from taskplatform.client import AuditListing, DeadLetterListing, TaskPlatformClient
+    from taskplatform.settings import PlatformSettings
+
+#: Filters that select dead letters (``dlq list`` and ``dlq replay --all``): (option, dest).
+FILTERS = (
+    ("--task-type", "task_type"),
+    ("--reason", "reason"),
+    ("--user-id", "user_id"),
+    ("--error-type", "error_type"),
+    ("--since", "since"),
+    ("--until", "until"),
+)
+#: Options of a bulk replay that mean nothing when replaying one record by ID.
+BULK_ONLY = (*FILTERS, ("--limit", "limit"), ("--rate", "rate"), ("--dry-run", "dry_run"), ("--yes", "yes"))
+CELL_WIDTH = 40
+
+
+class BadInput(Exception):
+    """The command line asks for something malformed; reported in one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task-type")
+    parser.add_argument("--reason", help="why it died, e.g. rejected, delivery_limit, expired")
+    parser.add_argument("--user-id")
+    parser.add_argument("--error-type", help="the exception type, e.g. ValueError")
+    parser.add_argument("--since", metavar="ISO", help="last seen at or after (ISO 8601; UTC if no offset)")
+    parser.add_argument("--until", metavar="ISO", help="last seen before (ISO 8601; UTC if no offset)")
+
+
+def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``dlq`` and its subcommands on the top-level subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url")
+    common.add_argument(
+        "--token", help="operator token (default: TASKPLATFORM_OPERATOR_TOKEN; visible to ps when given here)"
+    )
+    common.add_argument("--operator", metavar="NAME", help="who acts, for the audit log (default: OS user)")
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, discard, audit")
+    cmds = dlq.add_subparsers(dest="dlq_command", required=True)
+
+    p = cmds.add_parser("list", parents=[common], help="list dead letters, most recently seen first")
+    p.add_argument("--status", choices=["pending", "replayed", "discarded", "any"], default="pending")
+    _add_filters(p)
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+    p = cmds.add_parser("show", parents=[common], help="show one dead letter, whole")
+    p.add_argument("id")
+
+    p = cmds.add_parser(
+        "replay", parents=[common], help="replay one dead letter (ID), or pending ones by filter (--all)"
+    )
+    p.add_argument("id", nargs="?")
+    p.add_argument("--params", metavar="JSON", help="replacement parameters (one ID only), a JSON object")
+    p.add_argument("--all", action="store_true", help="replay pending dead letters matching the filters")
+    _add_filters(p)
+    p.add_argument("--limit", type=_positive_int, help="most records to replay with --all (default 100)")
+    p.add_argument("--rate", type=_positive_float, help="replays per second (default: the server's)")
+    p.add_argument("--dry-run", action="store_true", default=None, help="only list what --all would replay")
+    p.add_argument("--yes", action="store_true", default=None, help="allow --all without any filter")
+
+    p = cmds.add_parser("discard", parents=[common], help="give a dead letter up (its task stays dead)")
+    p.add_argument("id")
+
+    p = cmds.add_parser("audit", parents=[common], help="the audit log of operator actions, newest first")
+    p.add_argument("--dead-letter-id", metavar="ID")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+
+# ---------------------------------------------------------------- input
+def parse_time(option: str, text: str) -> datetime:
+    """An ISO 8601 date or date-time; one without an offset is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"{option} is not an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z): {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"--params must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {dest: getattr(args, dest) for _, dest in FILTERS}
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Check and convert the command line in place (times, ``--params``) before any request."""
+    for option, dest in (("--since", "since"), ("--until", "until")):
+        if isinstance(getattr(args, dest, None), str):
+            setattr(args, dest, parse_time(option, getattr(args, dest)))
+    if args.dlq_command == "replay":
+        _check_replay(args)
+        if args.params is not None:
+            args.params = parse_params(args.params)
+
+
+def _operator(args: argparse.Namespace) -> str:
+    if args.operator:
+        return str(args.operator)
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in the environment or the password database
+        return "operator"
+
+
+def _token(settings: PlatformSettings, args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if settings.operator_token is not None:
+        return settings.operator_token.get_secret_value()
+    raise BadInput("no operator token: set TASKPLATFORM_OPERATOR_TOKEN or pass --token")
+
+
+def open_client(
+    settings: PlatformSettings, args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None = None
+) -> TaskPlatformClient:
+    """The API client with the operator's token and name (``transport`` is for tests)."""
+    from taskplatform.client import TaskPlatformClient
+
+    return TaskPlatformClient(
+        settings.client_api_url,
+        operator_token=_token(settings, args),
+        operator=_operator(args),
+        transport=transport,
+    )
+
+
+# ---------------------------------------------------------------- output
+def _cell(value: object, width: int | None = CELL_WIDTH) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    # Reasons and error types come from dead messages: keep control characters off the terminal.
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns, as wide as their widest cell; the first column is never cut."""
+    cells = [list(header)] + [[_cell(row[0], None), *map(_cell, row[1:])] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _by(counts: dict[str, int]) -> str:
+    return ", ".join(f"{_cell(k)}={n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def print_listing(listing: DeadLetterListing, status: str) -> None:
+    header = ("ID", "TASK TYPE", "REASON", "ERROR TYPE", "STATUS", "DEATHS", "LAST SEEN")
+    rows = [
+        (d.id, d.task_type, d.reason, d.error_type, d.status.value, d.deaths, d.last_seen_at)
+        for d in listing.items
+    ]
+    if rows:
+        print(table(header, rows))
+    counts = listing.counts
+    total = counts.get("total", len(rows))
+    what = "dead letters" if status == "any" else f"{status} dead letters"
+    print(f"{total} {what} match" + (f" (showing {len(rows)})" if total != len(rows) else ""))
+    if counts.get("by_task_type"):
+        print(f"  by task type: {_by(counts['by_task_type'])}")
+    if counts.get("by_reason"):
+        print(f"  by reason:    {_by(counts['by_reason'])}")
+    if listing.next_cursor:
+        print(f"next page: --cursor {listing.next_cursor}")
+
+
+def print_audit(listing: AuditListing) -> None:
+    rows = []
+    for e in listing.items:
+        ids = ", ".join(e.dead_letter_ids[:3]) + (
+            f" +{len(e.dead_letter_ids) - 3}" if len(e.dead_letter_ids) > 3 else ""
+        )
+        rows.append((e.id, e.at, e.actor, e.action + (" (dry run)" if e.dry_run else ""), e.outcome, ids))
+    if rows:
+        print(table(("ID", "AT", "ACTOR", "ACTION", "OUTCOME", "DEAD LETTERS"), rows))
+    else:
+        print("no audit entries")
+    if listing.next_cursor:
+        print(f"next page: --cursor {listing.next_cursor}")
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- commands
+async def _list(client: TaskPlatformClient, args: argparse.Namespace) -> int:
+    listing = await client.list_dead_letters(
+        status=args.status, limit=args.limit, cursor=args.cursor, **_filters(args)
+    )
+    if args.json:
+        print(listing.model_dump_json(indent=2))
+    else:
+        print_listing(listing, args.status)
+    return 0
+
+
+async def _show(client: TaskPlatformClient, args: argparse.Namespace) -> int:
+    print((await client.get_dead_letter(args.id)).model_dump_json(indent=2))
+    return 0
+
+
+def _check_replay(args: argparse.Namespace) -> None:
+    """One ID, or ``--all`` with filters (or ``--yes``); no option that does not apply."""
+    if args.id is not None and args.all:
+        raise BadInput("give a dead letter ID or --all, not both")
+    if args.id is None and not args.all:
+        raise BadInput("give the ID of the dead letter to replay, or --all with filters for a bulk replay")
+    if args.id is not None:
+        extra = [option for option, dest in BULK_ONLY if getattr(args, dest) is not None]
+        if extra:
+            raise BadInput(f"{', '.join(extra)} only apply to a bulk replay (--all), not to one ID")
+        return
+    if args.params is not None:
+        raise BadInput("--params applies to replaying one dead letter by ID, not to --all")
+    if not any(v is not None for v in _filters(args).values()) and not args.yes:
+        names = ", ".join(option for option, _ in FILTERS)
+        raise BadInput(
+            f"refusing to replay every pending dead letter: add a filter ({names}) or --yes "
+            "(--dry-run --yes shows what would be replayed)"
+        )
+
+
+async def _replay(client: TaskPlatformClient, args: argparse.Namespace) -> int:
+    filters = _filters(args)
+    if args.id is not None:
+        _dump(await client.replay_dead_letter(args.id, args.params))
+        return 0
+    result = await client.replay_dead_letters(
+        dry_run=bool(args.dry_run), limit=args.limit or 100, rate=args.rate, **filters
+    )
+    _dump(result)
+    failed = result.get("failed") or {}
+    if failed:
+        print(f"{len(failed)} of {len(result.get('matched', []))} could not be replayed", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _discard(client: TaskPlatformClient, args: argparse.Namespace) -> int:
+    print((await client.discard_dead_letter(args.id)).model_dump_json(indent=2))
+    return 0
+
+
+async def _audit(client: TaskPlatformClient, args: argparse.Namespace) -> int:
+    listing = await client.dead_letter_audit(
+        dead_letter_id=args.dead_letter_id, limit=args.limit, cursor=args.cursor
+    )
+    if args.json:
+        print(listing.model_dump_json(indent=2))
+    else:
+        print_audit(listing)
+    return 0
+
+
+Command = Callable[["TaskPlatformClient", argparse.Namespace], Coroutine[Any, Any, int]]
+COMMANDS: dict[str, Command] = {
+    "list": _list,
+    "show": _show,
+    "replay": _replay,
+    "discard": _discard,
+    "audit": _audit,
+}
+
+
+async def run_dlq(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    """Run one ``dlq`` subcommand. ApiError propagates (the caller reports it, exit 1)."""
+    import httpx
+
+    try:
+        prepare(args)  # before the token is looked for: bad input is reported as such
+        async with open_client(settings, args) as client:
+            return await COMMANDS[args.dlq_command](client, args)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(
+            f"error: cannot reach the API at {settings.client_api_url}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,192 @@
+"""Dead-letter records and the audit log on MongoDB (a mixin of ``MongoTaskStore``).
+
+A record is one document (``_id`` is its id) in ``dead_letters``; an audit entry one in
+``dead_letter_audit``. Nested values are kept in their JSON form, as on SQL, so every
+backend returns the same record; the top-level times are BSON dates (filtered and sorted
+on; milliseconds only). Changes are a ``find_one_and_update`` on ``_id`` and ``version``
+(compare-and-set); an insert of a taken id fails on the unique ``_id`` and says so.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from abc import abstractmethod
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from taskplatform.errors import StoreError
+from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.store.deadletters import (
+    RECORD_TIMES,
+    AuditPage,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterOperations,
+    DeadLetterPage,
+    counts_of,
+    normalized,
+    normalized_entry,
+)
+from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
+
+DEAD_LETTERS = "dead_letters"
+AUDIT = "dead_letter_audit"
+#: Filter fields compared for equality with a document field of the same name.
+_EQUAL_FIELDS = ("task_type", "reason", "user_id", "error_type", "task_id")
+
+
+def _as_utc(value: Any) -> Any:
+    # BSON dates have no zone; a tz_aware client returns UTC, an emulation may not.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _doc(record: DeadLetter) -> dict[str, Any]:
+    doc = record.model_dump(mode="json", exclude={"id"})
+    doc["_id"] = record.id
+    for name in RECORD_TIMES:
+        doc[name] = getattr(record, name)
+    return doc
+
+
+def _record(doc: Mapping[str, Any]) -> DeadLetter:
+    data = dict(doc)
+    data["id"] = data.pop("_id")
+    for name in RECORD_TIMES:
+        data[name] = _as_utc(data.get(name))
+    return normalized(DeadLetter.model_validate(data))
+
+
+def _entry(doc: Mapping[str, Any]) -> AuditEntry:
+    data = dict(doc)
+    data["id"] = data.pop("_id")
+    data["at"] = _as_utc(data.get("at"))
+    return normalized_entry(AuditEntry.model_validate(data))
+
+
+def _filter(filters: DeadLetterFilter) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if filters.status is not None:
+        query["status"] = filters.status.value
+    for name in _EQUAL_FIELDS:
+        value = getattr(filters, name)
+        if value is not None:
+            query[name] = value
+    seen: dict[str, Any] = {}
+    if filters.since is not None:
+        seen["$gte"] = filters.since
+    if filters.until is not None:
+        seen["$lt"] = filters.until
+    if seen:
+        query["last_seen_at"] = seen
+    return query
+
+
+def _after(cursor: str, field: str) -> dict[str, Any]:
+    """The documents after ``cursor`` in (``field``, ``_id``) descending order."""
+    at, last_id = decode_cursor(cursor)
+    return {"$or": [{field: {"$lt": at}}, {field: at, "_id": {"$lt": last_id}}]}
+
+
+class MongoDeadLetters(DeadLetterOperations):
+    """The dead-letter primitives over the store's database."""
+
+    @abstractmethod
+    def _collection_named(self, name: str) -> Any:
+        """The collection ``name`` of the store's database."""
+
+    @abstractmethod
+    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Translates driver errors to StoreError."""
+
+    async def _ensure_dead_letter_indexes(self) -> None:
+        records = self._collection_named(DEAD_LETTERS)
+        seen = ("last_seen_at", DESCENDING)
+        await records.create_index([seen, ("_id", DESCENDING)], name="ix_seen")
+        for name in ("status", "task_type", "reason", "user_id", "error_type"):
+            await records.create_index([(name, ASCENDING), seen], name=f"ix_{name}_seen")
+        await records.create_index([("task_id", ASCENDING)], name="ix_task")
+        audit = self._collection_named(AUDIT)
+        await audit.create_index([("at", DESCENDING), ("_id", DESCENDING)], name="ix_at")
+        await audit.create_index([("dead_letter_ids", ASCENDING)], name="ix_dead_letter_ids")
+
+    async def _insert_dead_letter(self, record: DeadLetter) -> bool:
+        async with self._errors():
+            try:
+                await self._collection_named(DEAD_LETTERS).insert_one(_doc(record))
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        async with self._errors():
+            doc = await self._collection_named(DEAD_LETTERS).find_one({"_id": dead_letter_id})
+        return _record(doc) if doc is not None else None
+
+    async def _swap_dead_letter(self, record: DeadLetter, *, expected_version: int) -> DeadLetter | None:
+        values = _doc(record)
+        del values["_id"]
+        async with self._errors():
+            doc = await self._collection_named(DEAD_LETTERS).find_one_and_update(
+                {"_id": record.id, "version": expected_version},
+                {"$set": values},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _record(doc) if doc is not None else None
+
+    async def list_dead_letters(
+        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> DeadLetterPage:
+        check_page_size(limit)
+        query = _filter(filters or DeadLetterFilter())
+        if cursor:
+            query.update(_after(cursor, "last_seen_at"))
+        async with self._errors():
+            found = self._collection_named(DEAD_LETTERS).find(query)
+            found = found.sort([("last_seen_at", DESCENDING), ("_id", DESCENDING)])
+            docs = await found.limit(limit + 1).to_list(None)
+        items = [_record(d) for d in docs[:limit]]
+        next_cursor = encode_cursor(items[-1].last_seen_at, items[-1].id) if len(docs) > limit else None
+        return DeadLetterPage(items=items, next_cursor=next_cursor)
+
+    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
+        match = _filter(filters or DeadLetterFilter())
+        grouped: dict[str, builtins.list[tuple[Any, int]]] = {}
+        async with self._errors():
+            for name in ("task_type", "reason"):
+                pipeline = [{"$match": match}, {"$group": {"_id": f"${name}", "n": {"$sum": 1}}}]
+                rows = await (await self._collection_named(DEAD_LETTERS).aggregate(pipeline)).to_list(None)
+                grouped[name] = [(r["_id"], int(r["n"])) for r in rows]
+        return counts_of(grouped["task_type"], grouped["reason"])
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        entry = normalized_entry(entry)
+        doc = entry.model_dump(mode="json", exclude={"id"})
+        doc.update(_id=entry.id, at=entry.at)
+        async with self._errors():
+            try:
+                await self._collection_named(AUDIT).insert_one(doc)
+            except DuplicateKeyError as exc:
+                raise StoreError(f"audit entry {entry.id} already exists") from exc
+
+    async def list_audit(
+        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+    ) -> AuditPage:
+        check_page_size(limit)
+        query: dict[str, Any] = {}
+        if dead_letter_id is not None:
+            query["dead_letter_ids"] = dead_letter_id
+        if cursor:
+            query.update(_after(cursor, "at"))
+        async with self._errors():
+            found = self._collection_named(AUDIT).find(query).sort([("at", DESCENDING), ("_id", DESCENDING)])
+            docs = await found.limit(limit + 1).to_list(None)
+        items = [_entry(d) for d in docs[:limit]]
+        next_cursor = encode_cursor(items[-1].at, items[-1].id) if len(docs) > limit else None
+        return AuditPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,214 @@
+"""Dead-letter records and the audit log on SQL (a mixin of ``SqlTaskStore``).
+
+A record is one row: the whole record as JSON, plus the fields that lists filter and sort on
+as real, indexed columns, all written by one statement. Changes are a compare-and-set on
+``version`` (``UPDATE … WHERE id = :id AND version = :expected``); an insert of a taken id
+does nothing (``ON CONFLICT DO NOTHING``) and says so.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskplatform.errors import DuplicateTaskError, StoreError
+from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.store.deadletters import (
+    AuditPage,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterOperations,
+    DeadLetterPage,
+    counts_of,
+    normalized,
+    normalized_entry,
+)
+from taskplatform.store.sql.schema import dead_letter_audit, dead_letter_audit_targets, dead_letters
+from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
+
+_dl = dead_letters.c
+_audit = dead_letter_audit.c
+#: Filter fields compared for equality with a column of the same name.
+_EQUAL_FIELDS = ("task_type", "reason", "user_id", "error_type", "task_id")
+
+
+def _row(record: DeadLetter) -> dict[str, Any]:
+    """The columns of ``record`` (all but the id)."""
+    return {
+        "task_id": record.task_id,
+        "task_type": record.task_type,
+        "user_id": record.user_id,
+        "reason": record.reason,
+        "error_type": record.error_type,
+        "status": record.status.value,
+        "generation": record.generation,
+        "first_seen_at": record.first_seen_at,
+        "last_seen_at": record.last_seen_at,
+        "version": record.version,
+        "record": record.model_dump(mode="json"),
+    }
+
+
+def _record(data: Mapping[str, Any]) -> DeadLetter:
+    return normalized(DeadLetter.model_validate(data))
+
+
+def _entry(data: Mapping[str, Any]) -> AuditEntry:
+    return normalized_entry(AuditEntry.model_validate(data))
+
+
+def _filter_clauses(filters: DeadLetterFilter) -> builtins.list[ColumnElement[bool]]:
+    clauses: builtins.list[ColumnElement[bool]] = []
+    if filters.status is not None:
+        clauses.append(_dl.status == filters.status.value)
+    for name in _EQUAL_FIELDS:
+        value = getattr(filters, name)
+        if value is not None:
+            clauses.append(dead_letters.c[name] == value)
+    if filters.since is not None:
+        clauses.append(_dl.last_seen_at >= filters.since)
+    if filters.until is not None:
+        clauses.append(_dl.last_seen_at < filters.until)
+    return clauses
+
+
+class SqlDeadLetters(DeadLetterOperations):
+    """The dead-letter primitives over the store's engine."""
+
+    @property
+    @abstractmethod
+    def engine(self) -> AsyncEngine:
+        """The engine, for transactions."""
+
+    @property
+    @abstractmethod
+    def autocommit(self) -> AsyncEngine:
+        """The engine in autocommit, for single statements."""
+
+    @property
+    @abstractmethod
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+
+    @abstractmethod
+    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Translates driver errors to StoreError."""
+
+    async def _insert_dead_letter(self, record: DeadLetter) -> bool:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            dialect_insert(dead_letters)
+            .values(id=record.id, **_row(record))
+            .on_conflict_do_nothing(index_elements=[_dl.id])
+            .returning(_dl.id)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                inserted = (await conn.execute(stmt)).first()
+        return inserted is not None
+
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        query = select(_dl.record).where(_dl.id == dead_letter_id)
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                data = (await conn.execute(query)).scalar_one_or_none()
+        return _record(data) if data is not None else None
+
+    async def _swap_dead_letter(self, record: DeadLetter, *, expected_version: int) -> DeadLetter | None:
+        stmt = (
+            update(dead_letters)
+            .where(_dl.id == record.id, _dl.version == expected_version)
+            .values(**_row(record))
+            .returning(_dl.record)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                data = (await conn.execute(stmt)).scalar_one_or_none()
+        return _record(data) if data is not None else None
+
+    async def list_dead_letters(
+        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> DeadLetterPage:
+        check_page_size(limit)
+        clauses = _filter_clauses(filters or DeadLetterFilter())
+        if cursor:
+            at, last_id = decode_cursor(cursor)
+            clauses.append(or_(_dl.last_seen_at < at, and_(_dl.last_seen_at == at, _dl.id < last_id)))
+        query = (
+            select(_dl.record)
+            .where(and_(true(), *clauses))
+            .order_by(_dl.last_seen_at.desc(), _dl.id.desc())
+            .limit(limit + 1)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                found = (await conn.execute(query)).scalars().all()
+        items = [_record(data) for data in found[:limit]]
+        next_cursor = None
+        if len(found) > limit:
+            next_cursor = encode_cursor(items[-1].last_seen_at, items[-1].id)
+        return DeadLetterPage(items=items, next_cursor=next_cursor)
+
+    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
+        where = and_(true(), *_filter_clauses(filters or DeadLetterFilter()))
+        # Grouped by the plain columns: ``unknown`` for a missing type is added in Python
+        # (PostgreSQL would not see two bound 'unknown's in SELECT and GROUP BY as one).
+        by_type = select(_dl.task_type, func.count()).where(where).group_by(_dl.task_type)
+        by_reason = select(_dl.reason, func.count()).where(where).group_by(_dl.reason)
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                types = (await conn.execute(by_type)).all()
+                reasons = (await conn.execute(by_reason)).all()
+        return counts_of([(t, n) for t, n in types], [(r, n) for r, n in reasons])
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        entry = normalized_entry(entry)
+        row = {
+            "id": entry.id,
+            "at": entry.at,
+            "actor": entry.actor,
+            "action": entry.action,
+            "entry": entry.model_dump(mode="json"),
+        }
+        targets = [{"audit_id": entry.id, "dead_letter_id": i} for i in dict.fromkeys(entry.dead_letter_ids)]
+        try:
+            async with self._errors():
+                async with self.engine.begin() as conn:
+                    await conn.execute(insert(dead_letter_audit), row)
+                    if targets:
+                        await conn.execute(insert(dead_letter_audit_targets), targets)
+        except DuplicateTaskError as exc:
+            raise StoreError(f"audit entry {entry.id} already exists") from exc
+
+    async def list_audit(
+        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+    ) -> AuditPage:
+        check_page_size(limit)
+        clauses: builtins.list[ColumnElement[bool]] = []
+        if dead_letter_id is not None:
+            naming = select(dead_letter_audit_targets.c.audit_id).where(
+                dead_letter_audit_targets.c.dead_letter_id == dead_letter_id
+            )
+            clauses.append(_audit.id.in_(naming))
+        if cursor:
+            at, last_id = decode_cursor(cursor)
+            clauses.append(or_(_audit.at < at, and_(_audit.at == at, _audit.id < last_id)))
+        query = (
+            select(_audit.entry)
+            .where(and_(true(), *clauses))
+            .order_by(_audit.at.desc(), _audit.id.desc())
+            .limit(limit + 1)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                found = (await conn.execute(query)).scalars().all()
+        items = [_entry(data) for data in found[:limit]]
+        next_cursor = encode_cursor(items[-1].at, items[-1].id) if len(found) > limit else None
+        return AuditPage(items=items, next_cursor=next_cursor)
