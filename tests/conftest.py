@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-import asyncpg
 import pytest
 
 from executors.registry import ExecutableRegistry
@@ -18,10 +16,9 @@ from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from tests.support.executables import EXECUTABLES
 from tests.support.services import (
-    POSTGRES_URL,
     RABBITMQ_URL,
+    fresh_postgres_database,
     mongo_mode_description,
-    require_postgres,
     require_rabbitmq,
 )
 from topology import build_topology
@@ -106,25 +103,5 @@ async def rabbitmq(
 @pytest.fixture(scope="session")
 def postgres_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    require_postgres()
-    name = f"tp_test_{uuid.uuid4().hex[:12]}"
-    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run_sync(sql: str) -> None:
-        # Own thread: this fixture may be first requested from inside a running event loop.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, run(sql)).result()
-
-    run_sync(f'CREATE DATABASE "{name}"')
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("tp_test") as url:
+        yield url

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -22,7 +18,7 @@ from taskplatform.store.sql import SqlTaskStore
 from taskplatform.store.sql.migrate import current_revision, upgrade
 from taskplatform.store.sql.schema import UTCDateTime, metadata
 from tests.store.helpers import make_dead_letter
-from tests.support.services import POSTGRES_URL, require_postgres
+from tests.support.services import fresh_postgres_database
 
 HEAD = "0003"
 
@@ -87,28 +83,8 @@ async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_f
 @pytest.fixture
 def empty_postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for this test (the session's is migrated already)."""
-    require_postgres()
-    admin_url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"tp_mig_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run_sync(sql: str) -> None:
-        # Own thread: the test requesting this fixture runs inside an event loop.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, run(sql)).result()
-
-    run_sync(f'CREATE DATABASE "{name}"')
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("tp_mig") as url:
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

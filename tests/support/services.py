@@ -6,11 +6,17 @@ fails them under ``CI=true``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 RABBITMQ_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -84,3 +90,33 @@ def mongo_mode_description() -> str:
         "set TASKPLATFORM_TEST_MONGODB_URL to run it against a real server",
     }[MONGO_MODE]
     return f"store contract, MongoDB backend: {where}"
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped on exit.
+
+    Runs its admin statements on their own thread and loop, so it also works when entered
+    from inside a running event loop (an async test's fixture).
+    """
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run_sync(sql: str) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run(sql)).result()
+
+    run_sync(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
