@@ -1,8 +1,5 @@
-"""The DeadLetter client methods and ``taskplatform dlq``, against a fake API (httpx.MockTransport).
-
-Every test checks what went over the wire (method, path, query, JSON body, the operator
-headers) and what the command printed and returned.
-"""
+"""``taskplatform dlq``, against a fake API (httpx.MockTransport): what went over the wire
+(method, path, query, JSON body, the operator headers), what it printed and returned."""
 
 from __future__ import annotations
 
@@ -10,231 +7,28 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
-import httpx
 import pytest
 
 from taskplatform import cli_dlq
 from taskplatform.cli import main
-from taskplatform.client import ApiError, AuditListing, DeadLetterListing, TaskPlatformClient
-from taskplatform.models import DeadLetterStatus
-
-BASE = "http://api.test"
-TOKEN = "s3cret-token"
-PREFIX = "/api/v1/dead-letters"
-
-
-def dead_letter(record_id: str = "task-1", **overrides: Any) -> dict[str, Any]:
-    """A dead letter as the API returns it."""
-    record: dict[str, Any] = {
-        "id": record_id,
-        "task_id": record_id,
-        "task_type": "summary",
-        "user_id": "u1",
-        "reason": "delivery_limit",
-        "error_type": "ValueError",
-        "status": "pending",
-        "deaths": 2,
-        "times_seen": 3,
-        "first_seen_at": "2024-05-01T10:00:00Z",
-        "last_seen_at": "2024-05-01T12:30:00Z",
-        "body": '{"x": 1}',
-    }
-    record.update(overrides)
-    return record
-
-
-def audit_entry(entry_id: str, **overrides: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "id": entry_id,
-        "at": "2024-05-02T08:00:00Z",
-        "actor": "alice",
-        "action": "replay",
-        "dead_letter_ids": ["task-1"],
-        "outcome": "ok",
-    }
-    entry.update(overrides)
-    return entry
-
-
-def error_body(status: int, code: str, message: str) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"code": code, "message": message}})
-
-
-@dataclass
-class FakeApi:
-    """Answers (method, path) with a canned response and records every request it gets."""
-
-    routes: dict[tuple[str, str], httpx.Response | Callable[[httpx.Request], httpx.Response]] = field(
-        default_factory=dict
-    )
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def on(self, method: str, path: str, response: httpx.Response | dict[str, Any]) -> None:
-        self.routes[(method, path)] = (
-            response if isinstance(response, httpx.Response) else httpx.Response(200, json=response)
-        )
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        route = self.routes.get((request.method, request.url.raw_path.decode().split("?")[0]))
-        if route is None:
-            return error_body(404, "not_found", f"no fake route for {request.method} {request.url}")
-        return route(request) if callable(route) else route
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    @property
-    def only(self) -> httpx.Request:
-        """The one request made."""
-        assert len(self.requests) == 1, [str(r.url) for r in self.requests]
-        return self.requests[0]
-
-
-def query(request: httpx.Request) -> dict[str, str]:
-    items = request.url.params.multi_items()
-    assert len(items) == len(dict(items)), f"repeated query parameters: {items}"
-    return dict(items)
-
-
-def body(request: httpx.Request) -> Any:
-    return json.loads(request.content) if request.content else None
-
-
-def assert_operator(request: httpx.Request, operator: str = "alice", token: str = TOKEN) -> None:
-    assert request.headers.get("authorization") == f"Bearer {token}"
-    assert request.headers.get("x-operator") == operator
+from tests.support.fake_api import (
+    BASE,
+    PREFIX,
+    TOKEN,
+    FakeApi,
+    assert_operator,
+    audit_entry,
+    body,
+    dead_letter,
+    error_body,
+    query,
+)
 
 
 @pytest.fixture
 def api() -> FakeApi:
     return FakeApi()
-
-
-# ---------------------------------------------------------------- client
-@pytest.fixture
-def client(api: FakeApi) -> TaskPlatformClient:
-    return TaskPlatformClient(BASE, operator_token=TOKEN, operator="alice", transport=api.transport)
-
-
-async def test_client_list_sends_only_given_filters_and_parses_the_page(
-    api: FakeApi, client: TaskPlatformClient
-) -> None:
-    api.on(
-        "GET",
-        PREFIX,
-        {
-            "items": [dead_letter("a"), dead_letter("b", status="replayed")],
-            "next_cursor": "c2",
-            "counts": {"total": 7, "by_task_type": {"summary": 7}, "by_reason": {"delivery_limit": 7}},
-        },
-    )
-    async with client:
-        listing = await client.list_dead_letters(
-            status=DeadLetterStatus.PENDING,
-            task_type="summary",
-            reason=None,
-            since=datetime(2024, 5, 1, tzinfo=UTC),
-            limit=20,
-            cursor="c1",
-        )
-
-    request = api.only
-    assert request.method == "GET"
-    assert request.url.path == PREFIX
-    assert query(request) == {
-        "status": "pending",
-        "task_type": "summary",
-        "since": "2024-05-01T00:00:00+00:00",
-        "limit": "20",
-        "cursor": "c1",
-    }
-    assert_operator(request)
-    assert isinstance(listing, DeadLetterListing)
-    assert [d.id for d in listing.items] == ["a", "b"]
-    assert listing.items[1].status is DeadLetterStatus.REPLAYED
-    assert listing.next_cursor == "c2"
-    assert listing.counts["total"] == 7
-
-
-async def test_client_get_quotes_the_id_so_it_stays_one_path_segment(
-    api: FakeApi, client: TaskPlatformClient
-) -> None:
-    api.on("GET", f"{PREFIX}/msg%2Fodd%3Fid", dead_letter("msg/odd?id"))
-    async with client:
-        record = await client.get_dead_letter("msg/odd?id")
-    assert api.only.url.raw_path.decode() == f"{PREFIX}/msg%2Fodd%3Fid"
-    assert record.id == "msg/odd?id"
-    assert record.deaths == 2
-
-
-async def test_client_replay_one_sends_parameters_only_when_given(
-    api: FakeApi, client: TaskPlatformClient
-) -> None:
-    result = {"dead_letter": dead_letter(status="replayed"), "task_id": "task-1", "task_status": "QUEUED"}
-    api.on("POST", f"{PREFIX}/task-1/replay", result)
-    async with client:
-        with_params = await client.replay_dead_letter("task-1", {"n": 3})
-        without = await client.replay_dead_letter("task-1")
-
-    first, second = api.requests
-    assert body(first) == {"parameters": {"n": 3}}
-    assert body(second) is None
-    assert_operator(first)
-    assert with_params == without == result
-
-
-async def test_client_bulk_replay_body_omits_filters_not_given(
-    api: FakeApi, client: TaskPlatformClient
-) -> None:
-    result = {"dry_run": False, "matched": ["a"], "replayed": ["a"], "failed": {}, "seconds": 0.1}
-    api.on("POST", f"{PREFIX}/replay", result)
-    async with client:
-        answer = await client.replay_dead_letters(error_type="ValueError", limit=10, rate=5.0)
-    assert body(api.only) == {"error_type": "ValueError", "limit": 10, "dry_run": False, "rate": 5.0}
-    assert_operator(api.only)
-    assert answer == result
-
-
-async def test_client_discard_and_audit(api: FakeApi, client: TaskPlatformClient) -> None:
-    api.on("DELETE", f"{PREFIX}/task-1", dead_letter(status="discarded"))
-    api.on("GET", f"{PREFIX}/audit", {"items": [audit_entry("e1", action="discard")], "next_cursor": "n"})
-    async with client:
-        discarded = await client.discard_dead_letter("task-1")
-        audit = await client.dead_letter_audit(dead_letter_id="task-1", limit=5)
-
-    delete, get = api.requests
-    assert delete.method == "DELETE"
-    assert discarded.status is DeadLetterStatus.DISCARDED
-    assert query(get) == {"dead_letter_id": "task-1", "limit": "5"}
-    assert isinstance(audit, AuditListing)
-    assert [(e.id, e.action) for e in audit.items] == [("e1", "discard")]
-    assert audit.next_cursor == "n"
-
-
-async def test_client_sends_operator_headers_on_dead_letter_calls_only(api: FakeApi) -> None:
-    api.on(
-        "POST", "/api/v1/tasks/t1/cancel", {"task_id": "t1", "status": "CANCELLED", "cancel_requested": True}
-    )
-    async with TaskPlatformClient(BASE, operator_token=TOKEN, operator="alice", transport=api.transport) as c:
-        await c.cancel("t1")
-    assert "authorization" not in api.only.headers
-    assert "x-operator" not in api.only.headers
-
-
-async def test_client_api_error_body_raises_api_error(api: FakeApi, client: TaskPlatformClient) -> None:
-    api.on("POST", f"{PREFIX}/task-1/replay", error_body(409, "conflict", "dead letter task-1 is replayed"))
-    async with client:
-        with pytest.raises(ApiError) as caught:
-            await client.replay_dead_letter("task-1")
-    assert caught.value.status == 409
-    assert caught.value.code == "conflict"
-    assert "dead letter task-1 is replayed" in str(caught.value)
 
 
 # ---------------------------------------------------------------- CLI
