@@ -7,7 +7,6 @@ JSON-safe; the task the message names is read for its last error and owner.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -197,13 +196,3 @@ def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         "priority": message.priority,
     }
     return {k: json_safe(v) for k, v in props.items() if v is not None}
-
-
-def decode_body(record: DeadLetter) -> bytes:
-    """The dead message's body as it was."""
-    if record.body_encoding == "base64":
-        try:
-            return base64.b64decode(record.body)
-        except binascii.Error:
-            return record.body.encode()
-    return record.body.encode()
