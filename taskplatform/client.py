@@ -126,8 +126,13 @@ class TaskPlatformClient:
         user_id: str | None = None,
         priority: int = 0,
         tags: list[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Submit a task; returns its id. ``task_type`` may be the executable class."""
+        """Submit a task; returns its id. ``task_type`` may be the executable class.
+
+        With ``idempotency_key``, submitting again with the same key (and user) returns the
+        first task's id instead of creating another: safe to retry after a timeout.
+        """
         type_name = task_type if isinstance(task_type, str) else task_type.task_type
         params = parameters.model_dump(mode="json") if isinstance(parameters, BaseModel) else parameters
         body: dict[str, Any] = {
@@ -138,7 +143,8 @@ class TaskPlatformClient:
         }
         if user_id is not None:
             body["user_id"] = user_id
-        data = await self._request("POST", "/api/v1/tasks", json=body)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        data = await self._request("POST", "/api/v1/tasks", json=body, headers=headers)
         return str(data["task_id"])
 
     async def get(self, task_id: str) -> BackgroundTask:

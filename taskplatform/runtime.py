@@ -28,6 +28,9 @@ from topology import Topology, build_topology, declare_topology
 
 log = logging.getLogger(__name__)
 
+#: How long stopping waits for a background pass (outbox relay, reaper) to end by itself.
+BACKGROUND_STOP_SECONDS = 5.0
+
 
 def build_registry(settings: PlatformSettings) -> ExecutableRegistry:
     """Executables from the entry-point group (unless disabled) and the configured modules."""
@@ -211,11 +214,18 @@ class Runtime:
             await self.consumer.stop(grace)
         if self.dlq_consumer is not None:
             await self.dlq_consumer.stop()
+        # The periodic loops see the stop event after their current pass: let that pass end
+        # (a store call cancelled midway strands its connection), cancel only what overstays.
         for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.get_name() == "broker-up":  # waits for the broker; holds no store call
+                task.cancel()
+        if self._background:
+            _done, late = await asyncio.wait(self._background, timeout=BACKGROUND_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            for task in self._background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._background.clear()
         await self.marker.stop()
         await self.bus.close()

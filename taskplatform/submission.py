@@ -17,7 +17,7 @@ from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputErr
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskSubmitted
-from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskMessage, utcnow
+from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, TaskMessage, utcnow
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,12 @@ class SubmitRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Submitted:
-    """The stored task and whether its message reached the broker already."""
+    """The stored task, whether its message reached the broker already, and whether this call
+    created it (False: an earlier submission with the same idempotency key did)."""
 
     task: BackgroundTask
     published: bool
+    created: bool = True
 
 
 class PublishedMarker:
@@ -190,9 +192,27 @@ class TaskSubmitter:
             updated_at=now,
         )
 
-    async def submit(self, request: SubmitRequest) -> Submitted:
-        """Validate, store and publish one task."""
-        return (await self.submit_many([request]))[0]
+    async def submit(self, request: SubmitRequest, *, idempotency_key: str | None = None) -> Submitted:
+        """Validate, store and publish one task.
+
+        With ``idempotency_key``, a second submission with the same key from the same user
+        returns the task the first one created instead of creating another (the store keeps
+        the key unique per user).
+        """
+        if idempotency_key is None:
+            return (await self.submit_many([request]))[0]
+        ensure_storable(idempotency_key, ("idempotency_key",))
+        task = self.prepare(request).model_copy(update={"idempotency_key": idempotency_key})
+        existing = await self._store.find_by_idempotency_key(task.user_id, idempotency_key)
+        if existing is None:
+            try:
+                return (await self.submit_prepared([task]))[0]
+            except DuplicateTaskError:
+                existing = await self._store.find_by_idempotency_key(task.user_id, idempotency_key)
+                if existing is None:
+                    raise
+        published = existing.outbox.status is OutboxStatus.PUBLISHED
+        return Submitted(existing, published=published, created=False)
 
     async def submit_many(self, requests: Sequence[SubmitRequest]) -> list[Submitted]:
         """Validate all first (nothing is written if one is invalid), then store and publish."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from taskplatform.api.errors import ErrorBody
@@ -38,17 +38,34 @@ tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # 
     response_model=TaskCreated,
     summary="Submit a task",
     responses={
+        200: {"model": TaskCreated, "description": "An earlier submission with this Idempotency-Key"},
         202: {
             "model": TaskCreated,
             "description": "Stored; the broker is unreachable, so the "
             "message waits in the outbox and is published when the broker returns",
-        }
+        },
     },
 )
-async def submit_task(body: SubmitRequest, runtime: RuntimeDep, response: Response) -> TaskCreated:
+async def submit_task(
+    body: SubmitRequest,
+    runtime: RuntimeDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=NO_NUL,
+            description="Submitting again with the same key (and user) returns the first task, 200",
+        ),
+    ] = None,
+) -> TaskCreated:
     """Validate the parameters against the task type, store the task, publish it."""
-    submitted = await runtime.submitter.submit(body)
-    if not submitted.published:
+    submitted = await runtime.submitter.submit(body, idempotency_key=idempotency_key)
+    if not submitted.created:
+        response.status_code = 200
+    elif not submitted.published:
         response.status_code = 202
     return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
@@ -19,6 +20,14 @@ MAX_PRIORITY = 9
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC (the only kind of time the platform stores)."""
     return datetime.now(UTC)
+
+
+def idempotency_scope(user_id: str | None, key: str | None) -> str | None:
+    """What the store keeps unique for an idempotency key: the key within its user's scope
+    (a SHA-256, so any key fits the index), or None without a key."""
+    if key is None:
+        return None
+    return hashlib.sha256(f"{user_id or ''}\x00{key}".encode()).hexdigest()
 
 
 def new_task_id() -> str:

@@ -13,6 +13,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, SubTaskStatusSummary, TaskStatus, utcnow
+from taskplatform.models.task import idempotency_scope
 from taskplatform.store.base import (
     BaseTaskStore,
     Guard,
@@ -123,6 +124,7 @@ class MongoTaskStore(MongoDeadLetters, BaseTaskStore):
     async def _ensure_indexes(self) -> None:
         coll = self.collection
         await coll.create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="ix_created")
+        await coll.create_index("idempotency_scope", name="ux_idempotency", unique=True, sparse=True)
         await coll.create_index([("status", ASCENDING), ("created_at", DESCENDING)], name="ix_status_created")
         await coll.create_index(
             [("task_type", ASCENDING), ("created_at", DESCENDING)], name="ix_type_created"
@@ -169,6 +171,9 @@ class MongoTaskStore(MongoDeadLetters, BaseTaskStore):
         for name in ("error_info", "sub_task_status_summary"):
             model = getattr(task, name)
             doc[name] = model.model_dump(mode="json") if model is not None else None
+        scope = idempotency_scope(task.user_id, task.idempotency_key)
+        if scope is not None:  # absent otherwise: the unique index is sparse
+            doc["idempotency_scope"] = scope
         return doc
 
     @staticmethod
@@ -263,6 +268,11 @@ class MongoTaskStore(MongoDeadLetters, BaseTaskStore):
                 .to_list(None)
             )
         return [self._to_task(d) for d in docs]
+
+    async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
+        async with self._errors():
+            doc = await self.collection.find_one({"idempotency_scope": idempotency_scope(user_id, key)})
+        return self._to_task(doc) if doc is not None else None
 
     async def list_awaiting_parents(
         self, *, updated_before: datetime, limit: int

@@ -63,6 +63,10 @@ class StorePrimitives(ABC):
         """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
 
     @abstractmethod
+    async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
+        """The task ``user_id`` created with idempotency ``key``, or None."""
+
+    @abstractmethod
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
     ) -> ParentState | None:

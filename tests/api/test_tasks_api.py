@@ -209,3 +209,28 @@ async def test_cancel_answers_for_waiting_missing_and_finished_tasks(
     await runtime.store.record_completion(done.task.id, node_id="n", attempt=0, result={"value": 0})
     r = await client.post(f"/api/v1/tasks/{done.task.id}/cancel")
     assert r.status_code == 409 and "already COMPLETED" in r.json()["error"]["message"]
+
+
+async def test_fifty_concurrent_submissions_with_one_idempotency_key_make_one_task(
+    api: tuple[httpx.AsyncClient, Runtime], rabbitmq: Any
+) -> None:
+    import asyncio
+
+    client, runtime = api
+    body = {"task_type": "generate_summary", "parameters": {"text": "One. Two."}, "user_id": "u1"}
+    headers = {"Idempotency-Key": "order-42"}
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/tasks", json=body, headers=headers) for _ in range(50))
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 49 + [201], codes
+    assert len({r.json()["task_id"] for r in responses}) == 1
+    assert await stored(runtime) == 1
+    assert await queue_depth(rabbitmq, runtime) == 1  # published once
+
+    other_user = await client.post("/api/v1/tasks", json={**body, "user_id": "u2"}, headers=headers)
+    no_key = await client.post("/api/v1/tasks", json=body)
+    assert other_user.status_code == 201 and no_key.status_code == 201
+    assert await stored(runtime) == 3
+    bad = await client.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "x" * 300})
+    assert bad.status_code == 422 and await stored(runtime) == 3

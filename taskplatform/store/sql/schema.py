@@ -84,6 +84,8 @@ tasks = Table(
     Column("priority", SmallInteger, nullable=False, server_default=text("0")),
     Column("tags", json_type(), nullable=False),
     Column("idempotency_key", String(255), nullable=True),
+    #: idempotency_scope(user_id, idempotency_key): unique, so a key names one task per user.
+    Column("idempotency_scope", String(64), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("last_event_id", String(64), nullable=True),
@@ -100,6 +102,7 @@ tasks = Table(
     Index("ix_tasks_type_created", "task_type", "created_at"),
     Index("ix_tasks_user_created", "user_id", "created_at"),
     Index("ix_tasks_parent", "parent_task_id"),
+    Index("ux_tasks_idempotency", "idempotency_scope", unique=True),
     Index(
         "ix_tasks_outbox_pending",
         "created_at",

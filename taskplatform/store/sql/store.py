@@ -33,6 +33,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
+from taskplatform.models.task import idempotency_scope
 from taskplatform.store.base import (
     BaseTaskStore,
     ClaimRequest,
@@ -180,6 +181,7 @@ class SqlTaskStore(SqlDeadLetters, BaseTaskStore):
             row[name] = model.model_dump(mode="json") if model is not None else None
         for name in OUTBOX_FIELDS:
             row[f"outbox_{name}"] = _db_value(doc["outbox"][name])
+        row["idempotency_scope"] = idempotency_scope(task.user_id, task.idempotency_key)
         return row
 
     @staticmethod
@@ -359,6 +361,12 @@ class SqlTaskStore(SqlDeadLetters, BaseTaskStore):
             async with self.engine.begin() as conn:
                 row = await sql_rollup.apply_rollups(conn, parent_id, items, now=utcnow())
         return ParentState.from_mapping(dict(row._mapping)) if row is not None else None
+
+    async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
+        found = await self._select(
+            select(tasks).where(tasks.c.idempotency_scope == idempotency_scope(user_id, key))
+        )
+        return found[0] if found else None
 
     async def _select(self, query: Select[Any]) -> builtins.list[BackgroundTask]:
         """The documents ``query`` selects."""
