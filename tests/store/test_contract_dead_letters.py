@@ -43,6 +43,8 @@ async def test_get_of_an_unknown_dead_letter_is_none(store: BaseTaskStore) -> No
 async def test_the_same_generation_again_is_a_duplicate_counted_in_times_seen(store: BaseTaskStore) -> None:
     first = make_dead_letter(last_seen_at=utcnow() - timedelta(minutes=5))
     await store.upsert_dead_letter(first)
+    stored_first = await store.get_dead_letter(first.id)  # as stored: BSON keeps milliseconds
+    assert stored_first is not None
     later = first.model_copy(
         update={"last_seen_at": utcnow(), "reason": "delivery_limit", "body": "other", "attempt": 9}
     )
@@ -53,7 +55,7 @@ async def test_the_same_generation_again_is_a_duplicate_counted_in_times_seen(st
     # the content is the first death's
     assert after.reason == first.reason and after.body == first.body and after.attempt == first.attempt
     assert close_in_time(after.first_seen_at, first.first_seen_at)
-    assert after.updated_at > first.updated_at
+    assert after.updated_at >= stored_first.updated_at  # the version bump above is the change
     # an older copy of the same death does not move last_seen_at back
     earlier = first.model_copy(update={"last_seen_at": utcnow() - timedelta(hours=1)})
     again, outcome = await store.upsert_dead_letter(earlier)
@@ -123,13 +125,15 @@ async def test_a_discarded_record_reopens_when_its_task_dies_again(store: BaseTa
 async def test_an_older_generation_is_stale_and_only_counted(store: BaseTaskStore) -> None:
     current = make_dead_letter(generation=2, last_seen_at=utcnow() - timedelta(minutes=1))
     await store.upsert_dead_letter(current)
+    stored_current = await store.get_dead_letter(current.id)  # as stored: BSON keeps milliseconds
+    assert stored_current is not None
     late = make_dead_letter(task_id=current.id, generation=1, reason="expired", last_seen_at=utcnow())
     after, outcome = await store.upsert_dead_letter(late)
     assert outcome is UpsertOutcome.STALE
     assert after.times_seen == 2 and after.deaths == 1 and after.version == 2
     assert after.generation == 2 and after.reason == current.reason
     assert close_in_time(after.last_seen_at, current.last_seen_at)
-    assert after.updated_at > current.updated_at
+    assert after.updated_at >= stored_current.updated_at  # the version bump above is the change
     assert_same_record(await store.get_dead_letter(current.id), after)
 
 
