@@ -10,28 +10,19 @@ import hmac
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, TaskStatus
-from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE
 from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter
 
-NO_NUL = r"^[^\x00]*$"
 RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
 ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422, 503)}
-
-
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def operator(

@@ -5,29 +5,21 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskStatus
-from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
 from taskplatform.submission import SubmitRequest
 
 ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
 
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it as bad input, not a store fault
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL, description="Task id")]
 
-
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # type: ignore[arg-type]
 
