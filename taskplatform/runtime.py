@@ -17,6 +17,7 @@ from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.bus import EventBus
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
+from taskplatform.models import MAX_PRIORITY
 from taskplatform.outbox import OutboxRelay
 from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
@@ -44,6 +45,8 @@ def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegi
         prefix=settings.topology_prefix,
         delivery_limit=settings.delivery_limit,
         delay_mode=settings.delay_mode,
+        priority_levels=settings.priority_levels,
+        max_priority=MAX_PRIORITY,
     )
 
 
@@ -163,6 +166,7 @@ class Runtime:
                 cancel_grace=settings.cancel_grace_seconds,
                 submitter=self.submitter,
                 progress_interval=settings.progress_interval_seconds,
+                priority_hold=settings.priority_hold_seconds,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskplatform.events.models import EventType
+from taskplatform.models.task import MAX_PRIORITY
 from taskplatform.retry import RetryPolicy
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
@@ -66,6 +68,7 @@ class PlatformSettings(BaseSettings):
     dlq_consumer_enabled: bool = True
     #: Default pace of a bulk replay, tasks per second (a request may ask for less or more).
     dlq_replay_rate: float = Field(default=50.0, gt=0)
+
     #: Bearer token the DeadLetter API requires; the API refuses those requests when unset.
     operator_token: SecretStr | None = None
 
@@ -83,6 +86,11 @@ class PlatformSettings(BaseSettings):
     topology_prefix: str = ""
     delivery_limit: int = Field(default=5, ge=1)
     delay_mode: Literal["ttl", "plugin"] = "ttl"
+    #: Quorum queues per queue group, one per priority band (10: one per priority 0-9).
+    priority_levels: int = Field(default=MAX_PRIORITY + 1, ge=1, le=MAX_PRIORITY + 1)
+    #: How long a delivered message may wait in a busy worker behind higher priorities before
+    #: it is handed back to its queue (kept well under RabbitMQ's consumer timeout).
+    priority_hold_seconds: float = Field(default=60.0, gt=0)
 
     # publishing and outbox
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -92,6 +100,26 @@ class PlatformSettings(BaseSettings):
     outbox_grace_seconds: float = Field(default=10.0, ge=0)
     outbox_lease_seconds: float = Field(default=30.0, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1)
+
+    # authentication (the API) and the token clients send
+    #: ``jwt``: every API request needs a bearer JWT; ``disabled``: none does (each request
+    #: acts as an admin). ``taskplatform dev`` defaults to ``disabled``, everything else to ``jwt``.
+    auth: Literal["jwt", "disabled"] = "jwt"
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    #: HS256 shared secret (at least 32 bytes); also what ``taskplatform token`` signs with.
+    jwt_secret: SecretStr | None = None
+    #: RS256: a PEM public key file, or a JWKS file (keys chosen by the token's ``kid``).
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    #: Required ``iss`` / ``aud`` claims; empty means not checked.
+    jwt_issuer: str = "taskplatform"
+    jwt_audience: str = "taskplatform"
+    #: Clock skew allowed on ``exp`` / ``nbf`` / ``iat``.
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
+    #: Claim holding the caller's roles (a list, or a space-separated string).
+    jwt_roles_claim: str = "roles"
+    #: Bearer token the CLI and ``TaskPlatformClient.from_settings`` send.
+    token: SecretStr | None = None
 
     # API
     api_host: str = "127.0.0.1"

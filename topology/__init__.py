@@ -9,7 +9,7 @@ from topology.build import (
     work_queue_name,
 )
 from topology.declare import declare_topology, find_topology_problems, verify_topology
-from topology.spec import BindingSpec, ExchangeSpec, QueueSpec, Topology, WorkQueue
+from topology.spec import BindingSpec, DelayHop, DelayTier, ExchangeSpec, QueueSpec, Topology, WorkQueue
 
 __all__ = [
     "DEAD_LETTER_EXCHANGE",
@@ -17,6 +17,8 @@ __all__ = [
     "EVENTS_EXCHANGE",
     "WORK_EXCHANGE",
     "BindingSpec",
+    "DelayHop",
+    "DelayTier",
     "ExchangeSpec",
     "QueueSpec",
     "Topology",

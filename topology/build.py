@@ -4,25 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from topology.spec import BindingSpec, DelayTier, ExchangeSpec, QueueSpec, Topology, WorkQueue, _frozen
+from topology.spec import (
+    BindingSpec,
+    DelayTier,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+    WorkQueue,
+    _frozen,
+    band_start,
+    level_routing_key,
+)
 
 WORK_EXCHANGE = "tasks.exchange"
 DEAD_LETTER_EXCHANGE = "tasks.dlx.exchange"
 DEAD_LETTER_QUEUE = "tasks.dlq.queue"
 EVENTS_EXCHANGE = "tasks.events.exchange"
+#: Plugin mode: the x-delayed-message exchange.
 DELAY_EXCHANGE = "tasks.delay.exchange"
+#: TTL mode: the headers exchange that routes a delayed message to its tier by a header.
+DELAY_TIERS_EXCHANGE = "tasks.delay.tiers.exchange"
 #: TTL tiers in seconds: powers of two up to 68 minutes. Longer delays take several hops.
 DEFAULT_DELAY_TIERS: tuple[int, ...] = tuple(2**i for i in range(13))
+#: Priorities 0..9, one queue each by default.
+DEFAULT_MAX_PRIORITY = 9
 
 
-def work_queue_name(group: str, prefix: str = "") -> str:
-    """``tasks.work.<group>``, with the optional prefix."""
-    return f"{prefix}tasks.work.{group}"
-
-
-def group_routing_key(group: str) -> str:
-    """Routing key that reaches a whole queue group (used by returning delayed messages)."""
-    return f"queue.{group}"
+def work_queue_name(group: str, prefix: str = "", band_start: int = 0) -> str:
+    """``tasks.work.<group>`` for the lowest band, ``tasks.work.<group>.p<n>`` for the band whose
+    lowest priority is ``n``, with the prefix."""
+    base = f"{prefix}tasks.work.{group}"
+    return base if band_start == 0 else f"{base}.p{band_start}"
 
 
 def build_topology(
@@ -32,6 +44,8 @@ def build_topology(
     delivery_limit: int = 5,
     delay_mode: str = "ttl",
     delay_tiers: Sequence[int] = DEFAULT_DELAY_TIERS,
+    priority_levels: int = DEFAULT_MAX_PRIORITY + 1,
+    max_priority: int = DEFAULT_MAX_PRIORITY,
 ) -> Topology:
     """The topology for ``queue_groups`` (queue group -> task types routed to it).
 
@@ -40,9 +54,15 @@ def build_topology(
     DLQ), and carry an explicit ``x-delivery-limit`` so a poison message that keeps
     killing its worker ends in the DLQ instead of looping.
 
-    Delayed retries: in ``ttl`` mode each group gets a ladder of quorum queues, one
-    ``x-message-ttl`` each, dead-lettering back to ``tasks.exchange`` with the group's
-    routing key (no head-of-line blocking: every message in a tier waits equally long). In
+    Priorities: quorum queues have none on RabbitMQ 3.x, so each group has one quorum queue
+    per priority level (``priority_levels`` equal bands of 0..``max_priority``), bound by
+    ``<task_type>`` (level 0) and ``<task_type>@p<level>``; workers start the highest level
+    first (``taskplatform.worker.dispatch``).
+
+    Delayed retries: in ``ttl`` mode a ladder of quorum queues, one ``x-message-ttl`` each,
+    reached through a headers exchange (header ``delay-tier``) and dead-lettering back to
+    ``tasks.exchange`` with the message's own routing key, so it returns to its group and
+    priority level (no head-of-line blocking: every message in a tier waits equally long). In
     ``plugin`` mode an ``x-delayed-message`` exchange is declared instead (needs the
     rabbitmq_delayed_message_exchange plugin).
     """
@@ -50,10 +70,13 @@ def build_topology(
         raise ValueError(f"delay_mode must be 'ttl' or 'plugin', got {delay_mode!r}")
     if delivery_limit < 1:
         raise ValueError(f"delivery_limit must be >= 1, got {delivery_limit}")
+    if not 1 <= priority_levels <= max_priority + 1:
+        raise ValueError(f"priority_levels must be between 1 and {max_priority + 1}, got {priority_levels}")
     work_x = f"{prefix}{WORK_EXCHANGE}"
     dlx = f"{prefix}{DEAD_LETTER_EXCHANGE}"
     dlq = f"{prefix}{DEAD_LETTER_QUEUE}"
     events_x = f"{prefix}{EVENTS_EXCHANGE}"
+    delay_x = f"{prefix}{DELAY_EXCHANGE if delay_mode == 'plugin' else DELAY_TIERS_EXCHANGE}"
 
     work_args = _frozen(
         {
@@ -64,27 +87,24 @@ def build_topology(
             "x-delivery-limit": delivery_limit,
         }
     )
-    tiers = tuple(sorted(set(delay_tiers))) if delay_mode == "ttl" else ()
+    starts = [band_start(level, priority_levels, max_priority) for level in range(priority_levels)]
     work_queues = tuple(
         WorkQueue(
             group=group,
-            queue=work_queue_name(group, prefix),
+            queues=tuple(work_queue_name(group, prefix, start) for start in starts),
             task_types=tuple(sorted(types)),
-            group_key=group_routing_key(group),
-            delay_tiers=tuple(DelayTier(n, f"{prefix}tasks.delay.{group}.{n}s") for n in tiers),
         )
         for group, types in sorted(queue_groups.items())
     )
-    delay_x = f"{prefix}{DELAY_EXCHANGE}" if delay_mode == "plugin" else ""
-    exchanges = (
-        ExchangeSpec(work_x, "direct"),
-        ExchangeSpec(dlx, "fanout"),
-        ExchangeSpec(events_x, "topic"),
-        *(
-            (ExchangeSpec(delay_x, "x-delayed-message", arguments=_frozen({"x-delayed-type": "direct"})),)
-            if delay_x
-            else ()
-        ),
+    tiers = (
+        tuple(DelayTier(n, f"{prefix}tasks.delay.{n}s") for n in sorted(set(delay_tiers)))
+        if delay_mode == "ttl"
+        else ()
+    )
+    delay_exchange = (
+        ExchangeSpec(delay_x, "x-delayed-message", arguments=_frozen({"x-delayed-type": "direct"}))
+        if delay_mode == "plugin"
+        else ExchangeSpec(delay_x, "headers")
     )
     tier_queues = tuple(
         QueueSpec(
@@ -93,29 +113,28 @@ def build_topology(
                 {
                     "x-queue-type": "quorum",
                     "x-message-ttl": tier.seconds * 1000,
+                    # no x-dead-letter-routing-key: the message keeps its own, which brings it
+                    # back to its group and priority level
                     "x-dead-letter-exchange": work_x,
-                    "x-dead-letter-routing-key": wq.group_key,
                     "x-dead-letter-strategy": "at-least-once",
                     "x-overflow": "reject-publish",
                 }
             ),
         )
-        for wq in work_queues
-        for tier in wq.delay_tiers
+        for tier in tiers
     )
-    queues = (
-        *(QueueSpec(wq.queue, arguments=work_args) for wq in work_queues),
-        QueueSpec(dlq, arguments=_frozen({"x-queue-type": "quorum"})),
-        *tier_queues,
+    level_routes = tuple(
+        (queue, level_routing_key(task_type, start))
+        for wq in work_queues
+        for start, queue in zip(starts, wq.queues, strict=True)
+        for task_type in wq.task_types
     )
     bindings = (
-        *(BindingSpec(work_x, wq.queue, task_type) for wq in work_queues for task_type in wq.task_types),
-        *(BindingSpec(work_x, wq.queue, wq.group_key) for wq in work_queues),
+        *(BindingSpec(work_x, queue, key) for queue, key in level_routes),
+        *(BindingSpec(delay_x, queue, key) for queue, key in level_routes if delay_mode == "plugin"),
         *(
-            BindingSpec(delay_x, wq.queue, task_type)
-            for wq in work_queues
-            for task_type in wq.task_types
-            if delay_x
+            BindingSpec(delay_x, tier.queue, "", _frozen({"x-match": "all", tier.header: tier.value}))
+            for tier in tiers
         ),
         BindingSpec(dlx, dlq, ""),
     )
@@ -125,9 +144,21 @@ def build_topology(
         dead_letter_queue=dlq,
         events_exchange=events_x,
         work_queues=work_queues,
-        exchanges=exchanges,
-        queues=queues,
+        exchanges=(
+            ExchangeSpec(work_x, "direct"),
+            ExchangeSpec(dlx, "fanout"),
+            ExchangeSpec(events_x, "topic"),
+            delay_exchange,
+        ),
+        queues=(
+            *(QueueSpec(queue, arguments=work_args) for wq in work_queues for queue in wq.queues),
+            QueueSpec(dlq, arguments=_frozen({"x-queue-type": "quorum"})),
+            *tier_queues,
+        ),
         bindings=bindings,
-        delay_mode="plugin" if delay_x else "ttl",
+        delay_mode="plugin" if delay_mode == "plugin" else "ttl",
         delay_exchange=delay_x,
+        delay_tiers=tiers,
+        priority_levels=priority_levels,
+        max_priority=max_priority,
     )

@@ -30,7 +30,11 @@ async def declare_topology(connection: AbstractRobustConnection, topology: Topol
         for qspec in topology.queues:
             queues[qspec.name] = await _declare_queue(channel, qspec)
         for binding in topology.bindings:
-            await queues[binding.queue].bind(exchanges[binding.exchange], routing_key=binding.routing_key)
+            await queues[binding.queue].bind(
+                exchanges[binding.exchange],
+                routing_key=binding.routing_key,
+                arguments=dict(binding.arguments) or None,
+            )
     except ChannelPreconditionFailed as exc:
         raise TopologyError(f"broker topology conflicts with the declared one: {exc}") from exc
     finally:

@@ -17,6 +17,25 @@ def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+def priority_level(priority: int, levels: int, max_priority: int) -> int:
+    """The level (queue index) of ``priority`` when 0..``max_priority`` is split into ``levels``
+    equal bands; with as many levels as priorities, each priority is its own level."""
+    clamped = min(max(priority, 0), max_priority)
+    return clamped * levels // (max_priority + 1)
+
+
+def band_start(level: int, levels: int, max_priority: int) -> int:
+    """The lowest priority of ``level``'s band. It names the level's queue and routing key, so a
+    name means the same priorities whatever the number of levels."""
+    return -(-level * (max_priority + 1) // levels)  # ceiling division
+
+
+def level_routing_key(task_type: str, start: int) -> str:
+    """The task type for the lowest band, ``<task_type>@p<start>`` above it (``@`` cannot occur
+    in a task type)."""
+    return task_type if start == 0 else f"{task_type}@p{start}"
+
+
 @dataclass(frozen=True)
 class ExchangeSpec:
     """An exchange to declare."""
@@ -38,30 +57,57 @@ class QueueSpec:
 
 @dataclass(frozen=True)
 class BindingSpec:
-    """Messages published to ``exchange`` with ``routing_key`` reach ``queue``."""
+    """Messages published to ``exchange`` with ``routing_key`` reach ``queue`` (on a headers
+    exchange: those whose headers match ``arguments``)."""
 
     exchange: str
     queue: str
     routing_key: str
+    arguments: Mapping[str, Any] = field(default_factory=_frozen)
 
 
 @dataclass(frozen=True)
 class DelayTier:
-    """A TTL queue holding messages for ``seconds``, then dead-lettering them to a work queue."""
+    """A TTL queue holding messages for ``seconds``, then dead-lettering them back to the work
+    exchange with the routing key they were published with. Messages reach it through the
+    delay exchange (headers) by carrying ``header`` = ``value`` (not an ``x-`` name: a headers
+    exchange ignores those when matching)."""
 
     seconds: int
     queue: str
+    header: str = "delay-tier"
+
+    @property
+    def value(self) -> str:
+        return f"{self.seconds}s"
+
+
+@dataclass(frozen=True)
+class DelayHop:
+    """One leg of a delay: publish to ``exchange`` with ``routing_key`` and ``headers``; the
+    message comes back to its work queue after ``seconds``."""
+
+    exchange: str
+    routing_key: str
+    seconds: float
+    headers: Mapping[str, Any] = field(default_factory=_frozen)
 
 
 @dataclass(frozen=True)
 class WorkQueue:
-    """A work queue, the task types routed to it, and its delay tiers (TTL mode)."""
+    """A queue group: the task types routed to it and its quorum queues, one per priority level.
+
+    ``queues[level]`` holds the messages of that level; ``queue`` (level 0) is the group's
+    base queue, ``tasks.work.<group>``.
+    """
 
     group: str
-    queue: str
+    queues: tuple[str, ...]
     task_types: tuple[str, ...]
-    group_key: str = ""
-    delay_tiers: tuple[DelayTier, ...] = ()
+
+    @property
+    def queue(self) -> str:
+        return self.queues[0]
 
 
 @dataclass(frozen=True)
@@ -78,15 +124,24 @@ class Topology:
     bindings: tuple[BindingSpec, ...]
     delay_mode: Literal["ttl", "plugin"] = "ttl"
     delay_exchange: str = ""
+    delay_tiers: tuple[DelayTier, ...] = ()
+    #: Priorities are 0 .. max_priority; they map onto ``priority_levels`` queues per group.
+    priority_levels: int = 1
+    max_priority: int = 9
 
-    def routing_key_for(self, task_type: str) -> str:
-        """Routing key of a task message on the work exchange (the task type)."""
-        return task_type
+    def level_of(self, priority: int) -> int:
+        """The priority level (queue index) of ``priority`` (see :func:`priority_level`)."""
+        return priority_level(priority, self.priority_levels, self.max_priority)
 
-    def queue_for(self, task_type: str) -> str | None:
-        """Name of the work queue that receives ``task_type``, if any."""
+    def routing_key_for(self, task_type: str, priority: int = 0) -> str:
+        """Routing key of a task message on the work exchange (see :func:`level_routing_key`)."""
+        level = self.level_of(priority)
+        return level_routing_key(task_type, band_start(level, self.priority_levels, self.max_priority))
+
+    def queue_for(self, task_type: str, priority: int = 0) -> str | None:
+        """Name of the work queue that receives ``task_type`` at ``priority``, if any."""
         wq = self.work_queue_for(task_type)
-        return wq.queue if wq else None
+        return wq.queues[self.level_of(priority)] if wq else None
 
     def work_queue_for(self, task_type: str) -> WorkQueue | None:
         for wq in self.work_queues:
@@ -94,22 +149,24 @@ class Topology:
                 return wq
         return None
 
-    def delay_hop(self, task_type: str, remaining: float) -> tuple[str, str, float] | None:
+    def delay_hop(self, task_type: str, remaining: float, priority: int = 0) -> DelayHop | None:
         """Where to publish a message that must wait ``remaining`` seconds more.
 
-        Returns (exchange, routing key, seconds this hop waits), or None when the wait is
-        under ``DELIVER_EARLY_SECONDS`` (deliver now). TTL mode takes the longest tier that
-        fits (the shortest when none does, overshooting by under half a second), so a long
-        delay takes a few hops and each returning message is re-delayed by what is left;
-        plugin mode waits the whole delay in one hop (``x-delay`` header).
+        None when the wait is under ``DELIVER_EARLY_SECONDS`` (deliver now). TTL mode takes the
+        longest tier that fits (the shortest when none does, overshooting by under half a
+        second), so a long delay takes a few hops and each returning message is re-delayed by
+        what is left; plugin mode waits the whole delay in one hop (``x-delay`` header). Either
+        way the message keeps its own routing key, which brings it back to its priority level.
         """
         if remaining < DELIVER_EARLY_SECONDS:
             return None
+        routing_key = self.routing_key_for(task_type, priority)
         if self.delay_mode == "plugin":
-            return self.delay_exchange, self.routing_key_for(task_type), remaining
-        wq = self.work_queue_for(task_type)
-        if wq is None or not wq.delay_tiers:
+            return DelayHop(self.delay_exchange, routing_key, remaining)
+        if not self.delay_tiers or self.work_queue_for(task_type) is None:
             return None
-        fitting = [t for t in wq.delay_tiers if t.seconds <= remaining]
-        tier = fitting[-1] if fitting else wq.delay_tiers[0]
-        return "", tier.queue, float(tier.seconds)
+        fitting = [t for t in self.delay_tiers if t.seconds <= remaining]
+        tier = fitting[-1] if fitting else self.delay_tiers[0]
+        return DelayHop(
+            self.delay_exchange, routing_key, float(tier.seconds), _frozen({tier.header: tier.value})
+        )

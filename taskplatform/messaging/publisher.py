@@ -83,7 +83,7 @@ class TaskPublisher:
         """Publish ``message`` to the work exchange, routed by its task type."""
         await self.publish_raw(
             self._topology.work_exchange,
-            self._topology.routing_key_for(message.task_type),
+            self._topology.routing_key_for(message.task_type, message.priority),
             encode(message, extra_headers=extra_headers),
             what=f"task {message.task_id}",
         )
@@ -105,18 +105,18 @@ class TaskPublisher:
         exchange) and a worker receiving it early sends it round again with what is left.
         """
         remaining = (not_before - utcnow()).total_seconds()
-        hop = self._topology.delay_hop(message.task_type, remaining)
+        hop = self._topology.delay_hop(message.task_type, remaining, message.priority)
         if hop is None:
             await self.publish(message, extra_headers={HEADER_NOT_BEFORE: _epoch_ms(not_before)})
             return
-        exchange, routing_key, _hop_seconds = hop
         headers: dict[str, Any] = {
+            **hop.headers,
             HEADER_NOT_BEFORE: _epoch_ms(not_before),
             HEADER_DELAY: max(0, int(remaining * 1000)),
         }
         await self.publish_raw(
-            exchange,
-            routing_key,
+            hop.exchange,
+            hop.routing_key,
             encode(message, extra_headers=headers),
             what=f"delayed task {message.task_id}",
         )

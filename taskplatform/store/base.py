@@ -73,15 +73,26 @@ class BaseTaskStore(SubTaskOperations, ReplayOperations, DeadLetterOperations):
 
     # ------------------------------------------------------------ an attempt's life
     async def try_set_running(
-        self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        node_id: str,
+        lease_until: datetime,
+        priority: int | None = None,
     ) -> BackgroundTask | None:
         """Claim the task for this attempt. Returns the document if this caller won.
 
         Wins when the task is QUEUED/RETRYING at this attempt, or RUNNING at this attempt
-        under a lease that has lapsed (its previous owner died).
+        under a lease that has lapsed (its previous owner died); with ``priority``, only while
+        the task has that priority (the message of a task whose priority changed since is
+        superseded by the one published with the change).
         """
         now = utcnow()
-        guard = Guard(statuses=RUNNABLE, equals={"retry_count": attempt}, takeover_before=now)
+        equals: dict[str, Any] = {"retry_count": attempt}
+        if priority is not None:
+            equals["priority"] = priority
+        guard = Guard(statuses=RUNNABLE, equals=equals, takeover_before=now)
         return await self._guarded_update(task_id, guard, self.running_changes(node_id, lease_until, now))
 
     async def try_set_running_many(
@@ -94,7 +105,11 @@ class BaseTaskStore(SubTaskOperations, ReplayOperations, DeadLetterOperations):
         won: dict[str, BackgroundTask] = {}
         for claim in claims:
             task = await self.try_set_running(
-                claim.task_id, attempt=claim.attempt, node_id=node_id, lease_until=lease_until
+                claim.task_id,
+                attempt=claim.attempt,
+                node_id=node_id,
+                lease_until=lease_until,
+                priority=claim.priority,
             )
             if task is not None:
                 won[task.id] = task

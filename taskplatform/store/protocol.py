@@ -43,7 +43,13 @@ class TaskStore(Protocol):
 
     # ------------------------------------------------------------ an attempt's life
     async def try_set_running(
-        self, task_id: str, *, attempt: int, node_id: str, lease_until: datetime
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        node_id: str,
+        lease_until: datetime,
+        priority: int | None = None,
     ) -> BackgroundTask | None: ...
     async def try_set_running_many(
         self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime

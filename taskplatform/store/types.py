@@ -67,10 +67,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``)."""
+    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``); with ``priority``, only
+    while the task still has that priority (a message from before a priority change loses)."""
 
     task_id: str
     attempt: int
+    priority: int | None = None
 
 
 @dataclass(frozen=True)

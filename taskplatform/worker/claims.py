@@ -57,7 +57,11 @@ class Claimer:
             # Only the first delivery of the winning attempt gets the task; a duplicate in the
             # same batch, or a delivery of another attempt, gets nothing.
             task = won.get(claim.task_id)
-            if task is not None and task.retry_count == claim.attempt:
+            if (
+                task is not None
+                and task.retry_count == claim.attempt
+                and claim.priority in (None, task.priority)
+            ):
                 del won[claim.task_id]
                 results.append(task)
             else:
@@ -92,7 +96,7 @@ class Claimer:
                 delay = min(delay * 2, 30.0)
 
     async def _claim_once(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
+        task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt, tm.priority))
         if task is not None:
             return task
         current = await self._store.get(tm.task_id)
@@ -111,8 +115,8 @@ class Claimer:
         else:
             await self._settler.skip(
                 message,
-                f"task {tm.task_id} is {current.status} at attempt {current.retry_count} "
-                f"(message attempt {tm.attempt})",
+                f"task {tm.task_id} is {current.status} at attempt {current.retry_count}, priority "
+                f"{current.priority} (message: attempt {tm.attempt}, priority {tm.priority})",
             )
         return None
 
@@ -145,7 +149,7 @@ class Claimer:
         while True:
             current = await self._store.get(tm.task_id)
             if current is None or not self._held_by_live_lease(current, tm):
-                task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt))
+                task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt, tm.priority))
                 if task is not None:
                     log.warning(
                         "task %s: previous owner %s is gone; taking over",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from taskplatform.store.base import BaseTaskStore
 from taskplatform.submission import TaskSubmitter
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext
+from taskplatform.worker.dispatch import GateClosed, PriorityGate
 from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
 from topology.spec import DELIVER_EARLY_SECONDS, Topology
 
@@ -32,10 +34,13 @@ log = logging.getLogger(__name__)
 
 
 class TaskConsumer:
-    """One channel, one consumer per work queue, ``prefetch`` messages in flight.
+    """One channel, one consumer per work queue and priority level.
 
-    aio-pika runs each delivery's callback as its own asyncio task, so up to ``prefetch``
-    attempts run concurrently. Nothing is acked before its outcome is in the store.
+    aio-pika runs each delivery's callback as its own asyncio task. Each queue group runs up
+    to ``prefetch`` attempts at once; every priority level's consumer may hold ``prefetch``
+    deliveries, and when the group is busy the next free slot goes to the highest level
+    waiting (``PriorityGate``). A delivery that waits longer than ``priority_hold`` seconds
+    is handed back to its queue. Nothing is acked before its outcome is in the store.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class TaskConsumer:
         cancel_grace: float = 2.0,
         submitter: TaskSubmitter | None = None,
         progress_interval: float = 1.0,
+        priority_hold: float = 60.0,
     ) -> None:
         self._broker = broker
         self._publisher = publisher
@@ -75,6 +81,8 @@ class TaskConsumer:
         self._cancel_grace = cancel_grace
         self._submitter = submitter
         self._progress_interval = progress_interval
+        self._priority_hold = priority_hold
+        self._gates: dict[str, PriorityGate] = {}
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
@@ -96,13 +104,25 @@ class TaskConsumer:
         """Start consuming every work queue of the topology."""
         self._channel = await self._broker.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
+        # New gates: stop() closed the old ones (deliveries still holding their slots give
+        # them back to the gate they came through).
+        self._gates = {wq.group: PriorityGate(self._prefetch) for wq in self._topology.work_queues}
         for wq in self._topology.work_queues:
-            # declare_queue (passive) registers the queue with the robust channel, so the
-            # consumer is restored after a reconnect; get_queue would not be.
-            queue = await self._channel.declare_queue(wq.queue, passive=True)
-            tag = await queue.consume(self._on_message, no_ack=False)
-            self._consumers.append((queue, tag))
-            log.info("consuming %s (%s), prefetch %d", wq.queue, ", ".join(wq.task_types), self._prefetch)
+            # Highest level first: at start-up the broker fills the top levels' credit first.
+            for level in reversed(range(len(wq.queues))):
+                # declare_queue (passive) registers the queue with the robust channel, so the
+                # consumer is restored after a reconnect; get_queue would not be.
+                queue = await self._channel.declare_queue(wq.queues[level], passive=True)
+                callback = functools.partial(self._on_message, self._gates[wq.group], level)
+                tag = await queue.consume(callback, no_ack=False)
+                self._consumers.append((queue, tag))
+            log.info(
+                "consuming %s (%s) at %d priority level(s), %d at a time",
+                wq.queue,
+                ", ".join(wq.task_types),
+                len(wq.queues),
+                self._prefetch,
+            )
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking new messages, give in-flight ones ``grace`` seconds, then close.
@@ -114,6 +134,8 @@ class TaskConsumer:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
         self._consumers.clear()
+        for gate in self._gates.values():
+            gate.close()  # deliveries still waiting for a slot are handed back now
         pending = list(self._in_flight.values())
         if pending:
             log.info("waiting up to %.0fs for %d in-flight task(s)", grace, len(pending))
@@ -138,13 +160,13 @@ class TaskConsumer:
             self._instances[task_type] = instance
         return instance
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, gate: PriorityGate, level: int, message: AbstractIncomingMessage) -> None:
         key = f"{message.delivery_tag}:{id(message)}"
         current = asyncio.current_task()
         if current is not None:
             self._in_flight[key] = current
         try:
-            await self._handle(message)
+            await self._handle(message, gate, level)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -156,7 +178,7 @@ class TaskConsumer:
             self._in_flight.pop(key, None)
             self.processed += 1
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage, gate: PriorityGate, level: int) -> None:
         try:
             task_message = decode(message)
         except MessageDecodeError as exc:
@@ -177,6 +199,23 @@ class TaskConsumer:
         if not_before is not None and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS:
             await self._delay_again(message, task_message, not_before)
             return
+        try:
+            if not gate.try_acquire():  # the hot path takes a free slot without a timer
+                await asyncio.wait_for(gate.acquire(level), self._priority_hold)
+        except (TimeoutError, GateClosed) as exc:
+            why = (
+                "the worker is stopping"
+                if isinstance(exc, GateClosed)
+                else "higher priorities kept it waiting"
+            )
+            await self._hand_back(message, task_message, why)
+            return
+        try:
+            await self._claim_and_run(message, task_message)
+        finally:
+            gate.release()
+
+    async def _claim_and_run(self, message: AbstractIncomingMessage, task_message: TaskMessage) -> None:
         if (task_message.task_id, task_message.attempt) in self._running:
             await self._settler.skip(
                 message,
@@ -234,6 +273,18 @@ class TaskConsumer:
         except Exception as exc:
             log.warning("could not re-delay task %s (%s); returning it to the queue", tm.task_id, exc)
             await asyncio.sleep(self._store_backoff)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+    async def _hand_back(self, message: AbstractIncomingMessage, tm: TaskMessage, why: str) -> None:
+        """Return a delivery that never started to its queue: a fresh copy, then ack (a requeue
+        would count toward the queue's delivery limit)."""
+        log.info("handing task %s back to its queue unstarted: %s", tm.task_id, why)
+        try:
+            await self._publisher.publish(tm)
+        except Exception as exc:
+            log.warning("could not hand task %s back (%s); returning it to the queue", tm.task_id, exc)
             await message.nack(requeue=True)
             return
         await message.ack()

@@ -31,7 +31,7 @@ async def _tier_depth(rabbitmq: Any, runtime: Runtime) -> int:
     """Messages waiting in the delay tiers."""
     channel = await rabbitmq.channel()
     total = 0
-    for tier in runtime.topology.work_queues[0].delay_tiers:
+    for tier in runtime.topology.delay_tiers:
         queue = await channel.declare_queue(tier.queue, passive=True)
         total += int(queue.declaration_result.message_count)
     await channel.close()

@@ -7,7 +7,7 @@ from taskplatform.errors import Cancelled, PermanentFailure, Retry, StoreError
 from taskplatform.models import TaskStatus
 from taskplatform.retry import RetryPolicy, Verdict, classify
 from taskplatform.worker.settlement import Action, Failed, Succeeded, decide
-from topology import build_topology
+from topology import DelayHop, build_topology
 
 POLICY = RetryPolicy(max_attempts=3, initial_delay=1.0, exp_base=2.0, max_delay=3.0, jitter=0.0)
 
@@ -70,24 +70,33 @@ def test_decide_maps_outcomes_to_status_and_broker_action() -> None:
     assert (cancelled.status, cancelled.action) == (TaskStatus.CANCELLED, Action.ACK)
 
 
-def test_ttl_tiers_dead_letter_back_to_the_group_and_hops_pick_the_longest_fitting_tier() -> None:
+def test_ttl_tiers_dead_letter_with_the_message_routing_key_and_hops_pick_the_longest_fitting_tier() -> None:
     topo = build_topology({"default": ["a"]}, prefix="p.", delay_tiers=(1, 2, 4, 8))
     tiers = {q.name: dict(q.arguments) for q in topo.queues if ".delay." in q.name}
-    assert tiers["p.tasks.delay.default.4s"] == {
+    assert set(tiers) == {"p.tasks.delay.1s", "p.tasks.delay.2s", "p.tasks.delay.4s", "p.tasks.delay.8s"}
+    # no x-dead-letter-routing-key: a message returns with its own key, to its priority level
+    assert tiers["p.tasks.delay.4s"] == {
         "x-queue-type": "quorum",
         "x-message-ttl": 4000,
         "x-dead-letter-exchange": "p.tasks.exchange",
-        "x-dead-letter-routing-key": "queue.default",
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
-    assert ("p.tasks.exchange", "p.tasks.work.default", "queue.default") in {
-        (b.exchange, b.queue, b.routing_key) for b in topo.bindings
+    assert ("p.tasks.delay.tiers.exchange", "headers") in {(x.name, x.kind) for x in topo.exchanges}
+    tier_bindings = {
+        b.queue: dict(b.arguments) for b in topo.bindings if b.exchange == "p.tasks.delay.tiers.exchange"
     }
+    assert tier_bindings["p.tasks.delay.4s"] == {"x-match": "all", "delay-tier": "4s"}
     assert topo.delay_hop("a", 0.3) is None
-    assert topo.delay_hop("a", 0.7) == ("", "p.tasks.delay.default.1s", 1.0)
-    assert topo.delay_hop("a", 5.0) == ("", "p.tasks.delay.default.4s", 4.0)
-    assert topo.delay_hop("a", 100.0) == ("", "p.tasks.delay.default.8s", 8.0)
+    assert topo.delay_hop("a", 0.7) == DelayHop(
+        "p.tasks.delay.tiers.exchange", "a", 1.0, {"delay-tier": "1s"}
+    )
+    assert topo.delay_hop("a", 5.0) == DelayHop(
+        "p.tasks.delay.tiers.exchange", "a", 4.0, {"delay-tier": "4s"}
+    )
+    hop = topo.delay_hop("a", 100.0, priority=7)
+    assert hop == DelayHop("p.tasks.delay.tiers.exchange", "a@p7", 8.0, {"delay-tier": "8s"})
+    assert topo.delay_hop("unknown", 5.0) is None
 
 
 def test_plugin_mode_declares_a_delayed_message_exchange_instead_of_tiers() -> None:
@@ -100,4 +109,7 @@ def test_plugin_mode_declares_a_delayed_message_exchange_instead_of_tiers() -> N
     assert ("p.tasks.delay.exchange", "p.tasks.work.default", "a") in {
         (b.exchange, b.queue, b.routing_key) for b in topo.bindings
     }
-    assert topo.delay_hop("a", 42.0) == ("p.tasks.delay.exchange", "a", 42.0)
+    assert topo.delay_hop("a", 42.0) == DelayHop("p.tasks.delay.exchange", "a", 42.0)
+    assert ("p.tasks.delay.exchange", "p.tasks.work.default.p3", "a@p3") in {
+        (b.exchange, b.queue, b.routing_key) for b in topo.bindings
+    }

@@ -36,8 +36,9 @@ _CLAIMABLE = """(tasks.status IN ('QUEUED', 'RETRYING')
 CLAIM_MANY = f"""
     WITH locked AS (
         SELECT tasks.id FROM tasks
-        JOIN unnest($1::text[], $2::integer[]) AS c(id, attempt)
+        JOIN unnest($1::text[], $2::integer[], $6::integer[]) AS c(id, attempt, priority)
           ON tasks.id = c.id AND tasks.retry_count = c.attempt
+         AND tasks.priority = COALESCE(c.priority, tasks.priority)
         WHERE {_CLAIMABLE}
         ORDER BY tasks.id
         FOR UPDATE OF tasks
@@ -149,14 +150,16 @@ class PgFastPath:
         self,
         ids: Sequence[str],
         attempts: Sequence[int],
+        priorities: Sequence[int | None],
         *,
         node_id: str,
         lease_until: datetime,
         now: datetime,
     ) -> builtins.list[asyncpg.Record]:
+        """Claim ``ids`` at ``attempts``; a priority other than None must match the task's."""
         async with self.relaxed.acquire() as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
-                CLAIM_MANY, list(ids), list(attempts), node_id, lease_until, now
+                CLAIM_MANY, list(ids), list(attempts), node_id, lease_until, now, list(priorities)
             )
         return rows
 

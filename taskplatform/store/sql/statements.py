@@ -16,6 +16,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     null,
     or_,
     select,
@@ -28,6 +29,8 @@ from taskplatform.store.sql.schema import UTCDateTime, json_type, tasks
 
 RUNNING = TaskStatus.RUNNING.value
 PENDING = OutboxStatus.PENDING.value
+#: Stands for "any priority" in a claim (no task has it).
+ANY_PRIORITY = -1
 
 INSERT = insert(tasks)
 
@@ -54,10 +57,20 @@ _claimable = or_(
     and_(tasks.c.status == RUNNING, tasks.c.lease_until.is_not(None), tasks.c.lease_until < _now),
 )
 
-#: Claim many; ``claims`` is a list of (id, attempt) tuples.
+#: Claim many; ``claims`` is a list of (id, attempt, priority) tuples, priority -1 for any.
 CLAIM_MANY = (
     update(tasks)
-    .where(tuple_(tasks.c.id, tasks.c.retry_count).in_(bindparam("claims", expanding=True)), _claimable)
+    .where(
+        or_(
+            tuple_(tasks.c.id, tasks.c.retry_count, tasks.c.priority).in_(
+                bindparam("claims", expanding=True)
+            ),
+            tuple_(tasks.c.id, tasks.c.retry_count, literal(ANY_PRIORITY)).in_(
+                bindparam("claims", expanding=True)
+            ),
+        ),
+        _claimable,
+    )
     .values(**_claim_sets)
     .returning(*tasks.columns)
 )

@@ -302,13 +302,20 @@ class SqlTaskStore(SqlDeadLetters, BaseTaskStore):
         now = utcnow()
         async with self._errors():
             if self._fast is not None:
-                ids, attempts = [c.task_id for c in claims], [c.attempt for c in claims]
                 rows: Any = await self._fast.claim_many(
-                    ids, attempts, node_id=node_id, lease_until=lease_until, now=now
+                    [c.task_id for c in claims],
+                    [c.attempt for c in claims],
+                    [c.priority for c in claims],
+                    node_id=node_id,
+                    lease_until=lease_until,
+                    now=now,
                 )
             else:
                 params = {"node": node_id, "lease": lease_until, "now": now}
-                params["claims"] = [(c.task_id, c.attempt) for c in claims]
+                params["claims"] = [
+                    (c.task_id, c.attempt, sql.ANY_PRIORITY if c.priority is None else c.priority)
+                    for c in claims
+                ]
                 async with self.autocommit.connect() as conn:
                     rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
         return {t.id: t for t in map(self._to_task, rows)}
