@@ -1,5 +1,5 @@
 """The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks;
-handle dead letters (``taskplatform dlq``, in ``cli_dlq``)."""
+handle dead letters (``taskplatform dlq``, in ``cli_dlq``); mint API tokens (``taskplatform token``)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from taskplatform.cli_dlq import add_dlq_parser, run_dlq
+from taskplatform.cli_dlq import add_dlq_parser, add_token_option, bearer_token, positive_int, run_dlq
 from taskplatform.errors import ConfigError, TaskPlatformError
 from taskplatform.settings import PlatformSettings
 
 log = logging.getLogger("taskplatform")
+
+#: The values of ``taskplatform.auth.Role``, spelled out: that module loads cryptography, which
+#: only ``taskplatform token`` and the API need.
+ROLE_NAMES = ("submitter", "operator", "admin")
 
 
 def _settings(args: argparse.Namespace) -> PlatformSettings:
@@ -29,6 +35,9 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
             overrides[f"api_{name}"] = value
     if getattr(args, "api_url", None):
         overrides["api_url"] = args.api_url
+    # ``dev`` is the laptop command: open unless the environment asks for authentication.
+    if args.command == "dev" and not any(k.upper() == "TASKPLATFORM_AUTH" for k in os.environ):
+        overrides["auth"] = "disabled"
     return PlatformSettings(**overrides)
 
 
@@ -101,7 +110,7 @@ async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         print(f"--params is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    async with TaskPlatformClient(settings.client_api_url) as client:
+    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
         task_id = await client.submit(
             args.task_type, params, user_id=args.user_id, priority=args.priority, tags=args.tag
         )
@@ -116,7 +125,7 @@ async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
 async def _cancel(settings: PlatformSettings, args: argparse.Namespace) -> int:
     from taskplatform.client import TaskPlatformClient
 
-    async with TaskPlatformClient(settings.client_api_url) as client:
+    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
         print(json.dumps(await client.cancel(args.task_id)))
     return 0
 
@@ -124,9 +133,46 @@ async def _cancel(settings: PlatformSettings, args: argparse.Namespace) -> int:
 async def _status(settings: PlatformSettings, args: argparse.Namespace) -> int:
     from taskplatform.client import TaskPlatformClient
 
-    async with TaskPlatformClient(settings.client_api_url) as client:
+    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
         task = await client.get(args.task_id)
     print(task.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_token(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    """Print a token for ``--sub``: HS256 with ``JWT_SECRET``, or RS256 with ``--private-key``."""
+    from taskplatform.auth import Role, mint_token
+
+    if args.kid is not None and args.private_key is None:
+        print("error: --kid names an RS256 key: give --private-key PEM with it", file=sys.stderr)
+        return 2
+    if args.private_key is None and settings.jwt_algorithm == "RS256":
+        print(
+            "error: TASKPLATFORM_JWT_ALGORITHM=RS256: sign with the private key, --private-key PEM",
+            file=sys.stderr,
+        )
+        return 2
+    if args.private_key is None and settings.jwt_secret is None:
+        print(
+            "error: no secret to sign with: set TASKPLATFORM_JWT_SECRET (the API's HS256 secret, at "
+            "least 32 bytes), or pass --private-key PEM for an RS256 token",
+            file=sys.stderr,
+        )
+        return 2
+    roles = [Role(r) for r in args.role] or [Role.SUBMITTER]
+    try:
+        token = mint_token(
+            settings,
+            args.sub,
+            roles=roles,
+            ttl_seconds=args.ttl,
+            private_key_file=args.private_key,
+            kid=args.kid,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 
@@ -186,20 +232,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a task through the API")
     p.add_argument("task_type")
     p.add_argument("--params", default="{}", help="parameters as a JSON object")
-    p.add_argument("--user-id")
+    p.add_argument("--user-id", help="submit for this user (only an admin may, when the API authenticates)")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--wait", action="store_true", help="wait until the task finishes and print it")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--api-url")
+    add_token_option(p)
 
     p = sub.add_parser("status", help="show a task")
     p.add_argument("task_id")
     p.add_argument("--api-url")
+    add_token_option(p)
 
     p = sub.add_parser("cancel", help="cancel a task (a running one is stopped cooperatively)")
     p.add_argument("task_id")
     p.add_argument("--api-url")
+    add_token_option(p)
+
+    p = sub.add_parser("token", help="print a signed JWT for the API")
+    p.add_argument("--sub", required=True, metavar="USER", help="the user id (the token's subject)")
+    p.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        choices=ROLE_NAMES,
+        help="repeat for several (default: submitter)",
+    )
+    p.add_argument("--ttl", type=positive_int, default=3600, metavar="SECONDS", help="lifetime, default 3600")
+    p.add_argument("--private-key", type=Path, metavar="PEM", help="sign RS256 with this RSA private key")
+    p.add_argument("--kid", help="key id for the token header (RS256, with a JWKS)")
 
     p = sub.add_parser("topology", help="declare or verify the RabbitMQ topology")
     p.add_argument("action", choices=["declare", "verify"])
@@ -241,6 +303,8 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
         return cmd_api(settings, with_worker=True)
     if command == "worker":
         return cmd_worker(settings)
+    if command == "token":
+        return cmd_token(settings, args)
     runners = {
         "submit": lambda: _submit(settings, args),
         "status": lambda: _status(settings, args),

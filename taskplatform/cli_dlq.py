@@ -1,8 +1,10 @@
 """``taskplatform dlq``: list, inspect, replay and discard dead letters through the DeadLetter API.
 
-The operator token comes from ``--token`` or ``TASKPLATFORM_OPERATOR_TOKEN``; ``--operator``
-names who acts in the audit log (default: the OS user name). Exit codes: 0 done, 1 the API
-refused or could not be reached (or a bulk replay left some records unreplayed), 2 bad input.
+The bearer token (a JWT with the operator or admin role) comes from ``--token`` or
+``TASKPLATFORM_TOKEN``; none is sent when neither is set. ``--operator`` names who acts in the
+audit log (default: the OS user name), which the API reads only while its authentication is
+disabled. Exit codes: 0 done, 1 the API refused or could not be reached (or a bulk replay left
+some records unreplayed), 2 bad input.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class BadInput(Exception):
 
 
 # ---------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -69,14 +71,23 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="ISO", help="last seen before (ISO 8601; UTC if no offset)")
 
 
+def add_token_option(parser: argparse.ArgumentParser) -> None:
+    """``--token`` (every command that calls the API has it; read with ``bearer_token``)."""
+    parser.add_argument(
+        "--token", help="bearer token (default: TASKPLATFORM_TOKEN; visible to ps when given here)"
+    )
+
+
 def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``dlq`` and its subcommands on the top-level subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api-url")
+    add_token_option(common)
     common.add_argument(
-        "--token", help="operator token (default: TASKPLATFORM_OPERATOR_TOKEN; visible to ps when given here)"
+        "--operator",
+        metavar="NAME",
+        help="who acts, for the audit log, when the API runs without authentication (default: OS user)",
     )
-    common.add_argument("--operator", metavar="NAME", help="who acts, for the audit log (default: OS user)")
 
     dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, discard, audit")
     cmds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -84,7 +95,7 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = cmds.add_parser("list", parents=[common], help="list dead letters, most recently seen first")
     p.add_argument("--status", choices=["pending", "replayed", "discarded", "any"], default="pending")
     _add_filters(p)
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -98,7 +109,7 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--params", metavar="JSON", help="replacement parameters (one ID only), a JSON object")
     p.add_argument("--all", action="store_true", help="replay pending dead letters matching the filters")
     _add_filters(p)
-    p.add_argument("--limit", type=_positive_int, help="most records to replay with --all (default 100)")
+    p.add_argument("--limit", type=positive_int, help="most records to replay with --all (default 100)")
     p.add_argument("--rate", type=_positive_float, help="replays per second (default: the server's)")
     p.add_argument("--dry-run", action="store_true", default=None, help="only list what --all would replay")
     p.add_argument("--yes", action="store_true", default=None, help="allow --all without any filter")
@@ -108,7 +119,7 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     p = cmds.add_parser("audit", parents=[common], help="the audit log of operator actions, newest first")
     p.add_argument("--dead-letter-id", metavar="ID")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -159,25 +170,21 @@ def _operator(args: argparse.Namespace) -> str:
         return "operator"
 
 
-def _token(settings: PlatformSettings, args: argparse.Namespace) -> str:
-    if args.token:
+def bearer_token(settings: PlatformSettings, args: argparse.Namespace) -> str | None:
+    """``--token``, else ``TASKPLATFORM_TOKEN``, else None (nothing is sent)."""
+    if getattr(args, "token", None):
         return str(args.token)
-    if settings.operator_token is not None:
-        return settings.operator_token.get_secret_value()
-    raise BadInput("no operator token: set TASKPLATFORM_OPERATOR_TOKEN or pass --token")
+    return settings.token.get_secret_value() if settings.token is not None else None
 
 
 def open_client(
     settings: PlatformSettings, args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> TaskPlatformClient:
-    """The API client with the operator's token and name (``transport`` is for tests)."""
+    """The API client with the caller's token and the operator's name (``transport`` is for tests)."""
     from taskplatform.client import TaskPlatformClient
 
-    return TaskPlatformClient(
-        settings.client_api_url,
-        operator_token=_token(settings, args),
-        operator=_operator(args),
-        transport=transport,
+    return TaskPlatformClient.from_settings(
+        settings, token=bearer_token(settings, args), operator=_operator(args), transport=transport
     )
 
 
@@ -329,7 +336,7 @@ async def run_dlq(settings: PlatformSettings, args: argparse.Namespace) -> int:
     import httpx
 
     try:
-        prepare(args)  # before the token is looked for: bad input is reported as such
+        prepare(args)  # before any request: bad input is reported as such
         async with open_client(settings, args) as client:
             return await COMMANDS[args.dlq_command](client, args)
     except BadInput as exc:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import TaskPlatformError
 from taskplatform.models import TERMINAL, AuditEntry, BackgroundTask, DeadLetter, DeadLetterStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from taskplatform.settings import PlatformSettings
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -73,31 +76,41 @@ def _present(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TaskPlatformClient:
-    """``async with TaskPlatformClient("http://127.0.0.1:8000") as client: ...``
+    """``async with TaskPlatformClient("http://127.0.0.1:8000", token=jwt) as client: ...``
 
-    ``operator_token`` and ``operator`` are sent, as ``Authorization: Bearer <token>`` and
-    ``X-Operator``, on DeadLetter API calls only. ``transport`` replaces httpx's (tests).
+    ``token`` is sent as ``Authorization: Bearer <token>`` on every request. ``operator`` is
+    sent as ``X-Operator`` on DeadLetter API calls, naming who acts in the audit log; the
+    API reads it only while its authentication is disabled (otherwise the token's subject
+    acts). ``transport`` replaces httpx's (tests).
     """
 
     def __init__(
         self,
         base_url: str,
         *,
+        token: str | None = None,
         timeout: float = 10.0,
         headers: dict[str, str] | None = None,
-        operator_token: str | None = None,
         operator: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._timeout = timeout
+        sent = dict(headers or {})
+        if token:  # an empty TASKPLATFORM_TOKEN means none
+            sent["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=sent, transport=transport
         )
         self._operator_headers: dict[str, str] = {}
-        if operator_token is not None:
-            self._operator_headers["Authorization"] = f"Bearer {operator_token}"
         if operator is not None:
             self._operator_headers["X-Operator"] = operator
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings, **kwargs: Any) -> TaskPlatformClient:
+        """A client for ``API_URL`` sending ``TOKEN`` (when set); ``kwargs`` go to the constructor."""
+        token = settings.token.get_secret_value() if settings.token is not None else None
+        kwargs.setdefault("token", token)
+        return cls(settings.client_api_url, **kwargs)
 
     async def __aenter__(self) -> TaskPlatformClient:
         return self

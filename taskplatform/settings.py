@@ -69,9 +69,6 @@ class PlatformSettings(BaseSettings):
     #: Default pace of a bulk replay, tasks per second (a request may ask for less or more).
     dlq_replay_rate: float = Field(default=50.0, gt=0)
 
-    #: Bearer token the DeadLetter API requires; the API refuses those requests when unset.
-    operator_token: SecretStr | None = None
-
     # events
     #: Publish lifecycle events to the events exchange (the external event bridge).
     events_bridge_enabled: bool = True

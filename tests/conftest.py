@@ -61,6 +61,8 @@ def make_settings(tmp_path: Path, topology_prefix: str) -> Callable[..., Platfor
             "outbox_lease_seconds": 5.0,
             "shutdown_grace_seconds": 5.0,
             "load_entry_points": True,
+            # Authentication is tested on its own (tests/api/test_auth.py), which opts in.
+            "auth": "disabled",
         }
         values.update(overrides)
         return PlatformSettings(**values)

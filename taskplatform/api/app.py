@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from taskplatform import __version__
+from taskplatform.api.auth import Authenticator, install_auth
 from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.errors import install_error_handlers
 from taskplatform.api.limits import BodySizeLimit
@@ -27,14 +28,21 @@ def create_app(
 ) -> FastAPI:
     """The API. It owns ``runtime`` (built from ``settings`` when not given) for its lifetime.
 
-    ``with_worker`` also consumes tasks in this process (the ``dev`` command).
+    ``with_worker`` also consumes tasks in this process (the ``dev`` command). Raises
+    ConfigError, before anything is served, when ``AUTH=jwt`` lacks its key material.
     """
     settings = settings or (runtime.settings if runtime else PlatformSettings())
+    authenticator = Authenticator.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or Runtime(settings, role="dev" if with_worker else "api", consume=with_worker)
         app.state.runtime = rt
+        if not authenticator.enabled:
+            log.warning(
+                "authentication is disabled (TASKPLATFORM_AUTH=disabled): every request acts as an "
+                "admin; never expose this API beyond your machine"
+            )
         await rt.start(wait_for_broker=False)
         try:
             yield
@@ -48,6 +56,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_auth(app, authenticator)
     app.include_router(tasks_router)
     app.include_router(dead_letters_router)
     app.include_router(health_router)

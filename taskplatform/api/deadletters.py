@@ -1,18 +1,18 @@
 """The DeadLetter API: list, inspect, replay and discard dead letters; read the audit log.
 
-Guarded by the operator token (``TASKPLATFORM_OPERATOR_TOKEN``) until roles arrive: send it
-as ``Authorization: Bearer <token>``; ``X-Operator`` names who acts, for the audit log.
+Operators and admins only. The audit log names the token's subject as the actor; with
+authentication disabled, ``X-Operator`` names who acts (default "anonymous").
 """
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.api.auth import AUTH_RESPONSES, OperatorDep, require_operator
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
@@ -22,39 +22,37 @@ from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter
 
 RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
 ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
-ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    **{code: {"model": ErrorBody} for code in (404, 409, 413, 422, 503)},
+}
 
 
-def operator(
-    runtime: RuntimeDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_operator: Annotated[str | None, Header(max_length=100, pattern=NO_NUL)] = None,
+def audit_actor(
+    principal: OperatorDep,
+    x_operator: Annotated[
+        str | None,
+        Header(
+            max_length=100,
+            pattern=NO_NUL,
+            description="Who acts, for the audit log; only read while authentication is disabled "
+            "(otherwise the token's subject acts)",
+        ),
+    ] = None,
 ) -> str:
-    """Check the operator token; the acting operator's name (``X-Operator``, or "operator")."""
-    expected = runtime.settings.operator_token
-    if expected is None:
-        raise HTTPException(
-            503, "the DeadLetter API is disabled: set TASKPLATFORM_OPERATOR_TOKEN to enable it"
-        )
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            401,
-            "operator token required: send 'Authorization: Bearer <token>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-        raise HTTPException(403, "wrong operator token")
-    return x_operator or "operator"
+    """Who acts, for the audit log: the token's subject, or ``X-Operator`` without authentication."""
+    if principal.subject is not None:
+        return principal.subject
+    return x_operator or "anonymous"
 
 
-Operator = Annotated[str, Depends(operator)]
+Actor = Annotated[str, Depends(audit_actor)]
 
 router = APIRouter(
     prefix="/api/v1/dead-letters",
     tags=["dead letters"],
-    responses=ERRORS,  # type: ignore[arg-type]
-    dependencies=[Depends(operator)],
+    responses=ERRORS,
+    dependencies=[Depends(require_operator)],
 )
 
 
@@ -170,7 +168,7 @@ async def list_audit(
 
 
 @router.post("/replay", response_model=BulkReplayResult, summary="Replay pending dead letters by filter")
-async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Operator) -> BulkReplayResult:
+async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Actor) -> BulkReplayResult:
     """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``)."""
     filters = _filters(
         None, body.task_type, body.reason, body.user_id, body.error_type, body.since, body.until
@@ -197,7 +195,7 @@ async def get_dead_letter(record_id: RecordId, runtime: RuntimeDep) -> DeadLette
 
 @router.post("/{record_id}/replay", response_model=ReplayResult, summary="Replay one dead letter")
 async def replay_one(
-    record_id: RecordId, runtime: RuntimeDep, actor: Operator, body: ReplayRequest | None = None
+    record_id: RecordId, runtime: RuntimeDep, actor: Actor, body: ReplayRequest | None = None
 ) -> ReplayResult:
     """The task goes back to QUEUED with its retry count reset (through the outbox), with
     ``parameters`` replacing its own when given. 409 if the record was replayed or
@@ -215,7 +213,7 @@ async def replay_one(
 
 
 @router.delete("/{record_id}", response_model=DeadLetter, summary="Discard a dead letter")
-async def discard(record_id: RecordId, runtime: RuntimeDep, actor: Operator) -> DeadLetter:
+async def discard(record_id: RecordId, runtime: RuntimeDep, actor: Actor) -> DeadLetter:
     """No longer pending; its task stays DEAD_LETTER."""
     try:
         return await runtime.dead_letters.discard(record_id, actor=actor)

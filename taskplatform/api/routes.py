@@ -3,25 +3,58 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from taskplatform.api.auth import AUTH_RESPONSES, SubmitterDep, require_submitter
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
+from taskplatform.auth import Principal
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
 from taskplatform.submission import SubmitRequest
 
-ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    **{code: {"model": ErrorBody} for code in (404, 413, 422, 503)},
+}
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL, description="Task id")]
 
 
-tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # type: ignore[arg-type]
+tasks_router = APIRouter(
+    prefix="/api/v1",
+    tags=["tasks"],
+    responses=ERRORS,
+    dependencies=[Depends(require_submitter)],
+)
+
+
+async def _visible_task(runtime: Runtime, principal: Principal, task_id: str) -> BackgroundTask:
+    """The task, if this caller may see it. Another user's task answers exactly like a missing
+    one, so ids cannot be probed."""
+    task = await runtime.store.get(task_id)
+    if task is None or not principal.may_see(task.user_id):
+        raise HTTPException(404, f"task {task_id!r} not found")
+    return task
+
+
+def _owner(principal: Principal, requested: str | None) -> str | None:
+    """The user a submission belongs to: the caller, or (admins only) whom the body names."""
+    if requested is None or requested == principal.subject:
+        return principal.subject  # None only with authentication disabled
+    if not principal.is_admin:
+        raise HTTPException(
+            403,
+            f"only an admin may submit for another user: user_id {requested!r} is not the token's "
+            "subject; leave user_id out",
+        )
+    return requested
 
 
 @tasks_router.post(
@@ -41,6 +74,7 @@ tasks_router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=ERRORS)  # 
 async def submit_task(
     body: SubmitRequest,
     runtime: RuntimeDep,
+    principal: SubmitterDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -53,8 +87,12 @@ async def submit_task(
         ),
     ] = None,
 ) -> TaskCreated:
-    """Validate the parameters against the task type, store the task, publish it."""
-    submitted = await runtime.submitter.submit(body, idempotency_key=idempotency_key)
+    """Validate the parameters against the task type, store the task, publish it.
+
+    The task belongs to the token's subject; only an admin may name another ``user_id``."""
+    owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
+    # Idempotency keys are scoped by the task's user id, so by the caller here.
+    submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)
     if not submitted.created:
         response.status_code = 200
     elif not submitted.published:
@@ -63,11 +101,8 @@ async def submit_task(
 
 
 @tasks_router.get("/tasks/{task_id}", response_model=BackgroundTask, summary="Get a task")
-async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
-    task = await runtime.store.get(task_id)
-    if task is None:
-        raise HTTPException(404, f"task {task_id!r} not found")
-    return task
+async def get_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep) -> BackgroundTask:
+    return await _visible_task(runtime, principal, task_id)
 
 
 @tasks_router.post(
@@ -79,10 +114,13 @@ async def get_task(task_id: TaskId, runtime: RuntimeDep) -> BackgroundTask:
         409: {"model": ErrorBody, "description": "Already finished; the body names its status"},
     },
 )
-async def cancel_task(task_id: TaskId, runtime: RuntimeDep, response: Response) -> TaskCancellation:
+async def cancel_task(
+    task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep, response: Response
+) -> TaskCancellation:
     """QUEUED or RETRYING: CANCELLED now. RUNNING: the executable sees ``ctx.cancelled`` and is
     stopped if it does not end by itself; the task ends CANCELLED. A parent waiting for its
     children: CANCELLED now. A cancelled parent cancels its unfinished children. Finished: 409."""
+    await _visible_task(runtime, principal, task_id)  # owners never change: checking first is enough
     task = await runtime.aggregator.request_cancel(task_id)
     if task is None:
         raise HTTPException(404, f"task {task_id!r} not found")
@@ -99,15 +137,17 @@ async def cancel_task(task_id: TaskId, runtime: RuntimeDep, response: Response) 
 async def list_children(
     task_id: TaskId,
     runtime: RuntimeDep,
+    principal: SubmitterDep,
     status: TaskStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> TaskList:
     """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
-    if await runtime.store.get(task_id) is None:
-        raise HTTPException(404, f"task {task_id!r} not found")
+    parent = await _visible_task(runtime, principal, task_id)
+    # Children inherit their parent's user id; filtering by it as well keeps that an invariant.
+    owner = None if principal.can_see_all else parent.user_id
     page = await runtime.store.list(
-        TaskFilter(parent_task_id=task_id, status=status), limit=limit, cursor=cursor
+        TaskFilter(parent_task_id=task_id, status=status, user_id=owner), limit=limit, cursor=cursor
     )
     return TaskList(items=page.items, next_cursor=page.next_cursor)
 
@@ -115,6 +155,7 @@ async def list_children(
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")
 async def list_tasks(
     runtime: RuntimeDep,
+    principal: SubmitterDep,
     status: TaskStatus | None = None,
     task_type: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     user_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
@@ -125,6 +166,13 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> TaskList:
+    """Operators and admins list every user's tasks; a submitter lists its own only."""
+    if not principal.can_see_all:
+        if user_id is not None and user_id != principal.subject:
+            raise HTTPException(
+                403, "a submitter lists its own tasks only: leave user_id out or give your own"
+            )
+        user_id = principal.subject
     filters = TaskFilter(
         status=status,
         task_type=task_type,

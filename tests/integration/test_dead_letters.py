@@ -16,21 +16,21 @@ from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from tests.api.tokens import SECRET, bearer, token
 from tests.support.executables import Picky
 from tests.support.runtime import eventually, running
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "test-operator-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Operator": "alice"}
+AUTH = bearer(token("alice", "operator"))  # the audit log names the token's subject
 
 
 @pytest.fixture
 async def api(
     make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry, rabbitmq: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    """API, worker and DLQ consumer in one process, with the operator token set."""
-    settings = make_settings(operator_token=TOKEN, dlq_replay_rate=5.0, prefetch=64)
+    """API (JWT authentication), worker and DLQ consumer in one process; the client is an operator."""
+    settings = make_settings(auth="jwt", jwt_secret=SECRET, dlq_replay_rate=5.0, prefetch=64)
     runtime = Runtime(settings, role="dev", registry=registry, consume=True, relay=True)
     app = create_app(runtime=runtime)
     Picky.failing = False
@@ -102,14 +102,16 @@ async def test_twenty_dead_letters_for_three_reasons_are_listed_with_counts_x_de
     assert (await runtime.store.count_dead_letters()).total == 20  # nothing stored twice
 
 
-async def test_the_api_refuses_requests_without_the_operator_token(
+async def test_the_api_refuses_requests_without_a_token_and_submitters(
     api: tuple[httpx.AsyncClient, Runtime],
 ) -> None:
     client, _runtime = api
     r = await client.get("/api/v1/dead-letters", headers={"Authorization": ""})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    r = await client.get("/api/v1/dead-letters", headers={"Authorization": "Bearer wrong"})
-    assert r.status_code == 403
+    assert r.headers["www-authenticate"] == 'Bearer realm="taskplatform"'
+    r = await client.get("/api/v1/dead-letters", headers=bearer(token("bob", "submitter")))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert (await client.get("/api/v1/dead-letters")).status_code == 200  # the operator's token
 
 
 async def test_replay_with_corrected_parameters_completes_the_task_and_is_audited(

@@ -254,6 +254,24 @@ async def test_batch_claim_wins_only_runnable_tasks_at_their_attempt(store: Base
     assert again == {}
 
 
+async def test_a_claim_naming_a_priority_wins_only_while_the_task_has_it(store: BaseTaskStore) -> None:
+    batched, single = make_task(priority=5), make_task(priority=5)
+    await store.create_many([batched, single])
+    lease = utcnow() + timedelta(seconds=30)
+    # a message published before a priority change names the old priority: it loses
+    stale = [ClaimRequest(batched.id, 0, 3)]
+    assert await store.try_set_running_many(stale, node_id=NODE, lease_until=lease) == {}
+    assert (
+        await store.try_set_running(single.id, attempt=0, node_id=NODE, lease_until=lease, priority=3) is None
+    )
+    still = await store.get(batched.id)
+    assert still is not None and still.status is TaskStatus.QUEUED
+    current = [ClaimRequest(batched.id, 0, 5)]
+    assert set(await store.try_set_running_many(current, node_id=NODE, lease_until=lease)) == {batched.id}
+    won = await store.try_set_running(single.id, attempt=0, node_id=NODE, lease_until=lease, priority=5)
+    assert won is not None and won.status is TaskStatus.RUNNING
+
+
 async def test_batch_completion_records_only_the_owners_attempts(store: BaseTaskStore) -> None:
     tasks = [make_task() for _ in range(4)]
     await store.create_many(tasks)

@@ -30,7 +30,7 @@ def api() -> FakeApi:
 # ---------------------------------------------------------------- client
 @pytest.fixture
 def client(api: FakeApi) -> TaskPlatformClient:
-    return TaskPlatformClient(BASE, operator_token=TOKEN, operator="alice", transport=api.transport)
+    return TaskPlatformClient(BASE, token=TOKEN, operator="alice", transport=api.transport)
 
 
 async def test_client_list_sends_only_given_filters_and_parses_the_page(
@@ -128,14 +128,40 @@ async def test_client_discard_and_audit(api: FakeApi, client: TaskPlatformClient
     assert audit.next_cursor == "n"
 
 
-async def test_client_sends_operator_headers_on_dead_letter_calls_only(api: FakeApi) -> None:
+async def test_client_sends_the_token_on_every_call_and_the_operator_on_dead_letter_calls_only(
+    api: FakeApi,
+) -> None:
     api.on(
         "POST", "/api/v1/tasks/t1/cancel", {"task_id": "t1", "status": "CANCELLED", "cancel_requested": True}
     )
-    async with TaskPlatformClient(BASE, operator_token=TOKEN, operator="alice", transport=api.transport) as c:
+    api.on("GET", PREFIX, {"items": [], "counts": {"total": 0}})
+    async with TaskPlatformClient(BASE, token=TOKEN, operator="alice", transport=api.transport) as c:
         await c.cancel("t1")
+        await c.list_dead_letters()
+    cancel, dead_letters = api.requests
+    assert cancel.headers.get("authorization") == f"Bearer {TOKEN}"
+    assert "x-operator" not in cancel.headers
+    assert_operator(dead_letters)
+
+
+async def test_client_without_a_token_sends_no_authorization(api: FakeApi) -> None:
+    api.on("GET", PREFIX, {"items": [], "counts": {"total": 0}})
+    async with TaskPlatformClient(BASE, operator="alice", transport=api.transport) as c:
+        await c.list_dead_letters()
     assert "authorization" not in api.only.headers
-    assert "x-operator" not in api.only.headers
+    assert api.only.headers.get("x-operator") == "alice"
+
+
+async def test_client_from_settings_sends_the_configured_token(api: FakeApi) -> None:
+    from taskplatform.settings import PlatformSettings
+
+    api.on("GET", PREFIX, {"items": [], "counts": {"total": 0}})
+    for token, sent in [("configured", "Bearer configured"), (None, None)]:
+        settings = PlatformSettings(api_url=BASE, token=token)
+        async with TaskPlatformClient.from_settings(settings, transport=api.transport) as client:
+            await client.list_dead_letters()
+        assert api.requests[-1].headers.get("authorization") == sent
+        assert str(api.requests[-1].url).startswith(BASE)
 
 
 async def test_client_api_error_body_raises_api_error(api: FakeApi, client: TaskPlatformClient) -> None:
