@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskplatform.events.models import EventType
 from taskplatform.models.task import MAX_PRIORITY
+from taskplatform.ratelimit.rates import Rate
 from taskplatform.retry import RetryPolicy
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
@@ -89,6 +90,21 @@ class PlatformSettings(BaseSettings):
     #: it is handed back to its queue (kept well under RabbitMQ's consumer timeout).
     priority_hold_seconds: float = Field(default=60.0, gt=0)
 
+    # rate limits
+    #: Where executables' ``rate_limits`` are counted: ``store`` (shared by every worker of the
+    #: store, exact across processes) or ``memory`` (each process on its own).
+    rate_limit_backend: Literal["store", "memory"] = "store"
+    #: Longest a worker holds a delivery waiting for its rate limit; a longer wait goes round the
+    #: delay path (the message is acked, the slot stays reserved, no attempt is counted).
+    rate_limit_hold_seconds: float = Field(default=1.0, ge=0)
+    #: Submissions the API accepts per user (the token's subject; the client address without
+    #: authentication), e.g. ``"50/s"``; unset: unlimited. More answer 429 with Retry-After.
+    api_submit_rate: Rate | None = None
+    #: Submissions a user may make at once above ``api_submit_rate``.
+    api_submit_burst: int = Field(default=20, ge=1)
+    #: Where the API counts submissions: ``memory`` (per API process) or ``store`` (all of them).
+    api_rate_limit_backend: Literal["memory", "store"] = "memory"
+
     # publishing and outbox
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
     publish_retry_attempts: int = Field(default=3, ge=1)
@@ -132,6 +148,13 @@ class PlatformSettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_submit_rate", mode="before")
+    @classmethod
+    def _parse_rate(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        return Rate.parse(value) if isinstance(value, str) else value
 
     @field_validator("amqp_url")
     @classmethod

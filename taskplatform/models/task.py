@@ -127,6 +127,8 @@ class BackgroundTask(BaseModel):
     version: int = 1
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
     tags: list[str] = Field(default_factory=list)
+    #: Free-form caller data, stored with the task (changeable while it waits, ``PATCH``).
+    metadata: JsonObject = Field(default_factory=dict)
     idempotency_key: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False

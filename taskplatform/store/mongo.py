@@ -25,6 +25,7 @@ from taskplatform.store.base import (
     outbox_published_changes,
 )
 from taskplatform.store.mongo_deadletters import MongoDeadLetters
+from taskplatform.store.mongo_ratelimits import MongoRateLimits
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import PARENT_FIELDS, ParentState
 
@@ -79,7 +80,7 @@ def _guard_value(field: str, value: Any) -> Any:
     return _mongo_value(value)
 
 
-class MongoTaskStore(MongoDeadLetters, BaseTaskStore):
+class MongoTaskStore(MongoDeadLetters, MongoRateLimits, BaseTaskStore):
     """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
     audit log in two more (``MongoDeadLetters``).
 

@@ -15,6 +15,7 @@ from taskplatform.store.deadletters import (
     DeadLetterPage,
     UpsertOutcome,
 )
+from taskplatform.store.ratelimits import Reservation
 from taskplatform.store.types import ClaimRequest, CompletionRequest, ParentState, TaskFilter, TaskPage
 
 
@@ -184,6 +185,11 @@ class TaskStore(Protocol):
     ) -> DeadLetter | None: ...
     async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
     async def add_audit(self, entry: AuditEntry) -> None: ...
+
+    # ------------------------------------------------------------ rate limits
+    async def reserve_rate(
+        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
+    ) -> Reservation: ...
     async def list_audit(
         self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
     ) -> AuditPage: ...

@@ -20,7 +20,7 @@ from taskplatform.store.sql.schema import UTCDateTime, metadata
 from tests.store.helpers import make_dead_letter
 from tests.support.services import fresh_postgres_database
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -76,6 +76,7 @@ async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_f
         got = await store.get("t1")
         assert got is not None and got.awaiting_children is False and got.last_event_id is None
         assert got.version == 1 and got.status.value == "RUNNING" and got.replays == 0
+        assert got.metadata == {}
     finally:
         await store.close()
 

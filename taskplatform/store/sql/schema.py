@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -83,6 +84,8 @@ tasks = Table(
     Column("version", Integer, nullable=False, server_default=text("1")),
     Column("priority", SmallInteger, nullable=False, server_default=text("0")),
     Column("tags", json_type(), nullable=False),
+    #: Free-form caller data (``PATCH`` may change it while the task waits).
+    Column("metadata", json_type(), nullable=False, server_default=text("'{}'")),
     Column("idempotency_key", String(255), nullable=True),
     #: idempotency_scope(user_id, idempotency_key): unique, so a key names one task per user.
     Column("idempotency_scope", String(64), nullable=True),
@@ -102,6 +105,7 @@ tasks = Table(
     Index("ix_tasks_type_created", "task_type", "created_at"),
     Index("ix_tasks_user_created", "user_id", "created_at"),
     Index("ix_tasks_parent", "parent_task_id"),
+    Index("ix_tasks_completed", "completed_at"),  # retention: finished tasks past their time
     Index("ux_tasks_idempotency", "idempotency_scope", unique=True),
     Index(
         "ix_tasks_outbox_pending",
@@ -121,6 +125,16 @@ task_rollups = Table(
     Column("bucket", String(32), nullable=False),
     Column("version", Integer, nullable=False),
     Index("ix_task_rollups_parent", "parent_id"),
+)
+
+#: Rate-limit state, one row per limit key (see ``taskplatform.store.ratelimits``).
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("tat", Float, nullable=False),  # theoretical arrival time, epoch seconds
+    Column("last_wait", Float, nullable=False),  # what the last reservation computed
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 #: Dead-letter records: the whole record as JSON (``record``), and the fields lists filter
@@ -172,6 +186,14 @@ dead_letter_audit_targets = Table(
 )
 
 #: Document fields kept as JSON columns.
-JSON_FIELDS = ("parameters", "progress", "result", "error_info", "sub_task_status_summary", "tags")
+JSON_FIELDS = (
+    "parameters",
+    "progress",
+    "result",
+    "error_info",
+    "sub_task_status_summary",
+    "tags",
+    "metadata",
+)
 #: Outbox sub-fields, flattened into ``outbox_<name>`` columns.
 OUTBOX_FIELDS = ("status", "attempts", "lease_until", "lease_owner", "published_at", "last_error")

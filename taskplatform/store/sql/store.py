@@ -50,6 +50,7 @@ from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.deadletters import SqlDeadLetters
 from taskplatform.store.sql.pg_fast import PgFastPath
+from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
 from taskplatform.store.types import ParentState
 
@@ -75,10 +76,10 @@ def _columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     return {_column_name(k): _db_value(v) for k, v in changes.items()}
 
 
-class SqlTaskStore(SqlDeadLetters, BaseTaskStore):
+class SqlTaskStore(SqlDeadLetters, SqlRateLimits, BaseTaskStore):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``.
 
-    Dead letters and the audit log: ``SqlDeadLetters``.
+    Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``.
     """
 
     def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:

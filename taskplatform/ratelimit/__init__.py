@@ -1,0 +1,1 @@
+"""Rate limits: executables' declared limits in workers, submissions per user in the API."""

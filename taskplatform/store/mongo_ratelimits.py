@@ -1,0 +1,59 @@
+"""Rate-limit reservations on MongoDB (a mixin of ``MongoTaskStore``): one document per key in
+``rate_limits``, changed by one ``find_one_and_update`` with an update pipeline (upsert), which
+is atomic on the document; see ``taskplatform.store.ratelimits`` for the algorithm."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import abstractmethod
+from typing import Any
+
+from pymongo import ReturnDocument
+
+from taskplatform.models import utcnow
+from taskplatform.store.ratelimits import Reservation, check_rate, rate_key, reservation_of
+
+RATE_LIMITS = "rate_limits"
+
+
+class MongoRateLimits:
+    """``reserve_rate`` over the store's database."""
+
+    @abstractmethod
+    def _collection_named(self, name: str) -> Any:
+        """The collection ``name`` of the store's database."""
+
+    @abstractmethod
+    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Translates driver errors to StoreError."""
+
+    async def reserve_rate(
+        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
+    ) -> Reservation:
+        """Reserve the next slot of ``key``'s limit (one per ``interval`` seconds, bursts of
+        ``burst``) if it opens within ``max_wait`` seconds."""
+        check_rate(interval, burst, max_wait)
+        at = time.time() if now is None else now
+        base = {"$max": [{"$ifNull": ["$tat", at]}, at]}
+        # The stages run in order: the second sees the first's last_wait.
+        pipeline = [
+            {"$set": {"last_wait": {"$subtract": [{"$add": [base, interval]}, burst * interval + at]}}},
+            {
+                "$set": {
+                    "tat": {
+                        "$cond": [
+                            {"$lte": ["$last_wait", max_wait]},
+                            {"$add": [base, interval]},
+                            {"$ifNull": ["$tat", at]},
+                        ]
+                    },
+                    "updated_at": utcnow(),
+                }
+            },
+        ]
+        async with self._errors():
+            doc = await self._collection_named(RATE_LIMITS).find_one_and_update(
+                {"_id": rate_key(key)}, pipeline, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        return reservation_of(float(doc["last_wait"]), max_wait)
