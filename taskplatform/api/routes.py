@@ -14,7 +14,7 @@ from taskplatform.api.errors import ErrorBody
 from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
 from taskplatform.auth import Principal
 from taskplatform.errors import StoreError
-from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
 from taskplatform.submission import SubmitRequest
@@ -160,6 +160,7 @@ async def list_tasks(
     task_type: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     user_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
     parent_task_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    priority: Annotated[int | None, Query(ge=0, le=MAX_PRIORITY)] = None,
     tag: Annotated[
         list[str] | None, Query(description="Repeat to require several tags", max_length=20)
     ] = None,
@@ -178,6 +179,7 @@ async def list_tasks(
         task_type=task_type,
         user_id=user_id,
         parent_task_id=parent_task_id,
+        priority=priority,
         tags=tuple(tag or ()),
     )
     page = await runtime.store.list(filters, limit=limit, cursor=cursor)

@@ -27,7 +27,7 @@ from taskplatform.store.base import (
 from taskplatform.store.mongo_deadletters import MongoDeadLetters
 from taskplatform.store.mongo_ratelimits import MongoRateLimits
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
-from taskplatform.store.types import PARENT_FIELDS, ParentState
+from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, ParentState
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
@@ -207,7 +207,7 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, BaseTaskStore):
         query: dict[str, Any] = {}
         if filters.status is not None:
             query["status"] = filters.status.value
-        for name in ("task_type", "user_id", "parent_task_id"):
+        for name in EQUALITY_FILTERS:
             value = getattr(filters, name)
             if value is not None:
                 query[name] = value

@@ -25,7 +25,12 @@ class TaskFilter(BaseModel):
     task_type: str | None = None
     user_id: str | None = None
     parent_task_id: str | None = None
+    priority: int | None = None
     tags: tuple[str, ...] = ()
+
+
+#: The TaskFilter fields matched by equality with the document field of the same name.
+EQUALITY_FILTERS = ("task_type", "user_id", "parent_task_id", "priority")
 
 
 class TaskPage(BaseModel):

@@ -74,7 +74,7 @@ async def test_list_is_newest_first_and_cursor_pages_cover_everything_once(store
 
 
 async def test_list_filters_by_each_field_and_all_tags(store: BaseTaskStore) -> None:
-    a = make_task(user_id="alice", tags=["red", "big"], task_type="generate_scene")
+    a = make_task(user_id="alice", tags=["red", "big"], task_type="generate_scene", priority=7)
     b = make_task(user_id="bob", tags=["red"], parent_task_id="parent-1")
     c = make_task(user_id="alice", tags=[])
     await store.create_many([a, b, c])
@@ -91,6 +91,9 @@ async def test_list_filters_by_each_field_and_all_tags(store: BaseTaskStore) -> 
     assert await ids(tags=("red", "big")) == {a.id}
     assert await ids(tags=("red",), user_id="bob") == {b.id}
     assert await ids(tags=("green",)) == set()
+    assert await ids(priority=7) == {a.id}
+    assert await ids(priority=0) == {b.id, c.id}
+    assert await ids(priority=7, tags=("red",), user_id="bob") == set()
 
 
 async def test_list_rejects_foreign_cursor_and_bad_limit(store: BaseTaskStore) -> None:

@@ -52,7 +52,7 @@ from taskplatform.store.sql.deadletters import SqlDeadLetters
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
-from taskplatform.store.types import ParentState
+from taskplatform.store.types import EQUALITY_FILTERS, ParentState
 
 _COLUMNS = {c.name for c in tasks.columns}
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
@@ -227,7 +227,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, BaseTaskStore):
         clauses: list[ColumnElement[bool]] = []
         if filters.status is not None:
             clauses.append(tasks.c.status == filters.status.value)
-        for name in ("task_type", "user_id", "parent_task_id"):
+        for name in EQUALITY_FILTERS:
             value = getattr(filters, name)
             if value is not None:
                 clauses.append(tasks.c[name] == value)
