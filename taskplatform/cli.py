@@ -130,6 +130,36 @@ async def _cancel(settings: PlatformSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _update(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    from taskplatform.client import TaskPlatformClient
+
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            print(f"--metadata is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(metadata, dict):
+            print(f"--metadata must be a JSON object, got {type(metadata).__name__}", file=sys.stderr)
+            return 2
+    if args.priority is None and args.tag is None and metadata is None:
+        print("give at least one of --priority, --tag, --metadata", file=sys.stderr)
+        return 2
+    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
+        task = await client.update(args.task_id, priority=args.priority, tags=args.tag, metadata=metadata)
+    print(task.model_dump_json(indent=2))
+    return 0
+
+
+async def _delete(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    from taskplatform.client import TaskPlatformClient
+
+    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
+        print(json.dumps({"deleted": await client.delete(args.task_id)}))
+    return 0
+
+
 async def _status(settings: PlatformSettings, args: argparse.Namespace) -> int:
     from taskplatform.client import TaskPlatformClient
 
@@ -250,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-url")
     add_token_option(p)
 
+    p = sub.add_parser("update", help="change a QUEUED task's priority, tags or metadata")
+    p.add_argument("task_id")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--tag", action="append", help="replaces the task's tags (repeat for several)")
+    p.add_argument("--metadata", metavar="JSON", help="replaces the task's metadata, a JSON object")
+    p.add_argument("--api-url")
+    add_token_option(p)
+
+    p = sub.add_parser("delete", help="delete a finished task and its sub-tasks")
+    p.add_argument("task_id")
+    p.add_argument("--api-url")
+    add_token_option(p)
+
     p = sub.add_parser("token", help="print a signed JWT for the API")
     p.add_argument("--sub", required=True, metavar="USER", help="the user id (the token's subject)")
     p.add_argument(
@@ -309,6 +352,8 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
         "submit": lambda: _submit(settings, args),
         "status": lambda: _status(settings, args),
         "cancel": lambda: _cancel(settings, args),
+        "update": lambda: _update(settings, args),
+        "delete": lambda: _delete(settings, args),
         "topology": lambda: _topology(settings, args.action),
         "db": lambda: _db_upgrade(settings),
         "dlq": lambda: run_dlq(settings, args),

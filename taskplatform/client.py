@@ -139,6 +139,7 @@ class TaskPlatformClient:
         user_id: str | None = None,
         priority: int = 0,
         tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> str:
         """Submit a task; returns its id. ``task_type`` may be the executable class.
@@ -153,6 +154,7 @@ class TaskPlatformClient:
             "parameters": params,
             "priority": priority,
             "tags": tags or [],
+            "metadata": metadata or {},
         }
         if user_id is not None:
             body["user_id"] = user_id
@@ -162,6 +164,27 @@ class TaskPlatformClient:
 
     async def get(self, task_id: str) -> BackgroundTask:
         return BackgroundTask.model_validate(await self._request("GET", f"/api/v1/tasks/{task_id}"))
+
+    async def update(
+        self,
+        task_id: str,
+        *,
+        priority: int | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> BackgroundTask:
+        """Change a QUEUED task's priority, tags or metadata (each given one replaces the task's);
+        ApiError 409 once it has started."""
+        body = _present({"priority": priority, "tags": tags, "metadata": metadata})
+        return BackgroundTask.model_validate(
+            await self._request("PATCH", f"/api/v1/tasks/{task_id}", json=body)
+        )
+
+    async def delete(self, task_id: str) -> list[str]:
+        """Delete a finished task and its sub-tasks; returns the ids deleted. ApiError 409 while
+        it (or a sub-task) has not finished, or for a sub-task (it goes with its parent)."""
+        data = await self._request("DELETE", f"/api/v1/tasks/{task_id}")
+        return [str(i) for i in data["deleted"]]
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
         """Request cancellation; returns ``{task_id, status, cancel_requested}``. ApiError 409

@@ -18,6 +18,10 @@ from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
 
+#: Tasks deleted per retention statement, and statements per pass (bounds one pass's work).
+PURGE_BATCH = 1000
+PURGE_BATCHES_PER_PASS = 20
+
 
 class Reaper:
     """Finds RUNNING tasks whose lease ended more than ``grace`` seconds ago.
@@ -28,7 +32,9 @@ class Reaper:
     (``WorkerLost``) under the task type's retry policy: another attempt is scheduled
     (RETRYING, published by the outbox relay), or, when a task keeps losing its workers, it
     is dead-lettered instead of being revived forever. Each pass also recounts parents
-    that have waited for their children for a while, so a roll-up lost in a crash heals.
+    that have waited for their children for a while, so a roll-up lost in a crash heals, and,
+    once per ``retention_interval``, deletes tasks finished more than ``retention_seconds``
+    ago (retention; None keeps them).
     """
 
     def __init__(
@@ -44,12 +50,18 @@ class Reaper:
         grace: float = 5.0,
         batch_size: int = 100,
         parent_idle_seconds: float = 60.0,
+        retention_seconds: float | None = None,
+        retention_interval: float = 300.0,
     ) -> None:
         self._store = store
         self._bus = bus
         self._aggregator = aggregator
         self._parent_idle = parent_idle_seconds
         self._last_reconcile = float("-inf")
+        self._retention = retention_seconds
+        self._retention_interval = retention_interval
+        self._last_purge = float("-inf")
+        self.purged = 0
         self._registry = registry
         self._default_policy = default_policy
         self._node_id = node_id
@@ -86,7 +98,27 @@ class Reaper:
             finished = await self._aggregator.reconcile(idle_for=self._parent_idle, limit=self._batch)
             if finished:
                 log.warning("finished %d parent(s) whose last roll-up had been lost", finished)
+        if self._retention is not None and now - self._last_purge >= self._retention_interval:
+            self._last_purge = now
+            await self.purge()
         return settled
+
+    async def purge(self) -> int:
+        """Retention: delete finished tasks older than ``retention_seconds``, a bounded number of
+        batches per pass (the rest waits for the next); returns how many."""
+        if self._retention is None:
+            return 0
+        before = utcnow() - timedelta(seconds=self._retention)
+        purged = 0
+        for _ in range(PURGE_BATCHES_PER_PASS):
+            n = await self._store.purge_finished(before=before, limit=PURGE_BATCH)
+            purged += n
+            if n < PURGE_BATCH:
+                break
+        if purged:
+            log.info("retention: deleted %d task(s) finished before %s", purged, before.isoformat())
+        self.purged += purged
+        return purged
 
     async def _reap(self, task: BackgroundTask, before: datetime) -> BackgroundTask | None:
         attempt = task.retry_count

@@ -57,6 +57,13 @@ class PlatformSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(default=300.0, ge=0)
     retry_jitter_seconds: float = Field(default=0.5, ge=0)
 
+    # retention
+    #: Seconds a finished task is kept (7 days); 0 keeps them for ever. MongoDB: a TTL index;
+    #: SQL: the cleanup pass of every API and worker process.
+    task_retention_seconds: float = Field(default=7 * 86400.0, ge=0)
+    #: How often the cleanup pass looks for finished tasks past their retention.
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
+
     # reaper (RUNNING tasks whose worker vanished)
     reaper_enabled: bool = True
     reaper_interval_seconds: float = Field(default=10.0, gt=0)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from executors.registry import ExecutableRegistry
 from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError
@@ -23,6 +24,22 @@ from taskplatform.store.base import BaseTaskStore
 log = logging.getLogger(__name__)
 
 MAX_TAGS = 20
+#: The most metadata a task may carry, as JSON (it is stored and returned with every read).
+MAX_METADATA_BYTES = 16_384
+
+#: A task's tags: up to MAX_TAGS short texts.
+Tags = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=MAX_TAGS)]
+
+
+def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(orjson.dumps(value))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are kept")
+    return value
+
+
+#: Free-form caller data kept with a task, at most MAX_METADATA_BYTES as JSON.
+Metadata = Annotated[dict[str, Any], AfterValidator(_bounded_metadata)]
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -60,9 +77,8 @@ class SubmitRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     user_id: str | None = Field(default=None, max_length=255)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
-    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=list, max_length=MAX_TAGS
-    )
+    tags: Tags = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,7 @@ class TaskSubmitter:
         ensure_storable(parameters, ("parameters",))
         ensure_storable(request.user_id, ("user_id",))
         ensure_storable(request.tags, ("tags",))
+        ensure_storable(request.metadata, ("metadata",))
         now = utcnow()
         extra = {"id": task_id} if task_id is not None else {}
         return BackgroundTask(
@@ -187,6 +204,7 @@ class TaskSubmitter:
             parameters=parameters,
             priority=request.priority,
             tags=list(dict.fromkeys(request.tags)),
+            metadata=request.metadata,
             parent_task_id=parent_task_id,
             created_at=now,
             updated_at=now,

@@ -13,6 +13,7 @@ from taskplatform.api.auth import Authenticator, install_auth
 from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.errors import install_error_handlers
 from taskplatform.api.limits import BodySizeLimit
+from taskplatform.api.manage import router as manage_router
 from taskplatform.api.routes import health_router, tasks_router
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
@@ -58,6 +59,7 @@ def create_app(
     install_error_handlers(app)
     install_auth(app, authenticator)
     app.include_router(tasks_router)
+    app.include_router(manage_router)
     app.include_router(dead_letters_router)
     app.include_router(health_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -22,9 +22,12 @@ from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter
 
 RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
 ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
+#: The longest a bulk replay may hold its request (it paces itself at ``rate``).
+MAX_BULK_SECONDS = 600.0
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
-    **{code: {"model": ErrorBody} for code in (404, 409, 413, 422, 503)},
+    **{code: {"model": ErrorBody} for code in (400, 404, 409, 413, 422, 503)},
 }
 
 
@@ -169,7 +172,15 @@ async def list_audit(
 
 @router.post("/replay", response_model=BulkReplayResult, summary="Replay pending dead letters by filter")
 async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Actor) -> BulkReplayResult:
-    """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``)."""
+    """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``); the
+    request lasts up to ``limit / rate`` seconds, which may not exceed MAX_BULK_SECONDS."""
+    rate = body.rate if body.rate is not None else runtime.settings.dlq_replay_rate
+    if not body.dry_run and body.limit / rate > MAX_BULK_SECONDS:
+        raise HTTPException(
+            422,
+            f"replaying up to {body.limit} at {rate:g}/s could take {body.limit / rate:.0f}s; keep "
+            f"limit / rate within {MAX_BULK_SECONDS:.0f}s (raise rate, or lower limit and repeat)",
+        )
     filters = _filters(
         None, body.task_type, body.reason, body.user_id, body.error_type, body.since, body.until
     )

@@ -21,7 +21,7 @@ from taskplatform.submission import SubmitRequest
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
-    **{code: {"model": ErrorBody} for code in (404, 413, 422, 503)},
+    **{code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503)},
 }
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL, description="Task id")]
@@ -35,7 +35,7 @@ tasks_router = APIRouter(
 )
 
 
-async def _visible_task(runtime: Runtime, principal: Principal, task_id: str) -> BackgroundTask:
+async def visible_task(runtime: Runtime, principal: Principal, task_id: str) -> BackgroundTask:
     """The task, if this caller may see it. Another user's task answers exactly like a missing
     one, so ids cannot be probed."""
     task = await runtime.store.get(task_id)
@@ -102,7 +102,7 @@ async def submit_task(
 
 @tasks_router.get("/tasks/{task_id}", response_model=BackgroundTask, summary="Get a task")
 async def get_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep) -> BackgroundTask:
-    return await _visible_task(runtime, principal, task_id)
+    return await visible_task(runtime, principal, task_id)
 
 
 @tasks_router.post(
@@ -120,7 +120,7 @@ async def cancel_task(
     """QUEUED or RETRYING: CANCELLED now. RUNNING: the executable sees ``ctx.cancelled`` and is
     stopped if it does not end by itself; the task ends CANCELLED. A parent waiting for its
     children: CANCELLED now. A cancelled parent cancels its unfinished children. Finished: 409."""
-    await _visible_task(runtime, principal, task_id)  # owners never change: checking first is enough
+    await visible_task(runtime, principal, task_id)  # owners never change: checking first is enough
     task = await runtime.aggregator.request_cancel(task_id)
     if task is None:
         raise HTTPException(404, f"task {task_id!r} not found")
@@ -143,7 +143,7 @@ async def list_children(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> TaskList:
     """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
-    parent = await _visible_task(runtime, principal, task_id)
+    parent = await visible_task(runtime, principal, task_id)
     # Children inherit their parent's user id; filtering by it as well keeps that an invariant.
     owner = None if principal.can_see_all else parent.user_id
     page = await runtime.store.list(

@@ -35,8 +35,14 @@ __all__ = [
 ]
 
 
-def create_store(url: str, *, auto_migrate: bool = True) -> BaseTaskStore:
-    """The backend for ``url``: ``sqlite+aiosqlite://``, ``postgresql+asyncpg://`` or ``mongodb://``."""
+def create_store(
+    url: str, *, auto_migrate: bool = True, retention_seconds: float | None = None
+) -> BaseTaskStore:
+    """The backend for ``url``: ``sqlite+aiosqlite://``, ``postgresql+asyncpg://`` or ``mongodb://``.
+
+    ``retention_seconds`` (None: keep finished tasks) makes MongoDB keep a TTL index; SQL
+    stores are purged by the runtime's cleanup pass (``purge_finished``) instead.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("sqlite+aiosqlite", "postgresql+asyncpg"):
         from taskplatform.store.sql import SqlTaskStore
@@ -45,7 +51,7 @@ def create_store(url: str, *, auto_migrate: bool = True) -> BaseTaskStore:
     if scheme in ("mongodb", "mongodb+srv"):
         from taskplatform.store.mongo import MongoTaskStore
 
-        return MongoTaskStore(url)
+        return MongoTaskStore(url, retention_seconds=retention_seconds)
     raise ConfigError(
         f"unsupported store URL scheme {scheme or url!r}; use sqlite+aiosqlite:///path, "
         "postgresql+asyncpg://user@host/db or mongodb://host/db"

@@ -22,7 +22,9 @@ from taskplatform.models import (
     sources_of,
     utcnow,
 )
+from taskplatform.store.amend import AmendOperations
 from taskplatform.store.deadletters import DeadLetterOperations
+from taskplatform.store.deletion import DeleteOutcome, Deletion, DeletionOperations
 from taskplatform.store.primitives import owner_guard, with_event
 from taskplatform.store.protocol import TaskStore
 from taskplatform.store.replay import ReplayOperations
@@ -45,6 +47,8 @@ __all__ = [
     "BaseTaskStore",
     "ClaimRequest",
     "CompletionRequest",
+    "DeleteOutcome",
+    "Deletion",
     "Guard",
     "InvalidCursorError",
     "TaskFilter",
@@ -60,7 +64,9 @@ _RUNNING = frozenset({TaskStatus.RUNNING})
 _WAITING = frozenset({TaskStatus.QUEUED, TaskStatus.RETRYING})
 
 
-class BaseTaskStore(SubTaskOperations, ReplayOperations, DeadLetterOperations):
+class BaseTaskStore(
+    SubTaskOperations, ReplayOperations, AmendOperations, DeletionOperations, DeadLetterOperations
+):
     """Shared operations over a backend's primitives (tasks, parents, replays, dead letters).
 
     Every status-changing operation takes an optional ``event_id``: the same conditional

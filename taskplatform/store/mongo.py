@@ -26,6 +26,7 @@ from taskplatform.store.base import (
 )
 from taskplatform.store.mongo_deadletters import MongoDeadLetters
 from taskplatform.store.mongo_ratelimits import MongoRateLimits
+from taskplatform.store.mongo_retention import MongoRetention
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, ParentState
 
@@ -80,29 +81,43 @@ def _guard_value(field: str, value: Any) -> Any:
     return _mongo_value(value)
 
 
-class MongoTaskStore(MongoDeadLetters, MongoRateLimits, BaseTaskStore):
+class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTaskStore):
     """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
-    audit log in two more (``MongoDeadLetters``).
+    audit log in two more (``MongoDeadLetters``); rate limits in another
+    (``MongoRateLimits``); finished tasks expire by a TTL index (``MongoRetention``).
 
     ``database`` may be injected (any object with PyMongo's async database interface);
     otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
-    database (``taskplatform`` when it has none).
+    database (``taskplatform`` when it has none). ``retention_seconds``: how long finished
+    tasks are kept (None: for ever).
     """
 
     url_scheme = "mongodb"
 
-    def __init__(self, url: str, *, database: Any = None, server_selection_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: Any = None,
+        server_selection_timeout_ms: int = 5000,
+        retention_seconds: float | None = None,
+    ) -> None:
         self.url = url
+        self.retention_seconds = retention_seconds
         self._timeout_ms = server_selection_timeout_ms
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: Any = database
         self._injected = database is not None
 
     @property
-    def collection(self) -> Any:
+    def database(self) -> Any:
         if self._db is None:
             raise StoreError("store is not open; call open() first")
-        return self._db[COLLECTION]
+        return self._db
+
+    @property
+    def collection(self) -> Any:
+        return self.database[COLLECTION]
 
     def _collection_named(self, name: str) -> Any:
         if self._db is None:
@@ -139,6 +154,7 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, BaseTaskStore):
             partialFilterExpression={"outbox.status": OutboxStatus.PENDING.value},
         )
         await self._ensure_dead_letter_indexes()
+        await self._ensure_retention_index()
 
     async def close(self) -> None:
         if self._client is not None:

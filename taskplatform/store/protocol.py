@@ -15,6 +15,7 @@ from taskplatform.store.deadletters import (
     DeadLetterPage,
     UpsertOutcome,
 )
+from taskplatform.store.deletion import DeleteOutcome
 from taskplatform.store.ratelimits import Reservation
 from taskplatform.store.types import ClaimRequest, CompletionRequest, ParentState, TaskFilter, TaskPage
 
@@ -185,6 +186,20 @@ class TaskStore(Protocol):
     ) -> DeadLetter | None: ...
     async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
     async def add_audit(self, entry: AuditEntry) -> None: ...
+
+    # ------------------------------------------------------------ changing and deleting tasks
+    async def amend_queued(
+        self,
+        task_id: str,
+        *,
+        priority: int | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        publish_hold_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def delete_task(self, task_id: str) -> DeleteOutcome: ...
+    async def purge_finished(self, *, before: datetime, limit: int = 1000) -> int: ...
 
     # ------------------------------------------------------------ rate limits
     async def reserve_rate(

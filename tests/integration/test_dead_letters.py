@@ -157,6 +157,12 @@ async def test_bulk_replay_dry_run_changes_nothing_and_the_real_one_keeps_to_the
     assert all([await _status(runtime, i) is TaskStatus.DEAD_LETTER for i in ids])
     assert (await runtime.store.count_dead_letters()).total == 10
 
+    # a pace that would hold the request for longer than 600 s is refused before anything happens
+    slow = await client.post(
+        "/api/v1/dead-letters/replay", json={"task_type": "test_picky", "rate": 0.5, "limit": 1000}
+    )
+    assert slow.status_code == 422 and "within 600s" in slow.json()["error"]["message"]
+    assert (await runtime.store.count_dead_letters()).total == 10
     r = await client.post(
         "/api/v1/dead-letters/replay", json={"task_type": "test_picky", "rate": 5}, timeout=30
     )

@@ -10,6 +10,7 @@ import pytest
 from taskplatform.models import TaskStatus, utcnow
 from taskplatform.store.mongo import LEDGER, MongoTaskStore
 from taskplatform.store.mongo_deadletters import DEAD_LETTERS
+from taskplatform.store.mongo_retention import RETENTION_INDEX
 from tests.store.helpers import NODE, make_dead_letter, make_task
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
 
@@ -71,3 +72,22 @@ async def test_dead_letter_times_are_dates_and_nested_values_keep_their_json_for
     assert isinstance(raw["last_seen_at"], datetime) and isinstance(raw["first_seen_at"], datetime)
     assert raw["status"] == "pending" and raw["task_type"] == record.task_type
     assert isinstance(raw["error_info"]["occurred_at"], str)
+
+
+async def test_retention_is_a_ttl_index_on_completed_at_kept_in_step_with_the_setting() -> None:
+    database = AsyncEmulatedDatabase()
+
+    async def indexes_after_open(retention: float | None) -> dict[str, object]:
+        store = MongoTaskStore("mongodb://emulated/t", database=database, retention_seconds=retention)
+        await store.open()
+        try:
+            info: dict[str, object] = await store.collection.index_information()
+            return info
+        finally:
+            await store.close()
+
+    created = await indexes_after_open(7 * 86400)
+    assert created[RETENTION_INDEX] == {"key": [("completed_at", 1)], "expireAfterSeconds": 604800, "v": 2}
+    changed = await indexes_after_open(3600)
+    assert changed[RETENTION_INDEX]["expireAfterSeconds"] == 3600  # type: ignore[index]
+    assert RETENTION_INDEX not in await indexes_after_open(None)

@@ -108,6 +108,16 @@ class AsyncEmulatedCollection:
     async def aggregate(self, *a: Any, **k: Any) -> _ListCursor:
         return _ListCursor(list(await self._round_trip("aggregate", *a, **k)))
 
+    async def index_information(self) -> dict[str, Any]:
+        return dict(await self._round_trip("index_information"))
+
+    async def drop_index(self, *a: Any, **k: Any) -> Any:
+        return await self._round_trip("drop_index", *a, **k)
+
+    @property
+    def name(self) -> str:
+        return str(self._c.name)
+
 
 class AsyncEmulatedDatabase:
     """The subset of ``AsyncDatabase`` the platform uses."""
@@ -119,6 +129,21 @@ class AsyncEmulatedDatabase:
         return AsyncEmulatedCollection(self._db[name])
 
     async def command(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if name != "ping":
-            raise OperationFailure(f"emulation supports only 'ping', not {name!r}")
+        if name == "ping":
+            return {"ok": 1.0}
+        if name == "collMod" and set(kwargs) == {"index"}:
+            return self._coll_mod_index(str(args[0]), kwargs["index"])
+        raise OperationFailure(f"emulation supports only 'ping' and collMod of an index, not {name!r}")
+
+    def _coll_mod_index(self, collection: str, change: dict[str, Any]) -> dict[str, Any]:
+        """collMod's change of an index option: mongomock has no collMod, so the index is
+        dropped and made again with the new option (the server changes it in place)."""
+        coll = self._db[collection]
+        info = coll.index_information().get(change["name"])
+        if info is None:
+            raise OperationFailure(f"cannot find index {change['name']!r} for ns {collection}", 27)
+        options = {k: v for k, v in info.items() if k not in ("key", "v", "ns")}
+        options.update({k: v for k, v in change.items() if k != "name"})
+        coll.drop_index(change["name"])
+        coll.create_index(info["key"], name=change["name"], **options)
         return {"ok": 1.0}

@@ -49,6 +49,7 @@ from taskplatform.store.sql import migrate
 from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.deadletters import SqlDeadLetters
+from taskplatform.store.sql.deletion import SqlDeletion
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
@@ -76,10 +77,11 @@ def _columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     return {_column_name(k): _db_value(v) for k, v in changes.items()}
 
 
-class SqlTaskStore(SqlDeadLetters, SqlRateLimits, BaseTaskStore):
+class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``.
 
-    Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``.
+    Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``;
+    deleting finished tasks: ``SqlDeletion``.
     """
 
     def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:

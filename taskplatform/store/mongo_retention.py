@@ -1,0 +1,94 @@
+"""Deleting finished tasks on MongoDB (a mixin of ``MongoTaskStore``).
+
+Retention is a TTL index on ``completed_at`` (only finished tasks have one; a replay clears
+it): the server deletes each task ``retention`` seconds after it finished, as the SQL
+stores' cleanup pass does. The same pass runs here too, as a backstop for the server's TTL
+monitor (once a minute, and it may fall behind). A parent's roll-up ledger lives in its own
+document, so it goes with the parent.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+
+from taskplatform.models import TERMINAL
+
+log = logging.getLogger(__name__)
+
+RETENTION_INDEX = "ttl_completed"
+_FINISHED = [s.value for s in TERMINAL]
+
+
+class MongoRetention:
+    """The TTL index, ``_delete_finished`` and ``_finished_before`` over the store's database."""
+
+    #: Seconds a finished task is kept; None keeps them (no TTL index).
+    retention_seconds: float | None = None
+
+    @property
+    @abstractmethod
+    def collection(self) -> Any:
+        """The tasks collection."""
+
+    @property
+    @abstractmethod
+    def database(self) -> Any:
+        """The store's database."""
+
+    @abstractmethod
+    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Translates driver errors to StoreError."""
+
+    async def _ensure_retention_index(self) -> None:
+        """Create, change (``collMod``, no rebuild) or drop the TTL index to match the setting."""
+        indexes = await self.collection.index_information()
+        current = indexes.get(RETENTION_INDEX)
+        if self.retention_seconds is None:
+            if current is not None:
+                await self.collection.drop_index(RETENTION_INDEX)
+            return
+        seconds = max(0, int(self.retention_seconds))
+        if current is None:
+            await self.collection.create_index(
+                [("completed_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=seconds
+            )
+        elif current.get("expireAfterSeconds") != seconds:
+            log.info("retention of finished tasks changed to %ds; updating the TTL index", seconds)
+            await self.database.command(
+                "collMod",
+                self.collection.name,
+                index={"name": RETENTION_INDEX, "expireAfterSeconds": seconds},
+            )
+
+    async def _delete_finished(self, task_ids: Sequence[str]) -> builtins.list[str]:
+        if not task_ids:
+            return []
+        query = {"_id": {"$in": list(task_ids)}, "status": {"$in": _FINISHED}}
+        async with self._errors():
+            found = await self.collection.find(query, {"_id": 1}).to_list(None)
+            ids = [doc["_id"] for doc in found]
+            # The delete checks the status again: a replay in between keeps its task.
+            result = await self.collection.delete_many({"_id": {"$in": ids}, "status": {"$in": _FINISHED}})
+            if result.deleted_count != len(ids):
+                kept = await self.collection.find({"_id": {"$in": ids}}, {"_id": 1}).to_list(None)
+                ids = sorted(set(ids) - {doc["_id"] for doc in kept})
+        return ids
+
+    async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
+        query = {"completed_at": {"$lt": before}, "status": {"$in": _FINISHED}}
+        async with self._errors():
+            found = (
+                await self.collection.find(query, {"_id": 1})
+                .sort([("completed_at", ASCENDING)])
+                .limit(limit)
+                .to_list(None)
+            )
+        return [doc["_id"] for doc in found]

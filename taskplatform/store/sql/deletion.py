@@ -1,0 +1,63 @@
+"""Deleting finished tasks on SQL (a mixin of ``SqlTaskStore``): the primitives of
+``taskplatform.store.deletion``."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from abc import abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskplatform.models import TERMINAL
+from taskplatform.store.sql.schema import task_rollups, tasks
+
+_FINISHED = [s.value for s in TERMINAL]
+
+
+class SqlDeletion:
+    """``_delete_finished`` and ``_finished_before`` over the store's engine."""
+
+    @property
+    @abstractmethod
+    def engine(self) -> AsyncEngine:
+        """The engine, for transactions."""
+
+    @property
+    @abstractmethod
+    def autocommit(self) -> AsyncEngine:
+        """The engine in autocommit, for single statements."""
+
+    @abstractmethod
+    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Translates driver errors to StoreError."""
+
+    async def _delete_finished(self, task_ids: Sequence[str]) -> builtins.list[str]:
+        """One transaction: the finished tasks among ``task_ids``, then the ledger they kept."""
+        if not task_ids:
+            return []
+        gone = (
+            delete(tasks)
+            .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(_FINISHED))
+            .returning(tasks.c.id)
+        )
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                deleted = list((await conn.execute(gone)).scalars())
+                if deleted:
+                    await conn.execute(delete(task_rollups).where(task_rollups.c.parent_id.in_(deleted)))
+        return deleted
+
+    async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
+        query = (
+            select(tasks.c.id)
+            .where(tasks.c.completed_at < before, tasks.c.status.in_(_FINISHED))
+            .order_by(tasks.c.completed_at)
+            .limit(limit)
+        )
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                return list((await conn.execute(query)).scalars())
