@@ -69,9 +69,12 @@ def ensure_storable(value: Any, location: tuple[str | int, ...]) -> None:
 
 
 class SubmitRequest(BaseModel):
-    """What a caller asks for. Parameters are validated against the executable's Params."""
+    """What a caller asks for. Parameters are validated against the executable's Params.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: no field is coerced (``"priority": "5"`` or ``true`` is refused, not read as 5 or 1),
+    and unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task_type: str = Field(min_length=1, max_length=128)
     parameters: dict[str, Any] = Field(default_factory=dict)

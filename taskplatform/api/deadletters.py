@@ -70,7 +70,7 @@ class DeadLetterList(BaseModel):
 class ReplayRequest(BaseModel):
     """Optional replacement parameters, validated against the task type's Params."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     parameters: dict[str, Any] | None = None
 
@@ -94,9 +94,10 @@ class BulkReplayRequest(BaseModel):
     error_type: str | None = Field(default=None, max_length=255)
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = Field(default=100, ge=1, le=MAX_BULK)
-    dry_run: bool = False
-    rate: float | None = Field(default=None, gt=0, le=10_000, description="replays per second")
+    # strict numbers and flags (no "5" or "true"); the times stay ISO 8601 text
+    limit: int = Field(default=100, ge=1, le=MAX_BULK, strict=True)
+    dry_run: bool = Field(default=False, strict=True)
+    rate: float | None = Field(default=None, gt=0, le=10_000, strict=True, description="replays per second")
 
 
 class BulkReplayResult(BaseModel):

@@ -22,7 +22,7 @@ router = APIRouter(
 class TaskUpdate(BaseModel):
     """What to change; each given field replaces the task's (tags and metadata whole)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     priority: int | None = Field(default=None, ge=0, le=MAX_PRIORITY)
     tags: Tags | None = None

@@ -81,6 +81,12 @@ async def test_bad_submissions_are_refused_and_leave_nothing_behind(
         "/api/v1/tasks", json={"task_type": "generate_summary", "parameters": {"text": "A b."}, "surprise": 1}
     )
     assert r.status_code == 422 and "surprise" in r.json()["error"]["message"]
+    # strict: nothing is coerced
+    for field, value in (("priority", "5"), ("priority", True), ("priority", 5.0), ("tags", "a,b")):
+        body = {"task_type": "generate_summary", "parameters": {"text": "A b."}, field: value}
+        r = await client.post("/api/v1/tasks", json=body)
+        assert r.status_code == 422, (field, value, r.text)
+        assert r.json()["error"]["details"][0]["loc"] == ["body", field]
 
     assert await stored(runtime) == 0
     assert await queue_depth(rabbitmq, runtime) == 0

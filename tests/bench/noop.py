@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from executors.base import BackgroundTaskExecutable, TaskContext
@@ -9,6 +11,8 @@ from executors.base import BackgroundTaskExecutable, TaskContext
 
 class BenchParams(BaseModel):
     n: int = 0
+    #: Seconds of simulated work (an awaited sleep: it holds a slot, not the CPU).
+    sleep: float = 0.0
 
 
 class BenchResult(BaseModel):
@@ -21,6 +25,8 @@ class BenchNoop(BackgroundTaskExecutable[BenchParams, BenchResult]):
     Result = BenchResult
 
     async def execute(self, ctx: TaskContext[BenchParams]) -> BenchResult:
+        if ctx.parameters.sleep:
+            await asyncio.sleep(ctx.parameters.sleep)
         return BenchResult(n=ctx.parameters.n)
 
 
