@@ -2,5 +2,13 @@
 
 from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.ratelimit.declarations import RateLimit
 
-__all__ = ["ENTRY_POINT_GROUP", "BackgroundTaskExecutable", "ExecutableRegistry", "Progress", "TaskContext"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackgroundTaskExecutable",
+    "ExecutableRegistry",
+    "Progress",
+    "RateLimit",
+    "TaskContext",
+]

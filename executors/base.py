@@ -6,10 +6,12 @@ import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.ratelimit.declarations import RateLimit, check_rate_limits
 from taskplatform.retry import RetryPolicy
 
 P = TypeVar("P", bound=BaseModel)
@@ -41,6 +43,12 @@ class TaskContext(Protocol[P_co]):
     def user_id(self) -> str | None: ...
     @property
     def parameters(self) -> P_co: ...
+    @property
+    def received_at(self) -> datetime:
+        """When this worker received the delivery that runs this attempt (UTC): the time until
+        ``execute`` starts is how long the message was held here (rate limit, priorities, claim)."""
+        ...
+
     @property
     def cancelled(self) -> bool:
         """True once cancellation of this task was requested; stop soon when it is."""
@@ -111,6 +119,10 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
     retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Exceptions that fail the task at once, even if a retryable type also matches.
     non_retryable_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: How often attempts may start, per task type or per user: ``(RateLimit("10/s"),
+    #: RateLimit("1/s", burst=5, per="user"))``, at most one per scope. A worker holds a
+    #: delivery until its slot, or sends it round the delay path (no attempt is counted).
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
 
     @abstractmethod
     async def execute(self, ctx: TaskContext[P]) -> R:
@@ -136,3 +148,4 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
             raise TypeError(f"{name} does not implement execute()")
         if not isinstance(cls.queue, str) or not TASK_TYPE_PATTERN.match(cls.queue):
             raise TypeError(f"{name}.queue must match {TASK_TYPE_PATTERN.pattern}, got {cls.queue!r}")
+        check_rate_limits(f"{name}.rate_limits", cls.rate_limits)

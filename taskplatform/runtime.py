@@ -19,6 +19,7 @@ from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import MAX_PRIORITY
 from taskplatform.outbox import OutboxRelay
+from taskplatform.ratelimit.limiter import create_rate_limiter
 from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
 from taskplatform.store import BaseTaskStore, create_store
@@ -52,7 +53,7 @@ def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegi
 
 class Runtime:
     """Store, broker connection, publisher, event bus, state aggregator, external event
-    bridge, submitter, relay, reaper and (optionally) consumer."""
+    bridge, submitter, relay, reaper, rate limiters and (optionally) consumer."""
 
     def __init__(
         self,
@@ -71,7 +72,11 @@ class Runtime:
         self.store = (
             store
             if store is not None
-            else create_store(settings.store_url, auto_migrate=settings.store_auto_migrate)
+            else create_store(
+                settings.store_url,
+                auto_migrate=settings.store_auto_migrate,
+                retention_seconds=settings.task_retention_seconds or None,
+            )
         )
         self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
         self.publisher = TaskPublisher(
@@ -80,6 +85,9 @@ class Runtime:
             timeout=settings.publish_timeout_seconds,
             attempts=settings.publish_retry_attempts,
         )
+        #: Executables' ``rate_limits`` (workers) and submissions per user (the API).
+        self.task_rate_limiter = create_rate_limiter(settings.rate_limit_backend, self.store)
+        self.submit_rate_limiter = create_rate_limiter(settings.api_rate_limit_backend, self.store)
         self.bus = EventBus(observer_buffer=settings.event_observer_buffer)
         self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
         self.bridge: ExternalEventBridge | None = None
@@ -129,6 +137,8 @@ class Runtime:
             node_id=settings.node_id,
             interval=settings.reaper_interval_seconds,
             grace=settings.reaper_grace_seconds,
+            retention_seconds=settings.task_retention_seconds or None,
+            retention_interval=settings.retention_interval_seconds,
         )
         self.consumer: TaskConsumer | None = None
         self.dlq_consumer: DeadLetterConsumer | None = None
@@ -167,6 +177,8 @@ class Runtime:
                 submitter=self.submitter,
                 progress_interval=settings.progress_interval_seconds,
                 priority_hold=settings.priority_hold_seconds,
+                rate_limiter=self.task_rate_limiter,
+                rate_limit_hold=settings.rate_limit_hold_seconds,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from taskplatform.api.auth import AUTH_RESPONSES, SubmitterDep, require_submitter
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
+from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
 from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
 from taskplatform.auth import Principal
 from taskplatform.errors import StoreError
@@ -69,6 +70,7 @@ def _owner(principal: Principal, requested: str | None) -> str | None:
             "description": "Stored; the broker is unreachable, so the "
             "message waits in the outbox and is published when the broker returns",
         },
+        **SUBMIT_RATE_LIMITED,
     },
 )
 async def submit_task(
@@ -76,6 +78,7 @@ async def submit_task(
     runtime: RuntimeDep,
     principal: SubmitterDep,
     response: Response,
+    _limited: SubmitRateLimit,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -89,7 +92,8 @@ async def submit_task(
 ) -> TaskCreated:
     """Validate the parameters against the task type, store the task, publish it.
 
-    The task belongs to the token's subject; only an admin may name another ``user_id``."""
+    The task belongs to the token's subject; only an admin may name another ``user_id``. With
+    ``API_SUBMIT_RATE`` set, a caller past its limit gets 429 with ``Retry-After``."""
     owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
     # Idempotency keys are scoped by the task's user id, so by the caller here.
     submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.store.ratelimits import Reservation
 from taskplatform.store.types import Guard, ParentState, TaskFilter, TaskPage
 
 
@@ -97,6 +98,13 @@ class StorePrimitives(ABC):
     @abstractmethod
     async def mark_published(self, task_ids: Sequence[str]) -> int:
         """Mark the outbox of these tasks published; returns how many changed."""
+
+    @abstractmethod
+    async def reserve_rate(
+        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
+    ) -> Reservation:
+        """Reserve ``key``'s next rate-limit slot if it opens within ``max_wait`` seconds (see
+        ``taskplatform.store.ratelimits``): one atomic operation, shared by every process."""
 
     @abstractmethod
     async def record_publish_failure(self, task_id: str, error: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -14,16 +14,20 @@ from pydantic import ValidationError
 
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import Cancelled, MessageDecodeError, StoreError
+from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.events.models import TaskRequeued, TaskStarted
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import HEADER_NOT_BEFORE
+from taskplatform.ratelimit.admission import RateAdmission, RateStats, SlotReservation
+from taskplatform.ratelimit.declarations import RateLimit
+from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.submission import TaskSubmitter
+from taskplatform.worker.attempt import AttemptRunner
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
@@ -41,6 +45,10 @@ class TaskConsumer:
     deliveries, and when the group is busy the next free slot goes to the highest level
     waiting (``PriorityGate``). A delivery that waits longer than ``priority_hold`` seconds
     is handed back to its queue. Nothing is acked before its outcome is in the store.
+
+    Deliveries of task types that declare ``rate_limits`` first wait for their slot
+    (``RateAdmission``): held here for up to ``rate_limit_hold`` seconds, or sent round the
+    delay path. Other types never touch the limiter.
     """
 
     def __init__(
@@ -64,6 +72,8 @@ class TaskConsumer:
         submitter: TaskSubmitter | None = None,
         progress_interval: float = 1.0,
         priority_hold: float = 60.0,
+        rate_limiter: RateLimiter | None = None,
+        rate_limit_hold: float = 1.0,
     ) -> None:
         self._broker = broker
         self._publisher = publisher
@@ -73,12 +83,16 @@ class TaskConsumer:
         self._settler = settler
         self._node_id = node_id
         self._prefetch = prefetch
-        self._default_timeout = default_timeout
-        self._lease = timedelta(seconds=lease_seconds)
         self._store_backoff = store_backoff
         self._default_policy = default_policy or RetryPolicy()
-        self._cancel_poll = cancel_poll
-        self._cancel_grace = cancel_grace
+        self._attempts = AttemptRunner(
+            store,
+            node_id=node_id,
+            default_timeout=default_timeout,
+            lease_seconds=lease_seconds,
+            cancel_poll=cancel_poll,
+            cancel_grace=cancel_grace,
+        )
         self._submitter = submitter
         self._progress_interval = progress_interval
         self._priority_hold = priority_hold
@@ -89,6 +103,13 @@ class TaskConsumer:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._running: set[tuple[str, int]] = set()  # (task id, attempt) running in this worker
         self.processed = 0
+        self._rates = RateAdmission(
+            MemoryRateLimiter() if rate_limiter is None else rate_limiter,
+            {cls.task_type: cls.rate_limits for cls in registry},
+            hold=rate_limit_hold,
+            store_backoff=store_backoff,
+            store_hold=store_hold,
+        )
         self._claimer = Claimer(
             store,
             settler,
@@ -153,6 +174,11 @@ class TaskConsumer:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def rate_stats(self) -> RateStats:
+        """What rate limiting did in this worker (deliveries held, sent round, longest holds)."""
+        return self._rates.stats
+
     def _executable(self, task_type: str) -> BackgroundTaskExecutable[Any, Any]:
         instance = self._instances.get(task_type)
         if instance is None:
@@ -161,12 +187,13 @@ class TaskConsumer:
         return instance
 
     async def _on_message(self, gate: PriorityGate, level: int, message: AbstractIncomingMessage) -> None:
+        received_at = utcnow()
         key = f"{message.delivery_tag}:{id(message)}"
         current = asyncio.current_task()
         if current is not None:
             self._in_flight[key] = current
         try:
-            await self._handle(message, gate, level)
+            await self._handle(message, gate, level, received_at)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -178,7 +205,9 @@ class TaskConsumer:
             self._in_flight.pop(key, None)
             self.processed += 1
 
-    async def _handle(self, message: AbstractIncomingMessage, gate: PriorityGate, level: int) -> None:
+    async def _handle(
+        self, message: AbstractIncomingMessage, gate: PriorityGate, level: int, received_at: datetime
+    ) -> None:
         try:
             task_message = decode(message)
         except MessageDecodeError as exc:
@@ -195,9 +224,17 @@ class TaskConsumer:
                 f"registered: {', '.join(self._registry.task_types())}",
             )
             return
+        limits = self._rates.limits_of(task_message.task_type)  # empty for most types: nothing to pay
+        carried = SlotReservation.from_headers(message.headers) if limits else None
         not_before = _not_before(message)
-        if not_before is not None and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS:
+        if (
+            carried is None  # a reserved slot is waited for below, to the millisecond
+            and not_before is not None
+            and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS
+        ):
             await self._delay_again(message, task_message, not_before)
+            return
+        if limits and not await self._await_rate_slot(message, task_message, limits, carried, received_at):
             return
         try:
             if not gate.try_acquire():  # the hot path takes a free slot without a timer
@@ -211,11 +248,39 @@ class TaskConsumer:
             await self._hand_back(message, task_message, why)
             return
         try:
-            await self._claim_and_run(message, task_message)
+            await self._claim_and_run(message, task_message, received_at)
         finally:
             gate.release()
 
-    async def _claim_and_run(self, message: AbstractIncomingMessage, task_message: TaskMessage) -> None:
+    async def _await_rate_slot(
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        limits: tuple[RateLimit, ...],
+        carried: SlotReservation | None,
+        received_at: datetime,
+    ) -> bool:
+        """Wait for the attempt's rate-limit slot; True when it may start now.
+
+        A slot beyond the hold bound: the message goes round the delay path to come back at it,
+        carrying its reservation, and this delivery is acked (no attempt is counted).
+        """
+        try:
+            come_back = await self._rates.admit(tm, limits, carried)
+        except StoreError as exc:
+            log.warning("no rate-limit slot for task %s (%s); returning it to the queue", tm.task_id, exc)
+            await message.nack(requeue=True)
+            return False
+        if come_back is None:
+            return True
+        when = datetime.fromtimestamp(come_back.slot, UTC)
+        await self._delay_again(message, tm, when, headers=come_back.headers())  # the slot stays ours
+        self._rates.note_delayed((utcnow() - received_at).total_seconds())
+        return False
+
+    async def _claim_and_run(
+        self, message: AbstractIncomingMessage, task_message: TaskMessage, received_at: datetime
+    ) -> None:
         if (task_message.task_id, task_message.attempt) in self._running:
             await self._settler.skip(
                 message,
@@ -228,14 +293,16 @@ class TaskConsumer:
         running_key = (task.id, task.retry_count)
         self._running.add(running_key)
         try:
-            await self._run_and_settle(message, task)
+            await self._run_and_settle(message, task, received_at)
         finally:
             self._running.discard(running_key)
 
-    async def _run_and_settle(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
+    async def _run_and_settle(
+        self, message: AbstractIncomingMessage, task: BackgroundTask, received_at: datetime
+    ) -> None:
         try:
             await self._settler.publish(self._started(task), task)
-            outcome, children, progress = await self._run(task)
+            outcome, children, progress = await self._run(task, received_at)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the task back unfinished, then stop.
             self._running.discard((task.id, task.retry_count))
@@ -264,12 +331,18 @@ class TaskConsumer:
         )
 
     async def _delay_again(
-        self, message: AbstractIncomingMessage, tm: TaskMessage, not_before: datetime
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        not_before: datetime,
+        *,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         """A delayed message back before its time (it took a shorter tier): send it round
-        again with what is left, then ack. The store is not touched."""
+        again with what is left, then ack. The store is not touched. ``headers`` go on the copy
+        (a rate-limit reservation)."""
         try:
-            await self._publisher.publish_not_before(tm, not_before)
+            await self._publisher.publish_not_before(tm, not_before, extra_headers=headers)
         except Exception as exc:
             log.warning("could not re-delay task %s (%s); returning it to the queue", tm.task_id, exc)
             await asyncio.sleep(self._store_backoff)
@@ -309,7 +382,9 @@ class TaskConsumer:
             raise
         log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
-    async def _run(self, task: BackgroundTask) -> tuple[Outcome, int, dict[str, Any] | None]:
+    async def _run(
+        self, task: BackgroundTask, received_at: datetime
+    ) -> tuple[Outcome, int, dict[str, Any] | None]:
         """Run one attempt in its own asyncio task, watched for lease renewal and cancellation.
 
         Returns the outcome, how many children the task has (submitted by this attempt or,
@@ -331,8 +406,9 @@ class TaskConsumer:
             node_id=self._node_id,
             progress_model=cls.ProgressModel,
             progress_interval=self._progress_interval,
+            received_at=received_at,
         )
-        outcome = await self._attempt(task, executable, ctx)
+        outcome = await self._attempts.run(task, executable, ctx)
         children = max(ctx.children, earlier)
         if isinstance(outcome, Succeeded) and children == 0:
             return outcome, children, await ctx.take_pending_progress()
@@ -341,103 +417,6 @@ class TaskConsumer:
         except Exception as exc:  # progress is best effort
             log.warning("task %s: last progress not written: %s", task.id, exc)
         return outcome, children, None
-
-    async def _attempt(
-        self, task: BackgroundTask, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any]
-    ) -> Outcome:
-        cls = type(executable)
-        timeout = cls.timeout if cls.timeout is not None else self._default_timeout
-        attempt = asyncio.create_task(self._execute(executable, ctx, timeout), name=f"attempt-{task.id}")
-        watcher = asyncio.create_task(self._watch(task, ctx, attempt), name=f"watch-{task.id}")
-        try:
-            outcome = await attempt
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled (shutdown): propagate
-            # The watcher stopped the attempt (cancel requested, or lease lost).
-            return Failed(Cancelled("stopped on request"), "")
-        finally:
-            if not attempt.done():
-                attempt.cancel()  # we are being cancelled: stop the attempt, then the watcher
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(watcher)
-        if ctx.cancelled and isinstance(outcome, Failed):
-            # Asked to stop, it stopped by raising something: that is a cancellation.
-            stopped = Cancelled(f"stopped on request ({type(outcome.error).__name__})")
-            return Failed(stopped, outcome.traceback)
-        return outcome
-
-    async def _execute(
-        self, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any], timeout: float
-    ) -> Outcome:
-        cls = type(executable)
-        try:
-            async with asyncio.timeout(timeout):
-                result = await executable.execute(ctx)
-            if not isinstance(result, cls.Result):
-                result = cls.Result.model_validate(result)
-        except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # stopped from outside (cancel request or shutdown)
-            return Failed(exc, format_traceback(exc))  # the executable raised it on its own
-        except Exception as exc:
-            return Failed(exc, format_traceback(exc))
-        return Succeeded(result)
-
-    async def _watch(
-        self, task: BackgroundTask, ctx: ExecutionContext[Any], attempt: asyncio.Task[Outcome]
-    ) -> None:
-        """While the attempt runs: renew its lease every third of the lease length, so no
-        duplicate can take a live task over, and look for a cancel request every
-        ``cancel_poll`` seconds: first ``ctx.cancelled`` turns True, and an attempt still
-        running ``cancel_grace`` seconds later is cancelled."""
-        loop = asyncio.get_running_loop()
-        renew_every = self._lease.total_seconds() / 3
-        next_renewal = loop.time() + renew_every
-        stop_at: float | None = None
-        owned = True
-
-        def ask_to_stop(why: str) -> None:
-            nonlocal stop_at
-            if not ctx.cancelled:
-                log.info("task %s: %s; asking the executable to stop", task.id, why)
-                ctx.request_cancel()
-                stop_at = loop.time() + self._cancel_grace
-
-        while not attempt.done():
-            # Woken early when the attempt ends; never cancelled mid-call, so a store call in
-            # flight always finishes and returns its connection.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(attempt), min(self._cancel_poll, renew_every))
-            if attempt.done():
-                return
-            current: BackgroundTask | None = None
-            try:
-                if owned and loop.time() >= next_renewal:
-                    current = await self._store.renew_lease(
-                        task.id,
-                        node_id=self._node_id,
-                        attempt=task.retry_count,
-                        lease_until=utcnow() + self._lease,
-                    )
-                    if current is None:
-                        # Reaped or taken over: another attempt may run now. This one must stop,
-                        # its outcome can no longer be recorded.
-                        owned = False
-                        ask_to_stop("lease lost to another attempt")
-                    else:
-                        next_renewal = loop.time() + renew_every  # only after a renewal succeeded
-                elif owned and not ctx.cancelled:
-                    current = await self._store.get(task.id)
-            except StoreError as exc:
-                log.warning("watching task %s: store unavailable (%s); will retry", task.id, exc)
-            if current is not None and current.cancel_requested:
-                ask_to_stop("cancellation requested")
-            if stop_at is not None and loop.time() >= stop_at:
-                attempt.cancel()
-                stop_at = None
 
 
 def _not_before(message: AbstractIncomingMessage) -> datetime | None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -15,7 +16,7 @@ from executors.base import Progress
 from taskplatform.errors import Cancelled
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskProgress
-from taskplatform.models import BackgroundTask
+from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.submission import SubmitRequest, TaskSubmitter
 
 P = TypeVar("P", bound=BaseModel)
@@ -44,8 +45,10 @@ class ExecutionContext(Generic[P]):
         node_id: str,
         progress_model: type[Progress] = Progress,
         progress_interval: float = 1.0,
+        received_at: datetime | None = None,
     ) -> None:
         self._task = task
+        self._received_at = received_at or utcnow()
         self._parameters = parameters
         self._bus = bus
         self._submitter = submitter
@@ -89,6 +92,10 @@ class ExecutionContext(Generic[P]):
     @property
     def parameters(self) -> P:
         return self._parameters
+
+    @property
+    def received_at(self) -> datetime:
+        return self._received_at
 
     @property
     def cancelled(self) -> bool:

@@ -70,8 +70,12 @@ async def test_a_replayed_task_is_claimable_at_attempt_zero_and_pending_for_the_
     await store.create(task)
     replayed = await store.replay_task(task.id, expected_replays=0)
     assert replayed is not None
+    # (created_before a second ahead: MongoDB keeps milliseconds, so "now" may equal created_at)
     leased = await store.claim_pending_outbox(
-        owner="relay", limit=10, lease_until=utcnow() + timedelta(seconds=30), created_before=utcnow()
+        owner="relay",
+        limit=10,
+        lease_until=utcnow() + timedelta(seconds=30),
+        created_before=utcnow() + timedelta(seconds=1),
     )
     assert [t.id for t in leased] == [task.id]
     running = await claim(store, replayed)

@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.summary import GenerateSummary
 from taskplatform.errors import Cancelled, PermanentFailure
+from taskplatform.models import utcnow
+from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.retry import RetryPolicy
 
 
@@ -213,4 +215,55 @@ class Picky(BackgroundTaskExecutable[NoopParams, NoopResult]):
         return NoopResult(value=ctx.parameters.value)
 
 
-EXECUTABLES = [Noop, Boom, Flaky, Slow, Cooperative, Stubborn, SideEffect, Fanout, Chatty, Picky]
+class PacedResult(BaseModel):
+    pid: int
+    #: When ``execute`` started, epoch seconds.
+    started: float
+    #: How long the worker held the delivery that runs this attempt before ``execute`` started.
+    held: float
+
+
+class Paced(BackgroundTaskExecutable[NoopParams, PacedResult]):
+    """Limited to 20 starts a second (all workers together); reports when it started and how
+    long its message was held in the worker first."""
+
+    task_type = "test_paced"
+    Params = NoopParams
+    Result = PacedResult
+    rate_limits = (RateLimit("20/s"),)
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> PacedResult:
+        now = utcnow()
+        held = (now - ctx.received_at).total_seconds()
+        return PacedResult(pid=os.getpid(), started=now.timestamp(), held=held)
+
+
+class PacedPerUser(Paced):
+    """Limited to 10 starts a second per user."""
+
+    task_type = "test_paced_user"
+    rate_limits = (RateLimit("10/s", per="user"),)
+
+
+class PacedSlowly(Paced):
+    """Limited to one start every 2 s: most waits exceed the hold and go round the delay path."""
+
+    task_type = "test_paced_slowly"
+    rate_limits = (RateLimit("30/m"),)
+
+
+EXECUTABLES = [
+    Noop,
+    Boom,
+    Flaky,
+    Slow,
+    Cooperative,
+    Stubborn,
+    SideEffect,
+    Fanout,
+    Chatty,
+    Picky,
+    Paced,
+    PacedPerUser,
+    PacedSlowly,
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ class FakeContext:
         self.task_type = "batch"
         self.attempt = 1
         self.user_id: str | None = "user-1"
+        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
         self.parameters = parameters
         self.cancelled = cancelled
         self.cancel_after_calls = cancel_after_calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -43,6 +44,7 @@ class FakeContext:
         self.task_type = "generate_scene"
         self.attempt = 1
         self.user_id: str | None = None
+        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
         self.parameters = parameters
         self.cancelled = cancelled
         self.cancel_after = cancel_after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ class FakeContext:
         self.task_type = "generate_summary"
         self.attempt = 1
         self.user_id: str | None = "user-1"
+        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
         self.parameters = parameters
         self.cancelled = cancelled
         self.progress: list[Progress | Mapping[str, Any]] = []

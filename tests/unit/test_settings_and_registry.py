@@ -54,6 +54,9 @@ def test_module_discovery_and_unknown_type_message() -> None:
         "test_fanout",
         "test_flaky",
         "test_noop",
+        "test_paced",
+        "test_paced_slowly",
+        "test_paced_user",
         "test_picky",
         "test_side_effect",
         "test_slow",
@@ -62,7 +65,8 @@ def test_module_discovery_and_unknown_type_message() -> None:
     with pytest.raises(
         UnknownTaskTypeError,
         match="unknown task type 'x'; registered: test_boom, test_chatty, test_cooperative, test_fanout, "
-        "test_flaky, test_noop, test_picky, test_side_effect, test_slow, test_stubborn",
+        "test_flaky, test_noop, test_paced, test_paced_slowly, test_paced_user, test_picky, "
+        "test_side_effect, test_slow, test_stubborn",
     ):
         registry.get("x")
     with pytest.raises(ConfigError, match="cannot import executor module 'no.such.module'"):

@@ -1,0 +1,130 @@
+"""Submissions per user: 429 with Retry-After past the burst, per caller, nothing kept; off by default."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from executors.registry import ExecutableRegistry
+from taskplatform.api.app import create_app
+from taskplatform.api.ratelimit import retry_after
+from taskplatform.runtime import Runtime
+from taskplatform.settings import PlatformSettings
+from tests.api.tokens import SECRET, bearer, token
+
+pytestmark = pytest.mark.integration
+
+ALICE = bearer(token("alice"))
+BOB = bearer(token("bob"))
+NOOP = {"task_type": "test_noop", "parameters": {}}
+
+Serve = Callable[..., contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Runtime]]]
+
+
+@pytest.fixture
+def serve(
+    make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry, rabbitmq: Any
+) -> Serve:
+    """``async with serve(**settings) as (client, runtime)``: the API with JWT authentication, no
+    worker (published messages stay in the queue, countable). ``client.client_from(address)``
+    is a client of the same app calling from another address."""
+
+    @contextlib.asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+        values: dict[str, Any] = {"auth": "jwt", "jwt_secret": SECRET, **overrides}
+        runtime = Runtime(make_settings(**values), role="api", registry=registry, relay=False)
+        app = create_app(runtime=runtime)
+        async with app.router.lifespan_context(app):
+            await runtime.broker_ready.wait()
+
+            def client_from(address: tuple[str, int]) -> httpx.AsyncClient:
+                transport = httpx.ASGITransport(app=app, client=address)
+                return httpx.AsyncClient(transport=transport, base_url="http://api")
+
+            async with client_from(("127.0.0.1", 123)) as client:
+                client.client_from = client_from  # type: ignore[attr-defined]
+                yield client, runtime
+
+    return run
+
+
+async def stored(runtime: Runtime) -> int:
+    return sum((await runtime.store.count_by_status()).values())
+
+
+async def queued(rabbitmq: Any, runtime: Runtime) -> int:
+    channel = await rabbitmq.channel()
+    queue = await channel.declare_queue(runtime.topology.work_queues[0].queue, passive=True)
+    await channel.close()
+    return int(queue.declaration_result.message_count)
+
+
+def assert_too_many(r: httpx.Response, seconds: int) -> None:
+    assert r.status_code == 429, r.text
+    assert set(r.json()) == {"error"} and r.json()["error"]["code"] == "too_many_requests"
+    assert "at most 1/m per caller (bursts of 3)" in r.json()["error"]["message"]
+    assert r.headers["retry-after"] == str(seconds)
+
+
+@pytest.mark.parametrize("backend", ["memory", "store"])
+async def test_past_the_burst_a_user_gets_429_with_retry_after_and_nothing_is_kept(
+    serve: Serve, rabbitmq: Any, backend: str
+) -> None:
+    async with serve(api_submit_rate="1/m", api_submit_burst=3, api_rate_limit_backend=backend) as (
+        client,
+        runtime,
+    ):
+        for _ in range(3):
+            assert (await client.post("/api/v1/tasks", json=NOOP, headers=ALICE)).status_code == 201
+        for _ in range(3):  # refused requests consume nothing: the wait does not grow
+            assert_too_many(await client.post("/api/v1/tasks", json=NOOP, headers=ALICE), 60)
+        assert await stored(runtime) == 3 and await queued(rabbitmq, runtime) == 3
+        # another user has a limit of their own
+        assert (await client.post("/api/v1/tasks", json=NOOP, headers=BOB)).status_code == 201
+        assert await stored(runtime) == 4
+
+
+async def test_without_authentication_the_client_address_is_limited(serve: Serve) -> None:
+    async with serve(auth="disabled", api_submit_rate="1/m", api_submit_burst=3) as (client, runtime):
+        for _ in range(3):
+            assert (await client.post("/api/v1/tasks", json=NOOP)).status_code == 201
+        assert_too_many(await client.post("/api/v1/tasks", json=NOOP), 60)
+        async with client.client_from(("10.0.0.7", 5000)) as other:  # type: ignore[attr-defined]
+            assert (await other.post("/api/v1/tasks", json=NOOP)).status_code == 201
+        assert await stored(runtime) == 4
+
+
+async def test_the_limit_is_off_by_default_and_other_routes_are_never_limited(serve: Serve) -> None:
+    async with serve() as (client, runtime):
+        assert runtime.settings.api_submit_rate is None
+        for _ in range(30):  # more than the default burst
+            assert (await client.post("/api/v1/tasks", json=NOOP, headers=ALICE)).status_code == 201
+    async with serve(api_submit_rate="1/m", api_submit_burst=1) as (client, runtime):
+        assert (await client.post("/api/v1/tasks", json=NOOP, headers=ALICE)).status_code == 201
+        assert (await client.post("/api/v1/tasks", json=NOOP, headers=ALICE)).status_code == 429
+        for _ in range(5):
+            assert (await client.get("/api/v1/tasks", headers=ALICE)).status_code == 200
+
+
+async def test_authentication_comes_before_the_limit(serve: Serve) -> None:
+    async with serve(api_submit_rate="1/m", api_submit_burst=1) as (client, runtime):
+        for _ in range(3):  # unauthenticated requests neither pass nor use up alice's limit
+            assert (await client.post("/api/v1/tasks", json=NOOP)).status_code == 401
+        assert (await client.post("/api/v1/tasks", json=NOOP, headers=ALICE)).status_code == 201
+
+
+async def test_the_429_and_its_retry_after_header_are_in_the_openapi_document(serve: Serve) -> None:
+    async with serve() as (client, _):
+        spec = (await client.get("/openapi.json")).json()
+    submit = spec["paths"]["/api/v1/tasks"]["post"]["responses"]["429"]
+    assert submit["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert submit["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+    assert "429" not in spec["paths"]["/api/v1/tasks"]["get"]["responses"]
+
+
+def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
+    assert [retry_after(w) for w in (0.0, 0.001, 0.999, 1.0, 1.001, 59.2)] == [1, 1, 1, 1, 2, 60]
