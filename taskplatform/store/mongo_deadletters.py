@@ -10,8 +10,6 @@ on; milliseconds only). Changes are a ``find_one_and_update`` on ``_id`` and ``v
 from __future__ import annotations
 
 import builtins
-import contextlib
-from abc import abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +30,7 @@ from taskplatform.store.deadletters import (
     normalized,
     normalized_entry,
 )
+from taskplatform.store.mongo_part import MongoPart
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
 
 DEAD_LETTERS = "dead_letters"
@@ -94,16 +93,8 @@ def _after(cursor: str, field: str) -> dict[str, Any]:
     return {"$or": [{field: {"$lt": at}}, {field: at, "_id": {"$lt": last_id}}]}
 
 
-class MongoDeadLetters(DeadLetterOperations):
+class MongoDeadLetters(MongoPart, DeadLetterOperations):
     """The dead-letter primitives over the store's database."""
-
-    @abstractmethod
-    def _collection_named(self, name: str) -> Any:
-        """The collection ``name`` of the store's database."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def _ensure_dead_letter_indexes(self) -> None:
         records = self._collection_named(DEAD_LETTERS)

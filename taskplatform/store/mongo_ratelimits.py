@@ -4,29 +4,19 @@ is atomic on the document; see ``taskplatform.store.ratelimits`` for the algorit
 
 from __future__ import annotations
 
-import contextlib
 import time
-from abc import abstractmethod
-from typing import Any
 
 from pymongo import ReturnDocument
 
 from taskplatform.models import utcnow
+from taskplatform.store.mongo_part import MongoPart
 from taskplatform.store.ratelimits import Reservation, check_rate, rate_key, reservation_of
 
 RATE_LIMITS = "rate_limits"
 
 
-class MongoRateLimits:
+class MongoRateLimits(MongoPart):
     """``reserve_rate`` over the store's database."""
-
-    @abstractmethod
-    def _collection_named(self, name: str) -> Any:
-        """The collection ``name`` of the store's database."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None

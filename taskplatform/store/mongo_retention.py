@@ -10,16 +10,14 @@ document, so it goes with the parent.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
-from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymongo import ASCENDING
 
 from taskplatform.models import TERMINAL
+from taskplatform.store.mongo_part import MongoPart
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +25,11 @@ RETENTION_INDEX = "ttl_completed"
 _FINISHED = [s.value for s in TERMINAL]
 
 
-class MongoRetention:
+class MongoRetention(MongoPart):
     """The TTL index, ``_delete_finished`` and ``_finished_before`` over the store's database."""
 
     #: Seconds a finished task is kept; None keeps them (no TTL index).
     retention_seconds: float | None = None
-
-    @property
-    @abstractmethod
-    def collection(self) -> Any:
-        """The tasks collection."""
-
-    @property
-    @abstractmethod
-    def database(self) -> Any:
-        """The store's database."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def _ensure_retention_index(self) -> None:
         """Create, change (``collMod``, no rebuild) or drop the TTL index to match the setting."""

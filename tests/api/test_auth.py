@@ -37,6 +37,7 @@ from tests.api.tokens import (
     unsigned,
     write,
 )
+from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +62,8 @@ def serve(
         values: dict[str, Any] = {"auth": "jwt", "jwt_secret": SECRET}
         values.update(overrides)
         runtime = Runtime(make_settings(**values), role="api", registry=registry, relay=False)
-        app = create_app(runtime=runtime)
-        async with app.router.lifespan_context(app):
-            await runtime.broker_ready.wait()
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-                yield client, runtime
+        async with served(runtime) as app, client_of(app) as client:
+            yield client, runtime
 
     return run
 

@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from executors.registry import ExecutableRegistry
-from taskplatform.api.app import create_app
 from taskplatform.cli import main
 from taskplatform.client import ApiError, TaskPlatformClient
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from tests.api.tokens import SECRET, bearer, token
+from tests.support.api import served as serving
 from tests.support.executables import Noop
 from tests.support.runtime import eventually, running
 
@@ -33,9 +33,7 @@ async def served(
     """The API with JWT authentication and no worker: published messages stay in their queues."""
     settings = make_settings(auth="jwt", jwt_secret=SECRET)
     runtime = Runtime(settings, role="api", registry=registry, relay=False)
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        await runtime.broker_ready.wait()
+    async with serving(runtime) as app:
         yield httpx.ASGITransport(app=app), runtime
 
 

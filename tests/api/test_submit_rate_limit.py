@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from executors.registry import ExecutableRegistry
-from taskplatform.api.app import create_app
 from taskplatform.api.ratelimit import retry_after
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from tests.api.tokens import SECRET, bearer, token
+from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,10 @@ def serve(
     async def run(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
         values: dict[str, Any] = {"auth": "jwt", "jwt_secret": SECRET, **overrides}
         runtime = Runtime(make_settings(**values), role="api", registry=registry, relay=False)
-        app = create_app(runtime=runtime)
-        async with app.router.lifespan_context(app):
-            await runtime.broker_ready.wait()
+        async with served(runtime) as app:
 
             def client_from(address: tuple[str, int]) -> httpx.AsyncClient:
-                transport = httpx.ASGITransport(app=app, client=address)
-                return httpx.AsyncClient(transport=transport, base_url="http://api")
+                return client_of(app, address=address)
 
             async with client_from(("127.0.0.1", 123)) as client:
                 client.client_from = client_from  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from taskplatform.models import utcnow
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +25,8 @@ async def api(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     """The API with no worker, so published messages stay countable in the queue."""
     runtime = Runtime(make_settings(max_body_bytes=4096), role="api", registry=registry, relay=False)
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        await runtime.broker_ready.wait()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, runtime
+    async with served(runtime) as app, client_of(app) as client:
+        yield client, runtime
 
 
 async def queue_depth(rabbitmq: Any, runtime: Runtime) -> int:
@@ -161,13 +158,12 @@ async def test_readiness_reports_an_unreachable_broker(
 
     settings = make_settings(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     app = create_app(runtime=Runtime(settings, role="api", registry=registry, relay=False))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            r = await client.get("/readyz")
-            assert r.status_code == 503
-            assert r.json()["checks"] == {"store": "ok", "broker": "unavailable"}
-            r = await client.post("/api/v1/tasks", json={"task_type": "test_noop", "parameters": {}})
-            assert r.status_code == 202 and r.json()["status"] == "QUEUED"
+    async with app.router.lifespan_context(app), client_of(app) as client:  # the broker never gets ready
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["checks"] == {"store": "ok", "broker": "unavailable"}
+        r = await client.post("/api/v1/tasks", json={"task_type": "test_noop", "parameters": {}})
+        assert r.status_code == 202 and r.json()["status"] == "QUEUED"
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from taskplatform.models import TERMINAL
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
-from tests.bench.bench_pipeline import AMQP_URL, drop_pg_database, make_pg_database
+from tests.bench.harness import AMQP_URL, drop_pg_database, make_pg_database
 
 TEXT = "The river rose in the night. Boats drifted loose. By morning the town had moved uphill."
 

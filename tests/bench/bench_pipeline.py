@@ -17,25 +17,18 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import aio_pika
-import asyncpg
 
 from executors.registry import ExecutableRegistry
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
-from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from tests.bench.harness import AMQP_URL, bench_platform, pct, start_workers, stop_workers
 from tests.bench.noop import BenchNoop
-
-ROOT = Path(__file__).resolve().parents[2]
-AMQP_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_ADMIN = os.environ.get("TASKPLATFORM_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -82,40 +75,6 @@ class CpuMeter:
         rest = total - submit - worker - broker
         parts = {"submitter": submit, "worker(s)": worker, "RabbitMQ": broker, "PostgreSQL+rest": rest}
         return "CPU per task: " + ", ".join(f"{k} {v / n * 1000:.2f} ms" for k, v in parts.items())
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def make_pg_database() -> tuple[str, str]:
-    name = f"tp_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return name, f"{base}/{name}"
-
-
-async def drop_pg_database(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
-
-
-def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i in range(count):
-        worker_env = {**os.environ, **env, "TASKPLATFORM_NODE_ID": f"bench-worker-{i}"}
-        procs.append(
-            subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "taskplatform.cli", "worker"],
-                cwd=ROOT,
-                env=worker_env,
-            )
-        )
-    return procs
 
 
 async def wait_completed(runtime: Runtime, total: int, timeout: float) -> float:
@@ -225,70 +184,35 @@ async def raw_aio_pika(n: int, prefetch: int, batch: int) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    pg_name = None
-    if args.store == "postgresql":
-        pg_name, store_url = await make_pg_database()
-    elif args.store == "sqlite":
-        store_url = f"sqlite+aiosqlite:///{ROOT}/var/bench-{uuid.uuid4().hex[:6]}.db"
-    else:
-        store_url = args.store
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    env = {
-        "TASKPLATFORM_AMQP_URL": AMQP_URL,
-        "TASKPLATFORM_STORE_URL": store_url,
-        "TASKPLATFORM_TOPOLOGY_PREFIX": prefix,
-        "TASKPLATFORM_EXECUTOR_MODULES": '["tests.bench.noop"]',
-        "TASKPLATFORM_LOAD_ENTRY_POINTS": "false",
-        "TASKPLATFORM_PREFETCH": str(args.prefetch),
-        "TASKPLATFORM_OUTBOX_RELAY_ENABLED": "false",
-        "TASKPLATFORM_LOG_LEVEL": "WARNING",
-    }
-    settings = PlatformSettings(
-        amqp_url=AMQP_URL,
-        store_url=store_url,
-        topology_prefix=prefix,
-        outbox_relay_enabled=False,
-        load_entry_points=False,
-        node_id="bench-submitter",
-    )
-    runtime = Runtime(settings, role="bench", registry=ExecutableRegistry([BenchNoop]), relay=False)
-    await runtime.start(wait_for_broker=True)  # migrates the store and declares the topology first
-    workers = start_workers(args.workers, env)
-    try:
-        await asyncio.sleep(2.0)  # workers connect and start consuming
-        print(f"store={args.store} workers={args.workers} prefetch={args.prefetch} cpus={os.cpu_count()}")
-        meter = CpuMeter(workers)
-        before = meter.snapshot()
-        tp = await throughput(runtime, args.n, args.batch, args.concurrency)
-        tp_cpu = meter.per_task(before, meter.snapshot(), args.n)
-        print(
-            f"end-to-end: {tp['tasks']:.0f} tasks in {tp['total_s']:.2f}s = {tp['tasks_per_s']:.0f} tasks/s "
-            f"(submitting alone: {tp['submit_per_s']:.0f}/s)"
-        )
-        print(f"  {tp_cpu}")
-        await asyncio.sleep(args.settle)  # let the broker and database digest the burst
-        before = meter.snapshot()
-        lat = await latency(runtime, args.latency_n, args.rate, already=args.n)
-        lat_cpu = meter.per_task(before, meter.snapshot(), args.latency_n)
-        print(
-            f"submit->start at {lat['rate_per_s']:.0f} tasks/s: p50 {lat['p50_ms']:.2f} ms, "
-            f"p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms ({lat['tasks']:.0f} tasks); "
-            f"the submit call itself: p50 {lat['submit_p50_ms']:.2f} ms, p99 {lat['submit_p99_ms']:.2f} ms"
-        )
-        print(f"  {lat_cpu}")
-    finally:
-        for p in workers:
-            p.terminate()
-        for p in workers:
-            p.wait(timeout=30)
-        channel = await runtime.broker.channel()
-        for q in runtime.topology.queues:
-            await channel.queue_delete(q.name)
-        for x in runtime.topology.exchanges:
-            await channel.exchange_delete(x.name)
-        await runtime.stop(grace=1)
-        if pg_name:
-            await drop_pg_database(pg_name)
+    registry = ExecutableRegistry([BenchNoop])
+    async with bench_platform(args.store, registry, "tests.bench.noop", prefetch=args.prefetch) as bench:
+        runtime = bench.runtime
+        workers = start_workers(args.workers, bench.env)
+        try:
+            await asyncio.sleep(2.0)  # workers connect and start consuming
+            print(f"store={args.store} workers={args.workers} prefetch={args.prefetch} cpus={os.cpu_count()}")
+            meter = CpuMeter(workers)
+            before = meter.snapshot()
+            tp = await throughput(runtime, args.n, args.batch, args.concurrency)
+            tp_cpu = meter.per_task(before, meter.snapshot(), args.n)
+            print(
+                f"end-to-end: {tp['tasks']:.0f} tasks in {tp['total_s']:.2f}s = "
+                f"{tp['tasks_per_s']:.0f} tasks/s (submitting alone: {tp['submit_per_s']:.0f}/s)"
+            )
+            print(f"  {tp_cpu}")
+            await asyncio.sleep(args.settle)  # let the broker and database digest the burst
+            before = meter.snapshot()
+            lat = await latency(runtime, args.latency_n, args.rate, already=args.n)
+            lat_cpu = meter.per_task(before, meter.snapshot(), args.latency_n)
+            print(
+                f"submit->start at {lat['rate_per_s']:.0f} tasks/s: p50 {lat['p50_ms']:.2f} ms, "
+                f"p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms ({lat['tasks']:.0f} tasks); "
+                f"the submit call itself: p50 {lat['submit_p50_ms']:.2f} ms, "
+                f"p99 {lat['submit_p99_ms']:.2f} ms"
+            )
+            print(f"  {lat_cpu}")
+        finally:
+            stop_workers(workers)
     raw = await raw_aio_pika(args.n, args.prefetch, args.batch)
     print(
         f"raw aio-pika (confirmed publish -> quorum queue -> manual ack, one process): "

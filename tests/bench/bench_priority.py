@@ -18,20 +18,12 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 
 from executors.registry import ExecutableRegistry
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
-from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
-from tests.bench.bench_pipeline import (
-    AMQP_URL,
-    drop_pg_database,
-    make_pg_database,
-    pct,
-    start_workers,
-)
+from tests.bench.harness import bench_platform, pct, start_workers, stop_workers
 from tests.bench.noop import BenchNoop
 
 
@@ -61,34 +53,10 @@ def summary(name: str, waits: list[float]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    pg_name, store_url = await make_pg_database()
-    prefix = f"benchp{uuid.uuid4().hex[:6]}."
-    common = {
-        "TASKPLATFORM_PRIORITY_LEVELS": str(args.levels),
-        "TASKPLATFORM_TOPOLOGY_PREFIX": prefix,
-    }
-    env = {
-        **common,
-        "TASKPLATFORM_AMQP_URL": AMQP_URL,
-        "TASKPLATFORM_STORE_URL": store_url,
-        "TASKPLATFORM_EXECUTOR_MODULES": '["tests.bench.noop"]',
-        "TASKPLATFORM_LOAD_ENTRY_POINTS": "false",
-        "TASKPLATFORM_PREFETCH": str(args.prefetch),
-        "TASKPLATFORM_OUTBOX_RELAY_ENABLED": "false",
-        "TASKPLATFORM_LOG_LEVEL": "WARNING",
-    }
-    settings = PlatformSettings(
-        amqp_url=AMQP_URL,
-        store_url=store_url,
-        topology_prefix=prefix,
-        priority_levels=args.levels,
-        outbox_relay_enabled=False,
-        load_entry_points=False,
-        node_id="bench-submitter",
-    )
-    runtime = Runtime(settings, role="bench", registry=ExecutableRegistry([BenchNoop]), relay=False)
-    await runtime.start(wait_for_broker=True)
-    try:
+    registry = ExecutableRegistry([BenchNoop])
+    settings = {"priority_levels": args.levels, "prefetch": args.prefetch}
+    async with bench_platform("postgresql", registry, "tests.bench.noop", **settings) as bench:
+        runtime = bench.runtime
         low = [
             SubmitRequest(task_type="bench_noop", parameters={"n": i, "sleep": args.work}, priority=0)
             for i in range(args.backlog)
@@ -96,7 +64,7 @@ async def main(args: argparse.Namespace) -> None:
         low_ids: list[str] = []
         for i in range(0, len(low), 500):
             low_ids += [s.task.id for s in await runtime.submitter.submit_many(low[i : i + 500])]
-        workers = start_workers(1, env)
+        workers = start_workers(1, bench.env)
         try:
             start = time.perf_counter()
             await asyncio.sleep(args.delay)  # the worker is busy with the backlog by now
@@ -107,28 +75,17 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(1.0 / args.rate)
             done = await all_done(runtime, args.backlog + args.high, timeout=600)
         finally:
-            for p in workers:
-                p.terminate()
-            for p in workers:
-                p.wait(timeout=30)
+            stop_workers(workers)
         high_waits = await waits_ms(runtime, high_ids)
         low_waits = await waits_ms(runtime, low_ids)
-        print(
-            f"levels={args.levels} backlog={args.backlog} work={args.work * 1000:.1f} ms/task "
-            f"prefetch={args.prefetch} high={args.high} at {args.rate:g}/s cpus={os.cpu_count()}"
-        )
-        total = args.backlog + args.high
-        print(f"  drained {total} tasks in {done - start:.2f} s = {total / (done - start):.0f} tasks/s")
-        print("  " + summary("priority 9", high_waits))
-        print("  " + summary("priority 0 (the backlog)", low_waits))
-    finally:
-        channel = await runtime.broker.channel()
-        for q in runtime.topology.queues:
-            await channel.queue_delete(q.name)
-        for x in runtime.topology.exchanges:
-            await channel.exchange_delete(x.name)
-        await runtime.stop(grace=1)
-        await drop_pg_database(pg_name)
+    print(
+        f"levels={args.levels} backlog={args.backlog} work={args.work * 1000:.1f} ms/task "
+        f"prefetch={args.prefetch} high={args.high} at {args.rate:g}/s cpus={os.cpu_count()}"
+    )
+    total = args.backlog + args.high
+    print(f"  drained {total} tasks in {done - start:.2f} s = {total / (done - start):.0f} tasks/s")
+    print("  " + summary("priority 9", high_waits))
+    print("  " + summary("priority 0 (the backlog)", low_waits))
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,9 +17,8 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 from collections import Counter
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -29,9 +28,8 @@ from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.models.status import TERMINAL
 from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.runtime import Runtime
-from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
-from tests.bench.bench_pipeline import AMQP_URL, ROOT, drop_pg_database, make_pg_database, pct, start_workers
+from tests.bench.harness import bench_platform, pct, start_workers, stop_workers
 
 
 class PacedParams(BaseModel):
@@ -75,7 +73,7 @@ class BenchWarm(BackgroundTaskExecutable[PacedParams, PacedParams]):
         return ctx.parameters
 
 
-EXECUTABLES = [BenchPaced20, BenchPaced200, BenchWarm]
+EXECUTABLES: list[type[BackgroundTaskExecutable[Any, Any]]] = [BenchPaced20, BenchPaced200, BenchWarm]
 
 
 async def submit(runtime: Runtime, task_type: str, n: int) -> list[str]:
@@ -112,10 +110,7 @@ async def phase(runtime: Runtime, env: dict[str, str], workers: int, task_type: 
         ids = await submit(runtime, task_type, n)
         tasks = await finished(runtime, ids, timeout=60 + 2 * n / limit.rate.per_second)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        stop_workers(procs)
     results = [PacedResult.model_validate(t.result) for t in tasks if t.result is not None]
     starts = sorted(r.started for r in results)
     holds = [r.held for r in results]
@@ -141,49 +136,12 @@ async def phase(runtime: Runtime, env: dict[str, str], workers: int, task_type: 
 
 
 async def main(args: argparse.Namespace) -> None:
-    pg_name = None
-    if args.store == "postgresql":
-        pg_name, store_url = await make_pg_database()
-    elif args.store == "sqlite":
-        store_url = f"sqlite+aiosqlite:///{ROOT}/var/bench-rate-{uuid.uuid4().hex[:6]}.db"
-    else:
-        store_url = args.store
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    env = {
-        "TASKPLATFORM_AMQP_URL": AMQP_URL,
-        "TASKPLATFORM_STORE_URL": store_url,
-        "TASKPLATFORM_TOPOLOGY_PREFIX": prefix,
-        "TASKPLATFORM_EXECUTOR_MODULES": '["tests.bench.bench_ratelimit"]',
-        "TASKPLATFORM_LOAD_ENTRY_POINTS": "false",
-        "TASKPLATFORM_OUTBOX_RELAY_ENABLED": "false",
-        "TASKPLATFORM_EVENTS_BRIDGE_ENABLED": "false",
-        "TASKPLATFORM_LOG_LEVEL": "WARNING",
-    }
-    settings = PlatformSettings(
-        amqp_url=AMQP_URL,
-        store_url=store_url,
-        topology_prefix=prefix,
-        outbox_relay_enabled=False,
-        events_bridge_enabled=False,
-        load_entry_points=False,
-        node_id="bench-submitter",
-    )
     registry = ExecutableRegistry(EXECUTABLES)
-    runtime = Runtime(settings, role="bench", registry=registry, relay=False)
-    await runtime.start(wait_for_broker=True)  # migrates the store and declares the topology first
-    try:
+    module = "tests.bench.bench_ratelimit"
+    async with bench_platform(args.store, registry, module, events_bridge_enabled=False) as bench:
         print(f"store={args.store} cpus={os.cpu_count()} type={args.type}")
         for workers in args.workers:
-            await phase(runtime, env, workers, args.type, args.n)
-    finally:
-        channel = await runtime.broker.channel()
-        for q in runtime.topology.queues:
-            await channel.queue_delete(q.name)
-        for x in runtime.topology.exchanges:
-            await channel.exchange_delete(x.name)
-        await runtime.stop(grace=1)
-        if pg_name:
-            await drop_pg_database(pg_name)
+            await phase(bench.runtime, bench.env, workers, args.type, args.n)
 
 
 def parse_args() -> argparse.Namespace:

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from executors.registry import ExecutableRegistry
-from taskplatform.api.app import create_app
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
 from tests.api.tokens import SECRET, bearer, token
+from tests.support.api import client_of, served
 from tests.support.executables import Picky
 from tests.support.runtime import eventually, running
 
@@ -32,13 +32,9 @@ async def api(
     """API (JWT authentication), worker and DLQ consumer in one process; the client is an operator."""
     settings = make_settings(auth="jwt", jwt_secret=SECRET, dlq_replay_rate=5.0, prefetch=64)
     runtime = Runtime(settings, role="dev", registry=registry, consume=True, relay=True)
-    app = create_app(runtime=runtime)
     Picky.failing = False
-    async with app.router.lifespan_context(app):
-        await runtime.broker_ready.wait()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=AUTH) as client:
-            yield client, runtime
+    async with served(runtime) as app, client_of(app, headers=AUTH) as client:
+        yield client, runtime
     Picky.failing = False
 
 

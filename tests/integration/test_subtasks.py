@@ -12,13 +12,13 @@ import pytest
 from executors.batch import BatchGenerateScene, BatchGenerateSummary
 from executors.registry import ExecutableRegistry
 from executors.scene import GenerateScene
-from taskplatform.api.app import create_app
 from taskplatform.events import Published, TaskProgress
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.store.base import TaskFilter
 from taskplatform.submission import SubmitRequest
+from tests.support.api import client_of, served
 from tests.support.executables import EXECUTABLES, Cooperative, FailingSummary
 from tests.support.runtime import eventually, running
 
@@ -40,12 +40,8 @@ async def api_and_worker(
     make_settings: Callable[..., PlatformSettings], registry: ExecutableRegistry, rabbitmq: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = Runtime(make_settings(prefetch=64), role="dev", registry=registry, consume=True, relay=True)
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        await runtime.broker_ready.wait()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, runtime
+    async with served(runtime) as app, client_of(app) as client:
+        yield client, runtime
 
 
 async def _get(runtime: Runtime, task_id: str) -> BackgroundTask:

@@ -9,14 +9,11 @@ does nothing (``ON CONFLICT DO NOTHING``) and says so.
 from __future__ import annotations
 
 import builtins
-import contextlib
-from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import AuditEntry, DeadLetter
@@ -30,6 +27,7 @@ from taskplatform.store.deadletters import (
     normalized,
     normalized_entry,
 )
+from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import dead_letter_audit, dead_letter_audit_targets, dead_letters
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
 
@@ -79,27 +77,8 @@ def _filter_clauses(filters: DeadLetterFilter) -> builtins.list[ColumnElement[bo
     return clauses
 
 
-class SqlDeadLetters(DeadLetterOperations):
+class SqlDeadLetters(SqlPart, DeadLetterOperations):
     """The dead-letter primitives over the store's engine."""
-
-    @property
-    @abstractmethod
-    def engine(self) -> AsyncEngine:
-        """The engine, for transactions."""
-
-    @property
-    @abstractmethod
-    def autocommit(self) -> AsyncEngine:
-        """The engine in autocommit, for single statements."""
-
-    @property
-    @abstractmethod
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def _insert_dead_letter(self, record: DeadLetter) -> bool:
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert

@@ -4,36 +4,20 @@
 from __future__ import annotations
 
 import builtins
-import contextlib
-from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskplatform.models import TERMINAL
+from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import task_rollups, tasks
 
 _FINISHED = [s.value for s in TERMINAL]
 
 
-class SqlDeletion:
+class SqlDeletion(SqlPart):
     """``_delete_finished`` and ``_finished_before`` over the store's engine."""
-
-    @property
-    @abstractmethod
-    def engine(self) -> AsyncEngine:
-        """The engine, for transactions."""
-
-    @property
-    @abstractmethod
-    def autocommit(self) -> AsyncEngine:
-        """The engine in autocommit, for single statements."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def _delete_finished(self, task_ids: Sequence[str]) -> builtins.list[str]:
         """One transaction: the finished tasks among ``task_ids``, then the ledger they kept."""

@@ -7,17 +7,15 @@ alike and needs no transaction; ``RETURNING last_wait`` tells the caller what it
 
 from __future__ import annotations
 
-import contextlib
 import time
-from abc import abstractmethod
 from typing import Any
 
 from sqlalchemy import Float, bindparam, case
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskplatform.models import utcnow
 from taskplatform.store.ratelimits import Reservation, check_rate, rate_key, reservation_of
+from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import UTCDateTime, rate_limits
 
 _r = rate_limits.c
@@ -51,22 +49,8 @@ def _reserve_statement(dialect: str) -> Any:
 _RESERVE = {dialect: _reserve_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-class SqlRateLimits:
+class SqlRateLimits(SqlPart):
     """``reserve_rate`` over the store's engine."""
-
-    @property
-    @abstractmethod
-    def autocommit(self) -> AsyncEngine:
-        """The engine in autocommit, for single statements."""
-
-    @property
-    @abstractmethod
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-
-    @abstractmethod
-    def _errors(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Translates driver errors to StoreError."""
 
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
