@@ -68,5 +68,5 @@ class TaskManager:
         if changed is None:
             raise NotQueued(await self._store.get(task.id))
         if priority is not None:
-            await self._submitter.publish_stored([changed])
+            await self._submitter.publish_stored([changed], owner=self._node_id)
         return changed

@@ -61,7 +61,7 @@ class OutboxRelay:
             if err is not None:
                 log.warning("relay could not publish task %s: %s", task.id, err)
                 await self._store.record_publish_failure(task.id, f"{type(err).__name__}: {err}")
-        await self._store.mark_published(done)
+        await self._store.mark_published(done, owner=self._owner)
         self.published_total += len(done)
         if done:
             log.info("outbox relay published %d task(s)", len(done))

@@ -33,8 +33,8 @@ class Reaper:
     (RETRYING, published by the outbox relay), or, when a task keeps losing its workers, it
     is dead-lettered instead of being revived forever. Each pass also recounts parents
     that have waited for their children for a while, so a roll-up lost in a crash heals, and,
-    once per ``retention_interval``, deletes tasks finished more than ``retention_seconds``
-    ago (retention; None keeps them).
+    once per ``retention_interval``, deletes tasks that ended more than ``retention_seconds``
+    ago (retention; None keeps them) and the rate-limit keys whose slots have all passed.
     """
 
     def __init__(
@@ -98,9 +98,10 @@ class Reaper:
             finished = await self._aggregator.reconcile(idle_for=self._parent_idle, limit=self._batch)
             if finished:
                 log.warning("finished %d parent(s) whose last roll-up had been lost", finished)
-        if self._retention is not None and now - self._last_purge >= self._retention_interval:
+        if now - self._last_purge >= self._retention_interval:
             self._last_purge = now
             await self.purge()
+            await self._store.prune_rate_limits()
         return settled
 
     async def purge(self) -> int:

@@ -303,18 +303,24 @@ class TaskSubmitter:
         else:
             await asyncio.gather(*(self._bus.publish(e, t) for e, t in zip(events, tasks, strict=True)))
 
-    async def publish_stored(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+    async def publish_stored(
+        self, tasks: Sequence[BackgroundTask], *, owner: str | None = None
+    ) -> list[Submitted]:
         """Publish tasks already stored with their outbox pending (a replay, say); what fails
-        to publish stays pending for the relay."""
-        return await self._publish(tasks)
+        to publish stays pending for the relay. ``owner``: the outbox entries are held by it
+        (a priority change), and it marks them published itself, at once."""
+        return await self._publish(tasks, owner=owner)
 
-    async def _publish(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+    async def _publish(self, tasks: Sequence[BackgroundTask], *, owner: str | None = None) -> list[Submitted]:
         if not self._publisher.ready:
             log.warning("broker not reachable: %d task(s) left in the outbox for the relay", len(tasks))
             return [Submitted(t, published=False) for t in tasks]
         results = await self._publisher.publish_many([TaskMessage.for_task(t) for t in tasks])
         published = [t.id for t, err in zip(tasks, results, strict=True) if err is None]
-        if published:
+        if published and owner is not None:
+            with contextlib.suppress(Exception):  # the relay publishes again after the hold
+                await self._store.mark_published(published, owner=owner)
+        elif published:
             self._marker.add(published)
         for task, err in zip(tasks, results, strict=True):
             if err is not None:

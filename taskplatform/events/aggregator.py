@@ -35,7 +35,7 @@ from taskplatform.events.models import (
     TaskWaiting,
 )
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
-from taskplatform.store.base import BaseTaskStore, CompletionRequest, TaskFilter
+from taskplatform.store.base import BaseTaskStore, CompletionRequest
 from taskplatform.store.types import ParentState
 
 log = logging.getLogger(__name__)
@@ -357,17 +357,10 @@ class StateAggregator:
         return await self._store.get(task_id)
 
     async def _cancel_children(self, parent_id: str) -> None:
-        cursor: str | None = None
-        while True:
-            page = await self._store.list(
-                TaskFilter(parent_task_id=parent_id), limit=CASCADE_PAGE, cursor=cursor
-            )
-            for child in page.items:
+        async for children in self._store.child_pages(parent_id, page_size=CASCADE_PAGE):
+            for child in children:
                 if child.status not in TERMINAL:
                     await self.request_cancel(child.id, origin=Origin.PLATFORM)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
 
 
 def _has_unfinished_children(task: BackgroundTask) -> bool:

@@ -97,25 +97,19 @@ class TaskPublisher:
         else:
             await self.publish_not_before(message, task.next_attempt_at)
 
-    async def publish_not_before(
-        self, message: TaskMessage, not_before: datetime, *, extra_headers: dict[str, Any] | None = None
-    ) -> None:
+    async def publish_not_before(self, message: TaskMessage, not_before: datetime) -> None:
         """Publish so that the message reaches a worker no earlier than ``not_before``.
 
         The message carries ``x-not-before`` (epoch ms), ``x-delay`` (ms left) and
-        ``x-retry-count`` (and ``extra_headers``); it waits in the delay path (a TTL tier, or
-        the delayed-message exchange) and a worker receiving it early sends it round again
-        with what is left.
+        ``x-retry-count``; it waits in the delay path (a TTL tier, or the delayed-message
+        exchange) and a worker receiving it early sends it round again with what is left.
         """
         remaining = (not_before - utcnow()).total_seconds()
         hop = self._topology.delay_hop(message.task_type, remaining, message.priority)
         if hop is None:
-            await self.publish(
-                message, extra_headers={**(extra_headers or {}), HEADER_NOT_BEFORE: _epoch_ms(not_before)}
-            )
+            await self.publish(message, extra_headers={HEADER_NOT_BEFORE: _epoch_ms(not_before)})
             return
         headers: dict[str, Any] = {
-            **(extra_headers or {}),
             **hop.headers,
             HEADER_NOT_BEFORE: _epoch_ms(not_before),
             HEADER_DELAY: max(0, int(remaining * 1000)),

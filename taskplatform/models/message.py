@@ -18,8 +18,6 @@ HEADER_NOT_BEFORE = "x-not-before"  # epoch milliseconds: do not run before
 HEADER_DEAD_REASON = "x-dead-reason"
 HEADER_DEAD_DETAIL = "x-dead-detail"
 HEADER_DEAD_AT = "x-dead-at"  # epoch milliseconds: when the platform dead-lettered it
-HEADER_RATE_SLOT = "x-rate-slot"  # epoch milliseconds: when the attempt's last rate-limit slot opens
-HEADER_RATE_RESERVED = "x-rate-reserved"  # how many of its type's rate limits the attempt holds
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = 1

@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from taskplatform.models import TERMINAL, BackgroundTask
+from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
 from taskplatform.store.primitives import StorePrimitives
-from taskplatform.store.types import MAX_PAGE_SIZE, TaskFilter
+from taskplatform.store.types import MAX_PAGE_SIZE
+
+#: What retention deletes once its time is up: tasks that ended as they were meant to. Dead and
+#: failed tasks wait for an operator (replay, or DELETE) however old they are.
+EXPIRING: frozenset[TaskStatus] = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS, TaskStatus.CANCELLED}
+)
 
 
 class Deletion(str, Enum):
@@ -46,7 +52,7 @@ class DeletionOperations(StorePrimitives):
 
     @abstractmethod
     async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
-        """Ids of up to ``limit`` tasks in a terminal status that finished (``completed_at``)
+        """Ids of up to ``limit`` tasks in an ``EXPIRING`` status that finished (``completed_at``)
         before ``before``, longest finished first."""
 
     async def delete_task(self, task_id: str) -> DeleteOutcome:
@@ -68,10 +74,11 @@ class DeletionOperations(StorePrimitives):
         while level:
             below: builtins.list[str] = []
             for parent_id in level:
-                for child in await self._children(parent_id):
-                    if child.status not in TERMINAL:
-                        return DeleteOutcome(Deletion.ACTIVE, blocking=child)
-                    below.append(child.id)
+                async for children in self.child_pages(parent_id):
+                    for child in children:
+                        if child.status not in TERMINAL:
+                            return DeleteOutcome(Deletion.ACTIVE, blocking=child)
+                        below.append(child.id)
             tree.extend(below)
             level = below
         # Parents first would leave orphans if the call died midway; deepest first cannot.
@@ -84,20 +91,10 @@ class DeletionOperations(StorePrimitives):
             return DeleteOutcome(Deletion.ACTIVE if current else Deletion.NOT_FOUND, deleted, current)
         return DeleteOutcome(Deletion.DELETED, deleted)
 
-    async def _children(self, parent_id: str) -> builtins.list[BackgroundTask]:
-        filters = TaskFilter(parent_task_id=parent_id)
-        children: builtins.list[BackgroundTask] = []
-        cursor: str | None = None
-        while True:
-            page = await self.list(filters, limit=MAX_PAGE_SIZE, cursor=cursor)
-            children += page.items
-            if page.next_cursor is None:
-                return children
-            cursor = page.next_cursor
-
     async def purge_finished(self, *, before: datetime, limit: int = 1000) -> int:
-        """Retention: delete up to ``limit`` tasks that finished before ``before``; returns how
-        many. Each task goes on its own time, sub-tasks too: a parent's summary keeps counting
-        a purged child (its ledger entry stays until the parent goes)."""
+        """Retention: delete up to ``limit`` tasks that ended (``EXPIRING``: completed, with or
+        without errors, or cancelled) before ``before``; returns how many. Dead and failed tasks
+        stay for an operator. Each task goes on its own time, sub-tasks too: a parent's summary
+        keeps counting a purged child (its ledger entry stays until the parent goes)."""
         ids = await self._finished_before(before, limit)
         return len(await self._delete_finished(ids)) if ids else 0

@@ -27,6 +27,7 @@ from taskplatform.store.base import (
 from taskplatform.store.mongo_deadletters import MongoDeadLetters
 from taskplatform.store.mongo_ratelimits import MongoRateLimits
 from taskplatform.store.mongo_retention import MongoRetention
+from taskplatform.store.primitives import LAPSED
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, ParentState
 
@@ -381,12 +382,17 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
                 claimed.append(self._to_task(doc))
         return claimed
 
-    async def mark_published(self, task_ids: Sequence[str]) -> int:
+    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
         if not task_ids:
             return 0
+        query = {
+            "_id": {"$in": list(task_ids)},
+            "outbox.status": OutboxStatus.PENDING.value,
+            "outbox.lease_owner": owner,
+        }
         async with self._errors():
             result = await self.collection.update_many(
-                {"_id": {"$in": list(task_ids)}, "outbox.status": OutboxStatus.PENDING.value},
+                query,
                 {"$set": outbox_published_changes(utcnow()), "$inc": {"version": 1}},
             )
         return int(result.modified_count)
@@ -397,11 +403,8 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
                 {"_id": task_id, "outbox.status": OutboxStatus.PENDING.value},
                 {
                     "$inc": {"outbox.attempts": 1, "version": 1},
-                    # free for the next relay pass, not only after the lease
-                    "$set": {
-                        "outbox.last_error": error[:2000],
-                        "outbox.lease_until": None,
-                        "outbox.lease_owner": None,
-                    },
+                    # free for the next relay pass, not only after the lease; the owner stays, so a
+                    # late mark of an earlier publish cannot take this entry for published
+                    "$set": {"outbox.last_error": error[:2000], "outbox.lease_until": utcnow() - LAPSED},
                 },
             )

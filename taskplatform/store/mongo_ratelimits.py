@@ -47,3 +47,11 @@ class MongoRateLimits(MongoPart):
                 {"_id": rate_key(key)}, pipeline, upsert=True, return_document=ReturnDocument.AFTER
             )
         return reservation_of(float(doc["last_wait"]), max_wait)
+
+    async def prune_rate_limits(self, *, now: float | None = None) -> int:
+        """Delete the keys whose slots have all passed (such a key acts exactly like a new one)."""
+        async with self._errors():
+            result = await self._collection_named(RATE_LIMITS).delete_many(
+                {"tat": {"$lt": time.time() if now is None else now}}
+            )
+        return int(result.deleted_count)

@@ -1,28 +1,34 @@
 """Deleting finished tasks on MongoDB (a mixin of ``MongoTaskStore``).
 
-Retention is a TTL index on ``completed_at`` (only finished tasks have one; a replay clears
-it): the server deletes each task ``retention`` seconds after it finished, as the SQL
-stores' cleanup pass does. The same pass runs here too, as a backstop for the server's TTL
-monitor (once a minute, and it may fall behind). A parent's roll-up ledger lives in its own
-document, so it goes with the parent.
+Retention is a TTL index on ``completed_at`` covering the statuses retention deletes
+(completed, with or without errors, cancelled; a partial index, MongoDB 6.0 or newer): the
+server deletes each such task ``retention`` seconds after it finished, as the SQL stores'
+cleanup pass does; dead and failed tasks stay for an operator. The same pass runs here too,
+as a backstop for the server's TTL monitor (once a minute, and it may fall behind). A parent's
+roll-up ledger lives in its own document, so it goes with the parent.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING
 
 from taskplatform.models import TERMINAL
+from taskplatform.store.deletion import EXPIRING
 from taskplatform.store.mongo_part import MongoPart
 
 log = logging.getLogger(__name__)
 
 RETENTION_INDEX = "ttl_completed"
 _FINISHED = [s.value for s in TERMINAL]
+_EXPIRING = sorted(s.value for s in EXPIRING)
+#: The TTL index covers the statuses retention deletes (``$in`` in a partial index: MongoDB 6.0).
+_PARTIAL = {"status": {"$in": _EXPIRING}}
 
 
 class MongoRetention(MongoPart):
@@ -39,10 +45,17 @@ class MongoRetention(MongoPart):
             if current is not None:
                 await self.collection.drop_index(RETENTION_INDEX)
             return
-        seconds = max(0, int(self.retention_seconds))
+        seconds = max(1, math.ceil(self.retention_seconds))
+        if current is not None and current.get("partialFilterExpression") != _PARTIAL:
+            # made before it covered only the statuses retention deletes: collMod cannot change that
+            await self.collection.drop_index(RETENTION_INDEX)
+            current = None
         if current is None:
             await self.collection.create_index(
-                [("completed_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=seconds
+                [("completed_at", ASCENDING)],
+                name=RETENTION_INDEX,
+                expireAfterSeconds=seconds,
+                partialFilterExpression=_PARTIAL,
             )
         elif current.get("expireAfterSeconds") != seconds:
             log.info("retention of finished tasks changed to %ds; updating the TTL index", seconds)
@@ -67,7 +80,7 @@ class MongoRetention(MongoPart):
         return ids
 
     async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
-        query = {"completed_at": {"$lt": before}, "status": {"$in": _FINISHED}}
+        query = {"completed_at": {"$lt": before}, "status": {"$in": _EXPIRING}}
         async with self._errors():
             found = (
                 await self.collection.find(query, {"_id": 1})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.store.ratelimits import Reservation
-from taskplatform.store.types import Guard, ParentState, TaskFilter, TaskPage
+from taskplatform.store.types import MAX_PAGE_SIZE, Guard, ParentState, TaskFilter, TaskPage
 
 
 class StorePrimitives(ABC):
@@ -43,6 +43,20 @@ class StorePrimitives(ABC):
         self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> TaskPage:
         """A page of documents, newest first."""
+
+    async def child_pages(
+        self, parent_id: str, *, page_size: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[builtins.list[BackgroundTask]]:
+        """The children of ``parent_id``, a page at a time (newest first)."""
+        filters = TaskFilter(parent_task_id=parent_id)
+        cursor: str | None = None
+        while True:
+            page = await self.list(filters, limit=page_size, cursor=cursor)
+            if page.items:
+                yield page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:
@@ -96,8 +110,16 @@ class StorePrimitives(ABC):
         whose lease is free or lapsed; returns them (leased to ``owner``)."""
 
     @abstractmethod
-    async def mark_published(self, task_ids: Sequence[str]) -> int:
-        """Mark the outbox of these tasks published; returns how many changed."""
+    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
+        """Mark the outbox of these tasks published, only where its lease is held by ``owner``
+        (None: entries nobody leased): a mark of an earlier publish, landing after someone took
+        the entry over for a newer message (a relay, a priority change, a retry), leaves it
+        pending. Returns how many changed."""
+
+    @abstractmethod
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        """Count a failed publish attempt and keep the error; the entry stays pending and its
+        lease lapses now (free for the next relay pass), its owner kept."""
 
     @abstractmethod
     async def reserve_rate(
@@ -107,9 +129,14 @@ class StorePrimitives(ABC):
         ``taskplatform.store.ratelimits``): one atomic operation, shared by every process."""
 
     @abstractmethod
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
-        """Count a failed publish attempt, keep the error and release any relay lease;
-        the entry stays pending."""
+    async def prune_rate_limits(self, *, now: float | None = None) -> int:
+        """Delete the rate-limit keys whose slots have all passed before ``now`` (epoch
+        seconds); returns how many."""
+
+
+#: How far in the past a lease is set to lapse it (MongoDB keeps milliseconds: "now" may not
+#: be earlier than the next reader's "now").
+LAPSED = timedelta(seconds=1)
 
 
 def owner_guard(node_id: str, attempt: int) -> Guard:

@@ -7,7 +7,7 @@ from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 from taskplatform.store.primitives import StorePrimitives, owner_guard, with_event
-from taskplatform.store.types import MAX_PAGE_SIZE, Guard, ParentState, TaskFilter
+from taskplatform.store.types import Guard, ParentState
 
 #: What a parent waiting for its children may finish as.
 PARENT_OUTCOMES = frozenset({TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS})
@@ -75,17 +75,12 @@ class SubTaskOperations(StorePrimitives):
         Idempotent (the ledger ignores what it already holds); heals a roll-up lost in a
         crash. Returns the parent after, or None if there is no such parent.
         """
-        filters = TaskFilter(parent_task_id=parent_id)
-        cursor: str | None = None
         found = await self.get(parent_id)
         parent = ParentState.of(found) if found is not None else None
-        while parent is not None:
-            page = await self.list(filters, limit=MAX_PAGE_SIZE, cursor=cursor)
-            if page.items:
-                parent = await self.apply_rollups(
-                    parent_id, [(c.id, c.status, c.version) for c in page.items]
-                )
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        if parent is None:
+            return None
+        async for children in self.child_pages(parent_id):
+            parent = await self.apply_rollups(parent_id, [(c.id, c.status, c.version) for c in children])
+            if parent is None:
+                return None
         return parent

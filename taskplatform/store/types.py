@@ -72,12 +72,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``); with ``priority``, only
-    while the task still has that priority (a message from before a priority change loses)."""
+    """Claim ``task_id`` for ``attempt`` (see ``try_set_running``), only while the task still has
+    ``priority`` (a message from before a priority change loses)."""
 
     task_id: str
     attempt: int
-    priority: int | None = None
+    priority: int
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,7 @@ class Claimer:
             # Only the first delivery of the winning attempt gets the task; a duplicate in the
             # same batch, or a delivery of another attempt, gets nothing.
             task = won.get(claim.task_id)
-            if (
-                task is not None
-                and task.retry_count == claim.attempt
-                and claim.priority in (None, task.priority)
-            ):
+            if task is not None and task.retry_count == claim.attempt and claim.priority == task.priority:
                 del won[claim.task_id]
                 results.append(task)
             else:

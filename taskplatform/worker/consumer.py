@@ -19,9 +19,9 @@ from taskplatform.events.models import TaskRequeued, TaskStarted
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import BackgroundTask, TaskMessage, utcnow
+from taskplatform.models import RUNNABLE, BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import HEADER_NOT_BEFORE
-from taskplatform.ratelimit.admission import RateAdmission, RateStats, SlotReservation
+from taskplatform.ratelimit.admission import RateAdmission, RateStats
 from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
 from taskplatform.retry import RetryPolicy
@@ -224,17 +224,12 @@ class TaskConsumer:
                 f"registered: {', '.join(self._registry.task_types())}",
             )
             return
-        limits = self._rates.limits_of(task_message.task_type)  # empty for most types: nothing to pay
-        carried = SlotReservation.from_headers(message.headers) if limits else None
         not_before = _not_before(message)
-        if (
-            carried is None  # a reserved slot is waited for below, to the millisecond
-            and not_before is not None
-            and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS
-        ):
-            await self._delay_again(message, task_message, not_before)
+        if not_before is not None and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS:
+            await self._send_round(message, task_message, "back before its time", not_before=not_before)
             return
-        if limits and not await self._await_rate_slot(message, task_message, limits, carried, received_at):
+        limits = self._rates.limits_of(task_message.task_type)  # empty for most types: nothing to pay
+        if limits and not await self._await_rate_slot(message, task_message, limits, received_at):
             return
         try:
             if not gate.try_acquire():  # the hot path takes a free slot without a timer
@@ -245,7 +240,8 @@ class TaskConsumer:
                 if isinstance(exc, GateClosed)
                 else "higher priorities kept it waiting"
             )
-            await self._hand_back(message, task_message, why)
+            log.info("handing task %s back to its queue unstarted: %s", task_message.task_id, why)
+            await self._send_round(message, task_message, why, not_before=None)
             return
         try:
             await self._claim_and_run(message, task_message, received_at)
@@ -257,24 +253,31 @@ class TaskConsumer:
         message: AbstractIncomingMessage,
         tm: TaskMessage,
         limits: tuple[RateLimit, ...],
-        carried: SlotReservation | None,
         received_at: datetime,
     ) -> bool:
-        """Wait for the attempt's rate-limit slot; True when it may start now.
+        """Wait for the attempt's rate-limit slot; True when it may go on (to the claim).
 
-        A slot beyond the hold bound: the message goes round the delay path to come back at it,
-        carrying its reservation, and this delivery is acked (no attempt is counted).
+        Only a message of a task that still waits to run at its attempt and priority takes a
+        slot; any other goes on to the claim, which skips it. No slot within the hold: the
+        message goes round the delay path to try again later, and this delivery is acked (no
+        attempt is counted).
         """
         try:
-            come_back = await self._rates.admit(tm, limits, carried)
+            current = await self._store.get(tm.task_id)
+        except StoreError:
+            current = None  # the claim holds the message through a store outage
+        if current is None or not _waits_for(current, tm):
+            return True
+        try:
+            come_back = await self._rates.admit(tm, limits)
         except StoreError as exc:
             log.warning("no rate-limit slot for task %s (%s); returning it to the queue", tm.task_id, exc)
             await message.nack(requeue=True)
             return False
         if come_back is None:
             return True
-        when = datetime.fromtimestamp(come_back.slot, UTC)
-        await self._delay_again(message, tm, when, headers=come_back.headers())  # the slot stays ours
+        when = datetime.fromtimestamp(come_back, UTC)
+        await self._send_round(message, tm, "no rate-limit slot within the hold", not_before=when)
         self._rates.note_delayed((utcnow() - received_at).total_seconds())
         return False
 
@@ -330,34 +333,22 @@ class TaskConsumer:
             node_id=self._node_id,
         )
 
-    async def _delay_again(
-        self,
-        message: AbstractIncomingMessage,
-        tm: TaskMessage,
-        not_before: datetime,
-        *,
-        headers: dict[str, Any] | None = None,
+    async def _send_round(
+        self, message: AbstractIncomingMessage, tm: TaskMessage, why: str, *, not_before: datetime | None
     ) -> None:
-        """A delayed message back before its time (it took a shorter tier): send it round
-        again with what is left, then ack. The store is not touched. ``headers`` go on the copy
-        (a rate-limit reservation)."""
+        """Publish a fresh copy of a delivery that does not run now, through the delay path until
+        ``not_before`` or straight back to its queue, then ack the delivery: the store is not
+        touched, and a requeue would count toward the queue's delivery limit. If the publish
+        fails, the delivery itself goes back to the queue."""
+        log.debug("sending task %s round: %s", tm.task_id, why)
         try:
-            await self._publisher.publish_not_before(tm, not_before, extra_headers=headers)
+            if not_before is None:
+                await self._publisher.publish(tm)
+            else:
+                await self._publisher.publish_not_before(tm, not_before)
         except Exception as exc:
-            log.warning("could not re-delay task %s (%s); returning it to the queue", tm.task_id, exc)
-            await asyncio.sleep(self._store_backoff)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-
-    async def _hand_back(self, message: AbstractIncomingMessage, tm: TaskMessage, why: str) -> None:
-        """Return a delivery that never started to its queue: a fresh copy, then ack (a requeue
-        would count toward the queue's delivery limit)."""
-        log.info("handing task %s back to its queue unstarted: %s", tm.task_id, why)
-        try:
-            await self._publisher.publish(tm)
-        except Exception as exc:
-            log.warning("could not hand task %s back (%s); returning it to the queue", tm.task_id, exc)
+            log.warning("could not send task %s round (%s); returning it to the queue", tm.task_id, exc)
+            await asyncio.sleep(self._store_backoff)  # not straight back: the broker may be down
             await message.nack(requeue=True)
             return
         await message.ack()
@@ -419,8 +410,21 @@ class TaskConsumer:
         return outcome, children, None
 
 
+#: The latest ``x-not-before`` taken seriously (a later or unreadable value is ignored: the
+#: message is run, not held for ever or crashed on).
+_LATEST_NOT_BEFORE_MS = 2**53
+
+
 def _not_before(message: AbstractIncomingMessage) -> datetime | None:
     value = (message.headers or {}).get(HEADER_NOT_BEFORE)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < _LATEST_NOT_BEFORE_MS:
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     return None
+
+
+def _waits_for(task: BackgroundTask, tm: TaskMessage) -> bool:
+    """Whether ``task`` still waits to run the attempt ``tm`` announces (at its priority)."""
+    return task.status in RUNNABLE and task.retry_count == tm.attempt and task.priority == tm.priority

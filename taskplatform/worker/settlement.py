@@ -287,7 +287,7 @@ class Settler:
             log.warning("retry of task %s not published now (%s); the outbox relay will", task.id, exc)
             return
         try:
-            await self._store.mark_published([task.id])
+            await self._store.mark_published([task.id], owner=self._node_id)  # record_retry's hold
         except StoreError as exc:  # the relay republishes; the claim absorbs the duplicate
             log.warning("could not mark the retry of task %s published: %s", task.id, exc)
 

@@ -41,7 +41,7 @@ from tests.support.executables import EXECUTABLES
 from tests.support.services import RABBITMQ_URL, require_rabbitmq
 from topology import build_topology
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Generated requests per operation and caller.
@@ -56,6 +56,7 @@ CHECKS = [
 CALLERS = {
     "submitter": bearer(token("fuzz-submitter")),
     "operator": bearer(token("fuzz-operator", "operator")),
+    "expired": bearer(token("fuzz-submitter", exp=int(time.time()) - 3600)),  # every answer a 401
 }
 
 
@@ -145,7 +146,7 @@ def test_every_response_is_documented_and_none_is_a_server_error(api_url: str) -
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: schemathesis.Case) -> None:
-                for headers in CALLERS.values():  # as a submitter, then as an operator
+                for headers in CALLERS.values():  # as a submitter, an operator, an expired token
                     response = case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
                     statuses[response.status_code] += 1
 

@@ -157,9 +157,14 @@ async def test_a_delivery_kept_waiting_too_long_or_at_shutdown_is_handed_back_un
         assert task is not None and task.status is TaskStatus.QUEUED
         handed_back = [r for r in caplog.records if "back to its queue unstarted" in r.getMessage()]
         assert len(handed_back) >= 2
-        # Stopping hands back what still waits at once (the slow task finishes within the grace).
+        assert all("higher priorities kept it waiting" in r.getMessage() for r in handed_back)
+        # Stopping hands back what still waits, at once (the slow task finishes within the grace).
         again = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", priority=5))
         await asyncio.sleep(0.05)
+    stopping = [r for r in caplog.records if "the worker is stopping" in r.getMessage()]
+    # the delivery waiting at the gate when the worker stopped was handed back at once (the other
+    # was never delivered: the level's consumer had no credit left)
+    assert [r for r in stopping if waiting.task.id in r.getMessage()]
     queue = runtime.topology.queue_for("test_noop", 5) or ""
     assert await _depth(rabbitmq, queue) == 2  # both, back in their queue, never dead-lettered
     assert await _depth(rabbitmq, runtime.topology.dead_letter_queue) == 0

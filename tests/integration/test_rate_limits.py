@@ -21,8 +21,8 @@ from tests.support.worker_process import start_worker
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: Claiming, the started event and scheduling between receipt and ``execute``, beyond the rate
-#: limit's own hold (measured: a few milliseconds; generous for a loaded 2-core machine).
-CLAIM_ALLOWANCE = 0.15
+#: limit's own hold (measured: 5-115 ms with two workers, the store and the broker on 2 cores).
+CLAIM_ALLOWANCE = 0.25
 
 
 @pytest.fixture
@@ -81,7 +81,9 @@ async def _consumers(rabbitmq: Any, runtime: Runtime) -> int:
     return int(queue.declaration_result.consumer_count)
 
 
-def _check_pace(tasks: Sequence[BackgroundTask], *, rate: float, burst: int, hold: float) -> list[float]:
+def _check_pace(
+    tasks: Sequence[BackgroundTask], *, rate: float, burst: int, hold: float, held_for_slots: bool = True
+) -> list[float]:
     """Every task completed in its first attempt, no faster than the limit and without a stall;
     no delivery held longer than the bound. Returns the sorted start times."""
     assert all(t.status is TaskStatus.COMPLETED and t.retry_count == 0 for t in tasks)
@@ -103,7 +105,8 @@ def _check_pace(tasks: Sequence[BackgroundTask], *, rate: float, burst: int, hol
     allowed = burst + int((1 + CLAIM_ALLOWANCE) * rate)
     assert crowded <= allowed, f"{crowded} starts within one second (at most {allowed})"
     assert longest_hold <= hold + CLAIM_ALLOWANCE, f"a delivery was held {longest_hold:.3f}s"
-    assert longest_hold > 0.5  # some were held for their slot, and the measure shows it
+    if held_for_slots:
+        assert longest_hold > 0.5  # some were held for their slot, and the measure shows it
     return starts
 
 
@@ -206,7 +209,7 @@ async def test_waits_beyond_the_hold_go_round_the_delay_path_and_count_no_attemp
         tasks = await _tasks(worker, ids)
         stats = consumer.rate_stats
         after = await worker.store.reserve_rate("task_type:test_paced_slowly", interval=2.0, max_wait=0)
-    starts = _check_pace(tasks, rate=0.5, burst=1, hold=1.0)
+    starts = _check_pace(tasks, rate=0.5, burst=1, hold=1.0, held_for_slots=False)
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     # each in its own slot: one interval apart, neither earlier nor a slot later (reserved twice)
     assert all(2.0 - CLAIM_ALLOWANCE <= gap <= 2.5 for gap in gaps), gaps

@@ -206,8 +206,11 @@ async def test_outbox_claim_leases_pending_entries_until_published(store: BaseTa
     await asyncio.sleep(0.4)  # r1's lease lapses: the entry is claimable again
     again = await store.claim_pending_outbox(owner="r2", limit=10, lease_until=lease, created_before=cutoff)
     assert [t.id for t in again] == [old.id] and again[0].outbox.lease_owner == "r2"
-    assert await store.mark_published([old.id, fresh.id]) == 2
-    assert await store.mark_published([old.id]) == 0
+    # a late mark of r1's publish (or the submitter's) leaves r2's entry alone; r2's own marks it
+    assert await store.mark_published([old.id], owner="r1") == 0
+    assert await store.mark_published([old.id, fresh.id]) == 1  # fresh: nobody leased it
+    assert await store.mark_published([old.id], owner="r2") == 1
+    assert await store.mark_published([old.id], owner="r2") == 0
     assert (
         await store.claim_pending_outbox(owner="r3", limit=10, lease_until=lease, created_before=utcnow())
         == []
@@ -218,6 +221,25 @@ async def test_outbox_claim_leases_pending_entries_until_published(store: BaseTa
         and got.outbox.status is OutboxStatus.PUBLISHED
         and got.outbox.published_at is not None
     )
+
+
+async def test_a_failed_publish_frees_the_entry_for_the_relay_but_not_for_a_late_mark(
+    store: BaseTaskStore,
+) -> None:
+    task = make_task(created_at=utcnow() - timedelta(seconds=60))
+    await store.create(task)
+    hold = utcnow() + timedelta(seconds=30)
+    changed = await store.amend_queued(task.id, priority=5, publish_hold_until=hold, owner="api-1")
+    assert changed is not None and changed.outbox.lease_owner == "api-1"
+    await store.record_publish_failure(task.id, "broker down")  # the new message did not go out
+    assert await store.mark_published([task.id]) == 0  # the submission's late mark of the old one
+    got = await store.get(task.id)
+    assert got is not None and got.outbox.status is OutboxStatus.PENDING and got.outbox.attempts == 1
+    lease = utcnow() + timedelta(seconds=30)
+    relayed = await store.claim_pending_outbox(
+        owner="relay", limit=10, lease_until=lease, created_before=utcnow()
+    )
+    assert [t.id for t in relayed] == [task.id]  # its lease lapsed: the relay publishes it now
 
 
 async def test_two_relays_claim_disjoint_outbox_entries(store: BaseTaskStore) -> None:
@@ -246,8 +268,8 @@ async def test_batch_claim_wins_only_runnable_tasks_at_their_attempt(store: Base
     await store.create_many([*queued, done])
     await claim(store, done)
     await store.record_completion(done.id, node_id=NODE, attempt=0, result={})
-    claims = [ClaimRequest(t.id, 0) for t in queued[:3]]
-    claims += [ClaimRequest(queued[3].id, 2), ClaimRequest(done.id, 0), ClaimRequest("missing", 0)]
+    claims = [ClaimRequest(t.id, 0, 0) for t in queued[:3]]
+    claims += [ClaimRequest(queued[3].id, 2, 0), ClaimRequest(done.id, 0, 0), ClaimRequest("missing", 0, 0)]
     won = await store.try_set_running_many(claims, node_id=NODE, lease_until=utcnow() + timedelta(seconds=30))
     assert set(won) == {t.id for t in queued[:3]}
     assert all(t.status is TaskStatus.RUNNING and t.execution_node_id == NODE for t in won.values())
@@ -300,7 +322,7 @@ async def test_a_claim_marks_the_outbox_published(store: BaseTaskStore) -> None:
     await store.create_many([single, batched])
     one = await claim(store, single)
     many = await store.try_set_running_many(
-        [ClaimRequest(batched.id, 0)], node_id=NODE, lease_until=utcnow() + timedelta(seconds=30)
+        [ClaimRequest(batched.id, 0, 0)], node_id=NODE, lease_until=utcnow() + timedelta(seconds=30)
     )
     assert one is not None and one.outbox.status is OutboxStatus.PUBLISHED
     assert many[batched.id].outbox.status is OutboxStatus.PUBLISHED
@@ -311,7 +333,7 @@ async def test_overlapping_batch_claims_and_marks_do_not_deadlock(store: BaseTas
     for _ in range(3):
         tasks = [make_task() for _ in range(200)]
         await store.create_many(tasks)
-        claims = [ClaimRequest(t.id, 0) for t in tasks]
+        claims = [ClaimRequest(t.id, 0, 0) for t in tasks]
         lease = utcnow() + timedelta(seconds=30)
         a, b, _ = await asyncio.gather(
             store.try_set_running_many(claims, node_id="a", lease_until=lease),

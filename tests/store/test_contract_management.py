@@ -71,20 +71,21 @@ async def test_a_parent_with_a_sub_task_still_running_is_not_deleted(store: Base
     assert all([await store.get(t.id) for t in (parent, done, stopping)])
 
 
-async def test_retention_purges_tasks_finished_before_the_cutoff_oldest_first(store: BaseTaskStore) -> None:
-    old = [
-        finished(status, ago=3600 + i) for i, status in enumerate((S.COMPLETED, S.DEAD_LETTER, S.CANCELLED))
-    ]
+async def test_retention_purges_tasks_that_ended_before_the_cutoff_oldest_first(store: BaseTaskStore) -> None:
+    ended = (S.COMPLETED, S.COMPLETED_WITH_ERRORS, S.CANCELLED)
+    old = [finished(status, ago=3600 + i) for i, status in enumerate(ended)]
+    dead = [finished(status, ago=7200) for status in (S.DEAD_LETTER, S.FAILED)]  # wait for an operator
     recent = finished(S.COMPLETED, ago=60)
     waiting = make_task(status=S.QUEUED)
-    await store.create_many([*old, recent, waiting])
+    await store.create_many([*old, *dead, recent, waiting])
     cutoff = utcnow() - timedelta(minutes=30)
     assert await store.purge_finished(before=cutoff, limit=2) == 2
     left = {t.id for t in old if await store.get(t.id) is not None}
     assert left == {old[0].id}  # the two that finished longest ago went first
     assert await store.purge_finished(before=cutoff) == 1
     assert await store.purge_finished(before=cutoff) == 0
-    assert await store.get(recent.id) is not None and await store.get(waiting.id) is not None
+    for kept in (*dead, recent, waiting):
+        assert await store.get(kept.id) is not None, kept.status
 
 
 async def test_a_purged_sub_task_stays_counted_by_its_waiting_parent(store: BaseTaskStore) -> None:

@@ -53,6 +53,20 @@ async def test_concurrent_reservations_each_get_their_own_slot(store: BaseTaskSt
     assert slots == list(range(40))  # no slot given twice, none skipped
 
 
+async def test_keys_whose_slots_have_all_passed_are_pruned_and_act_like_new_ones(
+    store: BaseTaskStore,
+) -> None:
+    await store.reserve_rate("old", interval=1.0, max_wait=10, now=NOW)  # its slot: NOW
+    await store.reserve_rate("busy", interval=1.0, max_wait=10, now=NOW + 5)
+    await store.reserve_rate("busy", interval=1.0, max_wait=10, now=NOW + 5)  # the next one: NOW + 6
+    assert await store.prune_rate_limits(now=NOW + 5.5) == 1
+    assert await store.prune_rate_limits(now=NOW + 5.5) == 0
+    again = await store.reserve_rate("old", interval=1.0, max_wait=0, now=NOW + 5.5)
+    assert again.granted and again.wait == 0
+    busy = await store.reserve_rate("busy", interval=1.0, max_wait=0, now=NOW + 5.5)
+    assert not busy.granted and busy.wait == pytest.approx(1.5, abs=1e-6)  # busy's state was kept
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

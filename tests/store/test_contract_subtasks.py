@@ -55,7 +55,7 @@ async def test_a_parent_waiting_for_children_has_no_owner(store: BaseTaskStore) 
     assert await store.set_awaiting_children(tid, node_id=NODE, attempt=0, result=None) is None
     assert await store.mark_dead_letter(tid, error=error, attempt=0) is None
     assert await store.try_set_running(tid, attempt=0, node_id="other", lease_until=far) is None
-    assert await store.try_set_running_many([ClaimRequest(tid, 0)], node_id="other", lease_until=far) == {}
+    assert await store.try_set_running_many([ClaimRequest(tid, 0, 0)], node_id="other", lease_until=far) == {}
     got = await store.get(tid)
     assert got is not None and got.version == waiting.version and got.awaiting_children
 

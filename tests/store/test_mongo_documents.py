@@ -87,7 +87,20 @@ async def test_retention_is_a_ttl_index_on_completed_at_kept_in_step_with_the_se
             await store.close()
 
     created = await indexes_after_open(7 * 86400)
-    assert created[RETENTION_INDEX] == {"key": [("completed_at", 1)], "expireAfterSeconds": 604800, "v": 2}
+    assert created[RETENTION_INDEX] == {
+        "key": [("completed_at", 1)],
+        "expireAfterSeconds": 604800,
+        "partialFilterExpression": {"status": {"$in": ["CANCELLED", "COMPLETED", "COMPLETED_WITH_ERRORS"]}},
+        "v": 2,
+    }
     changed = await indexes_after_open(3600)
     assert changed[RETENTION_INDEX]["expireAfterSeconds"] == 3600  # type: ignore[index]
     assert RETENTION_INDEX not in await indexes_after_open(None)
+    # an index from before it covered only the statuses retention deletes is made again
+    await database["tasks"].create_index([("completed_at", 1)], name=RETENTION_INDEX, expireAfterSeconds=60)
+    remade = await indexes_after_open(0.5)  # and a fraction of a second rounds up, never down to 0
+    assert (
+        remade[RETENTION_INDEX]["partialFilterExpression"]
+        == created[RETENTION_INDEX]["partialFilterExpression"]
+    )  # type: ignore[index]
+    assert remade[RETENTION_INDEX]["expireAfterSeconds"] == 1  # type: ignore[index]

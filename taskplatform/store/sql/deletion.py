@@ -10,10 +10,12 @@ from datetime import datetime
 from sqlalchemy import delete, select
 
 from taskplatform.models import TERMINAL
+from taskplatform.store.deletion import EXPIRING
 from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import task_rollups, tasks
 
 _FINISHED = [s.value for s in TERMINAL]
+_EXPIRING = [s.value for s in EXPIRING]
 
 
 class SqlDeletion(SqlPart):
@@ -38,7 +40,7 @@ class SqlDeletion(SqlPart):
     async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
         query = (
             select(tasks.c.id)
-            .where(tasks.c.completed_at < before, tasks.c.status.in_(_FINISHED))
+            .where(tasks.c.completed_at < before, tasks.c.status.in_(_EXPIRING))
             .order_by(tasks.c.completed_at)
             .limit(limit)
         )

@@ -38,7 +38,7 @@ CLAIM_MANY = f"""
         SELECT tasks.id FROM tasks
         JOIN unnest($1::text[], $2::integer[], $6::integer[]) AS c(id, attempt, priority)
           ON tasks.id = c.id AND tasks.retry_count = c.attempt
-         AND tasks.priority = COALESCE(c.priority, tasks.priority)
+         AND tasks.priority = c.priority
         WHERE {_CLAIMABLE}
         ORDER BY tasks.id
         FOR UPDATE OF tasks
@@ -69,6 +69,7 @@ MARK_PUBLISHED = """
     UPDATE tasks SET outbox_status = 'published', outbox_published_at = $2, outbox_lease_until = NULL,
            outbox_lease_owner = NULL, version = tasks.version + 1
     FROM (SELECT id FROM tasks WHERE id = ANY($1::text[]) AND outbox_status = 'pending'
+            AND outbox_lease_owner IS NOT DISTINCT FROM $3
           ORDER BY id FOR UPDATE SKIP LOCKED) AS pending
     WHERE tasks.id = pending.id
 """
@@ -150,13 +151,13 @@ class PgFastPath:
         self,
         ids: Sequence[str],
         attempts: Sequence[int],
-        priorities: Sequence[int | None],
+        priorities: Sequence[int],
         *,
         node_id: str,
         lease_until: datetime,
         now: datetime,
     ) -> builtins.list[asyncpg.Record]:
-        """Claim ``ids`` at ``attempts``; a priority other than None must match the task's."""
+        """Claim ``ids`` at ``attempts`` and ``priorities``."""
         async with self.relaxed.acquire() as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
                 CLAIM_MANY, list(ids), list(attempts), node_id, lease_until, now, list(priorities)
@@ -189,7 +190,7 @@ class PgFastPath:
             )
         return {r["id"]: r["version"] for r in rows}
 
-    async def mark_published(self, ids: Sequence[str], *, now: datetime) -> int:
+    async def mark_published(self, ids: Sequence[str], *, owner: str | None, now: datetime) -> int:
         async with self.relaxed.acquire() as conn:
-            status = await conn.execute(MARK_PUBLISHED, list(ids), now)
+            status = await conn.execute(MARK_PUBLISHED, list(ids), now, owner)
         return int(status.rsplit(" ", 1)[-1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Float, bindparam, case
+from sqlalchemy import Float, bindparam, case, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from taskplatform.models import utcnow
@@ -71,3 +71,11 @@ class SqlRateLimits(SqlPart):
             async with self.autocommit.connect() as conn:
                 raw_wait = (await conn.execute(stmt, params)).scalar_one()
         return reservation_of(float(raw_wait), max_wait)
+
+    async def prune_rate_limits(self, *, now: float | None = None) -> int:
+        """Delete the keys whose slots have all passed (such a key acts exactly like a new one)."""
+        stmt = delete(rate_limits).where(rate_limits.c.tat < (time.time() if now is None else now))
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                result = await conn.execute(stmt)
+        return int(result.rowcount)

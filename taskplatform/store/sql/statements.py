@@ -16,7 +16,6 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    literal,
     null,
     or_,
     select,
@@ -29,8 +28,6 @@ from taskplatform.store.sql.schema import UTCDateTime, json_type, tasks
 
 RUNNING = TaskStatus.RUNNING.value
 PENDING = OutboxStatus.PENDING.value
-#: Stands for "any priority" in a claim (no task has it).
-ANY_PRIORITY = -1
 
 INSERT = insert(tasks)
 
@@ -57,18 +54,11 @@ _claimable = or_(
     and_(tasks.c.status == RUNNING, tasks.c.lease_until.is_not(None), tasks.c.lease_until < _now),
 )
 
-#: Claim many; ``claims`` is a list of (id, attempt, priority) tuples, priority -1 for any.
+#: Claim many; ``claims`` is a list of (id, attempt, priority) tuples.
 CLAIM_MANY = (
     update(tasks)
     .where(
-        or_(
-            tuple_(tasks.c.id, tasks.c.retry_count, tasks.c.priority).in_(
-                bindparam("claims", expanding=True)
-            ),
-            tuple_(tasks.c.id, tasks.c.retry_count, literal(ANY_PRIORITY)).in_(
-                bindparam("claims", expanding=True)
-            ),
-        ),
+        tuple_(tasks.c.id, tasks.c.retry_count, tasks.c.priority).in_(bindparam("claims", expanding=True)),
         _claimable,
     )
     .values(**_claim_sets)
@@ -101,7 +91,11 @@ COMPLETE_ONE = (
 
 MARK_PUBLISHED = (
     update(tasks)
-    .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.outbox_status == PENDING)
+    .where(
+        tasks.c.id.in_(bindparam("ids", expanding=True)),
+        tasks.c.outbox_status == PENDING,
+        tasks.c.outbox_lease_owner.is_not_distinct_from(bindparam("owner", type_=String())),
+    )
     .values(
         outbox_status=OutboxStatus.PUBLISHED.value,
         outbox_published_at=_now,

@@ -45,6 +45,7 @@ from taskplatform.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from taskplatform.store.primitives import LAPSED
 from taskplatform.store.sql import migrate
 from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
@@ -315,10 +316,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                 )
             else:
                 params = {"node": node_id, "lease": lease_until, "now": now}
-                params["claims"] = [
-                    (c.task_id, c.attempt, sql.ANY_PRIORITY if c.priority is None else c.priority)
-                    for c in claims
-                ]
+                params["claims"] = [(c.task_id, c.attempt, c.priority) for c in claims]
                 async with self.autocommit.connect() as conn:
                     rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
         return {t.id: t for t in map(self._to_task, rows)}
@@ -442,14 +440,15 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         claimed.sort(key=lambda t: t.created_at)
         return claimed
 
-    async def mark_published(self, task_ids: Sequence[str]) -> int:
+    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
         if not task_ids:
             return 0
         async with self._errors():
             if self._fast is not None:
-                return await self._fast.mark_published(task_ids, now=utcnow())
+                return await self._fast.mark_published(task_ids, owner=owner, now=utcnow())
             async with self.autocommit.connect() as conn:
-                result = await conn.execute(sql.MARK_PUBLISHED, {"ids": list(task_ids), "now": utcnow()})
+                params = {"ids": list(task_ids), "owner": owner, "now": utcnow()}
+                result = await conn.execute(sql.MARK_PUBLISHED, params)
         return int(result.rowcount)
 
     async def record_publish_failure(self, task_id: str, error: str) -> None:
@@ -459,8 +458,9 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
             .values(
                 outbox_attempts=tasks.c.outbox_attempts + 1,
                 outbox_last_error=error[:2000],
-                outbox_lease_until=None,  # free for the next relay pass, not after the lease
-                outbox_lease_owner=None,
+                # free for the next relay pass, not after the lease; the owner stays, so a late
+                # mark of an earlier publish cannot take this entry for published
+                outbox_lease_until=utcnow() - LAPSED,
                 version=tasks.c.version + 1,
             )
         )

@@ -24,7 +24,8 @@ def upgrade() -> None:
     op.add_column(
         "tasks", sa.Column("metadata", json_type, nullable=False, server_default=sa.text("'{}'"))
     )
-    op.create_index("ix_tasks_completed", "tasks", ["completed_at"])
+    # if_not_exists: on a large table an operator may have built it CONCURRENTLY beforehand
+    op.create_index("ix_tasks_completed", "tasks", ["completed_at"], if_not_exists=True)
     op.create_table(
         "rate_limits",
         sa.Column("key", sa.String(255), primary_key=True),
