@@ -7,11 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
+from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.submission import TaskSubmitter, ensure_storable
-
-#: How long the outbox leaves a re-prioritised task to this process's own publish.
-REPUBLISH_HOLD_SECONDS = 30.0
 
 
 class NotQueued(Exception):
@@ -62,7 +60,7 @@ class TaskManager:
             priority=priority,
             tags=tags,
             metadata=metadata,
-            publish_hold_until=utcnow() + timedelta(seconds=REPUBLISH_HOLD_SECONDS),
+            publish_hold_until=utcnow() + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
             owner=self._node_id,
         )
         if changed is None:

@@ -13,6 +13,10 @@ from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
 
+#: How long the outbox leaves an entry to the process holding it (a retry's delayed publish, a
+#: priority change's new message) before the relay takes it over.
+OWN_PUBLISH_HOLD_SECONDS = 30.0
+
 
 class OutboxRelay:
     """Finds outbox entries still pending after ``grace`` seconds, leases and publishes them.

@@ -106,7 +106,9 @@ class Claimer:
             return await self._await_owner(message, tm)
         if current is None:
             await self._settler.reject_malformed(
-                message, "unknown-task", f"task {tm.task_id!r} does not exist in the store"
+                message,
+                "unknown-task",
+                f"task {tm.task_id!r} does not exist in the store (never stored here, or deleted since)",
             )
         else:
             await self._settler.skip(

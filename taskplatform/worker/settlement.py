@@ -35,14 +35,12 @@ from taskplatform.events.models import (
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_DEAD_AT, HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.retry import RetryPolicy, Verdict, classify
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
 
-#: How long the outbox leaves a retry to the settler's own delayed publish before the
-#: relay takes over.
-RETRY_PUBLISH_HOLD_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -274,7 +272,7 @@ class Settler:
                     error=info,
                     delay_seconds=decision.delay,
                     next_attempt_at=now + timedelta(seconds=decision.delay),
-                    outbox_hold_until=now + timedelta(seconds=RETRY_PUBLISH_HOLD_SECONDS),
+                    outbox_hold_until=now + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
                 )
             ]
         return [TaskFailed(**common, error=info), TaskDeadLettered(**common, reason=decision.reason)]
