@@ -11,7 +11,7 @@ import pytest
 
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
-from taskplatform.submission import SubmitRequest
+from taskplatform.submission import SubmitRequest, Submitted
 from tests.support.runtime import eventually, running
 from tests.support.services import fresh_postgres_database
 
@@ -107,20 +107,26 @@ async def test_a_busy_worker_starts_a_high_priority_task_at_its_next_free_slot(
     assert len(overtook) <= 2 * prefetch, f"{len(overtook)} low-priority tasks started first"
 
 
+async def _occupy_the_only_slot(runtime: Runtime, seconds: float) -> Submitted:
+    """A priority-0 task that runs for ``seconds``, once it runs (the worker has one slot)."""
+    slow = await runtime.submitter.submit(
+        SubmitRequest(task_type="test_noop", parameters={"sleep": seconds}, priority=0)
+    )
+
+    async def slow_runs() -> bool:
+        task = await runtime.store.get(slow.task.id)
+        return task is not None and task.status is TaskStatus.RUNNING
+
+    await eventually(slow_runs, timeout=10)
+    return slow
+
+
 async def test_when_a_slot_frees_the_highest_waiting_level_takes_it_whatever_came_first(
     make_runtime: Callable[..., Runtime], rabbitmq: Any
 ) -> None:
     runtime = make_runtime(role="dev", prefetch=1)
     async with running(runtime):
-        slow = await runtime.submitter.submit(
-            SubmitRequest(task_type="test_noop", parameters={"sleep": 1.0}, priority=0)
-        )
-
-        async def slow_runs() -> bool:
-            task = await runtime.store.get(slow.task.id)
-            return task is not None and task.status is TaskStatus.RUNNING
-
-        await eventually(slow_runs, timeout=10)
+        slow = await _occupy_the_only_slot(runtime, 1.0)
         middle = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", priority=3))
         await asyncio.sleep(0.2)  # the priority-3 task is delivered and waits for the slot first
         top = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", priority=9))
@@ -142,15 +148,7 @@ async def test_a_delivery_kept_waiting_too_long_or_at_shutdown_is_handed_back_un
     caplog.set_level(logging.INFO, logger="taskplatform.worker.consumer")
     runtime = make_runtime(role="dev", prefetch=1, priority_hold_seconds=0.3, shutdown_grace_seconds=5)
     async with running(runtime):
-        slow = await runtime.submitter.submit(
-            SubmitRequest(task_type="test_noop", parameters={"sleep": 1.5}, priority=0)
-        )
-
-        async def slow_runs() -> bool:
-            task = await runtime.store.get(slow.task.id)
-            return task is not None and task.status is TaskStatus.RUNNING
-
-        await eventually(slow_runs, timeout=10)
+        slow = await _occupy_the_only_slot(runtime, 1.5)
         waiting = await runtime.submitter.submit(SubmitRequest(task_type="test_noop", priority=5))
         await asyncio.sleep(1.0)  # several holds of 0.3 s: handed back, delivered again, ...
         task = await runtime.store.get(waiting.task.id)
