@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,20 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
 
     from taskplatform.api.app import create_app
 
-    app = create_app(settings, with_worker=with_worker)
     loop = "asyncio" if loop_factory(settings) is None else "uvloop"
+    workers: dict[str, Any] = {}
+    if settings.api_processes > 1:
+        if with_worker:
+            raise ConfigError("API_PROCESSES above 1 is for 'taskplatform api'; run workers on their own")
+        prepare_multiprocess_metrics()
+        # Each process builds its own app from the environment (uvicorn needs an import string).
+        app: Any = "taskplatform.api.app:create_app"
+        workers = {"factory": True, "workers": settings.api_processes}
+    else:
+        app = create_app(settings, with_worker=with_worker)
     uvicorn.run(
         app,
+        **workers,
         loop=loop,
         host=settings.api_host,
         port=settings.api_port,
@@ -59,6 +70,21 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
         access_log=False,
     )
     return 0
+
+
+def prepare_multiprocess_metrics() -> None:
+    """Give the API processes a directory to share their metrics in (prometheus-client's
+    multiprocess mode): ``PROMETHEUS_MULTIPROC_DIR`` if set, else a fresh one, emptied first (its
+    files are the previous run's counts)."""
+    from taskplatform.metrics.exposition import MULTIPROC_ENV
+
+    directory = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="taskplatform-metrics-")
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.remove(os.path.join(directory, name))
+    os.environ[MULTIPROC_ENV] = directory
+    log.info("API metrics of every process are shared in %s", directory)
 
 
 async def run_worker(settings: PlatformSettings) -> None:

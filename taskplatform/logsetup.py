@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +14,32 @@ import orjson
 
 #: Record attributes carried into every line when present (set by the worker's context).
 CONTEXT_FIELDS = ("task_id", "task_type", "attempt", "node_id")
+
+#: The task whose attempt this code runs for, if any: set by the worker around an attempt, so
+#: every line logged while it runs (by the executable, the platform or a library) carries it.
+TASK_LOG_CONTEXT: ContextVar[dict[str, Any] | None] = ContextVar("taskplatform_task", default=None)
+
+
+@contextlib.contextmanager
+def task_log_context(**fields: Any) -> Iterator[None]:
+    """Within the block (and the asyncio tasks it starts), log records carry ``fields``."""
+    token = TASK_LOG_CONTEXT.set(fields)
+    try:
+        yield
+    finally:
+        TASK_LOG_CONTEXT.reset(token)
+
+
+class TaskContextFilter(logging.Filter):
+    """Copies the current task context onto each record (fields a record has already win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = TASK_LOG_CONTEXT.get()
+        if context:
+            for name, value in context.items():
+                if getattr(record, name, None) is None:
+                    setattr(record, name, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,6 +80,7 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     """Route the root logger to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    handler.addFilter(TaskContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

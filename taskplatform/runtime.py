@@ -17,6 +17,10 @@ from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.bus import EventBus
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
+from taskplatform.metrics import Metrics
+from taskplatform.metrics.exposition import MetricsServer
+from taskplatform.metrics.observer import MetricsObserver
+from taskplatform.metrics.sampler import BacklogSampler
 from taskplatform.models import MAX_PRIORITY
 from taskplatform.outbox import OutboxRelay
 from taskplatform.ratelimit.limiter import create_rate_limiter
@@ -78,17 +82,22 @@ class Runtime:
                 retention_seconds=settings.task_retention_seconds or None,
             )
         )
+        self.metrics = Metrics()
         self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
         self.publisher = TaskPublisher(
             self.broker,
             self.topology,
             timeout=settings.publish_timeout_seconds,
             attempts=settings.publish_retry_attempts,
+            metrics=self.metrics,
         )
         #: Executables' ``rate_limits`` (workers) and submissions per user (the API).
         self.task_rate_limiter = create_rate_limiter(settings.rate_limit_backend, self.store)
         self.submit_rate_limiter = create_rate_limiter(settings.api_rate_limit_backend, self.store)
-        self.bus = EventBus(observer_buffer=settings.event_observer_buffer)
+        self.bus = EventBus(
+            observer_buffer=settings.event_observer_buffer,
+            on_observer_error=lambda name: self.metrics.event_subscriber_errors.labels(name).inc(),
+        )
         self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
         self.bridge: ExternalEventBridge | None = None
         if settings.events_bridge_enabled:
@@ -99,6 +108,11 @@ class Runtime:
                 types=settings.events_bridge_types,
             )
             self.bus.add_observer(self.bridge)
+        self.bus.add_observer(MetricsObserver(self.metrics))
+        self.sampler = BacklogSampler(self.store, self.metrics, interval=settings.metrics_sample_seconds)
+        self.metrics_server: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            self.metrics_server = MetricsServer(self.metrics, port=settings.metrics_port)
         self.marker = PublishedMarker(self.store)
         self.submitter = TaskSubmitter(
             self.store,
@@ -198,6 +212,9 @@ class Runtime:
             self._background.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
         if self.settings.reaper_enabled:
             self._background.append(asyncio.create_task(self.reaper.run(self._stop), name="reaper"))
+        self._background.append(asyncio.create_task(self.sampler.run(self._stop), name="metrics-sampler"))
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         log.info(
             "%s started (node %s, store %s, task types: %s)",
             self.role,
@@ -250,3 +267,5 @@ class Runtime:
         await self.publisher.close()
         await self.broker.close()
         await self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()

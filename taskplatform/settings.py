@@ -147,6 +147,15 @@ class PlatformSettings(BaseSettings):
     api_url: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    #: API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess mode.
+    api_processes: int = Field(default=1, ge=1, le=64)
+
+    # metrics
+    #: Workers serve Prometheus metrics on this port (the API serves /metrics on its own port).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: How often the outbox backlog, the oldest queued task and pending dead letters are sampled.
+    metrics_sample_seconds: float = Field(default=15.0, gt=0)
+
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False

@@ -314,6 +314,7 @@ class TaskSubmitter:
     async def _publish(self, tasks: Sequence[BackgroundTask], *, owner: str | None = None) -> list[Submitted]:
         if not self._publisher.ready:
             log.warning("broker not reachable: %d task(s) left in the outbox for the relay", len(tasks))
+            self._publisher.count_failure("not_connected", len(tasks))
             return [Submitted(t, published=False) for t in tasks]
         results = await self._publisher.publish_many([TaskMessage.for_task(t) for t in tasks])
         published = [t.id for t, err in zip(tasks, results, strict=True) if err is None]

@@ -8,7 +8,13 @@ from topology.build import (
     build_topology,
     work_queue_name,
 )
-from topology.declare import declare_topology, find_topology_problems, verify_topology
+from topology.declare import (
+    QueueDepth,
+    declare_topology,
+    find_topology_problems,
+    queue_depths,
+    verify_topology,
+)
 from topology.spec import BindingSpec, DelayHop, DelayTier, ExchangeSpec, QueueSpec, Topology, WorkQueue
 
 __all__ = [
@@ -20,12 +26,14 @@ __all__ = [
     "DelayHop",
     "DelayTier",
     "ExchangeSpec",
+    "QueueDepth",
     "QueueSpec",
     "Topology",
     "WorkQueue",
     "build_topology",
     "declare_topology",
     "find_topology_problems",
+    "queue_depths",
     "verify_topology",
     "work_queue_name",
 ]

@@ -123,6 +123,41 @@ def _reply_text(exc: Exception) -> str:
     return str(args[1]) if len(args) > 1 else str(exc)
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """What a passive declare tells of a queue: messages ready (not unacked ones) and consumers."""
+
+    ready: int
+    consumers: int
+
+
+async def queue_depths(
+    connection: AbstractRobustConnection, topology: Topology
+) -> dict[str, QueueDepth | None]:
+    """Every work queue (each priority level) and the DLQ, by passive declare: cheap, creates
+    nothing; None for a queue that does not exist. Unacked counts need the management or
+    Prometheus plugin (``rabbitmq_queue_messages_unacked``)."""
+    names = [q for wq in topology.work_queues for q in wq.queues] + [topology.dead_letter_queue]
+    depths: dict[str, QueueDepth | None] = {}
+    channel = await connection.channel()
+    try:
+        for name in names:
+            try:
+                declared = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                depths[name] = None
+                channel = await connection.channel()  # the failed declare closed the last one
+                continue
+            result = declared.declaration_result
+            depths[name] = QueueDepth(
+                ready=int(result.message_count or 0), consumers=int(result.consumer_count or 0)
+            )
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return depths
+
+
 async def verify_topology(connection: AbstractRobustConnection, topology: Topology) -> None:
     """Raise TopologyError listing every difference; return quietly when none."""
     problems = await find_topology_problems(connection, topology)

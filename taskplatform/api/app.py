@@ -14,6 +14,7 @@ from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.errors import install_error_handlers
 from taskplatform.api.limits import BodySizeLimit
 from taskplatform.api.manage import router as manage_router
+from taskplatform.api.metrics import RequestMetrics
 from taskplatform.api.routes import health_router, tasks_router
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
@@ -34,10 +35,11 @@ def create_app(
     """
     settings = settings or (runtime.settings if runtime else PlatformSettings())
     authenticator = Authenticator.from_settings(settings)
+    # Built now (no I/O until it starts), so the request metrics know their registry.
+    rt = runtime or Runtime(settings, role="dev" if with_worker else "api", consume=with_worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = runtime or Runtime(settings, role="dev" if with_worker else "api", consume=with_worker)
         app.state.runtime = rt
         if not authenticator.enabled:
             log.warning(
@@ -63,4 +65,5 @@ def create_app(
     app.include_router(dead_letters_router)
     app.include_router(health_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
     return app

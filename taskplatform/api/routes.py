@@ -12,13 +12,23 @@ from taskplatform.api.auth import AUTH_RESPONSES, SubmitterDep, require_submitte
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
-from taskplatform.api.schemas import Health, Readiness, TaskCancellation, TaskCreated, TaskList, TaskTypeInfo
+from taskplatform.api.schemas import (
+    Health,
+    QueueFigures,
+    Readiness,
+    TaskCancellation,
+    TaskCreated,
+    TaskList,
+    TaskTypeInfo,
+)
 from taskplatform.auth import Principal
-from taskplatform.errors import StoreError
+from taskplatform.errors import TRANSIENT_BROKER_ERRORS, StoreError
+from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
 from taskplatform.submission import SubmitRequest
+from topology import queue_depths
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
@@ -212,6 +222,10 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+#: What a queue probe may meet while the broker goes away.
+_PROBE_FAULTS: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_BROKER_ERRORS)
+
+
 @health_router.get(
     "/readyz",
     response_model=Readiness,
@@ -228,9 +242,23 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks["broker"] = (
         "ok" if runtime.broker.is_connected and runtime.broker_ready.is_set() else "unavailable"
     )
+    queues: dict[str, QueueFigures | None] | None = None
+    if checks["broker"] == "ok":
+        try:
+            depths = await asyncio.wait_for(queue_depths(runtime.broker.connection, runtime.topology), 3)
+            queues = {name: QueueFigures(**vars(d)) if d else None for name, d in depths.items()}
+        except _PROBE_FAULTS as exc:
+            checks["broker"] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks, queues=queues)
     return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+
+@health_router.get("/metrics", include_in_schema=False)
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus metrics of this process (of every API process, in multiprocess mode)."""
+    body, content_type = render(runtime.metrics)
+    return Response(content=body, media_type=content_type)
 
 
 @health_router.get("/swagger/index.html", include_in_schema=False)

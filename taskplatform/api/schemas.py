@@ -47,8 +47,17 @@ class Health(BaseModel):
     status: str
 
 
+class QueueFigures(BaseModel):
+    """A queue's ready messages and consumers (a passive declare; unacked ones are not known)."""
+
+    ready: int
+    consumers: int
+
+
 class Readiness(BaseModel):
-    """Readiness, with each dependency's state."""
+    """Readiness, with each dependency's state, and the work queues' and DLQ's depth when the
+    broker answers (null for a queue that does not exist)."""
 
     status: str
     checks: dict[str, str]
+    queues: dict[str, QueueFigures | None] | None = None

@@ -64,10 +64,12 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Published:
-    """What observers receive: an accepted event and the task's state after it."""
+    """What observers receive: an accepted event and the task's state after it. ``duplicate``:
+    the event had been applied before (a producer's retry); counting observers skip it."""
 
     event: TaskEvent
     task: BackgroundTask | None
+    duplicate: bool = False
 
 
 class CriticalSubscriber(Protocol):
@@ -107,6 +109,7 @@ class _Pump:
     stats: ObserverStats = field(default_factory=ObserverStats)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    on_error: Callable[[str], None] | None = None
     last_error_log: float = float("-inf")
     errors_since_log: int = 0
     #: When the observer last finished a batch (or was started): it is alive if recently.
@@ -148,6 +151,8 @@ class _Pump:
                 raise
             except Exception:
                 self.stats.errors += 1
+                if self.on_error is not None:
+                    self.on_error(self.observer.name)
                 self._log_error(len(items))
             else:
                 self.stats.delivered += len(items)
@@ -171,7 +176,12 @@ class EventBus:
     """Dispatches lifecycle events to critical subscribers and observers."""
 
     def __init__(
-        self, *, observer_buffer: int = 10_000, observer_batch: int = 256, stall_seconds: float = 2.0
+        self,
+        *,
+        observer_buffer: int = 10_000,
+        observer_batch: int = 256,
+        stall_seconds: float = 2.0,
+        on_observer_error: Callable[[str], None] | None = None,
     ) -> None:
         if observer_buffer < 1 or observer_batch < 1 or stall_seconds <= 0:
             raise ValueError("observer_buffer, observer_batch and stall_seconds must be positive")
@@ -180,6 +190,7 @@ class EventBus:
         self._pumps: list[_Pump] = []
         self._buffer = observer_buffer
         self._batch = observer_batch
+        self._on_error = on_observer_error  # called with the observer's name (metrics)
         self._started = False
 
     def add_critical(self, subscriber: CriticalSubscriber) -> None:
@@ -190,7 +201,7 @@ class EventBus:
         self, observer: Observer, *, buffer: int | None = None, batch: int | None = None
     ) -> None:
         """Give ``observer`` every accepted event, through a buffer of ``buffer`` events."""
-        pump = _Pump(observer, buffer or self._buffer, batch or self._batch)
+        pump = _Pump(observer, buffer or self._buffer, batch or self._batch, on_error=self._on_error)
         pump.idle.set()
         self._pumps.append(pump)
         if self._started:
@@ -224,7 +235,7 @@ class EventBus:
                     delivery.rejected,
                 )
                 return delivery
-        item = Published(event, delivery.task)
+        item = Published(event, delivery.task, delivery.duplicate)
         for pump in self._pumps:
             while pump.full() and not pump.stalled(self._stall):
                 # Back-pressure: wait for the observer to take a batch, or to stall.

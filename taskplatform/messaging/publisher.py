@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from taskplatform.errors import TRANSIENT_BROKER_ERRORS, BrokerError, UnroutableError
 from taskplatform.messaging.codec import encode
 from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.models.message import HEADER_DELAY, HEADER_NOT_BEFORE, TaskMessage
 from topology.spec import Topology
@@ -43,8 +44,10 @@ class TaskPublisher:
         *,
         timeout: float = 5.0,
         attempts: int = 3,
+        metrics: Metrics | None = None,
     ) -> None:
         self._broker = broker
+        self._metrics = metrics
         self._topology = topology
         self._timeout = timeout
         self._attempts = attempts
@@ -142,6 +145,7 @@ class TaskPublisher:
     ) -> None:
         """Publish an already-built message with confirms, mandatory routing and retries."""
         if not self._broker.is_connected:
+            self.count_failure("not_connected")
             raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
 
         async def publish_once() -> None:
@@ -162,14 +166,22 @@ class TaskPublisher:
                 )
                 await retrying(publish_once)
         except PublishError as exc:
+            self.count_failure("unroutable")
             raise UnroutableError(
                 f"{what} is unroutable: no queue is bound to exchange {exchange!r} "
                 f"with routing key {routing_key!r}; declare the topology for this task type"
             ) from exc
         except DeliveryError as exc:
+            self.count_failure("refused")
             raise BrokerError(f"broker refused {what}: {exc}") from exc
         except _PUBLISH_FAULTS as exc:
+            self.count_failure("unavailable")
             raise BrokerError(f"cannot publish {what}: {type(exc).__name__}: {exc}") from exc
+
+    def count_failure(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` messages that could not be published for ``reason`` (metrics)."""
+        if self._metrics is not None:
+            self._metrics.publish_failures.labels(reason).inc(n)
 
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:

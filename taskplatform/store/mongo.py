@@ -29,7 +29,7 @@ from taskplatform.store.mongo_ratelimits import MongoRateLimits
 from taskplatform.store.mongo_retention import MongoRetention
 from taskplatform.store.primitives import LAPSED
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
-from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, ParentState
+from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, Backlog, ParentState
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
@@ -246,6 +246,15 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
         items = [self._to_task(d) for d in docs[:limit]]
         next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(docs) > limit else None
         return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def backlog(self) -> Backlog:
+        async with self._errors():
+            pending = await self.collection.count_documents({"outbox.status": OutboxStatus.PENDING.value})
+            first = await self.collection.find_one(
+                {"status": TaskStatus.QUEUED.value}, {"created_at": 1}, sort=[("created_at", ASCENDING)]
+            )
+        oldest = _aware(first["created_at"]) if first is not None else None
+        return Backlog(outbox_pending=int(pending), oldest_queued_at=oldest)
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         async with self._errors():

@@ -10,7 +10,7 @@ from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.store.ratelimits import Reservation
-from taskplatform.store.types import MAX_PAGE_SIZE, Guard, ParentState, TaskFilter, TaskPage
+from taskplatform.store.types import MAX_PAGE_SIZE, Backlog, Guard, ParentState, TaskFilter, TaskPage
 
 
 class StorePrimitives(ABC):
@@ -57,6 +57,11 @@ class StorePrimitives(ABC):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    @abstractmethod
+    async def backlog(self) -> Backlog:
+        """How many outbox entries are pending, and the oldest QUEUED task's ``created_at``
+        (both from indexes: cheap enough to sample every few seconds)."""
 
     @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:

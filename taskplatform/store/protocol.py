@@ -17,7 +17,14 @@ from taskplatform.store.deadletters import (
 )
 from taskplatform.store.deletion import DeleteOutcome
 from taskplatform.store.ratelimits import Reservation
-from taskplatform.store.types import ClaimRequest, CompletionRequest, ParentState, TaskFilter, TaskPage
+from taskplatform.store.types import (
+    Backlog,
+    ClaimRequest,
+    CompletionRequest,
+    ParentState,
+    TaskFilter,
+    TaskPage,
+)
 
 
 @runtime_checkable
@@ -42,6 +49,7 @@ class TaskStore(Protocol):
         self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> TaskPage: ...
     async def count_by_status(self) -> dict[TaskStatus, int]: ...
+    async def backlog(self) -> Backlog: ...
 
     # ------------------------------------------------------------ an attempt's life
     async def try_set_running(

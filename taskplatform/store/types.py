@@ -71,6 +71,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What waits: messages still to publish, and when the oldest QUEUED task was submitted."""
+
+    outbox_pending: int
+    oldest_queued_at: datetime | None
+
+
+@dataclass(frozen=True)
 class ClaimRequest:
     """Claim ``task_id`` for ``attempt`` (see ``try_set_running``), only while the task still has
     ``priority`` (a message from before a priority change loses)."""

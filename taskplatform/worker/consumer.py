@@ -16,6 +16,7 @@ from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
 from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.events.models import TaskRequeued, TaskStarted
+from taskplatform.logsetup import task_log_context
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
@@ -301,6 +302,18 @@ class TaskConsumer:
             self._running.discard(running_key)
 
     async def _run_and_settle(
+        self, message: AbstractIncomingMessage, task: BackgroundTask, received_at: datetime
+    ) -> None:
+        context = {
+            "task_id": task.id,
+            "task_type": task.task_type,
+            "attempt": task.retry_count,
+            "node_id": self._node_id,
+        }
+        with task_log_context(**context):  # every line logged for this attempt carries it
+            await self._run_and_settle_in_context(message, task, received_at)
+
+    async def _run_and_settle_in_context(
         self, message: AbstractIncomingMessage, task: BackgroundTask, received_at: datetime
     ) -> None:
         try:

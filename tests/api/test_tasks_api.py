@@ -138,10 +138,19 @@ async def test_get_and_list_tasks_with_filters_and_cursor(api: tuple[httpx.Async
 
 
 async def test_health_readiness_docs_and_task_types(api: tuple[httpx.AsyncClient, Runtime]) -> None:
-    client, _ = api
+    client, runtime = api
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    await client.post("/api/v1/tasks", json={"task_type": "test_noop", "priority": 9})
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"] == {"store": "ok", "broker": "ok"}
+    # the queues' depth, by passive declare: the task waits in its priority's queue, nobody consumes
+    queues = r.json()["queues"]
+    expected = {q for wq in runtime.topology.work_queues for q in wq.queues} | {
+        runtime.topology.dead_letter_queue
+    }
+    assert set(queues) == expected
+    assert queues[runtime.topology.queue_for("test_noop", 9)] == {"ready": 1, "consumers": 0}
+    assert queues[runtime.topology.dead_letter_queue] == {"ready": 0, "consumers": 0}
     r = await client.get("/swagger/index.html")
     assert r.status_code == 307 and r.headers["location"] == "/docs"
     assert (await client.get("/docs")).status_code == 200

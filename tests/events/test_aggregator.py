@@ -215,6 +215,9 @@ async def test_a_key_reused_for_another_child_is_refused_and_a_retried_one_is_ke
     class Offline:  # the broker is away: children stay in the outbox
         ready = False
 
+        def count_failure(self, reason: str, n: int = 1) -> None:
+            pass
+
     submitter = TaskSubmitter(
         store, ExecutableRegistry(EXECUTABLES), Offline(), PublishedMarker(store), bus, aggregator=aggregator
     )

@@ -435,3 +435,19 @@ async def test_dead_lettering_for_an_attempt_takes_a_task_that_failed_at_that_at
     dead = await store.mark_dead_letter(replaced.id, error=other, attempt=0)
     assert dead is not None and dead.error_info is not None and dead.error_info.message == "second"
     assert await store.mark_dead_letter(kept.id, error=None, attempt=0) is None  # already dead
+
+
+async def test_the_backlog_counts_pending_outbox_entries_and_finds_the_oldest_queued_task(
+    store: BaseTaskStore,
+) -> None:
+    empty = await store.backlog()
+    assert empty.outbox_pending == 0 and empty.oldest_queued_at is None
+    old = make_task(created_at=utcnow() - timedelta(minutes=5))
+    new = make_task()
+    running = make_task(status=TaskStatus.RUNNING, created_at=utcnow() - timedelta(hours=1))
+    await store.create_many([old, new, running])
+    await store.mark_published([new.id])
+    backlog = await store.backlog()
+    assert backlog.outbox_pending == 2  # old and running; new was published
+    assert close_in_time(backlog.oldest_queued_at, old.created_at)  # not the older RUNNING one
+    assert backlog.oldest_queued_at is not None and backlog.oldest_queued_at.tzinfo is not None

@@ -54,7 +54,7 @@ from taskplatform.store.sql.deletion import SqlDeletion
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
-from taskplatform.store.types import EQUALITY_FILTERS, ParentState
+from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 _COLUMNS = {c.name for c in tasks.columns}
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
@@ -260,6 +260,18 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return TaskPage(items=items, next_cursor=next_cursor)
+
+    async def backlog(self) -> Backlog:
+        pending = (
+            select(func.count()).select_from(tasks).where(tasks.c.outbox_status == OutboxStatus.PENDING.value)
+        )
+        # min() keeps the column's type, so SQLite's naive text comes back as aware UTC too
+        oldest = select(func.min(tasks.c.created_at)).where(tasks.c.status == TaskStatus.QUEUED.value)
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                count = (await conn.execute(pending)).scalar_one()
+                first = (await conn.execute(oldest)).scalar_one()
+        return Backlog(outbox_pending=int(count), oldest_queued_at=first)
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)

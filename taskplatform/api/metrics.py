@@ -1,0 +1,48 @@
+"""Request metrics for the API: count and time every answer by method, route template and status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskplatform.metrics.registry import Metrics
+
+#: The route label of requests no route matched (so random paths cannot grow the series).
+UNMATCHED = "unmatched"
+
+
+class RequestMetrics:
+    """ASGI middleware; the outermost one, so refusals by the other middleware count too."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception that escapes every handler answers 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = _route_of(scope)
+            method = str(scope.get("method", "GET"))
+            self._metrics.api_requests.labels(method, route, str(status)).inc()
+            self._metrics.api_request_duration.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _route_of(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED

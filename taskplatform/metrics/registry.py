@@ -1,0 +1,118 @@
+"""Every metric the platform exposes, on one registry that is passed in (no globals).
+
+Task ids never become labels: series are per task type (and status, reason, subscriber,
+route), so their number stays bounded. Gauges carry a ``multiprocess_mode`` for when the API
+runs several processes (``API_PROCESSES``; prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Seconds: from milliseconds (a no-op task) to ten minutes (a long report).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+#: Seconds from submission to the first start: a few milliseconds to an hour of backlog.
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: Seconds an API request takes.
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The platform's metrics on ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.tasks_submitted = Counter(
+            "taskplatform_tasks_submitted", "Tasks stored (sub-tasks included).", ["task_type"], registry=r
+        )
+        self.tasks_finished = Counter(
+            "taskplatform_tasks_finished",
+            "Tasks that reached a final status: COMPLETED, COMPLETED_WITH_ERRORS, CANCELLED, DEAD_LETTER.",
+            ["task_type", "status"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "taskplatform_task_duration_seconds",
+            "Per finished task: from the start of its last attempt to its final status.",
+            ["task_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.task_queue_wait = Histogram(
+            "taskplatform_task_queue_wait_seconds",
+            "Per task: from submission to the start of its first attempt.",
+            ["task_type"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.tasks_in_progress = Gauge(
+            "taskplatform_tasks_in_progress",
+            "Attempts running in this process.",
+            ["task_type"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.task_retries = Counter(
+            "taskplatform_task_retries",
+            "Attempts that failed and were scheduled again.",
+            ["task_type"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "taskplatform_dead_letters",
+            "Tasks moved to the dead letters, by why.",
+            ["task_type", "reason"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "taskplatform_publish_failures",
+            "Task messages that could not be published (left in the outbox for the relay).",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "taskplatform_outbox_pending",
+            "Tasks whose message still waits to be published.",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.dead_letters_pending = Gauge(
+            "taskplatform_dead_letters_pending",
+            "Dead-letter records waiting for an operator.",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.oldest_queued_age = Gauge(
+            "taskplatform_oldest_queued_task_age_seconds",
+            "Age of the oldest QUEUED task (0 when none waits).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.event_subscriber_errors = Counter(
+            "taskplatform_event_subscriber_errors",
+            "Batches of lifecycle events an observer failed on.",
+            ["subscriber"],
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "taskplatform_api_requests",
+            "HTTP requests answered, by route template.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "taskplatform_api_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["method", "route"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
+
+    def exposed_names(self) -> set[str]:
+        """The metric names a scrape shows (counters with ``_total``; histograms by their base
+        name): what dashboards and alerts may use."""
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+        return names
