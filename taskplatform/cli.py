@@ -55,7 +55,7 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
             raise ConfigError("API_PROCESSES above 1 is for 'taskplatform api'; run workers on their own")
         prepare_multiprocess_metrics()
         # Each process builds its own app from the environment (uvicorn needs an import string).
-        app: Any = "taskplatform.api.app:create_app"
+        app: Any = "taskplatform.api.app:create_app_in_process"
         workers = {"factory": True, "workers": settings.api_processes}
     else:
         app = create_app(settings, with_worker=with_worker)

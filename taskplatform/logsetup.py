@@ -42,8 +42,17 @@ class TaskContextFilter(logging.Filter):
         return True
 
 
+#: Attributes every LogRecord has: anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record."""
+    """One JSON object per record: time, level, logger, message, the task context, and the
+    fields a call passed with ``extra=`` (a ``fields`` mapping stays nested, as given)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -56,9 +65,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 data[name] = value
-        fields = getattr(record, "fields", None)
-        if fields:
-            data["fields"] = fields
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and name not in data and value is not None:
+                data[name] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(data, default=str).decode()

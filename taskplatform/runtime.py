@@ -83,6 +83,7 @@ class Runtime:
             )
         )
         self.metrics = Metrics()
+        self.metrics.prepare(self.registry.task_types())
         self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
         self.publisher = TaskPublisher(
             self.broker,
@@ -193,6 +194,7 @@ class Runtime:
                 priority_hold=settings.priority_hold_seconds,
                 rate_limiter=self.task_rate_limiter,
                 rate_limit_hold=settings.rate_limit_hold_seconds,
+                metrics=self.metrics,
             )
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

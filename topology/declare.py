@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -139,22 +140,24 @@ async def queue_depths(
     Prometheus plugin (``rabbitmq_queue_messages_unacked``)."""
     names = [q for wq in topology.work_queues for q in wq.queues] + [topology.dead_letter_queue]
     depths: dict[str, QueueDepth | None] = {}
-    channel = await connection.channel()
+    opened = [await connection.channel()]
     try:
         for name in names:
             try:
-                declared = await channel.declare_queue(name, passive=True)
+                # robust=False: nothing to restore after a reconnect, this is a one-off look
+                declared = await opened[-1].declare_queue(name, passive=True, robust=False)
             except ChannelNotFoundEntity:
                 depths[name] = None
-                channel = await connection.channel()  # the failed declare closed the last one
+                opened.append(await connection.channel())  # the failed declare closed the last one
                 continue
             result = declared.declaration_result
             depths[name] = QueueDepth(
                 ready=int(result.message_count or 0), consumers=int(result.consumer_count or 0)
             )
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        for channel in opened:  # every one, also those the broker closed (a robust one reopens)
+            with contextlib.suppress(Exception):
+                await channel.close()
     return depths
 
 

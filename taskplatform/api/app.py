@@ -67,3 +67,13 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
     return app
+
+
+def create_app_in_process() -> FastAPI:
+    """The app of one of several API processes (``API_PROCESSES``): uvicorn starts each fresh,
+    so it reads its settings from the environment and sets up logging itself."""
+    from taskplatform.logsetup import configure_logging
+
+    settings = PlatformSettings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskplatform.metrics.registry import Metrics
+from taskplatform.metrics.registry import Metrics, method_label
 
 #: The route label of requests no route matched (so random paths cannot grow the series).
 UNMATCHED = "unmatched"
@@ -37,7 +37,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             route = _route_of(scope)
-            method = str(scope.get("method", "GET"))
+            method = method_label(str(scope.get("method", "GET")))
             self._metrics.api_requests.labels(method, route, str(status)).inc()
             self._metrics.api_request_duration.labels(method, route).observe(time.perf_counter() - started)
 

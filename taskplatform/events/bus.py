@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two log lines about the same failing observer.
 ERROR_LOG_INTERVAL = 10.0
+#: Event ids remembered as passed to observers (a producer retries within seconds).
+PASSED_REMEMBERED = 100_000
 
 
 @dataclass(eq=False)
@@ -65,7 +67,8 @@ class Delivery:
 @dataclass(frozen=True)
 class Published:
     """What observers receive: an accepted event and the task's state after it. ``duplicate``:
-    the event had been applied before (a producer's retry); counting observers skip it."""
+    observers were given this event before (a producer retried after a follow-up failed);
+    counting observers skip it."""
 
     event: TaskEvent
     task: BackgroundTask | None
@@ -191,6 +194,10 @@ class EventBus:
         self._buffer = observer_buffer
         self._batch = observer_batch
         self._on_error = on_observer_error  # called with the observer's name (metrics)
+        # Ids of the latest events passed to observers: a producer's retry of one is a duplicate
+        # for them; an event whose first publish failed before observers saw it is not.
+        self._passed: set[str] = set()
+        self._passed_order: deque[str] = deque()
         self._started = False
 
     def add_critical(self, subscriber: CriticalSubscriber) -> None:
@@ -235,7 +242,8 @@ class EventBus:
                     delivery.rejected,
                 )
                 return delivery
-        item = Published(event, delivery.task, delivery.duplicate)
+        item = Published(event, delivery.task, duplicate=event.event_id in self._passed)
+        self._remember(event.event_id)
         for pump in self._pumps:
             while pump.full() and not pump.stalled(self._stall):
                 # Back-pressure: wait for the observer to take a batch, or to stall.
@@ -246,6 +254,14 @@ class EventBus:
         for work in delivery.followups:
             await work()
         return delivery
+
+    def _remember(self, event_id: str) -> None:
+        if event_id in self._passed:
+            return
+        self._passed.add(event_id)
+        self._passed_order.append(event_id)
+        if len(self._passed_order) > PASSED_REMEMBERED:
+            self._passed.discard(self._passed_order.popleft())
 
     def stats(self) -> dict[str, ObserverStats]:
         """Counters per observer name."""

@@ -1,13 +1,15 @@
 """The event-bus observer that turns lifecycle events into metrics.
 
-Events are facts applied by the state aggregator; an observer sees each accepted one once
-(duplicates, a producer's retry of an applied event, are marked and skipped), with the task's
-state after it. Counters are per process: each process counts what it produced (the API its
-submissions, a worker its attempts), and Prometheus adds the processes up.
+Events are facts applied by the state aggregator; an observer sees each accepted one with the
+task's state after it, and an event it was given before (a producer's retry) is marked and
+skipped. Counters are per process: each process counts what it produced (the API its
+submissions, a worker its attempts), and Prometheus adds the processes up. Attempts in
+progress are counted by the consumer itself, which knows when an attempt ends however it ends.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -17,32 +19,29 @@ from taskplatform.events.models import (
     TaskCompleted,
     TaskDeadLettered,
     TaskEvent,
-    TaskFailed,
-    TaskRequeued,
     TaskRetrying,
     TaskStarted,
     TaskSubmitted,
-    TaskWaiting,
 )
-from taskplatform.metrics.registry import Metrics
+from taskplatform.metrics.registry import Metrics, reason_label
 from taskplatform.models import TERMINAL, BackgroundTask
 
-#: Events that end an attempt that ran in the process that publishes them.
-_ATTEMPT_ENDS = (TaskCompleted, TaskRetrying, TaskFailed, TaskCancelled, TaskWaiting, TaskRequeued)
 #: Events after which a task may be finished for good.
 _FINAL = (TaskCompleted, TaskCancelled, TaskDeadLettered)
+#: Tasks whose queue wait this process observed already (a takeover or a give-back starts
+#: attempt 0 again); bounded, oldest forgotten first.
+_WAITS_REMEMBERED = 100_000
 
 
 class MetricsObserver:
-    """Counts submissions, starts, outcomes, retries and dead letters; times queue waits and
-    task durations; tracks the attempts running in this process."""
+    """Counts submissions, outcomes, retries and dead letters; times queue waits and task
+    durations."""
 
     name = "metrics"
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
-        #: Attempts started in this process and not ended yet: (task id, attempt) -> task type.
-        self._running: dict[tuple[str, int], str] = {}
+        self._waited: OrderedDict[str, None] = OrderedDict()
 
     async def observe(self, batch: Sequence[Published]) -> None:
         for item in batch:
@@ -50,25 +49,32 @@ class MetricsObserver:
                 self._count(item.event, item.task)
 
     def _count(self, event: TaskEvent, task: BackgroundTask | None) -> None:
-        m, task_type = self._m, event.task_type
+        m = self._m
+        task_type = task.task_type if task is not None else event.task_type
         if isinstance(event, TaskSubmitted):
             m.tasks_submitted.labels(task_type).inc()
         elif isinstance(event, TaskStarted):
-            self._running[(event.task_id, event.attempt)] = task_type
-            m.tasks_in_progress.labels(task_type).inc()
-            if event.attempt == 0 and task is not None and task.replays == 0:
+            if event.attempt == 0 and task is not None and task.replays == 0 and self._first_start(task.id):
                 m.task_queue_wait.labels(task_type).observe(_seconds(task.created_at, event.occurred_at))
-        if isinstance(event, _ATTEMPT_ENDS):
-            if self._running.pop((event.task_id, event.attempt), None) is not None:
-                m.tasks_in_progress.labels(task_type).dec()
-        if isinstance(event, TaskRetrying):
+        elif isinstance(event, TaskRetrying):
             m.task_retries.labels(task_type).inc()
-        elif isinstance(event, TaskDeadLettered):
-            m.dead_letters.labels(task_type, event.reason or "unknown").inc()
+        if isinstance(event, TaskDeadLettered):
+            m.dead_letters.labels(task_type, reason_label(event.reason)).inc()
         if isinstance(event, _FINAL) and task is not None and task.status in TERMINAL:
-            m.tasks_finished.labels(task_type, task.status.value).inc()
+            status = task.status.value
+            m.tasks_finished.labels(task_type, status).inc()
             if task.started_at is not None and task.completed_at is not None:
-                m.task_duration.labels(task_type).observe(_seconds(task.started_at, task.completed_at))
+                m.task_duration.labels(task_type, status).observe(
+                    _seconds(task.started_at, task.completed_at)
+                )
+
+    def _first_start(self, task_id: str) -> bool:
+        if task_id in self._waited:
+            return False
+        self._waited[task_id] = None
+        if len(self._waited) > _WAITS_REMEMBERED:
+            self._waited.popitem(last=False)
+        return True
 
 
 def _seconds(start: datetime, end: datetime) -> float:

@@ -17,6 +17,42 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+#: Why tasks die, as the platform names it; anything else (a reason from a foreign message's
+#: header, say) is counted as "other", so the series stay bounded.
+DEAD_LETTER_REASONS = frozenset(
+    {
+        "non-retryable",
+        "permanent-failure",
+        "attempts-exhausted",
+        "lease-expired",
+        "unknown-task-type",
+        "unknown-task",
+        "missing-header",
+        "bad-json",
+        "invalid-body",
+        "header-mismatch",
+        "rejected",
+        "delivery_limit",
+        "expired",
+        "maxlen",
+    }
+)
+#: HTTP methods counted by name; any other token is "OTHER".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The statuses ``tasks_finished`` counts.
+FINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELLED", "DEAD_LETTER")
+
+
+def reason_label(reason: str | None) -> str:
+    """``reason`` if the platform knows it, else ``other``."""
+    return reason if reason in DEAD_LETTER_REASONS else "other"
+
+
+def method_label(method: str) -> str:
+    """``method`` if standard, else ``OTHER``."""
+    return method if method in HTTP_METHODS else "OTHER"
+
+
 class Metrics:
     """The platform's metrics on ``registry`` (a fresh one by default)."""
 
@@ -35,7 +71,7 @@ class Metrics:
         self.task_duration = Histogram(
             "taskplatform_task_duration_seconds",
             "Per finished task: from the start of its last attempt to its final status.",
-            ["task_type"],
+            ["task_type", "status"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
@@ -48,7 +84,7 @@ class Metrics:
         )
         self.tasks_in_progress = Gauge(
             "taskplatform_tasks_in_progress",
-            "Attempts running in this process.",
+            "Attempts running in this process (claimed, not settled yet).",
             ["task_type"],
             registry=r,
             multiprocess_mode="livesum",
@@ -67,7 +103,7 @@ class Metrics:
         )
         self.publish_failures = Counter(
             "taskplatform_publish_failures",
-            "Task messages that could not be published (left in the outbox for the relay).",
+            "Failed publish attempts of task messages (each left to a retry or the outbox relay).",
             ["reason"],
             registry=r,
         )
@@ -76,6 +112,18 @@ class Metrics:
             "Tasks whose message still waits to be published.",
             registry=r,
             multiprocess_mode="mostrecent",
+        )
+        self.outbox_oldest_pending_age = Gauge(
+            "taskplatform_outbox_oldest_pending_age_seconds",
+            "Age of the oldest task whose message still waits to be published (0 when none).",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.heartbeat = Gauge(
+            "taskplatform_heartbeat_timestamp_seconds",
+            "When this process's event loop last sampled (stale: the loop hangs).",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.dead_letters_pending = Gauge(
             "taskplatform_dead_letters_pending",
@@ -108,6 +156,15 @@ class Metrics:
             buckets=API_BUCKETS,
             registry=r,
         )
+
+    def prepare(self, task_types: list[str]) -> None:
+        """Create the series of the known task types at zero, so a first increment shows in
+        ``rate()`` and ``increase()`` instead of being the series' first sample."""
+        for task_type in task_types:
+            self.tasks_submitted.labels(task_type)
+            self.task_retries.labels(task_type)
+            for status in FINAL_STATUSES:
+                self.tasks_finished.labels(task_type, status)
 
     def exposed_names(self) -> set[str]:
         """The metric names a scrape shows (counters with ``_total``; histograms by their base

@@ -1,10 +1,13 @@
-"""Sampling what waits in the store into gauges: the outbox backlog, the oldest QUEUED task,
-pending dead letters. Every process samples (a few indexed queries every few seconds);
-dashboards take the ``max`` over instances."""
+"""Sampling what waits in the store into gauges: the outbox backlog and its oldest entry, the
+oldest QUEUED task, pending dead letters; and a heartbeat of the sampling event loop. Every
+process samples (a few indexed queries every few seconds); dashboards take the ``max`` over
+instances."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
 
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import DeadLetterStatus, utcnow
@@ -15,8 +18,13 @@ from taskplatform.store.deadletters import DeadLetterFilter
 _PENDING = DeadLetterFilter(status=DeadLetterStatus.PENDING)
 
 
+def _age(since: datetime | None, now: datetime) -> float:
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+
+
 class BacklogSampler:
-    """Sets ``outbox_pending``, ``oldest_queued_task_age_seconds`` and ``dead_letters_pending``."""
+    """Sets the heartbeat, the outbox backlog and its oldest entry's age, the oldest queued task's
+    age and the pending dead letters."""
 
     def __init__(self, store: BaseTaskStore, metrics: Metrics, *, interval: float) -> None:
         self._store = store
@@ -24,13 +32,16 @@ class BacklogSampler:
         self._interval = interval
 
     async def sample_once(self) -> int:
+        self._metrics.heartbeat.set(time.time())
         backlog = await self._store.backlog()
+        now = utcnow()
         self._metrics.outbox_pending.set(backlog.outbox_pending)
-        oldest = backlog.oldest_queued_at
-        self._metrics.oldest_queued_age.set(max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
+        self._metrics.outbox_oldest_pending_age.set(_age(backlog.oldest_pending_at, now))
+        self._metrics.oldest_queued_age.set(_age(backlog.oldest_queued_at, now))
         pending = await self._store.count_dead_letters(_PENDING)
         self._metrics.dead_letters_pending.set(pending.total)
         return 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._metrics.heartbeat.set(time.time())
         await run_periodically(self.sample_once, stop, interval=self._interval, name="metrics sampler")

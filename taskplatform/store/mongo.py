@@ -253,8 +253,16 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
             first = await self.collection.find_one(
                 {"status": TaskStatus.QUEUED.value}, {"created_at": 1}, sort=[("created_at", ASCENDING)]
             )
-        oldest = _aware(first["created_at"]) if first is not None else None
-        return Backlog(outbox_pending=int(pending), oldest_queued_at=oldest)
+            first_pending = await self.collection.find_one(
+                {"outbox.status": OutboxStatus.PENDING.value},
+                {"created_at": 1},
+                sort=[("created_at", ASCENDING)],
+            )
+        return Backlog(
+            outbox_pending=int(pending),
+            oldest_queued_at=_aware(first["created_at"]) if first is not None else None,
+            oldest_pending_at=_aware(first_pending["created_at"]) if first_pending is not None else None,
+        )
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         async with self._errors():

@@ -72,10 +72,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @dataclass(frozen=True)
 class Backlog:
-    """What waits: messages still to publish, and when the oldest QUEUED task was submitted."""
+    """What waits: messages still to publish (and when the oldest of them was submitted), and
+    when the oldest QUEUED task was submitted."""
 
     outbox_pending: int
     oldest_queued_at: datetime | None
+    oldest_pending_at: datetime | None = None
 
 
 @dataclass(frozen=True)

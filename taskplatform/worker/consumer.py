@@ -20,6 +20,7 @@ from taskplatform.logsetup import task_log_context
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import RUNNABLE, BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import HEADER_NOT_BEFORE
 from taskplatform.ratelimit.admission import RateAdmission, RateStats
@@ -75,7 +76,9 @@ class TaskConsumer:
         priority_hold: float = 60.0,
         rate_limiter: RateLimiter | None = None,
         rate_limit_hold: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._broker = broker
         self._publisher = publisher
         self._topology = topology
@@ -310,8 +313,15 @@ class TaskConsumer:
             "attempt": task.retry_count,
             "node_id": self._node_id,
         }
-        with task_log_context(**context):  # every line logged for this attempt carries it
-            await self._run_and_settle_in_context(message, task, received_at)
+        in_progress = self._metrics.tasks_in_progress.labels(task.task_type) if self._metrics else None
+        if in_progress is not None:
+            in_progress.inc()
+        try:
+            with task_log_context(**context):  # every line logged for this attempt carries it
+                await self._run_and_settle_in_context(message, task, received_at)
+        finally:  # however the attempt ends: settled, given back, lost, or a failure
+            if in_progress is not None:
+                in_progress.dec()
 
     async def _run_and_settle_in_context(
         self, message: AbstractIncomingMessage, task: BackgroundTask, received_at: datetime

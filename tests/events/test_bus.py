@@ -106,6 +106,52 @@ async def test_a_failing_critical_subscriber_fails_the_publish() -> None:
     assert slow.seen == []
 
 
+class Recording:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.items: list[Published] = []
+
+    async def observe(self, batch: Sequence[Published]) -> None:
+        self.items.extend(batch)
+
+
+class FailsOnce:
+    """A critical subscriber whose first call fails (the store went away for a moment)."""
+
+    name = "fails-once"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, delivery: Delivery) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("store down")
+
+
+async def test_observers_see_a_retried_event_as_a_duplicate_only_if_they_were_given_it() -> None:
+    bus = EventBus()
+    failing = FailsOnce()
+    bus.add_critical(failing)
+    recording = Recording()
+    bus.add_observer(recording)
+    bus.start()
+    lost, passed = _event(1), _event(2)
+    with pytest.raises(RuntimeError):
+        await bus.publish(lost)  # failed before observers were given it
+    await bus.publish(lost)  # the producer's retry: the first time observers get it
+    await bus.publish(passed)
+    await bus.publish(passed)  # a retry after a follow-up failed: observers had it
+    assert await bus.drain(5)
+    await bus.close()
+    assert [(p.event.event_id, p.duplicate) for p in recording.items] == [
+        (lost.event_id, False),
+        (passed.event_id, False),
+        (passed.event_id, True),
+    ]
+
+
 async def test_the_bridge_skips_event_types_it_was_not_asked_to_publish() -> None:
     from taskplatform.events import EventType
     from taskplatform.events.bridge import ExternalEventBridge

@@ -94,10 +94,16 @@ async def test_a_workers_metrics_show_exactly_the_outcomes_of_100_tasks(
     assert value(scrape, dead, task_type="test_boom", reason="non-retryable") == 10
     assert total(scrape, dead) == 10
     assert total(scrape, "taskplatform_task_duration_seconds_count") == 100
+    durations = "taskplatform_task_duration_seconds_count"
+    assert value(scrape, durations, task_type="test_boom", status="DEAD_LETTER") == 10
+    assert value(scrape, durations, task_type="test_flaky", status="COMPLETED") == 10
     assert total(scrape, "taskplatform_task_queue_wait_seconds_count") == 100
     assert value(scrape, "taskplatform_task_queue_wait_seconds_count", task_type="test_noop") == 80
     assert total(scrape, "taskplatform_tasks_in_progress") == 0
     assert total(scrape, "taskplatform_event_subscriber_errors_total") == 0
+    # outcomes that did not happen are series at zero (so rate() sees their first increase)
+    assert ((finished, (("status", "CANCELLED"), ("task_type", "test_noop")))) in scrape
+    assert value(scrape, finished, task_type="test_noop", status="CANCELLED") == 0
     for (name, labels), _ in scrape.items():  # no task id ever becomes a label
         assert all(key != "task_id" and val not in ids for key, val in labels), (name, labels)
 
@@ -112,31 +118,85 @@ async def test_the_api_counts_requests_by_route_template_and_serves_metrics(
         assert (await client.get(f"/api/v1/tasks/{task_id}")).status_code == 200
         assert (await client.get("/api/v1/tasks/missing")).status_code == 404
         assert (await client.get("/no/such/path")).status_code == 404
+        assert (await client.request("BREW", "/api/v1/tasks")).status_code == 405
         scrape = samples((await client.get("/metrics")).text)
     requests = "taskplatform_api_requests_total"
     assert value(scrape, requests, method="POST", route="/api/v1/tasks", status="201") == 1
     assert value(scrape, requests, method="GET", route="/api/v1/tasks/{task_id}", status="200") == 1
     assert value(scrape, requests, method="GET", route="/api/v1/tasks/{task_id}", status="404") == 1
     assert value(scrape, requests, method="GET", route="unmatched", status="404") == 1  # not the raw path
+    assert sum(v for (n, labels), v in scrape.items() if n == requests and ("method", "OTHER") in labels) == 1
+    assert not any(("method", "BREW") in labels for _, labels in scrape)  # any token: no new series
     durations = "taskplatform_api_request_duration_seconds_count"
     assert value(scrape, durations, method="GET", route="/api/v1/tasks/{task_id}") == 2
     assert value(scrape, "taskplatform_tasks_submitted_total", task_type="test_noop") == 1
 
 
-class LoggyParams(BaseModel):
+class Empty(BaseModel):
     pass
 
 
+#: Opened by the test that holds ``test_held`` tasks running.
+RELEASE = asyncio.Event()
+
+
+class Held(BackgroundTaskExecutable[Empty, Empty]):
+    """Runs until the test releases it."""
+
+    task_type = "test_held"
+    Params = Empty
+    Result = Empty
+
+    async def execute(self, ctx: TaskContext[Empty]) -> Empty:
+        await RELEASE.wait()
+        return Empty()
+
+
+async def test_in_progress_counts_the_attempts_running_now(
+    make_runtime: Callable[..., Runtime], registry: ExecutableRegistry, rabbitmq: Any
+) -> None:
+    registry.register(Held)
+    RELEASE.clear()
+    worker = make_runtime(metrics_port=0)
+    async with running(worker):
+        assert worker.metrics_server is not None
+        url = f"http://127.0.0.1:{worker.metrics_server.port}/metrics"
+
+        def in_progress() -> float:
+            return value(
+                samples(httpx.get(url).text), "taskplatform_tasks_in_progress", task_type="test_held"
+            )
+
+        async def running_count(n: int) -> bool:
+            return await asyncio.to_thread(in_progress) == n
+
+        ids = [
+            s.task.id for s in await worker.submitter.submit_many([SubmitRequest(task_type="test_held")] * 3)
+        ]
+        await eventually(lambda: running_count(3), timeout=10)
+        RELEASE.set()
+        await eventually(lambda: _all_finished(worker, ids), timeout=10)
+        await eventually(lambda: running_count(0), timeout=5)
+
+
+class LoggyParams(BaseModel):
+    tag: str = "one"
+
+
 class Loggy(BackgroundTaskExecutable[LoggyParams, LoggyParams]):
-    """Logs through plain ``logging``, as any library code would."""
+    """Logs through plain ``logging``, as any library code would, twice with a pause between, so
+    the lines of tasks running at once interleave."""
 
     task_type = "test_loggy"
     Params = LoggyParams
     Result = LoggyParams
 
     async def execute(self, ctx: TaskContext[LoggyParams]) -> LoggyParams:
-        logging.getLogger("some.library").warning("inside the executable")
-        return LoggyParams()
+        tag = ctx.parameters.tag
+        logging.getLogger("some.library").warning("inside the executable", extra={"tag": tag})
+        await asyncio.sleep(0.2)
+        logging.getLogger("some.library").warning("inside the executable", extra={"tag": tag})
+        return ctx.parameters
 
 
 async def test_a_line_logged_inside_an_executable_carries_its_task_in_json(
@@ -151,17 +211,19 @@ async def test_a_line_logged_inside_an_executable_carries_its_task_in_json(
     try:
         worker = make_runtime(log_json=True)
         async with running(worker):
-            submitted = await worker.submitter.submit(SubmitRequest(task_type="test_loggy"))
-            await eventually(lambda: _all_finished(worker, [submitted.task.id]), timeout=10)
+            requests = [SubmitRequest(task_type="test_loggy", parameters={"tag": t}) for t in ("a", "b")]
+            ids = {s.task.parameters["tag"]: s.task.id for s in await worker.submitter.submit_many(requests)}
+            await eventually(lambda: _all_finished(worker, list(ids.values())), timeout=10)
             logging.getLogger("some.library").warning("outside any task")
     finally:
         logging.getLogger().removeHandler(handler)
     records = [json.loads(line) for line in lines.getvalue().splitlines()]
     inside = [r for r in records if r["message"] == "inside the executable"]
-    assert len(inside) == 1
-    assert inside[0]["task_id"] == submitted.task.id and inside[0]["task_type"] == "test_loggy"
-    assert inside[0]["attempt"] == 0 and inside[0]["node_id"] == worker.settings.node_id
-    assert inside[0]["logger"] == "some.library"
+    assert [r["tag"] for r in inside] == ["a", "b", "a", "b"]  # the two ran at once
+    for record in inside:  # each line carries its own task, not the other's
+        assert record["task_id"] == ids[record["tag"]] and record["task_type"] == "test_loggy"
+        assert record["attempt"] == 0 and record["node_id"] == worker.settings.node_id
+        assert record["logger"] == "some.library"
     (outside,) = [r for r in records if r["message"] == "outside any task"]
     assert "task_id" not in outside and "task_type" not in outside  # the context does not leak
 

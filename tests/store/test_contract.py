@@ -449,5 +449,6 @@ async def test_the_backlog_counts_pending_outbox_entries_and_finds_the_oldest_qu
     await store.mark_published([new.id])
     backlog = await store.backlog()
     assert backlog.outbox_pending == 2  # old and running; new was published
+    assert close_in_time(backlog.oldest_pending_at, running.created_at)
     assert close_in_time(backlog.oldest_queued_at, old.created_at)  # not the older RUNNING one
     assert backlog.oldest_queued_at is not None and backlog.oldest_queued_at.tzinfo is not None

@@ -15,7 +15,6 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
-    event,
     exists,
     func,
     literal,
@@ -26,10 +25,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
@@ -54,6 +52,7 @@ from taskplatform.store.sql.deletion import SqlDeletion
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
+from taskplatform.store.sql.sqlite import configure_sqlite
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 _COLUMNS = {c.name for c in tasks.columns}
@@ -123,8 +122,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
             kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_recycle=1800)
         engine = create_async_engine(self.url, insertmanyvalues_page_size=_INSERT_PAGE, **kwargs)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+            configure_sqlite(engine)
         self._engine = engine
         # Single statements run in autocommit: each is atomic on its own, and skipping
         # BEGIN/COMMIT saves two round trips per operation.
@@ -262,16 +260,16 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         return TaskPage(items=items, next_cursor=next_cursor)
 
     async def backlog(self) -> Backlog:
-        pending = (
-            select(func.count()).select_from(tasks).where(tasks.c.outbox_status == OutboxStatus.PENDING.value)
-        )
         # min() keeps the column's type, so SQLite's naive text comes back as aware UTC too
+        pending = select(func.count(), func.min(tasks.c.created_at)).where(
+            tasks.c.outbox_status == OutboxStatus.PENDING.value
+        )
         oldest = select(func.min(tasks.c.created_at)).where(tasks.c.status == TaskStatus.QUEUED.value)
         async with self._errors():
             async with self.autocommit.connect() as conn:
-                count = (await conn.execute(pending)).scalar_one()
+                count, first_pending = (await conn.execute(pending)).one()
                 first = (await conn.execute(oldest)).scalar_one()
-        return Backlog(outbox_pending=int(count), oldest_queued_at=first)
+        return Backlog(outbox_pending=int(count), oldest_queued_at=first, oldest_pending_at=first_pending)
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
@@ -479,24 +477,3 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 await conn.execute(stmt)
-
-
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    """Begin SQLite transactions IMMEDIATE (taking the write lock at once).
-
-    A multi-statement transaction here reads, then writes (the roll-up ledger); begun
-    DEFERRED, two of them would both hold read locks and deadlock upgrading them (one gets
-    SQLITE_BUSY at once, busy_timeout notwithstanding). Autocommit connections run single
-    statements, each atomic on its own, and emit no BEGIN.
-    """
-    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
