@@ -98,6 +98,7 @@ class Runtime:
         self.bus = EventBus(
             observer_buffer=settings.event_observer_buffer,
             on_observer_error=lambda name: self.metrics.event_subscriber_errors.labels(name).inc(),
+            on_observer_drop=lambda name: self.metrics.event_observer_dropped.labels(name).inc(),
         )
         self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
         self.bridge: ExternalEventBridge | None = None
@@ -107,9 +108,13 @@ class Runtime:
                 self.topology.events_exchange,
                 confirm_timeout=settings.publish_timeout_seconds,
                 types=settings.events_bridge_types,
+                metrics=self.metrics,
             )
             self.bus.add_observer(self.bridge)
         self.bus.add_observer(MetricsObserver(self.metrics))
+        for observer in self.bus.stats():  # their series at 0 from the start
+            self.metrics.event_subscriber_errors.labels(observer)
+            self.metrics.event_observer_dropped.labels(observer)
         self.sampler = BacklogSampler(self.store, self.metrics, interval=settings.metrics_sample_seconds)
         self.metrics_server: MetricsServer | None = None
         if settings.metrics_port is not None:

@@ -25,6 +25,7 @@ from taskplatform.events.bus import Published
 from taskplatform.events.external import SCHEMA_VERSION, to_external
 from taskplatform.events.models import EventType
 from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.metrics.registry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class ExternalEventBridge:
         max_in_flight: int = 512,
         name: str = "external-events",
         types: Iterable[EventType] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if confirm_timeout <= 0 or initial_backoff <= 0 or max_backoff < initial_backoff:
             raise ValueError("need confirm_timeout > 0 and 0 < initial_backoff <= max_backoff")
@@ -93,6 +95,7 @@ class ExternalEventBridge:
         self.retries = 0
         self.abandoned = 0
         self.unencodable = 0
+        self._metrics = metrics
         self._broker = broker
         self._exchange_name = exchange
         self._confirm_timeout = confirm_timeout
@@ -157,6 +160,7 @@ class ExternalEventBridge:
         except Exception:
             # A bug, not a broker fault: retrying cannot help, and must not block the rest.
             self.unencodable += 1
+            self._count("unencodable")
             log.exception(
                 "cannot encode event %s of task %s; skipped", item.event.event_id, item.event.task_id
             )
@@ -187,10 +191,12 @@ class ExternalEventBridge:
             except Exception as exc:
                 # Nack, timeout, lost channel or connection: all mean "not confirmed", so retry.
                 self.publish_failures += 1
+                self._count("failed")
                 errors.append(exc)
                 return
             queue.popleft()
             self.published += 1
+            self._count("published")
 
     async def _publish(self, outgoing: _Outgoing) -> None:
         # One deadline for the whole publish: waiting for a (re)connection counts too.
@@ -249,9 +255,14 @@ class ExternalEventBridge:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self._metrics is not None and n:
+            self._metrics.events_bridged.labels(outcome).inc(n)
+
     def _abandon(self, groups: dict[str, deque[_Outgoing]]) -> None:
         count = sum(len(queue) for queue in groups.values())
         self.abandoned += count
+        self._count("abandoned", count)
         log.warning(
             "external event bridge closing: %d unconfirmed event(s) of %d task(s) dropped",
             count,

@@ -113,21 +113,28 @@ class _Pump:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     on_error: Callable[[str], None] | None = None
+    on_drop: Callable[[str], None] | None = None
     last_error_log: float = float("-inf")
     errors_since_log: int = 0
-    #: When the observer last finished a batch (or was started): it is alive if recently.
-    last_progress: float = field(default_factory=time.monotonic)
+    #: When the observer took the batch it is working on; None while it waits for events.
+    busy_since: float | None = None
 
     def full(self) -> bool:
         return len(self.queue) >= self.buffer
 
     def stalled(self, after: float) -> bool:
-        return self.task is None or time.monotonic() - self.last_progress > after
+        """Not running, or on one batch for longer than ``after``. An observer that was idle
+        (however long) is not stalled: it is about to take a batch."""
+        if self.task is None or self.task.done():
+            return True
+        return self.busy_since is not None and time.monotonic() - self.busy_since > after
 
     def offer(self, item: Published) -> None:
         if len(self.queue) >= self.buffer:
             self.queue.popleft()
             self.stats.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(self.observer.name)
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
                 log.error(
                     "observer %s is %d events behind; dropped its oldest (%d dropped so far)",
@@ -147,6 +154,7 @@ class _Pump:
                 await self.wakeup.wait()
                 continue
             items = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+            self.busy_since = time.monotonic()
             self.room.set()
             try:
                 await self.observer.observe(items)
@@ -159,7 +167,8 @@ class _Pump:
                 self._log_error(len(items))
             else:
                 self.stats.delivered += len(items)
-            self.last_progress = time.monotonic()
+            finally:
+                self.busy_since = None
 
     def _log_error(self, count: int) -> None:
         self.errors_since_log += 1
@@ -185,6 +194,7 @@ class EventBus:
         observer_batch: int = 256,
         stall_seconds: float = 2.0,
         on_observer_error: Callable[[str], None] | None = None,
+        on_observer_drop: Callable[[str], None] | None = None,
     ) -> None:
         if observer_buffer < 1 or observer_batch < 1 or stall_seconds <= 0:
             raise ValueError("observer_buffer, observer_batch and stall_seconds must be positive")
@@ -194,6 +204,7 @@ class EventBus:
         self._buffer = observer_buffer
         self._batch = observer_batch
         self._on_error = on_observer_error  # called with the observer's name (metrics)
+        self._on_drop = on_observer_drop  # likewise, per event dropped
         # Ids of the latest events passed to observers: a producer's retry of one is a duplicate
         # for them; an event whose first publish failed before observers saw it is not.
         self._passed: set[str] = set()
@@ -208,7 +219,13 @@ class EventBus:
         self, observer: Observer, *, buffer: int | None = None, batch: int | None = None
     ) -> None:
         """Give ``observer`` every accepted event, through a buffer of ``buffer`` events."""
-        pump = _Pump(observer, buffer or self._buffer, batch or self._batch, on_error=self._on_error)
+        pump = _Pump(
+            observer,
+            buffer or self._buffer,
+            batch or self._batch,
+            on_error=self._on_error,
+            on_drop=self._on_drop,
+        )
         pump.idle.set()
         self._pumps.append(pump)
         if self._started:
@@ -220,7 +237,6 @@ class EventBus:
             return
         self._started = True
         for pump in self._pumps:
-            pump.last_progress = time.monotonic()
             pump.task = asyncio.create_task(pump.run(), name=f"observer-{pump.observer.name}")
 
     async def publish(self, event: TaskEvent, task: BackgroundTask | None = None) -> Delivery:

@@ -121,9 +121,9 @@ class Metrics:
         )
         self.heartbeat = Gauge(
             "taskplatform_heartbeat_timestamp_seconds",
-            "When this process's event loop last sampled (stale: the loop hangs).",
+            "When this process's event loop last ran its heartbeat, every 5 s (stale: the loop hangs).",
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemin",  # several API processes: the stalest one shows
         )
         self.dead_letters_pending = Gauge(
             "taskplatform_dead_letters_pending",
@@ -141,6 +141,20 @@ class Metrics:
             "taskplatform_event_subscriber_errors",
             "Batches of lifecycle events an observer failed on.",
             ["subscriber"],
+            registry=r,
+        )
+        self.event_observer_dropped = Counter(
+            "taskplatform_event_observer_dropped",
+            "Lifecycle events an observer never got: it stalled with a full buffer, oldest dropped.",
+            ["subscriber"],
+            registry=r,
+        )
+        self.events_bridged = Counter(
+            "taskplatform_events_bridged",
+            "Lifecycle events the external bridge handled, by outcome: published (confirmed), "
+            "failed (a publish attempt not confirmed, retried), abandoned (unconfirmed at close), "
+            "unencodable (skipped).",
+            ["outcome"],
             registry=r,
         )
         self.api_requests = Counter(

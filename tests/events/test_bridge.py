@@ -18,11 +18,13 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
 
 from taskplatform.events import EVENT_CLASSES, EventBus, EventType, Published, TaskEvent
 from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.schema import DEFAULT_PATH
 from taskplatform.messaging.connection import BrokerConnection
+from taskplatform.metrics import Metrics
 from taskplatform.models import BackgroundTask, ErrorInfo, SubTaskStatusSummary, TaskStatus, utcnow
 from tests.support.services import RABBITMQ_URL, require_rabbitmq
 from tests.support.tcp_proxy import TcpProxy
@@ -200,6 +202,10 @@ async def bridged(
         await connection.close()
 
 
+def bridged_count(registry: CollectorRegistry, outcome: str) -> float:
+    return registry.get_sample_value("taskplatform_events_bridged_total", {"outcome": outcome}) or 0.0
+
+
 # ------------------------------------------------------------------ tests
 async def test_every_event_arrives_in_order_per_task_valid_and_with_its_routing_key(broker: Broker) -> None:
     everything = await broker.sink("task.#")
@@ -219,11 +225,13 @@ async def test_every_event_arrives_in_order_per_task_valid_and_with_its_routing_
     sent = interleave(per_task)
     validator = Draft202012Validator(json.loads(DEFAULT_PATH.read_text(encoding="utf-8")))
 
-    async with bridged(broker.exchange) as (bus, bridge):
+    registry = CollectorRegistry()
+    async with bridged(broker.exchange, metrics=Metrics(registry)) as (bus, bridge):
         for p in sent:
             await bus.publish(p.event, p.task)
         await everything.wait_for((p.event.event_id for p in sent), timeout=10)
         assert bridge.published == len(sent) and bridge.retries == 0
+        assert bridged_count(registry, "published") == len(sent)
 
     assert len(everything.received) == len(sent)  # nothing twice without a fault
     assert everything.first_occurrences_per_task() == sent_per_task(sent)
@@ -349,7 +357,11 @@ async def test_close_ends_an_observe_that_is_retrying_and_counts_the_abandoned_e
     sent = interleave(progress_run("generate_summary", 4) for _ in range(5))
     connection = BrokerConnection(RABBITMQ_URL, name="test-events-bridge")
     await connection.start()
-    bridge = ExternalEventBridge(connection, broker.exchange, initial_backoff=0.05, max_backoff=0.1)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    bridge = ExternalEventBridge(
+        connection, broker.exchange, initial_backoff=0.05, max_backoff=0.1, metrics=metrics
+    )
     try:
         observing = asyncio.create_task(bridge.observe(sent))
         await wait_until(lambda: bridge.retries >= 5, timeout=10, what="retries")
@@ -361,6 +373,9 @@ async def test_close_ends_an_observe_that_is_retrying_and_counts_the_abandoned_e
     assert bridge.published == 0 and bridge.abandoned == len(sent)
     await bridge.observe(sent)  # a closed bridge publishes nothing and says so
     assert bridge.abandoned == 2 * len(sent)
+    assert bridged_count(registry, "abandoned") == 2 * len(sent)  # what Prometheus sees
+    assert bridged_count(registry, "failed") == bridge.publish_failures >= 5
+    assert bridged_count(registry, "published") == 0
 
 
 async def _reopen_after(proxy: TcpProxy, seconds: float) -> None:

@@ -58,8 +58,24 @@ async def test_a_slow_observer_pushes_back_and_loses_nothing() -> None:
     assert bus.stats()["slow"].dropped == 0
 
 
-async def test_a_stalled_observer_drops_its_oldest_events_without_holding_producers_up() -> None:
+async def test_an_observer_idle_for_longer_than_the_stall_time_still_gets_back_pressure() -> None:
     bus = EventBus(observer_buffer=10, observer_batch=5, stall_seconds=0.2)
+    slow = Slow()  # alive: 5 ms a batch
+    bus.add_observer(slow)
+    bus.start()
+    await bus.publish(_event(0))
+    await asyncio.sleep(0.5)  # quiet for longer than the stall time
+    for i in range(1, 100):
+        await bus.publish(_event(i))  # a burst: the producer waits for room, nothing is dropped
+    assert await bus.drain(5)
+    await bus.close()
+    assert bus.stats()["slow"].dropped == 0
+    assert slow.seen == [f"task-{i}" for i in range(100)]
+
+
+async def test_a_stalled_observer_drops_its_oldest_events_without_holding_producers_up() -> None:
+    drops: list[str] = []
+    bus = EventBus(observer_buffer=10, observer_batch=5, stall_seconds=0.2, on_observer_drop=drops.append)
     bus.add_observer(Stuck())
     bus.start()
     started = time.monotonic()
@@ -68,6 +84,7 @@ async def test_a_stalled_observer_drops_its_oldest_events_without_holding_produc
     elapsed = time.monotonic() - started
     stats = bus.stats()["stuck"]
     assert stats.dropped == 100 - 5 - 10  # one batch taken, a full buffer kept
+    assert drops == ["stuck"] * stats.dropped  # each drop reported (the metric)
     assert stats.pending == 10
     assert elapsed < 2.0  # waited for the stall to show once, not per event
     await bus.close(timeout=0.1)

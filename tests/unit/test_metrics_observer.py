@@ -3,13 +3,18 @@ counts, and how label values stay bounded."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from taskplatform.events import Published, TaskCompleted, TaskDeadLettered, TaskStarted, TaskSubmitted
+from taskplatform.metrics import sampler as sampler_module
 from taskplatform.metrics.observer import MetricsObserver
 from taskplatform.metrics.registry import Metrics, method_label, reason_label
+from taskplatform.metrics.sampler import BacklogSampler
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 
 
@@ -75,3 +80,22 @@ def test_known_task_types_start_at_zero_and_labels_stay_bounded() -> None:
     assert reason_label(None) == "other"
     assert method_label("PATCH") == "PATCH"
     assert method_label("PROPFIND") == "OTHER"
+
+
+async def test_the_heartbeat_beats_while_the_store_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    class HangingStore:
+        async def backlog(self) -> None:
+            await asyncio.Event().wait()  # a partitioned store: no answer, no error
+
+    monkeypatch.setattr(sampler_module, "HEARTBEAT_SECONDS", 0.05)
+    metrics, registry = _metrics()
+    sampler = BacklogSampler(HangingStore(), metrics, interval=60)  # type: ignore[arg-type]
+    running = asyncio.create_task(sampler.run(asyncio.Event()))
+    await asyncio.sleep(0.1)
+    first = _value(registry, "taskplatform_heartbeat_timestamp_seconds")
+    await asyncio.sleep(0.3)
+    later = _value(registry, "taskplatform_heartbeat_timestamp_seconds")
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert first > 0 and later - first >= 0.2  # it kept beating though the sample never finished
