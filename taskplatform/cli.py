@@ -13,13 +13,16 @@ import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from taskplatform.cli_dlq import add_dlq_parser, add_token_option, bearer_token, positive_int, run_dlq
 from taskplatform.errors import ConfigError, TaskPlatformError
 from taskplatform.settings import PlatformSettings
+
+if TYPE_CHECKING:
+    from taskplatform.runtime import Runtime
 
 log = logging.getLogger("taskplatform")
 
@@ -49,27 +52,38 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
     from taskplatform.api.app import create_app
 
     loop = "asyncio" if loop_factory(settings) is None else "uvloop"
-    workers: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "loop": loop,
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_config": None,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+    }
     if settings.api_processes > 1:
         if with_worker:
             raise ConfigError("API_PROCESSES above 1 is for 'taskplatform api'; run workers on their own")
         prepare_multiprocess_metrics()
         # Each process builds its own app from the environment (uvicorn needs an import string).
-        app: Any = "taskplatform.api.app:create_app_in_process"
-        workers = {"factory": True, "workers": settings.api_processes}
-    else:
-        app = create_app(settings, with_worker=with_worker)
-    uvicorn.run(
-        app,
-        **workers,
-        loop=loop,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
-    return 0
+        uvicorn.run(
+            "taskplatform.api.app:create_app_in_process",
+            factory=True,
+            workers=settings.api_processes,
+            **options,
+        )
+        return 0
+    server: uvicorn.Server | None = None
+
+    def stop_serving() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, with_worker=with_worker, on_setup_failure=stop_serving)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.run()
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    failed = runtime is not None and runtime.setup_error is not None
+    return 1 if failed or not server.started else 0  # never started: the port, the lifespan
 
 
 def prepare_multiprocess_metrics() -> None:
@@ -87,8 +101,9 @@ def prepare_multiprocess_metrics() -> None:
     log.info("API metrics of every process are shared in %s", directory)
 
 
-async def run_worker(settings: PlatformSettings) -> None:
-    """Run a worker until SIGTERM/SIGINT, then shut down gracefully."""
+async def run_worker(settings: PlatformSettings) -> int:
+    """Run a worker until SIGTERM/SIGINT, then shut down gracefully (0); or until its broker
+    setup fails (1)."""
     from taskplatform.runtime import Runtime
 
     runtime = Runtime(settings, role="worker", consume=True)
@@ -98,8 +113,18 @@ async def run_worker(settings: PlatformSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await runtime.start(wait_for_broker=False)
     try:
-        await stop.wait()
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+        if runtime.setup_error is not None:
+            log.critical(
+                "cannot consume: broker setup failed (%s); exiting so the supervisor restarts this worker",
+                runtime.setup_error,
+            )
+            return 1
         log.info("shutting down: finishing in-flight tasks (up to %.0fs)", settings.shutdown_grace_seconds)
+        return 0
     finally:
         await runtime.stop(grace=settings.shutdown_grace_seconds)
 
@@ -123,8 +148,7 @@ def run_async(settings: PlatformSettings, coro: Coroutine[Any, Any, int | None])
 
 
 def cmd_worker(settings: PlatformSettings) -> int:
-    run_async(settings, run_worker(settings))
-    return 0
+    return run_async(settings, run_worker(settings)) or 0
 
 
 # ---------------------------------------------------------------- client

@@ -204,6 +204,10 @@ class Runtime:
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self.broker_ready = asyncio.Event()
+        #: Set when declaring the topology or starting the consumers failed once connected (a
+        #: topology that differs from the broker's, a missing plugin): the process cannot work.
+        self.setup_failed = asyncio.Event()
+        self.setup_error: BaseException | None = None
 
     async def start(self, *, wait_for_broker: bool = False) -> None:
         """Open the store, connect (now, or in the background), declare topology, consume."""
@@ -234,9 +238,10 @@ class Runtime:
         await self.broker.wait_connected()
         try:
             await self._on_broker_up()
-        except Exception:
-            log.exception("broker setup failed")
-            raise
+        except Exception as exc:
+            log.exception("broker setup failed: %s", exc)
+            self.setup_error = exc
+            self.setup_failed.set()
 
     async def _on_broker_up(self) -> None:
         await declare_topology(self.broker.connection, self.topology)

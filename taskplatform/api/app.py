@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -27,11 +29,15 @@ def create_app(
     *,
     runtime: Runtime | None = None,
     with_worker: bool = False,
+    on_setup_failure: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The API. It owns ``runtime`` (built from ``settings`` when not given) for its lifetime.
 
-    ``with_worker`` also consumes tasks in this process (the ``dev`` command). Raises
-    ConfigError, before anything is served, when ``AUTH=jwt`` lacks its key material.
+    ``with_worker`` also consumes tasks in this process (the ``dev`` command).
+    ``on_setup_failure`` (the CLI's servers): called if the broker setup fails once connected, to
+    stop the server, so its supervisor restarts it instead of it serving on without its broker
+    side. Raises ConfigError, before anything is served, when ``AUTH=jwt`` lacks its
+    key material.
     """
     settings = settings or (runtime.settings if runtime else PlatformSettings())
     authenticator = Authenticator.from_settings(settings)
@@ -47,9 +53,12 @@ def create_app(
                 "admin; never expose this API beyond your machine"
             )
         await rt.start(wait_for_broker=False)
+        watcher = asyncio.create_task(_on_failure(rt, on_setup_failure)) if on_setup_failure else None
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await rt.stop(grace=settings.shutdown_grace_seconds)
 
     app = FastAPI(
@@ -69,6 +78,16 @@ def create_app(
     return app
 
 
+async def _on_failure(rt: Runtime, stop_server: Callable[[], None]) -> None:
+    await rt.setup_failed.wait()
+    log.critical("broker setup failed (%s); stopping so the supervisor restarts this process", rt.setup_error)
+    stop_server()
+
+
+def _terminate_self() -> None:
+    signal.raise_signal(signal.SIGTERM)  # the server's graceful shutdown, then the signal's exit
+
+
 def create_app_in_process() -> FastAPI:
     """The app of one of several API processes (``API_PROCESSES``): uvicorn starts each fresh,
     so it reads its settings from the environment and sets up logging itself."""
@@ -76,4 +95,4 @@ def create_app_in_process() -> FastAPI:
 
     settings = PlatformSettings()
     configure_logging(settings.log_level, json=settings.log_json)
-    return create_app(settings)
+    return create_app(settings, on_setup_failure=_terminate_self)

@@ -23,6 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: Claiming, the started event and scheduling between receipt and ``execute``, beyond the rate
 #: limit's own hold (measured: 5-115 ms with two workers, the store and the broker on 2 cores).
 CLAIM_ALLOWANCE = 0.25
+#: The same, for the one delivery that waited longest, in the whole suite's company: measured up
+#: to 0.32 s over the hold with two worker processes on PostgreSQL on 2 cores. A delivery held
+#: for a second slot, or past the hold, would be a full second or more over.
+LATEST_START_ALLOWANCE = 0.5
 
 
 @pytest.fixture
@@ -104,7 +108,7 @@ def _check_pace(
     # starts holds at most what the limit allows in a second and that allowance.
     allowed = burst + int((1 + CLAIM_ALLOWANCE) * rate)
     assert crowded <= allowed, f"{crowded} starts within one second (at most {allowed})"
-    assert longest_hold <= hold + CLAIM_ALLOWANCE, f"a delivery was held {longest_hold:.3f}s"
+    assert longest_hold <= hold + LATEST_START_ALLOWANCE, f"a delivery was held {longest_hold:.3f}s"
     if held_for_slots:
         assert longest_hold > 0.5  # some were held for their slot, and the measure shows it
     return starts

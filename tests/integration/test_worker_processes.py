@@ -1,9 +1,11 @@
-"""Crash safety with real worker processes: kill -9 mid-task, SIGTERM with work in flight."""
+"""Crash safety with real worker processes: kill -9 mid-task, SIGTERM with work in flight, a
+topology the broker refuses."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.runtime import Runtime
+from taskplatform.settings import PlatformSettings
 from tests.support.runtime import eventually, running
 from tests.support.worker_process import start_worker
 
@@ -110,3 +113,25 @@ async def _all(runtime: Runtime, tasks: list[BackgroundTask], status: TaskStatus
     """Every one of this test's tasks is in ``status`` (the database is shared by the session)."""
     statuses = [await _status(runtime, t.id) for t in tasks]
     return all(s is status for s in statuses)
+
+
+@pytest.mark.parametrize("command", ["worker", "api"])
+async def test_a_process_whose_topology_the_broker_refuses_exits_with_an_error(
+    make_settings: Callable[..., PlatformSettings], rabbitmq: Any, command: str
+) -> None:
+    settings = make_settings()
+    channel = await rabbitmq.channel()
+    # a classic queue where the platform declares a quorum one: RabbitMQ answers PRECONDITION_FAILED
+    await channel.declare_queue(f"{settings.topology_prefix}tasks.work.default", durable=True)
+    await channel.close()
+    process = start_worker(
+        settings, node_id="refused", command=command, stderr=subprocess.PIPE, api_port="0", auth="disabled"
+    )
+    try:
+        _, err = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = err.decode()
+    assert process.returncode == 1, log  # not serving on without its broker side
+    assert "broker setup failed" in log and "PRECONDITION_FAILED" in log, log

@@ -12,8 +12,16 @@ from taskplatform.settings import PlatformSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(settings: PlatformSettings, *, node_id: str, **extra: str) -> subprocess.Popen[bytes]:
-    """A worker process with this test's store, broker, topology prefix and test executables."""
+def start_worker(
+    settings: PlatformSettings,
+    *,
+    node_id: str,
+    command: str = "worker",
+    stderr: int | None = None,
+    **extra: str,
+) -> subprocess.Popen[bytes]:
+    """A worker process (or another server ``command``, e.g. ``api``) with this test's store,
+    broker, topology prefix and test executables; ``stderr=subprocess.PIPE`` to read its log."""
     env = {
         **os.environ,
         "TASKPLATFORM_AMQP_URL": settings.amqp_url,
@@ -25,4 +33,5 @@ def start_worker(settings: PlatformSettings, *, node_id: str, **extra: str) -> s
         "TASKPLATFORM_LOG_LEVEL": "WARNING",
         **{f"TASKPLATFORM_{k.upper()}": v for k, v in extra.items()},
     }
-    return subprocess.Popen([sys.executable, "-m", "taskplatform.cli", "worker"], cwd=ROOT, env=env)  # noqa: S603
+    argv = [sys.executable, "-m", "taskplatform.cli", command]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stderr=stderr)  # noqa: S603
