@@ -8,6 +8,8 @@ import time
 from datetime import datetime, timedelta
 
 from executors.registry import ExecutableRegistry
+from taskplatform.deadletters.capture import dead_letter_of_task
+from taskplatform.errors import StoreError
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskDeadLettered, TaskFailed, TaskRetrying
@@ -154,7 +156,19 @@ class Reaper:
         if not failed.accepted:
             return None
         dead = await self._bus.publish(TaskDeadLettered(**common, reason=error.reason or ""), failed.task)
+        if dead.accepted and dead.task is not None:
+            await self._record_dead_letter(dead.task, error)
         return dead.task if dead.accepted else failed.task
+
+    async def _record_dead_letter(self, task: BackgroundTask, error: ErrorInfo) -> None:
+        """Its message is gone with the worker (or is acked as a skip when it comes back), so no
+        DLQ consumer will see it: record it here, for operators to list and replay."""
+        try:
+            await self._store.upsert_dead_letter(
+                dead_letter_of_task(task, reason=error.reason or "attempts-exhausted", error=error)
+            )
+        except StoreError:
+            log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set."""

@@ -1,4 +1,5 @@
-"""Turning a message from the dead-letter queue into a DeadLetter record.
+"""Turning a message from the dead-letter queue into a DeadLetter record (and a task that died
+with no message, reaped from a vanished worker, into one).
 
 Everything the broker handed over is kept (body, properties, headers, ``x-death``), made
 JSON-safe; the task the message names is read for its last error and owner.
@@ -158,6 +159,29 @@ def dead_letter_from(message: AbstractIncomingMessage, task: BackgroundTask | No
         properties=_properties(message),
         headers=json_safe(headers),
         x_death=x_death,
+        first_seen_at=now,
+        last_seen_at=now,
+    )
+
+
+def dead_letter_of_task(task: BackgroundTask, *, reason: str, error: ErrorInfo) -> DeadLetter:
+    """The record of a task that died without its message reaching the DLQ: its worker vanished
+    on its last attempt, and the reaper dead-lettered it. The body is the message that would run
+    it again; the one ``x-death`` entry has source "platform"."""
+    now = utcnow()
+    message = TaskMessage.for_task(task)
+    return DeadLetter(
+        id=record_id(task.id, b"", {}, ""),
+        task_id=task.id,
+        task_type=task.task_type,
+        user_id=task.user_id,
+        reason=reason,
+        error_type=error.type,
+        error_info=error,
+        attempt=task.retry_count,
+        generation=task.replays,
+        body=message.model_dump_json(),
+        x_death=[DeathRecord(source="platform", reason=reason, time=now)],
         first_seen_at=now,
         last_seen_at=now,
     )

@@ -105,6 +105,38 @@ async def test_reaper_recovers_a_running_task_whose_worker_vanished(
     assert Noop.calls[task.id] == 1
 
 
+async def test_a_task_whose_worker_vanished_on_its_last_attempt_is_a_dead_letter_operators_can_replay(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime(
+        relay=True, reaper_interval_seconds=0.2, reaper_grace_seconds=0.1, retry_max_attempts=3
+    )
+    task = BackgroundTask(
+        task_type="test_noop",
+        parameters={"value": 7},
+        retry_count=2,  # its third and last attempt
+        outbox=OutboxState(status=OutboxStatus.PUBLISHED),
+    )
+    async with running(runtime):
+        await runtime.store.create(task)
+        lapsed = utcnow() - timedelta(seconds=1)
+        assert await runtime.store.try_set_running(task.id, attempt=2, node_id="ghost", lease_until=lapsed)
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.DEAD_LETTER), timeout=15)
+        record = await runtime.store.get_dead_letter(task.id)
+        assert record is not None, "no dead-letter record: the DeadLetter API could not show or replay it"
+        assert (record.task_id, record.task_type) == (task.id, "test_noop")
+        assert record.reason == "attempts-exhausted" and record.attempt == 2
+        assert record.error_info is not None and record.error_info.type == "WorkerLost"
+        assert [(d.source, d.reason) for d in record.x_death] == [("platform", "attempts-exhausted")]
+        assert TaskMessage.model_validate_json(record.body).task_id == task.id
+        replayed = await runtime.dead_letters.replay(record.id, actor="ops")
+        assert replayed.record.status.value == "replayed"
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
+        done = await runtime.store.get(task.id)
+    assert done is not None and done.result == {"value": 7} and done.replays == 1
+    assert Noop.calls[task.id] == 1
+
+
 async def test_shutdown_out_of_grace_gives_running_tasks_back_and_another_worker_finishes_them(
     make_runtime: Callable[..., Runtime], rabbitmq: Any
 ) -> None:
