@@ -25,6 +25,7 @@ from typing import Protocol
 
 from taskplatform.events.models import TaskEvent
 from taskplatform.models import BackgroundTask
+from taskplatform.recent import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,7 @@ class EventBus:
         self._on_drop = on_observer_drop  # likewise, per event dropped
         # Ids of the latest events passed to observers: a producer's retry of one is a duplicate
         # for them; an event whose first publish failed before observers saw it is not.
-        self._passed: set[str] = set()
-        self._passed_order: deque[str] = deque()
+        self._passed = RecentIds(PASSED_REMEMBERED)
         self._started = False
 
     def add_critical(self, subscriber: CriticalSubscriber) -> None:
@@ -258,8 +258,7 @@ class EventBus:
                     delivery.rejected,
                 )
                 return delivery
-        item = Published(event, delivery.task, duplicate=event.event_id in self._passed)
-        self._remember(event.event_id)
+        item = Published(event, delivery.task, duplicate=not self._passed.add(event.event_id))
         for pump in self._pumps:
             while pump.full() and not pump.stalled(self._stall):
                 # Back-pressure: wait for the observer to take a batch, or to stall.
@@ -270,14 +269,6 @@ class EventBus:
         for work in delivery.followups:
             await work()
         return delivery
-
-    def _remember(self, event_id: str) -> None:
-        if event_id in self._passed:
-            return
-        self._passed.add(event_id)
-        self._passed_order.append(event_id)
-        if len(self._passed_order) > PASSED_REMEMBERED:
-            self._passed.discard(self._passed_order.popleft())
 
     def stats(self) -> dict[str, ObserverStats]:
         """Counters per observer name."""

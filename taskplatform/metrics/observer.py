@@ -9,7 +9,6 @@ progress are counted by the consumer itself, which knows when an attempt ends ho
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -25,6 +24,7 @@ from taskplatform.events.models import (
 )
 from taskplatform.metrics.registry import Metrics, reason_label
 from taskplatform.models import TERMINAL, BackgroundTask
+from taskplatform.recent import RecentIds
 
 #: Events after which a task may be finished for good.
 _FINAL = (TaskCompleted, TaskCancelled, TaskDeadLettered)
@@ -41,7 +41,7 @@ class MetricsObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
-        self._waited: OrderedDict[str, None] = OrderedDict()
+        self._waited = RecentIds(_WAITS_REMEMBERED)
 
     async def observe(self, batch: Sequence[Published]) -> None:
         for item in batch:
@@ -54,7 +54,7 @@ class MetricsObserver:
         if isinstance(event, TaskSubmitted):
             m.tasks_submitted.labels(task_type).inc()
         elif isinstance(event, TaskStarted):
-            if event.attempt == 0 and task is not None and task.replays == 0 and self._first_start(task.id):
+            if event.attempt == 0 and task is not None and task.replays == 0 and self._waited.add(task.id):
                 m.task_queue_wait.labels(task_type).observe(_seconds(task.created_at, event.occurred_at))
         elif isinstance(event, TaskRetrying):
             m.task_retries.labels(task_type).inc()
@@ -67,14 +67,6 @@ class MetricsObserver:
                 m.task_duration.labels(task_type, status).observe(
                     _seconds(task.started_at, task.completed_at)
                 )
-
-    def _first_start(self, task_id: str) -> bool:
-        if task_id in self._waited:
-            return False
-        self._waited[task_id] = None
-        if len(self._waited) > _WAITS_REMEMBERED:
-            self._waited.popitem(last=False)
-        return True
 
 
 def _seconds(start: datetime, end: datetime) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from taskplatform.models import TERMINAL, TaskStatus
+
 #: Seconds: from milliseconds (a no-op task) to ten minutes (a long report).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Seconds from submission to the first start: a few milliseconds to an hour of backlog.
@@ -39,8 +41,8 @@ DEAD_LETTER_REASONS = frozenset(
 )
 #: HTTP methods counted by name; any other token is "OTHER".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-#: The statuses ``tasks_finished`` counts.
-FINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELLED", "DEAD_LETTER")
+#: The statuses ``tasks_finished`` counts: the terminal ones but FAILED, which DEAD_LETTER follows.
+FINAL_STATUSES = tuple(sorted(s.value for s in TERMINAL if s is not TaskStatus.FAILED))
 
 
 def reason_label(reason: str | None) -> str:

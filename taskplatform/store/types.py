@@ -77,7 +77,7 @@ class Backlog:
 
     outbox_pending: int
     oldest_queued_at: datetime | None
-    oldest_pending_at: datetime | None = None
+    oldest_pending_at: datetime | None
 
 
 @dataclass(frozen=True)

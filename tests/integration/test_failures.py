@@ -84,20 +84,26 @@ async def _is(runtime: Runtime, task_id: str, status: TaskStatus) -> bool:
     return await _status(runtime, task_id) is status
 
 
+async def _lost_with_its_worker(runtime: Runtime, task: BackgroundTask) -> BackgroundTask:
+    """Store ``task`` as published, then as claimed (at its ``retry_count``) by a worker that
+    vanished with its message: nothing will ever redeliver it, only the reaper can act."""
+    # Published already, so the relay cannot republish it before the claim, however slow the machine.
+    task = task.model_copy(update={"outbox": OutboxState(status=OutboxStatus.PUBLISHED)})
+    await runtime.store.create(task)
+    lapsed = utcnow() - timedelta(seconds=1)
+    assert await runtime.store.try_set_running(
+        task.id, attempt=task.retry_count, node_id="ghost", lease_until=lapsed
+    )
+    return task
+
+
 async def test_reaper_recovers_a_running_task_whose_worker_vanished(
     make_runtime: Callable[..., Runtime], rabbitmq: Any
 ) -> None:
     runtime = make_runtime(relay=True, reaper_interval_seconds=0.2, reaper_grace_seconds=0.1)
-    # Published already (its message went to a worker that vanished with it), so the relay
-    # cannot republish attempt 0 before the claim below, however slow the machine.
-    task = BackgroundTask(
-        task_type="test_noop", parameters={"value": 4}, outbox=OutboxState(status=OutboxStatus.PUBLISHED)
-    )
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 4})
     async with running(runtime):
-        await runtime.store.create(task)
-        # A worker claimed it and vanished with its message: nothing will ever redeliver it.
-        lapsed = utcnow() - timedelta(seconds=1)
-        assert await runtime.store.try_set_running(task.id, attempt=0, node_id="ghost", lease_until=lapsed)
+        task = await _lost_with_its_worker(runtime, task)
         await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
         done = await runtime.store.get(task.id)
     assert done is not None and done.retry_count == 1 and done.execution_node_id == runtime.settings.node_id
@@ -111,16 +117,9 @@ async def test_a_task_whose_worker_vanished_on_its_last_attempt_is_a_dead_letter
     runtime = make_runtime(
         relay=True, reaper_interval_seconds=0.2, reaper_grace_seconds=0.1, retry_max_attempts=3
     )
-    task = BackgroundTask(
-        task_type="test_noop",
-        parameters={"value": 7},
-        retry_count=2,  # its third and last attempt
-        outbox=OutboxState(status=OutboxStatus.PUBLISHED),
-    )
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 7}, retry_count=2)  # its last attempt
     async with running(runtime):
-        await runtime.store.create(task)
-        lapsed = utcnow() - timedelta(seconds=1)
-        assert await runtime.store.try_set_running(task.id, attempt=2, node_id="ghost", lease_until=lapsed)
+        task = await _lost_with_its_worker(runtime, task)
         await eventually(lambda: _is(runtime, task.id, TaskStatus.DEAD_LETTER), timeout=15)
         record = await runtime.store.get_dead_letter(task.id)
         assert record is not None, "no dead-letter record: the DeadLetter API could not show or replay it"
