@@ -1,4 +1,5 @@
-"""``taskplatform dlq``: list, inspect, replay and discard dead letters through the DeadLetter API.
+"""``taskplatform dlq``: list, inspect, replay and discard dead letters through the DeadLetter API;
+``dlq unpark`` moves parked messages back to the DLQ (it talks to RabbitMQ, ``AMQP_URL``).
 
 The bearer token (a JWT with the operator or admin role) comes from ``--token`` or
 ``TASKPLATFORM_TOKEN``; none is sent when neither is set. ``--operator`` names who acts in the
@@ -122,6 +123,13 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+    p = cmds.add_parser(
+        "unpark",
+        help="move messages the DLQ consumer parked (the store kept refusing them) back to the DLQ, "
+        "to be captured again; talks to RabbitMQ (TASKPLATFORM_AMQP_URL), not the API",
+    )
+    p.add_argument("--limit", type=positive_int, help="most messages to move (default: all parked now)")
 
 
 # ---------------------------------------------------------------- input
@@ -331,10 +339,43 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+async def unpark(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    """``dlq unpark``: move parked messages back to the DLQ (each confirmed, then removed)."""
+    import aio_pika
+    from aio_pika.exceptions import ChannelNotFoundEntity
+
+    from taskplatform.deadletters.parking import move_parked
+    from topology import DEAD_LETTER_QUEUE, PARKING_QUEUE
+
+    parking = f"{settings.topology_prefix}{PARKING_QUEUE}"
+    dlq = f"{settings.topology_prefix}{DEAD_LETTER_QUEUE}"
+    try:
+        connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    except Exception as exc:
+        print(
+            f"error: cannot reach RabbitMQ (TASKPLATFORM_AMQP_URL): {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        moved = await move_parked(connection, parking, dlq, limit=args.limit)
+    except ChannelNotFoundEntity:
+        print(
+            f"error: queue {parking!r} does not exist; run 'taskplatform topology declare'", file=sys.stderr
+        )
+        return 1
+    finally:
+        await connection.close()
+    print(f"moved {moved} parked message(s) from {parking} back to {dlq}")
+    return 0
+
+
 async def run_dlq(settings: PlatformSettings, args: argparse.Namespace) -> int:
     """Run one ``dlq`` subcommand. ApiError propagates (the caller reports it, exit 1)."""
     import httpx
 
+    if args.dlq_command == "unpark":
+        return await unpark(settings, args)
     try:
         prepare(args)  # before any request: bad input is reported as such
         async with open_client(settings, args) as client:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from taskplatform.models import BackgroundTask, TaskStatus, utcnow
+from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.submission import TaskSubmitter, ensure_storable
@@ -60,7 +60,7 @@ class TaskManager:
             priority=priority,
             tags=tags,
             metadata=metadata,
-            publish_hold_until=utcnow() + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
+            publish_hold_until=self._store.now() + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
             owner=self._node_id,
         )
         if changed is None:

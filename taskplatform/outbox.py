@@ -50,12 +50,14 @@ class OutboxRelay:
         """One pass; returns how many entries it published."""
         if not self._publisher.ready:
             return 0
-        now = utcnow()
         claimed = await self._store.claim_pending_outbox(
             owner=self._owner,
             limit=self._batch,
-            lease_until=now + timedelta(seconds=self._lease),
-            created_before=now - timedelta(seconds=self._grace),
+            # outbox leases are the store's time, like task leases
+            lease_until=self._store.now() + timedelta(seconds=self._lease),
+            # created_at is the submitting process's clock (the submitter stamps it): this one's
+            # for the API's own relay, as before
+            created_before=utcnow() - timedelta(seconds=self._grace),
         )
         if not claimed:
             return 0

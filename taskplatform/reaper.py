@@ -79,7 +79,9 @@ class Reaper:
 
     async def run_once(self) -> int:
         """One pass; returns how many attempts it settled."""
-        before = utcnow() - timedelta(seconds=self._grace)
+        # Leases are written in the store's clock; judged in ours, a worker whose clock is
+        # behind would look dead while it runs (and one ahead would look alive when gone).
+        before = self._store.now() - timedelta(seconds=self._grace)
         settled = 0
         for task in await self._store.list_lapsed(before=before, limit=self._batch):
             done = await self._reap(task, before)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 from pydantic import ValidationError
 
-from taskplatform.errors import TRANSIENT_ERRORS, Cancelled, PermanentFailure, Retry
+from taskplatform.errors import TRANSIENT_ERRORS, Cancelled, PermanentFailure, Retry, StoreError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,29 @@ def classify(
     if isinstance(exc, (TimeoutError, *TRANSIENT_ERRORS)):
         return Verdict.RETRY
     return Verdict.FAIL
+
+
+async def retry_store_call(
+    call: Callable[[], Awaitable[T]],
+    *,
+    hold: float,
+    first_wait: float = 0.1,
+    max_wait: float = 5.0,
+) -> T:
+    """Await ``call()`` until it does not raise StoreError, with exponential backoff, for up to
+    ``hold`` seconds; then re-raise the last StoreError.
+
+    Written as tenacity's ``async for`` loop on purpose: handed a plain callable that returns
+    a coroutine (a ``lambda``), ``AsyncRetrying.__call__`` takes it for a synchronous function,
+    "succeeds" with the un-awaited coroutine and never retries.
+    """
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_before_delay(hold),
+        wait=tenacity.wait_exponential_jitter(multiplier=first_wait, max=max_wait, jitter=first_wait),
+        retry=tenacity.retry_if_exception_type(StoreError),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last StoreError")  # pragma: no cover

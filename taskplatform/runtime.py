@@ -10,6 +10,7 @@ import contextlib
 import logging
 
 from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.clock import ClockSync
 from taskplatform.deadletters.consumer import DeadLetterConsumer
 from taskplatform.deadletters.service import DeadLetterService
 from taskplatform.events.aggregator import StateAggregator
@@ -116,6 +117,12 @@ class Runtime:
             self.metrics.event_subscriber_errors.labels(observer)
             self.metrics.event_observer_dropped.labels(observer)
         self.sampler = BacklogSampler(self.store, self.metrics, interval=settings.metrics_sample_seconds)
+        self.clock = ClockSync(
+            self.store,
+            self.metrics,
+            interval=settings.clock_sync_seconds,
+            warn_above=settings.clock_skew_warn_seconds,
+        )
         self.metrics_server: MetricsServer | None = None
         if settings.metrics_port is not None:
             self.metrics_server = MetricsServer(self.metrics, port=settings.metrics_port)
@@ -169,6 +176,12 @@ class Runtime:
                 self.store,
                 self.bus,
                 node_id=settings.node_id,
+                publisher=self.publisher,
+                parking_queue=self.topology.parking_queue,
+                metrics=self.metrics,
+                store_backoff=settings.dlq_capture_backoff_seconds,
+                max_attempts=settings.dlq_max_capture_attempts,
+                outage_hold=settings.store_outage_hold_seconds,
             )
         if consume:
             settler = Settler(
@@ -212,6 +225,7 @@ class Runtime:
     async def start(self, *, wait_for_broker: bool = False) -> None:
         """Open the store, connect (now, or in the background), declare topology, consume."""
         await self.store.open()
+        self.clock.observe(self.store.clock_offset)  # measured by open(): shown before any scrape
         self.bus.start()
         self.marker.start()
         await self.broker.start(wait=wait_for_broker)
@@ -224,6 +238,7 @@ class Runtime:
         if self.settings.reaper_enabled:
             self._background.append(asyncio.create_task(self.reaper.run(self._stop), name="reaper"))
         self._background.append(asyncio.create_task(self.sampler.run(self._stop), name="metrics-sampler"))
+        self._background.append(asyncio.create_task(self.clock.run(self._stop), name="clock-sync"))
         if self.metrics_server is not None:
             self.metrics_server.start()
         log.info(

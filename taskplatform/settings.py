@@ -71,11 +71,22 @@ class PlatformSettings(BaseSettings):
     #: A parent waiting this long without a roll-up is recounted from its children.
     parent_reconcile_seconds: float = Field(default=60.0, gt=0)
 
+    # the store's clock: leases, lapses and takeovers are written and compared in it
+    #: How often each process measures its clock's offset to the store's again (and at start).
+    clock_sync_seconds: float = Field(default=60.0, gt=0)
+    #: A WARNING is logged when this process's clock is further than this off the store's.
+    clock_skew_warn_seconds: float = Field(default=2.0, gt=0)
+
     # dead letters
     #: Run the DLQ consumer in workers (it stores dead messages for the DeadLetter API).
     dlq_consumer_enabled: bool = True
     #: Default pace of a bulk replay, tasks per second (a request may ask for less or more).
     dlq_replay_rate: float = Field(default=50.0, gt=0)
+    #: Tries the DLQ consumer gives a dead message the store answers for but refuses to store,
+    #: before it parks it in ``tasks.dlq.parking`` (tries while the store is unreachable don't count).
+    dlq_max_capture_attempts: int = Field(default=5, ge=1)
+    #: The DLQ consumer's first wait between tries of a dead message; doubles, up to 30 s.
+    dlq_capture_backoff_seconds: float = Field(default=1.0, gt=0)
 
     # events
     #: Publish lifecycle events to the events exchange (the external event bridge).

@@ -107,3 +107,12 @@ def postgres_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
     with fresh_postgres_database("tp_test") as url:
         yield url
+
+
+@pytest.fixture
+def own_postgres_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test alone, dropped after it: for tests whose worker
+    processes run reapers and relays over every task in the store, or that count whole tables,
+    and must not meet what other tests left in the session's database."""
+    with fresh_postgres_database("tp_own") as url:
+        yield url

@@ -19,6 +19,9 @@ from topology.spec import (
 WORK_EXCHANGE = "tasks.exchange"
 DEAD_LETTER_EXCHANGE = "tasks.dlx.exchange"
 DEAD_LETTER_QUEUE = "tasks.dlq.queue"
+#: Where the DLQ consumer parks a dead message the store keeps refusing (reached through the
+#: default exchange; operators move it back with ``taskplatform dlq unpark``).
+PARKING_QUEUE = "tasks.dlq.parking"
 EVENTS_EXCHANGE = "tasks.events.exchange"
 #: Plugin mode: the x-delayed-message exchange.
 DELAY_EXCHANGE = "tasks.delay.exchange"
@@ -75,6 +78,7 @@ def build_topology(
     work_x = f"{prefix}{WORK_EXCHANGE}"
     dlx = f"{prefix}{DEAD_LETTER_EXCHANGE}"
     dlq = f"{prefix}{DEAD_LETTER_QUEUE}"
+    parking = f"{prefix}{PARKING_QUEUE}"
     events_x = f"{prefix}{EVENTS_EXCHANGE}"
     delay_x = f"{prefix}{DELAY_EXCHANGE if delay_mode == 'plugin' else DELAY_TIERS_EXCHANGE}"
 
@@ -142,6 +146,7 @@ def build_topology(
         work_exchange=work_x,
         dead_letter_exchange=dlx,
         dead_letter_queue=dlq,
+        parking_queue=parking,
         events_exchange=events_x,
         work_queues=work_queues,
         exchanges=(
@@ -153,6 +158,7 @@ def build_topology(
         queues=(
             *(QueueSpec(queue, arguments=work_args) for wq in work_queues for queue in wq.queues),
             QueueSpec(dlq, arguments=_frozen({"x-queue-type": "quorum"})),
+            QueueSpec(parking, arguments=_frozen({"x-queue-type": "quorum"})),
             *tier_queues,
         ),
         bindings=bindings,

@@ -128,6 +128,9 @@ class Topology:
     #: Priorities are 0 .. max_priority; they map onto ``priority_levels`` queues per group.
     priority_levels: int = 1
     max_priority: int = 9
+    #: Dead messages the store keeps refusing wait here for an operator (no binding: the
+    #: DLQ consumer publishes to it through the default exchange).
+    parking_queue: str = ""
 
     def level_of(self, priority: int) -> int:
         """The priority level (queue index) of ``priority`` (see :func:`priority_level`)."""

@@ -88,10 +88,10 @@ class BulkReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_type: str | None = Field(default=None, max_length=255)
-    reason: str | None = Field(default=None, max_length=255)
-    user_id: str | None = Field(default=None, max_length=255)
-    error_type: str | None = Field(default=None, max_length=255)
+    task_type: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    reason: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    user_id: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    error_type: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     since: datetime | None = None
     until: datetime | None = None
     # strict numbers and flags (no "5" or "true"); the times stay ISO 8601 text
@@ -148,6 +148,10 @@ async def list_dead_letters(
     reason: ShortText = None,
     user_id: ShortText = None,
     error_type: ShortText = None,
+    task_id: Annotated[
+        str | None,
+        Query(max_length=255, pattern=NO_NUL, description="the task's record and the messages naming it"),
+    ] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
@@ -155,6 +159,8 @@ async def list_dead_letters(
 ) -> DeadLetterList:
     wanted = None if status == "any" else DeadLetterStatus(status)
     filters = _filters(wanted, task_type, reason, user_id, error_type, since, until)
+    if task_id is not None:
+        filters = filters.model_copy(update={"task_id": task_id})
     page = await runtime.store.list_dead_letters(filters, limit=limit, cursor=cursor)
     counts = await runtime.store.count_dead_letters(filters)
     return DeadLetterList(items=page.items, next_cursor=page.next_cursor, counts=counts)
@@ -176,15 +182,18 @@ async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Actor
     """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``); the
     request lasts up to ``limit / rate`` seconds, which may not exceed MAX_BULK_SECONDS."""
     rate = body.rate if body.rate is not None else runtime.settings.dlq_replay_rate
-    if not body.dry_run and body.limit / rate > MAX_BULK_SECONDS:
-        raise HTTPException(
-            422,
-            f"replaying up to {body.limit} at {rate:g}/s could take {body.limit / rate:.0f}s; keep "
-            f"limit / rate within {MAX_BULK_SECONDS:.0f}s (raise rate, or lower limit and repeat)",
-        )
     filters = _filters(
         None, body.task_type, body.reason, body.user_id, body.error_type, body.since, body.until
     )
+    if not body.dry_run and body.limit / rate > MAX_BULK_SECONDS:
+        why = (
+            f"replaying up to {body.limit} at {rate:g}/s could take {body.limit / rate:.0f}s; keep "
+            f"limit / rate within {MAX_BULK_SECONDS:.0f}s (raise rate, or lower limit and repeat)"
+        )
+        await runtime.dead_letters.refuse_bulk(
+            filters, actor=actor, why=why, details={"limit": body.limit, "rate": rate}
+        )
+        raise HTTPException(422, why)
     result = await runtime.dead_letters.replay_many(
         filters, actor=actor, limit=body.limit, dry_run=body.dry_run, rate=body.rate
     )
@@ -211,7 +220,8 @@ async def replay_one(
 ) -> ReplayResult:
     """The task goes back to QUEUED with its retry count reset (through the outbox), with
     ``parameters`` replacing its own when given. 409 if the record was replayed or
-    discarded already (unless its task died again since)."""
+    discarded already (unless its task died again since), or its task is not dead (a
+    message-level dead letter naming a live task); 422 for invalid parameters. Audited."""
     parameters = body.parameters if body is not None else None
     try:
         replayed = await runtime.dead_letters.replay(record_id, actor=actor, parameters=parameters)

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import TaskPlatformError
+from taskplatform.errors import InvalidInputError, TaskPlatformError, UnknownTaskTypeError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskReplayed
 from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, DeadLetterStatus, TaskStatus, utcnow
@@ -88,7 +90,16 @@ class DeadLetterService:
             replayed = await self._replay(record_id, actor=actor, parameters=parameters)
         except (DeadLetterNotFound, DeadLetterConflict) as exc:
             await self._audit(
-                actor, "replay", [record_id], outcome=f"refused: {exc}", overridden=bool(parameters)
+                actor, "replay", [record_id], outcome=f"refused: {exc}", overridden=parameters is not None
+            )
+            raise
+        except (ValidationError, UnknownTaskTypeError, InvalidInputError) as exc:
+            await self._audit(
+                actor,
+                "replay",
+                [record_id],
+                outcome=f"refused: invalid parameters: {invalid_parameters(exc)}",
+                overridden=parameters is not None,
             )
             raise
         await self._audit(
@@ -113,10 +124,21 @@ class DeadLetterService:
         task = await self._store.get(record.task_id)
         if task is None:
             raise DeadLetterConflict(f"task {record.task_id!r} of dead letter {record_id!r} no longer exists")
-        if task.status not in REPLAYABLE or task.replays != record.generation:
+        if task.status not in REPLAYABLE:
+            if record.kind == "message":
+                raise DeadLetterConflict(
+                    f"dead letter {record_id!r} is a message-level dead letter (a malformed message "
+                    f"naming task {task.id!r}); the task is {task.status.value}, not dead, so there is "
+                    "nothing to replay: nothing was changed"
+                )
             raise DeadLetterConflict(
                 f"task {task.id!r} is {task.status.value} (generation {task.replays}); "
                 "only a dead task can be replayed"
+            )
+        if task.replays != record.generation:
+            raise DeadLetterConflict(
+                f"dead letter {record_id!r} belongs to generation {record.generation} of task {task.id!r}, "
+                f"which is {task.status.value} at generation {task.replays}; replay its current dead letter"
             )
         checked = self._check_parameters(task.task_type, parameters) if parameters is not None else None
         event = TaskReplayed(
@@ -146,6 +168,19 @@ class DeadLetterService:
         ensure_storable(dumped, ("parameters",))
         return dumped
 
+    async def refuse_bulk(
+        self, filters: DeadLetterFilter, *, actor: str, why: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """Audit a bulk replay refused before it started (``why``: what was wrong)."""
+        await self._audit(
+            actor,
+            "bulk_replay",
+            [],
+            outcome=f"refused: {why}",
+            filters=filters.model_dump(mode="json", exclude_none=True),
+            details=details,
+        )
+
     async def replay_many(
         self,
         filters: DeadLetterFilter,
@@ -157,11 +192,15 @@ class DeadLetterService:
     ) -> BulkReplay:
         """Replay up to ``limit`` pending records matching ``filters``, at most ``rate`` per
         second (so a bulk replay cannot flood the workers); ``dry_run`` only lists them."""
-        if not 1 <= limit <= MAX_BULK:
-            raise ValueError(f"limit must be between 1 and {MAX_BULK}, got {limit}")
         per_second = rate if rate is not None else self.default_rate
-        if per_second <= 0:
-            raise ValueError(f"rate must be positive, got {per_second}")
+        problem = None
+        if not 1 <= limit <= MAX_BULK:
+            problem = f"limit must be between 1 and {MAX_BULK}, got {limit}"
+        elif per_second <= 0:
+            problem = f"rate must be positive, got {per_second}"
+        if problem is not None:
+            await self.refuse_bulk(filters, actor=actor, why=problem, details={"limit": limit, "rate": rate})
+            raise ValueError(problem)
         pending = filters.model_copy(update={"status": DeadLetterStatus.PENDING})
         result = BulkReplay(dry_run=dry_run, matched=await self._matching(pending, limit))
         loop = asyncio.get_running_loop()
@@ -241,3 +280,13 @@ class DeadLetterService:
             details=details or {},
         )
         await self._store.add_audit(entry)
+
+
+def invalid_parameters(exc: ValidationError | UnknownTaskTypeError | InvalidInputError) -> str:
+    """What was wrong with replacement parameters, in one line (as the API's 422 says it)."""
+    if isinstance(exc, ValidationError):
+        where = "; ".join(
+            f"{'.'.join(map(str, ('parameters', *e['loc'])))}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return where or str(exc)
+    return str(exc)

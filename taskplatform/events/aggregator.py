@@ -161,7 +161,7 @@ class StateAggregator:
             attempt=event.attempt,
             error=event.error,
             next_attempt_at=event.next_attempt_at,
-            outbox_hold_until=event.outbox_hold_until or utcnow(),
+            outbox_hold_until=event.outbox_hold_until or self._store.now(),
             event_id=event.event_id,
         )
 
@@ -237,9 +237,10 @@ class StateAggregator:
     async def _dead_lettered(
         self, event: TaskDeadLettered, _task: BackgroundTask | None
     ) -> BackgroundTask | None:
-        # Workers and the reaper name the attempt they dead-letter; the platform (the DLQ)
-        # dead-letters whatever attempt the task is at.
-        attempt = None if event.origin in (Origin.PLATFORM, Origin.API) else event.attempt
+        # Workers, the reaper and the platform (the DLQ consumer, for the task's own current
+        # message) name the attempt they dead-letter: never a task under a live lease. Only an
+        # operator's request (API) dead-letters whatever attempt the task is at.
+        attempt = None if event.origin is Origin.API else event.attempt
         return await self._store.mark_dead_letter(
             event.task_id, error=event.error, attempt=attempt, event_id=event.event_id
         )

@@ -82,11 +82,20 @@ class TaskPublisher:
             self._exchanges[name] = exchange
         return exchange
 
-    async def publish(self, message: TaskMessage, *, extra_headers: dict[str, Any] | None = None) -> None:
-        """Publish ``message`` to the work exchange, routed by its task type."""
+    async def publish(
+        self,
+        message: TaskMessage,
+        *,
+        extra_headers: dict[str, Any] | None = None,
+        route_priority: int | None = None,
+    ) -> None:
+        """Publish ``message`` to the work exchange, routed by its task type and priority
+        (``route_priority``, when given, picks the priority level's queue instead: the body
+        keeps the task's own priority)."""
+        priority = message.priority if route_priority is None else route_priority
         await self.publish_raw(
             self._topology.work_exchange,
-            self._topology.routing_key_for(message.task_type, message.priority),
+            self._topology.routing_key_for(message.task_type, priority),
             encode(message, extra_headers=extra_headers),
             what=f"task {message.task_id}",
         )
@@ -100,7 +109,14 @@ class TaskPublisher:
         else:
             await self.publish_not_before(message, task.next_attempt_at)
 
-    async def publish_not_before(self, message: TaskMessage, not_before: datetime) -> None:
+    async def publish_not_before(
+        self,
+        message: TaskMessage,
+        not_before: datetime,
+        *,
+        extra_headers: dict[str, Any] | None = None,
+        route_priority: int | None = None,
+    ) -> None:
         """Publish so that the message reaches a worker no earlier than ``not_before``.
 
         The message carries ``x-not-before`` (epoch ms), ``x-delay`` (ms left) and
@@ -108,11 +124,17 @@ class TaskPublisher:
         exchange) and a worker receiving it early sends it round again with what is left.
         """
         remaining = (not_before - utcnow()).total_seconds()
-        hop = self._topology.delay_hop(message.task_type, remaining, message.priority)
+        priority = message.priority if route_priority is None else route_priority
+        hop = self._topology.delay_hop(message.task_type, remaining, priority)
         if hop is None:
-            await self.publish(message, extra_headers={HEADER_NOT_BEFORE: _epoch_ms(not_before)})
+            await self.publish(
+                message,
+                extra_headers={**(extra_headers or {}), HEADER_NOT_BEFORE: _epoch_ms(not_before)},
+                route_priority=route_priority,
+            )
             return
         headers: dict[str, Any] = {
+            **(extra_headers or {}),
             **hop.headers,
             HEADER_NOT_BEFORE: _epoch_ms(not_before),
             HEADER_DELAY: max(0, int(remaining * 1000)),

@@ -39,6 +39,9 @@ DEAD_LETTER_REASONS = frozenset(
         "maxlen",
     }
 )
+#: Why the DLQ consumer parks a dead message it cannot store (the label values of
+#: ``taskplatform_dead_letters_parked_total``; see taskplatform/deadletters/consumer.py).
+PARK_REASONS = ("store-refused", "capture-failed")
 #: HTTP methods counted by name; any other token is "OTHER".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The statuses ``tasks_finished`` counts: the terminal ones but FAILED, which DEAD_LETTER follows.
@@ -103,6 +106,14 @@ class Metrics:
             ["task_type", "reason"],
             registry=r,
         )
+        self.dead_letters_parked = Counter(
+            "taskplatform_dead_letters_parked",
+            "Dead messages the store kept refusing, moved to the parking queue (tasks.dlq.parking).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in PARK_REASONS:  # at zero from the start
+            self.dead_letters_parked.labels(reason)
         self.publish_failures = Counter(
             "taskplatform_publish_failures",
             "Failed publish attempts of task messages (each left to a retry or the outbox relay).",
@@ -138,6 +149,12 @@ class Metrics:
             "Age of the oldest QUEUED task (0 when none waits).",
             registry=r,
             multiprocess_mode="mostrecent",
+        )
+        self.store_clock_offset = Gauge(
+            "taskplatform_store_clock_offset_seconds",
+            "The store's clock minus this process's, as last measured (leases use the store's clock).",
+            registry=r,
+            multiprocess_mode="liveall",  # one series per API process: each has its own offset
         )
         self.event_subscriber_errors = Counter(
             "taskplatform_event_subscriber_errors",

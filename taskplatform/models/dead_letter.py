@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime
 from enum import Enum
@@ -42,17 +43,46 @@ class DeathRecord(BaseModel):
     routing_keys: list[str] = Field(default_factory=list)
 
 
-class DeadLetter(BaseModel):
-    """One dead task (or one dead message that names no task), as operators see it.
+#: The most of a dead message's body a record keeps (1 MiB); a longer body is cut there
+#: (``body_truncated``), its full size and SHA-256 kept.
+MAX_BODY_BYTES = 1024 * 1024
 
-    A task has one record: a duplicate of its dead message only counts ``times_seen``, and
-    a task that dies again after a replay reopens its record (``deaths`` + 1). A message
-    that names no task is keyed by a hash of its content.
+BodyEncoding = Literal["utf-8", "base64"]
+
+
+def body_as_text(raw: bytes) -> tuple[str, BodyEncoding]:
+    """``raw`` as the API shows it: the text when it is UTF-8 (NUL included), else base64."""
+    try:
+        return raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode(), "base64"
+
+
+def body_from_text(body: str, encoding: BodyEncoding) -> bytes:
+    """The bytes ``body`` (as shown, in ``encoding``) stands for."""
+    return base64.b64decode(body) if encoding == "base64" else body.encode()
+
+
+def body_in(raw: bytes, encoding: BodyEncoding) -> str:
+    """``raw`` shown in ``encoding`` (the inverse of ``body_from_text``)."""
+    return base64.b64encode(raw).decode() if encoding == "base64" else raw.decode()
+
+
+class DeadLetter(BaseModel):
+    """One dead task (or one dead message), as operators see it.
+
+    A task has one record (``kind`` "task", its id is the task id): a duplicate of its dead
+    message only counts ``times_seen``, and a task that dies again after a replay reopens its
+    record (``deaths`` + 1). A message that is not a well-formed task message (``kind``
+    "message": malformed, or naming no task) gets a record of its own, keyed by a hash of its
+    content; ``task_id`` still names the task it claims to be, as a link.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     id: str
+    #: "task": the task's own message (decodes with the platform codec); "message": anything else.
+    kind: Literal["task", "message"] = "task"
     task_id: str | None = None
     task_type: str | None = None
     user_id: str | None = None
@@ -66,8 +96,14 @@ class DeadLetter(BaseModel):
     generation: int = 0
     exchange: str | None = None
     routing_key: str | None = None
+    #: The body as it arrived (its first MAX_BODY_BYTES): text when UTF-8, else base64.
     body: str = ""
-    body_encoding: Literal["utf-8", "base64"] = "utf-8"
+    body_encoding: BodyEncoding = "utf-8"
+    #: Bytes of the body as it arrived, and their SHA-256 (hex); None on records made before.
+    body_size: int | None = None
+    body_sha256: str | None = None
+    #: The body was longer than MAX_BODY_BYTES; ``body`` holds its beginning only.
+    body_truncated: bool = False
     properties: dict[str, Any] = Field(default_factory=dict)
     headers: dict[str, Any] = Field(default_factory=dict)
     x_death: list[DeathRecord] = Field(default_factory=list)
@@ -81,6 +117,10 @@ class DeadLetter(BaseModel):
     discarded_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
     version: int = 1
+
+    def body_bytes(self) -> bytes:
+        """The body's bytes (what the store keeps, binary-safe)."""
+        return body_from_text(self.body, self.body_encoding)
 
 
 AuditAction = Literal["replay", "bulk_replay", "discard"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +20,10 @@ HEADER_NOT_BEFORE = "x-not-before"  # epoch milliseconds: do not run before
 HEADER_DEAD_REASON = "x-dead-reason"
 HEADER_DEAD_DETAIL = "x-dead-detail"
 HEADER_DEAD_AT = "x-dead-at"  # epoch milliseconds: when the platform dead-lettered it
+#: A copy standing in for a redelivery: its task was held by this node (the owner) when the
+#: copy was made; the copy waits for that lease to lapse instead of being skipped as a duplicate.
+HEADER_AWAIT_OWNER = "x-await-owner"
+HEADER_AWAIT_SINCE = "x-await-since"  # epoch milliseconds: when the wait for the owner began
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = 1
@@ -62,3 +68,41 @@ class TaskMessage(BaseModel):
         if self.generation:
             return f"{self.task_id}:r{self.generation}:{self.attempt}"
         return f"{self.task_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class AwaitOwner:
+    """A message waiting for another worker's lease on its task: whom, and since when.
+
+    A redelivered message (its previous holder lost its channel, most likely by dying) whose
+    task still runs under a live lease cannot run and must not be dropped: it goes round the
+    delay path until the lease lapses, carrying these headers, and takes over then (or finds
+    the owner's outcome stored). Waiting gives up after a bound (see the consumer).
+    """
+
+    owner: str
+    since: datetime
+
+    @classmethod
+    def start(cls, owner: str, now: datetime) -> AwaitOwner:
+        """A wait for ``owner`` beginning ``now`` (the store's clock: the header travels to
+        other workers, who compare it with theirs)."""
+        return cls(owner, now)
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, Any] | None) -> AwaitOwner | None:
+        """The wait a message carries, or None (also for unreadable values)."""
+        if not headers:
+            return None
+        owner, since = headers.get(HEADER_AWAIT_OWNER), headers.get(HEADER_AWAIT_SINCE)
+        if isinstance(owner, bytes):
+            owner = owner.decode("utf-8", "replace")
+        if not isinstance(owner, str) or not isinstance(since, int) or isinstance(since, bool):
+            return None
+        try:
+            return cls(owner[:200], datetime.fromtimestamp(since / 1000, UTC))
+        except (OverflowError, OSError, ValueError):
+            return None
+
+    def headers(self) -> dict[str, Any]:
+        return {HEADER_AWAIT_OWNER: self.owner, HEADER_AWAIT_SINCE: int(self.since.timestamp() * 1000)}

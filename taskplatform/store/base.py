@@ -10,7 +10,7 @@ compare-and-set (``deadletters``). The port itself is ``protocol.TaskStore``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskplatform.models import (
@@ -25,7 +25,7 @@ from taskplatform.models import (
 from taskplatform.store.amend import AmendOperations
 from taskplatform.store.deadletters import DeadLetterOperations
 from taskplatform.store.deletion import DeleteOutcome, Deletion, DeletionOperations
-from taskplatform.store.primitives import owner_guard, with_event
+from taskplatform.store.primitives import best_offset, owner_guard, with_event
 from taskplatform.store.protocol import TaskStore
 from taskplatform.store.replay import ReplayOperations
 from taskplatform.store.subtasks import SubTaskOperations
@@ -73,6 +73,23 @@ class BaseTaskStore(
     update then sets the document's ``last_event_id``.
     """
 
+    #: The store's clock minus this process's (``now()``); measured by the backend, 0 until then.
+    clock_offset: timedelta = timedelta(0)
+
+    def now(self) -> datetime:
+        """The store's clock: what leases, lapses and takeovers are written and compared with,
+        so workers whose own clocks disagree still agree on every lease."""
+        return utcnow() + self.clock_offset
+
+    async def sync_clock(self) -> timedelta:
+        """Measure the store server's clock against this process's and keep the difference as
+        ``clock_offset`` (the best of a few readings); returns it. Done at ``open()``, and again
+        whenever called (the runtime: every ``CLOCK_SYNC_SECONDS``). StoreError when the store
+        cannot be reached (the last offset is kept)."""
+        samples = await self._clock_samples()
+        self.clock_offset = best_offset(samples) if samples else timedelta(0)
+        return self.clock_offset
+
     async def create(self, task: BackgroundTask) -> None:
         """Insert one new document."""
         await self.create_many([task])
@@ -94,12 +111,14 @@ class BaseTaskStore(
         the task has that priority (the message of a task whose priority changed since is
         superseded by the one published with the change).
         """
-        now = utcnow()
         equals: dict[str, Any] = {"retry_count": attempt}
         if priority is not None:
             equals["priority"] = priority
-        guard = Guard(statuses=RUNNABLE, equals=equals, takeover_before=now)
-        return await self._guarded_update(task_id, guard, self.running_changes(node_id, lease_until, now))
+        # A lease is the store's time: whether it lapsed is the store's clock's call, not ours.
+        guard = Guard(statuses=RUNNABLE, equals=equals, takeover_before=self.now())
+        return await self._guarded_update(
+            task_id, guard, self.running_changes(node_id, lease_until, utcnow())
+        )
 
     async def try_set_running_many(
         self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
@@ -310,7 +329,7 @@ class BaseTaskStore(
             guard = Guard(
                 statuses=RUNNABLE | {TaskStatus.FAILED},
                 equals={"retry_count": attempt},
-                takeover_before=utcnow(),
+                takeover_before=self.now(),
             )
         changes: dict[str, Any] = {
             "status": TaskStatus.DEAD_LETTER,
@@ -333,7 +352,8 @@ class BaseTaskStore(
         next_attempt_at: datetime | None,
         event_id: str | None = None,
     ) -> BackgroundTask | None:
-        """Settle an attempt whose worker vanished (RUNNING, lease ended before ``before``).
+        """Settle an attempt whose worker vanished (RUNNING, lease ended before ``before``, a time
+        of the store's clock: ``now()`` less a grace).
 
         With ``next_attempt_at`` the attempt counts as failed and the next one is scheduled
         (RETRYING, outbox pending for the relay); without it the task moves to FAILED, and

@@ -6,11 +6,20 @@ compare-and-set on the record's ``version``. A lost race reads again and decides
 concurrent upserts of one record are exact (each is counted once in ``times_seen``).
 Backends implement the primitives of ``DeadLetterOperations``: an insert that reports a
 taken id, a read, the compare-and-set, listing, counting and the audit log.
+
+Every record is made storable before it is written (``storable``): the body is kept as bytes
+by each backend (binary-safe), and in every other string NUL and lone surrogates are written
+as ``\\uXXXX`` escapes (PostgreSQL refuses NUL in text and JSON; no backend encodes a lone
+surrogate), the indexed text fields cut to ``MAX_FIELD_LENGTH`` characters, integers beyond
+64 bits and non-finite numbers written as text.
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,6 +60,9 @@ REOPEN_FIELDS = (
     "routing_key",
     "body",
     "body_encoding",
+    "body_size",
+    "body_sha256",
+    "body_truncated",
     "properties",
     "headers",
     "x_death",
@@ -58,6 +70,12 @@ REOPEN_FIELDS = (
 )
 #: Top-level record times (kept as real datetimes where a backend can index them).
 RECORD_TIMES = ("first_seen_at", "last_seen_at", "replayed_at", "discarded_at", "updated_at")
+#: Longest text kept in the indexed fields (SQL columns of 255; index entries stay small).
+MAX_FIELD_LENGTH = 200
+#: The record's text fields that are columns and indexed; longer values are cut.
+INDEXED_TEXT = ("task_id", "task_type", "user_id", "reason", "error_type")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class DeadLetterFilter(BaseModel):
@@ -133,6 +151,64 @@ def normalized(record: DeadLetter) -> DeadLetter:
         changes["error_info"] = record.error_info.model_copy(update={"occurred_at": occurred})
     changes["x_death"] = [d.model_copy(update={"time": _utc(d.time)}) for d in record.x_death]
     return record.model_copy(update=changes)
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates written as ``\\uXXXX`` (six characters each)."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)  # beyond what JSON encoders and BSON take
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # not JSON
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_value(v) for v in value]
+    return value
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_FIELD_LENGTH:
+        return text
+    return text[: MAX_FIELD_LENGTH - 1] + "…"
+
+
+def storable(record: DeadLetter) -> DeadLetter:
+    """``record`` as every backend can write it: NUL and lone surrogates escaped in every
+    string but the body (kept as bytes; a text body that is no valid UTF-8 is turned to
+    base64), the indexed text fields cut to MAX_FIELD_LENGTH. A clean record is returned as is."""
+    data = record.model_dump(mode="python", exclude={"body", "body_encoding"})
+    cleaned = _storable_value(data)
+    for name in INDEXED_TEXT:
+        cleaned[name] = _cut(cleaned[name])
+    body, encoding = record.body, record.body_encoding
+    if encoding == "utf-8" and _UNSTORABLE.search(body) and not _encodes(body):
+        body, encoding = base64.b64encode(body.encode("utf-8", "surrogatepass")).decode(), "base64"
+    if cleaned == data and encoding == record.body_encoding:
+        return record
+    return DeadLetter.model_validate({**cleaned, "body": body, "body_encoding": encoding})
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_entry(entry: AuditEntry) -> AuditEntry:
+    """``entry`` with NUL and lone surrogates escaped in its strings (as ``storable``)."""
+    data = entry.model_dump(mode="python")
+    cleaned = _storable_value(data)
+    return entry if cleaned == data else AuditEntry.model_validate(cleaned)
 
 
 def normalized_entry(entry: AuditEntry) -> AuditEntry:
@@ -231,9 +307,10 @@ class DeadLetterOperations(ABC):
         """Store a death: a new record (CREATED), or the existing one merged with it
         (``merge_dead_letter``: DUPLICATE, REOPENED or STALE). Returns the record after.
 
-        Atomic and exact under concurrency: every call counts once.
+        Atomic and exact under concurrency: every call counts once. The record is made
+        ``storable`` first, so no string in it can make the write fail.
         """
-        record = normalized(record)
+        record = storable(normalized(record))
         if await self._insert_dead_letter(record):
             return record, UpsertOutcome.CREATED
         for _ in range(_CAS_ATTEMPTS):

@@ -27,7 +27,7 @@ from taskplatform.store.base import (
 from taskplatform.store.mongo_deadletters import MongoDeadLetters
 from taskplatform.store.mongo_ratelimits import MongoRateLimits
 from taskplatform.store.mongo_retention import MongoRetention
-from taskplatform.store.primitives import LAPSED
+from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, Backlog, ParentState
 
@@ -137,6 +137,7 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
         async with self._errors():
             await self.ping()
             await self._ensure_indexes()
+        await self.sync_clock()
 
     async def _ensure_indexes(self) -> None:
         coll = self.collection
@@ -169,6 +170,15 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
             raise StoreError("store is not open; call open() first")
         async with self._errors():
             await self._db.command("ping")
+
+    async def _clock_samples(self) -> builtins.list[ClockSample]:
+        async def server_time() -> datetime:
+            reply = await self.database.command("hello")
+            value: datetime = reply["localTime"]  # the server's clock, in milliseconds
+            return value
+
+        async with self._errors():
+            return await read_clock(server_time)
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -375,7 +385,7 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> builtins.list[BackgroundTask]:
-        now = utcnow()
+        now = self.now()  # outbox leases are the store's time, like task leases
         claimable = {
             "outbox.status": OutboxStatus.PENDING.value,
             "created_at": {"$lt": created_before},
@@ -422,6 +432,6 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
                     "$inc": {"outbox.attempts": 1, "version": 1},
                     # free for the next relay pass, not only after the lease; the owner stays, so a
                     # late mark of an earlier publish cannot take this entry for published
-                    "$set": {"outbox.last_error": error[:2000], "outbox.lease_until": utcnow() - LAPSED},
+                    "$set": {"outbox.last_error": error[:2000], "outbox.lease_until": self.now() - LAPSED},
                 },
             )

@@ -3,7 +3,8 @@
 A record is one document (``_id`` is its id) in ``dead_letters``; an audit entry one in
 ``dead_letter_audit``. Nested values are kept in their JSON form, as on SQL, so every
 backend returns the same record; the top-level times are BSON dates (filtered and sorted
-on; milliseconds only). Changes are a ``find_one_and_update`` on ``_id`` and ``version``
+on; milliseconds only); the body is BSON binary (any bytes; a text body on documents
+written before, read as it is). Changes are a ``find_one_and_update`` on ``_id`` and ``version``
 (compare-and-set); an insert of a taken id fails on the unique ``_id`` and says so.
 """
 
@@ -14,11 +15,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from bson import Binary
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
     RECORD_TIMES,
     AuditPage,
@@ -29,6 +32,7 @@ from taskplatform.store.deadletters import (
     counts_of,
     normalized,
     normalized_entry,
+    storable_entry,
 )
 from taskplatform.store.mongo_part import MongoPart
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
@@ -47,8 +51,9 @@ def _as_utc(value: Any) -> Any:
 
 
 def _doc(record: DeadLetter) -> dict[str, Any]:
-    doc = record.model_dump(mode="json", exclude={"id"})
+    doc = record.model_dump(mode="json", exclude={"id", "body"})
     doc["_id"] = record.id
+    doc["body"] = Binary(record.body_bytes())
     for name in RECORD_TIMES:
         doc[name] = getattr(record, name)
     return doc
@@ -59,7 +64,11 @@ def _record(doc: Mapping[str, Any]) -> DeadLetter:
     data["id"] = data.pop("_id")
     for name in RECORD_TIMES:
         data[name] = _as_utc(data.get(name))
-    return normalized(DeadLetter.model_validate(data))
+    body = data.pop("body", "")
+    record = DeadLetter.model_validate(data)
+    if isinstance(body, bytes):  # Binary is bytes; a str body is a document written before
+        body = body_in(bytes(body), record.body_encoding)
+    return normalized(record.model_copy(update={"body": body}))
 
 
 def _entry(doc: Mapping[str, Any]) -> AuditEntry:
@@ -157,7 +166,7 @@ class MongoDeadLetters(MongoPart, DeadLetterOperations):
         return counts_of(grouped["task_type"], grouped["reason"])
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        entry = normalized_entry(entry)
+        entry = storable_entry(normalized_entry(entry))
         doc = entry.model_dump(mode="json", exclude={"id"})
         doc.update(_id=entry.id, at=entry.at)
         async with self._errors():

@@ -4,7 +4,8 @@ is atomic on the document; see ``taskplatform.store.ratelimits`` for the algorit
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from datetime import datetime
 
 from pymongo import ReturnDocument
 
@@ -18,13 +19,17 @@ RATE_LIMITS = "rate_limits"
 class MongoRateLimits(MongoPart):
     """``reserve_rate`` over the store's database."""
 
+    #: The store's clock (``BaseTaskStore.now``): slots taken by processes on different machines
+    #: are measured against one clock, so a limit they share holds.
+    now: Callable[[], datetime]
+
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
     ) -> Reservation:
         """Reserve the next slot of ``key``'s limit (one per ``interval`` seconds, bursts of
         ``burst``) if it opens within ``max_wait`` seconds."""
         check_rate(interval, burst, max_wait)
-        at = time.time() if now is None else now
+        at = self.now().timestamp() if now is None else now
         base = {"$max": [{"$ifNull": ["$tat", at]}, at]}
         # The stages run in order: the second sees the first's last_wait.
         pipeline = [
@@ -52,6 +57,6 @@ class MongoRateLimits(MongoPart):
         """Delete the keys whose slots have all passed (such a key acts exactly like a new one)."""
         async with self._errors():
             result = await self._collection_named(RATE_LIMITS).delete_many(
-                {"tat": {"$lt": time.time() if now is None else now}}
+                {"tat": {"$lt": self.now().timestamp() if now is None else now}}
             )
         return int(result.deleted_count)

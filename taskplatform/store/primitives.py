@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 from taskplatform.store.ratelimits import Reservation
 from taskplatform.store.types import MAX_PAGE_SIZE, Backlog, Guard, ParentState, TaskFilter, TaskPage
 
@@ -29,6 +31,11 @@ class StorePrimitives(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise StoreError unless the store answers."""
+
+    @abstractmethod
+    async def _clock_samples(self) -> builtins.list[ClockSample]:
+        """Readings of the store server's clock (``read_clock``); none when every process using
+        the store shares this machine's clock (SQLite: a local file). StoreError when unreachable."""
 
     @abstractmethod
     async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
@@ -137,6 +144,46 @@ class StorePrimitives(ABC):
     async def prune_rate_limits(self, *, now: float | None = None) -> int:
         """Delete the rate-limit keys whose slots have all passed before ``now`` (epoch
         seconds); returns how many."""
+
+
+#: Readings per measurement of the store's clock; the one with the shortest round trip is kept.
+CLOCK_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """One reading of the store server's clock: this process's clock when the query left, the
+    round trip (seconds, monotonic) and the server's time in its answer."""
+
+    sent: datetime
+    round_trip: float
+    server: datetime
+
+    @property
+    def offset(self) -> timedelta:
+        """The server's clock minus this process's, taking the answer to be from the round trip's
+        midpoint (so within half the round trip)."""
+        return self.server - (self.sent + timedelta(seconds=self.round_trip / 2))
+
+
+async def read_clock(
+    read: Callable[[], Awaitable[datetime]], samples: int = CLOCK_SAMPLES
+) -> list[ClockSample]:
+    """``samples`` readings of a server clock: ``read`` asks the server for its current time."""
+    readings: list[ClockSample] = []
+    for _ in range(samples):
+        sent, started = utcnow(), time.perf_counter()
+        server = await read()
+        round_trip = time.perf_counter() - started
+        if server.tzinfo is None:  # BSON datetimes have no zone: UTC
+            server = server.replace(tzinfo=UTC)
+        readings.append(ClockSample(sent=sent, round_trip=round_trip, server=server))
+    return readings
+
+
+def best_offset(samples: Sequence[ClockSample]) -> timedelta:
+    """The offset of the reading with the shortest round trip (the least uncertain)."""
+    return min(samples, key=lambda s: s.round_trip).offset
 
 
 #: How far in the past a lease is set to lapse it (MongoDB keeps milliseconds: "now" may not

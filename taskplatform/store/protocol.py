@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, ErrorInfo, TaskStatus
@@ -36,10 +36,21 @@ class TaskStore(Protocol):
     """
 
     url_scheme: str
+    #: The store's clock minus this process's, as last measured (``sync_clock``).
+    clock_offset: timedelta
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+
+    # ------------------------------------------------------------ the store's clock
+    def now(self) -> datetime:
+        """The store's clock: every lease, lapse and takeover time is written and compared in it."""
+        ...
+
+    async def sync_clock(self) -> timedelta:
+        """Measure ``clock_offset`` again (also done by ``open``); returns it."""
+        ...
 
     async def create(self, task: BackgroundTask) -> None: ...
     async def create_many(self, tasks: Sequence[BackgroundTask]) -> None: ...

@@ -8,8 +8,9 @@ seconds) of the generic cell rate algorithm, which meters exactly like a token b
     if wait <= max_wait: tat = base + interval     (reserved: the caller may go in ``wait`` s)
     else:                tat unchanged             (refused: nothing is consumed)
 
-so any number of workers sharing the store never exceed the rate together. Times are the
-callers' clocks (epoch seconds): hosts sharing a limit need synchronised clocks (NTP).
+so any number of workers sharing the store never exceed the rate together. Times are epoch
+seconds on the store's clock (``BaseTaskStore.now()``, each process corrected by its measured
+offset), unless a caller passes its own ``now``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import Cancelled, StoreError
-from taskplatform.models import BackgroundTask, utcnow
+from taskplatform.models import BackgroundTask
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Succeeded, format_traceback
@@ -100,7 +100,7 @@ class AttemptRunner:
                         task.id,
                         node_id=self._node_id,
                         attempt=task.retry_count,
-                        lease_until=utcnow() + self._lease,
+                        lease_until=self._store.now() + self._lease,
                     )
                     if current is None:
                         # Reaped or taken over: another attempt may run now. This one must stop,

@@ -1,10 +1,10 @@
-"""Claiming a delivered task: batched claims, store outages, and taking over from dead owners."""
+"""Claiming a delivered task: batched claims, store outages, and waiting for other workers' leases."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -12,16 +12,21 @@ from aio_pika.abc import AbstractIncomingMessage
 from taskplatform.batching import Coalescer
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
+from taskplatform.models.message import AwaitOwner
 from taskplatform.store.base import BaseTaskStore, ClaimRequest
 from taskplatform.worker.settlement import Settler
 
 log = logging.getLogger(__name__)
 
+#: How long after its lease ends a waiting message comes back (the owner's last renewal may
+#: still be in flight; the reaper gives it more grace still).
+OWNER_WAIT_MARGIN = timedelta(seconds=0.5)
+
 
 class Claimer:
     """Claims the task of a delivery for this node, or settles the delivery when it must not run.
 
-    ``running`` is the consumer's set of (task id, attempt) pairs running in this worker.
+    ``running`` holds the (task id, attempt) pairs running in this worker.
     """
 
     def __init__(
@@ -29,7 +34,7 @@ class Claimer:
         store: BaseTaskStore,
         settler: Settler,
         *,
-        running: set[tuple[str, int]],
+        running: Container[tuple[str, int]],
         node_id: str,
         lease_seconds: float,
         prefetch: int,
@@ -50,7 +55,7 @@ class Claimer:
 
     async def _claim_batch(self, claims: Sequence[ClaimRequest]) -> list[BackgroundTask | None]:
         won = await self._store.try_set_running_many(
-            list(dict.fromkeys(claims)), node_id=self._node_id, lease_until=utcnow() + self._lease
+            list(dict.fromkeys(claims)), node_id=self._node_id, lease_until=self._store.now() + self._lease
         )
         results: list[BackgroundTask | None] = []
         for claim in claims:
@@ -64,23 +69,35 @@ class Claimer:
                 results.append(None)
         return results
 
-    async def claim(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+    async def claim(
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        *,
+        await_owner: AwaitOwner | None = None,
+        owner_wait_limit: float = 600.0,
+    ) -> BackgroundTask | None:
         """Claim the task for this delivery, or settle the delivery and return None.
 
         While the store is unreachable the message is held and the claim retried with
         backoff, for up to ``store_hold`` seconds: returning it to the queue at once would
         count a delivery each time, and the quorum queue's delivery limit would dead-letter
-        healthy work during a long store outage.
+        healthy work during a long store outage. After the hold, a fresh copy goes back to
+        the queue and the delivery is acked (no delivery counted).
+
+        ``await_owner``: the message stands in for a redelivery (see ``AwaitOwner``); a
+        redelivered message waits for a live owner the same way, for up to
+        ``owner_wait_limit`` seconds in all.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._store_hold
         delay = self._store_backoff
         while True:
             try:
-                return await self._claim_once(message, tm)
+                return await self._claim_once(message, tm, await_owner, owner_wait_limit)
             except StoreError as exc:
                 if loop.time() + delay > deadline:
-                    await self._requeue_for_store(message, tm, exc)
+                    await self._give_back_for_store(message, tm, exc)
                     return None
                 log.warning(
                     "store unavailable while claiming task %s (%s); holding it, retrying in %.1fs",
@@ -91,32 +108,85 @@ class Claimer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def _claim_once(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
+    async def _claim_once(
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        await_owner: AwaitOwner | None,
+        owner_wait_limit: float,
+    ) -> BackgroundTask | None:
         task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt, tm.priority))
         if task is not None:
             return task
         current = await self._store.get(tm.task_id)
-        if current is not None and self._claimed_by_us(current, tm):
-            # Our claim committed but its reply was lost (the store error was retried).
-            return current
-        if current is not None and message.redelivered and self._held_by_live_lease(current, tm):
-            # The broker gave this message back: the worker that held it lost its channel,
-            # most likely by dying. Wait for its lease to lapse (a live owner keeps renewing
-            # it) and take over, instead of acking the task's only message away.
-            return await self._await_owner(message, tm)
         if current is None:
             await self._settler.reject_malformed(
                 message,
                 "unknown-task",
                 f"task {tm.task_id!r} does not exist in the store (never stored here, or deleted since)",
             )
-        else:
+            return None
+        if self._claimed_by_us(current, tm):
+            # Our claim committed but its reply was lost (the store error was retried), or a
+            # copy of our own given-back message came back: the attempt is ours to run.
+            return current
+        if self._held_by_live_lease(current, tm) and (message.redelivered or await_owner is not None):
+            # The broker gave this message back: the worker that held it lost its channel, most
+            # likely by dying. Wait for its lease to lapse (a live owner keeps renewing it) and
+            # take over then, rather than ack the task's only message away; but wait outside
+            # this worker's slots, by sending the message round the delay path.
+            await self._wait_for_owner(message, tm, current, await_owner, owner_wait_limit)
+            return None
+        if self._died_at(current, tm):
+            # The task died at this very attempt; its message may never have reached the DLQ
+            # (the channel it was rejected on went away first). Route this one there: the DLQ
+            # consumer keeps one record per task, so a second copy only counts as seen again.
+            log.info(
+                "task %s is %s at attempt %d; its message goes to the DLQ",
+                tm.task_id,
+                current.status,
+                tm.attempt,
+            )
+            await self._settler.to_dead_letter_queue(message)
+            return None
+        await self._settler.skip(
+            message,
+            f"task {tm.task_id} is {current.status} at attempt {current.retry_count}, priority "
+            f"{current.priority} (message: attempt {tm.attempt}, priority {tm.priority})",
+        )
+        return None
+
+    async def _wait_for_owner(
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        current: BackgroundTask,
+        await_owner: AwaitOwner | None,
+        limit: float,
+    ) -> None:
+        owner = current.execution_node_id or "?"
+        wait = await_owner or AwaitOwner.start(owner, self._store.now())
+        waited = (self._store.now() - wait.since).total_seconds()
+        if waited > limit:
+            # The owner kept renewing for longer than any attempt of this type may run: it is
+            # alive. Its outcome settles the task; if it dies now, the reaper settles it.
             await self._settler.skip(
                 message,
-                f"task {tm.task_id} is {current.status} at attempt {current.retry_count}, priority "
-                f"{current.priority} (message: attempt {tm.attempt}, priority {tm.priority})",
+                f"task {tm.task_id}: owner {owner} still renews its lease after {waited:.0f}s of waiting; "
+                "leaving the task to it (and to the reaper should it vanish)",
             )
-        return None
+            return
+        assert current.lease_until is not None
+        remaining = current.lease_until - self._store.now() + OWNER_WAIT_MARGIN
+        log.info(
+            "task %s: owner %s holds its lease for %.1fs more; the message waits outside this worker",
+            tm.task_id,
+            owner,
+            remaining.total_seconds(),
+        )
+        await self._settler.send_round(
+            message, tm, f"waiting for owner {owner}", not_before=utcnow() + remaining, await_owner=wait
+        )
 
     def _claimed_by_us(self, task: BackgroundTask, tm: TaskMessage) -> bool:
         return (
@@ -127,57 +197,38 @@ class Claimer:
             and (tm.task_id, tm.attempt) not in self._running
         )
 
-    @staticmethod
-    def _held_by_live_lease(task: BackgroundTask, tm: TaskMessage) -> bool:
+    def _held_by_live_lease(self, task: BackgroundTask, tm: TaskMessage) -> bool:
         return (
             task.status is TaskStatus.RUNNING
             and task.retry_count == tm.attempt
             and task.lease_until is not None
-            and task.lease_until > utcnow()
+            and task.lease_until > self._store.now()
         )
 
-    async def _await_owner(self, message: AbstractIncomingMessage, tm: TaskMessage) -> BackgroundTask | None:
-        """Hold a redelivered message until the owner's lease lapses, then claim the task.
+    @staticmethod
+    def _died_at(task: BackgroundTask, tm: TaskMessage) -> bool:
+        return (
+            task.status in (TaskStatus.DEAD_LETTER, TaskStatus.FAILED)
+            and task.retry_count == tm.attempt
+            and task.replays == tm.generation
+        )
 
-        Ends by running it (the owner is gone), acking it (the owner finished), or, after two
-        lease lengths with the owner still renewing, returning it to the queue.
-        """
-        lease = self._lease.total_seconds()
-        deadline = asyncio.get_running_loop().time() + 2 * lease
-        while True:
-            current = await self._store.get(tm.task_id)
-            if current is None or not self._held_by_live_lease(current, tm):
-                task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt, tm.priority))
-                if task is not None:
-                    log.warning(
-                        "task %s: previous owner %s is gone; taking over",
-                        tm.task_id,
-                        current.execution_node_id if current else None,
-                    )
-                    return task
-                current = await self._store.get(tm.task_id)
-                if current is None or not self._held_by_live_lease(current, tm):
-                    status = current.status if current else "missing"
-                    await self._settler.skip(
-                        message, f"task {tm.task_id} is {status} (after waiting for its owner)"
-                    )
-                    return None
-            now = asyncio.get_running_loop().time()
-            if now >= deadline:
-                log.info(
-                    "task %s: owner %s still renews its lease; returning the redelivery to the queue",
-                    tm.task_id,
-                    current.execution_node_id,
-                )
-                await message.nack(requeue=True)
-                return None
-            assert current.lease_until is not None
-            wait = (current.lease_until - utcnow()).total_seconds() + 0.05
-            await asyncio.sleep(min(max(wait, 0.05), deadline - now))
-
-    async def _requeue_for_store(
+    async def _give_back_for_store(
         self, message: AbstractIncomingMessage, tm: TaskMessage, exc: Exception
     ) -> None:
-        # Without the store we cannot know whether to run: return the message.
-        log.warning("store unavailable for too long while claiming task %s (%s); requeueing", tm.task_id, exc)
-        await message.nack(requeue=True)
+        # Without the store we cannot know whether to run. A fresh copy, not a requeue: a
+        # requeue counts toward the delivery limit. Should our claim have committed unseen,
+        # the copy waits for this node's lease (or, back here, finds the claim ours).
+        log.warning(
+            "store unavailable for %.0fs while claiming task %s (%s); handing the message back",
+            self._store_hold,
+            tm.task_id,
+            exc,
+        )
+        await self._settler.send_round(
+            message,
+            tm,
+            "store unavailable",
+            not_before=None,
+            await_owner=AwaitOwner.start(self._node_id, self._store.now()),
+        )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -15,14 +15,14 @@ from pydantic import ValidationError
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
 from taskplatform.errors import MessageDecodeError, StoreError
-from taskplatform.events.models import TaskRequeued, TaskStarted
+from taskplatform.events.models import TaskStarted
 from taskplatform.logsetup import task_log_context
 from taskplatform.messaging.codec import decode
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import RUNNABLE, BackgroundTask, TaskMessage, utcnow
-from taskplatform.models.message import HEADER_NOT_BEFORE
+from taskplatform.models.message import HEADER_NOT_BEFORE, AwaitOwner
 from taskplatform.ratelimit.admission import RateAdmission, RateStats
 from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
@@ -33,7 +33,14 @@ from taskplatform.worker.attempt import AttemptRunner
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
-from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
+from taskplatform.worker.settlement import (
+    Failed,
+    Outcome,
+    Settler,
+    Succeeded,
+    channel_gone,
+    format_traceback,
+)
 from topology.spec import DELIVER_EARLY_SECONDS, Topology
 
 log = logging.getLogger(__name__)
@@ -105,8 +112,14 @@ class TaskConsumer:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
-        self._running: set[tuple[str, int]] = set()  # (task id, attempt) running in this worker
+        #: (task id, attempt) running in this worker -> set when that attempt is over.
+        self._running: dict[tuple[str, int], asyncio.Event] = {}
+        self._default_timeout = default_timeout
+        self._lease_seconds = lease_seconds
+        self._cancel_grace = cancel_grace
         self.processed = 0
+        #: Attempts whose outcome could not be stored within the store outage hold (they run again).
+        self.unrecorded = 0
         self._rates = RateAdmission(
             MemoryRateLimiter() if rate_limiter is None else rate_limiter,
             {cls.task_type: cls.rate_limits for cls in registry},
@@ -191,23 +204,33 @@ class TaskConsumer:
         return instance
 
     async def _on_message(self, gate: PriorityGate, level: int, message: AbstractIncomingMessage) -> None:
+        # The delivery is handled on an asyncio task of our own, not on the callback's: the
+        # channel cancels its callbacks when it closes (a connection blip), and an attempt must
+        # outlive its channel — it runs on, its outcome is stored, and the broker's redelivery
+        # of its message is settled against that outcome.
         received_at = utcnow()
         key = f"{message.delivery_tag}:{id(message)}"
-        current = asyncio.current_task()
-        if current is not None:
-            self._in_flight[key] = current
+        task = asyncio.create_task(self._process(message, gate, level, received_at), name=f"delivery-{key}")
+        self._in_flight[key] = task
+        task.add_done_callback(lambda _t: self._delivery_done(key))
+
+    def _delivery_done(self, key: str) -> None:
+        self._in_flight.pop(key, None)
+        self.processed += 1
+
+    async def _process(
+        self, message: AbstractIncomingMessage, gate: PriorityGate, level: int, received_at: datetime
+    ) -> None:
         try:
             await self._handle(message, gate, level, received_at)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Never let a bug kill the consumer; the message goes back for another try.
+            # Never let a bug kill the consumer; the message goes back for another try (and
+            # counts toward the delivery limit, so a bug that always strikes ends in the DLQ).
             log.exception("unexpected error handling message %s; requeueing", message.message_id)
             with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-        finally:
-            self._in_flight.pop(key, None)
-            self.processed += 1
+                await self._settler.requeue(message)
 
     async def _handle(
         self, message: AbstractIncomingMessage, gate: PriorityGate, level: int, received_at: datetime
@@ -218,39 +241,82 @@ class TaskConsumer:
             await self._settler.reject_malformed(message, exc.reason, exc.detail)
             return
         if task_message.task_type not in self._registry:
-            await self._settler.dead_letter_task(
-                message,
-                task_message.task_id,
-                task_message.task_type,
-                task_message.attempt,
-                "unknown-task-type",
-                f"no executable for task type {task_message.task_type!r} on this worker; "
-                f"registered: {', '.join(self._registry.task_types())}",
-            )
+            await self._reject_unknown_type(message, task_message)
             return
         not_before = _not_before(message)
         if not_before is not None and (not_before - utcnow()).total_seconds() >= DELIVER_EARLY_SECONDS:
-            await self._send_round(message, task_message, "back before its time", not_before=not_before)
+            await self._settler.send_round(
+                message,
+                task_message,
+                "back before its time",
+                not_before=not_before,
+                await_owner=AwaitOwner.from_headers(message.headers),
+            )
             return
+        await self._while_running_here(task_message)
         limits = self._rates.limits_of(task_message.task_type)  # empty for most types: nothing to pay
         if limits and not await self._await_rate_slot(message, task_message, limits, received_at):
             return
-        try:
-            if not gate.try_acquire():  # the hot path takes a free slot without a timer
-                await asyncio.wait_for(gate.acquire(level), self._priority_hold)
-        except (TimeoutError, GateClosed) as exc:
-            why = (
-                "the worker is stopping"
-                if isinstance(exc, GateClosed)
-                else "higher priorities kept it waiting"
+        while True:
+            try:
+                if not gate.try_acquire():  # the hot path takes a free slot without a timer
+                    await asyncio.wait_for(gate.acquire(level), self._priority_hold)
+            except (TimeoutError, GateClosed) as exc:
+                why = (
+                    "the worker is stopping"
+                    if isinstance(exc, GateClosed)
+                    else "higher priorities kept it waiting"
+                )
+                log.info("handing task %s back to its queue unstarted: %s", task_message.task_id, why)
+                await self._settler.send_round(
+                    message,
+                    task_message,
+                    why,
+                    not_before=None,
+                    await_owner=AwaitOwner.from_headers(message.headers),
+                )
+                return
+            try:
+                if (task_message.task_id, task_message.attempt) not in self._running:
+                    await self._claim_and_run(message, task_message, received_at)
+                    return
+            finally:
+                gate.release()
+            # The attempt started here while this delivery waited for a slot: wait again.
+            await self._while_running_here(task_message)
+
+    async def _while_running_here(self, tm: TaskMessage) -> None:
+        """If ``tm``'s attempt runs in this worker (the broker redelivered its message after our
+        channel went away, or a duplicate came), wait for it to end, holding no slot; the
+        delivery is then settled against what the attempt stored."""
+        running = self._running.get((tm.task_id, tm.attempt))
+        if running is not None:
+            log.info(
+                "task %s attempt %d runs here already; holding the message until it ends",
+                tm.task_id,
+                tm.attempt,
             )
-            log.info("handing task %s back to its queue unstarted: %s", task_message.task_id, why)
-            await self._send_round(message, task_message, why, not_before=None)
-            return
+            await running.wait()
+
+    async def _reject_unknown_type(self, message: AbstractIncomingMessage, tm: TaskMessage) -> None:
+        """No executable for the message's task type here. The task is dead-lettered only when
+        the message is its own current one (same type, attempt, priority, generation) and the
+        task waits for it; any other message naming a task is a message-level dead letter that
+        leaves the task alone."""
+        detail = (
+            f"no executable for task type {tm.task_type!r} on this worker; "
+            f"registered: {', '.join(self._registry.task_types())}"
+        )
         try:
-            await self._claim_and_run(message, task_message, received_at)
-        finally:
-            gate.release()
+            current = await self._store.get(tm.task_id)
+        except StoreError:
+            current = None  # cannot tell: treat it as a message-level fault, leave the task be
+        if current is not None and _waits_for(current, tm) and current.task_type == tm.task_type:
+            await self._settler.dead_letter_task(
+                message, tm.task_id, tm.task_type, tm.attempt, "unknown-task-type", detail
+            )
+            return
+        await self._settler.reject_malformed(message, "unknown-task-type", detail)
 
     async def _await_rate_slot(
         self,
@@ -275,34 +341,47 @@ class TaskConsumer:
         try:
             come_back = await self._rates.admit(tm, limits)
         except StoreError as exc:
-            log.warning("no rate-limit slot for task %s (%s); returning it to the queue", tm.task_id, exc)
-            await message.nack(requeue=True)
+            # Not a requeue (it would count toward the delivery limit): round the delay path.
+            log.warning("no rate-limit slot for task %s (%s); sending it round", tm.task_id, exc)
+            retry_at = utcnow() + timedelta(seconds=max(self._store_backoff, DELIVER_EARLY_SECONDS * 2))
+            await self._settler.send_round(message, tm, "rate limiter unavailable", not_before=retry_at)
             return False
         if come_back is None:
             return True
         when = datetime.fromtimestamp(come_back, UTC)
-        await self._send_round(message, tm, "no rate-limit slot within the hold", not_before=when)
+        await self._settler.send_round(message, tm, "no rate-limit slot within the hold", not_before=when)
         self._rates.note_delayed((utcnow() - received_at).total_seconds())
         return False
 
     async def _claim_and_run(
         self, message: AbstractIncomingMessage, task_message: TaskMessage, received_at: datetime
     ) -> None:
-        if (task_message.task_id, task_message.attempt) in self._running:
-            await self._settler.skip(
-                message,
-                f"task {task_message.task_id} attempt {task_message.attempt} runs in this worker already",
-            )
+        if channel_gone(message):
+            # The connection dropped while it waited: the broker has it back and redelivers it.
+            log.info("message %s: its channel is gone before the claim; leaving it", message.message_id)
             return
-        task = await self._claimer.claim(message, task_message)
+        task = await self._claimer.claim(
+            message,
+            task_message,
+            await_owner=AwaitOwner.from_headers(message.headers),
+            owner_wait_limit=self._owner_wait_limit(task_message.task_type),
+        )
         if task is None:
             return
         running_key = (task.id, task.retry_count)
-        self._running.add(running_key)
+        done = self._running[running_key] = asyncio.Event()
         try:
             await self._run_and_settle(message, task, received_at)
         finally:
-            self._running.discard(running_key)
+            del self._running[running_key]
+            done.set()
+
+    def _owner_wait_limit(self, task_type: str) -> float:
+        """How long a message may wait for another worker's live lease: longer than any attempt
+        of this type may run (its timeout, the cancel grace) plus two leases."""
+        timeout = self._registry.get(task_type).timeout
+        attempt_max = timeout if timeout is not None else self._default_timeout
+        return attempt_max + self._cancel_grace + 2 * self._lease_seconds
 
     async def _run_and_settle(
         self, message: AbstractIncomingMessage, task: BackgroundTask, received_at: datetime
@@ -328,24 +407,31 @@ class TaskConsumer:
     ) -> None:
         try:
             await self._settler.publish(self._started(task), task)
+        except StoreError:
+            await self._settler.give_back_unrecorded(message, task, "its start could not be recorded")
+            return
+        try:
             outcome, children, progress = await self._run(task, received_at)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the task back unfinished, then stop.
-            self._running.discard((task.id, task.retry_count))
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._give_back(message, task), timeout=5)
+                await asyncio.wait_for(self._settler.hand_back(message, task), timeout=5)
             raise
         cls = type(self._executable(task.task_type))
-        await self._settler.settle(
-            message,
-            task,
-            outcome,
-            policy=cls.retry_policy or self._default_policy,
-            retryable=cls.retryable_exceptions,
-            non_retryable=cls.non_retryable_exceptions,
-            children=children,
-            progress=progress,
-        )
+        try:
+            await self._settler.settle(
+                message,
+                task,
+                outcome,
+                policy=cls.retry_policy or self._default_policy,
+                retryable=cls.retryable_exceptions,
+                non_retryable=cls.non_retryable_exceptions,
+                children=children,
+                progress=progress,
+            )
+        except StoreError:
+            self.unrecorded += 1
+            await self._settler.give_back_unrecorded(message, task, "its outcome could not be recorded")
 
     def _started(self, task: BackgroundTask) -> TaskStarted:
         return TaskStarted(
@@ -355,46 +441,6 @@ class TaskConsumer:
             attempt=task.retry_count,
             node_id=self._node_id,
         )
-
-    async def _send_round(
-        self, message: AbstractIncomingMessage, tm: TaskMessage, why: str, *, not_before: datetime | None
-    ) -> None:
-        """Publish a fresh copy of a delivery that does not run now, through the delay path until
-        ``not_before`` or straight back to its queue, then ack the delivery: the store is not
-        touched, and a requeue would count toward the queue's delivery limit. If the publish
-        fails, the delivery itself goes back to the queue."""
-        log.debug("sending task %s round: %s", tm.task_id, why)
-        try:
-            if not_before is None:
-                await self._publisher.publish(tm)
-            else:
-                await self._publisher.publish_not_before(tm, not_before)
-        except Exception as exc:
-            log.warning("could not send task %s round (%s); returning it to the queue", tm.task_id, exc)
-            await asyncio.sleep(self._store_backoff)  # not straight back: the broker may be down
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-
-    async def _give_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> None:
-        """Release the claim (RUNNING -> QUEUED, same attempt) and return the message."""
-        # A fresh copy, then ack: requeueing would count a delivery, and a task given back at
-        # a few shutdowns in a row would reach the queue's delivery limit and be dead-lettered.
-        event = TaskRequeued(
-            task_id=task.id, task_type=task.task_type, attempt=task.retry_count, node_id=self._node_id
-        )
-        try:
-            delivery = await self._settler.publish(event, task)
-            released = delivery.task if delivery.accepted else None
-            if released is not None:
-                await self._publisher.publish_task(released)
-                await message.ack()
-            else:
-                await message.nack(requeue=True)
-        except Exception:
-            await message.nack(requeue=True)
-            raise
-        log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
 
     async def _run(
         self, task: BackgroundTask, received_at: datetime

@@ -8,20 +8,21 @@ store writes make the second delivery harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from taskplatform.errors import PermanentFailure, Retry, StoreError
+from taskplatform.errors import TRANSIENT_BROKER_ERRORS, PermanentFailure, Retry, StoreError
 from taskplatform.events.bus import Delivery, EventBus
 from taskplatform.events.models import (
     TaskCancelled,
@@ -29,14 +30,21 @@ from taskplatform.events.models import (
     TaskDeadLettered,
     TaskEvent,
     TaskFailed,
+    TaskRequeued,
     TaskRetrying,
     TaskWaiting,
 )
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
-from taskplatform.models.message import HEADER_DEAD_AT, HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.models import MAX_PRIORITY, RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
+from taskplatform.models.message import (
+    HEADER_DEAD_AT,
+    HEADER_DEAD_DETAIL,
+    HEADER_DEAD_REASON,
+    AwaitOwner,
+    TaskMessage,
+)
 from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
-from taskplatform.retry import RetryPolicy, Verdict, classify
+from taskplatform.retry import RetryPolicy, Verdict, classify, retry_store_call
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRACEBACK_LIMIT = 8000
+
+#: What acking or rejecting a delivery raises when its channel or connection went away
+#: (RuntimeError: aiormq's "Connection closed" for a socket lost mid-call).
+_CHANNEL_GONE: tuple[type[BaseException], ...] = (
+    *TRANSIENT_BROKER_ERRORS,
+    ChannelInvalidStateError,
+    RuntimeError,
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +155,9 @@ class Settler:
         node_id: str,
         dead_letter_exchange: str,
         store_retry_seconds: float = 30.0,
+        backoff: float = 1.0,
     ) -> None:
+        self._backoff = backoff
         self._store = store
         self._publisher = publisher
         self._bus = bus
@@ -152,7 +170,8 @@ class Settler:
         return self._bus
 
     async def _with_store_retries(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Run a store write; on StoreError retry with backoff for ``store_retry_seconds``.
+        """Run a store write; on StoreError retry with backoff for ``store_retry_seconds``, then
+        raise the last StoreError.
 
         The first try runs without a retry controller: that is the common case and it is hot.
         """
@@ -160,13 +179,7 @@ class Settler:
             return await write()
         except StoreError as exc:
             log.warning("store write failed (%s); retrying for up to %.0fs", exc, self._store_retry_seconds)
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(self._store_retry_seconds),
-            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
-            retry=retry_if_exception_type(StoreError),
-            reraise=True,
-        )
-        return await retrying(write)
+        return await retry_store_call(write, hold=self._store_retry_seconds)
 
     async def publish(self, event: TaskEvent, task: BackgroundTask | None) -> Delivery:
         """Publish ``event`` on the bus, retrying while the store is unavailable.
@@ -212,9 +225,9 @@ class Settler:
         if decision.action is Action.RETRY_LATER and delivery.task is not None:
             await self._publish_retry(delivery.task)
         if decision.action is Action.DEAD_LETTER:
-            await message.nack(requeue=False)
+            await self.to_dead_letter_queue(message)
         else:
-            await message.ack()
+            await self.ack(message)
         return decision
 
     async def _not_recorded(
@@ -228,12 +241,12 @@ class Settler:
             # Our claim is gone (the store lost an unflushed commit in a crash): the task
             # waits to run at this attempt, so the message must come back, not be acked.
             log.warning("task %s: claim not found at settlement; requeueing the message", task.id)
-            await message.nack(requeue=True)
+            await self.requeue(message)
             return
         # Someone else settled or took over this attempt (cancelled, lease taken over):
         # our outcome is stale and must not be applied to the broker either.
         log.warning("task %s: outcome %s not recorded (task moved on); acking", task.id, decision.status)
-        await message.ack()
+        await self.ack(message)
 
     def _events(
         self,
@@ -272,7 +285,8 @@ class Settler:
                     error=info,
                     delay_seconds=decision.delay,
                     next_attempt_at=now + timedelta(seconds=decision.delay),
-                    outbox_hold_until=now + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
+                    # An outbox lease: on the store's clock, which every relay compares with.
+                    outbox_hold_until=self._store.now() + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
                 )
             ]
         return [TaskFailed(**common, error=info), TaskDeadLettered(**common, reason=decision.reason)]
@@ -289,10 +303,107 @@ class Settler:
         except StoreError as exc:  # the relay republishes; the claim absorbs the duplicate
             log.warning("could not mark the retry of task %s published: %s", task.id, exc)
 
+    # ------------------------------------------------------------ the broker side
+    # Every ack, nack and reject of a task delivery goes through these. A delivery whose
+    # channel is gone (the connection dropped) cannot be settled any more: the broker has put
+    # it back in its queue already, and its redelivery is settled against what the store
+    # holds then. That is not an error, and must not fail the attempt that tried.
+
+    async def ack(self, message: AbstractIncomingMessage) -> bool:
+        """Ack; False when the delivery's channel is gone (the broker returned it)."""
+        return await _settle_delivery(message, "ack", message.ack)
+
+    async def requeue(self, message: AbstractIncomingMessage) -> bool:
+        """Return the delivery to its queue (counts toward the queue's delivery limit)."""
+        return await _settle_delivery(message, "requeue", lambda: message.nack(requeue=True))
+
+    async def to_dead_letter_queue(self, message: AbstractIncomingMessage) -> bool:
+        """Reject without requeue: the queue's dead-letter exchange routes it to the DLQ."""
+        return await _settle_delivery(message, "dead-letter", lambda: message.nack(requeue=False))
+
+    async def send_round(
+        self,
+        message: AbstractIncomingMessage,
+        tm: TaskMessage,
+        why: str,
+        *,
+        not_before: datetime | None,
+        await_owner: AwaitOwner | None = None,
+    ) -> bool:
+        """Publish a fresh copy of a delivery that does not run now — through the delay path
+        until ``not_before``, or straight back to its queue — then ack the delivery. No store
+        write, and no requeue: a requeue would count toward the queue's delivery limit.
+
+        ``await_owner`` marks the copy as standing in for a redelivery whose task another
+        worker holds (``x-await-owner``): it keeps waiting for that lease instead of being
+        skipped as a duplicate, and comes back on its group's highest priority level, ahead of
+        any backlog, as a redelivery would have (behind a backlog it would lose the race to the
+        reaper, and the takeover would cost the task an attempt). If the publish fails, the
+        delivery is requeued after a backoff (the broker may be down). Returns whether the copy
+        went out.
+        """
+        log.debug("sending task %s round: %s", tm.task_id, why)
+        headers = await_owner.headers() if await_owner is not None else None
+        route = MAX_PRIORITY if await_owner is not None else None
+        try:
+            if not_before is None:
+                await self._publisher.publish(tm, extra_headers=headers, route_priority=route)
+            else:
+                await self._publisher.publish_not_before(
+                    tm, not_before, extra_headers=headers, route_priority=route
+                )
+        except Exception as exc:
+            log.warning("could not send task %s round (%s); returning it to the queue", tm.task_id, exc)
+            await asyncio.sleep(self._backoff)
+            await self.requeue(message)
+            return False
+        await self.ack(message)
+        return True
+
+    async def hand_back(self, message: AbstractIncomingMessage, task: BackgroundTask) -> bool:
+        """Give an unfinished claimed attempt back (shutdown): release the claim (RUNNING ->
+        QUEUED, same attempt), publish a fresh copy, then ack. When the claim cannot be released
+        the delivery is requeued. Returns whether the claim was released."""
+        event = TaskRequeued(
+            task_id=task.id, task_type=task.task_type, attempt=task.retry_count, node_id=self._node_id
+        )
+        try:
+            delivery = await self.publish(event, task)
+            released = delivery.task if delivery.accepted else None
+            if released is None:
+                await self.requeue(message)
+                return False
+            await self._publisher.publish_task(released)
+        except Exception:
+            await self.requeue(message)
+            raise
+        await self.ack(message)
+        log.info("task %s given back unfinished (attempt %d)", task.id, task.retry_count)
+        return True
+
+    async def give_back_unrecorded(
+        self, message: AbstractIncomingMessage, task: BackgroundTask, why: str
+    ) -> None:
+        """The store stayed unreachable for the whole hold while this node held ``task``'s claim
+        (its start or its outcome could not be written). Hand the delivery back without counting
+        a delivery: a fresh copy that waits for this node's lease to lapse, then takes over."""
+        log.warning(
+            "task %s attempt %d: %s within the store outage hold (%.0fs); handing its message back, "
+            "it runs again once this node's lease lapses",
+            task.id,
+            task.retry_count,
+            why,
+            self._store_retry_seconds,
+        )
+        tm = TaskMessage.for_task(task)
+        await self.send_round(
+            message, tm, why, not_before=None, await_owner=AwaitOwner.start(self._node_id, self._store.now())
+        )
+
     async def skip(self, message: AbstractIncomingMessage, why: str) -> None:
         """Ack a delivery that must not run (duplicate, already finished, lost the claim)."""
         log.info("skipping message %s: %s", message.message_id, why)
-        await message.ack()
+        await self.ack(message)
 
     async def reject_malformed(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Send a message that cannot be processed to the DLQ with its reason, then ack it.
@@ -323,9 +434,9 @@ class Settler:
             )
         except Exception as exc:
             log.error("could not publish dead letter with reason (%s); rejecting the original", exc)
-            await message.nack(requeue=False)
+            await self.to_dead_letter_queue(message)
             return
-        await message.ack()
+        await self.ack(message)
 
     async def dead_letter_task(
         self,
@@ -348,14 +459,44 @@ class Settler:
             reason=reason,
             error=info,
         )
-        delivery = await self.publish(event, None)
-        if not delivery.accepted:
-            log.info(
-                "task %s not marked DEAD_LETTER (%s); its message goes to the DLQ", task_id, delivery.rejected
-            )
+        try:
+            delivery = await self.publish(event, None)
+        except StoreError as exc:
+            # The message goes to the DLQ all the same; its consumer marks the task there.
+            log.warning("task %s not marked DEAD_LETTER now (%s); its message goes to the DLQ", task_id, exc)
+        else:
+            if not delivery.accepted:
+                log.info(
+                    "task %s not marked DEAD_LETTER (%s); its message goes to the DLQ",
+                    task_id,
+                    delivery.rejected,
+                )
         await self.reject_malformed(message, reason, detail)
 
 
 def format_traceback(exc: BaseException) -> str:
     """The exception's traceback as text."""
     return "".join(traceback.format_exception(exc))
+
+
+async def _settle_delivery(
+    message: AbstractIncomingMessage, what: str, action: Callable[[], Awaitable[None]]
+) -> bool:
+    if channel_gone(message):
+        log.info("delivery %s: its channel is gone, no %s (the broker returned it)", message.message_id, what)
+        return False
+    try:
+        await action()
+    except _CHANNEL_GONE as exc:
+        log.info("delivery %s: %s failed, its channel went away (%s)", message.message_id, what, exc)
+        return False
+    return True
+
+
+def channel_gone(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is closed: the broker has returned the delivery
+    to its queue and nothing can settle it any more."""
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:
+        return True

@@ -85,10 +85,14 @@ async def test_twenty_dead_letters_for_three_reasons_are_listed_with_counts_x_de
     for task_id in slow:
         assert by_id[task_id]["error_type"] == "TimeoutError"
         assert await _status(runtime, task_id) is TaskStatus.DEAD_LETTER
-    broken = by_id["broken-3"]
+    # a malformed message is a message-level dead letter: a record of its own, linked to the id it names
+    by_task = {r["task_id"]: r for r in records}
+    broken = by_task["broken-3"]
+    assert broken["kind"] == "message" and broken["id"].startswith("msg-")
     assert broken["x_death"][0] == {**broken["x_death"][0], "source": "platform", "reason": "bad-json"}
     assert broken["body"] == "{not json" and broken["headers"]["x-task-id"] == "broken-3"
     assert broken["error_info"]["type"] == "DeadLetter"
+    assert all(by_id[i]["kind"] == "task" for i in booms + slow)
 
     one = await client.get(f"/api/v1/dead-letters/{booms[0]}")
     assert one.status_code == 200 and one.json()["task_id"] == booms[0]
@@ -174,8 +178,15 @@ async def test_bulk_replay_dry_run_changes_nothing_and_the_real_one_keeps_to_the
     spread = (stamps[-1] - stamps[0]).total_seconds()
     assert spread >= 9 / 5 * 0.9, spread  # 10 replays at 5/s take at least 1.8 s
     audit = (await client.get("/api/v1/dead-letters/audit")).json()["items"]
-    assert [a["action"] for a in audit[:2]] == ["bulk_replay", "bulk_replay"]
-    assert [a["dry_run"] for a in audit[:2]] == [False, True]
+    # newest first: the replay, the refused one (audited too, with why), the dry run
+    assert [(a["action"], a["dry_run"], a["outcome"].split(":")[0]) for a in audit[:3]] == [
+        ("bulk_replay", False, "ok"),
+        ("bulk_replay", False, "refused"),
+        ("bulk_replay", True, "dry run"),
+    ]
+    refused = audit[1]
+    assert "within 600s" in refused["outcome"] and refused["actor"] == "alice"
+    assert refused["filter"] == {"task_type": "test_picky"} and refused["dead_letter_ids"] == []
 
 
 async def test_replaying_twice_conflicts_unless_the_task_died_again_and_discard_ends_pending(
@@ -224,7 +235,7 @@ async def test_a_worker_killed_while_storing_dead_letters_loses_none_and_duplica
 ) -> None:
     from tests.support.worker_process import start_worker
 
-    store_url = request.getfixturevalue("postgres_database_url")
+    store_url = request.getfixturevalue("own_postgres_database_url")
     api = make_runtime(role="api", consume=False, store_url=store_url)
     n = 3000
     async with running(api):
@@ -261,12 +272,15 @@ async def test_a_worker_killed_while_storing_dead_letters_loses_none_and_duplica
             rescuer.wait(timeout=30)
         counts = await api.store.count_dead_letters()
         seen = set()
+        linked = set()
         cursor = None
         while True:
             page = await api.store.list_dead_letters(limit=500, cursor=cursor)
             seen.update(r.id for r in page.items)
+            linked.update(r.task_id for r in page.items)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
     assert at_kill < n, "the victim stored everything before it was killed; the test proved nothing"
-    assert counts.total == n and seen == {f"dead-{i}" for i in range(n)} and depth == 0
+    assert counts.total == n and len(seen) == n and depth == 0
+    assert linked == {f"dead-{i}" for i in range(n)}  # each message's own record, none twice

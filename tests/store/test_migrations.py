@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +22,7 @@ from taskplatform.store.sql.schema import UTCDateTime, metadata
 from tests.store.helpers import make_dead_letter
 from tests.support.services import fresh_postgres_database
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -126,5 +128,61 @@ async def test_upgrading_from_0002_with_tasks_keeps_them_replayable_and_adds_the
         record, _ = await store.upsert_dead_letter(make_dead_letter(last_seen_at=utcnow()))
         page = await store.list_dead_letters(DeadLetterFilter(task_id=record.task_id))
         assert [r.id for r in page.items] == [record.id]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_upgrading_from_0005_keeps_dead_letter_bodies_and_stores_new_ones_as_bytes(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path}/old5.db"
+        if backend == "sqlite"
+        else request.getfixturevalue("empty_postgres_url")
+    )
+    old_record = make_dead_letter(body='{"task_id": "old"}')
+    old = SqlTaskStore(url, auto_migrate=False)
+    await old.open()
+    try:
+        await upgrade(old.engine, "0005")
+        async with old.engine.begin() as conn:  # a row as 0005 wrote it: the body inside the JSON
+            await conn.execute(
+                text(
+                    "INSERT INTO dead_letters (id, task_id, task_type, user_id, reason, error_type, status,"
+                    " generation, first_seen_at, last_seen_at, version, record) VALUES (:id, :id,"
+                    " 'generate_summary', 'alice', 'max_retries', 'ValueError', 'pending', 0, :at, :at, 1,"
+                    " :record)"
+                ).bindparams(bindparam("at", type_=UTCDateTime())),
+                {
+                    "id": old_record.id,
+                    "at": old_record.last_seen_at,
+                    "record": json.dumps(old_record.model_dump(mode="json")),
+                },
+            )
+    finally:
+        await old.close()
+    store = SqlTaskStore(url)
+    await store.open()
+    try:
+        assert await current_revision(store.engine) == HEAD
+        got = await store.get_dead_letter(old_record.id)
+        assert got is not None and got.body == '{"task_id": "old"}' and got.body_encoding == "utf-8"
+        # a merge rewrites the row: the body moves to the binary column, unchanged
+        again, _ = await store.upsert_dead_letter(old_record)
+        assert again.times_seen == 2 and again.body == '{"task_id": "old"}'
+        async with store.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT body FROM dead_letters WHERE id = :id"), {"id": old_record.id}
+                )
+            ).first()
+        assert row is not None and bytes(row.body) == b'{"task_id": "old"}'
+        raw = b"\x00\xff NUL and not UTF-8"
+        fresh, _ = await store.upsert_dead_letter(
+            make_dead_letter(body=base64.b64encode(raw).decode(), body_encoding="base64")
+        )
+        stored = await store.get_dead_letter(fresh.id)
+        assert stored is not None and stored.body_bytes() == raw
     finally:
         await store.close()

@@ -43,13 +43,17 @@ class Noop(BackgroundTaskExecutable[NoopParams, NoopResult]):
 
 
 class Boom(BackgroundTaskExecutable[NoopParams, NoopResult]):
-    """Always raises."""
+    """Always raises (a non-retryable error), after ``sleep`` seconds; counts every execution."""
 
     task_type = "test_boom"
     Params = NoopParams
     Result = NoopResult
+    calls: ClassVar[Counter[str]] = Counter()
 
     async def execute(self, ctx: TaskContext[NoopParams]) -> NoopResult:
+        type(self).calls[ctx.task_id] += 1
+        if ctx.parameters.sleep:
+            await asyncio.sleep(ctx.parameters.sleep)
         raise ValueError(f"boom {ctx.parameters.value}")
 
 

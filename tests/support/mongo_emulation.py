@@ -14,6 +14,7 @@ conditional write, can lose a race), while each operation itself stays atomic.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import mongomock
@@ -131,9 +132,19 @@ class AsyncEmulatedDatabase:
     async def command(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if name == "ping":
             return {"ok": 1.0}
+        if name == "hello":
+            # mongomock has no server clock. The emulated server lives in this process, on this
+            # machine: its clock is the machine's (``datetime.now``, which a test faking the
+            # platform's clock through ``taskplatform.models.utcnow`` leaves alone), so the
+            # offset measured against it is honestly 0 unless a test skews the platform's clock.
+            now = datetime.now(UTC)
+            local_time = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON: milliseconds
+            return {"isWritablePrimary": True, "localTime": local_time, "ok": 1.0}
         if name == "collMod" and set(kwargs) == {"index"}:
             return self._coll_mod_index(str(args[0]), kwargs["index"])
-        raise OperationFailure(f"emulation supports only 'ping' and collMod of an index, not {name!r}")
+        raise OperationFailure(
+            f"emulation supports only 'ping', 'hello' and collMod of an index, not {name!r}"
+        )
 
     def _coll_mod_index(self, collection: str, change: dict[str, Any]) -> dict[str, Any]:
         """collMod's change of an index option: mongomock has no collMod, so the index is

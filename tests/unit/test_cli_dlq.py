@@ -371,3 +371,22 @@ def test_dlq_without_a_token_sends_no_authorization(
     assert dlq("list", "--json") == 0
     assert "authorization" not in api.only.headers
     assert api.only.headers.get("x-operator") == "alice"
+
+
+# ---------------------------------------------------------------- unpark (RabbitMQ, not the API)
+def test_unpark_refuses_a_limit_below_one(
+    dlq: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        dlq("unpark", "--limit", "0")
+    assert exited.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_unpark_without_a_broker_says_so_and_fails(
+    dlq: Callable[..., int], api: FakeApi, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")  # nothing listens
+    assert dlq("unpark") == 1
+    err = capsys.readouterr().err  # aiormq logs the refused connection too
+    assert "error: cannot reach RabbitMQ (TASKPLATFORM_AMQP_URL): AMQPConnectionError" in err
+    assert api.requests == []  # it never talks to the API

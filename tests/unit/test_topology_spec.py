@@ -30,6 +30,16 @@ def test_work_queues_are_quorum_with_dlx_and_explicit_delivery_limit() -> None:
     assert topo.queue_for("c") == "p.tasks.work.heavy" and topo.queue_for("zzz") is None
 
 
+def test_the_parking_queue_is_a_quorum_queue_reached_by_its_name_alone() -> None:
+    topo = build_topology({"default": ["a"]}, prefix="p.")
+    assert topo.parking_queue == "p.tasks.dlq.parking"
+    queues = {q.name: dict(q.arguments) for q in topo.queues}
+    # quorum, no dead-lettering, no delivery limit: a parked message waits for an operator
+    assert queues["p.tasks.dlq.parking"] == {"x-queue-type": "quorum"}
+    # not bound anywhere: the DLQ consumer publishes to it through the default exchange
+    assert not [b for b in topo.bindings if b.queue == topo.parking_queue]
+
+
 def test_specs_are_immutable() -> None:
     topo = build_topology({"default": ["a"]})
     with pytest.raises(TypeError):

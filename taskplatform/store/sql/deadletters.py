@@ -1,7 +1,8 @@
 """Dead-letter records and the audit log on SQL (a mixin of ``SqlTaskStore``).
 
-A record is one row: the whole record as JSON, plus the fields that lists filter and sort on
-as real, indexed columns, all written by one statement. Changes are a compare-and-set on
+A record is one row: the whole record as JSON but its body, the body as bytes (``body``, a
+binary column: any bytes, NUL included), and the fields that lists filter and sort on as real,
+indexed columns, all written by one statement. Changes are a compare-and-set on
 ``version`` (``UPDATE … WHERE id = :id AND version = :expected``); an insert of a taken id
 does nothing (``ON CONFLICT DO NOTHING``) and says so.
 """
@@ -17,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
     AuditPage,
     DeadLetterCounts,
@@ -26,6 +28,7 @@ from taskplatform.store.deadletters import (
     counts_of,
     normalized,
     normalized_entry,
+    storable_entry,
 )
 from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import dead_letter_audit, dead_letter_audit_targets, dead_letters
@@ -50,12 +53,18 @@ def _row(record: DeadLetter) -> dict[str, Any]:
         "first_seen_at": record.first_seen_at,
         "last_seen_at": record.last_seen_at,
         "version": record.version,
-        "record": record.model_dump(mode="json"),
+        "record": record.model_dump(mode="json", exclude={"body"}),
+        "body": record.body_bytes(),
     }
 
 
-def _record(data: Mapping[str, Any]) -> DeadLetter:
-    return normalized(DeadLetter.model_validate(data))
+def _record(data: Mapping[str, Any], body: bytes | None) -> DeadLetter:
+    """The record from its JSON and its body column (NULL on rows written before 0006,
+    whose JSON still holds the body)."""
+    record = DeadLetter.model_validate(data)
+    if body is not None:
+        record = record.model_copy(update={"body": body_in(bytes(body), record.body_encoding)})
+    return normalized(record)
 
 
 def _entry(data: Mapping[str, Any]) -> AuditEntry:
@@ -94,23 +103,23 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
         return inserted is not None
 
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
-        query = select(_dl.record).where(_dl.id == dead_letter_id)
+        query = select(_dl.record, _dl.body).where(_dl.id == dead_letter_id)
         async with self._errors():
             async with self.autocommit.connect() as conn:
-                data = (await conn.execute(query)).scalar_one_or_none()
-        return _record(data) if data is not None else None
+                row = (await conn.execute(query)).first()
+        return _record(row.record, row.body) if row is not None else None
 
     async def _swap_dead_letter(self, record: DeadLetter, *, expected_version: int) -> DeadLetter | None:
         stmt = (
             update(dead_letters)
             .where(_dl.id == record.id, _dl.version == expected_version)
             .values(**_row(record))
-            .returning(_dl.record)
+            .returning(_dl.record, _dl.body)
         )
         async with self._errors():
             async with self.autocommit.connect() as conn:
-                data = (await conn.execute(stmt)).scalar_one_or_none()
-        return _record(data) if data is not None else None
+                row = (await conn.execute(stmt)).first()
+        return _record(row.record, row.body) if row is not None else None
 
     async def list_dead_letters(
         self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
@@ -121,15 +130,15 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
             at, last_id = decode_cursor(cursor)
             clauses.append(or_(_dl.last_seen_at < at, and_(_dl.last_seen_at == at, _dl.id < last_id)))
         query = (
-            select(_dl.record)
+            select(_dl.record, _dl.body)
             .where(and_(true(), *clauses))
             .order_by(_dl.last_seen_at.desc(), _dl.id.desc())
             .limit(limit + 1)
         )
         async with self._errors():
             async with self.autocommit.connect() as conn:
-                found = (await conn.execute(query)).scalars().all()
-        items = [_record(data) for data in found[:limit]]
+                found = (await conn.execute(query)).all()
+        items = [_record(row.record, row.body) for row in found[:limit]]
         next_cursor = None
         if len(found) > limit:
             next_cursor = encode_cursor(items[-1].last_seen_at, items[-1].id)
@@ -148,7 +157,7 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
         return counts_of([(t, n) for t, n in types], [(r, n) for r, n in reasons])
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        entry = normalized_entry(entry)
+        entry = storable_entry(normalized_entry(entry))
         row = {
             "id": entry.id,
             "at": entry.at,

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from taskplatform.store.primitives import ClockSample, read_clock
 from taskplatform.store.sql.schema import tasks
 
 _COLUMNS = [c.name for c in tasks.columns]
@@ -28,8 +29,9 @@ INSERT = (
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
 )
 GET = f"SELECT {_COLUMN_LIST} FROM tasks WHERE id = $1"  # noqa: S608
+# $7: the store's clock, which leases are written in (``BaseTaskStore.now``); $5 stamps the row.
 _CLAIMABLE = """(tasks.status IN ('QUEUED', 'RETRYING')
-     OR (tasks.status = 'RUNNING' AND tasks.lease_until IS NOT NULL AND tasks.lease_until < $5))"""
+     OR (tasks.status = 'RUNNING' AND tasks.lease_until IS NOT NULL AND tasks.lease_until < $7))"""
 # Rows are locked in id order first, so two overlapping batch claims (duplicate
 # deliveries to two workers) queue behind each other instead of deadlocking. A claim
 # also marks the outbox published: the message was evidently delivered.
@@ -147,6 +149,17 @@ class PgFastPath:
         async with self.pool.acquire() as conn:
             return await conn.fetchrow(GET, task_id)
 
+    async def clock_samples(self) -> builtins.list[ClockSample]:
+        """Readings of the server's clock (``clock_timestamp()``: the time it answers, not its
+        transaction's start), on one connection so no reading includes a connect."""
+        async with self.pool.acquire() as conn:
+
+            async def server_time() -> datetime:
+                value: datetime = await conn.fetchval("SELECT clock_timestamp()")
+                return value
+
+            return await read_clock(server_time)
+
     async def claim_many(
         self,
         ids: Sequence[str],
@@ -156,11 +169,20 @@ class PgFastPath:
         node_id: str,
         lease_until: datetime,
         now: datetime,
+        takeover_before: datetime,
     ) -> builtins.list[asyncpg.Record]:
-        """Claim ``ids`` at ``attempts`` and ``priorities``."""
+        """Claim ``ids`` at ``attempts`` and ``priorities``; a RUNNING one only if its lease ended
+        before ``takeover_before`` (the store's clock). ``now`` stamps the claimed rows."""
         async with self.relaxed.acquire() as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
-                CLAIM_MANY, list(ids), list(attempts), node_id, lease_until, now, list(priorities)
+                CLAIM_MANY,
+                list(ids),
+                list(attempts),
+                node_id,
+                lease_until,
+                now,
+                list(priorities),
+                takeover_before,
             )
         return rows
 

@@ -7,7 +7,8 @@ alike and needs no transaction; ``RETURNING last_wait`` tells the caller what it
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, bindparam, case, delete
@@ -52,6 +53,10 @@ _RESERVE = {dialect: _reserve_statement(dialect) for dialect in ("postgresql", "
 class SqlRateLimits(SqlPart):
     """``reserve_rate`` over the store's engine."""
 
+    #: The store's clock (``BaseTaskStore.now``): slots taken by processes on different machines
+    #: are measured against one clock, so a limit they share holds.
+    now: Callable[[], datetime]
+
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
     ) -> Reservation:
@@ -61,7 +66,7 @@ class SqlRateLimits(SqlPart):
         stmt = _RESERVE[self.dialect]
         params = {
             "key": rate_key(key),
-            "now": time.time() if now is None else now,
+            "now": self.now().timestamp() if now is None else now,
             "interval": interval,
             "span": burst * interval,
             "max_wait": max_wait,
@@ -74,7 +79,7 @@ class SqlRateLimits(SqlPart):
 
     async def prune_rate_limits(self, *, now: float | None = None) -> int:
         """Delete the keys whose slots have all passed (such a key acts exactly like a new one)."""
-        stmt = delete(rate_limits).where(rate_limits.c.tat < (time.time() if now is None else now))
+        stmt = delete(rate_limits).where(rate_limits.c.tat < (self.now().timestamp() if now is None else now))
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 result = await conn.execute(stmt)

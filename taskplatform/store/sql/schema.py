@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -137,8 +138,9 @@ rate_limits = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-#: Dead-letter records: the whole record as JSON (``record``), and the fields lists filter
-#: and sort on as real columns, written from the same record by the same statement.
+#: Dead-letter records: the whole record as JSON (``record``) but its body, the body as bytes
+#: (``body``: binary-safe, NULL on rows written before migration 0006, whose JSON holds it),
+#: and the fields lists filter and sort on as real columns, all written by one statement.
 dead_letters = Table(
     "dead_letters",
     metadata,
@@ -154,6 +156,7 @@ dead_letters = Table(
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("version", Integer, nullable=False),
     Column("record", json_type(), nullable=False),
+    Column("body", LargeBinary(), nullable=True),
     Index("ix_dead_letters_seen", "last_seen_at", "id"),
     Index("ix_dead_letters_status_seen", "status", "last_seen_at"),
     Index("ix_dead_letters_type_seen", "task_type", "last_seen_at"),

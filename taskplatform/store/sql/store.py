@@ -43,7 +43,7 @@ from taskplatform.store.base import (
     decode_cursor,
     encode_cursor,
 )
-from taskplatform.store.primitives import LAPSED
+from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
 from taskplatform.store.sql import migrate
 from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
@@ -136,12 +136,16 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                 dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._fast = PgFastPath(dsn, max_size=self._pool_size)
                 await self._fast.open()
+            await self.sync_clock()
         except SQLAlchemyError as exc:
             await self.close()
             raise StoreError(f"cannot open store {engine.url!r}: {exc}") from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot reach store {engine.url!r}: {exc}") from exc
+        except StoreError:
+            await self.close()
+            raise
 
     def _prepare_sqlite_path(self) -> None:
         database = self.url.split(":///", 1)[1] if ":///" in self.url else ""
@@ -160,6 +164,20 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 await conn.execute(select(literal(1)))
+
+    async def _clock_samples(self) -> builtins.list[ClockSample]:
+        if self.dialect == "sqlite":
+            return []  # a local file: every process using it reads this machine's clock
+        async with self._errors():
+            if self._fast is not None:
+                return await self._fast.clock_samples()
+            async with self.autocommit.connect() as conn:
+
+                async def server_time() -> datetime:
+                    value: datetime = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+                    return value
+
+                return await read_clock(server_time)
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -313,7 +331,6 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         """One statement for the whole batch (see ``statements``)."""
         if not claims:
             return {}
-        now = utcnow()
         async with self._errors():
             if self._fast is not None:
                 rows: Any = await self._fast.claim_many(
@@ -322,10 +339,12 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                     [c.priority for c in claims],
                     node_id=node_id,
                     lease_until=lease_until,
-                    now=now,
+                    now=utcnow(),
+                    takeover_before=self.now(),  # leases are the store's time
                 )
             else:
-                params = {"node": node_id, "lease": lease_until, "now": now}
+                # SQLite: the store's clock is this machine's (offset 0), one value serves both
+                params = {"node": node_id, "lease": lease_until, "now": self.now()}
                 params["claims"] = [(c.task_id, c.attempt, c.priority) for c in claims]
                 async with self.autocommit.connect() as conn:
                     rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
@@ -424,7 +443,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> builtins.list[BackgroundTask]:
-        now = utcnow()
+        now = self.now()  # outbox leases are the store's time, like task leases
         claimable = and_(
             tasks.c.outbox_status == OutboxStatus.PENDING.value,
             tasks.c.created_at < created_before,
@@ -470,7 +489,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                 outbox_last_error=error[:2000],
                 # free for the next relay pass, not after the lease; the owner stays, so a late
                 # mark of an earlier publish cannot take this entry for published
-                outbox_lease_until=utcnow() - LAPSED,
+                outbox_lease_until=self.now() - LAPSED,
                 version=tasks.c.version + 1,
             )
         )
