@@ -56,6 +56,10 @@ class InvalidInputError(TaskPlatformError):
         super().__init__(f"{where}: {message}")
 
 
+class StoreRefused(StoreError):
+    """The store answers, but keeps refusing a write: trying it again will not help."""
+
+
 class DuplicateTaskError(StoreError):
     """A task with this id (or idempotency key) already exists."""
 

@@ -54,7 +54,10 @@ class Reaper:
         parent_idle_seconds: float = 60.0,
         retention_seconds: float | None = None,
         retention_interval: float = 300.0,
+        quiet_after_outage: float = 60.0,
     ) -> None:
+        self._quiet_after_outage = quiet_after_outage
+        self._quiet_until = float("-inf")
         self._store = store
         self._bus = bus
         self._aggregator = aggregator
@@ -78,7 +81,25 @@ class Reaper:
         return self._default_policy
 
     async def run_once(self) -> int:
-        """One pass; returns how many attempts it settled."""
+        """One pass; returns how many attempts it settled.
+
+        A pass that met the store unreachable (StoreError) is followed by ``quiet_after_outage``
+        seconds without reaping: the leases that lapsed meanwhile are mostly those of live workers
+        that could not renew them either, and renew or settle them within a lease once the store
+        is back. Reaping them first would throw finished work away and run it again.
+        """
+        try:
+            return await self._pass()
+        except StoreError:
+            self._quiet_until = time.monotonic() + self._quiet_after_outage
+            raise
+
+    async def _pass(self) -> int:
+        if time.monotonic() < self._quiet_until:
+            log.info(
+                "reaper: the store was unreachable lately; leaving lapsed leases to their workers for now"
+            )
+            return 0
         # Leases are written in the store's clock; judged in ours, a worker whose clock is
         # behind would look dead while it runs (and one ahead would look alive when gone).
         before = self._store.now() - timedelta(seconds=self._grace)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import tenacity
 from pydantic import ValidationError
 
-from taskplatform.errors import TRANSIENT_ERRORS, Cancelled, PermanentFailure, Retry, StoreError
+from taskplatform.errors import TRANSIENT_ERRORS, Cancelled, PermanentFailure, Retry, StoreError, StoreRefused
 
 T = TypeVar("T")
 
@@ -91,27 +91,54 @@ def classify(
     return Verdict.FAIL
 
 
+#: Failed tries of one store write, while the store answers, after which it is refused for good.
+MAX_REFUSALS = 3
+
+
 async def retry_store_call(
     call: Callable[[], Awaitable[T]],
     *,
     hold: float,
+    answers: Callable[[], Awaitable[bool]] | None = None,
+    max_refusals: int = MAX_REFUSALS,
     first_wait: float = 0.1,
     max_wait: float = 5.0,
 ) -> T:
     """Await ``call()`` until it does not raise StoreError, with exponential backoff, for up to
     ``hold`` seconds; then re-raise the last StoreError.
 
+    ``answers`` tells an outage from a refusal: after each failure it is asked whether the store
+    answers; a write that failed ``max_refusals`` times while it did is refused (a value the
+    store will never take), and ``StoreRefused`` is raised at once instead of waiting out the hold.
+
     Written as tenacity's ``async for`` loop on purpose: handed a plain callable that returns
     a coroutine (a ``lambda``), ``AsyncRetrying.__call__`` takes it for a synchronous function,
     "succeeds" with the un-awaited coroutine and never retries.
     """
+    refusals = 0
+
+    async def outage(state: tenacity.RetryCallState) -> bool:
+        nonlocal refusals
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if not isinstance(exc, StoreError):
+            return False
+        if answers is not None and await answers():
+            refusals += 1
+            return refusals < max_refusals
+        return True
+
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_before_delay(hold),
         wait=tenacity.wait_exponential_jitter(multiplier=first_wait, max=max_wait, jitter=first_wait),
-        retry=tenacity.retry_if_exception_type(StoreError),
+        retry=outage,
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await call()
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+    except StoreError as exc:
+        if refusals >= max_refusals:
+            raise StoreRefused(f"the store answers but refused the write {refusals} times: {exc}") from exc
+        raise
     raise AssertionError("unreachable: tenacity re-raises the last StoreError")  # pragma: no cover

@@ -166,6 +166,7 @@ class Runtime:
             grace=settings.reaper_grace_seconds,
             retention_seconds=settings.task_retention_seconds or None,
             retention_interval=settings.retention_interval_seconds,
+            quiet_after_outage=settings.lease_seconds,
         )
         self.consumer: TaskConsumer | None = None
         self.dlq_consumer: DeadLetterConsumer | None = None

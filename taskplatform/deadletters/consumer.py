@@ -29,7 +29,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from taskplatform.deadletters.capture import dead_letter_from, own_message
-from taskplatform.deadletters.parking import parked_copy
+from taskplatform.deadletters.parking import parked_copy, returned_copy
 from taskplatform.errors import StoreError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskDeadLettered
@@ -114,6 +114,8 @@ class DeadLetterConsumer:
         self._in_flight: set[asyncio.Task[object]] = set()
         self.captured = 0
         self.parked = 0
+        #: Messages returned to the DLQ as copies after a store outage longer than the hold.
+        self.handed_back = 0
 
     async def start(self) -> None:
         self._channel = await self._broker.channel()
@@ -189,7 +191,7 @@ class DeadLetterConsumer:
                         exc,
                     )
                     if loop.time() - held_since >= self._outage_hold:
-                        await message.nack(requeue=True)
+                        await self._hand_back(message)
                         return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
@@ -197,6 +199,24 @@ class DeadLetterConsumer:
             await message.ack()
             self.captured += 1
             return
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        """Return a message held through a long store outage to the DLQ without counting a
+        delivery: a confirmed copy, then the ack. (A requeue counts; RabbitMQ 4's quorum queues
+        drop a message returned 20 times when, like the DLQ, they have no dead-letter exchange
+        of their own.) Only when the copy cannot be published is the delivery requeued."""
+        if self._publisher is not None:
+            try:
+                await self._publisher.publish_raw(
+                    "", self._queue_name, returned_copy(message), what=f"dead letter {message.message_id}"
+                )
+            except Exception as exc:
+                log.warning("dead letter %s not handed back (%s); requeueing it", message.message_id, exc)
+            else:
+                await message.ack()
+                self.handed_back += 1
+                return
+        await message.nack(requeue=True)
 
     async def _store_answers(self) -> bool:
         try:

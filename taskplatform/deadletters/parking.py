@@ -46,6 +46,13 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika
     )
 
 
+def returned_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """``message`` as it was (headers, ``x-death`` included), to publish to the DLQ again; without
+    the ``x-delivery-count`` a quorum queue adds to a returned message (the copy is a new one)."""
+    headers = {k: v for k, v in (message.headers or {}).items() if k != "x-delivery-count"}
+    return _copy(message, headers)
+
+
 def parked_copy(
     message: AbstractIncomingMessage, *, reason: str, detail: str, attempts: int
 ) -> aio_pika.Message:

@@ -103,6 +103,8 @@ class BaseTaskStore(
         node_id: str,
         lease_until: datetime,
         priority: int | None = None,
+        task_type: str | None = None,
+        generation: int | None = None,
     ) -> BackgroundTask | None:
         """Claim the task for this attempt. Returns the document if this caller won.
 
@@ -114,6 +116,10 @@ class BaseTaskStore(
         equals: dict[str, Any] = {"retry_count": attempt}
         if priority is not None:
             equals["priority"] = priority
+        if task_type is not None:
+            equals["task_type"] = task_type
+        if generation is not None:
+            equals["replays"] = generation
         # A lease is the store's time: whether it lapsed is the store's clock's call, not ours.
         guard = Guard(statuses=RUNNABLE, equals=equals, takeover_before=self.now())
         return await self._guarded_update(
@@ -135,6 +141,8 @@ class BaseTaskStore(
                 node_id=node_id,
                 lease_until=lease_until,
                 priority=claim.priority,
+                task_type=claim.task_type,
+                generation=claim.generation,
             )
             if task is not None:
                 won[task.id] = task

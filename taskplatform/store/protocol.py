@@ -71,6 +71,8 @@ class TaskStore(Protocol):
         node_id: str,
         lease_until: datetime,
         priority: int | None = None,
+        task_type: str | None = None,
+        generation: int | None = None,
     ) -> BackgroundTask | None: ...
     async def try_set_running_many(
         self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime

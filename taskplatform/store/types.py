@@ -83,11 +83,15 @@ class Backlog:
 @dataclass(frozen=True)
 class ClaimRequest:
     """Claim ``task_id`` for ``attempt`` (see ``try_set_running``), only while the task still has
-    ``priority`` (a message from before a priority change loses)."""
+    ``priority`` (a message from before a priority change loses) and, when given, is of
+    ``task_type`` in replay ``generation`` (a message naming a task it does not belong to never
+    claims it)."""
 
     task_id: str
     attempt: int
     priority: int
+    task_type: str | None = None
+    generation: int | None = None
 
 
 @dataclass(frozen=True)

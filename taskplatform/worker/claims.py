@@ -62,7 +62,7 @@ class Claimer:
             # Only the first delivery of the winning attempt gets the task; a duplicate in the
             # same batch, or a delivery of another attempt, gets nothing.
             task = won.get(claim.task_id)
-            if task is not None and task.retry_count == claim.attempt and claim.priority == task.priority:
+            if task is not None and _belongs(claim, task):
                 del won[claim.task_id]
                 results.append(task)
             else:
@@ -115,7 +115,8 @@ class Claimer:
         await_owner: AwaitOwner | None,
         owner_wait_limit: float,
     ) -> BackgroundTask | None:
-        task = await self._claims.submit(ClaimRequest(tm.task_id, tm.attempt, tm.priority))
+        request = ClaimRequest(tm.task_id, tm.attempt, tm.priority, tm.task_type, tm.generation)
+        task = await self._claims.submit(request)
         if task is not None:
             return task
         current = await self._store.get(tm.task_id)
@@ -124,6 +125,14 @@ class Claimer:
                 message,
                 "unknown-task",
                 f"task {tm.task_id!r} does not exist in the store (never stored here, or deleted since)",
+            )
+            return None
+        if current.task_type != tm.task_type:
+            # It names a task of another type: a message of nobody's (a crafted or corrupted one).
+            await self._settler.reject_malformed(
+                message,
+                "task-mismatch",
+                f"message of type {tm.task_type!r} names task {tm.task_id!r} of type {current.task_type!r}",
             )
             return None
         if self._claimed_by_us(current, tm):
@@ -165,8 +174,11 @@ class Claimer:
         limit: float,
     ) -> None:
         owner = current.execution_node_id or "?"
-        wait = await_owner or AwaitOwner.start(owner, self._store.now())
-        waited = (self._store.now() - wait.since).total_seconds()
+        now = self._store.now()
+        wait = await_owner or AwaitOwner.start(owner, now)
+        if wait.since > now:  # a start in the future (crafted, or a clock gone wrong) waits from now
+            wait = AwaitOwner.start(wait.owner, now)
+        waited = (now - wait.since).total_seconds()
         if waited > limit:
             # The owner kept renewing for longer than any attempt of this type may run: it is
             # alive. Its outcome settles the task; if it dies now, the reaper settles it.
@@ -194,6 +206,8 @@ class Claimer:
             and not task.awaiting_children  # a parent waiting for children runs nowhere
             and task.execution_node_id == self._node_id
             and task.retry_count == tm.attempt
+            and task.priority == tm.priority
+            and task.replays == tm.generation
             and (tm.task_id, tm.attempt) not in self._running
         )
 
@@ -232,3 +246,13 @@ class Claimer:
             not_before=None,
             await_owner=AwaitOwner.start(self._node_id, self._store.now()),
         )
+
+
+def _belongs(claim: ClaimRequest, task: BackgroundTask) -> bool:
+    """The claimed ``task`` is the one ``claim`` asked for: attempt, priority, type, generation."""
+    return (
+        task.retry_count == claim.attempt
+        and task.priority == claim.priority
+        and (claim.task_type is None or task.task_type == claim.task_type)
+        and (claim.generation is None or task.replays == claim.generation)
+    )

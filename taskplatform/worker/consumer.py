@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from executors.base import BackgroundTaskExecutable
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import MessageDecodeError, StoreError
+from taskplatform.errors import (
+    InvalidInputError,
+    MessageDecodeError,
+    PermanentFailure,
+    StoreError,
+    StoreRefused,
+)
 from taskplatform.events.models import TaskStarted
 from taskplatform.logsetup import task_log_context
 from taskplatform.messaging.codec import decode
@@ -28,7 +34,7 @@ from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
-from taskplatform.submission import TaskSubmitter
+from taskplatform.submission import TaskSubmitter, ensure_storable
 from taskplatform.worker.attempt import AttemptRunner
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext
@@ -418,17 +424,30 @@ class TaskConsumer:
                 await asyncio.wait_for(self._settler.hand_back(message, task), timeout=5)
             raise
         cls = type(self._executable(task.task_type))
+        policy = cls.retry_policy or self._default_policy
         try:
             await self._settler.settle(
                 message,
                 task,
                 outcome,
-                policy=cls.retry_policy or self._default_policy,
+                policy=policy,
                 retryable=cls.retryable_exceptions,
                 non_retryable=cls.non_retryable_exceptions,
                 children=children,
                 progress=progress,
             )
+        except StoreRefused as exc:
+            # The store answers but will not take this outcome (a value it cannot store): handing
+            # the message back would run the attempt again and again, uncounted. Fail it instead.
+            log.error(
+                "task %s attempt %d: the store refuses its outcome (%s)", task.id, task.retry_count, exc
+            )
+            refused = Failed(PermanentFailure(f"the attempt's outcome could not be stored: {exc}"), "")
+            try:
+                await self._settler.settle(message, task, refused, policy=policy, children=children)
+            except StoreError:
+                # Not even its failure: requeue, which counts, so the delivery limit ends it in the DLQ.
+                await self._settler.requeue(message)
         except StoreError:
             self.unrecorded += 1
             await self._settler.give_back_unrecorded(message, task, "its outcome could not be recorded")
@@ -468,15 +487,38 @@ class TaskConsumer:
             progress_interval=self._progress_interval,
             received_at=received_at,
         )
-        outcome = await self._attempts.run(task, executable, ctx)
+        outcome = _storable_outcome(await self._attempts.run(task, executable, ctx))
         children = max(ctx.children, earlier)
         if isinstance(outcome, Succeeded) and children == 0:
-            return outcome, children, await ctx.take_pending_progress()
+            progress = await ctx.take_pending_progress()
+            if progress is not None and not _storable(progress, "progress"):
+                progress = None  # the last progress is best effort; the result must be stored
+            return outcome, children, progress
         try:
             await ctx.flush_progress()
         except Exception as exc:  # progress is best effort
             log.warning("task %s: last progress not written: %s", task.id, exc)
         return outcome, children, None
+
+
+def _storable(value: Any, name: str) -> bool:
+    try:
+        ensure_storable(value, (name,))
+    except InvalidInputError:
+        return False
+    return True
+
+
+def _storable_outcome(outcome: Outcome) -> Outcome:
+    """A result no store can keep as it is (NUL in text, integers beyond 64 bits, NaN) fails its
+    attempt for good, naming the field, instead of failing every write of it."""
+    if isinstance(outcome, Succeeded):
+        try:
+            ensure_storable(outcome.result.model_dump(mode="json"), ("result",))
+        except InvalidInputError as exc:
+            error = PermanentFailure(f"the result cannot be stored: {exc}")
+            return Failed(error, format_traceback(error))
+    return outcome
 
 
 #: The latest ``x-not-before`` taken seriously (a later or unreadable value is ignored: the

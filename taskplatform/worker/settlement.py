@@ -46,6 +46,7 @@ from taskplatform.models.message import (
 from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.retry import RetryPolicy, Verdict, classify, retry_store_call
 from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.deadletters import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRACEBACK_LIMIT = 8000
+#: Longest a store ping may take before the store counts as unreachable.
+PING_TIMEOUT_SECONDS = 5.0
 
 #: What acking or rejecting a delivery raises when its channel or connection went away
 #: (RuntimeError: aiormq's "Connection closed" for a socket lost mid-call).
@@ -132,10 +135,11 @@ def decide(
 
 def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str, reason: str) -> ErrorInfo:
     """An ErrorInfo with a trimmed traceback (the end, where the cause is)."""
-    trimmed = tb[-TRACEBACK_LIMIT:] if tb else None
+    trimmed = storable_text(tb[-TRACEBACK_LIMIT:]) if tb else None
     return ErrorInfo(
-        type=type(exc).__name__,
-        message=str(exc)[:2000],
+        # An exception's text may hold NUL or lone surrogates, which no store takes as they are.
+        type=storable_text(type(exc).__name__),
+        message=storable_text(str(exc)[:2000]),
         traceback=trimmed,
         attempt=attempt,
         node_id=node_id,
@@ -179,7 +183,18 @@ class Settler:
             return await write()
         except StoreError as exc:
             log.warning("store write failed (%s); retrying for up to %.0fs", exc, self._store_retry_seconds)
-        return await retry_store_call(write, hold=self._store_retry_seconds)
+        return await retry_store_call(write, hold=self._store_retry_seconds, answers=self._store_answers)
+
+    async def _store_answers(self) -> bool:
+        """Whether the store answers a ping: a write failing while it does is refused, not
+        waiting for an outage to end."""
+        try:
+            await asyncio.wait_for(self._store.ping(), PING_TIMEOUT_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        return True
 
     async def publish(self, event: TaskEvent, task: BackgroundTask | None) -> Delivery:
         """Publish ``event`` on the bus, retrying while the store is unavailable.

@@ -41,7 +41,7 @@ from taskplatform.settings import PlatformSettings
 from taskplatform.store.deadletters import DeadLetterFilter, UpsertOutcome
 from taskplatform.store.sql import SqlTaskStore
 from tests.support.api import client_of, served
-from tests.support.runtime import eventually
+from tests.support.runtime import eventually, running
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +316,43 @@ async def test_a_store_outage_parks_nothing_however_long_it_lasts(
     assert await depth(rabbitmq, runtime.topology.parking_queue) == 0
     assert await depth(rabbitmq, runtime.topology.dead_letter_queue) == 0
     assert _parked(runtime, "store-refused") == 0 and _parked(runtime, "capture-failed") == 0
+
+
+async def test_a_dead_letter_held_through_an_outage_longer_than_the_hold_goes_back_uncounted(
+    make_settings: Callable[..., PlatformSettings],
+    registry: ExecutableRegistry,
+    rabbitmq: Any,
+    tmp_path: Path,
+) -> None:
+    store_url = f"sqlite+aiosqlite:///{tmp_path}/handback.db"
+    settings = make_settings(
+        store_url=store_url,
+        reaper_enabled=False,
+        store_outage_hold_seconds=0.5,
+        dlq_capture_backoff_seconds=0.05,
+    )
+    store = FaultyStore(store_url)
+    runtime = Runtime(settings, role="worker", registry=registry, store=store, consume=True)
+    task_id = f"held-{uuid.uuid4().hex}"
+    async with running(runtime):
+        store.down = True
+        headers = {"x-task-id": task_id, "x-dead-reason": "bad-json"}
+        await to_dlq(rabbitmq, runtime, aio_pika.Message(b"outlives the hold", headers=headers))
+        assert runtime.dlq_consumer is not None
+
+        async def handed_back_twice() -> bool:
+            return runtime.dlq_consumer is not None and runtime.dlq_consumer.handed_back >= 2
+
+        await eventually(handed_back_twice, timeout=20)
+        store.down = False
+
+        async def stored() -> bool:
+            page = await runtime.store.list_dead_letters(DeadLetterFilter(task_id=task_id))
+            return len(page.items) == 1
+
+        await eventually(stored, timeout=20)
+        record = (await runtime.store.list_dead_letters(DeadLetterFilter(task_id=task_id))).items[0]
+        assert await depth(rabbitmq, runtime.topology.dead_letter_queue) == 0
+    # Handed back as new messages, never requeued: the queue counted no delivery of it.
+    assert "x-delivery-count" not in record.headers and record.times_seen == 1
+    assert await depth(rabbitmq, runtime.topology.parking_queue) == 0

@@ -8,7 +8,6 @@ task waits for it) can take the task down with it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -20,7 +19,7 @@ from taskplatform.events.models import TaskDeadLettered
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.models.message import HEADER_DEAD_REASON
 from taskplatform.runtime import Runtime
-from tests.support.executables import Noop
+from tests.support.executables import Flaky, Noop
 from tests.support.runtime import eventually, running
 
 pytestmark = pytest.mark.integration
@@ -76,21 +75,33 @@ async def test_a_message_of_an_unknown_type_naming_a_queued_task_leaves_it_to_it
 async def test_a_message_of_an_unknown_type_at_another_priority_leaves_the_task_it_names_alone(
     make_runtime: Callable[..., Runtime], rabbitmq: Any
 ) -> None:
-    runtime = make_runtime(dlq_consumer_enabled=False, reaper_enabled=False)  # the lapse stays
+    runtime = make_runtime(dlq_consumer_enabled=False)
     task = BackgroundTask(task_type="test_noop", parameters={"value": 5})
     async with running(runtime):
         await runtime.store.create(task)
-        # Its owner died a while ago: the lease lapsed, so the store's guard alone would allow a
-        # dead-letter write. The message names another priority: it is not the task's own.
-        lapsed = runtime.store.now() - timedelta(seconds=30)
-        assert await runtime.store.try_set_running(task.id, attempt=0, node_id="gone", lease_until=lapsed)
+        # Waiting at its attempt: the store's guard alone (the attempt) would allow a dead-letter
+        # write. The message names another priority: it is not the task's own.
         forged = TaskMessage.for_task(task).model_copy(update={"task_type": "test_unknown", "priority": 3})
         await _publish(rabbitmq, runtime, forged.model_dump(mode="json"))
         assert await _dead_reasons(rabbitmq, runtime, 1) == ["unknown-task-type"]
+        assert await _is(runtime, task.id, TaskStatus.QUEUED)
+
+
+async def test_a_message_of_another_registered_type_never_claims_the_task_it_names(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    runtime = make_runtime(dlq_consumer_enabled=False)
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 6})
+    async with running(runtime):
+        await runtime.store.create(task)
+        forged = TaskMessage.for_task(task).model_copy(update={"task_type": "test_flaky", "parameters": {}})
+        await _publish(rabbitmq, runtime, forged.model_dump(mode="json"), routing_key="test_flaky")
+        assert await _dead_reasons(rabbitmq, runtime, 1) == ["task-mismatch"]
         current = await runtime.store.get(task.id)
-    assert (
-        current is not None and current.status is TaskStatus.RUNNING and current.execution_node_id == "gone"
-    )
+        assert current is not None and current.status is TaskStatus.QUEUED  # not claimed, not stranded
+        await runtime.publisher.publish(TaskMessage.for_task(task))  # its own message runs it
+        await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=10)
+    assert Noop.calls[task.id] == 1 and task.id not in Flaky.started
 
 
 async def test_the_own_message_of_a_task_whose_type_no_worker_knows_dead_letters_the_task(

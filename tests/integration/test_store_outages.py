@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from taskplatform.errors import StoreError
 from taskplatform.events.models import TaskStarted
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.runtime import Runtime
-from tests.support.executables import Noop
+from tests.support.executables import Noop, Unstorable
 from tests.support.runtime import eventually, running
 from tests.support.tcp_proxy import TcpProxy
 
@@ -164,3 +165,104 @@ async def test_an_attempt_whose_start_cannot_be_recorded_is_handed_back_and_runs
         assert await _queue_depth(rabbitmq, runtime.topology.dead_letter_queue) == 0
     # It never started the first time: the copy handed back (the claim was this node's) ran it.
     assert len(refused) >= 2 and Noop.calls[task.id] == 1
+
+
+async def test_a_rate_limit_slot_the_store_cannot_reserve_sends_the_message_round_uncounted(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    # Delivery limit 1: one requeue and RabbitMQ dead-letters the message.
+    runtime = make_runtime(delivery_limit=1, dlq_consumer_enabled=False)
+    assert runtime.consumer is not None
+    rates = runtime.consumer._rates  # the consumer's admission of rate-limited types
+    admit = rates.admit
+    refusals: list[str] = []
+
+    async def store_down_three_times(tm: Any, limits: Any) -> Any:
+        if len(refusals) < 3:
+            refusals.append(tm.task_id)
+            raise StoreError("store unreachable for the whole hold (injected)")
+        return await admit(tm, limits)
+
+    rates.admit = store_down_three_times  # type: ignore[method-assign]
+    task = BackgroundTask(task_type="test_paced", parameters={"value": 1})
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _all(runtime, [task.id], TaskStatus.COMPLETED), timeout=20)
+        assert await _queue_depth(rabbitmq, runtime.topology.dead_letter_queue) == 0
+    assert refusals == [task.id] * 3  # three rounds, none counted as a delivery
+
+
+async def test_a_result_no_store_can_keep_fails_its_task_once_instead_of_looping(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any, own_postgres_database_url: str
+) -> None:
+    runtime = make_runtime(store_url=own_postgres_database_url, dlq_consumer_enabled=False)
+    task = BackgroundTask(task_type="test_unstorable")
+    async with running(runtime):
+        await runtime.store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _all(runtime, [task.id], TaskStatus.DEAD_LETTER), timeout=15)
+        dead = await runtime.store.get(task.id)
+    assert dead is not None and dead.error_info is not None
+    assert "the result cannot be stored: result.text: text must not contain NUL" in dead.error_info.message
+    assert Unstorable.calls[task.id] == 1
+
+
+async def test_an_outcome_the_store_keeps_refusing_while_it_answers_fails_the_task_not_loops(
+    make_runtime: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    # A hold far longer than the test: only telling a refusal from an outage ends it in time.
+    runtime = make_runtime(store_outage_hold_seconds=300.0, dlq_consumer_enabled=False)
+    store = runtime.store
+    refused: list[int] = []
+
+    async def refuse_completions(*args: Any, **kwargs: Any) -> Any:
+        refused.append(1)
+        raise StoreError("invalid input syntax (injected): the store answers, and refuses this")
+
+    store.record_completions = refuse_completions  # type: ignore[method-assign]
+    task = BackgroundTask(task_type="test_noop", parameters={"value": 2})
+    async with running(runtime):
+        await store.create(task)
+        await runtime.publisher.publish(TaskMessage.for_task(task))
+        await eventually(lambda: _all(runtime, [task.id], TaskStatus.DEAD_LETTER), timeout=20)
+        dead = await store.get(task.id)
+    assert dead is not None and dead.error_info is not None
+    assert dead.error_info.message.startswith("the attempt's outcome could not be stored")
+    assert Noop.calls[task.id] == 1 and 3 <= len(refused) <= 4  # the first try, then three refusals
+
+
+async def test_after_meeting_a_store_outage_the_reaper_leaves_lapsed_leases_to_their_workers_a_while(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    # No broker needed: the reaper alone, on its own store.
+    runtime = make_runtime(role="api", consume=False, reaper_enabled=False, lease_seconds=1.0)
+    store = runtime.store
+    await store.open()
+    try:
+        task = BackgroundTask(task_type="test_noop")
+        await store.create(task)
+        # Its worker could not renew during the outage either: the lease lapsed meanwhile.
+        lapsed = store.now() - timedelta(seconds=30)
+        assert await store.try_set_running(task.id, attempt=0, node_id="alive", lease_until=lapsed)
+        list_lapsed = store.list_lapsed
+        calls: list[int] = []
+
+        async def unreachable_once(**kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise StoreError("store unreachable (injected)")
+            return await list_lapsed(**kwargs)
+
+        store.list_lapsed = unreachable_once  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await runtime.reaper.run_once()
+        assert await runtime.reaper.run_once() == 0  # the store is back, but the workers come first
+        current = await store.get(task.id)
+        assert current is not None and current.status is TaskStatus.RUNNING
+        await asyncio.sleep(1.1)  # one lease later, a lease still lapsed is a vanished worker's
+        assert await runtime.reaper.run_once() == 1
+        reaped = await store.get(task.id)
+        assert reaped is not None and reaped.status is TaskStatus.RETRYING
+    finally:
+        await store.close()

@@ -297,6 +297,41 @@ async def test_a_claim_naming_a_priority_wins_only_while_the_task_has_it(store: 
     assert won is not None and won.status is TaskStatus.RUNNING
 
 
+async def test_a_claim_naming_another_type_or_generation_never_wins(store: BaseTaskStore) -> None:
+    batched, single, replayed = make_task(), make_task(), make_task()
+    await store.create_many([batched, single, replayed])
+    lease = utcnow() + timedelta(seconds=30)
+    # a message of another type names the task (crafted, or corrupted): it loses, batched or not
+    foreign = [
+        ClaimRequest(batched.id, 0, 0, "test_noop", 0),
+        ClaimRequest(replayed.id, 0, 0, "generate_summary", 1),
+    ]
+    assert await store.try_set_running_many(foreign, node_id=NODE, lease_until=lease) == {}
+    assert (
+        await store.try_set_running(single.id, attempt=0, node_id=NODE, lease_until=lease, task_type="x")
+        is None
+    )
+    assert (
+        await store.try_set_running(single.id, attempt=0, node_id=NODE, lease_until=lease, generation=2)
+        is None
+    )
+    for task in (batched, single, replayed):
+        still = await store.get(task.id)
+        assert still is not None and still.status is TaskStatus.QUEUED
+    own = [
+        ClaimRequest(batched.id, 0, 0, "generate_summary", 0),
+        ClaimRequest(replayed.id, 0, 0, "generate_summary", 0),
+    ]
+    assert set(await store.try_set_running_many(own, node_id=NODE, lease_until=lease)) == {
+        batched.id,
+        replayed.id,
+    }
+    won = await store.try_set_running(
+        single.id, attempt=0, node_id=NODE, lease_until=lease, task_type="generate_summary", generation=0
+    )
+    assert won is not None and won.status is TaskStatus.RUNNING
+
+
 async def test_batch_completion_records_only_the_owners_attempts(store: BaseTaskStore) -> None:
     tasks = [make_task() for _ in range(4)]
     await store.create_many(tasks)

@@ -256,8 +256,26 @@ class PacedSlowly(Paced):
     rate_limits = (RateLimit("30/m"),)
 
 
+class TextResult(BaseModel):
+    text: str
+
+
+class Unstorable(BackgroundTaskExecutable[NoopParams, TextResult]):
+    """Returns text no store keeps as it is (a NUL); counts every execution."""
+
+    task_type = "test_unstorable"
+    Params = NoopParams
+    Result = TextResult
+    calls: ClassVar[Counter[str]] = Counter()
+
+    async def execute(self, ctx: TaskContext[NoopParams]) -> TextResult:
+        type(self).calls[ctx.task_id] += 1
+        return TextResult(text="before\x00after")
+
+
 EXECUTABLES = [
     Noop,
+    Unstorable,
     Boom,
     Flaky,
     Slow,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from taskplatform.errors import StoreError
+from taskplatform.errors import StoreError, StoreRefused
 from taskplatform.events.bus import Delivery
 from taskplatform.events.models import TaskStarted
 from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_AWAIT_SINCE, AwaitOwner
@@ -140,3 +140,34 @@ def test_await_owner_headers_round_trip_and_unreadable_values_are_ignored() -> N
         {HEADER_AWAIT_OWNER: "n", HEADER_AWAIT_SINCE: 10**30},  # out of range
     ):
         assert AwaitOwner.from_headers(bad) is None
+
+
+async def test_a_write_refused_while_the_store_answers_is_given_up_after_three_refusals() -> None:
+    calls: list[int] = []
+
+    async def write() -> None:
+        calls.append(1)
+        raise StoreError("value refused")
+
+    async def answers() -> bool:
+        return True
+
+    started = time.monotonic()
+    with pytest.raises(StoreRefused, match="refused the write 3 times"):
+        await retry_store_call(write, hold=300.0, answers=answers, first_wait=0.01)
+    assert len(calls) == 3 and time.monotonic() - started < 5  # not the 300 s hold
+
+
+async def test_a_write_failing_while_the_store_is_unreachable_waits_out_the_hold() -> None:
+    calls: list[int] = []
+
+    async def write() -> None:
+        calls.append(1)
+        raise StoreError("connection refused")
+
+    async def answers() -> bool:
+        return False  # an outage: failures are not refusals
+
+    with pytest.raises(StoreError) as raised:
+        await retry_store_call(write, hold=0.5, answers=answers, first_wait=0.01, max_wait=0.05)
+    assert not isinstance(raised.value, StoreRefused) and len(calls) > 3

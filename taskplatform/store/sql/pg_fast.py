@@ -38,9 +38,12 @@ _CLAIMABLE = """(tasks.status IN ('QUEUED', 'RETRYING')
 CLAIM_MANY = f"""
     WITH locked AS (
         SELECT tasks.id FROM tasks
-        JOIN unnest($1::text[], $2::integer[], $6::integer[]) AS c(id, attempt, priority)
+        JOIN unnest($1::text[], $2::integer[], $6::integer[], $8::text[], $9::integer[])
+             AS c(id, attempt, priority, task_type, generation)
           ON tasks.id = c.id AND tasks.retry_count = c.attempt
          AND tasks.priority = c.priority
+         AND (c.task_type IS NULL OR tasks.task_type = c.task_type)
+         AND (c.generation IS NULL OR tasks.replays = c.generation)
         WHERE {_CLAIMABLE}
         ORDER BY tasks.id
         FOR UPDATE OF tasks
@@ -170,9 +173,12 @@ class PgFastPath:
         lease_until: datetime,
         now: datetime,
         takeover_before: datetime,
+        task_types: Sequence[str | None] | None = None,
+        generations: Sequence[int | None] | None = None,
     ) -> builtins.list[asyncpg.Record]:
-        """Claim ``ids`` at ``attempts`` and ``priorities``; a RUNNING one only if its lease ended
-        before ``takeover_before`` (the store's clock). ``now`` stamps the claimed rows."""
+        """Claim ``ids`` at ``attempts`` and ``priorities`` (and, where given, ``task_types`` and
+        replay ``generations``); a RUNNING one only if its lease ended before ``takeover_before``
+        (the store's clock). ``now`` stamps the claimed rows."""
         async with self.relaxed.acquire() as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
                 CLAIM_MANY,
@@ -183,6 +189,8 @@ class PgFastPath:
                 now,
                 list(priorities),
                 takeover_before,
+                list(task_types) if task_types is not None else [None] * len(ids),
+                list(generations) if generations is not None else [None] * len(ids),
             )
         return rows
 

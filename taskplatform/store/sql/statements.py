@@ -64,6 +64,19 @@ CLAIM_MANY = (
     .values(**_claim_sets)
     .returning(*tasks.columns)
 )
+#: Claim many, each only for its task type and replay generation too; ``claims`` is a list of
+#: (id, attempt, priority, task type, generation) tuples.
+CLAIM_MANY_CHECKED = (
+    update(tasks)
+    .where(
+        tuple_(tasks.c.id, tasks.c.retry_count, tasks.c.priority, tasks.c.task_type, tasks.c.replays).in_(
+            bindparam("claims", expanding=True)
+        ),
+        _claimable,
+    )
+    .values(**_claim_sets)
+    .returning(*tasks.columns)
+)
 
 #: One completion, only by the owner of that attempt (not once it waits for its children);
 #: ``event_id`` (may be None: keep the last one) becomes ``last_event_id``.

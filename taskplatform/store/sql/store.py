@@ -341,13 +341,22 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                     lease_until=lease_until,
                     now=utcnow(),
                     takeover_before=self.now(),  # leases are the store's time
+                    task_types=[c.task_type for c in claims],
+                    generations=[c.generation for c in claims],
                 )
             else:
                 # SQLite: the store's clock is this machine's (offset 0), one value serves both
                 params = {"node": node_id, "lease": lease_until, "now": self.now()}
-                params["claims"] = [(c.task_id, c.attempt, c.priority) for c in claims]
+                if all(c.task_type is not None and c.generation is not None for c in claims):
+                    statement = sql.CLAIM_MANY_CHECKED
+                    params["claims"] = [
+                        (c.task_id, c.attempt, c.priority, c.task_type, c.generation) for c in claims
+                    ]
+                else:
+                    statement = sql.CLAIM_MANY
+                    params["claims"] = [(c.task_id, c.attempt, c.priority) for c in claims]
                 async with self.autocommit.connect() as conn:
-                    rows = (await conn.execute(sql.CLAIM_MANY, params)).all()
+                    rows = (await conn.execute(statement, params)).all()
         return {t.id: t for t in map(self._to_task, rows)}
 
     async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> dict[str, int]:
