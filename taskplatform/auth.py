@@ -9,8 +9,11 @@ Framework-free: the API turns an ``Authorization`` header into a ``Principal`` w
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -28,8 +31,12 @@ from jwt.types import Options
 from taskplatform.errors import ConfigError, TaskPlatformError
 from taskplatform.settings import PlatformSettings
 
+log = logging.getLogger(__name__)
+
 #: RFC 7518 §3.2: an HS256 key at least as long as the hash output.
 MIN_SECRET_BYTES = 32
+#: A secret of fewer distinct bytes (``"a" * 32``, ``"abab…"``) is a placeholder, not a key.
+MIN_SECRET_DISTINCT_BYTES = 8
 #: NIST SP 800-131A; PyJWT warns below this too.
 MIN_RSA_BITS = 2048
 #: Longer than any token this platform needs; bounds the work an unauthenticated caller causes.
@@ -239,10 +246,16 @@ def _secret(settings: PlatformSettings, otherwise: str) -> bytes:
             f"HS256 needs TASKPLATFORM_JWT_SECRET (at least {MIN_SECRET_BYTES} bytes): set it, or {otherwise}"
         )
     secret = settings.jwt_secret.get_secret_value().encode()
+    make_one = "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(
             f"TASKPLATFORM_JWT_SECRET is {len(secret)} bytes; HS256 needs at least {MIN_SECRET_BYTES} "
-            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            + make_one
+        )
+    if len(set(secret)) < MIN_SECRET_DISTINCT_BYTES:
+        raise ConfigError(
+            f"TASKPLATFORM_JWT_SECRET holds only {len(set(secret))} distinct bytes, too little variety to be "
+            f"a key (at least {MIN_SECRET_DISTINCT_BYTES}); use a random secret {make_one}"
         )
     return secret
 
@@ -267,35 +280,49 @@ def _verification_key(settings: PlatformSettings) -> VerifyKey | KeySet:
 
 
 # ---------------------------------------------------------------- verification
-_FAILURES: tuple[tuple[type[jwt.PyJWTError], AuthFailure], ...] = (
-    (jwt.ExpiredSignatureError, AuthFailure.EXPIRED),
-    (jwt.ImmatureSignatureError, AuthFailure.NOT_YET_VALID),
-    (jwt.InvalidAudienceError, AuthFailure.WRONG_AUDIENCE),
-    (jwt.InvalidIssuerError, AuthFailure.WRONG_ISSUER),
-    (jwt.MissingRequiredClaimError, AuthFailure.MISSING_CLAIM),
-    (jwt.InvalidSignatureError, AuthFailure.BAD_SIGNATURE),
-    (jwt.InvalidAlgorithmError, AuthFailure.ALGORITHM_NOT_ALLOWED),
-    (jwt.InvalidIssuedAtError, AuthFailure.INVALID_CLAIM),
-    (InvalidSubjectError, AuthFailure.INVALID_CLAIM),
-    (InvalidJTIError, AuthFailure.INVALID_CLAIM),
+#: PyJWT's errors, each with the reason and the fixed text a caller gets: the library's own
+#: messages quote decoder internals (``'utf-8' codec can't decode byte 0xb7 …``), so they only
+#: go to the DEBUG log.
+_FAILURES: tuple[tuple[type[jwt.PyJWTError], AuthFailure, str], ...] = (
+    (jwt.ExpiredSignatureError, AuthFailure.EXPIRED, "the token has expired (exp)"),
+    (
+        jwt.ImmatureSignatureError,
+        AuthFailure.NOT_YET_VALID,
+        "the token is not valid yet (nbf or iat in the future)",
+    ),
+    (jwt.InvalidAudienceError, AuthFailure.WRONG_AUDIENCE, "the token is not meant for this API (aud)"),
+    (jwt.InvalidIssuerError, AuthFailure.WRONG_ISSUER, "the token was not issued by the configured issuer"),
+    (jwt.MissingRequiredClaimError, AuthFailure.MISSING_CLAIM, "the token lacks a required claim"),
+    (
+        jwt.InvalidSignatureError,
+        AuthFailure.BAD_SIGNATURE,
+        "the signature does not verify with the configured key",
+    ),
+    (jwt.InvalidAlgorithmError, AuthFailure.ALGORITHM_NOT_ALLOWED, "the token's algorithm is not accepted"),
+    (jwt.InvalidIssuedAtError, AuthFailure.INVALID_CLAIM, "iat must be a number of seconds"),
+    (InvalidSubjectError, AuthFailure.INVALID_CLAIM, "sub must be a string"),
+    (InvalidJTIError, AuthFailure.INVALID_CLAIM, "jti must be a string"),
 )
-_DETAILS = {
-    AuthFailure.EXPIRED: "the token has expired (exp)",
-    AuthFailure.NOT_YET_VALID: "the token is not valid yet (nbf or iat in the future)",
-    AuthFailure.BAD_SIGNATURE: "the signature does not verify with the configured key",
-}
+_MALFORMED = "the token is not a well-formed JWT (three base64url parts: JSON header, JSON claims, signature)"
 
 
 def _failure(exc: jwt.PyJWTError) -> AuthenticationError:
-    reason = next((r for kind, r in _FAILURES if isinstance(exc, kind)), AuthFailure.MALFORMED_TOKEN)
-    return AuthenticationError(reason, _DETAILS.get(reason, str(exc)))
+    log.debug("bearer token rejected: %s: %s", type(exc).__name__, exc)
+    for kind, reason, detail in _FAILURES:
+        if isinstance(exc, kind):
+            if isinstance(exc, jwt.MissingRequiredClaimError):  # names one of our own required claims
+                detail = f"the token lacks the required claim {exc.claim!r}"
+            return AuthenticationError(reason, detail)
+    return AuthenticationError(AuthFailure.MALFORMED_TOKEN, _MALFORMED)
 
 
 class TokenVerifier:
     """Checks bearer JWTs against the configured algorithm, key(s), issuer and audience.
 
     Required claims: ``exp`` and ``sub``, plus ``iss`` / ``aud`` when configured (an empty
-    setting is not checked); ``nbf`` and ``iat`` are checked when present. Build it with
+    setting is not checked); ``nbf`` and ``iat`` are checked when present. The times must be
+    JSON numbers, and a token may live at most ``max_lifetime`` seconds (``exp`` no further
+    ahead of now, nor of ``iat``). Build it with
     ``from_settings``, which is also the configuration check.
     """
 
@@ -308,8 +335,10 @@ class TokenVerifier:
         audience: str = "",
         leeway: float = 0.0,
         roles_claim: str = "roles",
+        max_lifetime: float = 86400.0,
     ) -> None:
         self.algorithm = algorithm
+        self._max_lifetime = max_lifetime
         self._key = key
         self._issuer = issuer or None
         self._audience = audience or None
@@ -335,6 +364,7 @@ class TokenVerifier:
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway_seconds,
             roles_claim=settings.jwt_roles_claim,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
         )
 
     def verify(self, token: str) -> Principal:
@@ -342,7 +372,7 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(AuthFailure.MALFORMED_TOKEN, str(exc)) from None
+            raise _failure(exc) from None
         if header.get("alg") != self.algorithm:
             raise AuthenticationError(
                 AuthFailure.ALGORITHM_NOT_ALLOWED, f"this API accepts {self.algorithm} tokens only"
@@ -360,7 +390,25 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _failure(exc) from None
+        self._check_lifetime(claims)
         return Principal(subject=_subject(claims), roles=self._roles(claims))
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """PyJWT accepts ``"exp": "9999999999"`` (it calls ``int()``) and ``1e308``; a NumericDate
+        is a JSON number (RFC 7519 §2), and no token of ours outlives ``max_lifetime``."""
+        times = {name: claims[name] for name in ("exp", "iat", "nbf") if name in claims}
+        for name, value in times.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise AuthenticationError(
+                    AuthFailure.INVALID_CLAIM, f"{name} must be a number of seconds since the epoch"
+                )
+        limit = self._max_lifetime
+        ahead = times["exp"] - time.time()
+        if ahead > limit + self._leeway or times["exp"] - times.get("iat", times["exp"]) > limit:
+            raise AuthenticationError(
+                AuthFailure.INVALID_CLAIM,
+                f"the token lives longer than this API accepts (exp at most {limit:.0f} s after iat and now)",
+            )
 
     def _roles(self, claims: Mapping[str, Any]) -> frozenset[Role]:
         value = claims.get(self._roles_claim)
@@ -377,13 +425,29 @@ class TokenVerifier:
         return frozenset(Role(v) for v in value if v in known)  # other roles are someone else's
 
 
+def _printable(char: str) -> bool:
+    """Not a control, format (bidi overrides, zero-width), surrogate, private or unassigned
+    character, nor a line or paragraph separator: none belongs in a user id."""
+    category = unicodedata.category(char)
+    return not category.startswith("C") and category not in ("Zl", "Zp")
+
+
 def _subject(claims: Mapping[str, Any]) -> str:
-    subject = claims["sub"]  # a string: PyJWT required and checked it
-    if not subject or len(subject) > MAX_SUBJECT_CHARS or "\x00" in subject:
+    """The user id: it lands in logs, audit records and the store, so it must read as what it is
+    (``"alice\\nadmin"`` would forge a log line, ``"alice "`` pass for alice)."""
+    subject = str(claims["sub"])  # a string: PyJWT required and checked it
+    if (
+        not subject.strip()
+        or subject != subject.strip()
+        or len(subject) > MAX_SUBJECT_CHARS
+        or not all(map(_printable, subject))
+    ):
         raise AuthenticationError(
-            AuthFailure.INVALID_CLAIM, f"sub must be a user id of 1 to {MAX_SUBJECT_CHARS} characters"
+            AuthFailure.INVALID_CLAIM,
+            f"sub must be a user id of 1 to {MAX_SUBJECT_CHARS} printable characters, "
+            "without control characters or leading or trailing spaces",
         )
-    return str(subject)
+    return subject
 
 
 # ---------------------------------------------------------------- minting
@@ -419,6 +483,11 @@ def mint_token(
     With ``private_key_file`` it is RS256 (``kid`` in its header when given); otherwise HS256
     with ``JWT_SECRET``. ConfigError when that key material is missing or unfit.
     """
+    if ttl_seconds > settings.jwt_max_lifetime_seconds:
+        raise ConfigError(
+            f"a token lifetime of {ttl_seconds:.0f} s exceeds TASKPLATFORM_JWT_MAX_LIFETIME_SECONDS="
+            f"{settings.jwt_max_lifetime_seconds:.0f}; the API would refuse it: ask for less or raise that"
+        )
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": subject,

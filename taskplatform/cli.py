@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,34 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
     if args.command == "dev" and not any(k.upper() == "TASKPLATFORM_AUTH" for k in os.environ):
         overrides["auth"] = "disabled"
     return PlatformSettings(**overrides)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name (or "", every address): it may resolve to anything
+
+
+def exposure_refused(args: argparse.Namespace, settings: PlatformSettings) -> str | None:
+    """Why ``api`` / ``dev`` must not start: an API without authentication acts as an admin for
+    every caller, so it stays on loopback unless the operator says otherwise in so many words."""
+    if settings.auth != "disabled" or is_loopback(settings.api_host):
+        return None
+    if getattr(args, "insecure_expose_without_auth", False):
+        log.warning(
+            "authentication is disabled and the API listens on %s: anyone who reaches it is an admin",
+            settings.api_host,
+        )
+        return None
+    return (
+        f"refusing to serve the API on {settings.api_host!r} with authentication disabled: anyone who "
+        "reaches it would act as an admin. Set TASKPLATFORM_AUTH=jwt (with TASKPLATFORM_JWT_SECRET), "
+        "bind a loopback address (--host 127.0.0.1), or pass --insecure-expose-without-auth"
+    )
 
 
 # ---------------------------------------------------------------- servers
@@ -307,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        p.add_argument(
+            "--insecure-expose-without-auth",
+            action="store_true",
+            help="serve a non-loopback host even with authentication disabled (every caller is an admin)",
+        )
     sub.add_parser("worker", help="run a worker: consume and execute tasks")
 
     p = sub.add_parser("submit", help="submit a task through the API")
@@ -390,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     command = args.command
+    if command in ("api", "dev") and (refusal := exposure_refused(args, settings)) is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if command == "api":
         return cmd_api(settings)
     if command == "dev":

@@ -125,7 +125,9 @@ class Runtime:
         )
         self.metrics_server: MetricsServer | None = None
         if settings.metrics_port is not None:
-            self.metrics_server = MetricsServer(self.metrics, port=settings.metrics_port)
+            self.metrics_server = MetricsServer(
+                self.metrics, port=settings.metrics_port, host=settings.metrics_host
+            )
         self.marker = PublishedMarker(self.store)
         self.submitter = TaskSubmitter(
             self.store,

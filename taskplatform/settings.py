@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -19,6 +20,22 @@ from taskplatform.retry import RetryPolicy
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
 
 
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token)=)[^&;#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line or an error: the password masked (``user:***@host``), as are
+    ``password=`` / ``token=`` query values. Also masks what only looks like a URL (no ``://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:  # the last @: a password may hold one unescaped
+        credentials, host = rest.rsplit("@", 1)
+        user, colon, _ = credentials.partition(":")
+        rest = f"{user}:***@{host}" if colon else f"{credentials}@{host}"
+    return _QUERY_SECRET.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
 def default_node_id() -> str:
     """A node id unique per process: host, pid and a short random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -31,7 +48,10 @@ class PlatformSettings(BaseSettings):
     process starts and pass it down.
     """
 
-    model_config = SettingsConfigDict(env_prefix="TASKPLATFORM_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: a refused URL (or secret) must not be echoed by ValidationError.
+    model_config = SettingsConfigDict(
+        env_prefix="TASKPLATFORM_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     store_url: str = DEFAULT_STORE_URL
@@ -147,6 +167,9 @@ class PlatformSettings(BaseSettings):
     jwt_audience: str = "taskplatform"
     #: Clock skew allowed on ``exp`` / ``nbf`` / ``iat``.
     jwt_leeway_seconds: float = Field(default=30.0, ge=0)
+    #: Longest a token may live: one whose ``exp`` lies further ahead (of now, or of its ``iat``)
+    #: is refused, and ``taskplatform token --ttl`` mints no longer one.
+    jwt_max_lifetime_seconds: float = Field(default=86400.0, gt=0)
     #: Claim holding the caller's roles (a list, or a space-separated string).
     jwt_roles_claim: str = "roles"
     #: Bearer token the CLI and ``TaskPlatformClient.from_settings`` send.
@@ -164,6 +187,9 @@ class PlatformSettings(BaseSettings):
     # metrics
     #: Workers serve Prometheus metrics on this port (the API serves /metrics on its own port).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: The address the worker metrics server binds: loopback unless a scraper on another host
+    #: (e.g. Prometheus in another container) needs it, then ``0.0.0.0``.
+    metrics_host: str = "127.0.0.1"
     #: How often the outbox backlog, the oldest queued task and pending dead letters are sampled.
     metrics_sample_seconds: float = Field(default=15.0, gt=0)
 
@@ -187,7 +213,17 @@ class PlatformSettings(BaseSettings):
     @classmethod
     def _check_amqp_url(cls, value: str) -> str:
         if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {value!r}")
+            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {redact_url(value)!r}")
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(
+                "store_url must be a URL such as sqlite+aiosqlite:///path, postgresql+asyncpg://user@host/db "
+                f"or mongodb://host/db, got {redact_url(value)!r}"
+            )
         return value
 
     def default_retry_policy(self) -> RetryPolicy:

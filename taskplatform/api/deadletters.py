@@ -10,18 +10,22 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from taskplatform.api.auth import AUTH_RESPONSES, OperatorDep, require_operator
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
+from taskplatform.errors import InvalidInputError
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, TaskStatus
 from taskplatform.store.base import MAX_PAGE_SIZE
-from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter
+from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter, filter_time
+from taskplatform.submission import ensure_shallow
 
 RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
 ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
+#: A time bound with its UTC offset, validated here so a bad one names its own parameter.
+TimeBound = Annotated[datetime | None, AfterValidator(filter_time)]
 #: The longest a bulk replay may hold its request (it paces itself at ``rate``).
 MAX_BULK_SECONDS = 600.0
 
@@ -74,6 +78,16 @@ class ReplayRequest(BaseModel):
 
     parameters: dict[str, Any] | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Deeper nesting stops the serializer before the replay could refuse (and audit) it.
+        try:
+            ensure_shallow(value, ())
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
 
 class ReplayResult(BaseModel):
     """The record after the replay, and the task, QUEUED again."""
@@ -98,6 +112,11 @@ class BulkReplayRequest(BaseModel):
     limit: int = Field(default=100, ge=1, le=MAX_BULK, strict=True)
     dry_run: bool = Field(default=False, strict=True)
     rate: float | None = Field(default=None, gt=0, le=10_000, strict=True, description="replays per second")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware_utc(cls, value: datetime | None) -> datetime | None:
+        return filter_time(value)
 
 
 class BulkReplayResult(BaseModel):
@@ -152,8 +171,8 @@ async def list_dead_letters(
         str | None,
         Query(max_length=255, pattern=NO_NUL, description="the task's record and the messages naming it"),
     ] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[TimeBound, Query(description="last seen at or after (with a UTC offset)")] = None,
+    until: Annotated[TimeBound, Query(description="last seen before (with a UTC offset)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> DeadLetterList:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import StringConstraints
 
 from taskplatform.api.auth import AUTH_RESPONSES, SubmitterDep, require_submitter
 from taskplatform.api.deps import NO_NUL, RuntimeDep
@@ -27,7 +28,7 @@ from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
-from taskplatform.submission import SubmitRequest
+from taskplatform.submission import MAX_TAGS, SubmitRequest
 from topology import queue_depths
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -176,7 +177,8 @@ async def list_tasks(
     parent_task_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     priority: Annotated[int | None, Query(ge=0, le=MAX_PRIORITY)] = None,
     tag: Annotated[
-        list[str] | None, Query(description="Repeat to require several tags", max_length=20)
+        list[Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)]] | None,
+        Query(description="Repeat to require several tags", max_length=MAX_TAGS),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,

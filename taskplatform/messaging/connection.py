@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from urllib.parse import unquote
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from taskplatform.errors import BrokerError
+from taskplatform.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ class BrokerConnection:
             try:
                 self._connection = await self._connect_once()
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-                raise BrokerError(f"cannot connect to RabbitMQ at {_redact(self.url)}: {exc}") from exc
+                raise BrokerError(
+                    f"cannot connect to RabbitMQ at {_redact(self.url)}: {_scrub(exc, self.url)}"
+                ) from exc
             self._connected.set()
             return
         self._connector = asyncio.create_task(self._connect_forever(), name=f"{self.name}-connect")
@@ -67,7 +71,7 @@ class BrokerConnection:
                 log.warning(
                     "RabbitMQ at %s unreachable (%s); retrying in %.0fs",
                     _redact(self.url),
-                    exc,
+                    _scrub(exc, self.url),
                     self._retry_interval,
                 )
                 await asyncio.sleep(self._retry_interval)
@@ -99,9 +103,15 @@ class BrokerConnection:
 
 def _redact(url: str) -> str:
     """The URL without its password."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    return redact_url(url)
+
+
+def _scrub(exc: BaseException, url: str) -> str:
+    """The error's text with the URL's password masked, should a library have quoted it."""
+    text = str(exc)
+    rest = url.partition("://")[2]
+    credentials = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    password = credentials.partition(":")[2]
+    for secret in (password, unquote(password)) if password else ():
+        text = text.replace(secret, "***")
+    return text

@@ -34,9 +34,10 @@ def render(metrics: Metrics) -> tuple[bytes, str]:
 
 class MetricsServer:
     """``/metrics`` on a port of its own (workers; the API serves it on its own port), from a
-    daemon thread: a scrape never waits for the event loop."""
+    daemon thread: a scrape never waits for the event loop. Loopback unless ``host`` (the
+    ``METRICS_HOST`` setting) says otherwise."""
 
-    def __init__(self, metrics: Metrics, *, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
+    def __init__(self, metrics: Metrics, *, port: int, host: str = "127.0.0.1") -> None:
         self._metrics = metrics
         self._port = port
         self._host = host

@@ -38,6 +38,7 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterOperations",
     "DeadLetterPage",
+    "filter_time",
     "UpsertOutcome",
     "merge_dead_letter",
 ]
@@ -98,7 +99,20 @@ class DeadLetterFilter(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _aware_utc(cls, value: datetime | None) -> datetime | None:
-        return _utc(value)
+        return filter_time(value)
+
+
+def filter_time(value: datetime | None) -> datetime | None:
+    """A ``since``/``until`` bound in UTC. ValueError when it is naive or has no UTC time
+    (``0001-01-01T00:00:00+14:00`` is before the first UTC time a datetime holds)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("a time needs its UTC offset, as in 2026-01-01T00:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range: in UTC it falls outside 0001-01-01 to 9999-12-31") from None
 
 
 class DeadLetterPage(BaseModel):

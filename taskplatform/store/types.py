@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,9 +63,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, task_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
         when = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        # A time every backend can compare: in UTC (an offset may push it out of range).
+        when = when.astimezone(UTC) if when.tzinfo is not None else when
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursorError(f"invalid cursor {cursor!r}") from exc
-    if when.tzinfo is None or not task_id:
+    # Ids are text without NUL (PostgreSQL refuses it): no cursor this store made holds one.
+    if when.tzinfo is None or not task_id or "\x00" in task_id:
         raise InvalidCursorError(f"invalid cursor {cursor!r}")
     return when, task_id
 

@@ -515,7 +515,8 @@ def _storable_outcome(outcome: Outcome) -> Outcome:
     if isinstance(outcome, Succeeded):
         try:
             ensure_storable(outcome.result.model_dump(mode="json"), ("result",))
-        except InvalidInputError as exc:
+        except (InvalidInputError, ValueError, TypeError, RecursionError) as exc:
+            # (pydantic cannot serialize a result nested too deep: a ValueError of its own)
             error = PermanentFailure(f"the result cannot be stored: {exc}")
             return Failed(error, format_traceback(error))
     return outcome

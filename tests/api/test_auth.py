@@ -151,6 +151,31 @@ async def test_requests_without_a_valid_token_get_401_with_a_bearer_challenge_an
     assert (await runtime.store.list_audit()).items == []  # no dry run got through
 
 
+#: (what is wrong, token, the text the 401 message must hold)
+UNHYGIENIC = [
+    ("exp a numeric string", hs256(claims(exp=str(NOW + 600))), "exp must be a number"),
+    ("exp 1e308", hs256(claims(exp=1e308)), "lives longer"),
+    ("exp a year ahead", hs256(claims(exp=NOW + 365 * 86400)), "lives longer"),
+    ("sub of spaces", hs256(claims(sub="   ")), "printable characters"),
+    ("sub with a newline", hs256(claims(sub="alice\nadmin")), "printable characters"),
+    ("header not UTF-8", "t7e3t7e3.e30.e30", "well-formed JWT"),
+]
+
+
+async def test_tokens_with_unfit_claims_get_401_with_a_fixed_clear_reason(
+    api: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    client, runtime = api
+    for what, bad, text in UNHYGIENIC:
+        r = await client.post("/api/v1/tasks", json=NOOP, headers=bearer(bad))
+        reason = "malformed token" if text == "well-formed JWT" else "invalid claim"
+        assert_unauthorized(r, reason, what)
+        message = r.json()["error"]["message"]
+        assert text in message, (what, message)
+        assert "codec" not in message and "0xb7" not in message and "\n" not in message, (what, message)
+    assert await stored(runtime) == 0
+
+
 async def test_health_docs_and_the_openapi_document_stay_public(
     api: tuple[httpx.AsyncClient, Runtime],
 ) -> None:

@@ -193,18 +193,25 @@ async def test_a_rate_limit_slot_the_store_cannot_reserve_sends_the_message_roun
     assert refusals == [task.id] * 3  # three rounds, none counted as a delivery
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (0, "the result cannot be stored: result.text: text must not contain NUL"),
+        (1, "the result cannot be stored"),
+    ],
+)
 async def test_a_result_no_store_can_keep_fails_its_task_once_instead_of_looping(
-    make_runtime: Callable[..., Runtime], rabbitmq: Any, own_postgres_database_url: str
+    make_runtime: Callable[..., Runtime], rabbitmq: Any, own_postgres_database_url: str, value: int, why: str
 ) -> None:
     runtime = make_runtime(store_url=own_postgres_database_url, dlq_consumer_enabled=False)
-    task = BackgroundTask(task_type="test_unstorable")
+    task = BackgroundTask(task_type="test_unstorable", parameters={"value": value})
     async with running(runtime):
         await runtime.store.create(task)
         await runtime.publisher.publish(TaskMessage.for_task(task))
         await eventually(lambda: _all(runtime, [task.id], TaskStatus.DEAD_LETTER), timeout=15)
         dead = await runtime.store.get(task.id)
     assert dead is not None and dead.error_info is not None
-    assert "the result cannot be stored: result.text: text must not contain NUL" in dead.error_info.message
+    assert why in dead.error_info.message
     assert Unstorable.calls[task.id] == 1
 
 

@@ -258,10 +258,12 @@ class PacedSlowly(Paced):
 
 class TextResult(BaseModel):
     text: str
+    nested: dict[str, Any] | None = None
 
 
 class Unstorable(BackgroundTaskExecutable[NoopParams, TextResult]):
-    """Returns text no store keeps as it is (a NUL); counts every execution."""
+    """Returns what no store keeps as it is: text with a NUL, or (``value`` 1) a result nested 300
+    levels deep; counts every execution."""
 
     task_type = "test_unstorable"
     Params = NoopParams
@@ -270,6 +272,11 @@ class Unstorable(BackgroundTaskExecutable[NoopParams, TextResult]):
 
     async def execute(self, ctx: TaskContext[NoopParams]) -> TextResult:
         type(self).calls[ctx.task_id] += 1
+        if ctx.parameters.value == 1:
+            deep: dict[str, Any] = {}
+            for _ in range(300):
+                deep = {"d": deep}
+            return TextResult(text="deep", nested=deep)
         return TextResult(text="before\x00after")
 
 

@@ -178,3 +178,72 @@ def test_task_commands_send_the_token_when_there_is_one(
     api.on("POST", "/api/v1/tasks", Response(201, json={"task_id": "t1", "status": "QUEUED"}))
     assert cli.main(argv) == 0
     assert api.only.headers.get("authorization") == sent
+
+
+# ---------------------------------------------------------------- dev and api beyond loopback
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The (host, auth) of each API the CLI would have started."""
+    calls: list[tuple[str, str]] = []
+
+    def fake_cmd_api(settings: Any, *, with_worker: bool = False) -> int:
+        calls.append((settings.api_host, settings.auth))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_api", fake_cmd_api)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["dev", "--host", "0.0.0.0"], {}),
+        (["dev", "--host", "::"], {}),
+        (["dev", "--host", "192.168.1.20"], {}),
+        (["dev", "--host", "myhost.example"], {}),
+        (["dev"], {"TASKPLATFORM_API_HOST": "0.0.0.0"}),
+        (["api", "--host", "0.0.0.0"], {"TASKPLATFORM_AUTH": "disabled"}),
+    ],
+)
+def test_serving_beyond_loopback_without_authentication_is_refused_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    served: list[tuple[str, str]],
+    argv: list[str],
+    env: dict[str, str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 2
+    assert served == []
+    err = capsys.readouterr().err
+    assert "authentication disabled" in err and "--insecure-expose-without-auth" in err
+    assert "TASKPLATFORM_AUTH=jwt" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["dev"], {}),
+        (["dev", "--host", "127.0.0.1"], {}),
+        (["dev", "--host", "127.0.0.2"], {}),
+        (["dev", "--host", "::1"], {}),
+        (["dev", "--host", "localhost"], {}),
+        (["dev", "--host", "0.0.0.0"], {"TASKPLATFORM_AUTH": "jwt", "TASKPLATFORM_JWT_SECRET": SECRET}),
+        (["api", "--host", "0.0.0.0"], {}),
+        (["dev", "--host", "0.0.0.0", "--insecure-expose-without-auth"], {}),
+    ],
+)
+def test_loopback_an_authenticated_api_or_the_explicit_override_serves(
+    monkeypatch: pytest.MonkeyPatch, served: list[tuple[str, str]], argv: list[str], env: dict[str, str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 0
+    assert len(served) == 1
+
+
+def test_the_override_warns_loudly(served: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dev", "--host", "0.0.0.0", "--insecure-expose-without-auth"]) == 0
+    assert served == [("0.0.0.0", "disabled")]
+    assert "WARNING" in (err := capsys.readouterr().err) and "anyone who reaches it is an admin" in err

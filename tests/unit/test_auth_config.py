@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,32 @@ def test_hs256_without_a_secret_names_the_variables_to_set() -> None:
 def test_hs256_with_a_short_secret_says_how_long_it_is_and_must_be() -> None:
     message = refused(jwt_secret="x" * 31)
     assert "TASKPLATFORM_JWT_SECRET is 31 bytes" in message and "at least 32" in message
-    TokenVerifier.from_settings(settings(jwt_secret="x" * 32))  # exactly enough
+    TokenVerifier.from_settings(settings(jwt_secret="abcdefgh" * 4))  # exactly enough
 
 
 def test_the_secret_length_counts_bytes_not_characters() -> None:
-    TokenVerifier.from_settings(settings(jwt_secret="é" * 16))  # 16 characters, 32 bytes
+    TokenVerifier.from_settings(settings(jwt_secret="éèêëàâäô" * 2))  # 16 characters, 32 bytes
     assert "is 30 bytes" in refused(jwt_secret="é" * 15)
+
+
+@pytest.mark.parametrize("secret", ["a" * 32, "ab" * 24, "0123456" * 6, "é" * 40])
+def test_a_long_secret_of_too_few_distinct_bytes_is_refused(secret: str) -> None:
+    message = refused(jwt_secret=secret)
+    assert "TASKPLATFORM_JWT_SECRET" in message and "distinct bytes" in message
+    assert secret not in message
+    with pytest.raises(ConfigError, match="TASKPLATFORM_JWT_SECRET"):
+        mint_token(settings(jwt_secret=secret), "alice")
+
+
+def test_a_secret_of_eight_distinct_bytes_is_enough() -> None:
+    TokenVerifier.from_settings(settings(jwt_secret="01234567" * 4))
+
+
+def test_mint_token_refuses_a_lifetime_the_verifier_would_refuse() -> None:
+    config = settings(jwt_secret=SECRET, jwt_max_lifetime_seconds=3600)
+    with pytest.raises(ConfigError, match="TASKPLATFORM_JWT_MAX_LIFETIME_SECONDS=3600"):
+        mint_token(config, "alice", ttl_seconds=3601)
+    assert TokenVerifier.from_settings(config).verify(mint_token(config, "alice", ttl_seconds=3600))
 
 
 # ---------------------------------------------------------------- RS256
@@ -99,7 +120,9 @@ def test_a_pem_certificate_is_accepted_for_its_public_key(tmp_path: Path) -> Non
     path = write(tmp_path / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
     verifier = TokenVerifier.from_settings(settings(jwt_algorithm="RS256", jwt_public_key_file=path))
     token = jwt.encode(
-        {"sub": "alice", "exp": 2**31, "iss": "taskplatform", "aud": "taskplatform"}, key, "RS256"
+        {"sub": "alice", "exp": int(time.time()) + 600, "iss": "taskplatform", "aud": "taskplatform"},
+        key,
+        "RS256",
     )
     assert verifier.verify(token).subject == "alice"
 

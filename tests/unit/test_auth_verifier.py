@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -165,6 +169,128 @@ def test_a_tampered_payload_fails_the_signature(verifier: TokenVerifier) -> None
 
 def test_an_rs256_token_is_refused_by_an_hs256_api(verifier: TokenVerifier) -> None:
     assert rejected(verifier, rs256(claims(), rsa_key())).reason is AuthFailure.ALGORITHM_NOT_ALLOWED
+
+
+# ---------------------------------------------------------------- claim hygiene
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def signed(header: bytes, payload: bytes) -> str:
+    """Any bytes as header and claims, with a valid HS256 signature under SECRET."""
+    head, body = _b64(header), _b64(payload)
+    signature = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"exp": str(NOW + 600)},
+        {"iat": str(NOW)},
+        {"nbf": str(NOW - 60)},
+        {"iat": True},
+        {"exp": [NOW + 600]},
+    ],
+    ids=["exp-string", "iat-string", "nbf-string", "iat-bool", "exp-list"],
+)
+def test_times_that_are_not_json_numbers_are_invalid_claims(
+    verifier: TokenVerifier, overrides: dict[str, Any]
+) -> None:
+    error = rejected(verifier, hs256(claims(**overrides)))
+    assert error.reason in (AuthFailure.INVALID_CLAIM, AuthFailure.MALFORMED_TOKEN)
+    assert "number of seconds" in error.detail or "well-formed" in error.detail
+
+
+def test_a_numeric_string_exp_is_refused_though_pyjwt_accepts_it(verifier: TokenVerifier) -> None:
+    error = rejected(verifier, hs256(claims(exp=str(NOW + 600))))
+    assert error.reason is AuthFailure.INVALID_CLAIM and "exp must be a number" in error.detail
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"exp": 1e308},
+        {"exp": NOW + 86400 + 3600},  # a day and an hour ahead
+        {"exp": NOW + 3600, "iat": NOW - 86400},  # 25 h between iat and exp
+    ],
+    ids=["exp-1e308", "exp-beyond-a-day", "exp-minus-iat-beyond-a-day"],
+)
+def test_a_token_living_longer_than_the_maximum_lifetime_is_refused(
+    verifier: TokenVerifier, overrides: dict[str, Any]
+) -> None:
+    error = rejected(verifier, hs256(claims(**overrides)))
+    assert error.reason is AuthFailure.INVALID_CLAIM and "lives longer" in error.detail
+
+
+def test_the_maximum_lifetime_is_a_setting_and_a_day_by_default(verifier: TokenVerifier) -> None:
+    assert PlatformSettings().jwt_max_lifetime_seconds == 86400
+    assert verifier.verify(hs256(claims(iat=NOW, exp=NOW + 86400))).subject == "alice"
+    hourly = TokenVerifier.from_settings(settings(jwt_max_lifetime_seconds=3600))
+    assert hourly.verify(hs256(claims(exp=int(time.time()) + 3000))).subject == "alice"
+    assert rejected(hourly, hs256(claims(iat=None, exp=int(time.time()) + 7200))).reason is (
+        AuthFailure.INVALID_CLAIM
+    )
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "   ",
+        "\t",
+        "alice\nadmin",
+        "alice\r\nINFO forged",
+        "alice\x1b[31m",
+        "alice\x7f",
+        "admin\u202e",
+        "ali\u200bce",
+        " alice",
+        "alice ",
+        "alice\u2028x",
+    ],
+)
+def test_a_subject_of_spaces_or_with_control_characters_is_refused(
+    verifier: TokenVerifier, subject: str
+) -> None:
+    error = rejected(verifier, hs256(claims(sub=subject)))
+    assert error.reason is AuthFailure.INVALID_CLAIM and "printable characters" in error.detail
+
+
+@pytest.mark.parametrize("subject", ["alice", "Ålice Smith", "user@example.com", "李雷", "a" * 255])
+def test_ordinary_subjects_are_accepted(verifier: TokenVerifier, subject: str) -> None:
+    assert verifier.verify(hs256(claims(sub=subject))).subject == subject
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        f"{_b64(bytes([0xB7, 0xFF]) * 4)}.e30.e30",  # header not UTF-8
+        f"{_b64(b'{not json')}.e30.e30",  # header not JSON
+        signed(b'{"alg":"HS256","typ":"JWT"}', bytes([0xB7, 0xFF]) * 4),  # claims not UTF-8
+        signed(b'{"alg":"HS256","typ":"JWT"}', b"[1, 2]"),  # claims not an object
+        signed(b'{"alg":"HS256","typ":"JWT","kid":7}', b"{}"),  # kid not a string
+    ],
+    ids=["header-bytes", "header-json", "claims-bytes", "claims-array", "kid-number"],
+)
+def test_a_malformed_token_gets_a_fixed_reason_and_the_details_only_go_to_the_debug_log(
+    verifier: TokenVerifier, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="taskplatform.auth"):
+        error = rejected(verifier, token)
+    assert error.reason is AuthFailure.MALFORMED_TOKEN
+    assert "well-formed JWT" in error.detail
+    for internal in ("codec", "0xb7", "Invalid", "decode", "Expecting"):
+        assert internal not in str(error)
+    assert any(r.levelno == logging.DEBUG and "rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_other_rejections_carry_fixed_texts_not_the_librarys(verifier: TokenVerifier) -> None:
+    assert (
+        rejected(verifier, hs256(claims(aud="billing"))).detail == "the token is not meant for this API (aud)"
+    )
+    missing = rejected(verifier, hs256(claims(exp=None)))
+    assert missing.detail == "the token lacks the required claim 'exp'"
+    assert rejected(verifier, hs256(claims(iat="soon"))).detail == "iat must be a number of seconds"
 
 
 # ---------------------------------------------------------------- RS256 keys

@@ -105,3 +105,50 @@ def test_registry_refuses_duplicates_and_bad_definitions() -> None:
         registry.register(_BadName)
     with pytest.raises(ConfigError, match="not a BackgroundTaskExecutable"):
         registry.register(int)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- no password in errors
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amqp_url", "http://user:s3cretpw@h/"),
+        ("amqp_url", "user:s3cretpw@rabbit:5672/"),
+        ("store_url", "user:s3cretpw@db/tasks"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_password(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PlatformSettings(**{field: value})
+    assert "s3cretpw" not in str(caught.value) and "s3cretpw" not in repr(
+        caught.value.errors(include_input=False)
+    )
+    assert "user:***@" in str(caught.value) and field in str(caught.value)
+
+
+def test_the_cli_names_a_refused_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taskplatform import cli
+
+    monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "http://user:s3cretpw@h/")
+    assert cli.main(["worker"]) == 2
+    captured = capsys.readouterr()
+    assert "TASKPLATFORM_AMQP_URL" in captured.err and "user:***@h/" in captured.err
+    assert "s3cretpw" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),
+        ("amqp://u@h/", "amqp://u@h/"),
+        ("amqp://h/vhost", "amqp://h/vhost"),
+        ("u:pw@h", "u:***@h"),
+        ("postgresql+asyncpg://u@h/db?password=pw&ssl=1", "postgresql+asyncpg://u@h/db?password=***&ssl=1"),
+    ],
+)
+def test_redact_url_masks_passwords(url: str, shown: str) -> None:
+    from taskplatform.settings import redact_url
+
+    assert redact_url(url) == shown
