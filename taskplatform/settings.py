@@ -172,6 +172,10 @@ class PlatformSettings(BaseSettings):
     jwt_max_lifetime_seconds: float = Field(default=86400.0, gt=0)
     #: Claim holding the caller's roles (a list, or a space-separated string).
     jwt_roles_claim: str = "roles"
+    #: ``/readyz`` (queue names, consumer counts) and ``/metrics`` need an operator's token too.
+    #: Off by default so probes and Prometheus need no token: keep those ports on a private
+    #: network, or turn this on and give Prometheus a token (DEVELOPER_GUIDE "Authentication").
+    protect_ops_endpoints: bool = False
     #: Bearer token the CLI and ``TaskPlatformClient.from_settings`` send.
     token: SecretStr | None = None
 

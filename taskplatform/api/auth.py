@@ -59,13 +59,18 @@ class Authenticator:
     """Turns an ``Authorization`` header into a principal; with no verifier (authentication
     disabled) every request is an admin without a subject."""
 
-    def __init__(self, verifier: TokenVerifier | None) -> None:
+    def __init__(self, verifier: TokenVerifier | None, *, protect_ops: bool = False) -> None:
         self.verifier = verifier
+        #: Whether ``/readyz`` and ``/metrics`` need an operator (``PROTECT_OPS_ENDPOINTS``).
+        self.protect_ops = protect_ops
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> Authenticator:
         """ConfigError when ``AUTH=jwt`` lacks the key material its algorithm needs."""
-        return cls(TokenVerifier.from_settings(settings) if settings.auth == "jwt" else None)
+        return cls(
+            TokenVerifier.from_settings(settings) if settings.auth == "jwt" else None,
+            protect_ops=settings.protect_ops_endpoints,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -123,6 +128,15 @@ class RoleGuard:
 # One instance each, so FastAPI resolves a guard once per request however often it is named.
 require_submitter = RoleGuard(Role.SUBMITTER)
 require_operator = RoleGuard(Role.OPERATOR)
+
+
+def require_operator_if_protected(request: Request) -> None:
+    """The guard of the operations endpoints (``/readyz``, ``/metrics``): an operator's token
+    when ``PROTECT_OPS_ENDPOINTS`` is on, nothing otherwise (probes and scrapers send none)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    if authenticator.protect_ops:
+        require_operator(authenticator.authenticate(request.headers.get("authorization")))
+
 
 SubmitterDep = Annotated[Principal, Depends(require_submitter)]
 OperatorDep = Annotated[Principal, Depends(require_operator)]

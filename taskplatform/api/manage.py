@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from taskplatform.api.auth import SubmitterDep, require_submitter
 from taskplatform.api.deps import RuntimeDep
 from taskplatform.api.errors import ErrorBody
-from taskplatform.api.routes import ERRORS, TaskId, visible_task
+from taskplatform.api.routes import ERRORS, TaskId, shown, visible_task
 from taskplatform.management import NotQueued, TaskManager
 from taskplatform.models import MAX_PRIORITY, BackgroundTask
 from taskplatform.store.base import Deletion
@@ -59,9 +59,10 @@ async def amend_task(
     task = await visible_task(runtime, principal, task_id)
     manager = TaskManager(runtime.store, runtime.submitter, node_id=runtime.settings.node_id)
     try:
-        return await manager.amend(task, priority=body.priority, tags=body.tags, metadata=body.metadata)
+        amended = await manager.amend(task, priority=body.priority, tags=body.tags, metadata=body.metadata)
     except NotQueued as exc:
         raise HTTPException(409, str(exc)) from None
+    return shown(principal, amended)
 
 
 @router.delete(

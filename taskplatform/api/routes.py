@@ -9,7 +9,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import StringConstraints
 
-from taskplatform.api.auth import AUTH_RESPONSES, SubmitterDep, require_submitter
+from taskplatform.api.auth import (
+    AUTH_RESPONSES,
+    SubmitterDep,
+    require_operator_if_protected,
+    require_submitter,
+)
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
@@ -50,10 +55,32 @@ tasks_router = APIRouter(
 async def visible_task(runtime: Runtime, principal: Principal, task_id: str) -> BackgroundTask:
     """The task, if this caller may see it. Another user's task answers exactly like a missing
     one, so ids cannot be probed."""
-    task = await runtime.store.get(task_id)
-    if task is None or not principal.may_see(task.user_id):
+    if principal.can_see_all:
+        task = await runtime.store.get(task_id)
+    elif principal.subject is not None:
+        # The owner is part of the query: another user's task is not even loaded, so it answers
+        # as fast as a missing one (its existence and size cannot be timed).
+        task = await runtime.store.get_visible(task_id, user_id=principal.subject)
+    else:
+        task = None
+    if task is None:
         raise HTTPException(404, f"task {task_id!r} not found")
     return task
+
+
+def shown(principal: Principal, task: BackgroundTask) -> BackgroundTask:
+    """The task as this caller may read it: a submitter gets its error's type and message (and
+    attempt, reason, time) but not the traceback or the worker node, which carry server paths,
+    line numbers and host names; operators and admins get everything."""
+    error = task.error_info
+    if principal.can_see_all or error is None:
+        return task
+    redacted = error.model_copy(update={"traceback": None, "node_id": None})
+    return task.model_copy(update={"error_info": redacted})
+
+
+def shown_all(principal: Principal, tasks: list[BackgroundTask]) -> list[BackgroundTask]:
+    return [shown(principal, t) for t in tasks]
 
 
 def _owner(principal: Principal, requested: str | None) -> str | None:
@@ -117,7 +144,7 @@ async def submit_task(
 
 @tasks_router.get("/tasks/{task_id}", response_model=BackgroundTask, summary="Get a task")
 async def get_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep) -> BackgroundTask:
-    return await visible_task(runtime, principal, task_id)
+    return shown(principal, await visible_task(runtime, principal, task_id))
 
 
 @tasks_router.post(
@@ -164,7 +191,7 @@ async def list_children(
     page = await runtime.store.list(
         TaskFilter(parent_task_id=task_id, status=status, user_id=owner), limit=limit, cursor=cursor
     )
-    return TaskList(items=page.items, next_cursor=page.next_cursor)
+    return TaskList(items=shown_all(principal, page.items), next_cursor=page.next_cursor)
 
 
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")
@@ -199,7 +226,7 @@ async def list_tasks(
         tags=tuple(tag or ()),
     )
     page = await runtime.store.list(filters, limit=limit, cursor=cursor)
-    return TaskList(items=page.items, next_cursor=page.next_cursor)
+    return TaskList(items=shown_all(principal, page.items), next_cursor=page.next_cursor)
 
 
 @tasks_router.get("/task-types", response_model=list[TaskTypeInfo], summary="Registered task types")
@@ -233,6 +260,7 @@ _PROBE_FAULTS: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_BROKE
     response_model=Readiness,
     responses={503: {"model": Readiness}},
     summary="Readiness: store and broker reachable",
+    dependencies=[Depends(require_operator_if_protected)],
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks: dict[str, str] = {}
@@ -256,7 +284,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
 
 
-@health_router.get("/metrics", include_in_schema=False)
+@health_router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_operator_if_protected)])
 async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics of this process (of every API process, in multiprocess mode)."""
     body, content_type = render(runtime.metrics)

@@ -229,6 +229,11 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
             doc = await self.collection.find_one({"_id": task_id})
         return self._to_task(doc) if doc is not None else None
 
+    async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
+        async with self._errors():
+            doc = await self.collection.find_one({"_id": task_id, "user_id": user_id})
+        return self._to_task(doc) if doc is not None else None
+
     @staticmethod
     def _filter(filters: TaskFilter) -> dict[str, Any]:
         query: dict[str, Any] = {}

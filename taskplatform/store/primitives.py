@@ -46,6 +46,11 @@ class StorePrimitives(ABC):
         """The document, or None."""
 
     @abstractmethod
+    async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
+        """The document if ``user_id`` owns it, else None. The owner is part of the query, so
+        another user's task is neither loaded nor parsed: it answers as fast as a missing one."""
+
+    @abstractmethod
     async def list(
         self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> TaskPage:

@@ -38,6 +38,8 @@ _METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:taskplatform|rabbitmq)_[A-Za-z
 _STRING_LITERAL = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _DURATION = re.compile(r"^(?:\d+(?:ms|[smhdwy]))+$")
 _SETTING_VAR = re.compile(r"\bTASKPLATFORM_([A-Z0-9_]+)\b")
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
+_REQUIRED_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}")
 
 
 # ---------------------------------------------------------------- loading
@@ -186,7 +188,7 @@ def test_platform_services_use_the_broker_and_store_services(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
     env = environment(services[name])
-    amqp = urlsplit(env["TASKPLATFORM_AMQP_URL"])
+    amqp = urlsplit(_INTERPOLATION.sub("x", env["TASKPLATFORM_AMQP_URL"]))  # credentials: required
     assert (amqp.scheme, amqp.hostname, amqp.port or 5672) == ("amqp", "rabbitmq", 5672)
     store = urlsplit(env["TASKPLATFORM_STORE_URL"])
     assert (store.scheme, store.hostname, store.port or 27017) == ("mongodb", "mongo", 27017)
@@ -212,6 +214,102 @@ def test_api_requires_a_jwt_secret_by_interpolation(services: dict[str, dict[str
     assert re.fullmatch(r"\$\{TASKPLATFORM_JWT_SECRET:\?[^}]+\}", env["TASKPLATFORM_JWT_SECRET"]), (
         "the secret must be required (${VAR:?message}), never defaulted"
     )
+
+
+#: Compose-level variables every secret comes from (not TASKPLATFORM_ settings: only the
+#: platform's own settings carry that prefix), each required by ``${VAR:?message}``.
+REQUIRED_SECRETS = (
+    "TASKPLATFORM_JWT_SECRET",
+    "RABBITMQ_USER",
+    "RABBITMQ_PASSWORD",
+    "GRAFANA_ADMIN_USER",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+
+
+def _required(value: str, variable: str) -> bool:
+    return re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", value) is not None
+
+
+def test_every_secret_is_required_never_defaulted() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    uses = [(name, rest) for name, rest in _INTERPOLATION.findall(text)]
+    assert {name for name, _ in uses} == set(REQUIRED_SECRETS), uses
+    defaulted = [(name, rest) for name, rest in uses if not rest.startswith(":?") or len(rest) < 3]
+    assert not defaulted, f"secrets with a default or without a message: {defaulted}"
+    assert "$$" not in text
+
+
+def test_rabbitmq_and_grafana_credentials_come_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    rabbitmq = environment(services["rabbitmq"])
+    assert _required(rabbitmq["RABBITMQ_DEFAULT_USER"], "RABBITMQ_USER")
+    assert _required(rabbitmq["RABBITMQ_DEFAULT_PASS"], "RABBITMQ_PASSWORD")
+    grafana = environment(services["grafana"])
+    assert _required(grafana["GF_SECURITY_ADMIN_USER"], "GRAFANA_ADMIN_USER")
+    assert _required(grafana["GF_SECURITY_ADMIN_PASSWORD"], "GRAFANA_ADMIN_PASSWORD")
+    assert grafana.get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false"
+    for name in PLATFORM_SERVICES:
+        url = environment(services[name])["TASKPLATFORM_AMQP_URL"]
+        match = re.fullmatch(r"amqp://(\$\{[^}]+\}):(\$\{[^}]+\})@rabbitmq:5672/", url)
+        assert match, f"{name}: the AMQP URL carries the required RabbitMQ credentials: {url}"
+        assert _required(match[1], "RABBITMQ_USER") and _required(match[2], "RABBITMQ_PASSWORD"), url
+
+
+def test_rabbitmq_allows_no_remote_guest() -> None:
+    conf = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    settings = dict(
+        (part.strip() for part in line.split("=", 1))
+        for line in conf.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    # Overrides the image's 10-defaults.conf (loopback_users.guest = false).
+    assert settings.get("loopback_users.guest") == "true"
+    assert settings.get("loopback_users", "") != "none"
+    assert not {"default_user", "default_pass"} & set(settings), "credentials come from the environment"
+
+
+#: Literal credentials, once every required interpolation is replaced by REQUIRED: guest or
+#: admin logins, URL credentials, passwords or secrets given a value, ${VAR:-default} defaults.
+_CREDENTIAL_LITERALS = (
+    re.compile(r"(?i)(?<!loopback_users\.)\bguest\b"),  # restricting guest is fine
+    re.compile(r"://(?!REQUIRED:REQUIRED@)[^/\s:@]+:[^/\s@]+@"),
+    re.compile(r"(?i)\b\w*(?:user|pass|password|secret|admin)\w*\s*[:=]\s*[\"']?admin\b"),
+    re.compile(r"(?i)\b\w*(?:pass|password|secret)\w*\s*[:=]\s*(?![\"']?REQUIRED\b)[\"']?[^\s\"'#]+"),
+    re.compile(r"\$\{\w+:?-[^}]*\}"),
+)
+
+
+def test_no_default_credentials_in_deploy() -> None:
+    found = []
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file()):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                continue
+            bare = _REQUIRED_INTERPOLATION.sub("REQUIRED", line)
+            if any(pattern.search(bare) for pattern in _CREDENTIAL_LITERALS):
+                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not found, f"default credentials in deploy/: {found}"
+
+
+def test_only_the_api_is_published_on_every_interface(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            if name == "api" and str(port) == "8000:8000":
+                continue
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
+
+
+def test_mongo_is_only_on_an_internal_network(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    mongo = services["mongo"]
+    assert not mongo.get("ports"), "MongoDB is not published"
+    networks = list(mongo["networks"])
+    assert networks and all(compose["networks"][n].get("internal") is True for n in networks), networks
+    for name in PLATFORM_SERVICES:
+        assert set(networks) <= set(services[name]["networks"]), f"{name} reaches MongoDB"
 
 
 def test_platform_services_run_the_image_built_from_deploy_dockerfile(
@@ -270,7 +368,8 @@ def test_rabbitmq_enables_management_and_per_queue_prometheus_metrics(
         if line.strip() and not line.lstrip().startswith("#")
     )
     assert settings.get("prometheus.return_per_object_metrics") == "true"
-    assert {"5672:5672", "15672:15672", "15692:15692"} <= {str(p) for p in rabbitmq["ports"]}
+    assert {"127.0.0.1:5672:5672", "127.0.0.1:15672:15672"} == {str(p) for p in rabbitmq["ports"]}
+    assert "15692" in [str(p) for p in rabbitmq["expose"]], "/metrics stays on the compose network"
 
 
 def test_dockerfile_builds_a_non_root_platform_image() -> None:
@@ -322,7 +421,7 @@ def test_prometheus_loads_its_config_and_the_alert_rules_from_deploy(
     assert host_path_of(service, config_path) == PROMETHEUS_FILE
     assert prometheus["rule_files"], "rule_files loads the alerts"
     assert [host_path_of(service, path) for path in prometheus["rule_files"]] == [ALERTS_FILE]
-    assert "9090:9090" in [str(p) for p in service["ports"]]
+    assert [str(p) for p in service["ports"]] == ["127.0.0.1:9090:9090"]
 
 
 def test_every_alert_rule_is_complete(alert_rules: list[dict[str, Any]]) -> None:
@@ -464,8 +563,7 @@ def test_dashboard_shows_every_platform_and_queue_metric(dashboard: dict[str, An
 def test_grafana_provisions_the_datasource_and_the_dashboards(services: dict[str, dict[str, Any]]) -> None:
     grafana = services["grafana"]
     assert host_path_of(grafana, "/etc/grafana/provisioning") == PROVISIONING
-    assert "${GRAFANA_ADMIN_PASSWORD:-admin}" in environment(grafana).values()
-    assert "3000:3000" in [str(p) for p in grafana["ports"]]
+    assert [str(p) for p in grafana["ports"]] == ["127.0.0.1:3000:3000"]
 
     datasources = [
         ds

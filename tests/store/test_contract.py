@@ -53,6 +53,33 @@ async def test_get_of_unknown_id_is_none(store: BaseTaskStore) -> None:
     assert await store.get("does-not-exist") is None
 
 
+async def test_get_visible_reads_only_the_owners_task_and_never_parses_a_foreign_one(
+    store: BaseTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = make_task(user_id="alice")
+    theirs = make_task(user_id="bob", parameters={"big": "x" * 10_000})
+    unowned = make_task(user_id=None)
+    await store.create_many([mine, theirs, unowned])
+    parsed: list[str] = []
+    to_task = store._to_task  # type: ignore[attr-defined]
+
+    def counting(row: object) -> object:
+        task = to_task(row)
+        parsed.append(task.id)
+        return task
+
+    monkeypatch.setattr(store, "_to_task", counting)
+    got = await store.get_visible(mine.id, user_id="alice")
+    assert got is not None and got.id == mine.id and got.user_id == "alice"
+    assert parsed == [mine.id]
+    # Another user's task, a task without an owner and a missing id: None, and nothing parsed.
+    assert await store.get_visible(theirs.id, user_id="alice") is None
+    assert await store.get_visible(unowned.id, user_id="alice") is None
+    assert await store.get_visible("does-not-exist", user_id="alice") is None
+    assert parsed == [mine.id]
+    assert (await store.get_visible(theirs.id, user_id="bob")) is not None
+
+
 async def test_list_is_newest_first_and_cursor_pages_cover_everything_once(store: BaseTaskStore) -> None:
     base = utcnow()
     # Pairs share a timestamp, so the id tie-breaker is exercised.

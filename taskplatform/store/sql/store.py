@@ -236,6 +236,13 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
                 row = (await conn.execute(sql.GET, {"task_id": task_id})).first()
         return self._to_task(row) if row is not None else None
 
+    async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
+        query = select(tasks).where(tasks.c.id == task_id, tasks.c.user_id == user_id)
+        async with self._errors():
+            async with self.autocommit.connect() as conn:
+                row = (await conn.execute(query)).first()
+        return self._to_task(row) if row is not None else None
+
     def _tag_clause(self, tag: str) -> ColumnElement[bool]:
         if self.dialect == "postgresql":
             return type_coerce(tasks.c.tags, JSONB).contains([tag])
