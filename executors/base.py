@@ -129,6 +129,16 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
         """Run one attempt and return the result."""
 
     @classmethod
+    def fan_out(cls, params: P) -> int:
+        """Child tasks a task with ``params`` will submit (``ctx.submit_sub_task(s)``).
+
+        The API charges a submission ``1 + fan_out(params)`` against the caller's submit limit
+        (``API_SUBMIT_RATE``), so a parent pays up front for the children it will create and
+        those are not charged again. Override it in executables that fan out; keep it cheap
+        and never below what ``execute`` submits."""
+        return 0
+
+    @classmethod
     def validate_definition(cls) -> None:
         """Raise TypeError when the class does not meet the contract."""
         name = cls.__qualname__

@@ -3,7 +3,8 @@
 The parent only submits; the platform keeps it RUNNING until every child has finished,
 then settles it COMPLETED or COMPLETED_WITH_ERRORS and keeps the per-status child counts
 (``sub_task_status_summary``). Children are keyed by item index, so a retried parent that
-submits again gets the same children back instead of duplicates.
+submits again gets the same children back instead of duplicates. ``fan_out`` declares the
+child count, so the API charges a batch its items plus one against the submit limit.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class BatchGenerateSummary(BackgroundTaskExecutable["BatchGenerateSummary.Params
 
     Result = BatchResult
 
+    @classmethod
+    def fan_out(cls, params: BatchGenerateSummary.Params) -> int:
+        """One child per item."""
+        return len(params.items)
+
     async def execute(self, ctx: TaskContext[BatchGenerateSummary.Params]) -> BatchResult:
         """Submit the children in chunks and return their ids."""
         return await submit_in_chunks(ctx, GenerateSummary.task_type, ctx.parameters.items)
@@ -109,6 +115,11 @@ class BatchGenerateScene(BackgroundTaskExecutable["BatchGenerateScene.Params", B
         scenes: list[GenerateScene.Params] = Field(min_length=1, max_length=MAX_SCENES)
 
     Result = BatchResult
+
+    @classmethod
+    def fan_out(cls, params: BatchGenerateScene.Params) -> int:
+        """One child per item."""
+        return len(params.scenes)
 
     async def execute(self, ctx: TaskContext[BatchGenerateScene.Params]) -> BatchResult:
         """Submit the children in chunks and return their ids."""

@@ -79,6 +79,7 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
     import uvicorn
 
     from taskplatform.api.app import create_app
+    from taskplatform.api.server import uvicorn_options
 
     loop = "asyncio" if loop_factory(settings) is None else "uvloop"
     options: dict[str, Any] = {
@@ -88,6 +89,7 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
         "log_config": None,
         "log_level": settings.log_level.lower(),
         "access_log": False,
+        **uvicorn_options(settings),  # time-outs and bounds against slow or many clients
     }
     if settings.api_processes > 1:
         if with_worker:

@@ -138,7 +138,7 @@ class PlatformSettings(BaseSettings):
     #: Submissions the API accepts per user (the token's subject; the client address without
     #: authentication), e.g. ``"50/s"``; unset: unlimited. More answer 429 with Retry-After.
     api_submit_rate: Rate | None = None
-    #: Submissions a user may make at once above ``api_submit_rate``.
+    #: Tasks a user may create at once above ``api_submit_rate`` (a batch counts its items too).
     api_submit_burst: int = Field(default=20, ge=1)
     #: Where the API counts submissions: ``memory`` (per API process) or ``store`` (all of them).
     api_rate_limit_backend: Literal["memory", "store"] = "memory"
@@ -184,6 +184,15 @@ class PlatformSettings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     api_url: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Seconds a connection has to send a complete request head, from its opening or its previous
+    #: response (also the keep-alive idle time-out); then it is closed.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Seconds a request body has to arrive whole after its head; then 408 and the connection closes.
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Connections plus requests in progress per API process above which requests answer 503.
+    api_max_connections: int = Field(default=1000, ge=1)
+    #: Request body bytes one API process holds at once; a body beyond answers 503 + Retry-After.
+    api_max_buffered_bytes: int = Field(default=64 * 1_048_576, ge=1024)
 
     #: API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess mode.
     api_processes: int = Field(default=1, ge=1, le=64)

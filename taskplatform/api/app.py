@@ -14,7 +14,8 @@ from taskplatform import __version__
 from taskplatform.api.auth import Authenticator, install_auth
 from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.errors import install_error_handlers
-from taskplatform.api.limits import BodySizeLimit
+from taskplatform.api.guard import RequestGuard
+from taskplatform.api.limits import BodyBudget
 from taskplatform.api.manage import router as manage_router
 from taskplatform.api.metrics import RequestMetrics
 from taskplatform.api.routes import health_router, tasks_router
@@ -73,7 +74,13 @@ def create_app(
     app.include_router(manage_router)
     app.include_router(dead_letters_router)
     app.include_router(health_router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        authenticator=authenticator,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.api_body_timeout_seconds,
+        budget=BodyBudget(settings.api_max_buffered_bytes),
+    )
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
     return app
 

@@ -131,7 +131,8 @@ async def submit_task(
     """Validate the parameters against the task type, store the task, publish it.
 
     The task belongs to the token's subject; only an admin may name another ``user_id``. With
-    ``API_SUBMIT_RATE`` set, a caller past its limit gets 429 with ``Retry-After``."""
+    ``API_SUBMIT_RATE`` set, a caller past its limit gets 429 with ``Retry-After``; a batch is
+    charged its children too, and one heavier than ``API_SUBMIT_BURST`` gets 422."""
     owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
     # Idempotency keys are scoped by the task's user id, so by the caller here.
     submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)

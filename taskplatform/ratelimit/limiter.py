@@ -101,6 +101,36 @@ class StoreRateLimiter:
         return await self._store.reserve_rate(key, interval=interval, burst=burst, max_wait=max_wait, now=now)
 
 
+async def reserve_many(
+    limiter: RateLimiter,
+    key: str,
+    count: int,
+    *,
+    interval: float,
+    burst: int = 1,
+    max_wait: float,
+    now: float | None = None,
+) -> Reservation:
+    """Reserve ``count`` consecutive slots of ``key`` at once, all or none, on any limiter.
+
+    Exactly the GCRA step with a cost of ``count``: it is one single-slot reservation of a
+    ``count`` times longer interval and a burst of one, allowed to wait the ``burst - count``
+    slots the limit had to spare longer (so no backend needs a cost parameter). The wait is
+    until the last of the slots opens. ValueError when ``count`` is below 1 or above ``burst``
+    (such a reservation could never be granted).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if count > burst:
+        raise ValueError(f"count ({count}) exceeds the burst ({burst}): it could never be reserved")
+    check_rate(interval, burst, max_wait)
+    spare = (burst - count) * interval
+    reservation = await limiter.reserve(
+        key, interval=count * interval, burst=1, max_wait=max_wait + spare, now=now
+    )
+    return Reservation(granted=reservation.granted, wait=max(0.0, reservation.wait - spare))
+
+
 def create_rate_limiter(backend: Literal["store", "memory"], store: object) -> RateLimiter:
     """The limiter a ``*rate_limit_backend`` setting names; ConfigError when ``store`` is asked
     for and cannot keep reservations."""

@@ -1,4 +1,6 @@
-"""Submissions per user: 429 with Retry-After past the burst, per caller, nothing kept; off by default."""
+"""Submissions per user: 429 with Retry-After past the burst, per caller, nothing kept; off by default.
+
+A batch is charged the tasks it creates (its items plus one); one heavier than the burst gets 422."""
 
 from __future__ import annotations
 
@@ -121,6 +123,68 @@ async def test_the_429_and_its_retry_after_header_are_in_the_openapi_document(se
     assert submit["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
     assert submit["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
     assert "429" not in spec["paths"]["/api/v1/tasks"]["get"]["responses"]
+
+
+def summaries(n: int) -> dict[str, Any]:
+    """A ``batch_generate_summary`` submission of ``n`` items: it will create n + 1 tasks."""
+    items = [{"text": f"text number {i}."} for i in range(n)]
+    return {"task_type": "batch_generate_summary", "parameters": {"items": items}}
+
+
+@pytest.mark.parametrize("backend", ["memory", "store"])
+async def test_a_batch_is_charged_its_children_too_and_the_next_submission_gets_429(
+    serve: Serve, backend: str
+) -> None:
+    async with serve(api_submit_rate="5/s", api_submit_burst=10, api_rate_limit_backend=backend) as (
+        client,
+        runtime,
+    ):
+        # 9 items: the parent and its 9 children take the whole burst of 10
+        assert (await client.post("/api/v1/tasks", json=summaries(9), headers=ALICE)).status_code == 201
+        for body in (NOOP, summaries(1)):
+            r = await client.post("/api/v1/tasks", json=body, headers=ALICE)
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["code"] == "too_many_requests"
+            assert "at most 5/s per caller (bursts of 10)" in r.json()["error"]["message"]
+            assert r.headers["retry-after"] == "1"
+        assert await stored(runtime) == 1
+        # the children a parent submits later are not charged again: bob's limit is his own
+        assert (await client.post("/api/v1/tasks", json=NOOP, headers=BOB)).status_code == 201
+
+
+async def test_batches_are_paced_by_the_tasks_they_create(serve: Serve) -> None:
+    # The defect: seven batches of 3,000 passed a 5/s limit in 0.6 s. Now a second batch of 60
+    # waits until its 61 tasks fit: (61 + 61 - 100) / 5 per s = 4.4 s.
+    async with serve(api_submit_rate="5/s", api_submit_burst=100) as (client, runtime):
+        assert (await client.post("/api/v1/tasks", json=summaries(60), headers=ALICE)).status_code == 201
+        r = await client.post("/api/v1/tasks", json=summaries(60), headers=ALICE)
+        assert r.status_code == 429, r.text
+        assert "this submission creates 61 tasks" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] in {"4", "5"}
+        assert await stored(runtime) == 1
+        # the 39 tokens left still serve lighter submissions at once
+        assert (await client.post("/api/v1/tasks", json=summaries(30), headers=ALICE)).status_code == 201
+        assert await stored(runtime) == 2
+
+
+@pytest.mark.parametrize("backend", ["memory", "store"])
+async def test_a_batch_heavier_than_the_burst_is_refused_with_422_and_consumes_nothing(
+    serve: Serve, backend: str
+) -> None:
+    async with serve(api_submit_rate="5/s", api_submit_burst=10, api_rate_limit_backend=backend) as (
+        client,
+        runtime,
+    ):
+        r = await client.post("/api/v1/tasks", json=summaries(10), headers=ALICE)
+        assert r.status_code == 422, r.text
+        message = r.json()["error"]["message"]
+        assert "would create 11 tasks" in message and "per-user burst of 10 (API_SUBMIT_BURST)" in message
+        assert "split it into batches of at most 9 items" in message
+        assert "retry-after" not in r.headers  # waiting would not help
+        assert await stored(runtime) == 0
+        # nothing was taken: the largest batch that fits still passes at once
+        assert (await client.post("/api/v1/tasks", json=summaries(9), headers=ALICE)).status_code == 201
+        assert await stored(runtime) == 1
 
 
 def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
