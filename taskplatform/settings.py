@@ -193,6 +193,9 @@ class PlatformSettings(BaseSettings):
     api_max_connections: int = Field(default=1000, ge=1)
     #: Request body bytes one API process holds at once; a body beyond answers 503 + Retry-After.
     api_max_buffered_bytes: int = Field(default=64 * 1_048_576, ge=1024)
+    #: Bytes of items one list page (tasks, children, dead letters) holds: the page ends early,
+    #: with a ``next_cursor``, before the item that would pass it (a page has at least one item).
+    api_max_page_bytes: int = Field(default=4 * 1_048_576, ge=1024)
 
     #: API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess mode.
     api_processes: int = Field(default=1, ge=1, le=64)

@@ -9,16 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from taskplatform.api.auth import AUTH_RESPONSES, OperatorDep, require_operator
 from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
+from taskplatform.api.schemas import bounded_items, list_response
 from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
 from taskplatform.errors import InvalidInputError
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, TaskStatus
-from taskplatform.store.base import MAX_PAGE_SIZE
+from taskplatform.store.base import MAX_PAGE_SIZE, encode_cursor
 from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter, filter_time
 from taskplatform.submission import ensure_shallow
 
@@ -64,7 +65,8 @@ router = APIRouter(
 
 
 class DeadLetterList(BaseModel):
-    """A page of dead letters, newest first, and counts over everything that matches."""
+    """A page of dead letters, newest first, and counts over everything that matches. A page
+    ends early, with a ``next_cursor``, once its items reach ``API_MAX_PAGE_BYTES``."""
 
     items: list[DeadLetter]
     next_cursor: str | None = None
@@ -175,14 +177,27 @@ async def list_dead_letters(
     until: Annotated[TimeBound, Query(description="last seen before (with a UTC offset)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> DeadLetterList:
+) -> Response:
     wanted = None if status == "any" else DeadLetterStatus(status)
     filters = _filters(wanted, task_type, reason, user_id, error_type, since, until)
     if task_id is not None:
         filters = filters.model_copy(update={"task_id": task_id})
-    page = await runtime.store.list_dead_letters(filters, limit=limit, cursor=cursor)
+
+    async def fetch(count: int, after: str | None) -> tuple[list[DeadLetter], str | None]:
+        page = await runtime.store.list_dead_letters(filters, limit=count, cursor=after)
+        return page.items, page.next_cursor
+
+    # Bodies are up to 1 MiB each: a page stops at API_MAX_PAGE_BYTES, like the task lists.
+    parts, next_cursor = await bounded_items(
+        fetch,
+        limit=limit,
+        cursor=cursor,
+        max_bytes=runtime.settings.api_max_page_bytes,
+        render=lambda d: d.model_dump_json().encode(),
+        cursor_of=lambda d: encode_cursor(d.last_seen_at, d.id),
+    )
     counts = await runtime.store.count_dead_letters(filters)
-    return DeadLetterList(items=page.items, next_cursor=page.next_cursor, counts=counts)
+    return list_response(parts, next_cursor, counts=counts.model_dump_json().encode())
 
 
 @router.get("/audit", response_model=AuditList, summary="The audit log of operator actions")

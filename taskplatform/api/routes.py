@@ -19,6 +19,7 @@ from taskplatform.api.deps import NO_NUL, RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
 from taskplatform.api.schemas import (
+    SUMMARY_LEFT_OUT,
     Health,
     QueueFigures,
     Readiness,
@@ -26,13 +27,16 @@ from taskplatform.api.schemas import (
     TaskCreated,
     TaskList,
     TaskTypeInfo,
+    TaskView,
+    bounded_items,
+    list_response,
 )
 from taskplatform.auth import Principal
 from taskplatform.errors import TRANSIENT_BROKER_ERRORS, StoreError
 from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
-from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter
+from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter, encode_cursor
 from taskplatform.submission import MAX_TAGS, SubmitRequest
 from topology import queue_depths
 
@@ -79,8 +83,40 @@ def shown(principal: Principal, task: BackgroundTask) -> BackgroundTask:
     return task.model_copy(update={"error_info": redacted})
 
 
-def shown_all(principal: Principal, tasks: list[BackgroundTask]) -> list[BackgroundTask]:
-    return [shown(principal, t) for t in tasks]
+ViewQuery = Annotated[
+    TaskView,
+    Query(
+        description="full (default): every field; summary: without parameters, result, progress "
+        "and metadata (fetch one task for those)"
+    ),
+]
+
+
+async def task_page(
+    runtime: Runtime,
+    principal: Principal,
+    filters: TaskFilter,
+    limit: int,
+    cursor: str | None,
+    view: TaskView,
+) -> Response:
+    """A list page as the caller may read it, at most ``API_MAX_PAGE_BYTES`` of items (one at
+    least): a page of large tasks ends early, with the cursor after its last item."""
+    left_out = set(SUMMARY_LEFT_OUT) if view == "summary" else None
+
+    async def fetch(count: int, after: str | None) -> tuple[list[BackgroundTask], str | None]:
+        page = await runtime.store.list(filters, limit=count, cursor=after)
+        return page.items, page.next_cursor
+
+    parts, next_cursor = await bounded_items(
+        fetch,
+        limit=limit,
+        cursor=cursor,
+        max_bytes=runtime.settings.api_max_page_bytes,
+        render=lambda t: shown(principal, t).model_dump_json(exclude=left_out).encode(),
+        cursor_of=lambda t: encode_cursor(t.created_at, t.id),
+    )
+    return list_response(parts, next_cursor)
 
 
 def _owner(principal: Principal, requested: str | None) -> str | None:
@@ -184,15 +220,14 @@ async def list_children(
     status: TaskStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> TaskList:
+    view: ViewQuery = "full",
+) -> Response:
     """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
     parent = await visible_task(runtime, principal, task_id)
     # Children inherit their parent's user id; filtering by it as well keeps that an invariant.
     owner = None if principal.can_see_all else parent.user_id
-    page = await runtime.store.list(
-        TaskFilter(parent_task_id=task_id, status=status, user_id=owner), limit=limit, cursor=cursor
-    )
-    return TaskList(items=shown_all(principal, page.items), next_cursor=page.next_cursor)
+    filters = TaskFilter(parent_task_id=task_id, status=status, user_id=owner)
+    return await task_page(runtime, principal, filters, limit, cursor, view)
 
 
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")
@@ -210,7 +245,8 @@ async def list_tasks(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> TaskList:
+    view: ViewQuery = "full",
+) -> Response:
     """Operators and admins list every user's tasks; a submitter lists its own only."""
     if not principal.can_see_all:
         if user_id is not None and user_id != principal.subject:
@@ -226,8 +262,7 @@ async def list_tasks(
         priority=priority,
         tags=tuple(tag or ()),
     )
-    page = await runtime.store.list(filters, limit=limit, cursor=cursor)
-    return TaskList(items=shown_all(principal, page.items), next_cursor=page.next_cursor)
+    return await task_page(runtime, principal, filters, limit, cursor, view)
 
 
 @tasks_router.get("/task-types", response_model=list[TaskTypeInfo], summary="Registered task types")

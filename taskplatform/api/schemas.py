@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
+from fastapi import Response
 from pydantic import BaseModel
 
 from taskplatform.models import BackgroundTask, TaskStatus
+
+T = TypeVar("T")
+
+#: ``view`` of a task list: ``full`` (the default, every field) or ``summary`` (without the
+#: fields that may be large).
+TaskView = Literal["full", "summary"]
+#: What ``view=summary`` leaves out of each listed task.
+SUMMARY_LEFT_OUT = frozenset({"parameters", "result", "progress", "metadata"})
+#: Documents a list takes from the store at a time: what a page holds in memory beyond its
+#: byte bound is at most one such batch.
+FETCH_BATCH = 50
 
 
 class TaskCreated(BaseModel):
@@ -25,7 +39,9 @@ class TaskCancellation(BaseModel):
 
 
 class TaskList(BaseModel):
-    """A page of tasks, newest first."""
+    """A page of tasks, newest first. A page ends early, with a ``next_cursor``, once its items
+    reach ``API_MAX_PAGE_BYTES``; with ``view=summary`` the items leave out ``parameters``,
+    ``result``, ``progress`` and ``metadata``."""
 
     items: list[BackgroundTask]
     next_cursor: str | None = None
@@ -61,3 +77,45 @@ class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
     queues: dict[str, QueueFigures | None] | None = None
+
+
+async def bounded_items(
+    fetch: Callable[[int, str | None], Awaitable[tuple[Sequence[T], str | None]]],
+    *,
+    limit: int,
+    cursor: str | None,
+    max_bytes: int,
+    render: Callable[[T], bytes],
+    cursor_of: Callable[[T], str],
+) -> tuple[list[bytes], str | None]:
+    """Up to ``limit`` items from ``fetch(count, cursor)``, each rendered to JSON, stopping
+    before the item that would take them past ``max_bytes`` (the first item always comes);
+    returns them and the cursor after the last one (None when nothing follows).
+
+    The store is read in batches of at most FETCH_BATCH, sized by the items seen so far, so
+    a page of large documents never holds ``limit`` of them at once."""
+    parts: list[bytes] = []
+    size = 0
+    batch_size = min(limit, FETCH_BATCH)
+    while True:
+        batch, after = await fetch(batch_size, cursor)
+        for n, item in enumerate(batch):
+            part = render(item)
+            if parts and size + len(part) > max_bytes:
+                # cut here: continue after the last item sent (the previous batch's when n == 0)
+                return parts, cursor_of(batch[n - 1]) if n else cursor
+            parts.append(part)
+            size += len(part) + 1
+        if after is None or not batch or len(parts) >= limit:
+            return parts, after
+        cursor = after
+        average = max(1, size // len(parts))
+        batch_size = max(1, min(limit - len(parts), FETCH_BATCH, (max_bytes - size) // average + 1))
+
+
+def list_response(parts: list[bytes], next_cursor: str | None, **extra: bytes) -> Response:
+    """The JSON body ``{"items": [...], "next_cursor": ..., **extra}`` from rendered items
+    (``extra``: members already rendered to JSON)."""
+    members = [b'"items":[' + b",".join(parts) + b"]", b'"next_cursor":' + json.dumps(next_cursor).encode()]
+    members += [json.dumps(name).encode() + b":" + value for name, value in extra.items()]
+    return Response(content=b"{" + b",".join(members) + b"}", media_type="application/json")
