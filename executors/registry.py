@@ -13,6 +13,9 @@ from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import ConfigError, UnknownTaskTypeError
 
 ENTRY_POINT_GROUP = "taskplatform.executors"
+#: The demonstration executable (``executors/demo.py``): ``taskplatform dev`` adds it to
+#: ``EXECUTOR_MODULES``; other commands load it only when that setting names it.
+DEMO_MODULE = "executors.demo"
 
 ExecutableClass = type[BackgroundTaskExecutable[Any, Any]]
 

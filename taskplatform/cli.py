@@ -1,26 +1,30 @@
-"""The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks;
-handle dead letters (``taskplatform dlq``, in ``cli_dlq``); mint API tokens (``taskplatform token``)."""
+"""The ``taskplatform`` command: run the API, a worker, or both; submit and inspect tasks
+(``cli_tasks``); handle dead letters (``taskplatform dlq``, in ``cli_dlq``); mint API tokens
+(``taskplatform token``). Exit codes, one-line errors and progress: ``cli_output``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
-import json
 import logging
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 
-from taskplatform.cli_dlq import add_dlq_parser, add_token_option, bearer_token, positive_int, run_dlq
-from taskplatform.errors import ConfigError, TaskPlatformError
-from taskplatform.settings import PlatformSettings
+from taskplatform import cli_tasks
+from taskplatform.cli_dlq import add_dlq_parser, positive_int, run_dlq
+from taskplatform.cli_output import ExitCode, exit_codes_epilog, failure, one_line, quiet_logs
+from taskplatform.errors import ConfigError
+from taskplatform.settings import PlatformSettings, redact_url
 
 if TYPE_CHECKING:
     from taskplatform.runtime import Runtime
@@ -43,7 +47,13 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
     # ``dev`` is the laptop command: open unless the environment asks for authentication.
     if args.command == "dev" and not any(k.upper() == "TASKPLATFORM_AUTH" for k in os.environ):
         overrides["auth"] = "disabled"
-    return PlatformSettings(**overrides)
+    settings = PlatformSettings(**overrides)
+    if args.command == "dev":  # and the demo task, to try retries, dead letters, PATCH, cancel
+        from executors.registry import DEMO_MODULE
+
+        if DEMO_MODULE not in settings.executor_modules:
+            settings.executor_modules = [*settings.executor_modules, DEMO_MODULE]
+    return settings
 
 
 def is_loopback(host: str) -> bool:
@@ -96,13 +106,15 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
             raise ConfigError("API_PROCESSES above 1 is for 'taskplatform api'; run workers on their own")
         prepare_multiprocess_metrics()
         # Each process builds its own app from the environment (uvicorn needs an import string).
-        uvicorn.run(
-            "taskplatform.api.app:create_app_in_process",
-            factory=True,
-            workers=settings.api_processes,
-            **options,
-        )
-        return 0
+        with _startup_failure_reported(settings):
+            uvicorn.run(
+                "taskplatform.api.app:create_app_in_process",
+                factory=True,
+                workers=settings.api_processes,
+                **options,
+            )
+            return 0
+        return int(ExitCode.FAILED)
     server: uvicorn.Server | None = None
 
     def stop_serving() -> None:
@@ -111,10 +123,29 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
 
     app = create_app(settings, with_worker=with_worker, on_setup_failure=stop_serving)
     server = uvicorn.Server(uvicorn.Config(app, **options))
-    server.run()
+    with _startup_failure_reported(settings):
+        server.run()
     runtime: Runtime | None = getattr(app.state, "runtime", None)
     failed = runtime is not None and runtime.setup_error is not None
     return 1 if failed or not server.started else 0  # never started: the port, the lifespan
+
+
+@contextlib.contextmanager
+def _startup_failure_reported(settings: PlatformSettings) -> Iterator[None]:
+    """uvicorn exits (SystemExit 3) when it cannot start, the port taken, say: report it in one
+    line (the log above says why) and let the command exit 1."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        print(
+            f"error: the API did not start on {settings.api_host}:{settings.api_port}; "
+            "the log above says why",
+            file=sys.stderr,
+        )
 
 
 def prepare_multiprocess_metrics() -> None:
@@ -183,73 +214,6 @@ def cmd_worker(settings: PlatformSettings) -> int:
 
 
 # ---------------------------------------------------------------- client
-async def _submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    from taskplatform.client import TaskPlatformClient
-
-    try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        print(f"--params is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
-        task_id = await client.submit(
-            args.task_type, params, user_id=args.user_id, priority=args.priority, tags=args.tag
-        )
-        if not args.wait:
-            print(json.dumps({"task_id": task_id}))
-            return 0
-        task = await client.wait(task_id, timeout=args.timeout)
-        print(task.model_dump_json(indent=2))
-        return 0 if task.status.value == "COMPLETED" else 1
-
-
-async def _cancel(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    from taskplatform.client import TaskPlatformClient
-
-    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
-        print(json.dumps(await client.cancel(args.task_id)))
-    return 0
-
-
-async def _update(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    from taskplatform.client import TaskPlatformClient
-
-    metadata = None
-    if args.metadata is not None:
-        try:
-            metadata = json.loads(args.metadata)
-        except json.JSONDecodeError as exc:
-            print(f"--metadata is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-        if not isinstance(metadata, dict):
-            print(f"--metadata must be a JSON object, got {type(metadata).__name__}", file=sys.stderr)
-            return 2
-    if args.priority is None and args.tag is None and metadata is None:
-        print("give at least one of --priority, --tag, --metadata", file=sys.stderr)
-        return 2
-    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
-        task = await client.update(args.task_id, priority=args.priority, tags=args.tag, metadata=metadata)
-    print(task.model_dump_json(indent=2))
-    return 0
-
-
-async def _delete(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    from taskplatform.client import TaskPlatformClient
-
-    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
-        print(json.dumps({"deleted": await client.delete(args.task_id)}))
-    return 0
-
-
-async def _status(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    from taskplatform.client import TaskPlatformClient
-
-    async with TaskPlatformClient.from_settings(settings, token=bearer_token(settings, args)) as client:
-        task = await client.get(args.task_id)
-    print(task.model_dump_json(indent=2))
-    return 0
-
-
 def cmd_token(settings: PlatformSettings, args: argparse.Namespace) -> int:
     """Print a token for ``--sub``: HS256 with ``JWT_SECRET``, or RS256 with ``--private-key``."""
     from taskplatform.auth import Role, mint_token
@@ -288,11 +252,27 @@ def cmd_token(settings: PlatformSettings, args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- topology / db
+def broker_place(settings: PlatformSettings) -> str:
+    """Which topology a command works on: the vhost, the broker, the name prefix."""
+    url = urlsplit(settings.amqp_url)
+    vhost = "/" if url.path in ("", "/") else unquote(url.path[1:])
+    port = url.port or (5671 if url.scheme == "amqps" else 5672)
+    prefix = f"prefix {settings.topology_prefix!r}" if settings.topology_prefix else "no prefix"
+    return f"vhost {vhost!r} on {url.hostname}:{port}, {prefix}"
+
+
 async def _topology(settings: PlatformSettings, action: str) -> int:
     from taskplatform.messaging.connection import BrokerConnection
     from taskplatform.runtime import build_platform_topology, build_registry
     from topology import declare_topology, find_topology_problems
 
+    place = broker_place(settings)
+    if "amqp_url" not in settings.model_fields_set:
+        print(
+            f"note: TASKPLATFORM_AMQP_URL is not set: using the default broker "
+            f"{redact_url(settings.amqp_url)} ({place})",
+            file=sys.stderr,
+        )
     topo = build_platform_topology(settings, build_registry(settings))
     broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-cli-{settings.node_id}")
     await broker.start(wait=True)
@@ -301,16 +281,16 @@ async def _topology(settings: PlatformSettings, action: str) -> int:
             await declare_topology(broker.connection, topo)
             print(
                 f"declared {len(topo.exchanges)} exchanges, {len(topo.queues)} queues, "
-                f"{len(topo.bindings)} bindings"
+                f"{len(topo.bindings)} bindings on {place}"
             )
             return 0
         problems = await find_topology_problems(broker.connection, topo)
         for problem in problems:
             print(f"MISMATCH {problem}", file=sys.stderr)
         if problems:
-            print(f"topology differs in {len(problems)} place(s); see above", file=sys.stderr)
-            return 1
-        print(f"topology ok: {len(topo.exchanges)} exchanges, {len(topo.queues)} queues match")
+            print(f"topology on {place} differs in {len(problems)} place(s); see above", file=sys.stderr)
+            return int(ExitCode.FAILED)
+        print(f"topology ok on {place}: {len(topo.exchanges)} exchanges, {len(topo.queues)} queues match")
         return 0
     finally:
         await broker.close()
@@ -327,17 +307,24 @@ async def _db_upgrade(settings: PlatformSettings) -> int:
 
 
 # ---------------------------------------------------------------- parser
+DESCRIPTION = """\
+Run the platform (api, worker, dev), submit and follow tasks, handle dead letters, check the
+RabbitMQ topology and the store schema. Settings come from TASKPLATFORM_* environment variables:
+the servers read the broker, store and authentication settings; the commands that call the API
+read TASKPLATFORM_API_URL and TASKPLATFORM_TOKEN. A failure is one line on stderr, 'error: ...'."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskplatform", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="taskplatform", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, text in (
         ("api", "run the HTTP API (and the outbox relay)"),
         ("dev", "run API + worker + relay in one process"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--host")
-        p.add_argument("--port", type=int)
+        p.add_argument("--host", help="address to listen on (default: TASKPLATFORM_API_HOST)")
+        p.add_argument("--port", type=int, help="port to listen on (default: TASKPLATFORM_API_PORT)")
         p.add_argument(
             "--insecure-expose-without-auth",
             action="store_true",
@@ -345,39 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     sub.add_parser("worker", help="run a worker: consume and execute tasks")
 
-    p = sub.add_parser("submit", help="submit a task through the API")
-    p.add_argument("task_type")
-    p.add_argument("--params", default="{}", help="parameters as a JSON object")
-    p.add_argument("--user-id", help="submit for this user (only an admin may, when the API authenticates)")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--tag", action="append", default=[])
-    p.add_argument("--wait", action="store_true", help="wait until the task finishes and print it")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--api-url")
-    add_token_option(p)
-
-    p = sub.add_parser("status", help="show a task")
-    p.add_argument("task_id")
-    p.add_argument("--api-url")
-    add_token_option(p)
-
-    p = sub.add_parser("cancel", help="cancel a task (a running one is stopped cooperatively)")
-    p.add_argument("task_id")
-    p.add_argument("--api-url")
-    add_token_option(p)
-
-    p = sub.add_parser("update", help="change a QUEUED task's priority, tags or metadata")
-    p.add_argument("task_id")
-    p.add_argument("--priority", type=int)
-    p.add_argument("--tag", action="append", help="replaces the task's tags (repeat for several)")
-    p.add_argument("--metadata", metavar="JSON", help="replaces the task's metadata, a JSON object")
-    p.add_argument("--api-url")
-    add_token_option(p)
-
-    p = sub.add_parser("delete", help="delete a finished task and its sub-tasks")
-    p.add_argument("task_id")
-    p.add_argument("--api-url")
-    add_token_option(p)
+    cli_tasks.add_task_parsers(sub)
 
     p = sub.add_parser("token", help="print a signed JWT for the API")
     p.add_argument("--sub", required=True, metavar="USER", help="the user id (the token's subject)")
@@ -392,14 +347,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private-key", type=Path, metavar="PEM", help="sign RS256 with this RSA private key")
     p.add_argument("--kid", help="key id for the token header (RS256, with a JWKS)")
 
-    p = sub.add_parser("topology", help="declare or verify the RabbitMQ topology")
-    p.add_argument("action", choices=["declare", "verify"])
+    p = sub.add_parser(
+        "topology",
+        help="declare or verify the RabbitMQ topology",
+        description="The exchanges and queues on the vhost of TASKPLATFORM_AMQP_URL, named with "
+        "TASKPLATFORM_TOPOLOGY_PREFIX; both are named in the output.",
+    )
+    p.add_argument(
+        "action",
+        choices=["declare", "verify"],
+        help="declare: create what is missing; verify: compare with what is there, "
+        f"exit {int(ExitCode.FAILED)} on a difference",
+    )
 
     p = sub.add_parser("db", help="store schema")
-    p.add_argument("action", choices=["upgrade"])
+    p.add_argument(
+        "action", choices=["upgrade"], help="migrate the store (TASKPLATFORM_STORE_URL) to the newest schema"
+    )
 
     add_dlq_parser(sub)
+    _add_epilog(parser, exit_codes_epilog())
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps a one-line description; keeps a text written in lines (the epilog) as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _add_epilog(parser: argparse.ArgumentParser, epilog: str) -> None:
+    """Give ``parser`` and every subcommand's parser ``epilog``, kept as written."""
+    parser.epilog = epilog
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_epilog(child, epilog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,25 +397,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = "; ".join(
             f"TASKPLATFORM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
         )
-        print(f"invalid configuration: {problems}", file=sys.stderr)
-        return 2
+        print(f"error: invalid configuration: {problems}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
     from taskplatform.logsetup import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
     try:
-        return _dispatch(args, settings)
-    except TaskPlatformError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if args.command in SERVERS:
+            return _dispatch(args, settings)
+        with quiet_logs(*BROKER_CLIENT_LOGGERS):  # a refused connection is reported once, below
+            return _dispatch(args, settings)
     except KeyboardInterrupt:
-        return 130
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        return _report(exc, args, settings)
+
+
+#: Commands that serve until stopped; the others do one thing and exit.
+SERVERS = frozenset({"api", "dev", "worker"})
+#: Loggers of the RabbitMQ client, which log a refused connection the command reports itself.
+BROKER_CLIENT_LOGGERS = ("aiormq", "aio_pika")
+
+
+def _report(exc: Exception, args: argparse.Namespace, settings: PlatformSettings) -> int:
+    """One line on stderr for a failure, and its exit code. A failure no command expects is a
+    bug: a server shows its traceback; a one-shot command says what it was in one line (the
+    traceback is logged at DEBUG)."""
+    found = failure(exc, settings.client_api_url)
+    if found is not None:
+        message, code = found
+        print(f"error: {message}", file=sys.stderr)
+        return int(code)
+    if args.command in SERVERS:
+        raise exc
+    log.debug("unexpected failure of 'taskplatform %s'", args.command, exc_info=exc)
+    print(
+        f"error: unexpected {type(exc).__name__}: {one_line(exc, 500)} "
+        "(TASKPLATFORM_LOG_LEVEL=DEBUG shows the traceback)",
+        file=sys.stderr,
+    )
+    return int(ExitCode.FAILED)
 
 
 def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     command = args.command
     if command in ("api", "dev") and (refusal := exposure_refused(args, settings)) is not None:
         print(f"error: {refusal}", file=sys.stderr)
-        return 2
+        return int(ExitCode.BAD_INPUT)
     if command == "api":
         return cmd_api(settings)
     if command == "dev":
@@ -438,11 +453,11 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     if command == "token":
         return cmd_token(settings, args)
     runners = {
-        "submit": lambda: _submit(settings, args),
-        "status": lambda: _status(settings, args),
-        "cancel": lambda: _cancel(settings, args),
-        "update": lambda: _update(settings, args),
-        "delete": lambda: _delete(settings, args),
+        "submit": lambda: cli_tasks.submit(settings, args),
+        "status": lambda: cli_tasks.status(settings, args),
+        "cancel": lambda: cli_tasks.cancel(settings, args),
+        "update": lambda: cli_tasks.update(settings, args),
+        "delete": lambda: cli_tasks.delete(settings, args),
         "topology": lambda: _topology(settings, args.action),
         "db": lambda: _db_upgrade(settings),
         "dlq": lambda: run_dlq(settings, args),

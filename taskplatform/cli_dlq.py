@@ -4,19 +4,25 @@
 The bearer token (a JWT with the operator or admin role) comes from ``--token`` or
 ``TASKPLATFORM_TOKEN``; none is sent when neither is set. ``--operator`` names who acts in the
 audit log (default: the OS user name), which the API reads only while its authentication is
-disabled. Exit codes: 0 done, 1 the API refused or could not be reached (or a bulk replay left
-some records unreplayed), 2 bad input.
+disabled. Exit codes are those of every command (``cli_output.ExitCode``); a bulk replay that
+left some records unreplayed exits 1. ``replay --all`` shows its progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import getpass
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from taskplatform.cli_output import CommandError, CountWatch, ExitCode, display_for, without_password
+from taskplatform.models.dead_letter import DeadLetterStatus
+from taskplatform.models.reasons import BROKER_REASONS, DeadLetterReason
 
 if TYPE_CHECKING:
     import httpx
@@ -36,10 +42,24 @@ FILTERS = (
 #: Options of a bulk replay that mean nothing when replaying one record by ID.
 BULK_ONLY = (*FILTERS, ("--limit", "limit"), ("--rate", "rate"), ("--dry-run", "dry_run"), ("--yes", "yes"))
 CELL_WIDTH = 40
+#: ``dlq list --status``: a DeadLetterStatus, or every one.
+STATUS_CHOICES = (*(s.value for s in DeadLetterStatus), "any")
+#: Seconds between two looks at how far a bulk replay is.
+REPLAY_POLL_SECONDS = 1.0
 
 
-class BadInput(Exception):
+class BadInput(CommandError):
     """The command line asks for something malformed; reported in one line, exit code 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.BAD_INPUT)
+
+
+def reasons_help() -> str:
+    """``--reason``'s help: the reasons a dead letter records (DeadLetterReason)."""
+    own = ", ".join(r.value for r in DeadLetterReason if r not in BROKER_REASONS)
+    broker = ", ".join(r.value for r in DeadLetterReason if r in BROKER_REASONS)
+    return f"why it died: {own}; or RabbitMQ's {broker} when the platform recorded none"
 
 
 # ---------------------------------------------------------------- parser
@@ -53,7 +73,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -65,7 +85,7 @@ def _positive_float(text: str) -> float:
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-type")
-    parser.add_argument("--reason", help="why it died, e.g. rejected, delivery_limit, expired")
+    parser.add_argument("--reason", help=reasons_help())
     parser.add_argument("--user-id")
     parser.add_argument("--error-type", help="the exception type, e.g. ValueError")
     parser.add_argument("--since", metavar="ISO", help="last seen at or after (ISO 8601; UTC if no offset)")
@@ -82,7 +102,7 @@ def add_token_option(parser: argparse.ArgumentParser) -> None:
 def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``dlq`` and its subcommands on the top-level subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api-url")
+    common.add_argument("--api-url", help="the API's base URL (default: TASKPLATFORM_API_URL)")
     add_token_option(common)
     common.add_argument(
         "--operator",
@@ -94,9 +114,14 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     cmds = dlq.add_subparsers(dest="dlq_command", required=True)
 
     p = cmds.add_parser("list", parents=[common], help="list dead letters, most recently seen first")
-    p.add_argument("--status", choices=["pending", "replayed", "discarded", "any"], default="pending")
+    p.add_argument(
+        "--status",
+        choices=STATUS_CHOICES,
+        default=DeadLetterStatus.PENDING.value,
+        help=f"default {DeadLetterStatus.PENDING.value}",
+    )
     _add_filters(p)
-    p.add_argument("--limit", type=positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50, help="most records on the page (default 50)")
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -106,12 +131,17 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = cmds.add_parser(
         "replay", parents=[common], help="replay one dead letter (ID), or pending ones by filter (--all)"
     )
-    p.add_argument("id", nargs="?")
+    p.add_argument("id", nargs="?", help="the dead letter to replay (dlq list shows ids)")
     p.add_argument("--params", metavar="JSON", help="replacement parameters (one ID only), a JSON object")
-    p.add_argument("--all", action="store_true", help="replay pending dead letters matching the filters")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="replay pending dead letters matching the filters: progress on stderr, the result "
+        "(JSON) on stdout",
+    )
     _add_filters(p)
     p.add_argument("--limit", type=positive_int, help="most records to replay with --all (default 100)")
-    p.add_argument("--rate", type=_positive_float, help="replays per second (default: the server's)")
+    p.add_argument("--rate", type=positive_float, help="replays per second (default: the server's)")
     p.add_argument("--dry-run", action="store_true", default=None, help="only list what --all would replay")
     p.add_argument("--yes", action="store_true", default=None, help="allow --all without any filter")
 
@@ -298,19 +328,66 @@ def _check_replay(args: argparse.Namespace) -> None:
 
 
 async def _replay(client: TaskPlatformClient, args: argparse.Namespace) -> int:
-    filters = _filters(args)
     if args.id is not None:
         _dump(await client.replay_dead_letter(args.id, args.params))
         return 0
-    result = await client.replay_dead_letters(
-        dry_run=bool(args.dry_run), limit=args.limit or 100, rate=args.rate, **filters
-    )
+    limit = args.limit or 100
+    if args.dry_run:
+        result = await client.replay_dead_letters(dry_run=True, limit=limit, rate=args.rate, **_filters(args))
+    else:
+        result = await _replay_watched(client, args, limit)
     _dump(result)
     failed = result.get("failed") or {}
     if failed:
         print(f"{len(failed)} of {len(result.get('matched', []))} could not be replayed", file=sys.stderr)
-        return 1
+        return int(ExitCode.FAILED)
     return 0
+
+
+async def _pending(client: TaskPlatformClient, filters: dict[str, Any]) -> int:
+    listing = await client.list_dead_letters(status=DeadLetterStatus.PENDING, limit=1, **filters)
+    return int(listing.counts.get("total", len(listing.items)))
+
+
+async def _replay_watched(client: TaskPlatformClient, args: argparse.Namespace, limit: int) -> dict[str, Any]:
+    """A bulk replay, with its progress on stderr. The server replays (paced, audited as one
+    action) within the one request; meanwhile, every REPLAY_POLL_SECONDS, the CLI counts the
+    pending records that match and were last seen before it started: those gone are replayed.
+    (A replayed task that dies again reopens its record, seen now: it is not counted back.)"""
+    import httpx
+
+    from taskplatform.client import ApiError
+
+    filters = _filters(args)
+    started = datetime.now(UTC)
+    seen_before = {**filters, "until": min(filters["until"], started) if filters["until"] else started}
+    before = await _pending(client, seen_before)
+    total = min(before, limit)
+    pace = f" at {args.rate:g}/s" if args.rate else ""
+    watch = CountWatch(display_for(sys.stderr), "replayed", total)
+    watch.line(f"replaying {total} of {before} pending dead letter(s) matching the filters{pace}")
+    request = asyncio.ensure_future(
+        client.replay_dead_letters(dry_run=False, limit=limit, rate=args.rate, **filters)
+    )
+    try:
+        while not (await asyncio.wait({request}, timeout=REPLAY_POLL_SECONDS))[0]:
+            try:
+                watch.update(before - await _pending(client, seen_before))
+            except (httpx.HTTPError, ApiError):  # a missed look; the replay's own answer tells
+                continue
+        result: dict[str, Any] = request.result()
+    finally:
+        if not request.done():  # interrupted: the server finishes the replay all the same
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        watch.close()
+    replayed, failed = len(result.get("replayed") or []), len(result.get("failed") or {})
+    watch.line(
+        f"replayed {replayed}, failed {failed} of {len(result.get('matched') or [])} matched "
+        f"in {result.get('seconds', 0)}s"
+    )
+    return result
 
 
 async def _discard(client: TaskPlatformClient, args: argparse.Namespace) -> int:
@@ -345,25 +422,23 @@ async def unpark(settings: PlatformSettings, args: argparse.Namespace) -> int:
     from aio_pika.exceptions import ChannelNotFoundEntity
 
     from taskplatform.deadletters.parking import move_parked
+    from taskplatform.settings import redact_url
     from topology import DEAD_LETTER_QUEUE, PARKING_QUEUE
 
     parking = f"{settings.topology_prefix}{PARKING_QUEUE}"
     dlq = f"{settings.topology_prefix}{DEAD_LETTER_QUEUE}"
     try:
         connection = await aio_pika.connect(settings.amqp_url, timeout=10)
-    except Exception as exc:
-        print(
-            f"error: cannot reach RabbitMQ (TASKPLATFORM_AMQP_URL): {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise CommandError(
+            f"cannot reach RabbitMQ at {redact_url(settings.amqp_url)} (TASKPLATFORM_AMQP_URL): "
+            f"{type(exc).__name__}: {without_password(str(exc), settings.amqp_url)}",
+            ExitCode.UNAVAILABLE,
+        ) from None
     try:
         moved = await move_parked(connection, parking, dlq, limit=args.limit)
     except ChannelNotFoundEntity:
-        print(
-            f"error: queue {parking!r} does not exist; run 'taskplatform topology declare'", file=sys.stderr
-        )
-        return 1
+        raise CommandError(f"queue {parking!r} does not exist; run 'taskplatform topology declare'") from None
     finally:
         await connection.close()
     print(f"moved {moved} parked message(s) from {parking} back to {dlq}")
@@ -371,21 +446,10 @@ async def unpark(settings: PlatformSettings, args: argparse.Namespace) -> int:
 
 
 async def run_dlq(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    """Run one ``dlq`` subcommand. ApiError propagates (the caller reports it, exit 1)."""
-    import httpx
-
+    """Run one ``dlq`` subcommand. Failures propagate (BadInput, ApiError, httpx errors): the
+    command's caller reports them in one line with their exit code."""
     if args.dlq_command == "unpark":
         return await unpark(settings, args)
-    try:
-        prepare(args)  # before any request: bad input is reported as such
-        async with open_client(settings, args) as client:
-            return await COMMANDS[args.dlq_command](client, args)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except httpx.HTTPError as exc:
-        print(
-            f"error: cannot reach the API at {settings.client_api_url}: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+    prepare(args)  # before any request: bad input is reported as such
+    async with open_client(settings, args) as client:
+        return await COMMANDS[args.dlq_command](client, args)

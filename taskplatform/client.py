@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -39,6 +39,18 @@ class TaskFailedError(TaskPlatformError):
         self.task = task
         error = task.error_info.message if task.error_info else "no error recorded"
         super().__init__(f"task {task.id} ended {task.status}: {error}")
+
+
+class WaitTimedOut(TaskPlatformError, TimeoutError):
+    """``wait`` gave up: the task was not finished after ``timeout`` seconds (it goes on).
+
+    ``task`` is the task as last seen. A ``TimeoutError``, as ``wait`` raised before.
+    """
+
+    def __init__(self, task: BackgroundTask, timeout: float) -> None:
+        self.task = task
+        self.timeout = timeout
+        super().__init__(f"task {task.id} still {task.status} after {timeout:g}s")
 
 
 class DeadLetterListing(BaseModel):
@@ -129,7 +141,16 @@ class TaskPlatformClient:
                 raise ApiError(response.status_code, err["code"], err["message"], err.get("details"))
             except (ValueError, KeyError, TypeError):
                 raise ApiError(response.status_code, "error", response.text[:500]) from None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # an answer, but not the API's: another server behind API_URL
+            raise ApiError(
+                response.status_code,
+                "not_json",
+                f"the answer to {method} {response.url.path} is not JSON "
+                f"({response.headers.get('content-type', 'no content type')}); is {self._http.base_url} "
+                "the taskplatform API?",
+            ) from None
 
     async def submit(
         self,
@@ -192,16 +213,28 @@ class TaskPlatformClient:
         data: dict[str, Any] = await self._request("POST", f"/api/v1/tasks/{task_id}/cancel")
         return data
 
-    async def wait(self, task_id: str, *, timeout: float = 60.0, poll: float = 0.1) -> BackgroundTask:
-        """Poll until the task is terminal; TimeoutError after ``timeout`` seconds."""
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float = 60.0,
+        poll: float = 0.1,
+        on_update: Callable[[BackgroundTask], None] | None = None,
+    ) -> BackgroundTask:
+        """Poll every ``poll`` seconds until the task is terminal, calling ``on_update`` with each
+        task read (the last one included); WaitTimedOut (a TimeoutError) after ``timeout``
+        seconds, the task as last seen on it."""
         deadline = time.monotonic() + timeout
         while True:
             task = await self.get(task_id)
+            if on_update is not None:
+                on_update(task)
             if task.status in TERMINAL:
                 return task
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"task {task_id} still {task.status} after {timeout}s")
-            await asyncio.sleep(poll)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimedOut(task, timeout)
+            await asyncio.sleep(min(poll, left))
 
     async def result(
         self, executable: type[BackgroundTaskExecutable[Any, R]], task_id: str, *, timeout: float = 60.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -49,10 +49,42 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None)._
     "taskName",
 }
 
+#: The keys a JSON line sets itself (an ``extra=`` field of one of these names would be lost).
+LINE_KEYS = frozenset({"ts", "level", "logger", "message", "exc", "stack", "fields", *CONTEXT_FIELDS})
+
+#: ``extra=`` fields left out of JSON lines: uvicorn's copy of its message with ANSI colour codes.
+_DROPPED_EXTRAS = frozenset({"color_message"})
+
+
+def top_level_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` as ``extra=`` for a call that wants them as top-level keys of its JSON line.
+
+    A name a log record or a line uses already (``name``, ``message``, ``task_id``…) cannot be
+    a key of its own: those fields go under ``"fields"``, so nothing is lost or overwritten.
+    """
+    extra: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _RECORD_ATTRIBUTES or name in LINE_KEYS or name in _DROPPED_EXTRAS:
+            nested[name] = value
+        else:
+            extra[name] = value
+    if nested:
+        extra["fields"] = nested
+    return extra
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with its control characters escaped (a newline as
+    ``\\n``), for quoting outside text in a log line: it cannot break the line or forge another."""
+    cut = text[:limit]
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
+    return escaped + ("…" if len(text) > limit else "")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, the task context, and the
-    fields a call passed with ``extra=`` (a ``fields`` mapping stays nested, as given)."""
+    fields a call passed with ``extra=`` as top-level keys (``None`` as null)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -66,10 +98,17 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 data[name] = value
         for name, value in record.__dict__.items():
-            if name not in _RECORD_ATTRIBUTES and name not in data and value is not None:
+            if name not in _RECORD_ATTRIBUTES and name not in LINE_KEYS and name not in _DROPPED_EXTRAS:
                 data[name] = value
+        fields = record.__dict__.get("fields")
+        if fields is not None:
+            data["fields"] = fields
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc"] = record.exc_text
+        if record.stack_info:
+            data["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(data, default=str).decode()
 
 

@@ -199,6 +199,9 @@ class PlatformSettings(BaseSettings):
 
     #: API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess mode.
     api_processes: int = Field(default=1, ge=1, le=64)
+    #: One INFO line per API request on the ``taskplatform.access`` logger (method, route template,
+    #: status, duration, user id, client address); successful probes and scrapes at DEBUG.
+    api_access_log: bool = True
 
     # metrics
     #: Workers serve Prometheus metrics on this port (the API serves /metrics on its own port).

@@ -15,11 +15,12 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from executors.registry import ExecutableRegistry
-from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError
+from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError, TaskPlatformError
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskSubmitted
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, TaskMessage, utcnow
+from taskplatform.models.task import submission_fingerprint
 from taskplatform.store.base import BaseTaskStore
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,26 @@ class SubmitRequest(BaseModel):
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
     tags: Tags = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
+
+
+class IdempotencyKeyReusedError(TaskPlatformError):
+    """An idempotency key came back with another submission than the one that created its task
+    (the API answers 422 ``idempotency_key_reused``)."""
+
+    def __init__(self, key: str, task_id: str) -> None:
+        self.key = key
+        self.task_id = task_id
+        super().__init__(
+            f"Idempotency-Key {key!r} was used before with a different submission (task {task_id}): "
+            "send the same body again to get that task, or use a new key for a new task"
+        )
+
+
+def fingerprint(request: SubmitRequest) -> str:
+    """The request's ``submission_fingerprint``: every field as the model holds it (fields left
+    out count as their defaults), parameters as sent. Call it on the request as stored: with its
+    owner (``user_id``) filled in."""
+    return submission_fingerprint(request.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)
@@ -264,12 +285,18 @@ class TaskSubmitter:
 
         With ``idempotency_key``, a second submission with the same key from the same user
         returns the task the first one created instead of creating another (the store keeps
-        the key unique per user).
+        the key unique per user); the same key with a different submission (``fingerprint``)
+        raises IdempotencyKeyReusedError. Tasks stored without a fingerprint (created before
+        fingerprints were kept) are returned whatever the submission.
         """
         if idempotency_key is None:
             return (await self.submit_many([request]))[0]
         ensure_storable(idempotency_key, ("idempotency_key",))
-        task = self.prepare(request).model_copy(update={"idempotency_key": idempotency_key})
+        task = self.prepare(request)  # validated first: only storable input is fingerprinted
+        submitted = fingerprint(request)
+        task = task.model_copy(
+            update={"idempotency_key": idempotency_key, "idempotency_fingerprint": submitted}
+        )
         existing = await self._store.find_by_idempotency_key(task.user_id, idempotency_key)
         if existing is None:
             try:
@@ -278,6 +305,8 @@ class TaskSubmitter:
                 existing = await self._store.find_by_idempotency_key(task.user_id, idempotency_key)
                 if existing is None:
                     raise
+        if existing.idempotency_fingerprint not in (None, submitted):
+            raise IdempotencyKeyReusedError(idempotency_key, existing.id)
         published = existing.outbox.status is OutboxStatus.PUBLISHED
         return Submitted(existing, published=published, created=False)
 
@@ -377,4 +406,12 @@ class TaskSubmitter:
         return [Submitted(t, published=err is None) for t, err in zip(tasks, results, strict=True)]
 
 
-__all__ = ["BrokerError", "PublishedMarker", "SubmitRequest", "Submitted", "TaskSubmitter"]
+__all__ = [
+    "BrokerError",
+    "IdempotencyKeyReusedError",
+    "PublishedMarker",
+    "SubmitRequest",
+    "Submitted",
+    "TaskSubmitter",
+    "fingerprint",
+]

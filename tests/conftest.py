@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,13 +14,21 @@ from executors.registry import ExecutableRegistry
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from tests.support.executables import EXECUTABLES
+from tests.support.garbage import collect_garbage_or_fail
+from tests.support.rabbit_node import RabbitNode
 from tests.support.services import (
     RABBITMQ_URL,
+    DisruptableBroker,
+    delete_topology,
     fresh_postgres_database,
     mongo_mode_description,
+    open_disruptable_broker,
     require_rabbitmq,
 )
 from topology import build_topology
+
+#: RabbitMQ nodes this session started for its disruptive tests (reported at the end).
+_OWN_NODES: list[RabbitNode] = []
 
 
 def pytest_report_header() -> str:
@@ -30,6 +37,24 @@ def pytest_report_header() -> str:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(mongo_mode_description())
+    for node in _OWN_NODES:
+        terminalreporter.write_line(
+            f"disruptive broker tests: a RabbitMQ node of their own, {node.name} on 127.0.0.1:"
+            f"{node.amqp_port}, started in {node.startup_seconds:.1f} s"
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_unclosed_by_the_session() -> Iterator[None]:
+    """After every other session fixture (they are set up later, so torn down earlier)."""
+    yield
+    collect_garbage_or_fail("the test session (its session-scoped fixtures)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _nothing_left_unclosed_by_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    collect_garbage_or_fail(f"the tests of {request.module.__name__}")
 
 
 @pytest.fixture
@@ -92,14 +117,26 @@ async def rabbitmq(
     try:
         yield connection
     finally:
-        topo = build_topology(registry.queues(), prefix=topology_prefix)
-        await asyncio.wait_for(connection.connected.wait(), timeout=60)  # tests may cut or restart the broker
-        channel = await connection.channel()
-        for q in topo.queues:
-            await channel.queue_delete(q.name)
-        for x in topo.exchanges:
-            await channel.exchange_delete(x.name)
         await connection.close()
+        await delete_topology(RABBITMQ_URL, build_topology(registry.queues(), prefix=topology_prefix))
+
+
+@pytest.fixture(scope="session")
+def disruptable_broker() -> Iterator[DisruptableBroker]:
+    """A broker the tests may stop and cut off (never the shared one): a RabbitMQ node this
+    session starts on free ports, unless ``TASKPLATFORM_TEST_BROKER_DISRUPTABLE=1`` says the
+    configured broker may be disrupted. Started on first use, stopped at the session's end."""
+    with open_disruptable_broker(_OWN_NODES) as broker:
+        yield broker
+
+
+@pytest.fixture
+async def disrupted_rabbitmq(
+    disruptable_broker: DisruptableBroker, topology_prefix: str, registry: ExecutableRegistry
+) -> AsyncIterator[DisruptableBroker]:
+    """``disruptable_broker`` for one test; deletes the test's topology from it afterwards."""
+    yield disruptable_broker
+    await delete_topology(disruptable_broker.url, build_topology(registry.queues(), prefix=topology_prefix))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from taskplatform import __version__
+from taskplatform.api.accesslog import AccessLog
 from taskplatform.api.auth import Authenticator, install_auth
 from taskplatform.api.deadletters import router as dead_letters_router
+from taskplatform.api.docs import documented_app
 from taskplatform.api.errors import install_error_handlers
 from taskplatform.api.guard import RequestGuard
 from taskplatform.api.limits import BodyBudget
@@ -62,7 +64,7 @@ def create_app(
                 watcher.cancel()
             await rt.stop(grace=settings.shutdown_grace_seconds)
 
-    app = FastAPI(
+    app = documented_app(  # Swagger UI and ReDoc with their assets served here (offline)
         title="taskplatform",
         version=__version__,
         summary="Submit typed background tasks and follow them to completion.",
@@ -81,6 +83,8 @@ def create_app(
         body_timeout=settings.api_body_timeout_seconds,
         budget=BodyBudget(settings.api_max_buffered_bytes),
     )
+    if settings.api_access_log:  # outside the guard: its refusals are logged too
+        app.add_middleware(AccessLog)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
     return app
 

@@ -104,9 +104,12 @@ async def authenticate(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
 ) -> Principal:
-    """The caller of this request (FastAPI caches it per request)."""
+    """The caller of this request (FastAPI caches it per request), also kept in the request
+    state for the access log."""
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.authenticate(request.headers.get("authorization"))
+    principal = authenticator.authenticate(request.headers.get("authorization"))
+    request.state.principal = principal
+    return principal
 
 
 class RoleGuard:
@@ -135,7 +138,9 @@ def require_operator_if_protected(request: Request) -> None:
     when ``PROTECT_OPS_ENDPOINTS`` is on, nothing otherwise (probes and scrapers send none)."""
     authenticator: Authenticator = request.app.state.authenticator
     if authenticator.protect_ops:
-        require_operator(authenticator.authenticate(request.headers.get("authorization")))
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        request.state.principal = principal  # for the access log
+        require_operator(principal)
 
 
 SubmitterDep = Annotated[Principal, Depends(require_submitter)]

@@ -43,6 +43,17 @@ class RequestMetrics:
 
 
 def _route_of(scope: Scope) -> str:
+    """The template of the route that answered: FastAPI's own routes put themselves in the
+    scope; Starlette routes (``/docs``, ``/openapi.json``, ``/redoc``) leave only their endpoint,
+    found among the router's routes."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    if isinstance(path, str):
+        return path
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in getattr(scope.get("router"), "routes", ()):
+            path = getattr(candidate, "path", None)
+            if getattr(candidate, "endpoint", None) is endpoint and isinstance(path, str):
+                return path
+    return UNMATCHED

@@ -16,7 +16,7 @@ from taskplatform.api.auth import (
     require_submitter,
 )
 from taskplatform.api.deps import NO_NUL, RuntimeDep
-from taskplatform.api.errors import ErrorBody
+from taskplatform.api.errors import ErrorBody, error_response
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
 from taskplatform.api.schemas import (
     SUMMARY_LEFT_OUT,
@@ -37,7 +37,7 @@ from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter, encode_cursor
-from taskplatform.submission import MAX_TAGS, SubmitRequest
+from taskplatform.submission import MAX_TAGS, IdempotencyKeyReusedError, SubmitRequest
 from topology import queue_depths
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -138,11 +138,22 @@ def _owner(principal: Principal, requested: str | None) -> str | None:
     response_model=TaskCreated,
     summary="Submit a task",
     responses={
-        200: {"model": TaskCreated, "description": "An earlier submission with this Idempotency-Key"},
+        200: {
+            "model": TaskCreated,
+            "description": "An earlier submission with this Idempotency-Key (and the same body)",
+        },
         202: {
             "model": TaskCreated,
             "description": "Stored; the broker is unreachable, so the "
             "message waits in the outbox and is published when the broker returns",
+        },
+        422: {
+            "model": ErrorBody,
+            "description": "Nothing was stored. `error.code`: `validation_error` (the body, or a "
+            "batch heavier than `API_SUBMIT_BURST`), "
+            "`invalid_parameters` (the parameters, against the task type), `unknown_task_type`; "
+            "`idempotency_key_reused`: the Idempotency-Key was used before with a different "
+            "submission (details name the key and that task)",
         },
         **SUBMIT_RATE_LIMITED,
     },
@@ -160,10 +171,11 @@ async def submit_task(
             min_length=1,
             max_length=255,
             pattern=NO_NUL,
-            description="Submitting again with the same key (and user) returns the first task, 200",
+            description="Submitting again with the same key (and user) and the same body returns the "
+            "first task, 200; with a different body, 422 `idempotency_key_reused`",
         ),
     ] = None,
-) -> TaskCreated:
+) -> TaskCreated | JSONResponse:
     """Validate the parameters against the task type, store the task, publish it.
 
     The task belongs to the token's subject; only an admin may name another ``user_id``. With
@@ -171,7 +183,11 @@ async def submit_task(
     charged its children too, and one heavier than ``API_SUBMIT_BURST`` gets 422."""
     owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
     # Idempotency keys are scoped by the task's user id, so by the caller here.
-    submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)
+    try:
+        submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)
+    except IdempotencyKeyReusedError as exc:
+        details = [{"idempotency_key": exc.key, "task_id": exc.task_id}]
+        return error_response(422, "idempotency_key_reused", str(exc), details)
     if not submitted.created:
         response.status_code = 200
     elif not submitted.published:

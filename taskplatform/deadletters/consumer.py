@@ -33,10 +33,12 @@ from taskplatform.deadletters.parking import parked_copy, returned_copy
 from taskplatform.errors import StoreError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskDeadLettered
+from taskplatform.logsetup import printable
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.metrics import Metrics
 from taskplatform.models import RUNNABLE, BackgroundTask, DeadLetter, TaskMessage, TaskStatus, utcnow
 from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.deadletters import UpsertOutcome
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,16 @@ def is_current_message(task: BackgroundTask, message: TaskMessage, *, now: datet
         and task.lease_until is not None
         and task.lease_until < (now or utcnow())
     )
+
+
+def is_uncounted_death(record: DeadLetter, outcome: UpsertOutcome, task: BackgroundTask | None) -> bool:
+    """``record`` is a new death no ``TaskDeadLettered`` event counted: a dead message no task
+    died with (malformed, naming no task or a task of another type, a stale copy). A task marked
+    DEAD_LETTER was counted by the metrics observer when it was marked (by a worker, the reaper
+    or this consumer); a message seen again (``DUPLICATE``, ``STALE``) is no new death."""
+    if outcome not in (UpsertOutcome.CREATED, UpsertOutcome.REOPENED):
+        return False
+    return record.kind == "message" or task is None or task.status is not TaskStatus.DEAD_LETTER
 
 
 class DeadLetterConsumer:
@@ -271,13 +283,28 @@ class DeadLetterConsumer:
         if task is not None and own is not None and is_current_message(task, own, now=self._store.now()):
             task = await self._mark_dead(task, own, draft)
         record, outcome = await self._store.upsert_dead_letter(dead_letter_from(message, task))
-        log.info(
-            "dead letter %s (%s, %s, task %s): %s",
+        if self._metrics is not None and is_uncounted_death(record, outcome, task):
+            self._metrics.count_dead_message(record.task_type, record.reason)
+        # A new death is a WARNING naming the message and why it died; one seen before is INFO.
+        new = outcome in (UpsertOutcome.CREATED, UpsertOutcome.REOPENED)
+        log.log(
+            logging.WARNING if new else logging.INFO,
+            "dead letter %s (%s, %s, task %s, message %s): %s: %s",
             record.id,
             record.kind,
             record.reason,
             record.task_id,
+            message.message_id,
             outcome.value,
+            printable(record.error_info.message if record.error_info else record.reason, 500),
+            extra={
+                "dead_letter_id": record.id,
+                "kind": record.kind,
+                "reason": record.reason,
+                "task_id": record.task_id,
+                "message_id": message.message_id,
+                "outcome": outcome.value,
+            },
         )
         return record
 

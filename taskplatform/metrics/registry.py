@@ -1,15 +1,30 @@
 """Every metric the platform exposes, on one registry that is passed in (no globals).
 
 Task ids never become labels: series are per task type (and status, reason, subscriber,
-route), so their number stays bounded. Gauges carry a ``multiprocess_mode`` for when the API
-runs several processes (``API_PROCESSES``; prometheus-client's multiprocess mode).
+route), so their number stays bounded. Every label set drawn from a fixed set is created at
+zero, so ``rate()`` and ``increase()`` see a series' first increment and panels show 0, not "No
+data". Gauges carry a ``multiprocess_mode`` for when the API runs several processes
+(``API_PROCESSES``; prometheus-client's multiprocess mode). Beside the platform's own metrics,
+the registry holds prometheus-client's process (``process_*``), platform (``python_info``) and
+garbage-collector (``python_gc_*``) collectors; see ``exposition.py`` for multiprocess mode.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from taskplatform.models import TERMINAL, TaskStatus
+from taskplatform.models.reasons import DeadLetterReason
 
 #: Seconds: from milliseconds (a no-op task) to ten minutes (a long report).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -19,29 +34,24 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-#: Why tasks die, as the platform names it; anything else (a reason from a foreign message's
-#: header, say) is counted as "other", so the series stay bounded.
-DEAD_LETTER_REASONS = frozenset(
-    {
-        "non-retryable",
-        "permanent-failure",
-        "attempts-exhausted",
-        "lease-expired",
-        "unknown-task-type",
-        "unknown-task",
-        "missing-header",
-        "bad-json",
-        "invalid-body",
-        "header-mismatch",
-        "rejected",
-        "delivery_limit",
-        "expired",
-        "maxlen",
-    }
-)
+#: Why tasks and messages die, as the platform and RabbitMQ name it (``DeadLetterReason``); anything
+#: else (a reason from a foreign message's header, say) is counted as "other", so the series stay
+#: bounded.
+DEAD_LETTER_REASONS = frozenset(reason.value for reason in DeadLetterReason)
+#: The ``reason`` label of dead letters whose reason the platform does not know.
+OTHER_REASON = "other"
+#: The ``task_type`` label of dead messages that name no task type this process knows (a
+#: malformed message, or one of a type no executable is registered for): their own text could
+#: mint any number of series.
+UNKNOWN_TASK_TYPE = "unknown"
 #: Why the DLQ consumer parks a dead message it cannot store (the label values of
 #: ``taskplatform_dead_letters_parked_total``; see taskplatform/deadletters/consumer.py).
 PARK_REASONS = ("store-refused", "capture-failed")
+#: Why a publish failed (the ``reason`` label of ``taskplatform_publish_failures_total``; see
+#: ``TaskPublisher.count_failure`` in taskplatform/messaging/publisher.py).
+PUBLISH_FAILURE_REASONS = ("not_connected", "unroutable", "refused", "unavailable")
+#: What the external event bridge did with an event (``taskplatform_events_bridged_total``).
+BRIDGE_OUTCOMES = ("published", "failed", "abandoned", "unencodable")
 #: HTTP methods counted by name; any other token is "OTHER".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The statuses ``tasks_finished`` counts: the terminal ones but FAILED, which DEAD_LETTER follows.
@@ -50,7 +60,7 @@ FINAL_STATUSES = tuple(sorted(s.value for s in TERMINAL if s is not TaskStatus.F
 
 def reason_label(reason: str | None) -> str:
     """``reason`` if the platform knows it, else ``other``."""
-    return reason if reason in DEAD_LETTER_REASONS else "other"
+    return reason if reason in DEAD_LETTER_REASONS else OTHER_REASON
 
 
 def method_label(method: str) -> str:
@@ -64,6 +74,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        #: Task types whose series exist from the start (``prepare``).
+        self.task_types: frozenset[str] = frozenset()
+        # CPU, memory, file descriptors, start time; the interpreter; garbage collections. A
+        # fresh registry has none of prometheus-client's default collectors, so they are added.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)  # registers itself on CPython only (gc.get_stats)
         self.tasks_submitted = Counter(
             "taskplatform_tasks_submitted", "Tasks stored (sub-tasks included).", ["task_type"], registry=r
         )
@@ -102,7 +119,8 @@ class Metrics:
         )
         self.dead_letters = Counter(
             "taskplatform_dead_letters",
-            "Tasks moved to the dead letters, by why.",
+            "Dead letters, by task type and why: tasks marked DEAD_LETTER, and dead messages no "
+            "task died with (malformed, of an unknown task or type), counted once when first stored.",
             ["task_type", "reason"],
             registry=r,
         )
@@ -120,6 +138,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in PUBLISH_FAILURE_REASONS:
+            self.publish_failures.labels(reason)
         self.outbox_pending = Gauge(
             "taskplatform_outbox_pending",
             "Tasks whose message still waits to be published.",
@@ -176,6 +196,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in BRIDGE_OUTCOMES:
+            self.events_bridged.labels(outcome)
         self.api_requests = Counter(
             "taskplatform_api_requests",
             "HTTP requests answered, by route template.",
@@ -190,18 +212,36 @@ class Metrics:
             registry=r,
         )
 
-    def prepare(self, task_types: list[str]) -> None:
+    def prepare(self, task_types: Iterable[str]) -> None:
         """Create the series of the known task types at zero, so a first increment shows in
-        ``rate()`` and ``increase()`` instead of being the series' first sample."""
-        for task_type in task_types:
+        ``rate()`` and ``increase()`` instead of being the series' first sample: submissions,
+        retries, attempts in progress, outcomes and their durations, queue waits, and dead
+        letters by every reason (also for dead messages of no known task type)."""
+        self.task_types = self.task_types | frozenset(task_types)
+        reasons = sorted(DEAD_LETTER_REASONS | {OTHER_REASON})
+        for task_type in sorted(self.task_types):
             self.tasks_submitted.labels(task_type)
             self.task_retries.labels(task_type)
+            self.tasks_in_progress.labels(task_type)
+            self.task_queue_wait.labels(task_type)
             for status in FINAL_STATUSES:
                 self.tasks_finished.labels(task_type, status)
+                self.task_duration.labels(task_type, status)
+        for task_type in (*sorted(self.task_types), UNKNOWN_TASK_TYPE):
+            for reason in reasons:
+                self.dead_letters.labels(task_type, reason)
+
+    def task_type_label(self, task_type: str | None) -> str:
+        """``task_type`` if it is one of the prepared ones, else ``unknown``."""
+        return task_type if task_type in self.task_types else UNKNOWN_TASK_TYPE
+
+    def count_dead_message(self, task_type: str | None, reason: str | None) -> None:
+        """Count a dead message no task died with (its task type and reason bounded)."""
+        self.dead_letters.labels(self.task_type_label(task_type), reason_label(reason)).inc()
 
     def exposed_names(self) -> set[str]:
         """The metric names a scrape shows (counters with ``_total``; histograms by their base
-        name): what dashboards and alerts may use."""
+        name): what dashboards and alerts may use, the process and Python ones included."""
         names: set[str] = set()
         for family in self.registry.collect():
             names.add(f"{family.name}_total" if family.type == "counter" else family.name)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskplatform.models.status import TERMINAL, TaskStatus
@@ -28,6 +30,18 @@ def idempotency_scope(user_id: str | None, key: str | None) -> str | None:
     if key is None:
         return None
     return hashlib.sha256(f"{user_id or ''}\x00{key}".encode()).hexdigest()
+
+
+def submission_fingerprint(submission: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``submission`` as canonical JSON: keys sorted at every level, no
+    whitespace. What a reuse of an idempotency key is compared with, so the same submission
+    sent again with its keys in another order is still the same. ``submission`` must be JSON
+    data (``model_dump(mode="json")``)."""
+    return hashlib.sha256(orjson.dumps(submission, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+#: Statuses in which a task's work is done: its progress reads complete (100 %).
+DONE = frozenset({TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS})
 
 
 def new_task_id() -> str:
@@ -130,6 +144,9 @@ class BackgroundTask(BaseModel):
     #: Free-form caller data, stored with the task (changeable while it waits, ``PATCH``).
     metadata: JsonObject = Field(default_factory=dict)
     idempotency_key: str | None = None
+    #: ``submission_fingerprint`` of the submission that created the task with its idempotency
+    #: key (None without a key, and for tasks created before fingerprints were kept).
+    idempotency_fingerprint: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
     #: Id of the last lifecycle event applied to this document (idempotency by event id).
@@ -141,11 +158,16 @@ class BackgroundTask(BaseModel):
     outbox: OutboxState = Field(default_factory=OutboxState)
 
     @model_validator(mode="after")
-    def _parent_progress_is_the_roll_up(self) -> BackgroundTask:
+    def _progress_as_shown(self) -> BackgroundTask:
+        """A parent's progress is its roll-up; a task whose work is done (``DONE``) reads 100 %,
+        whatever its executable last reported (progress is throttled, and an executable need not
+        report its end). The other reported fields stay as they were."""
         summary = self.sub_task_status_summary
         if summary is not None and summary.total > 0:
             self.progress = {
                 "percent": round(100.0 * summary.finished / summary.total, 2),
                 "message": f"{summary.finished} of {summary.total} sub-tasks finished",
             }
+        if self.status in DONE:
+            self.progress = {**(self.progress or {}), "percent": 100.0}
         return self

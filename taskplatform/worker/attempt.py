@@ -79,10 +79,10 @@ class AttemptRunner:
         stop_at: float | None = None
         owned = True
 
-        def ask_to_stop(why: str) -> None:
+        def ask_to_stop(why: str, level: int = logging.INFO) -> None:
             nonlocal stop_at
             if not ctx.cancelled:
-                log.info("task %s: %s; asking the executable to stop", task.id, why)
+                log.log(level, "task %s: %s; asking the executable to stop", task.id, why)
                 ctx.request_cancel()
                 stop_at = loop.time() + self._cancel_grace
 
@@ -106,7 +106,7 @@ class AttemptRunner:
                         # Reaped or taken over: another attempt may run now. This one must stop,
                         # its outcome can no longer be recorded.
                         owned = False
-                        ask_to_stop("lease lost to another attempt")
+                        ask_to_stop("lease lost to another attempt", logging.WARNING)
                     else:
                         next_renewal = loop.time() + renew_every  # only after a renewal succeeded
                 elif owned and not ctx.cancelled:

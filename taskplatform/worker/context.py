@@ -16,6 +16,7 @@ from executors.base import Progress
 from taskplatform.errors import Cancelled
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskProgress
+from taskplatform.logsetup import top_level_fields
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.submission import SubmitRequest, TaskSubmitter
 
@@ -232,7 +233,7 @@ class ExecutionContext(Generic[P]):
 
     # ------------------------------------------------------------ logging
     def log_info(self, message: str, **fields: Any) -> None:
-        log.info(message, extra={**self._log_extra, "fields": fields})
+        log.info(message, extra={**top_level_fields(fields), **self._log_extra})
 
     def log_error(self, message: str, **fields: Any) -> None:
-        log.error(message, extra={**self._log_extra, "fields": fields})
+        log.error(message, extra={**top_level_fields(fields), **self._log_extra})

@@ -34,6 +34,7 @@ from taskplatform.events.models import (
     TaskRetrying,
     TaskWaiting,
 )
+from taskplatform.logsetup import printable
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import MAX_PRIORITY, RUNNABLE, BackgroundTask, ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.message import (
@@ -147,6 +148,56 @@ def error_info(exc: BaseException, tb: str | None, *, attempt: int, node_id: str
     )
 
 
+#: Longest error message a failure's log line quotes (the whole one is in the task's error_info).
+LOGGED_MESSAGE_LIMIT = 500
+
+
+def log_failure(task: BackgroundTask, outcome: Outcome, decision: Decision, *, node_id: str) -> None:
+    """The log line of a failed attempt whose outcome is recorded: WARNING with the delay when
+    it is retried, ERROR with the traceback when it ends the task (a dead letter: an unexpected
+    exception, a permanent failure, attempts exhausted), INFO when it was cancelled. Every line
+    carries the task context as fields; a retried attempt's traceback stays in its error_info."""
+    if not isinstance(outcome, Failed):
+        return
+    error = outcome.error
+    text = printable(str(error), LOGGED_MESSAGE_LIMIT)
+    extra: dict[str, Any] = {
+        "task_id": task.id,
+        "task_type": task.task_type,
+        "attempt": task.retry_count,
+        "node_id": node_id,
+        "error_type": type(error).__name__,
+        "error_message": text,
+        "reason": decision.reason,
+    }
+    if decision.status is TaskStatus.RETRYING:
+        log.warning(
+            "task %s (%s) attempt %d failed: %s: %s; retrying in %.1fs",
+            task.id,
+            task.task_type,
+            task.retry_count,
+            type(error).__name__,
+            text,
+            decision.delay,
+            extra={**extra, "delay_seconds": decision.delay},
+        )
+    elif decision.status is TaskStatus.DEAD_LETTER:
+        log.error(
+            "task %s (%s) attempt %d failed for good (%s): %s: %s; dead-lettered",
+            task.id,
+            task.task_type,
+            task.retry_count,
+            decision.reason,
+            type(error).__name__,
+            text,
+            extra=extra,
+            # an exception built here, never raised (a refused outcome), has no traceback to show
+            exc_info=error if error.__traceback__ is not None else None,
+        )
+    elif decision.status is TaskStatus.CANCELLED:
+        log.info("task %s (%s) attempt %d cancelled", task.id, task.task_type, task.retry_count, extra=extra)
+
+
 class Settler:
     """Applies decisions: events through the bus (the store write) first, then ack or nack."""
 
@@ -233,6 +284,7 @@ class Settler:
         if not delivery.accepted:
             await self._not_recorded(message, task, decision, delivery.task)
             return decision
+        log_failure(task, outcome, decision, node_id=self._node_id)  # once recorded: one line per attempt
         for event in rest:  # TaskDeadLettered after TaskFailed
             follow = await self.publish(event, delivery.task)
             if not follow.accepted:
@@ -420,7 +472,9 @@ class Settler:
         log.info("skipping message %s: %s", message.message_id, why)
         await self.ack(message)
 
-    async def reject_malformed(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
+    async def reject_malformed(
+        self, message: AbstractIncomingMessage, reason: str, detail: str, *, task_id: str | None = None
+    ) -> None:
         """Send a message that cannot be processed to the DLQ with its reason, then ack it.
 
         The copy goes to the dead-letter exchange with ``x-dead-reason``/``x-dead-detail``
@@ -428,7 +482,19 @@ class Settler:
         lost. If that publish fails the original is rejected instead (the DLX still
         routes it to the DLQ, without the reason).
         """
-        log.error("dead-lettering message %s: %s: %s", message.message_id, reason, detail)
+        log.error(
+            "dead-lettering message %s: %s: %s",
+            message.message_id or f"(no message id, delivery {message.delivery_tag})",
+            reason,
+            printable(detail, LOGGED_MESSAGE_LIMIT),
+            extra={
+                "task_id": task_id,
+                "message_id": message.message_id,
+                "routing_key": message.routing_key,
+                "reason": reason,
+                "detail": printable(detail, LOGGED_MESSAGE_LIMIT),
+            },
+        )
         headers = dict(message.headers or {})
         headers[HEADER_DEAD_REASON] = reason
         headers[HEADER_DEAD_DETAIL] = detail[:1000]
@@ -486,7 +552,7 @@ class Settler:
                     task_id,
                     delivery.rejected,
                 )
-        await self.reject_malformed(message, reason, detail)
+        await self.reject_malformed(message, reason, detail, task_id=task_id)
 
 
 def format_traceback(exc: BaseException) -> str:

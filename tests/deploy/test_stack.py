@@ -32,6 +32,9 @@ SERVICES = {"rabbitmq", "mongo", "api", "worker", "prometheus", "grafana"}
 PLATFORM_SERVICES = ("api", "worker")
 API_JOB, WORKER_JOB, RABBITMQ_JOB = "taskplatform-api", "taskplatform-worker", "rabbitmq"
 DATASOURCE_UID = "prometheus"
+#: Panels and variables use the dashboard's datasource variable (its default: the one chosen on
+#: import; provisioned, Grafana takes the first Prometheus datasource, the stack's only one).
+DASHBOARD_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 _HISTOGRAM_SUFFIX = re.compile(r"_(?:bucket|sum|count)$")
 _METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:taskplatform|rabbitmq)_[A-Za-z0-9_:]*)")
@@ -420,7 +423,9 @@ def test_prometheus_loads_its_config_and_the_alert_rules_from_deploy(
     config_path = flags.get("--config.file", "/etc/prometheus/prometheus.yml")
     assert host_path_of(service, config_path) == PROMETHEUS_FILE
     assert prometheus["rule_files"], "rule_files loads the alerts"
-    assert [host_path_of(service, path) for path in prometheus["rule_files"]] == [ALERTS_FILE]
+    # relative paths are resolved against the configuration file's directory
+    rules = [str(PurePosixPath(config_path).parent / path) for path in prometheus["rule_files"]]
+    assert [host_path_of(service, path) for path in rules] == [ALERTS_FILE]
     assert [str(p) for p in service["ports"]] == ["127.0.0.1:9090:9090"]
 
 
@@ -516,16 +521,16 @@ def test_dashboard_is_a_grafana_dashboard_on_the_prometheus_datasource(dashboard
         title = panel["title"]
         assert set(panel["gridPos"]) == {"h", "w", "x", "y"}, title
         assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, title
-        assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, title
+        assert panel["datasource"] == DASHBOARD_DATASOURCE, title
         assert panel["targets"], f"{title}: no targets"
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert len(set(ref_ids)) == len(ref_ids), title
         for target in panel["targets"]:
             assert target["expr"].strip(), title
-            assert target.get("datasource", {"uid": DATASOURCE_UID})["uid"] == DATASOURCE_UID, title
+            assert target.get("datasource", DASHBOARD_DATASOURCE) == DASHBOARD_DATASOURCE, title
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable["type"] == "query":
-            assert variable["datasource"]["uid"] == DATASOURCE_UID, variable["name"]
+            assert variable["datasource"] == DASHBOARD_DATASOURCE, variable["name"]
 
 
 #: What the dashboard must show (the platform's names, as exposed, and rabbitmq_prometheus's).
@@ -557,7 +562,7 @@ def test_dashboard_shows_every_platform_and_queue_metric(dashboard: dict[str, An
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(taskplatform_task_queue_wait" in exprs
         assert f"histogram_quantile({quantile}, sum by (le) (rate(taskplatform_task_duration" in exprs
-    assert "sum by (queue) (rabbitmq_queue_messages_ready" in exprs
+    assert "sum by (vhost, queue) (rabbitmq_queue_messages_ready" in exprs
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboards(services: dict[str, dict[str, Any]]) -> None:

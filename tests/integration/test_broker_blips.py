@@ -18,7 +18,7 @@ from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.runtime import Runtime
 from tests.support.executables import Boom, Noop
 from tests.support.runtime import eventually, running
-from tests.support.services import RABBITMQ_URL
+from tests.support.services import amqp_url_via, rabbitmq_address
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,13 +37,13 @@ async def test_a_3s_broker_cut_during_ten_20s_tasks_runs_each_once_and_all_compl
     make_runtime: Callable[..., Runtime], rabbitmq: Any, request: pytest.FixtureRequest
 ) -> None:
     store_url: str = request.getfixturevalue("own_postgres_database_url")
-    proxy = TcpProxy("127.0.0.1", 5672)
+    proxy = TcpProxy(*rabbitmq_address())
     await proxy.open()
     api = make_runtime(role="api", consume=False, store_url=store_url)
     worker = make_runtime(
         node_id="blipped",
         store_url=store_url,
-        amqp_url=RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}"),
+        amqp_url=amqp_url_via("127.0.0.1", proxy.port),
         reaper_enabled=False,
     )
     tasks = [BackgroundTask(task_type="test_noop", parameters={"value": i, "sleep": 20.0}) for i in range(10)]

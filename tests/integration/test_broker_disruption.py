@@ -1,11 +1,14 @@
-"""The broker misbehaves under load: every connection closed, the broker restarted."""
+"""The broker misbehaves under load: every connection closed, the broker restarted.
+
+These tests stop their broker and close all its connections, so they never run against the
+shared one: they get ``disrupted_rabbitmq``, a RabbitMQ node of the suite's own (or a broker
+declared disruptable with ``TASKPLATFORM_TEST_BROKER_DISRUPTABLE=1``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -14,23 +17,9 @@ from taskplatform.runtime import Runtime
 from taskplatform.submission import SubmitRequest
 from tests.support.executables import Noop
 from tests.support.runtime import eventually, running
-from tests.support.services import in_ci
+from tests.support.services import DisruptableBroker, vhost_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-async def rabbitmqctl(*args: str) -> None:
-    tool = shutil.which("rabbitmqctl")
-    if tool is None:
-        message = "rabbitmqctl is required to disrupt the local broker"
-        if in_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(f"SKIPPED LOUDLY: {message}")
-    proc = await asyncio.create_subprocess_exec(
-        tool, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, f"rabbitmqctl {' '.join(args)} failed: {out.decode()[-500:]}"
 
 
 async def _completed(runtime: Runtime, ids: list[str]) -> int:
@@ -39,9 +28,10 @@ async def _completed(runtime: Runtime, ids: list[str]) -> int:
 
 
 async def test_all_connections_closed_during_500_tasks_all_complete_once(
-    make_runtime: Callable[..., Runtime], rabbitmq: Any
+    make_runtime: Callable[..., Runtime], disrupted_rabbitmq: DisruptableBroker
 ) -> None:
-    runtime = make_runtime(role="dev", relay=True, prefetch=64)
+    broker = disrupted_rabbitmq
+    runtime = make_runtime(role="dev", relay=True, prefetch=64, amqp_url=broker.url)
     ids: list[str] = []
     async with running(runtime):
 
@@ -53,7 +43,7 @@ async def test_all_connections_closed_during_500_tasks_all_complete_once(
 
         await submit(250)
         await eventually(lambda: _at_least(runtime, ids, 100), timeout=30)
-        await rabbitmqctl("close_all_connections", "disruption test")
+        await broker.rabbitmqctl("close_all_connections", "-p", vhost_of(broker.url), "disruption test")
         await submit(250)  # some of these are stored while the broker connection is down
         await eventually(lambda: _at_least(runtime, ids, 500), timeout=120)
         assert len(set(ids)) == 500
@@ -61,18 +51,19 @@ async def test_all_connections_closed_during_500_tasks_all_complete_once(
 
 
 async def test_broker_restart_with_200_tasks_queued_all_complete_afterwards(
-    make_runtime: Callable[..., Runtime], rabbitmq: Any
+    make_runtime: Callable[..., Runtime], disrupted_rabbitmq: DisruptableBroker
 ) -> None:
-    api = make_runtime(role="api", consume=False, relay=True)
+    broker = disrupted_rabbitmq
+    api = make_runtime(role="api", consume=False, relay=True, amqp_url=broker.url)
     async with running(api):
         requests = [SubmitRequest(task_type="test_noop", parameters={"value": i}) for i in range(200)]
         submitted = await api.submitter.submit_many(requests)
         assert all(s.published for s in submitted)
         ids = [s.task.id for s in submitted]
-        await rabbitmqctl("stop_app")
-        await rabbitmqctl("start_app")
-        await rabbitmqctl("await_startup")
-        worker = make_runtime(node_id="after-restart")
+        await broker.rabbitmqctl("stop_app")
+        await broker.rabbitmqctl("start_app")
+        await broker.rabbitmqctl("await_startup")
+        worker = make_runtime(node_id="after-restart", amqp_url=broker.url)
         async with running(worker):
             await eventually(lambda: _at_least(worker, ids, 200), timeout=120)
 

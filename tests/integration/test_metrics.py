@@ -119,12 +119,17 @@ async def test_the_api_counts_requests_by_route_template_and_serves_metrics(
         assert (await client.get("/api/v1/tasks/missing")).status_code == 404
         assert (await client.get("/no/such/path")).status_code == 404
         assert (await client.request("BREW", "/api/v1/tasks")).status_code == 405
+        for path in ("/docs", "/openapi.json", "/redoc"):  # FastAPI's own pages: routes too
+            assert (await client.get(path)).status_code == 200
         scrape = samples((await client.get("/metrics")).text)
     requests = "taskplatform_api_requests_total"
     assert value(scrape, requests, method="POST", route="/api/v1/tasks", status="201") == 1
     assert value(scrape, requests, method="GET", route="/api/v1/tasks/{task_id}", status="200") == 1
     assert value(scrape, requests, method="GET", route="/api/v1/tasks/{task_id}", status="404") == 1
     assert value(scrape, requests, method="GET", route="unmatched", status="404") == 1  # not the raw path
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert value(scrape, requests, method="GET", route=path, status="200") == 1
+    assert value(scrape, requests, method="GET", route="unmatched", status="200") == 0
     assert sum(v for (n, labels), v in scrape.items() if n == requests and ("method", "OTHER") in labels) == 1
     assert not any(("method", "BREW") in labels for _, labels in scrape)  # any token: no new series
     durations = "taskplatform_api_request_duration_seconds_count"
@@ -270,3 +275,13 @@ async def test_several_api_processes_report_every_processs_requests(
     ]
     assert healthz == [40, 40, 40]  # whichever process answered the scrape, it counted both
     assert len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2  # two processes wrote counts
+    for scrape in scrapes:  # each scrape shows the process metrics of both, by pid
+        memory = {
+            dict(labels).get("pid", ""): v
+            for (n, labels), v in scrape.items()
+            if n == "process_resident_memory_bytes"
+        }
+        assert len(memory) == 2 and "" not in memory and all(v > 0 for v in memory.values())
+        assert all(value(scrape, "process_cpu_seconds_total", pid=pid) > 0 for pid in memory)
+        assert any(n == "python_info" for n, _ in scrape)
+        assert not any(n.startswith("python_gc_") for n, _ in scrape)  # unreadable across processes

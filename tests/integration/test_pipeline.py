@@ -19,7 +19,7 @@ from taskplatform.store.base import Guard
 from taskplatform.submission import SubmitRequest
 from tests.support.executables import Noop
 from tests.support.runtime import eventually, running
-from tests.support.services import RABBITMQ_URL
+from tests.support.services import amqp_url_via, rabbitmq_address
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -71,8 +71,8 @@ async def test_submit_while_broker_unreachable_is_accepted_then_relayed_and_comp
     make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5672)  # closed: the broker is unreachable
-    url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    proxy = TcpProxy(*rabbitmq_address())  # closed: the broker is unreachable
+    url = amqp_url_via("127.0.0.1", proxy.port)
     runtime = make_runtime(role="dev", relay=True, amqp_url=url)
     runtime.broker._retry_interval = 0.2
     async with running(runtime, wait_for_broker=False):
@@ -227,9 +227,9 @@ async def test_broker_lost_mid_life_consumers_resume_and_the_outbox_catches_up(
     make_runtime: Callable[..., Runtime],
     rabbitmq: Any,
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5672)
+    proxy = TcpProxy(*rabbitmq_address())
     await proxy.open()
-    url = RABBITMQ_URL.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    url = amqp_url_via("127.0.0.1", proxy.port)
     runtime = make_runtime(role="dev", relay=True, amqp_url=url)
     try:
         async with running(runtime):

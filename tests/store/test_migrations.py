@@ -22,7 +22,7 @@ from taskplatform.store.sql.schema import UTCDateTime, metadata
 from tests.store.helpers import make_dead_letter
 from tests.support.services import fresh_postgres_database
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def _diff(connection: Connection) -> list[Any]:

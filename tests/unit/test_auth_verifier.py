@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,25 +186,25 @@ def signed(header: bytes, payload: bytes) -> str:
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        {"exp": str(NOW + 600)},
-        {"iat": str(NOW)},
-        {"nbf": str(NOW - 60)},
-        {"iat": True},
-        {"exp": [NOW + 600]},
+    [  # made when the test runs: a module-level "now" is long past by then in a full run
+        lambda now: {"exp": str(now + 600)},
+        lambda now: {"iat": str(now)},
+        lambda now: {"nbf": str(now - 60)},
+        lambda now: {"iat": True},
+        lambda now: {"exp": [now + 600]},
     ],
     ids=["exp-string", "iat-string", "nbf-string", "iat-bool", "exp-list"],
 )
 def test_times_that_are_not_json_numbers_are_invalid_claims(
-    verifier: TokenVerifier, overrides: dict[str, Any]
+    verifier: TokenVerifier, overrides: Callable[[int], dict[str, Any]]
 ) -> None:
-    error = rejected(verifier, hs256(claims(**overrides)))
+    error = rejected(verifier, hs256(claims(**overrides(int(time.time())))))
     assert error.reason in (AuthFailure.INVALID_CLAIM, AuthFailure.MALFORMED_TOKEN)
     assert "number of seconds" in error.detail or "well-formed" in error.detail
 
 
 def test_a_numeric_string_exp_is_refused_though_pyjwt_accepts_it(verifier: TokenVerifier) -> None:
-    error = rejected(verifier, hs256(claims(exp=str(NOW + 600))))
+    error = rejected(verifier, hs256(claims(exp=str(int(time.time()) + 600))))
     assert error.reason is AuthFailure.INVALID_CLAIM and "exp must be a number" in error.detail
 
 

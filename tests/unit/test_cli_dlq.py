@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -255,8 +256,11 @@ def test_dlq_bulk_replay_without_filters_is_refused_unless_yes(
         f"{PREFIX}/replay",
         {"dry_run": False, "matched": [], "replayed": [], "failed": {}, "seconds": 0},
     )
+    api.on("GET", PREFIX, {"items": [], "counts": {"total": 0}})
     assert dlq("replay", "--all", "--yes") == 0
-    assert body(api.only) == {"limit": 100, "dry_run": False}
+    count, replay = api.requests
+    assert count.method == "GET" and set(query(count)) == {"status", "until", "limit"}
+    assert body(replay) == {"limit": 100, "dry_run": False}
 
 
 def test_dlq_bulk_replay_with_failures_exits_1(
@@ -270,10 +274,22 @@ def test_dlq_bulk_replay_with_failures_exits_1(
         "seconds": 1,
     }
     api.on("POST", f"{PREFIX}/replay", result)
+    api.on("GET", PREFIX, {"items": [dead_letter("a")], "counts": {"total": 2}})
     assert dlq("replay", "--all", "--error-type", "ValueError") == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["failed"] == {"b": "conflict"}
-    assert "1 of 2 could not be replayed" in captured.err
+    assert captured.err.splitlines() == [
+        "replaying 2 of 2 pending dead letter(s) matching the filters",
+        "replayed 1, failed 1 of 2 matched in 1s",
+        "1 of 2 could not be replayed",
+    ]
+    count = query(api.requests[0])
+    assert (count.pop("status"), count.pop("error_type"), count.pop("limit")) == (
+        "pending",
+        "ValueError",
+        "1",
+    )
+    assert set(count) == {"until"}  # last seen before the replay started
 
 
 @pytest.mark.parametrize(
@@ -347,11 +363,11 @@ def test_dlq_audit_sends_the_filter_and_prints_entries(
     assert len(lines) == 3  # no next page
 
 
-def test_dlq_api_error_prints_its_message_and_exits_1(
+def test_dlq_api_error_prints_its_message_and_exits_5_for_not_found(
     dlq: Callable[..., int], api: FakeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
     api.on("GET", f"{PREFIX}/nope", error_body(404, "not_found", "dead letter 'nope' not found"))
-    assert dlq("show", "nope") == 1
+    assert dlq("show", "nope") == 5
     captured = capsys.readouterr()
     assert captured.out == ""
     assert one_line(captured.err) == "error: HTTP 404 not_found: dead letter 'nope' not found"
@@ -385,8 +401,77 @@ def test_unpark_refuses_a_limit_below_one(
 def test_unpark_without_a_broker_says_so_and_fails(
     dlq: Callable[..., int], api: FakeApi, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")  # nothing listens
-    assert dlq("unpark") == 1
-    err = capsys.readouterr().err  # aiormq logs the refused connection too
-    assert "error: cannot reach RabbitMQ (TASKPLATFORM_AMQP_URL): AMQPConnectionError" in err
+    monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "amqp://guest:s3cret@127.0.0.1:1/")  # nothing listens
+    assert dlq("unpark") == 3
+    err = one_line(capsys.readouterr().err)  # aiormq's own log of the refused connection is quiet
+    assert err.startswith(
+        "error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/ (TASKPLATFORM_AMQP_URL): "
+        "AMQPConnectionError"
+    )
+    assert "s3cret" not in err
     assert api.requests == []  # it never talks to the API
+
+
+# ---------------------------------------------------------------- bulk replay progress
+def test_dlq_bulk_replay_shows_progress_while_the_server_replays(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the one bulk request is open, the CLI counts the pending records that match and were
+    last seen before it started: those gone are replayed. The fake server answers only after
+    three such looks."""
+    import asyncio
+
+    import httpx
+
+    pending = iter([10, 7, 4, 1])  # the count before, then at each look
+    looks: list[httpx.Request] = []
+    answered = asyncio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            looks.append(request)
+            total = next(pending)
+            if total == 1:
+                answered.set()
+            return httpx.Response(200, json={"items": [], "counts": {"total": total}})
+        await answered.wait()
+        result = {"dry_run": False, "matched": list("abcdefghij"), "replayed": list("abcdefghi")}
+        return httpx.Response(200, json={**result, "failed": {"j": "conflict"}, "seconds": 2.5})
+
+    monkeypatch.setenv("TASKPLATFORM_API_URL", BASE)
+    monkeypatch.setenv("TASKPLATFORM_EVENT_LOOP", "asyncio")
+    monkeypatch.setattr(cli_dlq, "REPLAY_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(
+        cli_dlq, "open_client", functools.partial(cli_dlq.open_client, transport=httpx.MockTransport(handle))
+    )
+    assert main(["dlq", "replay", "--all", "--task-type", "summary", "--rate", "4"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "replaying 10 of 10 pending dead letter(s) matching the filters at 4/s",
+        "replayed: 3/10",
+        "replayed: 6/10",
+        "replayed: 9/10",
+        "replayed 9, failed 1 of 10 matched in 2.5s",
+        "1 of 10 could not be replayed",
+    ]
+    assert "\x1b" not in captured.err  # not a terminal: plain lines
+    assert json.loads(captured.out)["failed"] == {"j": "conflict"}
+    assert len({tuple(sorted(query(r).items())) for r in looks}) == 1  # the same question each time
+    until = datetime.fromisoformat(query(looks[0])["until"])
+    assert query(looks[0]) == {
+        "status": "pending",
+        "task_type": "summary",
+        "limit": "1",
+        "until": until.isoformat(),
+    }
+    assert until.tzinfo is not None and until <= datetime.now(UTC)
+
+
+def test_dlq_bulk_replay_counts_within_an_earlier_until(
+    dlq: Callable[..., int], api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.on("GET", PREFIX, {"items": [], "counts": {"total": 0}})
+    api.on("POST", f"{PREFIX}/replay", {"matched": [], "replayed": [], "failed": {}, "seconds": 0})
+    assert dlq("replay", "--all", "--until", "2024-05-01T00:00:00Z") == 0
+    count, replay = api.requests
+    assert query(count)["until"] == body(replay)["until"] == "2024-05-01T00:00:00+00:00"

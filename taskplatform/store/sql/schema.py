@@ -90,6 +90,8 @@ tasks = Table(
     Column("idempotency_key", String(255), nullable=True),
     #: idempotency_scope(user_id, idempotency_key): unique, so a key names one task per user.
     Column("idempotency_scope", String(64), nullable=True),
+    #: SHA-256 of the submission that created the task with its key (a reuse is compared with it).
+    Column("idempotency_fingerprint", String(64), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     Column("last_event_id", String(64), nullable=True),
