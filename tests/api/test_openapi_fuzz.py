@@ -49,7 +49,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from executors.registry import ExecutableRegistry
+from executors.registry import DEMO_MODULE, ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
 from tests.support.executables import EXECUTABLES
 from tests.support.services import RABBITMQ_URL, fresh_postgres_database, require_rabbitmq
@@ -84,7 +84,7 @@ def _free_port() -> int:
 
 
 def _delete_topology(prefix: str) -> None:
-    registry = ExecutableRegistry.discover()
+    registry = ExecutableRegistry.discover([DEMO_MODULE])  # ``dev`` serves the demo task too
     for cls in EXECUTABLES:
         registry.register(cls)
     topology = build_topology(registry.queues(), prefix=prefix)

@@ -44,11 +44,8 @@ RABBITMQ_URL = _with_vhost(
 )
 #: The broker of ``TASKPLATFORM_TEST_AMQP_URL`` may be disrupted (stopped, every connection
 #: closed): the disruptive tests use it instead of starting a RabbitMQ node of their own.
-BROKER_DISRUPTABLE = os.environ.get("TASKPLATFORM_TEST_BROKER_DISRUPTABLE", "").lower() in (
-    "1",
-    "true",
-    "yes",
-)
+_DISRUPTABLE = os.environ.get("TASKPLATFORM_TEST_BROKER_DISRUPTABLE", "")
+BROKER_DISRUPTABLE = _DISRUPTABLE.lower() in {"1", "true", "yes"}
 POSTGRES_URL = os.environ.get(
     "TASKPLATFORM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
@@ -85,8 +82,8 @@ def require(service: str, url: str, default_port: int) -> None:
 
 def require_rabbitmq() -> None:
     require("RabbitMQ", RABBITMQ_URL, 5672)
-    if os.environ.get("TASKPLATFORM_TEST_AMQP_VHOST") and (problem := _vhost_problem(RABBITMQ_URL)):
-        missing(problem)
+    if vhost_of(RABBITMQ_URL) != "/" and (problem := _vhost_problem(RABBITMQ_URL)):
+        missing(problem)  # a vhost of the suite's own, not created yet (checked once)
 
 
 @functools.cache

@@ -44,7 +44,7 @@ from taskplatform.store.base import (
     encode_cursor,
 )
 from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
-from taskplatform.store.sql import migrate
+from taskplatform.store.sql import migrate, sqlite
 from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.deadletters import SqlDeadLetters
@@ -52,7 +52,6 @@ from taskplatform.store.sql.deletion import SqlDeletion
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
-from taskplatform.store.sql.sqlite import configure_sqlite
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 _COLUMNS = {c.name for c in tasks.columns}
@@ -116,17 +115,20 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if self.url.startswith("sqlite"):
             self._prepare_sqlite_path()
+            kwargs.update(sqlite.engine_options())
         else:
             # No pre-ping: it costs three round trips per checkout. A dropped connection
             # surfaces as StoreError, which every caller already retries.
             kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_recycle=1800)
         engine = create_async_engine(self.url, insertmanyvalues_page_size=_INSERT_PAGE, **kwargs)
-        if engine.dialect.name == "sqlite":
-            configure_sqlite(engine)
         self._engine = engine
         # Single statements run in autocommit: each is atomic on its own, and skipping
         # BEGIN/COMMIT saves two round trips per operation.
-        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        if engine.dialect.name == "sqlite":
+            sqlite.configure_sqlite(engine)
+            self._auto = sqlite.autocommit_engine(engine)
+        else:
+            self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         try:
             if self._auto_migrate:
                 await migrate.upgrade(engine)
