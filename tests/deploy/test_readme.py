@@ -97,3 +97,24 @@ def test_every_readme_command_runs_as_written() -> None:
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "readme-check: ok:" in result.stdout
+
+
+def test_a_main_job_that_exits_fails_the_check_with_its_log(tmp_path: Path) -> None:
+    check = _checker()
+    log = tmp_path / "main-job.log"
+    log.write_text("error: the store URL is not valid\n")
+    process = subprocess.Popen(["/bin/sh", "-c", "exit 3"])  # noqa: S603
+    process.wait()
+    with pytest.raises(SystemExit, match=r"exited with 3:\nerror: the store URL is not valid"):
+        check.wait_ready(process, log, seconds=5)
+
+
+def test_a_failing_python_block_and_an_unmarked_language_fail_the_check(tmp_path: Path) -> None:
+    check = _checker()
+    runner = check.Runner(tmp_path, {"PATH": "/usr/bin:/bin"})
+    with pytest.raises(SystemExit, match="(?s)python block at README line 4 failed:.*ZeroDivisionError"):
+        runner.python(check.Block(4, "python", "1 / 0\n"))
+    with pytest.raises(SystemExit, match="line 9 is ```yaml: mark it"):
+        runner.run(check.Block(9, "yaml", "a: 1\n"))
+    runner.run(check.Block(12, "json", "{}\n", directive="skip", reason="sample output"))
+    assert runner.skipped == 1 and runner.ran == 0
