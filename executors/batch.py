@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.scene import GenerateScene
 from executors.summary import GenerateSummary
 from taskplatform.errors import Cancelled
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
 #: Children submitted per ``submit_sub_tasks`` call: bounded store/outbox writes per round trip.
 SUBMIT_CHUNK_SIZE = 500

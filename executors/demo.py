@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from taskplatform.errors import Cancelled, PermanentFailure
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
 Mode = Literal["succeed", "fail", "retry", "sleep"]
 

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.text import (
     as_sentence,
     capitalise,
@@ -27,6 +26,7 @@ from executors.text import (
     with_article,
 )
 from taskplatform.errors import Cancelled
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
 TimeOfDay = Literal["dawn", "morning", "noon", "afternoon", "dusk", "evening", "night", "midnight"]
 Weather = Literal["clear", "rain", "storm", "fog", "snow", "wind"]

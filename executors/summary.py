@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.text import content_words, split_sentences
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
 #: Share of the best score added to the first sentence: openings tend to state the topic.
 FIRST_SENTENCE_BONUS = 0.1

@@ -270,7 +270,7 @@ def main() -> int:
 _DELETE_TOPOLOGY = """
 import asyncio, sys
 import aio_pika
-from executors.registry import DEMO_MODULE, ExecutableRegistry
+from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from taskplatform.settings import PlatformSettings
 from topology import build_topology
 

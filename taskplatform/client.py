@@ -12,9 +12,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, Field
 
-from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import TaskPlatformError
 from taskplatform.models import TERMINAL, AuditEntry, BackgroundTask, DeadLetter, DeadLetterStatus, TaskStatus
+from taskplatform.tasks.executable import BackgroundTaskExecutable
 
 if TYPE_CHECKING:
     from taskplatform.settings import PlatformSettings

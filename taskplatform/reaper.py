@@ -7,7 +7,6 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from executors.registry import ExecutableRegistry
 from taskplatform.deadletters.capture import dead_letter_of_task
 from taskplatform.errors import StoreError
 from taskplatform.events.aggregator import StateAggregator
@@ -17,6 +16,7 @@ from taskplatform.models import BackgroundTask, ErrorInfo, utcnow
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
+from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
 

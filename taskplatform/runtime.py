@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 
-from executors.registry import ENTRY_POINT_GROUP, ExecutableRegistry
 from taskplatform.clock import ClockSync
 from taskplatform.deadletters.consumer import DeadLetterConsumer
 from taskplatform.deadletters.service import DeadLetterService
@@ -29,6 +28,7 @@ from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
 from taskplatform.store import BaseTaskStore, create_store
 from taskplatform.submission import PublishedMarker, TaskSubmitter
+from taskplatform.tasks.registry import ENTRY_POINT_GROUP, ExecutableRegistry
 from taskplatform.worker.consumer import TaskConsumer
 from taskplatform.worker.settlement import Settler
 from topology import Topology, build_topology, declare_topology

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplatform.events.models import EventType
 from taskplatform.models.task import MAX_PRIORITY
@@ -68,7 +69,8 @@ class PlatformSettings(BaseSettings):
     store_outage_hold_seconds: float = Field(default=300.0, gt=0)
     cancel_poll_seconds: float = Field(default=1.0, gt=0)
     cancel_grace_seconds: float = Field(default=2.0, ge=0)
-    executor_modules: list[str] = Field(default_factory=list)
+    # modules whose executables to register besides entry points: 'a.tasks,b.tasks' or a JSON list
+    executor_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     load_entry_points: bool = True
 
     # retries (defaults for executables without their own RetryPolicy)
@@ -220,6 +222,20 @@ class PlatformSettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("executor_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        """A comma-separated list (``a.tasks,b.tasks``) or a JSON list (``["a.tasks"]``)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list of module names: {exc}") from None
+        return [name.strip() for name in text.split(",") if name.strip()]
 
     @field_validator("api_submit_rate", mode="before")
     @classmethod

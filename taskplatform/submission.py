@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError, TaskPlatformError
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
@@ -22,6 +21,7 @@ from taskplatform.events.models import Origin, TaskSubmitted
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, TaskMessage, utcnow
 from taskplatform.models.task import submission_fingerprint
 from taskplatform.store.base import BaseTaskStore
+from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.executables import EXECUTABLES
 from tests.support.garbage import collect_garbage_or_fail
 from tests.support.rabbit_node import RabbitNode

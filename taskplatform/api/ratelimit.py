@@ -17,13 +17,13 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from pydantic import ValidationError
 
-from executors.base import BackgroundTaskExecutable
-from executors.registry import ExecutableRegistry
 from taskplatform.api.auth import SubmitterDep
 from taskplatform.api.deps import RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.auth import Principal
 from taskplatform.ratelimit.limiter import reserve_many
+from taskplatform.tasks.executable import BackgroundTaskExecutable
+from taskplatform.tasks.registry import ExecutableRegistry
 
 #: The 429 of the submit route, for the OpenAPI document.
 SUBMIT_RATE_LIMITED: dict[int | str, dict[str, Any]] = {

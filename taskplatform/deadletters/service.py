@@ -10,7 +10,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import InvalidInputError, TaskPlatformError, UnknownTaskTypeError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskReplayed
@@ -19,6 +18,7 @@ from taskplatform.models.dead_letter import AuditAction
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.submission import TaskSubmitter, ensure_storable
+from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
 

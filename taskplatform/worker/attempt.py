@@ -8,10 +8,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import Cancelled, StoreError
 from taskplatform.models import BackgroundTask
 from taskplatform.store.base import BaseTaskStore
+from taskplatform.tasks.executable import BackgroundTaskExecutable
 from taskplatform.worker.context import ExecutionContext
 from taskplatform.worker.settlement import Failed, Outcome, Succeeded, format_traceback
 

@@ -12,8 +12,6 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from executors.base import BackgroundTaskExecutable
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import (
     InvalidInputError,
     MessageDecodeError,
@@ -35,6 +33,8 @@ from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.base import BaseTaskStore
 from taskplatform.submission import TaskSubmitter, ensure_storable
+from taskplatform.tasks.executable import BackgroundTaskExecutable
+from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.worker.attempt import AttemptRunner
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.context import ExecutionContext

@@ -12,13 +12,13 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from executors.base import Progress
 from taskplatform.errors import Cancelled
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskProgress
 from taskplatform.logsetup import top_level_fields
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.submission import SubmitRequest, TaskSubmitter
+from taskplatform.tasks.executable import Progress
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -34,7 +34,7 @@ def child_task_id(parent_id: str, key: str) -> str:
 
 
 class ExecutionContext(Generic[P]):
-    """Implements ``executors.base.TaskContext`` for one attempt."""
+    """Implements ``taskplatform.tasks.executable.TaskContext`` for one attempt."""
 
     def __init__(
         self,

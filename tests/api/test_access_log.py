@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.logsetup import JsonFormatter, TextFormatter
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import OTHER_SECRET, SECRET, bearer, claims, hs256, token
 from tests.support.api import client_of, served
 

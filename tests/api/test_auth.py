@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.api.app import create_app
 from taskplatform.cli import main
 from taskplatform.errors import ConfigError
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import (
     OTHER_SECRET,
     SECRET,

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import BackgroundTask, DeadLetter, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration

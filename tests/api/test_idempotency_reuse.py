@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import BackgroundTask
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import IdempotencyKeyReusedError, SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.cli import main
 from taskplatform.client import ApiError, TaskPlatformClient
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
 from tests.support.api import served as serving
 from tests.support.executables import Noop

@@ -49,7 +49,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from executors.registry import DEMO_MODULE, ExecutableRegistry
+from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
 from tests.support.executables import EXECUTABLES
 from tests.support.services import RABBITMQ_URL, fresh_postgres_database, require_rabbitmq

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.api.ratelimit import retry_after
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
 from tests.support.api import client_of, served
 

@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.api.app import create_app
 from taskplatform.models import utcnow
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 
 pytestmark = pytest.mark.integration

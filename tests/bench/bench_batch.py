@@ -16,11 +16,11 @@ import asyncio
 import time
 import uuid
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import TERMINAL
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import AMQP_URL, drop_pg_database, make_pg_database
 
 TEXT = "The river rose in the night. Boats drifted loose. By morning the town had moved uphill."

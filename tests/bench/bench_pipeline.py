@@ -23,10 +23,10 @@ from pathlib import Path
 
 import aio_pika
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import AMQP_URL, bench_platform, pct, start_workers, stop_workers
 from tests.bench.noop import BenchNoop
 

@@ -19,10 +19,10 @@ import os
 import statistics
 import time
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import bench_platform, pct, start_workers, stop_workers
 from tests.bench.noop import BenchNoop
 

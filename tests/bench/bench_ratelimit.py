@@ -22,13 +22,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from executors.base import BackgroundTaskExecutable, TaskContext
-from executors.registry import ExecutableRegistry
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.models.status import TERMINAL
 from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.runtime import Runtime
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import bench_platform, pct, start_workers, stop_workers
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from executors.registry import ExecutableRegistry
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

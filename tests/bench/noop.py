@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import BaseModel
 
-from executors.base import BackgroundTaskExecutable, TaskContext
+from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
 
 
 class BenchParams(BaseModel):

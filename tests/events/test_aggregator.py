@@ -205,9 +205,9 @@ async def test_observers_see_a_parents_waiting_before_its_completion(
 async def test_a_key_reused_for_another_child_is_refused_and_a_retried_one_is_kept(
     parts: tuple[SqlTaskStore, EventBus, StateAggregator, Recorder],
 ) -> None:
-    from executors.registry import ExecutableRegistry
     from taskplatform.errors import InvalidInputError
     from taskplatform.submission import PublishedMarker, SubmitRequest, TaskSubmitter
+    from taskplatform.tasks.registry import ExecutableRegistry
     from tests.support.executables import EXECUTABLES
 
     store, bus, aggregator, _recorder = parts

@@ -33,10 +33,10 @@ import aio_pika
 import httpx
 import pytest
 
-from executors import registry as registry_module
-from executors.registry import ExecutableRegistry
-from taskplatform.cli_output import EXIT_CODE_MEANINGS, ExitCode
+from taskplatform.cli.output import EXIT_CODE_MEANINGS, ExitCode
 from taskplatform.models.reasons import DeadLetterReason
+from taskplatform.tasks import registry as registry_module
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import SECRET, token
 from tests.support.executables import EXECUTABLES
 from tests.support.services import RABBITMQ_URL, require_rabbitmq

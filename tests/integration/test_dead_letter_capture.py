@@ -20,9 +20,8 @@ import aio_pika
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
-from taskplatform.cli import build_parser
-from taskplatform.cli_dlq import run_dlq
+from taskplatform.cli.commands import build_parser
+from taskplatform.cli.dlq import run_dlq
 from taskplatform.deadletters.parking import HEADER_PARKED_ATTEMPTS, HEADER_PARKED_REASON
 from taskplatform.errors import StoreError
 from taskplatform.messaging.codec import encode
@@ -40,6 +39,7 @@ from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.store.deadletters import DeadLetterFilter, UpsertOutcome
 from taskplatform.store.sql import SqlTaskStore
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 from tests.support.runtime import eventually, running
 

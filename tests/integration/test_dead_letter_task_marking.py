@@ -17,7 +17,6 @@ import aio_pika
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.deadletters.consumer import DeadLetterConsumer
 from taskplatform.messaging.codec import encode
 from taskplatform.models import (
@@ -34,6 +33,7 @@ from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 from tests.support.executables import Noop
 from tests.support.runtime import eventually, running

@@ -10,11 +10,11 @@ import aio_pika
 import httpx
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.models import TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
 from tests.support.api import client_of, served
 from tests.support.executables import Picky

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from executors.registry import DEMO_MODULE, ExecutableRegistry
 from taskplatform.client import ApiError, TaskPlatformClient
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from tests.support.executables import EXECUTABLES
 from tests.support.runtime import eventually
 from tests.support.services import RABBITMQ_URL, require_rabbitmq

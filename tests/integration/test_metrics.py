@@ -19,13 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from executors.base import BackgroundTaskExecutable, TaskContext
-from executors.registry import ExecutableRegistry
 from taskplatform.logsetup import JsonFormatter, TaskContextFilter
 from taskplatform.models import TERMINAL
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 from tests.support.runtime import eventually, running
 from tests.support.tcp_proxy import free_port

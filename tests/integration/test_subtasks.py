@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from executors.batch import BatchGenerateScene, BatchGenerateSummary
-from executors.registry import ExecutableRegistry
 from executors.scene import GenerateScene
 from taskplatform.events import Published, TaskProgress
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
@@ -18,6 +17,7 @@ from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 from taskplatform.store.base import TaskFilter
 from taskplatform.submission import SubmitRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.api import client_of, served
 from tests.support.executables import EXECUTABLES, Cooperative, FailingSummary
 from tests.support.runtime import eventually, running

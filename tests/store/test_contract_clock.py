@@ -15,7 +15,6 @@ from datetime import timedelta
 
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.models import BackgroundTask, TaskStatus
@@ -23,6 +22,7 @@ from taskplatform.reaper import Reaper
 from taskplatform.retry import RetryPolicy
 from taskplatform.store import BaseTaskStore
 from taskplatform.store.base import ClaimRequest
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.store.helpers import NODE, make_task
 from tests.support.clock import platform_clock_off, true_utcnow
 

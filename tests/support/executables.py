@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.summary import GenerateSummary
 from taskplatform.errors import Cancelled, PermanentFailure
 from taskplatform.models import utcnow
 from taskplatform.ratelimit.declarations import RateLimit
 from taskplatform.retry import RetryPolicy
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
 
 class NoopParams(BaseModel):

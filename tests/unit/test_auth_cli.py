@@ -11,8 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-from taskplatform import cli
 from taskplatform.auth import Role
+from taskplatform.cli import commands as cli
 from taskplatform.client import TaskPlatformClient
 from tests.api.tokens import SECRET, private_pem, rsa_key, write
 from tests.support.fake_api import BASE, FakeApi

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from taskplatform import cli_dlq
+from taskplatform.cli import dlq as cli_dlq
 from taskplatform.cli import main
 from tests.support.fake_api import (
     BASE,

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from taskplatform import cli
-from taskplatform.cli_dlq import BadInput
-from taskplatform.cli_output import (
+from taskplatform.cli import commands as cli
+from taskplatform.cli.dlq import BadInput
+from taskplatform.cli.output import (
     EXIT_CODE_MEANINGS,
     CommandError,
     CountWatch,

@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from taskplatform import cli, cli_tasks
-from taskplatform.cli_output import ExitCode
+from taskplatform.cli import commands as cli
+from taskplatform.cli import tasks as cli_tasks
+from taskplatform.cli.admin import broker_place
+from taskplatform.cli.output import ExitCode
 from taskplatform.client import TaskPlatformClient
 from tests.support.fake_api import BASE, FakeApi, body, error_body
 
@@ -327,9 +329,9 @@ def test_a_configuration_problem_of_a_server_exits_2(
 def test_the_topology_commands_name_the_vhost(url: str, place: str) -> None:
     from taskplatform.settings import PlatformSettings
 
-    assert cli.broker_place(PlatformSettings(amqp_url=url)) == f"{place}, no prefix"
+    assert broker_place(PlatformSettings(amqp_url=url)) == f"{place}, no prefix"
     prefixed = PlatformSettings(amqp_url=url, topology_prefix="blue.")
-    assert cli.broker_place(prefixed) == f"{place}, prefix 'blue.'"
+    assert broker_place(prefixed) == f"{place}, prefix 'blue.'"
 
 
 # ---------------------------------------------------------------- the client's wait

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from executors.base import BackgroundTaskExecutable, Progress, TaskContext
 from executors.batch import (
     MAX_SCENES,
     MAX_SUMMARY_ITEMS,
@@ -19,10 +18,11 @@ from executors.batch import (
     BatchResult,
     submit_in_chunks,
 )
-from executors.registry import ExecutableRegistry
 from executors.scene import GenerateScene
 from executors.summary import GenerateSummary
 from taskplatform.errors import Cancelled
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
+from taskplatform.tasks.registry import ExecutableRegistry
 
 
 class FakeContext:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from executors.base import Progress
 from executors.demo import Demo, DemoFailure
-from executors.registry import DEMO_MODULE, ExecutableRegistry
-from taskplatform.cli import _settings, build_parser
+from taskplatform.cli.commands import _settings, build_parser
 from taskplatform.errors import Cancelled, PermanentFailure
 from taskplatform.models import TaskStatus
 from taskplatform.retry import RetryPolicy
+from taskplatform.tasks.executable import Progress
+from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from taskplatform.worker.settlement import Action, Failed, Succeeded, decide
 
 

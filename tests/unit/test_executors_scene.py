@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from executors.base import Progress
 from executors.scene import GenerateScene, scene_seed, write_scene
 from taskplatform.errors import Cancelled
+from taskplatform.tasks.executable import Progress
 
 BEATS = [
     "A letter is found wedged under the door",

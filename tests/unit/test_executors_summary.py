@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from executors.base import Progress
-from executors.registry import ExecutableRegistry
 from executors.scene import GenerateScene
 from executors.summary import GenerateSummary, score_sentences, select_sentences, summarize
 from executors.text import content_words, split_sentences
+from taskplatform.tasks.executable import Progress
+from taskplatform.tasks.registry import ExecutableRegistry
 
 SOLAR_TEXT = (
     "The weather was pleasant on Tuesday. "

@@ -381,7 +381,7 @@ class LeaseLost:
 
 
 async def test_an_attempt_that_lost_its_lease_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    from executors.base import BackgroundTaskExecutable, TaskContext
+    from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
 
     class Params(BaseModel):
         pass

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from executors.base import Progress
 from taskplatform.events import Delivery, TaskEvent, TaskProgress
 from taskplatform.models import BackgroundTask
+from taskplatform.tasks.executable import Progress
 from taskplatform.worker.context import ExecutionContext
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import ConfigError
 from taskplatform.ratelimit.declarations import RateLimit, ordered
 from taskplatform.ratelimit.rates import Rate
+from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.executables import Noop
 
 

@@ -5,11 +5,11 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from executors.base import BackgroundTaskExecutable, TaskContext
-from executors.registry import ExecutableRegistry
 from taskplatform.errors import ConfigError, UnknownTaskTypeError
 from taskplatform.settings import DEFAULT_STORE_URL, PlatformSettings
 from taskplatform.store import create_store
+from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
+from taskplatform.tasks.registry import ExecutableRegistry
 
 
 def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +128,7 @@ def test_a_refused_url_is_named_without_its_password(field: str, value: str) -> 
 def test_the_cli_names_a_refused_url_without_its_password(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from taskplatform import cli
+    from taskplatform.cli import commands as cli
 
     monkeypatch.setenv("TASKPLATFORM_AMQP_URL", "http://user:s3cretpw@h/")
     assert cli.main(["worker"]) == 2
@@ -152,3 +152,25 @@ def test_redact_url_masks_passwords(url: str, shown: str) -> None:
     from taskplatform.settings import redact_url
 
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("mypkg.tasks", ["mypkg.tasks"]),
+        (" a.tasks, b.tasks ,", ["a.tasks", "b.tasks"]),
+        ('["a.tasks", "b.tasks"]', ["a.tasks", "b.tasks"]),
+        ("", []),
+    ],
+)
+def test_executor_modules_read_from_a_comma_list_or_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("TASKPLATFORM_EXECUTOR_MODULES", value)
+    assert PlatformSettings().executor_modules == expected
+
+
+def test_executor_modules_in_broken_json_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPLATFORM_EXECUTOR_MODULES", '["a.tasks",')
+    with pytest.raises(ValidationError, match="not a JSON list of module names"):
+        PlatformSettings()

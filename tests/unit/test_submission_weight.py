@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from executors.batch import BatchGenerateScene, BatchGenerateSummary
-from executors.registry import ExecutableRegistry
 from executors.summary import GenerateSummary
 from taskplatform.api.ratelimit import submission_weight
 from taskplatform.ratelimit.limiter import MemoryRateLimiter, reserve_many
 from taskplatform.store.ratelimits import Reservation
+from taskplatform.tasks.registry import ExecutableRegistry
 
 NOW = 1_800_000_000.0
 

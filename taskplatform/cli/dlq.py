@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from taskplatform.cli_output import CommandError, CountWatch, ExitCode, display_for, without_password
+from taskplatform.cli.output import CommandError, CountWatch, ExitCode, display_for, without_password
 from taskplatform.models.dead_letter import DeadLetterStatus
 from taskplatform.models.reasons import BROKER_REASONS, DeadLetterReason
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from pymongo import ReturnDocument
 
 from taskplatform.models import utcnow
-from taskplatform.store.mongo_part import MongoPart
+from taskplatform.store.mongo.part import MongoPart
 from taskplatform.store.ratelimits import Reservation, check_rate, rate_key, reservation_of
 
 RATE_LIMITS = "rate_limits"

@@ -24,9 +24,9 @@ from taskplatform.store.base import (
     encode_cursor,
     outbox_published_changes,
 )
-from taskplatform.store.mongo_deadletters import MongoDeadLetters
-from taskplatform.store.mongo_ratelimits import MongoRateLimits
-from taskplatform.store.mongo_retention import MongoRetention
+from taskplatform.store.mongo.deadletters import MongoDeadLetters
+from taskplatform.store.mongo.ratelimits import MongoRateLimits
+from taskplatform.store.mongo.retention import MongoRetention
 from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
 from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
 from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, Backlog, ParentState

@@ -34,7 +34,7 @@ from taskplatform.store.deadletters import (
     normalized_entry,
     storable_entry,
 )
-from taskplatform.store.mongo_part import MongoPart
+from taskplatform.store.mongo.part import MongoPart
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
 
 DEAD_LETTERS = "dead_letters"

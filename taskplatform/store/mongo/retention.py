@@ -20,7 +20,7 @@ from pymongo import ASCENDING
 
 from taskplatform.models import TERMINAL
 from taskplatform.store.deletion import EXPIRING
-from taskplatform.store.mongo_part import MongoPart
+from taskplatform.store.mongo.part import MongoPart
 
 log = logging.getLogger(__name__)
 

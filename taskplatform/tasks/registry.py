@@ -9,8 +9,8 @@ from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
 
-from executors.base import BackgroundTaskExecutable
 from taskplatform.errors import ConfigError, UnknownTaskTypeError
+from taskplatform.tasks.executable import BackgroundTaskExecutable
 
 ENTRY_POINT_GROUP = "taskplatform.executors"
 #: The demonstration executable (``executors/demo.py``): ``taskplatform dev`` adds it to

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from taskplatform.cli_dlq import add_token_option, bearer_token, positive_float
-from taskplatform.cli_output import CommandError, ExitCode, TaskWatch, display_for
+from taskplatform.cli.dlq import add_token_option, bearer_token, positive_float
+from taskplatform.cli.output import CommandError, ExitCode, TaskWatch, display_for
 from taskplatform.models import MAX_PRIORITY, TERMINAL, TaskStatus
 
 if TYPE_CHECKING:

@@ -1,0 +1,5 @@
+import sys
+
+from taskplatform.cli.commands import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+"""What task authors write against: the executable contract and the registry."""
+
+from taskplatform.ratelimit.declarations import RateLimit
+from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
+from taskplatform.tasks.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackgroundTaskExecutable",
+    "ExecutableRegistry",
+    "Progress",
+    "RateLimit",
+    "TaskContext",
+]
