@@ -1,0 +1,1 @@
+"""Helpers for tests of task types and of the platform itself: no broker needed."""
