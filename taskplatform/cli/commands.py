@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from taskplatform.cli import tasks as cli_tasks
 from taskplatform.cli.admin import cmd_token, db_upgrade, topology
-from taskplatform.cli.dlq import add_dlq_parser, positive_int, run_dlq
+from taskplatform.cli.dlq import add_dlq_parser, run_dlq
+from taskplatform.cli.options import positive_int
 from taskplatform.cli.output import ExitCode, exit_codes_epilog, failure, one_line, quiet_logs
 from taskplatform.cli.serve import cmd_api, cmd_worker, exposure_refused, run_async
 from taskplatform.settings import PlatformSettings

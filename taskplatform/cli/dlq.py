@@ -4,7 +4,7 @@
 The bearer token (a JWT with the operator or admin role) comes from ``--token`` or
 ``TASKPLATFORM_TOKEN``; none is sent when neither is set. ``--operator`` names who acts in the
 audit log (default: the OS user name), which the API reads only while its authentication is
-disabled. Exit codes are those of every command (``cli_output.ExitCode``); a bulk replay that
+disabled. Exit codes are those of every command (``output.ExitCode``); a bulk replay that
 left some records unreplayed exits 1. ``replay --all`` shows its progress on stderr.
 """
 
@@ -16,18 +16,20 @@ import contextlib
 import getpass
 import json
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from taskplatform.cli.options import add_token_option, bearer_token, positive_float, positive_int
 from taskplatform.cli.output import CommandError, CountWatch, ExitCode, display_for, without_password
+from taskplatform.cli.tables import dump, print_audit, print_listing
 from taskplatform.models.dead_letter import DeadLetterStatus
 from taskplatform.models.reasons import BROKER_REASONS, DeadLetterReason
 
 if TYPE_CHECKING:
     import httpx
 
-    from taskplatform.client import AuditListing, DeadLetterListing, TaskPlatformClient
+    from taskplatform.client import TaskPlatformClient
     from taskplatform.settings import PlatformSettings
 
 #: Filters that select dead letters (``dlq list`` and ``dlq replay --all``): (option, dest).
@@ -41,7 +43,6 @@ FILTERS = (
 )
 #: Options of a bulk replay that mean nothing when replaying one record by ID.
 BULK_ONLY = (*FILTERS, ("--limit", "limit"), ("--rate", "rate"), ("--dry-run", "dry_run"), ("--yes", "yes"))
-CELL_WIDTH = 40
 #: ``dlq list --status``: a DeadLetterStatus, or every one.
 STATUS_CHOICES = (*(s.value for s in DeadLetterStatus), "any")
 #: Seconds between two looks at how far a bulk replay is.
@@ -63,26 +64,6 @@ def reasons_help() -> str:
 
 
 # ---------------------------------------------------------------- parser
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-type")
     parser.add_argument("--reason", help=reasons_help())
@@ -90,13 +71,6 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--error-type", help="the exception type, e.g. ValueError")
     parser.add_argument("--since", metavar="ISO", help="last seen at or after (ISO 8601; UTC if no offset)")
     parser.add_argument("--until", metavar="ISO", help="last seen before (ISO 8601; UTC if no offset)")
-
-
-def add_token_option(parser: argparse.ArgumentParser) -> None:
-    """``--token`` (every command that calls the API has it; read with ``bearer_token``)."""
-    parser.add_argument(
-        "--token", help="bearer token (default: TASKPLATFORM_TOKEN; visible to ps when given here)"
-    )
 
 
 def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,22 +102,7 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = cmds.add_parser("show", parents=[common], help="show one dead letter, whole")
     p.add_argument("id")
 
-    p = cmds.add_parser(
-        "replay", parents=[common], help="replay one dead letter (ID), or pending ones by filter (--all)"
-    )
-    p.add_argument("id", nargs="?", help="the dead letter to replay (dlq list shows ids)")
-    p.add_argument("--params", metavar="JSON", help="replacement parameters (one ID only), a JSON object")
-    p.add_argument(
-        "--all",
-        action="store_true",
-        help="replay pending dead letters matching the filters: progress on stderr, the result "
-        "(JSON) on stdout",
-    )
-    _add_filters(p)
-    p.add_argument("--limit", type=positive_int, help="most records to replay with --all (default 100)")
-    p.add_argument("--rate", type=positive_float, help="replays per second (default: the server's)")
-    p.add_argument("--dry-run", action="store_true", default=None, help="only list what --all would replay")
-    p.add_argument("--yes", action="store_true", default=None, help="allow --all without any filter")
+    _add_replay_parser(cmds, common)
 
     p = cmds.add_parser("discard", parents=[common], help="give a dead letter up (its task stays dead)")
     p.add_argument("id")
@@ -160,6 +119,27 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "to be captured again; talks to RabbitMQ (TASKPLATFORM_AMQP_URL), not the API",
     )
     p.add_argument("--limit", type=positive_int, help="most messages to move (default: all parked now)")
+
+
+def _add_replay_parser(
+    cmds: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = cmds.add_parser(
+        "replay", parents=[common], help="replay one dead letter (ID), or pending ones by filter (--all)"
+    )
+    p.add_argument("id", nargs="?", help="the dead letter to replay (dlq list shows ids)")
+    p.add_argument("--params", metavar="JSON", help="replacement parameters (one ID only), a JSON object")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="replay pending dead letters matching the filters: progress on stderr, the result "
+        "(JSON) on stdout",
+    )
+    _add_filters(p)
+    p.add_argument("--limit", type=positive_int, help="most records to replay with --all (default 100)")
+    p.add_argument("--rate", type=positive_float, help="replays per second (default: the server's)")
+    p.add_argument("--dry-run", action="store_true", default=None, help="only list what --all would replay")
+    p.add_argument("--yes", action="store_true", default=None, help="allow --all without any filter")
 
 
 # ---------------------------------------------------------------- input
@@ -208,13 +188,6 @@ def _operator(args: argparse.Namespace) -> str:
         return "operator"
 
 
-def bearer_token(settings: PlatformSettings, args: argparse.Namespace) -> str | None:
-    """``--token``, else ``TASKPLATFORM_TOKEN``, else None (nothing is sent)."""
-    if getattr(args, "token", None):
-        return str(args.token)
-    return settings.token.get_secret_value() if settings.token is not None else None
-
-
 def open_client(
     settings: PlatformSettings, args: argparse.Namespace, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> TaskPlatformClient:
@@ -224,69 +197,6 @@ def open_client(
     return TaskPlatformClient.from_settings(
         settings, token=bearer_token(settings, args), operator=_operator(args), transport=transport
     )
-
-
-# ---------------------------------------------------------------- output
-def _cell(value: object, width: int | None = CELL_WIDTH) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    # Reasons and error types come from dead messages: keep control characters off the terminal.
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text if width is None or len(text) <= width else text[: width - 1] + "…"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns, as wide as their widest cell; the first column is never cut."""
-    cells = [list(header)] + [[_cell(row[0], None), *map(_cell, row[1:])] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
-
-
-def _by(counts: dict[str, int]) -> str:
-    return ", ".join(f"{_cell(k)}={n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def print_listing(listing: DeadLetterListing, status: str) -> None:
-    header = ("ID", "TASK TYPE", "REASON", "ERROR TYPE", "STATUS", "DEATHS", "LAST SEEN")
-    rows = [
-        (d.id, d.task_type, d.reason, d.error_type, d.status.value, d.deaths, d.last_seen_at)
-        for d in listing.items
-    ]
-    if rows:
-        print(table(header, rows))
-    counts = listing.counts
-    total = counts.get("total", len(rows))
-    what = "dead letters" if status == "any" else f"{status} dead letters"
-    print(f"{total} {what} match" + (f" (showing {len(rows)})" if total != len(rows) else ""))
-    if counts.get("by_task_type"):
-        print(f"  by task type: {_by(counts['by_task_type'])}")
-    if counts.get("by_reason"):
-        print(f"  by reason:    {_by(counts['by_reason'])}")
-    if listing.next_cursor:
-        print(f"next page: --cursor {listing.next_cursor}")
-
-
-def print_audit(listing: AuditListing) -> None:
-    rows = []
-    for e in listing.items:
-        ids = ", ".join(e.dead_letter_ids[:3]) + (
-            f" +{len(e.dead_letter_ids) - 3}" if len(e.dead_letter_ids) > 3 else ""
-        )
-        rows.append((e.id, e.at, e.actor, e.action + (" (dry run)" if e.dry_run else ""), e.outcome, ids))
-    if rows:
-        print(table(("ID", "AT", "ACTOR", "ACTION", "OUTCOME", "DEAD LETTERS"), rows))
-    else:
-        print("no audit entries")
-    if listing.next_cursor:
-        print(f"next page: --cursor {listing.next_cursor}")
-
-
-def _dump(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 # ---------------------------------------------------------------- commands
@@ -329,14 +239,14 @@ def _check_replay(args: argparse.Namespace) -> None:
 
 async def _replay(client: TaskPlatformClient, args: argparse.Namespace) -> int:
     if args.id is not None:
-        _dump(await client.replay_dead_letter(args.id, args.params))
+        dump(await client.replay_dead_letter(args.id, args.params))
         return 0
     limit = args.limit or 100
     if args.dry_run:
         result = await client.replay_dead_letters(dry_run=True, limit=limit, rate=args.rate, **_filters(args))
     else:
         result = await _replay_watched(client, args, limit)
-    _dump(result)
+    dump(result)
     failed = result.get("failed") or {}
     if failed:
         print(f"{len(failed)} of {len(result.get('matched', []))} could not be replayed", file=sys.stderr)

@@ -1,7 +1,7 @@
 """``taskplatform submit|status|cancel|update|delete``: tasks through the API.
 
 ``submit --wait`` prints the task's id on stderr at once, shows its status and progress while
-it waits (``cli_output``), and prints the finished task on stdout.
+it waits (``output``), and prints the finished task on stdout.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from taskplatform.cli.dlq import add_token_option, bearer_token, positive_float
+from taskplatform.cli.options import add_token_option, bearer_token, positive_float
 from taskplatform.cli.output import CommandError, ExitCode, TaskWatch, display_for
 from taskplatform.models import MAX_PRIORITY, TERMINAL, TaskStatus
 
