@@ -10,7 +10,6 @@ is one line on stderr with its documented exit code, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pty
@@ -18,7 +17,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,22 +27,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import httpx
 import pytest
 
 from taskplatform.cli.output import EXIT_CODE_MEANINGS, ExitCode
 from taskplatform.models.reasons import DeadLetterReason
-from taskplatform.tasks import registry as registry_module
-from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import SECRET, token
-from tests.support.executables import EXECUTABLES
+from tests.support.server import ROOT, delete_topology_now, free_port, platform_env, served_topology, serving
 from tests.support.services import RABBITMQ_URL, require_rabbitmq
-from topology import build_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -53,12 +46,6 @@ def _command() -> list[str]:
     """The installed ``taskplatform`` script beside this interpreter, else ``python -m``."""
     script = shutil.which("taskplatform", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "taskplatform.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _vhost(url: str) -> str:
@@ -110,37 +97,12 @@ class Run:
         return lines[0]
 
 
-def _delete_topology(prefix: str) -> None:
-    registry = ExecutableRegistry.discover()
-    for cls in EXECUTABLES:
-        registry.register(cls)
-    demo = getattr(registry_module, "DEMO_MODULE", None)
-    if demo is not None:
-        registry.load_module(demo)  # ``dev`` serves the demo task too
-    topology = build_topology(registry.queues(), prefix=prefix)
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(RABBITMQ_URL, timeout=10)
-        channel = await connection.channel()
-        for queue in topology.queues:
-            await channel.queue_delete(queue.name)
-        for exchange in topology.exchanges:
-            await channel.exchange_delete(exchange.name)
-        await connection.close()
-
-    try:
-        asyncio.run(asyncio.wait_for(delete(), timeout=30))
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-        print(f"\nwarning: deleting the topology {prefix}* failed ({exc!r}); its queues stay on the broker")
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     require_rabbitmq()
     tmp = tmp_path_factory.mktemp("cli")
-    port, prefix = _free_port(), f"cli{uuid.uuid4().hex[:8]}."
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TASKPLATFORM_")}
-    env.update(
+    prefix = f"cli{uuid.uuid4().hex[:8]}."
+    env = platform_env(
         TASKPLATFORM_AUTH="jwt",
         TASKPLATFORM_JWT_SECRET=SECRET,
         TASKPLATFORM_AMQP_URL=RABBITMQ_URL,
@@ -152,35 +114,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="2",
     )
     log = tmp / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "taskplatform.cli", "dev", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"the API exited with {server.returncode}:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the API was not ready within 90 s:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield Platform(base, prefix, log)
+        with serving("dev", env, log) as base:
+            yield Platform(base, prefix, log)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        _delete_topology(prefix)
+        delete_topology_now(served_topology(prefix))
 
 
 def _wait_for(what: str, check: Any, timeout: float = 60) -> Any:
@@ -420,7 +358,7 @@ def test_a_usual_failure_is_one_line_and_a_documented_exit_code(
 
 
 def test_an_unreachable_api_broker_or_store_is_one_line_exit_3(platform: Platform, tmp_path: Path) -> None:
-    nowhere = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
     checks = [
         (("status", "x"), {"TASKPLATFORM_API_URL": f"http://{nowhere}"}, "error: cannot reach the API at "),
         (("dlq", "list"), {"TASKPLATFORM_API_URL": f"http://{nowhere}"}, "error: cannot reach the API at "),
@@ -452,7 +390,7 @@ def test_an_api_that_cannot_take_its_port_says_so_and_exits_1(platform: Platform
     env = platform.env(
         TASKPLATFORM_AUTH="disabled",
         TASKPLATFORM_STORE_URL=f"sqlite+aiosqlite:///{tmp_path / 'other.db'}",
-        TASKPLATFORM_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{_free_port()}/",  # none: it would retry
+        TASKPLATFORM_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/",  # none: it would retry
     )
     run = platform.run("api", "--host", "127.0.0.1", "--port", str(taken), env=env)
     assert run.code == ExitCode.FAILED, run.err

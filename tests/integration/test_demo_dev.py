@@ -4,16 +4,8 @@ loads it only when configured to."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import aio_pika
 import httpx
@@ -23,40 +15,13 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from taskplatform.client import ApiError, TaskPlatformClient
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.settings import PlatformSettings
-from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
-from tests.support.executables import EXECUTABLES
+from taskplatform.tasks.registry import DEMO_MODULE
 from tests.support.runtime import eventually
-from tests.support.services import RABBITMQ_URL, require_rabbitmq
-from tests.support.worker_process import ROOT, start_worker
-from topology import Topology, build_topology
+from tests.support.server import delete_topology_now, platform_env, served_topology, serving
+from tests.support.services import RABBITMQ_URL, delete_topology, require_rabbitmq
+from tests.support.worker_process import start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _topology(prefix: str, *, test_executables: bool = False) -> Topology:
-    """The topology a process with the reference, the demo (and the test) executables declares."""
-    registry = ExecutableRegistry.discover([DEMO_MODULE])
-    for cls in EXECUTABLES if test_executables else ():
-        registry.register(cls)
-    return build_topology(registry.queues(), prefix=prefix)
-
-
-async def _delete_topology(topology: Topology) -> None:
-    connection = await aio_pika.connect(RABBITMQ_URL, timeout=10)
-    try:
-        channel = await connection.channel()
-        for queue in topology.queues:
-            await channel.queue_delete(queue.name)
-        for exchange in topology.exchanges:
-            await channel.exchange_delete(exchange.name)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +30,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     attempt at a time (``PREFETCH=1``) and quick retries; its base URL."""
     require_rabbitmq()
     tmp = tmp_path_factory.mktemp("demo-dev")
-    port, prefix, log = _free_port(), f"dm{uuid.uuid4().hex[:8]}.", tmp / "dev.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPLATFORM_")}
-    env.update(
+    prefix, log = f"dm{uuid.uuid4().hex[:8]}.", tmp / "dev.log"
+    env = platform_env(
         TASKPLATFORM_AMQP_URL=RABBITMQ_URL,
         TASKPLATFORM_STORE_URL=f"sqlite+aiosqlite:///{tmp / 'tasks.db'}",
         TASKPLATFORM_TOPOLOGY_PREFIX=prefix,
@@ -78,32 +42,11 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="2",
         TASKPLATFORM_LOG_LEVEL="WARNING",
     )
-    argv = [sys.executable, "-m", "taskplatform.cli", "dev", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"dev exited with {server.returncode}:\n{_tail(log)}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"dev was not ready within 60 s:\n{_tail(log)}"
-            time.sleep(0.2)
-        yield base
+        with serving("dev", env, log, ready_timeout=60) as base:
+            yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        asyncio.run(_delete_topology(_topology(prefix)))
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:]
+        delete_topology_now(served_topology(prefix, test_executables=False))
 
 
 @pytest.fixture
@@ -223,7 +166,7 @@ async def test_a_worker_loads_the_demo_only_when_its_executor_modules_name_it(
     require_rabbitmq()
     settings = make_settings()
     modules = '["tests.support.executables"' + (f', "{DEMO_MODULE}"]' if configured else "]")
-    topology = _topology(settings.topology_prefix, test_executables=True)
+    topology = served_topology(settings.topology_prefix)
     queues = {wq.group: wq.queues[0] for wq in topology.work_queues}
     worker = start_worker(settings, node_id="demo-or-not", executor_modules=modules)
     connection = await aio_pika.connect(RABBITMQ_URL, timeout=10)
@@ -243,4 +186,4 @@ async def test_a_worker_loads_the_demo_only_when_its_executor_modules_name_it(
         worker.terminate()
         worker.wait(timeout=30)
         await connection.close()
-        await _delete_topology(topology)
+        await delete_topology(RABBITMQ_URL, topology)
