@@ -7,7 +7,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,11 +95,13 @@ class TaskContext(Protocol[P_co]):
 
 
 class BackgroundTaskExecutable(ABC, Generic[P, R]):
-    """Base class of every task type.
+    """Base class of every task type (exported as ``taskplatform.Executable``).
 
-    Subclasses set ``task_type``, define nested pydantic models ``Params`` and ``Result``
-    and implement ``execute``. One instance serves every task of its type in a worker,
-    so keep per-task state in locals, not on ``self``.
+    Subclasses set ``task_type``, name their pydantic models in the generic arguments
+    (``class Foo(Executable[FooParams, FooResult])``: ``Params`` and ``Result`` are taken from
+    them) or as nested classes ``Params`` and ``Result``, and implement ``execute``. One
+    instance serves every task of its type in a worker, so keep per-task state in locals,
+    not on ``self``. The ``@task`` decorator builds such a class from one async function.
     """
 
     task_type: ClassVar[str]
@@ -123,6 +125,20 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
     #: RateLimit("1/s", burst=5, per="user"))``, at most one per scope. A worker holds a
     #: delivery until its slot, or sends it round the delay path (no attempt is counted).
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, model in zip(("Params", "Result"), _generic_models(cls), strict=True):
+            if model is None:
+                continue
+            declared = cls.__dict__.get(attr)
+            if declared is None:
+                setattr(cls, attr, model)
+            elif declared is not model:
+                raise TypeError(
+                    f"{cls.__qualname__}.{attr} is {declared.__qualname__} but the generic argument says "
+                    f"{model.__qualname__}: give one of them, or the same model in both"
+                )
 
     @abstractmethod
     async def execute(self, ctx: TaskContext[P]) -> R:
@@ -159,3 +175,19 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
         if not isinstance(cls.queue, str) or not TASK_TYPE_PATTERN.match(cls.queue):
             raise TypeError(f"{name}.queue must match {TASK_TYPE_PATTERN.pattern}, got {cls.queue!r}")
         check_rate_limits(f"{name}.rate_limits", cls.rate_limits)
+
+
+def _generic_models(cls: type) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """The (Params, Result) models named in ``cls``'s own ``BackgroundTaskExecutable[P, R]``
+    base; None for an argument that is a type variable or a string (a forward reference)."""
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, BackgroundTaskExecutable):
+            args = get_args(base)
+            if len(args) == 2:
+                return _model_or_none(args[0]), _model_or_none(args[1])
+    return None, None
+
+
+def _model_or_none(arg: object) -> type[BaseModel] | None:
+    return arg if isinstance(arg, type) and issubclass(arg, BaseModel) else None

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from taskplatform.errors import ConfigError, UnknownTaskTypeError
+from taskplatform.tasks.decorator import executable_of
 from taskplatform.tasks.executable import BackgroundTaskExecutable
 
 ENTRY_POINT_GROUP = "taskplatform.executors"
@@ -28,10 +29,12 @@ class ExecutableRegistry:
         for cls in executables:
             self.register(cls)
 
-    def register(self, cls: ExecutableClass) -> ExecutableClass:
-        """Add ``cls``; usable as a class decorator. Same type twice with another class fails."""
-        if not (isinstance(cls, type) and issubclass(cls, BackgroundTaskExecutable)):
-            raise ConfigError(f"{cls!r} is not a BackgroundTaskExecutable subclass")
+    def register(self, obj: ExecutableClass | object) -> ExecutableClass:
+        """Add an executable class or a ``@task`` function; returns the class. Same type twice
+        with another class fails."""
+        cls = executable_of(obj)
+        if cls is None:
+            raise ConfigError(f"{obj!r} is not a BackgroundTaskExecutable subclass or a @task function")
         try:
             cls.validate_definition()
         except TypeError as exc:
@@ -73,8 +76,8 @@ class ExecutableRegistry:
 
     # ------------------------------------------------------------ discovery
     def load_module(self, module_name: str) -> int:
-        """Register executables from a module: its ``EXECUTABLES`` list if it has one,
-        else every concrete executable class defined in it. Returns how many."""
+        """Register executables from a module: its ``EXECUTABLES`` list if it has one, else
+        every concrete executable class and ``@task`` function defined in it. Returns how many."""
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -113,18 +116,22 @@ class ExecutableRegistry:
         return registry
 
 
-def _executables_in(module: ModuleType) -> Iterator[ExecutableClass]:
+def _executables_in(module: ModuleType) -> Iterator[Any]:
     declared = getattr(module, "EXECUTABLES", None)
     if declared is not None:
         yield from declared
         return
-    for _, obj in inspect.getmembers(module, inspect.isclass):
+    seen: set[ExecutableClass] = set()
+    for _, obj in inspect.getmembers(module):
+        cls = executable_of(obj)
         if (
-            issubclass(obj, BackgroundTaskExecutable)
-            and obj.__module__ == module.__name__
-            and not inspect.isabstract(obj)
+            cls is not None
+            and cls not in seen
+            and cls.__module__ == module.__name__
+            and not inspect.isabstract(cls)
         ):
-            yield obj
+            seen.add(cls)
+            yield cls
 
 
 def _qualified(cls: type) -> str:

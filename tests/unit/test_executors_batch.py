@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,67 +21,31 @@ from executors.summary import GenerateSummary
 from taskplatform.errors import Cancelled
 from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.testing import FakeTaskContext
 
 
-class FakeContext:
-    """The whole TaskContext protocol in memory: records children, progress and logs.
-
-    Child ids are ``<parent>/<key>``, so they are deterministic and show which key made them.
-    ``cancel_after_calls`` flips ``cancelled`` once that many ``submit_sub_tasks`` calls are done.
-    """
-
-    def __init__(self, parameters: Any, *, cancelled: bool = False, cancel_after_calls: int | None = None):
-        self.task_id = "parent-1"
-        self.task_type = "batch"
-        self.attempt = 1
-        self.user_id: str | None = "user-1"
-        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
-        self.parameters = parameters
-        self.cancelled = cancelled
-        self.cancel_after_calls = cancel_after_calls
-        self.calls: list[tuple[str, list[BaseModel | Mapping[str, Any]], list[str]]] = []
-        self.progress: list[Progress | Mapping[str, Any]] = []
-        self.logs: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        self.progress.append(progress)
-
-    async def submit_sub_task(
-        self, task_type: str, parameters: BaseModel | Mapping[str, Any], *, key: str | None = None
-    ) -> str:
-        keys = None if key is None else [key]
-        return (await self.submit_sub_tasks(task_type, [parameters], keys=keys))[0]
-
-    async def submit_sub_tasks(
-        self,
-        task_type: str,
-        parameters: Sequence[BaseModel | Mapping[str, Any]],
-        *,
-        keys: Sequence[str] | None = None,
-    ) -> list[str]:
-        submitted = sum(len(call[2]) for call in self.calls)
-        if keys is None:
-            keys = [str(submitted + i) for i in range(len(parameters))]
-        assert len(keys) == len(parameters)
-        self.calls.append((task_type, list(parameters), list(keys)))
-        if self.cancel_after_calls is not None and len(self.calls) >= self.cancel_after_calls:
-            self.cancelled = True
-        return [f"{self.task_id}/{key}" for key in keys]
-
-    def log_info(self, message: str, **fields: Any) -> None:
-        self.logs.append(("info", message, fields))
-
-    def log_error(self, message: str, **fields: Any) -> None:
-        self.logs.append(("error", message, fields))
-
-    # ------------------------------------------------------------ test helpers
-    def children(self) -> list[tuple[str, BaseModel | Mapping[str, Any], str]]:
-        """Every submitted child as (task type, parameters, key), in submission order."""
-        return [(t, p, k) for t, params, keys in self.calls for p, k in zip(params, keys, strict=True)]
+def parent_context(
+    parameters: Any, *, cancelled: bool = False, cancel_after_calls: int | None = None
+) -> FakeTaskContext[Any]:
+    """A parent task's context; ``cancel_after_calls`` flips ``cancelled`` after that many
+    ``submit_sub_tasks`` calls."""
+    return FakeTaskContext(
+        parameters,
+        task_id="parent-1",
+        task_type="batch",
+        attempt=1,
+        user_id="user-1",
+        cancelled=cancelled,
+        cancel_after_submits=cancel_after_calls,
+    )
 
 
-def _as_context(ctx: FakeContext) -> TaskContext[Any]:
+def _as_context(ctx: FakeTaskContext[Any]) -> TaskContext[Any]:
     return ctx  # mypy checks here that the fake really implements the protocol
+
+
+def child_ids(ctx: FakeTaskContext[Any], count: int) -> list[str]:
+    return [ctx.sub_task_id(str(i)) for i in range(count)]
 
 
 def summary_item(index: int) -> dict[str, Any]:
@@ -112,29 +74,27 @@ async def test_one_child_per_item_with_the_items_parameters_keyed_by_index(
     cls: Any, field: str, child_type: str, make_item: Any
 ) -> None:
     params = cls.Params(**{field: [make_item(i) for i in range(3)]})
-    ctx = FakeContext(params)
+    ctx = parent_context(params)
 
     result = await cls().execute(_as_context(ctx))
 
-    children = ctx.children()
-    assert [c[0] for c in children] == [child_type] * 3
-    assert [c[2] for c in children] == ["0", "1", "2"]
+    children = ctx.sub_tasks
+    assert [c.task_type for c in children] == [child_type] * 3
+    assert [c.key for c in children] == ["0", "1", "2"]
     items = getattr(params, field)
-    for (_, submitted, _), item in zip(children, items, strict=True):
-        assert isinstance(submitted, BaseModel)
-        assert submitted.model_dump() == item.model_dump()
-    assert result == BatchResult(
-        child_task_type=child_type, submitted=3, child_task_ids=["parent-1/0", "parent-1/1", "parent-1/2"]
-    )
+    for child, item in zip(children, items, strict=True):
+        assert isinstance(child.parameters, BaseModel)
+        assert child.parameters.model_dump() == item.model_dump()
+    assert result == BatchResult(child_task_type=child_type, submitted=3, child_task_ids=child_ids(ctx, 3))
 
 
 async def test_child_parameters_validate_as_the_child_executables_params() -> None:
     params = BatchGenerateScene.Params(scenes=[scene_item(7)])
-    ctx = FakeContext(params)
+    ctx = parent_context(params)
 
     await BatchGenerateScene().execute(_as_context(ctx))
 
-    (_, submitted, _) = ctx.children()[0]
+    submitted = ctx.sub_tasks[0].parameters
     assert isinstance(submitted, BaseModel)
     assert GenerateScene.Params.model_validate(submitted.model_dump()) == params.scenes[0]
 
@@ -142,30 +102,32 @@ async def test_child_parameters_validate_as_the_child_executables_params() -> No
 async def test_large_batch_is_submitted_in_chunks_with_ids_in_item_order() -> None:
     count = 2 * SUBMIT_CHUNK_SIZE + 201
     params = BatchGenerateSummary.Params(items=[summary_item(i) for i in range(count)])
-    ctx = FakeContext(params)
+    ctx = parent_context(params)
 
     result = await BatchGenerateSummary().execute(_as_context(ctx))
 
-    assert [len(call[1]) for call in ctx.calls] == [SUBMIT_CHUNK_SIZE, SUBMIT_CHUNK_SIZE, 201]
-    assert [key for call in ctx.calls for key in call[2]] == [str(i) for i in range(count)]
+    assert [len(call) for call in ctx.submit_calls] == [SUBMIT_CHUNK_SIZE, SUBMIT_CHUNK_SIZE, 201]
+    assert [child.key for child in ctx.sub_tasks] == [str(i) for i in range(count)]
     assert result.submitted == count
-    assert result.child_task_ids == [f"parent-1/{i}" for i in range(count)]
-    submitted_texts = [p.text for _, p, _ in ctx.children() if isinstance(p, GenerateSummary.Params)]
+    assert result.child_task_ids == child_ids(ctx, count)
+    submitted_texts = [
+        c.parameters.text for c in ctx.sub_tasks if isinstance(c.parameters, GenerateSummary.Params)
+    ]
     assert submitted_texts == [item.text for item in params.items]
 
 
 async def test_a_batch_of_exactly_one_chunk_takes_one_call() -> None:
     params = BatchGenerateSummary.Params(items=[summary_item(i) for i in range(SUBMIT_CHUNK_SIZE)])
-    ctx = FakeContext(params)
+    ctx = parent_context(params)
 
     await BatchGenerateSummary().execute(_as_context(ctx))
 
-    assert len(ctx.calls) == 1
+    assert len(ctx.submit_calls) == 1
 
 
 async def test_progress_is_reported_after_every_chunk_and_ends_at_100() -> None:
     params = BatchGenerateSummary.Params(items=[summary_item(i) for i in range(1201)])
-    ctx = FakeContext(params)
+    ctx = parent_context(params)
 
     await BatchGenerateSummary().execute(_as_context(ctx))
 
@@ -177,46 +139,46 @@ async def test_progress_is_reported_after_every_chunk_and_ends_at_100() -> None:
         "submitted 1000/1201 children",
         "submitted 1201/1201 children",
     ]
-    assert [entry[1] for entry in ctx.logs] == ["batch children submitted"]
+    assert ctx.messages == ["batch children submitted"]
 
 
 async def test_retried_parent_submits_the_same_keys_again() -> None:
     params = BatchGenerateSummary.Params(items=[summary_item(i) for i in range(7)])
-    first, second = FakeContext(params), FakeContext(params)
+    first, second = parent_context(params), parent_context(params)
     second.attempt = 2
 
     await BatchGenerateSummary().execute(_as_context(first))
     await BatchGenerateSummary().execute(_as_context(second))
 
-    assert first.children() == second.children()
+    assert first.sub_tasks == second.sub_tasks
 
 
 # ------------------------------------------------------------ cancellation
 async def test_cancellation_between_chunks_raises_cancelled_and_stops_submitting() -> None:
     params = BatchGenerateSummary.Params(items=[summary_item(i) for i in range(1201)])
-    ctx = FakeContext(params, cancel_after_calls=1)
+    ctx = parent_context(params, cancel_after_calls=1)
 
     with pytest.raises(Cancelled, match="after 500 of 1201 generate_summary children"):
         await BatchGenerateSummary().execute(_as_context(ctx))
 
-    assert len(ctx.calls) == 1
-    assert len(ctx.children()) == SUBMIT_CHUNK_SIZE
+    assert len(ctx.submit_calls) == 1
+    assert len(ctx.sub_tasks) == SUBMIT_CHUNK_SIZE
     assert len(ctx.progress) == 1
 
 
 async def test_cancelled_before_start_submits_nothing() -> None:
     params = BatchGenerateScene.Params(scenes=[scene_item(0)])
-    ctx = FakeContext(params, cancelled=True)
+    ctx = parent_context(params, cancelled=True)
 
     with pytest.raises(Cancelled, match="after 0 of 1"):
         await BatchGenerateScene().execute(_as_context(ctx))
 
-    assert ctx.calls == []
+    assert ctx.submit_calls == []
 
 
 async def test_cancellation_after_the_last_chunk_still_returns_the_result() -> None:
     params = BatchGenerateScene.Params(scenes=[scene_item(i) for i in range(3)])
-    ctx = FakeContext(params, cancel_after_calls=1)
+    ctx = parent_context(params, cancel_after_calls=1)
 
     result = await BatchGenerateScene().execute(_as_context(ctx))
 
@@ -225,12 +187,12 @@ async def test_cancellation_after_the_last_chunk_still_returns_the_result() -> N
 
 async def test_submit_in_chunks_uses_the_given_chunk_size_and_rejects_zero() -> None:
     items = [GenerateSummary.Params(**summary_item(i)) for i in range(5)]
-    ctx = FakeContext(None)
+    ctx = parent_context(None)
 
     result = await submit_in_chunks(_as_context(ctx), "generate_summary", items, chunk_size=2)
 
-    assert [call[2] for call in ctx.calls] == [["0", "1"], ["2", "3"], ["4"]]
-    assert result.child_task_ids == [f"parent-1/{i}" for i in range(5)]
+    assert [[c.key for c in call] for call in ctx.submit_calls] == [["0", "1"], ["2", "3"], ["4"]]
+    assert result.child_task_ids == child_ids(ctx, 5)
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         await submit_in_chunks(_as_context(ctx), "generate_summary", items, chunk_size=0)
 

@@ -4,8 +4,6 @@ that only ``taskplatform dev`` loads it."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,40 +16,17 @@ from taskplatform.models import TaskStatus
 from taskplatform.retry import RetryPolicy
 from taskplatform.tasks.executable import Progress
 from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
+from taskplatform.testing import FakeTaskContext, run_task
 from taskplatform.worker.settlement import Action, Failed, Succeeded, decide
 
 
-class FakeContext:
-    """Just enough of TaskContext to drive ``execute``; ``cancel_after`` progress reports, the
-    task's cancellation is requested."""
-
-    def __init__(self, parameters: Demo.Params, *, attempt: int = 0, cancel_after: int | None = None) -> None:
-        self.task_id = "task-1"
-        self.task_type = "demo"
-        self.attempt = attempt
-        self.user_id: str | None = None
-        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
-        self.parameters = parameters
-        self._cancel_after = cancel_after
-        self.progress: list[Progress | Mapping[str, Any]] = []
-        self.logs: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel_after is not None and len(self.progress) >= self._cancel_after
-
-    async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        self.progress.append(progress)
-
-    def log_info(self, message: str, **fields: Any) -> None:
-        self.logs.append((message, fields))
-
-    def log_error(self, message: str, **fields: Any) -> None:
-        self.logs.append((message, fields))
+def demo_context(params: Demo.Params, *, cancel_after: int | None = None) -> FakeTaskContext[Demo.Params]:
+    """After ``cancel_after`` progress reports, the task's cancellation is requested."""
+    return FakeTaskContext(params, task_type="demo", cancel_after_progress=cancel_after)
 
 
-async def run(params: dict[str, Any], **context: Any) -> Demo.Result:
-    return await Demo().execute(FakeContext(Demo.Params(**params), **context))
+async def run(params: dict[str, Any], *, attempt: int = 0) -> Demo.Result:
+    return await run_task(Demo, params, ctx=FakeTaskContext(None, attempt=attempt))
 
 
 #: The platform's default: three attempts.
@@ -117,7 +92,7 @@ async def test_retry_with_no_failures_succeeds_at_once() -> None:
 
 
 async def test_sleep_sleeps_the_seconds_asked_reporting_progress() -> None:
-    context = FakeContext(Demo.Params(mode="sleep", seconds=0.3))
+    context = demo_context(Demo.Params(mode="sleep", seconds=0.3))
     result = await Demo().execute(context)
     assert result.mode == "sleep" and result.slept_seconds >= 0.3
     assert context.progress and all(isinstance(p, Progress) for p in context.progress)
@@ -125,7 +100,7 @@ async def test_sleep_sleeps_the_seconds_asked_reporting_progress() -> None:
 
 
 async def test_sleep_stops_with_cancelled_once_the_task_is_cancelled() -> None:
-    context = FakeContext(Demo.Params(mode="sleep", seconds=3600), cancel_after=2)
+    context = demo_context(Demo.Params(mode="sleep", seconds=3600), cancel_after=2)
     with pytest.raises(Cancelled, match="of 3600 s") as caught:
         await Demo().execute(context)
     assert len(context.progress) == 2
@@ -167,7 +142,7 @@ async def test_retry_and_sleep_have_defaults() -> None:
     with pytest.raises(DemoFailure, match="attempt 1 of the 1 asked for"):
         await run({"mode": "retry"})
     assert (await run({"mode": "retry"}, attempt=1)).failed_attempts == 1
-    context = FakeContext(Demo.Params(mode="sleep"), cancel_after=1)
+    context = demo_context(Demo.Params(mode="sleep"), cancel_after=1)
     with pytest.raises(Cancelled, match="of 60 s"):
         await Demo().execute(context)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +11,7 @@ from pydantic import ValidationError
 from executors.scene import GenerateScene, scene_seed, write_scene
 from taskplatform.errors import Cancelled
 from taskplatform.tasks.executable import Progress
+from taskplatform.testing import FakeTaskContext
 
 BEATS = [
     "A letter is found wedged under the door",
@@ -36,31 +35,13 @@ def make_params(**overrides: Any) -> GenerateScene.Params:
     return GenerateScene.Params.model_validate(fields)
 
 
-class FakeContext:
-    """Just enough of TaskContext to drive ``execute``; can flip ``cancelled`` after N updates."""
-
-    def __init__(self, parameters: Any, *, cancelled: bool = False, cancel_after: int | None = None) -> None:
-        self.task_id = "task-1"
-        self.task_type = "generate_scene"
-        self.attempt = 1
-        self.user_id: str | None = None
-        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
-        self.parameters = parameters
-        self.cancelled = cancelled
-        self.cancel_after = cancel_after
-        self.progress: list[Progress | Mapping[str, Any]] = []
-        self.logs: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        self.progress.append(progress)
-        if self.cancel_after is not None and len(self.progress) >= self.cancel_after:
-            self.cancelled = True
-
-    def log_info(self, message: str, **fields: Any) -> None:
-        self.logs.append(("info", message, fields))
-
-    def log_error(self, message: str, **fields: Any) -> None:
-        self.logs.append(("error", message, fields))
+def scene_context(
+    params: Any, *, cancelled: bool = False, cancel_after: int | None = None
+) -> FakeTaskContext[Any]:
+    """``cancel_after`` progress reports, ``cancelled`` turns True."""
+    return FakeTaskContext(
+        params, task_type="generate_scene", attempt=1, cancelled=cancelled, cancel_after_progress=cancel_after
+    )
 
 
 # ------------------------------------------------------------ determinism
@@ -183,7 +164,7 @@ def test_invalid_params_are_rejected(overrides: dict[str, Any], error_fragment: 
 # ------------------------------------------------------------ the executable contract
 async def test_execute_reports_progress_per_beat_and_matches_write_scene() -> None:
     params = make_params()
-    ctx = FakeContext(params)
+    ctx = scene_context(params)
 
     result = await GenerateScene().execute(ctx)
 
@@ -195,11 +176,11 @@ async def test_execute_reports_progress_per_beat_and_matches_write_scene() -> No
     ]
     percents = [p.percent or 0.0 for p in ctx.progress if isinstance(p, Progress)]
     assert percents == sorted(percents) and all(0 < p < 100 for p in percents)
-    assert ctx.logs[-1][1] == "scene generated"
+    assert ctx.messages[-1] == "scene generated"
 
 
 async def test_execute_stops_between_beats_when_cancelled() -> None:
-    ctx = FakeContext(make_params(), cancel_after=1)
+    ctx = scene_context(make_params(), cancel_after=1)
 
     with pytest.raises(Cancelled, match="after 1 of 3 beats"):
         await GenerateScene().execute(ctx)
@@ -207,7 +188,7 @@ async def test_execute_stops_between_beats_when_cancelled() -> None:
 
 
 async def test_execute_does_no_work_when_already_cancelled() -> None:
-    ctx = FakeContext(make_params(), cancelled=True)
+    ctx = scene_context(make_params(), cancelled=True)
 
     with pytest.raises(Cancelled):
         await GenerateScene().execute(ctx)

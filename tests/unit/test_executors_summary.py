@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from executors.summary import GenerateSummary, score_sentences, select_sentences
 from executors.text import content_words, split_sentences
 from taskplatform.tasks.executable import Progress
 from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.testing import FakeTaskContext
 
 SOLAR_TEXT = (
     "The weather was pleasant on Tuesday. "
@@ -25,28 +24,10 @@ SOLAR_TEXT = (
 )
 
 
-class FakeContext:
-    """Just enough of TaskContext to drive ``execute`` and record what it reports."""
-
-    def __init__(self, parameters: Any, *, cancelled: bool = False) -> None:
-        self.task_id = "task-1"
-        self.task_type = "generate_summary"
-        self.attempt = 1
-        self.user_id: str | None = "user-1"
-        self.received_at = datetime(2026, 1, 1, tzinfo=UTC)
-        self.parameters = parameters
-        self.cancelled = cancelled
-        self.progress: list[Progress | Mapping[str, Any]] = []
-        self.logs: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def update_progress(self, progress: Progress | Mapping[str, Any]) -> None:
-        self.progress.append(progress)
-
-    def log_info(self, message: str, **fields: Any) -> None:
-        self.logs.append(("info", message, fields))
-
-    def log_error(self, message: str, **fields: Any) -> None:
-        self.logs.append(("error", message, fields))
+def summary_context(params: Any, *, cancelled: bool = False) -> FakeTaskContext[Any]:
+    return FakeTaskContext(
+        params, task_type="generate_summary", attempt=1, user_id="user-1", cancelled=cancelled
+    )
 
 
 # ------------------------------------------------------------ sentence splitting
@@ -191,7 +172,7 @@ def test_params_defaults() -> None:
 # ------------------------------------------------------------ the executable contract
 async def test_execute_reports_progress_and_returns_the_same_result_as_summarize() -> None:
     params = GenerateSummary.Params(text=SOLAR_TEXT, max_sentences=2)
-    ctx = FakeContext(params)
+    ctx = summary_context(params)
 
     result = await GenerateSummary().execute(ctx)
 
@@ -201,7 +182,7 @@ async def test_execute_reports_progress_and_returns_the_same_result_as_summarize
     assert isinstance(progress, Progress)
     assert progress.percent is not None and 0 < progress.percent < 100
     assert progress.message == "scored 6 sentences"
-    assert [entry[1] for entry in ctx.logs] == ["summary generated"]
+    assert ctx.messages == ["summary generated"]
 
 
 def test_registry_accepts_both_reference_executables() -> None:
