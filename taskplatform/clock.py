@@ -1,5 +1,5 @@
 """Keeping this process on the store's clock: leases are written and judged in it
-(``BaseTaskStore.now``), so the offset to it is measured again every ``CLOCK_SYNC_SECONDS``,
+(``StoreClock.now``), so the offset to it is measured again every ``CLOCK_SYNC_SECONDS``,
 shown as a gauge, and logged when large (a host whose clock drifts needs NTP fixed)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from taskplatform.metrics.registry import Metrics
 from taskplatform.periodic import run_periodically
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.ports import StoreClock
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ClockSync:
     measurement: a clock jumped, and leases written in between were off by the jump.
     """
 
-    def __init__(self, store: BaseTaskStore, metrics: Metrics, *, interval: float, warn_above: float) -> None:
+    def __init__(self, store: StoreClock, metrics: Metrics, *, interval: float, warn_above: float) -> None:
         self._store = store
         self._metrics = metrics
         self._interval = interval

@@ -9,7 +9,7 @@ from datetime import timedelta
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models import utcnow
 from taskplatform.periodic import run_periodically
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.ports import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        store: BaseTaskStore,
+        store: Outbox,
         publisher: TaskPublisher,
         *,
         owner: str,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from taskplatform.deadletters.capture import dead_letter_of_task
 from taskplatform.errors import StoreError
@@ -15,7 +16,7 @@ from taskplatform.events.models import Origin, TaskDeadLettered, TaskFailed, Tas
 from taskplatform.models import BackgroundTask, ErrorInfo, utcnow
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.store.ports import DeadLetters, LostWorkers, RateLimits, Retention
 from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 #: Tasks deleted per retention statement, and statements per pass (bounds one pass's work).
 PURGE_BATCH = 1000
 PURGE_BATCHES_PER_PASS = 20
+
+
+class ReaperStore(LostWorkers, Retention, RateLimits, DeadLetters, Protocol):
+    """What the reaper uses of the store: lapsed leases, retention, rate-limit keys, and the
+    dead letters of tasks it gives up on."""
 
 
 class Reaper:
@@ -41,7 +47,7 @@ class Reaper:
 
     def __init__(
         self,
-        store: BaseTaskStore,
+        store: ReaperStore,
         registry: ExecutableRegistry,
         bus: EventBus,
         aggregator: StateAggregator,

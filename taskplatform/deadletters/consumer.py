@@ -37,16 +37,14 @@ from taskplatform.logsetup import printable
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.metrics import Metrics
 from taskplatform.models import RUNNABLE, BackgroundTask, DeadLetter, TaskMessage, TaskStatus, utcnow
-from taskplatform.store.base import BaseTaskStore
 from taskplatform.store.deadletters import UpsertOutcome
+from taskplatform.store.ports import DeadLetters, StoreClock, StoreLifecycle, TaskReads
 
 log = logging.getLogger(__name__)
 
 #: Why a message is parked (the ``reason`` label of ``taskplatform_dead_letters_parked_total``).
 PARK_STORE_REFUSED = "store-refused"  # the store answers but keeps refusing the write
 PARK_CAPTURE_FAILED = "capture-failed"  # anything else went wrong turning it into a record
-#: Longest a store ``ping`` may take before the store counts as unreachable.
-PING_TIMEOUT_SECONDS = 5.0
 
 
 class RawPublisher(Protocol):
@@ -88,6 +86,11 @@ def is_uncounted_death(record: DeadLetter, outcome: UpsertOutcome, task: Backgro
     return record.kind == "message" or task is None or task.status is not TaskStatus.DEAD_LETTER
 
 
+class CaptureStore(StoreLifecycle, StoreClock, TaskReads, DeadLetters, Protocol):
+    """What the consumer uses of the store: the task a message names, its dead letter, and
+    whether the store answers (a refusal while it does counts as a try; an outage does not)."""
+
+
 class DeadLetterConsumer:
     """Consumes ``tasks.dlq.queue`` into the store's dead letters."""
 
@@ -95,7 +98,7 @@ class DeadLetterConsumer:
         self,
         broker: BrokerConnection,
         queue: str,
-        store: BaseTaskStore,
+        store: CaptureStore,
         bus: EventBus,
         *,
         node_id: str,
@@ -183,7 +186,7 @@ class DeadLetterConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if await self._store_answers():
+                if await self._store.answers():
                     refusals += 1
                     log.warning(
                         "dead letter %s not stored (try %d of %d): %s: %s",
@@ -229,15 +232,6 @@ class DeadLetterConsumer:
                 self.handed_back += 1
                 return
         await message.nack(requeue=True)
-
-    async def _store_answers(self) -> bool:
-        try:
-            await asyncio.wait_for(self._store.ping(), PING_TIMEOUT_SECONDS)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return False
-        return True
 
     async def _park(self, message: AbstractIncomingMessage, exc: Exception, attempts: int) -> None:
         """Publish ``message`` to the parking queue (confirmed), then ack it; if that cannot be

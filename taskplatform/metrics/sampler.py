@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import time
 from datetime import datetime
+from typing import Protocol
 
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import DeadLetterStatus, utcnow
 from taskplatform.periodic import run_periodically
-from taskplatform.store.base import BaseTaskStore
 from taskplatform.store.deadletters import DeadLetterFilter
+from taskplatform.store.ports import DeadLetters, TaskReads
 
 _PENDING = DeadLetterFilter(status=DeadLetterStatus.PENDING)
 #: Seconds between two heartbeats (independent of the store: a slow store is no hung loop).
@@ -25,11 +26,15 @@ def _age(since: datetime | None, now: datetime) -> float:
     return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
+class SampledStore(TaskReads, DeadLetters, Protocol):
+    """What the sampler reads: the task backlog and the count of pending dead letters."""
+
+
 class BacklogSampler:
     """Sets the heartbeat, the outbox backlog and its oldest entry's age, the oldest queued task's
     age and the pending dead letters."""
 
-    def __init__(self, store: BaseTaskStore, metrics: Metrics, *, interval: float) -> None:
+    def __init__(self, store: SampledStore, metrics: Metrics, *, interval: float) -> None:
         self._store = store
         self._metrics = metrics
         self._interval = interval

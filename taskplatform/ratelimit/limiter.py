@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
 
 from taskplatform.errors import ConfigError
+from taskplatform.store.ports import RateLimits
 from taskplatform.store.ratelimits import Reservation, check_rate, reservation_of
 
 #: ``max_wait`` that grants every reservation (about 31 years; finite, so every backend binds it).
@@ -31,15 +32,6 @@ class RateLimiter(Protocol):
         """Reserve ``key``'s next slot if it opens within ``max_wait`` seconds of ``now`` (epoch
         seconds, default the current time); the reservation says whether, and how long until."""
         ...
-
-
-@runtime_checkable
-class RateStore(Protocol):
-    """A store that keeps rate-limit reservations (every backend of ``taskplatform.store``)."""
-
-    async def reserve_rate(
-        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
-    ) -> Reservation: ...
 
 
 class MemoryRateLimiter:
@@ -91,7 +83,7 @@ class StoreRateLimiter:
     the store, so a limit holds across all workers together. Raises StoreError when the store
     cannot be reached."""
 
-    def __init__(self, store: RateStore) -> None:
+    def __init__(self, store: RateLimits) -> None:
         self._store = store
 
     async def reserve(
@@ -137,9 +129,10 @@ def create_rate_limiter(backend: Literal["store", "memory"], store: object) -> R
     if backend == "memory":
         return MemoryRateLimiter()
     if backend == "store":
-        if not isinstance(store, RateStore):
+        if not isinstance(store, RateLimits):
             raise ConfigError(
-                f"the store ({type(store).__name__}) cannot keep rate limits (it has no reserve_rate); "
+                f"the store ({type(store).__name__}) cannot keep rate limits (it has no reserve_rate "
+                "and prune_rate_limits); "
                 "use a store of taskplatform.store or set the rate-limit backend to 'memory'"
             )
         return StoreRateLimiter(store)

@@ -1,4 +1,4 @@
-"""Durable task state: the ``TaskStore`` port and its backends, chosen by URL."""
+"""Durable task state: the ports (``ports``) and their backends, chosen by URL."""
 
 from __future__ import annotations
 
@@ -18,17 +18,49 @@ from taskplatform.store.deadletters import (
     DeadLetterPage,
     UpsertOutcome,
 )
+from taskplatform.store.ports import (
+    AttemptOutcomes,
+    AuditLog,
+    Cancellation,
+    DeadLetters,
+    LostWorkers,
+    Outbox,
+    ParentRollups,
+    RateLimits,
+    Retention,
+    StoreClock,
+    StoreLifecycle,
+    TaskClaims,
+    TaskCreation,
+    TaskReads,
+    TaskRevisions,
+)
 
 __all__ = [
+    "AttemptOutcomes",
+    "AuditLog",
     "AuditPage",
     "BaseTaskStore",
+    "Cancellation",
     "DeadLetterCounts",
     "DeadLetterFilter",
     "DeadLetterPage",
+    "DeadLetters",
     "Guard",
     "InvalidCursorError",
+    "LostWorkers",
+    "Outbox",
+    "ParentRollups",
+    "RateLimits",
+    "Retention",
+    "StoreClock",
+    "StoreLifecycle",
+    "TaskClaims",
+    "TaskRevisions",
+    "TaskCreation",
     "TaskFilter",
     "TaskPage",
+    "TaskReads",
     "TaskStore",
     "UpsertOutcome",
     "create_store",
@@ -38,7 +70,8 @@ __all__ = [
 def create_store(
     url: str, *, auto_migrate: bool = True, retention_seconds: float | None = None
 ) -> BaseTaskStore:
-    """The backend for ``url``: ``sqlite+aiosqlite://``, ``postgresql+asyncpg://`` or ``mongodb://``.
+    """The backend for ``url``: ``sqlite+aiosqlite://``, ``postgresql+asyncpg://``, ``mongodb://``, or
+    ``memory://`` (this process only, for tests; each store its own data).
 
     ``retention_seconds`` (None: keep finished tasks) makes MongoDB keep a TTL index; SQL
     stores are purged by the runtime's cleanup pass (``purge_finished``) instead.
@@ -52,7 +85,11 @@ def create_store(
         from taskplatform.store.mongo import MongoTaskStore
 
         return MongoTaskStore(url, retention_seconds=retention_seconds)
+    if scheme == "memory":
+        from taskplatform.store.memory import MemoryTaskStore
+
+        return MemoryTaskStore(url)
     raise ConfigError(
         f"unsupported store URL scheme {scheme or url!r}; use sqlite+aiosqlite:///path, "
-        "postgresql+asyncpg://user@host/db or mongodb://host/db"
+        "postgresql+asyncpg://user@host/db, mongodb://host/db or memory://"
     )

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, utcnow
+from taskplatform.store.ports import AuditLog, DeadLetters
 
 __all__ = [
     "UNKNOWN_TASK_TYPE",
@@ -69,6 +70,8 @@ REOPEN_FIELDS = (
     "x_death",
     "last_seen_at",
 )
+#: The DeadLetterFilter fields matched by equality with the record's field of the same name.
+EQUALITY_FIELDS = ("task_type", "reason", "user_id", "error_type", "task_id")
 #: Top-level record times (kept as real datetimes where a backend can index them).
 RECORD_TIMES = ("first_seen_at", "last_seen_at", "replayed_at", "discarded_at", "updated_at")
 #: Longest text kept in the indexed fields (SQL columns of 255; index entries stay small).
@@ -274,47 +277,20 @@ def counts_of(
     return DeadLetterCounts(total=sum(types.values()), by_task_type=types, by_reason=reasons)
 
 
-class DeadLetterOperations(ABC):
-    """Dead-letter records and the audit log, shared by every backend over its primitives."""
+class DeadLetterOperations(DeadLetters, AuditLog, ABC):
+    """Dead-letter records and the audit log, shared by every backend over its primitives.
 
-    # ------------------------------------------------------------ primitives
+    A backend implements the ports' reads and the audit log, and the two primitives below.
+    """
+
     @abstractmethod
     async def _insert_dead_letter(self, record: DeadLetter) -> bool:
         """Insert ``record``; False (nothing written) when its id is taken."""
 
     @abstractmethod
-    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
-        """The record, or None."""
-
-    @abstractmethod
     async def _swap_dead_letter(self, record: DeadLetter, *, expected_version: int) -> DeadLetter | None:
         """Replace the stored record of ``record.id`` with ``record`` if its version is still
         ``expected_version``; returns the record as stored, or None when it was not."""
-
-    @abstractmethod
-    async def list_dead_letters(
-        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> DeadLetterPage:
-        """A page of records, most recently seen (``last_seen_at``) first, ties by id.
-
-        ValueError for a ``limit`` outside 1..MAX_PAGE_SIZE, InvalidCursorError for a
-        cursor this store did not produce.
-        """
-
-    @abstractmethod
-    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
-        """How many records match ``filters``, in all, by task type and by reason."""
-
-    @abstractmethod
-    async def add_audit(self, entry: AuditEntry) -> None:
-        """Append ``entry`` to the audit log; StoreError if its id exists."""
-
-    @abstractmethod
-    async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
-    ) -> AuditPage:
-        """A page of the audit log, newest (``at``, then id) first; with ``dead_letter_id``,
-        only the entries naming that record."""
 
     # ------------------------------------------------------------ shared operations
     async def upsert_dead_letter(self, record: DeadLetter) -> tuple[DeadLetter, UpsertOutcome]:

@@ -1,4 +1,8 @@
-"""What each backend implements: the primitives every shared store operation is built on."""
+"""What each backend implements: the primitives every shared store operation is built on.
+
+A backend implements the port's reads, inserts, roll-up, outbox and rate-limit operations
+(``ports``) and the two primitives below; the shared operations (``BaseTaskStore``) do the rest.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskplatform.models import BackgroundTask, TaskStatus, utcnow
-from taskplatform.store.ratelimits import Reservation
-from taskplatform.store.types import MAX_PAGE_SIZE, Backlog, Guard, ParentState, TaskFilter, TaskPage
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
+from taskplatform.store.ports import TaskStore
+from taskplatform.store.types import MAX_PAGE_SIZE, Guard, TaskFilter
 
 
-class StorePrimitives(ABC):
-    """A backend's primitives. Shared operations: ``BaseTaskStore``."""
+class StorePrimitives(TaskStore, ABC):
+    """What a backend implements besides the port's reads and writes of its own (``TaskStore``):
+    the store's clock readings and the guarded update every shared operation is built on."""
 
     url_scheme: str = ""
-
-    @abstractmethod
-    async def open(self) -> None:
-        """Connect and make sure the schema/indexes exist."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Release connections."""
-
-    @abstractmethod
-    async def ping(self) -> None:
-        """Raise StoreError unless the store answers."""
 
     @abstractmethod
     async def _clock_samples(self) -> builtins.list[ClockSample]:
@@ -38,23 +31,15 @@ class StorePrimitives(ABC):
         the store shares this machine's clock (SQLite: a local file). StoreError when unreachable."""
 
     @abstractmethod
-    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
-        """Insert new documents; DuplicateTaskError if an id exists (nothing inserted)."""
+    async def _guarded_update(
+        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
+    ) -> BackgroundTask | None:
+        """Apply ``changes`` atomically if ``guard`` holds; bump version, set updated_at.
 
-    @abstractmethod
-    async def get(self, task_id: str) -> BackgroundTask | None:
-        """The document, or None."""
-
-    @abstractmethod
-    async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
-        """The document if ``user_id`` owns it, else None. The owner is part of the query, so
-        another user's task is neither loaded nor parsed: it answers as fast as a missing one."""
-
-    @abstractmethod
-    async def list(
-        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> TaskPage:
-        """A page of documents, newest first."""
+        ``changes`` keys are document field names (``outbox.<field>`` for outbox state);
+        values are JSON-ready (models already dumped) except datetimes and enums.
+        Returns the updated document, or None when the guard did not hold.
+        """
 
     async def child_pages(
         self, parent_id: str, *, page_size: int = MAX_PAGE_SIZE
@@ -69,86 +54,6 @@ class StorePrimitives(ABC):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
-
-    @abstractmethod
-    async def backlog(self) -> Backlog:
-        """How many outbox entries are pending, and the oldest QUEUED task's ``created_at``
-        (both from indexes: cheap enough to sample every few seconds)."""
-
-    @abstractmethod
-    async def count_by_status(self) -> dict[TaskStatus, int]:
-        """How many tasks are in each status (statuses with none are omitted)."""
-
-    @abstractmethod
-    async def _guarded_update(
-        self, task_id: str, guard: Guard, changes: Mapping[str, Any]
-    ) -> BackgroundTask | None:
-        """Apply ``changes`` atomically if ``guard`` holds; bump version, set updated_at.
-
-        ``changes`` keys are document field names (``outbox.<field>`` for outbox state);
-        values are JSON-ready (models already dumped) except datetimes and enums.
-        Returns the updated document, or None when the guard did not hold.
-        """
-
-    @abstractmethod
-    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
-        """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
-
-    @abstractmethod
-    async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
-        """The task ``user_id`` created with idempotency ``key``, or None."""
-
-    @abstractmethod
-    async def apply_rollup(
-        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> ParentState | None:
-        """Count ``child_id`` in the bucket of ``status`` in its parent's summary, atomically.
-
-        The parent keeps a ledger entry (bucket, version) per child: a child seen for the
-        first time adds to ``total`` and its bucket; a newer ``child_version`` moves it to
-        the new bucket; a version the ledger already holds, or an older one, changes nothing
-        (see ``taskplatform.store.rollup``). The parent's version is bumped whenever a count
-        changes. Returns the parent after (also when nothing changed), None if there is no
-        such parent. Exact under concurrent roll-ups into one parent.
-        """
-
-    @abstractmethod
-    async def list_awaiting_parents(
-        self, *, updated_before: datetime, limit: int
-    ) -> builtins.list[BackgroundTask]:
-        """RUNNING parents waiting for their children, not updated since ``updated_before``,
-        least recently updated first (for the reconcile sweep)."""
-
-    @abstractmethod
-    async def claim_pending_outbox(
-        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> builtins.list[BackgroundTask]:
-        """Lease up to ``limit`` pending outbox entries created before ``created_before``
-        whose lease is free or lapsed; returns them (leased to ``owner``)."""
-
-    @abstractmethod
-    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
-        """Mark the outbox of these tasks published, only where its lease is held by ``owner``
-        (None: entries nobody leased): a mark of an earlier publish, landing after someone took
-        the entry over for a newer message (a relay, a priority change, a retry), leaves it
-        pending. Returns how many changed."""
-
-    @abstractmethod
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
-        """Count a failed publish attempt and keep the error; the entry stays pending and its
-        lease lapses now (free for the next relay pass), its owner kept."""
-
-    @abstractmethod
-    async def reserve_rate(
-        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
-    ) -> Reservation:
-        """Reserve ``key``'s next rate-limit slot if it opens within ``max_wait`` seconds (see
-        ``taskplatform.store.ratelimits``): one atomic operation, shared by every process."""
-
-    @abstractmethod
-    async def prune_rate_limits(self, *, now: float | None = None) -> int:
-        """Delete the rate-limit keys whose slots have all passed before ``now`` (epoch
-        seconds); returns how many."""
 
 
 #: Readings per measurement of the store's clock; the one with the shortest round trip is kept.
@@ -203,6 +108,11 @@ def owner_guard(node_id: str, attempt: int) -> Guard:
         statuses=frozenset({TaskStatus.RUNNING}),
         equals={"execution_node_id": node_id, "retry_count": attempt, "awaiting_children": False},
     )
+
+
+def stored_value(value: Any) -> Any:
+    """A change's value as a backend stores it: a status enum as its text, anything else as is."""
+    return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
 
 
 def with_event(changes: dict[str, Any], event_id: str | None) -> dict[str, Any]:

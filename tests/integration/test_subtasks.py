@@ -172,7 +172,7 @@ async def test_cancelling_a_parent_cancels_it_and_every_unfinished_child(
         await eventually(some_children_run, timeout=10)
         parent = await _get(runtime, parent_id)
         assert parent.status is TaskStatus.RUNNING and parent.awaiting_children is not parent_keeps_running
-        await runtime.aggregator.request_cancel(parent_id)
+        await runtime.commands.cancel(parent_id)
 
         async def all_cancelled() -> bool:
             kids = await _children(runtime, parent_id)

@@ -1,6 +1,6 @@
 """Store fixtures: one contract, every backend.
 
-``store`` is parametrized over SQLite, PostgreSQL and MongoDB. MongoDB runs against a
+``store`` is parametrized over the in-memory store, SQLite, PostgreSQL and MongoDB. MongoDB runs against a
 real server when ``TASKPLATFORM_TEST_MONGODB_URL`` is set, in a testcontainers container
 when a Docker engine answers, and otherwise against the in-process emulation; the test
 id and the report header say which.
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from taskplatform.store import BaseTaskStore
+from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.sql import SqlTaskStore
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
@@ -38,6 +39,7 @@ def mongodb_url() -> Iterator[str | None]:
 
 @pytest.fixture(
     params=[
+        "memory",
         "sqlite",
         "postgresql",
         pytest.param(f"mongodb-{MONGO_MODE}", marks=pytest.mark.mongodb),
@@ -46,7 +48,9 @@ def mongodb_url() -> Iterator[str | None]:
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseTaskStore]:
     backend: str = request.param
     s: BaseTaskStore
-    if backend == "sqlite":
+    if backend == "memory":
+        s = MemoryTaskStore()
+    elif backend == "sqlite":
         s = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path}/tasks.db")
     elif backend == "postgresql":
         url = request.getfixturevalue("postgres_database_url")

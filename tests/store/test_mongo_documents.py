@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from taskplatform.models import TaskStatus, utcnow
+from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.mongo.deadletters import DEAD_LETTERS
+from taskplatform.store.mongo.part import LEDGER
 from taskplatform.store.mongo.retention import RETENTION_INDEX
-from taskplatform.store.mongo.store import LEDGER, MongoTaskStore
 from tests.store.helpers import NODE, make_dead_letter, make_task
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
 

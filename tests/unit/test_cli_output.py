@@ -35,7 +35,7 @@ from taskplatform.models import TERMINAL, BackgroundTask, DeadLetterStatus, SubT
 from taskplatform.models.message import HEADER_TASK_ID, TaskMessage
 from taskplatform.models.reasons import BROKER_REASONS, DeadLetterReason
 from taskplatform.retry import RetryPolicy
-from taskplatform.worker.settlement import Failed, decide
+from taskplatform.worker.outcomes import Failed, decide
 
 ANSI = re.compile(r"\x1b\[")
 

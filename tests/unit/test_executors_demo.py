@@ -17,7 +17,7 @@ from taskplatform.retry import RetryPolicy
 from taskplatform.tasks.executable import Progress
 from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from taskplatform.testing import FakeTaskContext, run_task
-from taskplatform.worker.settlement import Action, Failed, Succeeded, decide
+from taskplatform.worker.outcomes import Action, Failed, Succeeded, decide
 
 
 def demo_context(params: Demo.Params, *, cancel_after: int | None = None) -> FakeTaskContext[Demo.Params]:

@@ -3,6 +3,7 @@ naming what leaked, instead of whichever test (or the session's end) the collect
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,17 @@ async def test_a_connection_only_the_collector_can_free_fails_the_guard_naming_i
     try:
         connection = await engine.connect()
         await connection.execute(text("SELECT 1"))
+        raw = await connection.get_raw_connection()
+        worker = raw.driver_connection._thread  # aiosqlite's thread; it holds no reference to the connection
+        del raw
         cycle: list[object] = [connection]
         cycle.append(cycle)  # unreachable but not freed: only the garbage collector finds it
         del connection, cycle
         with pytest.raises(pytest.fail.Exception) as caught:
             collect_garbage_or_fail("this test")
+        # The freed connection closes on its own thread and answers on this loop: let it, before
+        # the loop ends (else the thread finds the loop closed and the next test reports it).
+        await asyncio.to_thread(worker.join, 5)
     finally:
         await engine.dispose()
     message = str(caught.value)

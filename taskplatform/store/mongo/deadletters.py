@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from bson import Binary
@@ -23,6 +22,7 @@ from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
+    EQUALITY_FIELDS,
     RECORD_TIMES,
     AuditPage,
     DeadLetterCounts,
@@ -34,20 +34,11 @@ from taskplatform.store.deadletters import (
     normalized_entry,
     storable_entry,
 )
-from taskplatform.store.mongo.part import MongoPart
+from taskplatform.store.mongo.part import MongoPart, aware
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
 
 DEAD_LETTERS = "dead_letters"
 AUDIT = "dead_letter_audit"
-#: Filter fields compared for equality with a document field of the same name.
-_EQUAL_FIELDS = ("task_type", "reason", "user_id", "error_type", "task_id")
-
-
-def _as_utc(value: Any) -> Any:
-    # BSON dates have no zone; a tz_aware client returns UTC, an emulation may not.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _doc(record: DeadLetter) -> dict[str, Any]:
@@ -63,7 +54,7 @@ def _record(doc: Mapping[str, Any]) -> DeadLetter:
     data = dict(doc)
     data["id"] = data.pop("_id")
     for name in RECORD_TIMES:
-        data[name] = _as_utc(data.get(name))
+        data[name] = aware(data.get(name))
     body = data.pop("body", "")
     record = DeadLetter.model_validate(data)
     if isinstance(body, bytes):  # Binary is bytes; a str body is a document written before
@@ -74,7 +65,7 @@ def _record(doc: Mapping[str, Any]) -> DeadLetter:
 def _entry(doc: Mapping[str, Any]) -> AuditEntry:
     data = dict(doc)
     data["id"] = data.pop("_id")
-    data["at"] = _as_utc(data.get("at"))
+    data["at"] = aware(data.get("at"))
     return normalized_entry(AuditEntry.model_validate(data))
 
 
@@ -82,7 +73,7 @@ def _filter(filters: DeadLetterFilter) -> dict[str, Any]:
     query: dict[str, Any] = {}
     if filters.status is not None:
         query["status"] = filters.status.value
-    for name in _EQUAL_FIELDS:
+    for name in EQUALITY_FIELDS:
         value = getattr(filters, name)
         if value is not None:
             query[name] = value

@@ -4,9 +4,6 @@ is atomic on the document; see ``taskplatform.store.ratelimits`` for the algorit
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-
 from pymongo import ReturnDocument
 
 from taskplatform.models import utcnow
@@ -17,11 +14,8 @@ RATE_LIMITS = "rate_limits"
 
 
 class MongoRateLimits(MongoPart):
-    """``reserve_rate`` over the store's database."""
-
-    #: The store's clock (``BaseTaskStore.now``): slots taken by processes on different machines
-    #: are measured against one clock, so a limit they share holds.
-    now: Callable[[], datetime]
+    """``reserve_rate`` over the store's database, in the store's clock (``now``): slots taken by
+    processes on different machines are measured against one clock, so a limit they share holds."""
 
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from taskplatform.errors import DuplicateTaskError, StoreError
-from taskplatform.models import BackgroundTask, OutboxStatus, SubTaskStatusSummary, TaskStatus, utcnow
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
 from taskplatform.store.base import (
     BaseTaskStore,
@@ -22,51 +22,18 @@ from taskplatform.store.base import (
     check_page_size,
     decode_cursor,
     encode_cursor,
-    outbox_published_changes,
 )
 from taskplatform.store.mongo.deadletters import MongoDeadLetters
+from taskplatform.store.mongo.outbox import MongoOutbox
+from taskplatform.store.mongo.part import aware
 from taskplatform.store.mongo.ratelimits import MongoRateLimits
 from taskplatform.store.mongo.retention import MongoRetention
-from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
-from taskplatform.store.rollup import LedgerEntry, check_child_id, rollup_delta
-from taskplatform.store.types import EQUALITY_FILTERS, PARENT_FIELDS, Backlog, ParentState
+from taskplatform.store.mongo.rollup import MongoRollup
+from taskplatform.store.primitives import ClockSample, read_clock, stored_value
+from taskplatform.store.types import EQUALITY_FILTERS, Backlog
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
-_TOP_DATETIMES = (
-    "created_at",
-    "updated_at",
-    "started_at",
-    "completed_at",
-    "last_attempt_at",
-    "next_attempt_at",
-    "lease_until",
-)
-_OUTBOX_DATETIMES = ("lease_until", "published_at")
-#: The parent's roll-up ledger: ``{child_id: {"b": bucket, "v": child version}}``. Not part
-#: of the task model; only ``apply_rollup`` writes it (every other update ``$set``s fields).
-LEDGER = "rollup"
-SUMMARY = "sub_task_status_summary"
-#: Lost races a roll-up retries before giving up; each loss means another roll-up won.
-_ROLLUP_ATTEMPTS = 1000
-
-
-def _aware(value: Any) -> Any:
-    # BSON datetimes have no zone; a tz_aware client returns UTC, an emulation may not.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-_PARENT_PROJECTION = {name: 1 for name in PARENT_FIELDS if name != "id"}
-
-
-def _parent_state(doc: Mapping[str, Any]) -> ParentState:
-    return ParentState.from_mapping({**doc, "id": doc["_id"]})
-
-
-def _mongo_value(value: Any) -> Any:
-    return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
 
 
 #: Counters added after the first documents were written: a document lacking one is at 0.
@@ -79,13 +46,16 @@ def _guard_value(field: str, value: Any) -> Any:
         return {"$ne": True}
     if value == 0 and field in _LATE_COUNTERS:
         return {"$in": [0, None]}  # None matches a missing field
-    return _mongo_value(value)
+    return stored_value(value)
 
 
-class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTaskStore):
+class MongoTaskStore(
+    MongoDeadLetters, MongoRateLimits, MongoRetention, MongoRollup, MongoOutbox, BaseTaskStore
+):
     """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
     audit log in two more (``MongoDeadLetters``); rate limits in another
-    (``MongoRateLimits``); finished tasks expire by a TTL index (``MongoRetention``).
+    (``MongoRateLimits``); finished tasks expire by a TTL index (``MongoRetention``); the
+    parent roll-up (``MongoRollup``) and the outbox (``MongoOutbox``) live in the task documents.
 
     ``database`` may be injected (any object with PyMongo's async database interface);
     otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
@@ -189,34 +159,6 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
         except PyMongoError as exc:
             raise StoreError(f"store operation failed: {exc}") from exc
 
-    # ------------------------------------------------------------ mapping
-    @staticmethod
-    def _to_doc(task: BackgroundTask) -> dict[str, Any]:
-        doc = task.model_dump(mode="python", exclude={"id"})
-        doc["_id"] = task.id
-        doc["status"] = task.status.value
-        doc["outbox"]["status"] = task.outbox.status.value
-        for name in ("error_info", "sub_task_status_summary"):
-            model = getattr(task, name)
-            doc[name] = model.model_dump(mode="json") if model is not None else None
-        scope = idempotency_scope(task.user_id, task.idempotency_key)
-        if scope is not None:  # absent otherwise: the unique index is sparse
-            doc["idempotency_scope"] = scope
-        return doc
-
-    @staticmethod
-    def _to_task(doc: Mapping[str, Any]) -> BackgroundTask:
-        data = dict(doc)
-        data.pop(LEDGER, None)
-        data["id"] = data.pop("_id")
-        for name in _TOP_DATETIMES:
-            data[name] = _aware(data.get(name))
-        outbox = dict(data.get("outbox") or {})
-        for name in _OUTBOX_DATETIMES:
-            outbox[name] = _aware(outbox.get(name))
-        data["outbox"] = outbox
-        return BackgroundTask.model_validate(data)
-
     # ------------------------------------------------------------ primitives
     async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
         if not tasks:
@@ -275,8 +217,8 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
             )
         return Backlog(
             outbox_pending=int(pending),
-            oldest_queued_at=_aware(first["created_at"]) if first is not None else None,
-            oldest_pending_at=_aware(first_pending["created_at"]) if first_pending is not None else None,
+            oldest_queued_at=aware(first["created_at"]) if first is not None else None,
+            oldest_pending_at=aware(first_pending["created_at"]) if first_pending is not None else None,
         )
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
@@ -298,7 +240,7 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
     async def _guarded_update(
         self, task_id: str, guard: Guard, changes: Mapping[str, Any]
     ) -> BackgroundTask | None:
-        values = {k: _mongo_value(v) for k, v in changes.items()}
+        values = {k: stored_value(v) for k, v in changes.items()}
         values.setdefault("updated_at", utcnow())
         async with self._errors():
             doc = await self.collection.find_one_and_update(
@@ -337,106 +279,3 @@ class MongoTaskStore(MongoDeadLetters, MongoRateLimits, MongoRetention, BaseTask
                 await self.collection.find(query).sort([("updated_at", ASCENDING)]).limit(limit).to_list(None)
             )
         return [self._to_task(d) for d in docs]
-
-    async def apply_rollup(
-        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
-    ) -> ParentState | None:
-        """One document, so one atomic update: read the child's ledger entry, then update the
-        parent only if that entry is still what was read (else another roll-up of this child
-        won the race: read again). Counters move with ``$inc``, so roll-ups of other
-        children never conflict with this one."""
-        check_child_id(child_id)
-        async with self._errors():
-            for _ in range(_ROLLUP_ATTEMPTS):
-                # Only this child's ledger entry and the parent's own fields: the ledger and
-                # the parameters grow with the batch.
-                path = f"{LEDGER}.{child_id}"
-                doc = await self.collection.find_one(
-                    {"_id": parent_id}, projection={**_PARENT_PROJECTION, path: 1}
-                )
-                if doc is None:
-                    return None
-                entry = (doc.get(LEDGER) or {}).get(child_id)
-                current = LedgerEntry(entry["b"], entry["v"]) if entry is not None else None
-                delta = rollup_delta(current, status, child_version)
-                if delta is None:
-                    return _parent_state(doc)
-                query: dict[str, Any] = {"_id": parent_id}
-                if current is None:
-                    query[path] = {"$exists": False}
-                else:
-                    query.update({f"{path}.b": current.bucket, f"{path}.v": current.version})
-                update: dict[str, Any] = {"$set": {path: {"b": delta.entry.bucket, "v": delta.entry.version}}}
-                if delta.increments:
-                    update["$set"]["updated_at"] = utcnow()
-                    update["$inc"] = {"version": 1}
-                    if doc.get(SUMMARY) is None:
-                        # No counters to $inc yet: set them all, unless another roll-up did first.
-                        query[SUMMARY] = None
-                        counts = SubTaskStatusSummary().model_dump()
-                        for name, n in delta.increments.items():
-                            counts[name] += n
-                        update["$set"][SUMMARY] = counts
-                    else:
-                        query[SUMMARY] = {"$ne": None}
-                        update["$inc"].update({f"{SUMMARY}.{k}": n for k, n in delta.increments.items()})
-                after = await self.collection.find_one_and_update(
-                    query, update, projection=_PARENT_PROJECTION, return_document=ReturnDocument.AFTER
-                )
-                if after is not None:
-                    return _parent_state(after)
-        raise StoreError(f"roll-up of {child_id} into {parent_id} kept losing races; try again")
-
-    async def claim_pending_outbox(
-        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> builtins.list[BackgroundTask]:
-        now = self.now()  # outbox leases are the store's time, like task leases
-        claimable = {
-            "outbox.status": OutboxStatus.PENDING.value,
-            "created_at": {"$lt": created_before},
-            "$or": [{"outbox.lease_until": None}, {"outbox.lease_until": {"$lt": now}}],
-        }
-        claimed: builtins.list[BackgroundTask] = []
-        async with self._errors():
-            # Each claim is one atomic find-and-modify, so two relays never lease the same entry.
-            for _ in range(limit):
-                doc = await self.collection.find_one_and_update(
-                    claimable,
-                    {
-                        "$set": {"outbox.lease_until": lease_until, "outbox.lease_owner": owner},
-                        "$inc": {"version": 1},
-                    },
-                    sort=[("created_at", ASCENDING)],
-                    return_document=ReturnDocument.AFTER,
-                )
-                if doc is None:
-                    break
-                claimed.append(self._to_task(doc))
-        return claimed
-
-    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
-        if not task_ids:
-            return 0
-        query = {
-            "_id": {"$in": list(task_ids)},
-            "outbox.status": OutboxStatus.PENDING.value,
-            "outbox.lease_owner": owner,
-        }
-        async with self._errors():
-            result = await self.collection.update_many(
-                query,
-                {"$set": outbox_published_changes(utcnow()), "$inc": {"version": 1}},
-            )
-        return int(result.modified_count)
-
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
-        async with self._errors():
-            await self.collection.update_one(
-                {"_id": task_id, "outbox.status": OutboxStatus.PENDING.value},
-                {
-                    "$inc": {"outbox.attempts": 1, "version": 1},
-                    # free for the next relay pass, not only after the lease; the owner stays, so a
-                    # late mark of an earlier publish cannot take this entry for published
-                    "$set": {"outbox.last_error": error[:2000], "outbox.lease_until": self.now() - LAPSED},
-                },
-            )

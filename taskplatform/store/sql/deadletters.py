@@ -20,6 +20,7 @@ from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
+    EQUALITY_FIELDS,
     AuditPage,
     DeadLetterCounts,
     DeadLetterFilter,
@@ -36,8 +37,6 @@ from taskplatform.store.types import check_page_size, decode_cursor, encode_curs
 
 _dl = dead_letters.c
 _audit = dead_letter_audit.c
-#: Filter fields compared for equality with a column of the same name.
-_EQUAL_FIELDS = ("task_type", "reason", "user_id", "error_type", "task_id")
 
 
 def _row(record: DeadLetter) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def _filter_clauses(filters: DeadLetterFilter) -> builtins.list[ColumnElement[bo
     clauses: builtins.list[ColumnElement[bool]] = []
     if filters.status is not None:
         clauses.append(_dl.status == filters.status.value)
-    for name in _EQUAL_FIELDS:
+    for name in EQUALITY_FIELDS:
         value = getattr(filters, name)
         if value is not None:
             clauses.append(dead_letters.c[name] == value)

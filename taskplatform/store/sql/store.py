@@ -25,7 +25,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -34,8 +33,6 @@ from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
 from taskplatform.store.base import (
     BaseTaskStore,
-    ClaimRequest,
-    CompletionRequest,
     Guard,
     TaskFilter,
     TaskPage,
@@ -43,18 +40,20 @@ from taskplatform.store.base import (
     decode_cursor,
     encode_cursor,
 )
-from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
+from taskplatform.store.primitives import ClockSample, read_clock, stored_value
 from taskplatform.store.sql import migrate, sqlite
 from taskplatform.store.sql import rollup as sql_rollup
 from taskplatform.store.sql import statements as sql
+from taskplatform.store.sql.batches import SqlBatches
 from taskplatform.store.sql.deadletters import SqlDeadLetters
 from taskplatform.store.sql.deletion import SqlDeletion
+from taskplatform.store.sql.outbox import SqlOutbox
+from taskplatform.store.sql.part import column_name, columns_of
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
-from taskplatform.store.sql.schema import OUTBOX_FIELDS, tasks
+from taskplatform.store.sql.schema import tasks
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
-_COLUMNS = {c.name for c in tasks.columns}
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
 _INSERT_PAGE = 1000
 
@@ -63,20 +62,7 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _column_name(field: str) -> str:
-    return field.replace("outbox.", "outbox_", 1) if field.startswith("outbox.") else field
-
-
-def _db_value(value: Any) -> Any:
-    return value.value if isinstance(value, TaskStatus | OutboxStatus) else value
-
-
-def _columns(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Document-field changes as column values."""
-    return {_column_name(k): _db_value(v) for k, v in changes.items()}
-
-
-class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
+class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOutbox, BaseTaskStore):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``.
 
     Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``;
@@ -192,31 +178,11 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"store operation failed: {exc}") from exc
 
-    # ------------------------------------------------------------ mapping
-    @staticmethod
-    def _to_row(task: BackgroundTask) -> dict[str, Any]:
-        doc = task.model_dump(mode="python")
-        row = {k: v for k, v in doc.items() if k in _COLUMNS}
-        row["status"] = task.status.value
-        for name in ("error_info", "sub_task_status_summary"):
-            model = getattr(task, name)
-            row[name] = model.model_dump(mode="json") if model is not None else None
-        for name in OUTBOX_FIELDS:
-            row[f"outbox_{name}"] = _db_value(doc["outbox"][name])
-        row["idempotency_scope"] = idempotency_scope(task.user_id, task.idempotency_key)
-        return row
-
-    @staticmethod
-    def _to_task(row: Row[Any] | Mapping[str, Any]) -> BackgroundTask:
-        data = dict(row._mapping) if isinstance(row, Row) else dict(row)
-        data["outbox"] = {name: data.pop(f"outbox_{name}") for name in OUTBOX_FIELDS}
-        return BackgroundTask.model_validate(data)
-
     # ------------------------------------------------------------ primitives
-    async def create_many(self, tasks_: Sequence[BackgroundTask]) -> None:
-        if not tasks_:
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
+        if not tasks:
             return
-        rows = [self._to_row(t) for t in tasks_]
+        rows = [self._to_row(t) for t in tasks]
         if self._fast is not None:
             async with self._errors():
                 await self._fast.insert(rows)
@@ -306,7 +272,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
         return {TaskStatus(status): int(n) for status, n in rows}
 
     def _guard_clause(self, guard: Guard) -> ColumnElement[bool]:
-        equals = [tasks.c[_column_name(k)] == _db_value(v) for k, v in guard.equals.items()]
+        equals = [tasks.c[column_name(k)] == stored_value(v) for k, v in guard.equals.items()]
         allowed: ColumnElement[bool] = tasks.c.status.in_([s.value for s in guard.statuses])
         if guard.takeover_before is not None:
             takeover = and_(
@@ -320,7 +286,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
     async def _guarded_update(
         self, task_id: str, guard: Guard, changes: Mapping[str, Any]
     ) -> BackgroundTask | None:
-        columns = _columns(changes)
+        columns = columns_of(changes)
         columns["version"] = tasks.c.version + 1
         columns.setdefault("updated_at", utcnow())
         stmt = (
@@ -333,72 +299,6 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
             async with self.autocommit.connect() as conn:
                 row = (await conn.execute(stmt)).first()
         return self._to_task(row) if row is not None else None
-
-    async def try_set_running_many(
-        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
-    ) -> dict[str, BackgroundTask]:
-        """One statement for the whole batch (see ``statements``)."""
-        if not claims:
-            return {}
-        async with self._errors():
-            if self._fast is not None:
-                rows: Any = await self._fast.claim_many(
-                    [c.task_id for c in claims],
-                    [c.attempt for c in claims],
-                    [c.priority for c in claims],
-                    node_id=node_id,
-                    lease_until=lease_until,
-                    now=utcnow(),
-                    takeover_before=self.now(),  # leases are the store's time
-                    task_types=[c.task_type for c in claims],
-                    generations=[c.generation for c in claims],
-                )
-            else:
-                # SQLite: the store's clock is this machine's (offset 0), one value serves both
-                params = {"node": node_id, "lease": lease_until, "now": self.now()}
-                if all(c.task_type is not None and c.generation is not None for c in claims):
-                    statement = sql.CLAIM_MANY_CHECKED
-                    params["claims"] = [
-                        (c.task_id, c.attempt, c.priority, c.task_type, c.generation) for c in claims
-                    ]
-                else:
-                    statement = sql.CLAIM_MANY
-                    params["claims"] = [(c.task_id, c.attempt, c.priority) for c in claims]
-                async with self.autocommit.connect() as conn:
-                    rows = (await conn.execute(statement, params)).all()
-        return {t.id: t for t in map(self._to_task, rows)}
-
-    async def record_completions(self, items: Sequence[CompletionRequest], *, node_id: str) -> dict[str, int]:
-        """PostgreSQL: one statement for the batch; SQLite: a prebuilt statement per item."""
-        if not items:
-            return {}
-        now = utcnow()
-        async with self._errors():
-            if self._fast is not None:
-                return await self._fast.complete_many(
-                    [i.task_id for i in items],
-                    [i.attempt for i in items],
-                    [i.result and dict(i.result) for i in items],
-                    [i.event_id for i in items],
-                    [i.progress and dict(i.progress) for i in items],
-                    node_id=node_id,
-                    now=now,
-                )
-            async with self.autocommit.connect() as conn:
-                done: dict[str, int] = {}
-                for i in items:
-                    params_one = {
-                        "task_id": i.task_id,
-                        "attempt": i.attempt,
-                        "node": node_id,
-                        "now": now,
-                        "result_value": i.result and dict(i.result),
-                        "event_id": i.event_id,
-                        "progress_value": i.progress and dict(i.progress),
-                    }
-                    for task_id, version in (await conn.execute(sql.COMPLETE_ONE, params_one)).all():
-                        done[task_id] = version
-                return done
 
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
@@ -457,60 +357,3 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, BaseTaskStore):
             .limit(limit)
         )
         return await self._select(query)
-
-    async def claim_pending_outbox(
-        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
-    ) -> builtins.list[BackgroundTask]:
-        now = self.now()  # outbox leases are the store's time, like task leases
-        claimable = and_(
-            tasks.c.outbox_status == OutboxStatus.PENDING.value,
-            tasks.c.created_at < created_before,
-            or_(tasks.c.outbox_lease_until.is_(None), tasks.c.outbox_lease_until < now),
-        )
-        candidates = (
-            select(tasks.c.id)
-            .where(claimable)
-            .order_by(tasks.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id.in_(candidates.scalar_subquery()), claimable)
-            .values(outbox_lease_until=lease_until, outbox_lease_owner=owner, version=tasks.c.version + 1)
-            .returning(*tasks.columns)
-        )
-        async with self._errors():
-            async with self.autocommit.connect() as conn:
-                rows = (await conn.execute(stmt)).all()
-        claimed = [self._to_task(r) for r in rows]
-        claimed.sort(key=lambda t: t.created_at)
-        return claimed
-
-    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
-        if not task_ids:
-            return 0
-        async with self._errors():
-            if self._fast is not None:
-                return await self._fast.mark_published(task_ids, owner=owner, now=utcnow())
-            async with self.autocommit.connect() as conn:
-                params = {"ids": list(task_ids), "owner": owner, "now": utcnow()}
-                result = await conn.execute(sql.MARK_PUBLISHED, params)
-        return int(result.rowcount)
-
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.outbox_status == OutboxStatus.PENDING.value)
-            .values(
-                outbox_attempts=tasks.c.outbox_attempts + 1,
-                outbox_last_error=error[:2000],
-                # free for the next relay pass, not after the lease; the owner stays, so a late
-                # mark of an earlier publish cannot take this entry for published
-                outbox_lease_until=self.now() - LAPSED,
-                version=tasks.c.version + 1,
-            )
-        )
-        async with self._errors():
-            async with self.autocommit.connect() as conn:
-                await conn.execute(stmt)

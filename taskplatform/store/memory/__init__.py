@@ -1,0 +1,5 @@
+"""In-memory task store (``memory://``): the whole store contract in this process, for tests."""
+
+from taskplatform.store.memory.store import MemoryTaskStore
+
+__all__ = ["MemoryTaskStore"]

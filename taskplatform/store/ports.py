@@ -1,0 +1,379 @@
+"""The store's ports: what the platform needs from durable task state, split by concern.
+
+A service is typed against the narrowest port it uses (a service needing several declares
+their combination beside itself, as ``class ReaperStore(LostWorkers, Retention, Protocol)``);
+``TaskStore`` is all of them. Only here are the store's signatures declared: ``BaseTaskStore``
+implements them (``tests/store/test_ports.py`` compares every backend's), and the contract
+suite in ``tests/store`` pins the behaviour. Status changes take an optional ``event_id``,
+written as ``last_event_id`` by the same update; leases are times of the store's clock.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, ErrorInfo, TaskStatus
+from taskplatform.store.types import (
+    MAX_PAGE_SIZE,
+    Backlog,
+    ClaimRequest,
+    CompletionRequest,
+    ParentState,
+    TaskFilter,
+    TaskPage,
+)
+
+if TYPE_CHECKING:
+    from taskplatform.store.deadletters import (
+        AuditPage,
+        DeadLetterCounts,
+        DeadLetterFilter,
+        DeadLetterPage,
+        UpsertOutcome,
+    )
+    from taskplatform.store.deletion import DeleteOutcome
+    from taskplatform.store.ratelimits import Reservation
+
+
+@runtime_checkable
+class StoreLifecycle(Protocol):
+    """Connecting, and whether the store answers."""
+
+    url_scheme: str
+
+    async def open(self) -> None:
+        """Connect, make sure the schema/indexes exist, and measure the store's clock."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    async def answers(self) -> bool:
+        """Whether a ping succeeds within a few seconds: False on any fault, never raises."""
+
+
+@runtime_checkable
+class StoreClock(Protocol):
+    """The store's clock, which every lease, lapse and takeover time is written and compared in."""
+
+    #: The store's clock minus this process's, as last measured (``sync_clock``).
+    clock_offset: timedelta
+
+    def now(self) -> datetime:
+        """The store's clock: this process's, corrected by ``clock_offset``."""
+
+    async def sync_clock(self) -> timedelta:
+        """Measure ``clock_offset`` again (also done by ``open``); returns it. StoreError if unreachable."""
+
+
+@runtime_checkable
+class TaskReads(Protocol):
+    """Reading tasks."""
+
+    async def get(self, task_id: str) -> BackgroundTask | None:
+        """The document, or None."""
+
+    async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
+        """The document if ``user_id`` owns it (filtered in the query), else None."""
+
+    async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
+        """The task ``user_id`` created with idempotency ``key``, or None."""
+
+    async def list(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TaskPage:
+        """A page of documents, newest first; InvalidCursorError for a cursor not of this store."""
+
+    def child_pages(
+        self, parent_id: str, *, page_size: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[builtins.list[BackgroundTask]]:
+        """The children of ``parent_id``, a page at a time (newest first)."""
+
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (statuses with none are omitted)."""
+
+    async def backlog(self) -> Backlog:
+        """Pending outbox entries and the oldest QUEUED / pending ``created_at`` (cheap)."""
+
+
+@runtime_checkable
+class TaskCreation(Protocol):
+    """Inserting new tasks."""
+
+    async def create(self, task: BackgroundTask) -> None:
+        """Insert one new document; DuplicateTaskError if its id exists."""
+
+    async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
+        """Insert new documents; DuplicateTaskError if an id exists (nothing inserted)."""
+
+
+@runtime_checkable
+class TaskClaims(StoreClock, Protocol):
+    """An attempt's ownership: claiming a task, renewing its lease, giving it back."""
+
+    async def try_set_running(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        node_id: str,
+        lease_until: datetime,
+        priority: int | None = None,
+        task_type: str | None = None,
+        generation: int | None = None,
+    ) -> BackgroundTask | None: ...
+    async def try_set_running_many(
+        self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
+    ) -> dict[str, BackgroundTask]: ...
+    async def renew_lease(
+        self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
+    ) -> BackgroundTask | None: ...
+    async def release_claim(
+        self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+
+
+@runtime_checkable
+class AttemptOutcomes(StoreClock, Protocol):
+    """What an attempt's owner records: progress, completion, failure, retry, cancellation."""
+
+    async def record_progress(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        progress: Mapping[str, Any],
+        attempt: int | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_completions(
+        self, items: Sequence[CompletionRequest], *, node_id: str
+    ) -> dict[str, int]: ...
+    async def record_completion(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        result: Mapping[str, Any] | None,
+        event_id: str | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_failure(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        status: TaskStatus,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_retry(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        next_attempt_at: datetime,
+        outbox_hold_until: datetime,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def record_cancelled(
+        self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+    async def mark_dead_letter(
+        self,
+        task_id: str,
+        *,
+        error: ErrorInfo | None,
+        attempt: int | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    @staticmethod
+    def completion_changes(now: datetime) -> dict[str, Any]:
+        """The changes a recorded completion makes (besides the result)."""
+
+
+@runtime_checkable
+class LostWorkers(StoreClock, Protocol):
+    """Finding and settling attempts whose worker vanished (the reaper)."""
+
+    async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
+        """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
+
+    async def reap(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        before: datetime,
+        error: ErrorInfo,
+        next_attempt_at: datetime | None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+
+
+@runtime_checkable
+class Cancellation(Protocol):
+    """Cancelling a task: at once while it waits, cooperatively while it runs."""
+
+    async def request_cancel(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    async def cancel_waiting(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    async def flag_cancel(self, task_id: str) -> BackgroundTask | None: ...
+
+
+@runtime_checkable
+class ParentRollups(Protocol):
+    """Parents waiting for their children, and the children's roll-up into their summary."""
+
+    async def set_awaiting_children(
+        self,
+        task_id: str,
+        *,
+        node_id: str,
+        attempt: int,
+        result: Mapping[str, Any] | None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def finish_parent(
+        self, task_id: str, *, expected_version: int, status: TaskStatus, event_id: str | None = None
+    ) -> BackgroundTask | None: ...
+    async def apply_rollup(
+        self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
+    ) -> ParentState | None:
+        """Count ``child_id`` in its parent's summary, atomically; a duplicate or older
+        ``child_version`` changes nothing (``store.rollup``). The parent after, or None."""
+
+    async def apply_rollups(
+        self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
+    ) -> ParentState | None: ...
+    async def rollup_children(self, parent_id: str) -> ParentState | None: ...
+    async def list_awaiting_parents(
+        self, *, updated_before: datetime, limit: int
+    ) -> builtins.list[BackgroundTask]:
+        """Parents waiting for their children, not updated since ``updated_before``, oldest first."""
+
+
+@runtime_checkable
+class Outbox(StoreClock, Protocol):
+    """The messages still to publish: leased by a publisher, marked published, failures counted."""
+
+    async def claim_pending_outbox(
+        self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
+    ) -> builtins.list[BackgroundTask]:
+        """Lease to ``owner`` up to ``limit`` pending entries whose lease is free or lapsed."""
+
+    async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
+        """Mark these entries published, only where ``owner`` holds the lease (None: entries nobody
+        leased), so a late mark never hides a newer message; returns how many changed."""
+
+    async def record_publish_failure(self, task_id: str, error: str) -> None:
+        """Count a failed publish; the entry stays pending, its lease lapses now, its owner kept."""
+
+
+@runtime_checkable
+class TaskRevisions(Protocol):
+    """An operator's revisions of a task: amending a queued one, replaying a dead one."""
+
+    async def amend_queued(
+        self,
+        task_id: str,
+        *,
+        priority: int | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        publish_hold_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> BackgroundTask | None: ...
+    async def replay_task(
+        self,
+        task_id: str,
+        *,
+        expected_replays: int,
+        parameters: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> BackgroundTask | None: ...
+
+
+@runtime_checkable
+class Retention(Protocol):
+    """Deleting finished tasks: one on request (with its sub-tasks), or all past their retention."""
+
+    async def delete_task(self, task_id: str) -> DeleteOutcome: ...
+    async def purge_finished(self, *, before: datetime, limit: int = 1000) -> int: ...
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """Dead-letter records: one per dead task, counted, replayed or discarded by an operator."""
+
+    async def upsert_dead_letter(self, record: DeadLetter) -> tuple[DeadLetter, UpsertOutcome]: ...
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        """The record, or None."""
+
+    async def list_dead_letters(
+        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> DeadLetterPage:
+        """A page of records, most recently seen first, ties by id."""
+
+    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
+        """How many records match ``filters``, in all, by task type and by reason."""
+
+    async def mark_dead_letter_replayed(
+        self, dead_letter_id: str, *, generation: int, at: datetime
+    ) -> DeadLetter | None: ...
+    async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    """The operators' audit log."""
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Append ``entry``; StoreError if its id exists."""
+
+    async def list_audit(
+        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+    ) -> AuditPage:
+        """A page of the log, newest first; with ``dead_letter_id``, the entries naming it."""
+
+
+@runtime_checkable
+class RateLimits(Protocol):
+    """Rate-limit reservations shared by every process using the store (``store.ratelimits``)."""
+
+    async def reserve_rate(
+        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
+    ) -> Reservation:
+        """Reserve ``key``'s next slot if it opens within ``max_wait`` seconds: one atomic operation."""
+
+    async def prune_rate_limits(self, *, now: float | None = None) -> int:
+        """Delete the keys whose slots have all passed before ``now`` (epoch seconds); how many."""
+
+
+@runtime_checkable
+class TaskStore(
+    StoreLifecycle,
+    TaskReads,
+    TaskCreation,
+    TaskClaims,
+    AttemptOutcomes,
+    LostWorkers,
+    Cancellation,
+    ParentRollups,
+    Outbox,
+    TaskRevisions,
+    Retention,
+    DeadLetters,
+    AuditLog,
+    RateLimits,
+    Protocol,
+):
+    """Everything the platform needs from durable task state. Contract: ``tests/store``."""
