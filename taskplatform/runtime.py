@@ -10,6 +10,7 @@ import contextlib
 import logging
 
 from taskplatform.clock import ClockSync
+from taskplatform.commands import TaskCommands
 from taskplatform.deadletters.consumer import DeadLetterConsumer
 from taskplatform.deadletters.service import DeadLetterService
 from taskplatform.events.aggregator import StateAggregator
@@ -26,10 +27,12 @@ from taskplatform.outbox import OutboxRelay
 from taskplatform.ratelimit.limiter import create_rate_limiter
 from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
-from taskplatform.store import BaseTaskStore, create_store
+from taskplatform.store import TaskStore, create_store
 from taskplatform.submission import PublishedMarker, TaskSubmitter
 from taskplatform.tasks.registry import ENTRY_POINT_GROUP, ExecutableRegistry
+from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.recording import EventRecorder
 from taskplatform.worker.settlement import Settler
 from topology import Topology, build_topology, declare_topology
 
@@ -56,6 +59,117 @@ def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegi
     )
 
 
+def build_store(settings: PlatformSettings) -> TaskStore:
+    return create_store(
+        settings.store_url,
+        auto_migrate=settings.store_auto_migrate,
+        retention_seconds=settings.task_retention_seconds or None,
+    )
+
+
+def build_bus(settings: PlatformSettings, metrics: Metrics) -> EventBus:
+    """The event bus; observer errors and drops are counted in ``metrics``."""
+    return EventBus(
+        observer_buffer=settings.event_observer_buffer,
+        on_observer_error=lambda name: metrics.event_subscriber_errors.labels(name).inc(),
+        on_observer_drop=lambda name: metrics.event_observer_dropped.labels(name).inc(),
+    )
+
+
+def attach_observers(
+    settings: PlatformSettings, bus: EventBus, broker: BrokerConnection, topology: Topology, metrics: Metrics
+) -> ExternalEventBridge | None:
+    """The external event bridge (when enabled) and the metrics observer on ``bus``."""
+    bridge: ExternalEventBridge | None = None
+    if settings.events_bridge_enabled:
+        bridge = ExternalEventBridge(
+            broker,
+            topology.events_exchange,
+            confirm_timeout=settings.publish_timeout_seconds,
+            types=settings.events_bridge_types,
+            metrics=metrics,
+        )
+        bus.add_observer(bridge)
+    bus.add_observer(MetricsObserver(metrics))
+    for observer in bus.stats():  # their series at 0 from the start
+        metrics.event_subscriber_errors.labels(observer)
+        metrics.event_observer_dropped.labels(observer)
+    return bridge
+
+
+def build_relay(settings: PlatformSettings, store: TaskStore, publisher: TaskPublisher) -> OutboxRelay:
+    return OutboxRelay(
+        store,
+        publisher,
+        owner=settings.node_id,
+        interval=settings.outbox_interval_seconds,
+        grace=settings.outbox_grace_seconds,
+        lease_seconds=settings.outbox_lease_seconds,
+        batch_size=settings.outbox_batch_size,
+    )
+
+
+def build_reaper(
+    settings: PlatformSettings,
+    store: TaskStore,
+    registry: ExecutableRegistry,
+    bus: EventBus,
+    aggregator: StateAggregator,
+) -> Reaper:
+    return Reaper(
+        store,
+        registry,
+        bus,
+        aggregator,
+        parent_idle_seconds=settings.parent_reconcile_seconds,
+        default_policy=settings.default_retry_policy(),
+        node_id=settings.node_id,
+        interval=settings.reaper_interval_seconds,
+        grace=settings.reaper_grace_seconds,
+        retention_seconds=settings.task_retention_seconds or None,
+        retention_interval=settings.retention_interval_seconds,
+        quiet_after_outage=settings.lease_seconds,
+    )
+
+
+def build_dlq_consumer(runtime: Runtime) -> DeadLetterConsumer:
+    """The consumer of the dead-letter queue, over ``runtime``'s parts."""
+    settings = runtime.settings
+    return DeadLetterConsumer(
+        runtime.broker,
+        runtime.topology.dead_letter_queue,
+        runtime.store,
+        runtime.bus,
+        node_id=settings.node_id,
+        publisher=runtime.publisher,
+        parking_queue=runtime.topology.parking_queue,
+        metrics=runtime.metrics,
+        store_backoff=settings.dlq_capture_backoff_seconds,
+        max_attempts=settings.dlq_max_capture_attempts,
+        outage_hold=settings.store_outage_hold_seconds,
+    )
+
+
+def build_task_consumer(runtime: Runtime) -> TaskConsumer:
+    """The worker: its settler (over an event recorder) and its consumer, over ``runtime``'s parts."""
+    config = WorkerConfig.from_settings(
+        runtime.settings, dead_letter_exchange=runtime.topology.dead_letter_exchange
+    )
+    recorder = EventRecorder(runtime.store, runtime.bus, node_id=config.node_id, store_hold=config.store_hold)
+    settler = Settler(recorder, runtime.publisher, config)
+    return TaskConsumer(
+        runtime.broker,
+        runtime.topology,
+        runtime.registry,
+        runtime.store,
+        settler,
+        config,
+        submitter=runtime.submitter,
+        rate_limiter=runtime.task_rate_limiter,
+        metrics=runtime.metrics,
+    )
+
+
 class Runtime:
     """Store, broker connection, publisher, event bus, state aggregator, external event
     bridge, submitter, relay, reaper, rate limiters and (optionally) consumer."""
@@ -66,7 +180,7 @@ class Runtime:
         *,
         role: str,
         registry: ExecutableRegistry | None = None,
-        store: BaseTaskStore | None = None,
+        store: TaskStore | None = None,
         consume: bool = False,
         relay: bool | None = None,
     ) -> None:
@@ -74,15 +188,7 @@ class Runtime:
         self.role = role
         self.registry = registry if registry is not None else build_registry(settings)
         self.topology = build_platform_topology(settings, self.registry)
-        self.store = (
-            store
-            if store is not None
-            else create_store(
-                settings.store_url,
-                auto_migrate=settings.store_auto_migrate,
-                retention_seconds=settings.task_retention_seconds or None,
-            )
-        )
+        self.store = store if store is not None else build_store(settings)
         self.metrics = Metrics()
         self.metrics.prepare(self.registry.task_types())
         self.broker = BrokerConnection(settings.amqp_url, name=f"taskplatform-{role}-{settings.node_id}")
@@ -96,26 +202,27 @@ class Runtime:
         #: Executables' ``rate_limits`` (workers) and submissions per user (the API).
         self.task_rate_limiter = create_rate_limiter(settings.rate_limit_backend, self.store)
         self.submit_rate_limiter = create_rate_limiter(settings.api_rate_limit_backend, self.store)
-        self.bus = EventBus(
-            observer_buffer=settings.event_observer_buffer,
-            on_observer_error=lambda name: self.metrics.event_subscriber_errors.labels(name).inc(),
-            on_observer_drop=lambda name: self.metrics.event_observer_dropped.labels(name).inc(),
-        )
+        self.bus = build_bus(settings, self.metrics)
         self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
-        self.bridge: ExternalEventBridge | None = None
-        if settings.events_bridge_enabled:
-            self.bridge = ExternalEventBridge(
-                self.broker,
-                self.topology.events_exchange,
-                confirm_timeout=settings.publish_timeout_seconds,
-                types=settings.events_bridge_types,
-                metrics=self.metrics,
-            )
-            self.bus.add_observer(self.bridge)
-        self.bus.add_observer(MetricsObserver(self.metrics))
-        for observer in self.bus.stats():  # their series at 0 from the start
-            self.metrics.event_subscriber_errors.labels(observer)
-            self.metrics.event_observer_dropped.labels(observer)
+        self.bridge = attach_observers(settings, self.bus, self.broker, self.topology, self.metrics)
+        self._build_services(settings)
+        self.relay = build_relay(settings, self.store, self.publisher)
+        self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
+        self.reaper = build_reaper(settings, self.store, self.registry, self.bus, self.aggregator)
+        #: Cancel, amend, delete and replay: the one service the API, the CLI and the client use.
+        self.commands = TaskCommands.for_runtime(self)
+        self.consumer = build_task_consumer(self) if consume else None
+        self.dlq_consumer = build_dlq_consumer(self) if consume and settings.dlq_consumer_enabled else None
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self.broker_ready = asyncio.Event()
+        #: Set when declaring the topology or starting the consumers failed once connected (a
+        #: topology that differs from the broker's, a missing plugin): the process cannot work.
+        self.setup_failed = asyncio.Event()
+        self.setup_error: BaseException | None = None
+
+    def _build_services(self, settings: PlatformSettings) -> None:
+        """The metrics sampler and server, clock sync, submitter and dead-letter service."""
         self.sampler = BacklogSampler(self.store, self.metrics, interval=settings.metrics_sample_seconds)
         self.clock = ClockSync(
             self.store,
@@ -146,84 +253,6 @@ class Runtime:
             node_id=settings.node_id,
             default_rate=settings.dlq_replay_rate,
         )
-        self.relay = OutboxRelay(
-            self.store,
-            self.publisher,
-            owner=settings.node_id,
-            interval=settings.outbox_interval_seconds,
-            grace=settings.outbox_grace_seconds,
-            lease_seconds=settings.outbox_lease_seconds,
-            batch_size=settings.outbox_batch_size,
-        )
-        self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
-        self.reaper = Reaper(
-            self.store,
-            self.registry,
-            self.bus,
-            self.aggregator,
-            parent_idle_seconds=settings.parent_reconcile_seconds,
-            default_policy=settings.default_retry_policy(),
-            node_id=settings.node_id,
-            interval=settings.reaper_interval_seconds,
-            grace=settings.reaper_grace_seconds,
-            retention_seconds=settings.task_retention_seconds or None,
-            retention_interval=settings.retention_interval_seconds,
-            quiet_after_outage=settings.lease_seconds,
-        )
-        self.consumer: TaskConsumer | None = None
-        self.dlq_consumer: DeadLetterConsumer | None = None
-        if consume and settings.dlq_consumer_enabled:
-            self.dlq_consumer = DeadLetterConsumer(
-                self.broker,
-                self.topology.dead_letter_queue,
-                self.store,
-                self.bus,
-                node_id=settings.node_id,
-                publisher=self.publisher,
-                parking_queue=self.topology.parking_queue,
-                metrics=self.metrics,
-                store_backoff=settings.dlq_capture_backoff_seconds,
-                max_attempts=settings.dlq_max_capture_attempts,
-                outage_hold=settings.store_outage_hold_seconds,
-            )
-        if consume:
-            settler = Settler(
-                self.store,
-                self.publisher,
-                self.bus,
-                node_id=settings.node_id,
-                dead_letter_exchange=self.topology.dead_letter_exchange,
-                store_retry_seconds=settings.store_outage_hold_seconds,
-            )
-            self.consumer = TaskConsumer(
-                self.broker,
-                self.topology,
-                self.registry,
-                self.store,
-                settler,
-                self.publisher,
-                node_id=settings.node_id,
-                prefetch=settings.prefetch,
-                default_timeout=settings.task_timeout_seconds,
-                lease_seconds=settings.lease_seconds,
-                default_policy=settings.default_retry_policy(),
-                store_hold=settings.store_outage_hold_seconds,
-                cancel_poll=settings.cancel_poll_seconds,
-                cancel_grace=settings.cancel_grace_seconds,
-                submitter=self.submitter,
-                progress_interval=settings.progress_interval_seconds,
-                priority_hold=settings.priority_hold_seconds,
-                rate_limiter=self.task_rate_limiter,
-                rate_limit_hold=settings.rate_limit_hold_seconds,
-                metrics=self.metrics,
-            )
-        self._stop = asyncio.Event()
-        self._background: list[asyncio.Task[None]] = []
-        self.broker_ready = asyncio.Event()
-        #: Set when declaring the topology or starting the consumers failed once connected (a
-        #: topology that differs from the broker's, a missing plugin): the process cannot work.
-        self.setup_failed = asyncio.Event()
-        self.setup_error: BaseException | None = None
 
     async def start(self, *, wait_for_broker: bool = False) -> None:
         """Open the store, connect (now, or in the background), declare topology, consume."""

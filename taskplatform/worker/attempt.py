@@ -1,19 +1,25 @@
-"""Running one claimed attempt: under its timeout, its lease renewed, cancel requests honoured."""
+"""Running one claimed attempt: its parameters checked, under its timeout, its lease renewed,
+cancel requests honoured, and its result checked to be storable."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from taskplatform.errors import Cancelled, StoreError
+from pydantic import ValidationError
+
+from taskplatform.errors import Cancelled, InvalidInputError, PermanentFailure, StoreError
+from taskplatform.events.bus import EventBus
 from taskplatform.models import BackgroundTask
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.submission import TaskSubmitter, ensure_storable
 from taskplatform.tasks.executable import BackgroundTaskExecutable
+from taskplatform.worker.claims import ClaimingStore
+from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.context import ExecutionContext
-from taskplatform.worker.settlement import Failed, Outcome, Succeeded, format_traceback
+from taskplatform.worker.outcomes import Failed, Outcome, Succeeded, format_traceback
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +30,59 @@ class AttemptRunner:
 
     def __init__(
         self,
-        store: BaseTaskStore,
+        store: ClaimingStore,
+        config: WorkerConfig,
         *,
-        node_id: str,
-        default_timeout: float,
-        lease_seconds: float,
-        cancel_poll: float = 1.0,
-        cancel_grace: float = 2.0,
+        bus: EventBus,
+        submitter: TaskSubmitter | None = None,
     ) -> None:
         self._store = store
-        self._node_id = node_id
-        self._default_timeout = default_timeout
-        self._lease = timedelta(seconds=lease_seconds)
-        self._cancel_poll = cancel_poll
-        self._cancel_grace = cancel_grace
+        self._bus = bus
+        self._submitter = submitter
+        self._node_id = config.node_id
+        self._default_timeout = config.default_timeout
+        self._lease = timedelta(seconds=config.lease_seconds)
+        self._cancel_poll = config.cancel_poll
+        self._cancel_grace = config.cancel_grace
+        self._progress_interval = config.progress_interval
+
+    async def run_claimed(
+        self, task: BackgroundTask, executable: BackgroundTaskExecutable[Any, Any], received_at: datetime
+    ) -> tuple[Outcome, int, dict[str, Any] | None]:
+        """Run the claimed attempt of ``task`` with a context of its own.
+
+        Returns the outcome, how many children the task has (submitted by this attempt or,
+        for a retried parent, by an earlier one) and, for a plain success, the attempt's last
+        progress not written yet (its completion writes it, saving a store write).
+        """
+        cls = type(executable)
+        earlier = task.sub_task_status_summary.total if task.sub_task_status_summary else 0
+        try:
+            params = cls.Params.model_validate(task.parameters)
+        except ValidationError as exc:
+            return Failed(exc, format_traceback(exc)), earlier, None
+        ctx: ExecutionContext[Any] = ExecutionContext(
+            task,
+            params,
+            bus=self._bus,
+            submitter=self._submitter,
+            node_id=self._node_id,
+            progress_model=cls.ProgressModel,
+            progress_interval=self._progress_interval,
+            received_at=received_at,
+        )
+        outcome = _storable_outcome(await self.run(task, executable, ctx))
+        children = max(ctx.children, earlier)
+        if isinstance(outcome, Succeeded) and children == 0:
+            progress = await ctx.take_pending_progress()
+            if progress is not None and not _storable(progress, "progress"):
+                progress = None  # the last progress is best effort; the result must be stored
+            return outcome, children, progress
+        try:
+            await ctx.flush_progress()
+        except Exception as exc:  # progress is best effort
+            log.warning("task %s: last progress not written: %s", task.id, exc)
+        return outcome, children, None
 
     async def run(
         self, task: BackgroundTask, executable: BackgroundTaskExecutable[Any, Any], ctx: ExecutionContext[Any]
@@ -137,3 +182,24 @@ async def _execute(
     except Exception as exc:
         return Failed(exc, format_traceback(exc))
     return Succeeded(result)
+
+
+def _storable(value: Any, name: str) -> bool:
+    try:
+        ensure_storable(value, (name,))
+    except InvalidInputError:
+        return False
+    return True
+
+
+def _storable_outcome(outcome: Outcome) -> Outcome:
+    """A result no store can keep as it is (NUL in text, integers beyond 64 bits, NaN) fails its
+    attempt for good, naming the field, instead of failing every write of it."""
+    if isinstance(outcome, Succeeded):
+        try:
+            ensure_storable(outcome.result.model_dump(mode="json"), ("result",))
+        except (InvalidInputError, ValueError, TypeError, RecursionError) as exc:
+            # (pydantic cannot serialize a result nested too deep: a ValueError of its own)
+            error = PermanentFailure(f"the result cannot be stored: {exc}")
+            return Failed(error, format_traceback(error))
+    return outcome

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Container, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -13,7 +14,9 @@ from taskplatform.batching import Coalescer
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.models.message import AwaitOwner
-from taskplatform.store.base import BaseTaskStore, ClaimRequest
+from taskplatform.store.base import ClaimRequest
+from taskplatform.store.ports import TaskClaims, TaskReads
+from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.settlement import Settler
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,10 @@ log = logging.getLogger(__name__)
 #: How long after its lease ends a waiting message comes back (the owner's last renewal may
 #: still be in flight; the reaper gives it more grace still).
 OWNER_WAIT_MARGIN = timedelta(seconds=0.5)
+
+
+class ClaimingStore(TaskReads, TaskClaims, Protocol):
+    """What claiming and running an attempt use of the store (get, now, claims, lease renewal)."""
 
 
 class Claimer:
@@ -31,26 +38,22 @@ class Claimer:
 
     def __init__(
         self,
-        store: BaseTaskStore,
+        store: ClaimingStore,
         settler: Settler,
+        config: WorkerConfig,
         *,
         running: Container[tuple[str, int]],
-        node_id: str,
-        lease_seconds: float,
-        prefetch: int,
-        store_backoff: float = 1.0,
-        store_hold: float = 300.0,
     ) -> None:
         self._store = store
         self._settler = settler
         self._running = running
-        self._node_id = node_id
-        self._lease = timedelta(seconds=lease_seconds)
-        self._store_backoff = store_backoff
-        self._store_hold = store_hold
+        self._node_id = config.node_id
+        self._lease = timedelta(seconds=config.lease_seconds)
+        self._store_backoff = config.store_backoff
+        self._store_hold = config.store_hold
         # Concurrent deliveries share one claim statement (natural batching).
         self._claims: Coalescer[ClaimRequest, BackgroundTask | None] = Coalescer(
-            self._claim_batch, max_batch=max(prefetch, 1)
+            self._claim_batch, max_batch=max(config.prefetch, 1)
         )
 
     async def _claim_batch(self, claims: Sequence[ClaimRequest]) -> list[BackgroundTask | None]:

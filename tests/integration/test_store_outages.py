@@ -173,7 +173,7 @@ async def test_a_rate_limit_slot_the_store_cannot_reserve_sends_the_message_roun
     # Delivery limit 1: one requeue and RabbitMQ dead-letters the message.
     runtime = make_runtime(delivery_limit=1, dlq_consumer_enabled=False)
     assert runtime.consumer is not None
-    rates = runtime.consumer._rates  # the consumer's admission of rate-limited types
+    rates = runtime.consumer._intake._rates  # the consumer's admission of rate-limited types
     admit = rates.admit
     refusals: list[str] = []
 

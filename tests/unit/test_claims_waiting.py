@@ -14,6 +14,7 @@ from taskplatform.models import BackgroundTask, TaskMessage
 from taskplatform.models.message import AwaitOwner
 from taskplatform.store import BaseTaskStore, create_store
 from taskplatform.worker.claims import Claimer
+from taskplatform.worker.config import WorkerConfig
 
 
 class RecordingSettler:
@@ -62,7 +63,8 @@ async def _held_task(store: BaseTaskStore) -> BackgroundTask:
 
 
 def _claimer(store: BaseTaskStore, settler: RecordingSettler) -> Claimer:
-    return Claimer(store, settler, running=set(), node_id="me", lease_seconds=10, prefetch=4)  # type: ignore[arg-type]
+    config = WorkerConfig(node_id="me", lease_seconds=10, prefetch=4)
+    return Claimer(store, settler, config, running=set())  # type: ignore[arg-type]
 
 
 async def test_a_wait_that_claims_to_start_in_the_future_waits_from_now(store: BaseTaskStore) -> None:

@@ -25,8 +25,11 @@ from taskplatform.logsetup import (
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 from taskplatform.retry import RetryPolicy
 from taskplatform.worker.attempt import AttemptRunner
+from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.context import ExecutionContext
-from taskplatform.worker.settlement import Failed, Outcome, Settler, Succeeded, format_traceback
+from taskplatform.worker.outcomes import Failed, Outcome, Succeeded, format_traceback
+from taskplatform.worker.recording import EventRecorder
+from taskplatform.worker.settlement import Settler
 
 SETTLEMENT = "taskplatform.worker.settlement"
 POLICY = RetryPolicy(max_attempts=3, initial_delay=2.0, jitter=0.0)
@@ -62,8 +65,8 @@ class Store:
     async def mark_published(self, ids: list[str], *, owner: str) -> None:
         return None
 
-    async def ping(self) -> None:
-        raise StoreError("down")  # an outage, not a refusal: the settler keeps retrying
+    async def answers(self) -> bool:
+        return False  # an outage, not a refusal: the settler keeps retrying
 
 
 class Publisher:
@@ -105,14 +108,9 @@ class Message:
 
 
 def _settler(bus: Bus, publisher: Publisher | None = None) -> Settler:
-    return Settler(
-        Store(),  # type: ignore[arg-type]
-        publisher or Publisher(),  # type: ignore[arg-type]
-        bus,  # type: ignore[arg-type]
-        node_id="node-a",
-        dead_letter_exchange="dlx",
-        store_retry_seconds=5.0,
-    )
+    recorder = EventRecorder(Store(), bus, node_id="node-a", store_hold=5.0)  # type: ignore[arg-type]
+    config = WorkerConfig(node_id="node-a", dead_letter_exchange="dlx")
+    return Settler(recorder, publisher or Publisher(), config)  # type: ignore[arg-type]
 
 
 def _task(attempt: int = 0) -> BackgroundTask:
@@ -247,7 +245,8 @@ async def test_store_retries_of_the_outcome_still_give_one_line_per_attempt(
     await _settle(_settler(bus), _task(), _raised(Flaky("x")))
     failures = [r for r in _lines(caplog) if "attempt 0 failed" in r.getMessage()]
     assert len(failures) == 1 and len(bus.events) == 1
-    assert any("store write failed" in r.getMessage() for r in _lines(caplog))  # the retries happened
+    retried = _lines(caplog, "taskplatform.worker.recording")
+    assert any("store write failed" in r.getMessage() for r in retried)  # the retries happened
 
 
 async def test_an_outcome_the_store_did_not_take_logs_no_failure_line(
@@ -398,14 +397,10 @@ async def test_an_attempt_that_lost_its_lease_logs_a_warning(caplog: pytest.LogC
             raise PermanentFailure("stopped")
 
     task = _task()
-    runner = AttemptRunner(
-        LeaseLost(),  # type: ignore[arg-type]
-        node_id="n",
-        default_timeout=30,
-        lease_seconds=0.15,
-        cancel_poll=0.02,
-        cancel_grace=5,
+    config = WorkerConfig(
+        node_id="n", default_timeout=30, lease_seconds=0.15, cancel_poll=0.02, cancel_grace=5
     )
+    runner = AttemptRunner(LeaseLost(), config, bus=EventBus())  # type: ignore[arg-type]
     ctx: ExecutionContext[Params] = ExecutionContext(
         task, Params(), bus=EventBus(), submitter=None, node_id="n"
     )

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ValidationError
 from taskplatform.errors import Cancelled, PermanentFailure, Retry, StoreError
 from taskplatform.models import TaskStatus
 from taskplatform.retry import RetryPolicy, Verdict, classify
-from taskplatform.worker.settlement import Action, Failed, Succeeded, decide
+from taskplatform.worker.outcomes import Action, Failed, Succeeded, decide
 from topology import DelayHop, build_topology
 
 POLICY = RetryPolicy(max_attempts=3, initial_delay=1.0, exp_base=2.0, max_delay=3.0, jitter=0.0)

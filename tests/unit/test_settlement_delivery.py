@@ -15,6 +15,8 @@ from taskplatform.events.bus import Delivery
 from taskplatform.events.models import TaskStarted
 from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_AWAIT_SINCE, AwaitOwner
 from taskplatform.retry import retry_store_call
+from taskplatform.worker.config import WorkerConfig
+from taskplatform.worker.recording import EventRecorder
 from taskplatform.worker.settlement import Settler, channel_gone
 
 
@@ -62,8 +64,16 @@ class FakeDelivery:
         self.told.append("requeue" if requeue else "reject")
 
 
+class Unreachable:
+    """A store that does not answer a ping: failed writes are an outage, not a refusal."""
+
+    async def answers(self) -> bool:
+        return False
+
+
 def _settler(bus: Any, hold: float = 5.0) -> Settler:
-    return Settler(None, None, bus, node_id="n1", dead_letter_exchange="dlx", store_retry_seconds=hold)  # type: ignore[arg-type]
+    recorder = EventRecorder(Unreachable(), bus, node_id="n1", store_hold=hold)  # type: ignore[arg-type]
+    return Settler(recorder, None, WorkerConfig(node_id="n1", dead_letter_exchange="dlx"))  # type: ignore[arg-type]
 
 
 def _event() -> TaskStarted:
@@ -72,7 +82,7 @@ def _event() -> TaskStarted:
 
 async def test_a_store_write_that_fails_twice_is_retried_and_returns_its_real_result() -> None:
     bus = FlakyBus(failures=2)
-    delivery = await _settler(bus).publish(_event(), None)
+    delivery = await _settler(bus).recorder.record(_event(), None)
     # The result is the awaited Delivery, not a coroutine handed back by a retry that never ran.
     assert isinstance(delivery, Delivery) and delivery.accepted
     assert bus.calls == 3
@@ -82,7 +92,7 @@ async def test_a_store_write_that_keeps_failing_raises_after_the_hold() -> None:
     bus = FlakyBus(failures=10_000)
     started = time.monotonic()
     with pytest.raises(StoreError):
-        await _settler(bus, hold=0.5).publish(_event(), None)
+        await _settler(bus, hold=0.5).recorder.record(_event(), None)
     assert 3 <= bus.calls < 50  # retried with backoff, and stopped
     assert time.monotonic() - started < 5
 

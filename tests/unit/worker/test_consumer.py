@@ -1,0 +1,251 @@
+"""The task consumer over a fake broker: a delivery goes from its queue through the claim, the
+attempt and the settlement; duplicates, shutdown and faults end the way the worker promises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from taskplatform.models import BackgroundTask, TaskStatus, utcnow
+from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON, HEADER_NOT_BEFORE
+from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.testing.broker import FakeBroker, FakeDelivery, FakePublisher
+from taskplatform.worker.config import WorkerConfig
+from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.settlement import Settler
+from tests.unit.worker.conftest import Echo
+from topology import Topology, build_topology
+
+NewTask = Callable[..., Awaitable[BackgroundTask]]
+Consumers = Callable[..., Awaitable[TaskConsumer]]
+
+
+@pytest.fixture
+def topology(registry: ExecutableRegistry) -> Topology:
+    return build_topology(registry.queues(), prefix="unit.", priority_levels=2, max_priority=1)
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+async def consumers(
+    broker: FakeBroker,
+    topology: Topology,
+    registry: ExecutableRegistry,
+    store: Any,
+    settler: Settler,
+    config: WorkerConfig,
+) -> AsyncIterator[Consumers]:
+    """Start a consumer (``config`` changed by keyword arguments); stopped afterwards."""
+    started: list[TaskConsumer] = []
+
+    async def start(**changes: Any) -> TaskConsumer:
+        worker_config = replace(config, **changes)
+        consumer = TaskConsumer(broker, topology, registry, store, settler, worker_config)  # type: ignore[arg-type]
+        await consumer.start()
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        await consumer.stop(grace=2)
+
+
+async def _deliver(broker: FakeBroker, topology: Topology, delivery: FakeDelivery, task_type: str) -> None:
+    [group] = [wq for wq in topology.work_queues if task_type in wq.task_types]
+    await broker.queue(group.queues[0]).deliver(delivery)
+
+
+async def _settled(*deliveries: FakeDelivery, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(d.settlement is None for d in deliveries):
+        assert asyncio.get_running_loop().time() < deadline, "a delivery was never settled"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_delivered_task_runs_and_its_delivery_is_acked_once_completed(
+    consumers: Consumers, broker: FakeBroker, topology: Topology, store: Any, new_task: NewTask
+) -> None:
+    consumer = await consumers()
+    task = await new_task(value=3)
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await _settled(delivery)
+    stored = await store.get(task.id)
+    assert stored.status is TaskStatus.COMPLETED and stored.result == {"value": 3}
+    assert delivery.settlement == "ack" and Echo.runs == [task.id]
+    assert broker.channels[-1].prefetch_count == 2 and consumer.processed == 1
+
+
+async def test_a_retryable_failure_is_published_for_later_and_its_delivery_acked(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    await consumers()
+    task = await new_task("unit_wobbly")
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_wobbly")
+    await _settled(delivery)
+    stored = await store.get(task.id)
+    assert stored.status is TaskStatus.RETRYING and stored.retry_count == 1
+    [retry] = publisher.published
+    assert retry.kind == "not-before" and retry.not_before is not None
+    assert retry.not_before - utcnow() > timedelta(seconds=4)  # the executable's policy: 5 s
+    assert delivery.settlement == "ack"
+
+
+async def test_a_permanent_failure_dead_letters_the_task_and_its_delivery(
+    consumers: Consumers, broker: FakeBroker, topology: Topology, store: Any, new_task: NewTask
+) -> None:
+    await consumers()
+    task = await new_task("unit_broken")
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_broken")
+    await _settled(delivery)
+    assert (await store.get(task.id)).status is TaskStatus.DEAD_LETTER
+    assert delivery.settlement == "dead-letter"
+
+
+async def test_a_duplicate_delivery_while_the_attempt_runs_here_waits_for_it_and_is_then_acked(
+    consumers: Consumers, broker: FakeBroker, topology: Topology, store: Any, new_task: NewTask
+) -> None:
+    await consumers()
+    task = await new_task(sleep=0.2)
+    first, again = FakeDelivery.of(task), FakeDelivery.of(task, redelivered=True)
+    await _deliver(broker, topology, first, "unit_echo")
+    await asyncio.sleep(0.05)  # the first has claimed the task and runs it
+    await _deliver(broker, topology, again, "unit_echo")
+    await asyncio.sleep(0.05)
+    assert again.settlement is None  # held until the attempt here ends, not settled blind
+    await _settled(first, again)
+    assert first.settlement == again.settlement == "ack"
+    assert Echo.runs == [task.id]  # it ran once
+    assert (await store.get(task.id)).status is TaskStatus.COMPLETED
+
+
+async def test_stopping_gives_a_running_attempt_back_unfinished(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    consumer = await consumers()
+    task = await new_task(sleep=30)
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await asyncio.sleep(0.05)
+    await consumer.stop(grace=0.1)
+    stored = await store.get(task.id)
+    assert stored.status is TaskStatus.QUEUED and stored.retry_count == 0  # no attempt spent
+    [copy] = publisher.published
+    assert copy.message is not None and copy.message.task_id == task.id
+    assert delivery.settlement == "ack" and broker.channels[-1].is_closed
+
+
+async def test_a_delivery_still_waiting_for_a_slot_at_shutdown_is_handed_back_unstarted(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    consumer = await consumers(prefetch=1)
+    busy, waiting = await new_task(sleep=0.3), await new_task()
+    first, second = FakeDelivery.of(busy), FakeDelivery.of(waiting)
+    await _deliver(broker, topology, first, "unit_echo")
+    await _deliver(broker, topology, second, "unit_echo")
+    await asyncio.sleep(0.05)
+    await consumer.stop(grace=2)
+    assert first.settlement == "ack" and (await store.get(busy.id)).status is TaskStatus.COMPLETED
+    [copy] = publisher.published
+    assert copy.message is not None and copy.message.task_id == waiting.id
+    assert HEADER_AWAIT_OWNER not in copy.headers and second.settlement == "ack"
+    assert (await store.get(waiting.id)).status is TaskStatus.QUEUED and Echo.runs == [busy.id]
+
+
+async def test_a_delivery_that_cannot_be_read_is_dead_lettered_with_its_reason(
+    consumers: Consumers, broker: FakeBroker, topology: Topology, publisher: FakePublisher
+) -> None:
+    await consumers()
+    delivery = FakeDelivery(b"not json", message_id="m-1")
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await _settled(delivery)
+    [copy] = publisher.published
+    assert copy.exchange == "dlx" and copy.headers[HEADER_DEAD_REASON] == "missing-header"
+    assert delivery.settlement == "ack"
+
+
+async def test_a_task_of_a_type_no_executable_here_runs_is_dead_lettered(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    await consumers()
+    task = await new_task("unit_unknown")
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await _settled(delivery)
+    assert (await store.get(task.id)).status is TaskStatus.DEAD_LETTER
+    [copy] = publisher.published
+    assert copy.headers[HEADER_DEAD_REASON] == "unknown-task-type" and delivery.settlement == "ack"
+
+
+async def test_a_message_back_before_its_time_goes_round_the_delay_path_again(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    await consumers()
+    task = await new_task()
+    later = utcnow() + timedelta(seconds=60)
+    delivery = FakeDelivery.of(task, headers={HEADER_NOT_BEFORE: int(later.timestamp() * 1000)})
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await _settled(delivery)
+    [copy] = publisher.published
+    assert copy.kind == "not-before" and copy.not_before is not None
+    assert abs((copy.not_before - later).total_seconds()) < 0.01
+    assert delivery.settlement == "ack" and Echo.runs == []
+    assert (await store.get(task.id)).status is TaskStatus.QUEUED
+
+
+async def test_an_outcome_not_stored_within_the_outage_hold_is_handed_back_and_counted(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    consumer = await consumers()
+    task = await new_task(sleep=0.1)
+    delivery = FakeDelivery.of(task)
+    await _deliver(broker, topology, delivery, "unit_echo")
+    await asyncio.sleep(0.05)  # claimed and running
+    store.down = True
+    await _settled(delivery)
+    store.down = False
+    assert consumer.unrecorded == 1
+    [copy] = publisher.published
+    assert copy.headers[HEADER_AWAIT_OWNER] == "worker-1" and delivery.settlement == "ack"
+    assert (await store.get(task.id)).status is TaskStatus.RUNNING  # it runs again once the lease lapses
