@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
 
-import fastapi.routing
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskplatform.api.routing import RouteTemplates
 
 log = logging.getLogger("taskplatform.access")
 
-#: The route of a request whose path no route has.
-UNMATCHED = "unmatched"
 #: Routes probes and scrapers call every few seconds: logged at DEBUG when they succeed.
 PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Methods logged as they are; any other is ``OTHER`` (a method is any token a client sends).
@@ -37,7 +33,7 @@ class AccessLog:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes: list[Any] | None = None
+        self._routes = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +58,7 @@ class AccessLog:
             self._log(scope, status, (time.perf_counter() - started) * 1000)
 
     def _log(self, scope: Scope, status: int | None, duration_ms: float) -> None:
-        route = self._route(scope)
+        route = self._routes.of(scope)
         ok = status is not None and status < 400
         level = logging.DEBUG if route in PROBE_ROUTES and ok else logging.INFO
         if not log.isEnabledFor(level):
@@ -90,30 +86,6 @@ class AccessLog:
                 "client": host,
             },
         )
-
-    def _route(self, scope: Scope) -> str:
-        """The template of the route that took the request; for one answered before routing
-        (a 401 of the guard) or by a mount (``/docs/assets``), the first route that matches it."""
-        path = getattr(scope.get("route"), "path", None)
-        if isinstance(path, str):
-            return path
-        if self._routes is None:
-            self._routes = _flat_routes(getattr(scope.get("app"), "routes", ()))
-        probe = dict(scope)  # ``matches`` only reads; a copy keeps the request's scope as it was
-        for route in self._routes:
-            match, _child = route.matches(probe)
-            if match is not Match.NONE:
-                return str(route.path)
-        return UNMATCHED
-
-
-def _flat_routes(routes: Iterable[Any]) -> list[Any]:
-    """The routes of an app in routing order, those of included routers too: FastAPI from 0.16x
-    keeps an included router whole in ``app.routes`` and lists its routes through
-    ``iter_route_contexts``; earlier versions list the routes themselves."""
-    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
-    candidates = flatten(list(routes)) if flatten is not None else routes
-    return [r for r in candidates if isinstance(getattr(r, "path", None), str) and hasattr(r, "matches")]
 
 
 def _user_id(scope: Scope) -> str | None:

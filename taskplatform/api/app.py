@@ -70,6 +70,13 @@ def create_app(
         summary="Submit typed background tasks and follow them to completion.",
         lifespan=lifespan,
     )
+    _install(app, rt, settings, authenticator)
+    return app
+
+
+def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticator: Authenticator) -> None:
+    """The app's task commands, error answers, authentication, routers and middleware."""
+    app.state.commands = rt.commands  # the process's one TaskCommands, for every route
     install_error_handlers(app)
     install_auth(app, authenticator)
     app.include_router(tasks_router)
@@ -86,7 +93,6 @@ def create_app(
     if settings.api_access_log:  # outside the guard: its refusals are logged too
         app.add_middleware(AccessLog)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
-    return app
 
 
 async def _on_failure(rt: Runtime, stop_server: Callable[[], None]) -> None:

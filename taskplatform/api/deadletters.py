@@ -9,26 +9,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from taskplatform.api.auth import AUTH_RESPONSES, OperatorDep, require_operator
-from taskplatform.api.deps import NO_NUL, RuntimeDep
+from taskplatform.api.deps import NO_NUL, CommandsDep, RuntimeDep, command_answers
 from taskplatform.api.errors import ErrorBody
 from taskplatform.api.schemas import bounded_items, list_response
-from taskplatform.deadletters.service import MAX_BULK, DeadLetterConflict, DeadLetterNotFound
+from taskplatform.deadletters.service import MAX_BULK
 from taskplatform.errors import InvalidInputError
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, TaskStatus
+from taskplatform.storable import ensure_shallow
 from taskplatform.store.base import MAX_PAGE_SIZE, encode_cursor
 from taskplatform.store.deadletters import DeadLetterCounts, DeadLetterFilter, filter_time
-from taskplatform.submission import ensure_shallow
 
 RecordId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Dead letter id")]
 ShortText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
 #: A time bound with its UTC offset, validated here so a bad one names its own parameter.
 TimeBound = Annotated[datetime | None, AfterValidator(filter_time)]
-#: The longest a bulk replay may hold its request (it paces itself at ``rate``).
-MAX_BULK_SECONDS = 600.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
@@ -212,25 +210,16 @@ async def list_audit(
 
 
 @router.post("/replay", response_model=BulkReplayResult, summary="Replay pending dead letters by filter")
-async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Actor) -> BulkReplayResult:
+async def replay_many(body: BulkReplayRequest, commands: CommandsDep, actor: Actor) -> BulkReplayResult:
     """At most ``limit`` records, at ``rate`` per second (default ``DLQ_REPLAY_RATE``); the
     request lasts up to ``limit / rate`` seconds, which may not exceed MAX_BULK_SECONDS."""
-    rate = body.rate if body.rate is not None else runtime.settings.dlq_replay_rate
     filters = _filters(
         None, body.task_type, body.reason, body.user_id, body.error_type, body.since, body.until
     )
-    if not body.dry_run and body.limit / rate > MAX_BULK_SECONDS:
-        why = (
-            f"replaying up to {body.limit} at {rate:g}/s could take {body.limit / rate:.0f}s; keep "
-            f"limit / rate within {MAX_BULK_SECONDS:.0f}s (raise rate, or lower limit and repeat)"
+    with command_answers():
+        result = await commands.replay_many(
+            filters, actor=actor, limit=body.limit, dry_run=body.dry_run, rate=body.rate
         )
-        await runtime.dead_letters.refuse_bulk(
-            filters, actor=actor, why=why, details={"limit": body.limit, "rate": rate}
-        )
-        raise HTTPException(422, why)
-    result = await runtime.dead_letters.replay_many(
-        filters, actor=actor, limit=body.limit, dry_run=body.dry_run, rate=body.rate
-    )
     return BulkReplayResult(
         dry_run=result.dry_run,
         matched=result.matched,
@@ -241,39 +230,29 @@ async def replay_many(body: BulkReplayRequest, runtime: RuntimeDep, actor: Actor
 
 
 @router.get("/{record_id}", response_model=DeadLetter, summary="One dead letter, whole")
-async def get_dead_letter(record_id: RecordId, runtime: RuntimeDep) -> DeadLetter:
-    try:
-        return await runtime.dead_letters.get(record_id)
-    except DeadLetterNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+async def get_dead_letter(record_id: RecordId, commands: CommandsDep) -> DeadLetter:
+    with command_answers():
+        return await commands.dead_letter(record_id)
 
 
 @router.post("/{record_id}/replay", response_model=ReplayResult, summary="Replay one dead letter")
 async def replay_one(
-    record_id: RecordId, runtime: RuntimeDep, actor: Actor, body: ReplayRequest | None = None
+    record_id: RecordId, commands: CommandsDep, actor: Actor, body: ReplayRequest | None = None
 ) -> ReplayResult:
     """The task goes back to QUEUED with its retry count reset (through the outbox), with
     ``parameters`` replacing its own when given. 409 if the record was replayed or
     discarded already (unless its task died again since), or its task is not dead (a
     message-level dead letter naming a live task); 422 for invalid parameters. Audited."""
     parameters = body.parameters if body is not None else None
-    try:
-        replayed = await runtime.dead_letters.replay(record_id, actor=actor, parameters=parameters)
-    except DeadLetterNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except DeadLetterConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    with command_answers():
+        replayed = await commands.replay(record_id, actor=actor, parameters=parameters)
     return ReplayResult(
         dead_letter=replayed.record, task_id=replayed.task.id, task_status=replayed.task.status
     )
 
 
 @router.delete("/{record_id}", response_model=DeadLetter, summary="Discard a dead letter")
-async def discard(record_id: RecordId, runtime: RuntimeDep, actor: Actor) -> DeadLetter:
+async def discard(record_id: RecordId, commands: CommandsDep, actor: Actor) -> DeadLetter:
     """No longer pending; its task stays DEAD_LETTER."""
-    try:
-        return await runtime.dead_letters.discard(record_id, actor=actor)
-    except DeadLetterNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except DeadLetterConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    with command_answers():
+        return await commands.discard(record_id, actor=actor)

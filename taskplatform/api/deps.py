@@ -1,11 +1,16 @@
-"""What the routers share: the runtime dependency and the no-NUL text pattern."""
+"""What the routers share: the runtime and task-commands dependencies, the answer each command
+error gets, and the no-NUL text pattern."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
+from taskplatform.commands import BulkReplayRefused, TaskCommands, TaskConflict, TaskNotFound
+from taskplatform.deadletters.service import DeadLetterConflict, DeadLetterNotFound
 from taskplatform.runtime import Runtime
 
 #: PostgreSQL text cannot hold NUL: refuse it as bad input, not a store fault.
@@ -18,4 +23,24 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def get_commands(request: Request) -> TaskCommands:
+    """The task commands of this process (``runtime.commands``, kept in ``app.state``)."""
+    commands: TaskCommands = request.app.state.commands
+    return commands
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CommandsDep = Annotated[TaskCommands, Depends(get_commands)]
+
+
+@contextlib.contextmanager
+def command_answers() -> Iterator[None]:
+    """A command's refusal as its HTTP answer: not found 404, conflict 409, refused 422."""
+    try:
+        yield
+    except (TaskNotFound, DeadLetterNotFound) as exc:
+        raise HTTPException(404, str(exc)) from None
+    except (TaskConflict, DeadLetterConflict) as exc:
+        raise HTTPException(409, str(exc)) from None
+    except BulkReplayRefused as exc:
+        raise HTTPException(422, str(exc)) from None

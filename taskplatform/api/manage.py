@@ -1,18 +1,17 @@
-"""HTTP routes that change a task (``PATCH``, while it waits) or delete it (once finished)."""
+"""HTTP routes that change a task (``PATCH``, while it waits) or delete it (once finished); the
+work is ``taskplatform/commands.py: TaskCommands``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskplatform.api.auth import SubmitterDep, require_submitter
-from taskplatform.api.deps import RuntimeDep
+from taskplatform.api.deps import CommandsDep, command_answers
 from taskplatform.api.errors import ErrorBody
-from taskplatform.api.routes import ERRORS, TaskId, shown, visible_task
-from taskplatform.management import NotQueued, TaskManager
+from taskplatform.api.routes import ERRORS, TaskId, shown
 from taskplatform.models import MAX_PRIORITY, BackgroundTask
-from taskplatform.store.base import Deletion
-from taskplatform.submission import Metadata, Tags
+from taskplatform.storable import Metadata, Tags
 
 router = APIRouter(
     prefix="/api/v1", tags=["tasks"], responses=ERRORS, dependencies=[Depends(require_submitter)]
@@ -52,16 +51,14 @@ _CONFLICT = {409: {"model": ErrorBody, "description": "Not in a state that allow
     responses=_CONFLICT,  # type: ignore[arg-type]
 )
 async def amend_task(
-    task_id: TaskId, body: TaskUpdate, runtime: RuntimeDep, principal: SubmitterDep
+    task_id: TaskId, body: TaskUpdate, commands: CommandsDep, principal: SubmitterDep
 ) -> BackgroundTask:
     """Only while the task is QUEUED (409 otherwise). A new priority moves its message to that
     priority's queue; tags and metadata are replaced whole."""
-    task = await visible_task(runtime, principal, task_id)
-    manager = TaskManager(runtime.store, runtime.submitter, node_id=runtime.settings.node_id)
-    try:
-        amended = await manager.amend(task, priority=body.priority, tags=body.tags, metadata=body.metadata)
-    except NotQueued as exc:
-        raise HTTPException(409, str(exc)) from None
+    with command_answers():
+        amended = await commands.amend(
+            task_id, principal, priority=body.priority, tags=body.tags, metadata=body.metadata
+        )
     return shown(principal, amended)
 
 
@@ -71,23 +68,9 @@ async def amend_task(
     summary="Delete a finished task and its sub-tasks",
     responses=_CONFLICT,  # type: ignore[arg-type]
 )
-async def delete_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep) -> TaskDeleted:
+async def delete_task(task_id: TaskId, commands: CommandsDep, principal: SubmitterDep) -> TaskDeleted:
     """Finished tasks only (409 while it, or one of its sub-tasks, has not finished: cancel it
     first); a sub-task goes with its parent (409). Its dead-letter record, if any, stays."""
-    await visible_task(runtime, principal, task_id)
-    outcome = await runtime.store.delete_task(task_id)
-    if outcome.result is Deletion.NOT_FOUND:
-        raise HTTPException(404, f"task {task_id!r} not found")
-    blocking = outcome.blocking
-    if outcome.result is Deletion.SUB_TASK and blocking is not None:
-        raise HTTPException(
-            409,
-            f"task {task_id!r} is a sub-task of {blocking.parent_task_id!r}: it is deleted with its parent",
-        )
-    if outcome.result is Deletion.ACTIVE:
-        what = "it" if blocking is None or blocking.id == task_id else f"its sub-task {blocking.id!r}"
-        status = blocking.status.value if blocking is not None else "active"
-        raise HTTPException(
-            409, f"task {task_id!r} cannot be deleted: {what} is {status}; cancel it or wait for it to finish"
-        )
-    return TaskDeleted(task_id=task_id, deleted=list(outcome.deleted))
+    with command_answers():
+        deleted = await commands.delete(task_id, principal)
+    return TaskDeleted(task_id=task_id, deleted=deleted)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskplatform.api.routing import RouteTemplates
 from taskplatform.metrics.registry import Metrics, method_label
-
-#: The route label of requests no route matched (so random paths cannot grow the series).
-UNMATCHED = "unmatched"
 
 
 class RequestMetrics:
@@ -19,6 +16,7 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self._metrics = metrics
+        self._routes = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,24 +34,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = _route_of(scope)
+            route = self._routes.of(scope)
             method = method_label(str(scope.get("method", "GET")))
             self._metrics.api_requests.labels(method, route, str(status)).inc()
             self._metrics.api_request_duration.labels(method, route).observe(time.perf_counter() - started)
-
-
-def _route_of(scope: Scope) -> str:
-    """The template of the route that answered: FastAPI's own routes put themselves in the
-    scope; Starlette routes (``/docs``, ``/openapi.json``, ``/redoc``) leave only their endpoint,
-    found among the router's routes."""
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    endpoint = scope.get("endpoint")
-    if endpoint is not None:
-        for candidate in getattr(scope.get("router"), "routes", ()):
-            path = getattr(candidate, "path", None)
-            if getattr(candidate, "endpoint", None) is endpoint and isinstance(path, str):
-                return path
-    return UNMATCHED

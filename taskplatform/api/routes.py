@@ -15,7 +15,7 @@ from taskplatform.api.auth import (
     require_operator_if_protected,
     require_submitter,
 )
-from taskplatform.api.deps import NO_NUL, RuntimeDep
+from taskplatform.api.deps import NO_NUL, CommandsDep, RuntimeDep, command_answers
 from taskplatform.api.errors import ErrorBody, error_response
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
 from taskplatform.api.schemas import (
@@ -36,8 +36,9 @@ from taskplatform.errors import TRANSIENT_BROKER_ERRORS, StoreError
 from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
+from taskplatform.storable import MAX_TAGS
 from taskplatform.store.base import MAX_PAGE_SIZE, TaskFilter, encode_cursor
-from taskplatform.submission import MAX_TAGS, IdempotencyKeyReusedError, SubmitRequest
+from taskplatform.submission import IdempotencyKeyReusedError, SubmitRequest
 from topology import queue_depths
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -54,22 +55,6 @@ tasks_router = APIRouter(
     responses=ERRORS,
     dependencies=[Depends(require_submitter)],
 )
-
-
-async def visible_task(runtime: Runtime, principal: Principal, task_id: str) -> BackgroundTask:
-    """The task, if this caller may see it. Another user's task answers exactly like a missing
-    one, so ids cannot be probed."""
-    if principal.can_see_all:
-        task = await runtime.store.get(task_id)
-    elif principal.subject is not None:
-        # The owner is part of the query: another user's task is not even loaded, so it answers
-        # as fast as a missing one (its existence and size cannot be timed).
-        task = await runtime.store.get_visible(task_id, user_id=principal.subject)
-    else:
-        task = None
-    if task is None:
-        raise HTTPException(404, f"task {task_id!r} not found")
-    return task
 
 
 def shown(principal: Principal, task: BackgroundTask) -> BackgroundTask:
@@ -196,8 +181,9 @@ async def submit_task(
 
 
 @tasks_router.get("/tasks/{task_id}", response_model=BackgroundTask, summary="Get a task")
-async def get_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep) -> BackgroundTask:
-    return shown(principal, await visible_task(runtime, principal, task_id))
+async def get_task(task_id: TaskId, commands: CommandsDep, principal: SubmitterDep) -> BackgroundTask:
+    with command_answers():
+        return shown(principal, await commands.find(task_id, principal))
 
 
 @tasks_router.post(
@@ -210,19 +196,15 @@ async def get_task(task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep
     },
 )
 async def cancel_task(
-    task_id: TaskId, runtime: RuntimeDep, principal: SubmitterDep, response: Response
+    task_id: TaskId, commands: CommandsDep, principal: SubmitterDep, response: Response
 ) -> TaskCancellation:
     """QUEUED or RETRYING: CANCELLED now. RUNNING: the executable sees ``ctx.cancelled`` and is
     stopped if it does not end by itself; the task ends CANCELLED. A parent waiting for its
     children: CANCELLED now. A cancelled parent cancels its unfinished children. Finished: 409."""
-    await visible_task(runtime, principal, task_id)  # owners never change: checking first is enough
-    task = await runtime.aggregator.request_cancel(task_id)
-    if task is None:
-        raise HTTPException(404, f"task {task_id!r} not found")
+    with command_answers():
+        task = await commands.cancel(task_id, principal)
     if task.status is TaskStatus.RUNNING and task.cancel_requested:
         response.status_code = 202
-    elif task.status is not TaskStatus.CANCELLED:
-        raise HTTPException(409, f"task {task_id!r} is already {task.status.value}; it cannot be cancelled")
     return TaskCancellation(task_id=task.id, status=task.status, cancel_requested=task.cancel_requested)
 
 
@@ -232,6 +214,7 @@ async def cancel_task(
 async def list_children(
     task_id: TaskId,
     runtime: RuntimeDep,
+    commands: CommandsDep,
     principal: SubmitterDep,
     status: TaskStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
@@ -239,7 +222,8 @@ async def list_children(
     view: ViewQuery = "full",
 ) -> Response:
     """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
-    parent = await visible_task(runtime, principal, task_id)
+    with command_answers():
+        parent = await commands.find(task_id, principal)
     # Children inherit their parent's user id; filtering by it as well keeps that an invariant.
     owner = None if principal.can_see_all else parent.user_id
     filters = TaskFilter(parent_task_id=task_id, status=status, user_id=owner)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -15,9 +15,10 @@ from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskReplayed
 from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, DeadLetterStatus, TaskStatus, utcnow
 from taskplatform.models.dead_letter import AuditAction
-from taskplatform.store.base import BaseTaskStore
+from taskplatform.storable import ensure_storable
 from taskplatform.store.deadletters import DeadLetterFilter
-from taskplatform.submission import TaskSubmitter, ensure_storable
+from taskplatform.store.ports import AuditLog, DeadLetters, TaskReads
+from taskplatform.submission import TaskSubmitter
 from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,16 @@ class BulkReplay:
     seconds: float = 0.0
 
 
+class DeadLetterAdminStore(TaskReads, DeadLetters, AuditLog, Protocol):
+    """What replaying and discarding use of the store."""
+
+
 class DeadLetterService:
     """Replays and discards dead letters; every action is written to the audit log."""
 
     def __init__(
         self,
-        store: BaseTaskStore,
+        store: DeadLetterAdminStore,
         registry: ExecutableRegistry,
         bus: EventBus,
         submitter: TaskSubmitter,

@@ -6,7 +6,8 @@ roll-up); an update that does not apply rejects the event, unless the task's
 ``last_event_id`` shows this very event was applied before (a replay), which changes
 nothing and is accepted again. After an event applies, the task's parent (if any) counts
 the child in its new status; a parent whose children have all finished is completed by a
-roll-up event of its own, and a cancelled task cancels its children.
+roll-up event of its own, and a cancelled task cancels its children (``events/cancellation.py``).
+It only applies events: a caller's cancel is ``taskplatform/commands.py: TaskCommands.cancel``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from taskplatform.batching import Coalescer
 from taskplatform.events.bus import Delivery, EventBus
+from taskplatform.events.cancellation import Canceller
 from taskplatform.events.models import (
     Origin,
     TaskCancelled,
@@ -35,15 +37,22 @@ from taskplatform.events.models import (
     TaskWaiting,
 )
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
-from taskplatform.store.base import BaseTaskStore, CompletionRequest
+from taskplatform.store.base import CompletionRequest
+from taskplatform.store.ports import (
+    AttemptOutcomes,
+    Cancellation,
+    LostWorkers,
+    ParentRollups,
+    TaskClaims,
+    TaskReads,
+    TaskRevisions,
+)
 from taskplatform.store.types import ParentState
 
 log = logging.getLogger(__name__)
 
 #: How often finishing a parent is retried when concurrent roll-ups keep changing it.
 FINISH_ATTEMPTS = 5
-#: Page size when cancelling a parent's children.
-CASCADE_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,22 @@ class _Rollup:
 Applier = Callable[[Any, BackgroundTask | None], Awaitable[BackgroundTask | None]]
 
 
+class EventStore(
+    TaskReads, TaskClaims, AttemptOutcomes, LostWorkers, Cancellation, ParentRollups, TaskRevisions, Protocol
+):
+    """What applying events uses of the store: one conditional update per event, and roll-ups."""
+
+
 class StateAggregator:
     """Durable task state from lifecycle events (a critical bus subscriber)."""
 
     name = "state-aggregator"
 
-    def __init__(self, store: BaseTaskStore, bus: EventBus, *, node_id: str) -> None:
+    def __init__(self, store: EventStore, bus: EventBus, *, node_id: str) -> None:
         self._store = store
         self._bus = bus
         self._node_id = node_id
+        self._canceller = Canceller(store, bus, node_id=node_id)  # the cascades of a cancel
         # Concurrent completions share one statement; concurrent roll-ups of one parent, one
         # transaction (natural batching, no added latency when idle).
         self._completions: Coalescer[tuple[str, CompletionRequest], int | None] = Coalescer(
@@ -117,15 +133,15 @@ class StateAggregator:
             if parent is None:
                 log.warning("task %s: parent %s not found; nothing to roll up", task.id, task.parent_task_id)
             elif parent.status is TaskStatus.CANCELLED and task.status not in TERMINAL:
-                await self.request_cancel(task.id, origin=Origin.PLATFORM)
+                await self._canceller.request(task.id, origin=Origin.PLATFORM)
             else:
                 await self.finish_if_done(parent)
         if isinstance(event, TaskCancelled) and task.sub_task_status_summary is not None:
-            await self._cancel_children(task.id)
+            await self._canceller.cancel_children(task.id)
         elif isinstance(event, TaskWaiting):
             if task.cancel_requested:
                 # Asked to stop while its execute was returning: the cancel still holds.
-                await self.request_cancel(task.id, origin=Origin.PLATFORM)
+                await self._canceller.request(task.id, origin=Origin.PLATFORM)
             else:
                 await self.finish_if_done(ParentState.of(task))
 
@@ -327,43 +343,3 @@ class StateAggregator:
             if current is not None and (await self.finish_if_done(current)).status in TERMINAL:
                 finished += 1
         return finished
-
-    # ------------------------------------------------------------ cancellation
-    async def request_cancel(self, task_id: str, *, origin: Origin = Origin.API) -> BackgroundTask | None:
-        """Cancel a task: at once when it waits (queued, retrying, or a parent waiting for its
-        children), else by asking its worker to stop it. Returns its state after the request,
-        unchanged when it had finished, or None when there is no such task."""
-        for _ in range(2):
-            task = await self._store.get(task_id)
-            if task is None:
-                return None
-            if task.status in TERMINAL:
-                if task.status is TaskStatus.CANCELLED and _has_unfinished_children(task):
-                    await self._cancel_children(task.id)  # resume a cascade cut short
-                return task
-            event = TaskCancelled(
-                task_id=task.id,
-                task_type=task.task_type,
-                origin=origin,
-                attempt=task.retry_count,
-                node_id=self._node_id,
-            )
-            delivery = await self._bus.publish(event, task)
-            if delivery.accepted:
-                return delivery.task
-            flagged = await self._store.flag_cancel(task_id)
-            if flagged is not None:
-                return flagged
-            # It moved between the two updates (RUNNING -> RETRYING, say): once more.
-        return await self._store.get(task_id)
-
-    async def _cancel_children(self, parent_id: str) -> None:
-        async for children in self._store.child_pages(parent_id, page_size=CASCADE_PAGE):
-            for child in children:
-                if child.status not in TERMINAL:
-                    await self.request_cancel(child.id, origin=Origin.PLATFORM)
-
-
-def _has_unfinished_children(task: BackgroundTask) -> bool:
-    summary = task.sub_task_status_summary
-    return summary is not None and summary.pending > 0

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
@@ -26,6 +26,23 @@ log = logging.getLogger(__name__)
 #: What a publish may raise when the broker goes away; RuntimeError is aiormq's
 #: "Connection closed" for a socket lost mid-publish.
 _PUBLISH_FAULTS: tuple[type[BaseException], ...] = (*TRANSIENT_BROKER_ERRORS, RuntimeError)
+
+
+class MessagePublisher(Protocol):
+    """What a submitter needs of a publisher (``TaskPublisher``, or a fake in tests)."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether a publish can be tried now (connected, topology declared)."""
+        ...
+
+    async def publish_many(self, messages: Sequence[TaskMessage]) -> list[BaseException | None]:
+        """Publish with confirms; per message, None or the error."""
+        ...
+
+    def count_failure(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` messages that could not be published for ``reason``."""
+        ...
 
 
 class TaskPublisher:

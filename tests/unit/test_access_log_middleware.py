@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from taskplatform.api.accesslog import UNMATCHED, AccessLog
+from taskplatform.api.accesslog import AccessLog
+from taskplatform.api.routing import UNMATCHED
 
 ACCESS = "taskplatform.access"
 

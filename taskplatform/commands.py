@@ -1,0 +1,222 @@
+"""Task commands: what a caller asks of a task once it is submitted, in one service.
+
+Cancel, amend (change a waiting task) and delete tasks; replay and discard dead letters. Built
+once per process (``runtime.commands``); the HTTP routes call it, and the CLI and the Python
+client reach it through those routes. Each command checks that the caller may see the task
+(another user's task is "not found", like a missing one) and raises ``TaskNotFound`` /
+``TaskConflict`` (or the dead-letter errors), which the routes answer as 404 / 409. Store
+faults (``StoreError``) pass through. Each path, step by step: DEVELOPER_GUIDE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from taskplatform.auth.principal import Principal
+from taskplatform.deadletters.service import BulkReplay, DeadLetterService, Replayed
+from taskplatform.errors import TaskPlatformError
+from taskplatform.events.bus import EventBus
+from taskplatform.events.cancellation import Canceller
+from taskplatform.events.models import Origin
+from taskplatform.models import BackgroundTask, DeadLetter, TaskStatus
+from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
+from taskplatform.storable import ensure_storable
+from taskplatform.store.base import Deletion
+from taskplatform.store.deadletters import DeadLetterFilter
+from taskplatform.store.ports import Cancellation, Retention, StoreClock, TaskReads, TaskRevisions
+from taskplatform.submission import TaskSubmitter
+
+if TYPE_CHECKING:
+    from taskplatform.runtime import Runtime
+
+
+#: The longest a bulk replay may hold its request (it paces itself at ``rate``).
+MAX_BULK_SECONDS = 600.0
+
+
+class TaskNotFound(TaskPlatformError):
+    """No such task, or one the caller may not see (answered alike, so ids cannot be probed)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} not found")
+
+
+class TaskConflict(TaskPlatformError):
+    """The task is not in a state that allows the command; the message says why."""
+
+
+class NotQueued(TaskConflict):
+    """The task is not (or no longer) QUEUED: it cannot be changed."""
+
+    def __init__(self, task: BackgroundTask | None) -> None:
+        self.task = task
+        status = task.status.value if task is not None else "gone"
+        super().__init__(f"task {task.id if task else ''!r} is {status}; only a QUEUED task can be changed")
+
+
+class BulkReplayRefused(TaskPlatformError):
+    """A bulk replay refused before it started (audited); the message says what to change."""
+
+
+class CommandStore(TaskReads, TaskRevisions, Retention, Cancellation, StoreClock, Protocol):
+    """What the commands use of the store (and hand to the Canceller)."""
+
+
+class TaskCommands:
+    """Cancel, amend and delete tasks; replay and discard dead letters (delegated to the
+    ``DeadLetterService``, which audits them)."""
+
+    def __init__(
+        self,
+        store: CommandStore,
+        submitter: TaskSubmitter,
+        bus: EventBus,
+        dead_letters: DeadLetterService,
+        *,
+        node_id: str,
+        max_bulk_seconds: float = MAX_BULK_SECONDS,
+    ) -> None:
+        self._store = store
+        self._submitter = submitter
+        self._dead_letters = dead_letters
+        self._canceller = Canceller(store, bus, node_id=node_id)
+        self._node_id = node_id
+        self.max_bulk_seconds = max_bulk_seconds
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime) -> TaskCommands:
+        """The commands over a runtime's store, submitter, bus and dead-letter service."""
+        return cls(
+            runtime.store,
+            runtime.submitter,
+            runtime.bus,
+            runtime.dead_letters,
+            node_id=runtime.settings.node_id,
+        )
+
+    # ------------------------------------------------------------ tasks
+    async def find(self, task_id: str, principal: Principal | None = None) -> BackgroundTask:
+        """The task, if ``principal`` may see it (None: the platform itself, which sees all)."""
+        if principal is None or principal.can_see_all:
+            task = await self._store.get(task_id)
+        elif principal.subject is not None:
+            # The owner is part of the query: another user's task is not even loaded, so it
+            # answers as fast as a missing one (its existence and size cannot be timed).
+            task = await self._store.get_visible(task_id, user_id=principal.subject)
+        else:
+            task = None
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    async def cancel(self, task_id: str, principal: Principal | None = None) -> BackgroundTask:
+        """QUEUED, RETRYING or a parent waiting for its children: CANCELLED now. RUNNING: its
+        worker is asked to stop it (``cancel_requested``). Finished: TaskConflict."""
+        await self.find(task_id, principal)  # owners never change: checking first is enough
+        task = await self._canceller.request(task_id, origin=Origin.API)
+        if task is None:
+            raise TaskNotFound(task_id)
+        running = task.status is TaskStatus.RUNNING and task.cancel_requested
+        if not running and task.status is not TaskStatus.CANCELLED:
+            raise TaskConflict(f"task {task_id!r} is already {task.status.value}; it cannot be cancelled")
+        return task
+
+    async def amend(
+        self,
+        task_id: str,
+        principal: Principal | None = None,
+        *,
+        priority: int | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> BackgroundTask:
+        """Set the given fields of the task while it is QUEUED (NotQueued otherwise).
+
+        A new priority takes a new message on its priority's queue: the stored change comes
+        first, with the outbox pending and held for this call, then the publish; the message
+        already queued names the old priority and loses its claim when it arrives. If the
+        publish fails, the relay publishes once the hold ends.
+        """
+        task = await self.find(task_id, principal)
+        if task.status is not TaskStatus.QUEUED:
+            raise NotQueued(task)
+        if tags is not None:
+            ensure_storable(list(tags), ("tags",))
+            tags = list(dict.fromkeys(tags))
+        if metadata is not None:
+            ensure_storable(metadata, ("metadata",))
+        if priority == task.priority:
+            priority = None  # the queued message is right already
+        if priority is None and tags is None and metadata is None:
+            return task
+        changed = await self._store.amend_queued(
+            task.id,
+            priority=priority,
+            tags=tags,
+            metadata=metadata,
+            publish_hold_until=self._store.now() + timedelta(seconds=OWN_PUBLISH_HOLD_SECONDS),
+            owner=self._node_id,
+        )
+        if changed is None:
+            raise NotQueued(await self._store.get(task.id))
+        if priority is not None:
+            await self._submitter.publish_stored([changed], owner=self._node_id)
+        return changed
+
+    async def delete(self, task_id: str, principal: Principal | None = None) -> list[str]:
+        """Delete a finished task and its sub-tasks; returns the ids deleted. TaskConflict while
+        it, or one of its sub-tasks, has not finished, and for a sub-task (it goes with its
+        parent). Its dead-letter record, if any, stays."""
+        await self.find(task_id, principal)
+        outcome = await self._store.delete_task(task_id)
+        if outcome.result is Deletion.NOT_FOUND:
+            raise TaskNotFound(task_id)
+        blocking = outcome.blocking
+        if outcome.result is Deletion.SUB_TASK and blocking is not None:
+            raise TaskConflict(
+                f"task {task_id!r} is a sub-task of {blocking.parent_task_id!r}: "
+                "it is deleted with its parent"
+            )
+        if outcome.result is Deletion.ACTIVE:
+            what = "it" if blocking is None or blocking.id == task_id else f"its sub-task {blocking.id!r}"
+            status = blocking.status.value if blocking is not None else "active"
+            raise TaskConflict(
+                f"task {task_id!r} cannot be deleted: {what} is {status}; cancel it or wait for it to finish"
+            )
+        return list(outcome.deleted)
+
+    # ------------------------------------------------------------ dead letters
+    async def dead_letter(self, record_id: str) -> DeadLetter:
+        """One dead letter (DeadLetterNotFound)."""
+        return await self._dead_letters.get(record_id)
+
+    async def replay(
+        self, record_id: str, *, actor: str, parameters: Mapping[str, Any] | None = None
+    ) -> Replayed:
+        """Send a dead letter's task back to the queue (DeadLetterNotFound, DeadLetterConflict)."""
+        return await self._dead_letters.replay(record_id, actor=actor, parameters=parameters)
+
+    async def replay_many(
+        self, filters: DeadLetterFilter, *, actor: str, limit: int, dry_run: bool, rate: float | None
+    ) -> BulkReplay:
+        """Replay pending dead letters by filter, at ``rate`` per second (default: the
+        service's). BulkReplayRefused (audited) when it could take over ``max_bulk_seconds``."""
+        per_second = rate if rate is not None else self._dead_letters.default_rate
+        if not dry_run and limit / per_second > self.max_bulk_seconds:
+            why = (
+                f"replaying up to {limit} at {per_second:g}/s could take {limit / per_second:.0f}s; keep "
+                f"limit / rate within {self.max_bulk_seconds:.0f}s (raise rate, or lower limit and repeat)"
+            )
+            details = {"limit": limit, "rate": per_second}
+            await self._dead_letters.refuse_bulk(filters, actor=actor, why=why, details=details)
+            raise BulkReplayRefused(why)
+        return await self._dead_letters.replay_many(
+            filters, actor=actor, limit=limit, dry_run=dry_run, rate=rate
+        )
+
+    async def discard(self, record_id: str, *, actor: str) -> DeadLetter:
+        """Give a dead letter up (DeadLetterNotFound, DeadLetterConflict)."""
+        return await self._dead_letters.discard(record_id, actor=actor)
