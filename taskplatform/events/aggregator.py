@@ -116,7 +116,7 @@ class StateAggregator:
             if current is None or current.last_event_id != event.event_id:
                 delivery.task = current
                 status = current.status if current is not None else "missing"
-                delivery.reject(f"task is {status} at attempt {getattr(current, 'retry_count', '-')}")
+                delivery.refuse(f"task is {status} at attempt {getattr(current, 'retry_count', '-')}")
                 return
             delivery.duplicate = True  # applied before; its follow-ups may not have been
             applied = current

@@ -61,7 +61,8 @@ class Delivery:
     def accepted(self) -> bool:
         return self.rejected is None
 
-    def reject(self, why: str) -> None:
+    def refuse(self, why: str) -> None:
+        """The event does not take effect (``why`` is logged); no later subscriber sees it."""
         self.rejected = why
 
 

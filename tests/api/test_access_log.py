@@ -8,10 +8,8 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,10 +24,10 @@ from taskplatform.settings import PlatformSettings
 from taskplatform.tasks.registry import ExecutableRegistry
 from tests.api.tokens import OTHER_SECRET, SECRET, bearer, claims, hs256, token
 from tests.support.api import client_of, served
+from tests.support.server import ROOT, free_port, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 ACCESS = "taskplatform.access"
 CLIENT = ("203.0.113.7", 4711)
 ALICE = token("alice")
@@ -156,12 +154,6 @@ def test_the_setting_reads_true_and_false_from_the_environment(monkeypatch: pyte
 # ---------------------------------------------------------------- a real API process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_real_api_process_writes_one_json_access_line_per_request_and_nothing_of_uvicorns(
     tmp_path: Path,
 ) -> None:
@@ -169,13 +161,13 @@ def test_a_real_api_process_writes_one_json_access_line_per_request_and_nothing_
     request has exactly one access line (uvicorn's access log stays off), uvicorn's own lines carry
     no ``color_message``, and no token appears anywhere. Its broker is unreachable on purpose: the
     API serves without one, and leaves nothing on a real broker."""
-    port = _free_port()
+    port = free_port()
     log_file = tmp_path / "api.log"
     env = {
         **os.environ,
         "TASKPLATFORM_AUTH": "jwt",
         "TASKPLATFORM_JWT_SECRET": SECRET,
-        "TASKPLATFORM_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{_free_port()}/",
+        "TASKPLATFORM_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
         "TASKPLATFORM_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}",
         "TASKPLATFORM_LOG_LEVEL": "INFO",
         "TASKPLATFORM_LOG_JSON": "true",
@@ -192,14 +184,7 @@ def test_a_real_api_process_writes_one_json_access_line_per_request_and_nothing_
             stderr=stderr,
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, f"the API exited with {proc.returncode}"
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "the API did not become ready within 60 s"
-                time.sleep(0.2)
+            wait_ready(proc, base, log_file, timeout=60, path="/healthz")
             with httpx.Client(base_url=base, timeout=10) as client:
                 statuses = [
                     client.get("/api/v1/tasks", headers=bearer(ALICE)).status_code,
@@ -209,12 +194,7 @@ def test_a_real_api_process_writes_one_json_access_line_per_request_and_nothing_
                     client.post("/api/v1/tasks", json={"parameters": {}}, headers=bearer(ALICE)).status_code,
                 ]
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     assert statuses == [200, 401, 403, 404, 422]
     text = log_file.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON

@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,11 +27,11 @@ from playwright.async_api import Browser, Page, Request, Route, async_playwright
 
 from taskplatform.api.docs import ASSETS_URL, REDOC_CSP
 from tests.api.tokens import SECRET, bearer, token
+from tests.support.server import ROOT, free_port, stop
 from tests.support.services import RABBITMQ_URL, in_ci
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TASKPLATFORM_TEST_CHROMIUM", "/usr/bin/chromium")
 #: Bound on each wait for the API and the pages (a wait, not an assertion on speed).
 WAIT_SECONDS = 60
@@ -45,12 +44,6 @@ def _require_chromium() -> None:
     if in_ci():
         pytest.fail(f"CI=true and {message}", pytrace=False)
     pytest.skip(f"SKIPPED LOUDLY: {message}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _is_loopback(url: str) -> bool:
@@ -68,7 +61,7 @@ def _is_loopback(url: str) -> bool:
 
 @contextlib.contextmanager
 def _api_process(tmp_path: Path, topology_prefix: str) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "api.log"
     env = {
         **os.environ,
@@ -88,12 +81,7 @@ def _api_process(tmp_path: Path, topology_prefix: str) -> Iterator[tuple[str, Pa
     try:
         yield f"http://127.0.0.1:{port}", log
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 async def _ready(base: str, log: Path) -> None:

@@ -20,13 +20,8 @@ same every time. A failure quotes the server's tracebacks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -34,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 import schemathesis
@@ -49,15 +43,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
 from tests.api.tokens import SECRET, bearer, token
-from tests.support.executables import EXECUTABLES
+from tests.support.server import delete_topology_now, platform_env, served_topology, serving
 from tests.support.services import RABBITMQ_URL, fresh_postgres_database, require_rabbitmq
-from topology import build_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Generated examples per operation and generation mode (each sent as every caller).
 EXAMPLES = 60
 #: Stateful scenarios per caller, and the most steps in one.
@@ -75,36 +66,6 @@ CALLERS = {
     "operator": bearer(token("fuzz-operator", "operator")),
     "expired": bearer(token("fuzz-submitter", exp=int(time.time()) - 3600)),  # every answer a 401
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _delete_topology(prefix: str) -> None:
-    registry = ExecutableRegistry.discover([DEMO_MODULE])  # ``dev`` serves the demo task too
-    for cls in EXECUTABLES:
-        registry.register(cls)
-    topology = build_topology(registry.queues(), prefix=prefix)
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(RABBITMQ_URL, timeout=10)
-        channel = await connection.channel()
-        for queue in topology.queues:
-            await channel.queue_delete(queue.name)
-        for exchange in topology.exchanges:
-            await channel.exchange_delete(exchange.name)
-        await connection.close()
-
-    async def bounded() -> None:
-        try:
-            await asyncio.wait_for(delete(), timeout=30)
-        except TimeoutError:
-            print(f"\nwarning: deleting the topology {prefix}* timed out; its queues stay on the broker")
-
-    asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -125,47 +86,22 @@ def api(
 
 @contextlib.contextmanager
 def _server(store_url: str, log: Path) -> Iterator[str]:
-    port, prefix = _free_port(), f"fz{uuid.uuid4().hex[:8]}."
-    env = {
-        **os.environ,
-        "TASKPLATFORM_AUTH": "jwt",
-        "TASKPLATFORM_JWT_SECRET": SECRET,
-        "TASKPLATFORM_AMQP_URL": RABBITMQ_URL,
-        "TASKPLATFORM_STORE_URL": store_url,
-        "TASKPLATFORM_TOPOLOGY_PREFIX": prefix,
-        "TASKPLATFORM_EXECUTOR_MODULES": '["tests.support.executables"]',
-        "TASKPLATFORM_LOG_LEVEL": "ERROR",
-        "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "2",
-    }
-    with log.open("wb") as out:
-        server = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "taskplatform.cli", "dev", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    prefix = f"fz{uuid.uuid4().hex[:8]}."
+    env = platform_env(
+        TASKPLATFORM_AUTH="jwt",
+        TASKPLATFORM_JWT_SECRET=SECRET,
+        TASKPLATFORM_AMQP_URL=RABBITMQ_URL,
+        TASKPLATFORM_STORE_URL=store_url,
+        TASKPLATFORM_TOPOLOGY_PREFIX=prefix,
+        TASKPLATFORM_EXECUTOR_MODULES='["tests.support.executables"]',
+        TASKPLATFORM_LOG_LEVEL="ERROR",
+        TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="2",
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"the API exited with {server.returncode}:\n{_tail(log)}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not become ready within 60 s"
-            time.sleep(0.2)
-        yield base
+        with serving("dev", env, log, ready_timeout=60) as base:
+            yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        _delete_topology(prefix)
+        delete_topology_now(served_topology(prefix))
 
 
 def _tail(log: Path, limit: int = 6000) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,10 +23,10 @@ import httpx
 import pytest
 
 from tests.api.tokens import SECRET, token
+from tests.support.server import ROOT, free_port, stop, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-ROOT = Path(__file__).resolve().parents[2]
 HEAD_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
 #: Each group of the slow-client run: how many connections.
@@ -44,23 +43,17 @@ class Server:
     pid: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running ``taskplatform api`` with JWT authentication and short time-outs. Its broker is
     unreachable on purpose: the API serves without one, and leaves nothing on a real broker."""
-    port = _free_port()
+    port = free_port()
     store = tmp_path_factory.mktemp("slow") / "tasks.db"
     env = {
         **os.environ,
         "TASKPLATFORM_AUTH": "jwt",
         "TASKPLATFORM_JWT_SECRET": SECRET,
-        "TASKPLATFORM_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{_free_port()}/",
+        "TASKPLATFORM_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
         "TASKPLATFORM_STORE_URL": f"sqlite+aiosqlite:///{store}",
         "TASKPLATFORM_LOG_LEVEL": "CRITICAL",
         "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "1",
@@ -68,29 +61,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "TASKPLATFORM_API_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
         "TASKPLATFORM_API_MAX_CONNECTIONS": "5000",
     }
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "taskplatform.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-    )
+    log = store.parent / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "taskplatform.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the API exited with {proc.returncode}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not become ready within 60 s"
-            time.sleep(0.2)
+        wait_ready(proc, f"http://127.0.0.1:{port}", log, timeout=60, path="/healthz")
         yield Server("127.0.0.1", port, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def rss_bytes(pid: int) -> int:

@@ -42,7 +42,7 @@ class Rejecting:
 
     async def handle(self, delivery: Delivery) -> None:
         if delivery.event.task_id.endswith("3"):
-            delivery.reject("not applicable")
+            delivery.refuse("not applicable")
 
 
 async def test_a_slow_observer_pushes_back_and_loses_nothing() -> None:

@@ -53,14 +53,22 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
     return process.wait()
 
 
-def wait_ready(process: subprocess.Popen[bytes], base: str, log: Path, *, timeout: float = 90) -> None:
-    """Until ``base``/readyz answers 200; fails with the log's tail if the process exits first or
-    the time runs out."""
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    base: str,
+    log: Path,
+    *,
+    timeout: float = 90,
+    path: str = "/readyz",
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Until ``base`` + ``path`` answers 200 (``/healthz`` for a server whose broker is away on
+    purpose); fails with the log's tail if the process exits first or the time runs out."""
     deadline = time.monotonic() + timeout
     while True:
         assert process.poll() is None, f"the server exited with {process.returncode}:\n{log_tail(log)}"
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", headers=headers, timeout=2).status_code == 200:
                 return
         assert time.monotonic() < deadline, (
             f"the server was not ready within {timeout:.0f} s:\n{log_tail(log)}"
@@ -77,6 +85,8 @@ def serving(
     port: int | None = None,
     args: Iterable[str] = (),
     ready_timeout: float = 90,
+    ready_path: str = "/readyz",
+    ready_headers: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """``taskplatform <command>`` (``api`` or ``dev``) on 127.0.0.1, its output in ``log``; yields
     its base URL once /readyz answers, and stops it on exit."""
@@ -88,7 +98,7 @@ def serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(process, base, log, timeout=ready_timeout)
+        wait_ready(process, base, log, timeout=ready_timeout, path=ready_path, headers=ready_headers)
         yield base
     finally:
         stop(process)

@@ -54,7 +54,7 @@ class Bus:
         self.events.append(event)
         delivery = Delivery(event, task)
         if self.reject is not None:
-            delivery.reject(self.reject)
+            delivery.refuse(self.reject)
         return delivery
 
 
