@@ -14,6 +14,7 @@ from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskDeadLettered, TaskFailed, TaskRetrying
 from taskplatform.models import BackgroundTask, ErrorInfo, utcnow
+from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.ports import DeadLetters, LostWorkers, RateLimits, Retention
@@ -161,7 +162,7 @@ class Reaper:
             message=f"worker {task.execution_node_id} stopped renewing its lease ({task.lease_until})",
             attempt=attempt,
             node_id=self._node_id,
-            reason="lease-expired" if retry else "attempts-exhausted",
+            reason=DeadLetterReason.LEASE_EXPIRED if retry else DeadLetterReason.ATTEMPTS_EXHAUSTED,
         )
         common = {
             "task_id": task.id,
@@ -194,7 +195,9 @@ class Reaper:
         DLQ consumer will see it: record it here, for operators to list and replay."""
         try:
             await self._store.upsert_dead_letter(
-                dead_letter_of_task(task, reason=error.reason or "attempts-exhausted", error=error)
+                dead_letter_of_task(
+                    task, reason=error.reason or DeadLetterReason.ATTEMPTS_EXHAUSTED, error=error
+                )
             )
         except StoreError:
             log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)

@@ -17,6 +17,7 @@ from taskplatform.models.message import (
     HEADER_TASK_TYPE,
     TaskMessage,
 )
+from taskplatform.models.reasons import DeadLetterReason
 
 APP_ID = "taskplatform"
 
@@ -53,25 +54,28 @@ def decode(incoming: AbstractIncomingMessage) -> TaskMessage:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         if not isinstance(value, str) or not value:
-            raise MessageDecodeError("missing-header", f"header {name!r} is missing or empty")
+            raise MessageDecodeError(DeadLetterReason.MISSING_HEADER, f"header {name!r} is missing or empty")
     try:
         data = orjson.loads(incoming.body)
     except orjson.JSONDecodeError as exc:
-        raise MessageDecodeError("bad-json", f"body is not JSON: {exc}") from exc
+        raise MessageDecodeError(DeadLetterReason.BAD_JSON, f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise MessageDecodeError("invalid-body", f"body must be a JSON object, got {type(data).__name__}")
+        raise MessageDecodeError(
+            DeadLetterReason.INVALID_BODY, f"body must be a JSON object, got {type(data).__name__}"
+        )
     try:
         message = TaskMessage.model_validate(data)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise MessageDecodeError("invalid-body", fields) from exc
+        raise MessageDecodeError(DeadLetterReason.INVALID_BODY, fields) from exc
     if _text(headers.get(HEADER_TASK_ID)) != message.task_id:
         raise MessageDecodeError(
-            "header-mismatch", f"header {HEADER_TASK_ID!r} does not match the body's task_id"
+            DeadLetterReason.HEADER_MISMATCH, f"header {HEADER_TASK_ID!r} does not match the body's task_id"
         )
     if _text(headers.get(HEADER_TASK_TYPE)) != message.task_type:
         raise MessageDecodeError(
-            "header-mismatch", f"header {HEADER_TASK_TYPE!r} does not match the body's task_type"
+            DeadLetterReason.HEADER_MISMATCH,
+            f"header {HEADER_TASK_TYPE!r} does not match the body's task_type",
         )
     return message
 

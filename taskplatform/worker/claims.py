@@ -14,6 +14,7 @@ from taskplatform.batching import Coalescer
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus, utcnow
 from taskplatform.models.message import AwaitOwner
+from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.store.base import ClaimRequest
 from taskplatform.store.ports import TaskClaims, TaskReads
 from taskplatform.worker.config import WorkerConfig
@@ -126,7 +127,7 @@ class Claimer:
         if current is None:
             await self._settler.reject_malformed(
                 message,
-                "unknown-task",
+                DeadLetterReason.UNKNOWN_TASK,
                 f"task {tm.task_id!r} does not exist in the store (never stored here, or deleted since)",
             )
             return None
@@ -134,7 +135,7 @@ class Claimer:
             # It names a task of another type: a message of nobody's (a crafted or corrupted one).
             await self._settler.reject_malformed(
                 message,
-                "task-mismatch",
+                DeadLetterReason.TASK_MISMATCH,
                 f"message of type {tm.task_type!r} names task {tm.task_id!r} of type {current.task_type!r}",
             )
             return None

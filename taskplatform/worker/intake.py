@@ -13,6 +13,7 @@ from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.models import RUNNABLE, BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import HEADER_NOT_BEFORE, AwaitOwner
+from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.ratelimit.admission import RateAdmission, RateStats
 from taskplatform.ratelimit.limiter import MemoryRateLimiter, RateLimiter
 from taskplatform.store.ports import TaskReads
@@ -99,10 +100,10 @@ class Intake:
             current = None  # cannot tell: treat it as a message-level fault, leave the task be
         if current is not None and _waits_for(current, tm) and current.task_type == tm.task_type:
             await self._settler.dead_letter_task(
-                message, tm.task_id, tm.task_type, tm.attempt, "unknown-task-type", detail
+                message, tm.task_id, tm.task_type, tm.attempt, DeadLetterReason.UNKNOWN_TASK_TYPE, detail
             )
             return
-        await self._settler.reject_malformed(message, "unknown-task-type", detail)
+        await self._settler.reject_malformed(message, DeadLetterReason.UNKNOWN_TASK_TYPE, detail)
 
     async def rate_slot(
         self, message: AbstractIncomingMessage, tm: TaskMessage, received_at: datetime

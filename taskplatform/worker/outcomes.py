@@ -27,6 +27,7 @@ from taskplatform.events.models import (
     TaskWaiting,
 )
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus, utcnow
+from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.retry import RetryPolicy, Verdict, classify
 from taskplatform.store.deadletters import storable_text
 
@@ -95,8 +96,14 @@ def decide(
             asked = error.delay if isinstance(error, Retry) else None
             delay = asked if asked is not None else policy.delay_after(attempt)
             return Decision(TaskStatus.RETRYING, Action.RETRY_LATER, delay=max(0.0, delay), reason="retry")
-        return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason="attempts-exhausted")
-    reason = "permanent-failure" if isinstance(error, PermanentFailure) else "non-retryable"
+        return Decision(
+            TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason=DeadLetterReason.ATTEMPTS_EXHAUSTED
+        )
+    reason = (
+        DeadLetterReason.PERMANENT_FAILURE
+        if isinstance(error, PermanentFailure)
+        else DeadLetterReason.NON_RETRYABLE
+    )
     return Decision(TaskStatus.DEAD_LETTER, Action.DEAD_LETTER, reason=reason)
 
 

@@ -27,6 +27,7 @@ from taskplatform.metrics.registry import (
     Metrics,
 )
 from taskplatform.models import BackgroundTask, DeadLetter, TaskStatus
+from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.store.deadletters import UpsertOutcome
 
 PACKAGE = Path(__file__).resolve().parents[2] / "taskplatform"
@@ -73,10 +74,18 @@ def test_every_publish_failure_reason_and_bridge_outcome_the_code_counts_starts_
 
 
 def test_every_reason_the_worker_dead_letters_with_is_a_label_of_its_own() -> None:
-    reasons = _literals(r'reject_malformed\(\s*\w+,\s*"([^"]+)"')
-    reasons |= _literals(r'raise MessageDecodeError\(\s*"([^"]+)"')
-    assert {"unknown-task", "task-mismatch", "bad-json"} <= reasons
-    assert reasons <= DEAD_LETTER_REASONS, reasons - DEAD_LETTER_REASONS
+    """Dead-letter reasons are written as DeadLetterReason members, never as bare strings (a
+    string would mint a reason no label was prepared for)."""
+    reasons = _literals(r"reject_malformed\(\s*\w+,\s*DeadLetterReason\.(\w+)")
+    reasons |= _literals(r"raise MessageDecodeError\(\s*DeadLetterReason\.(\w+)")
+    reasons |= _literals(r"reason=DeadLetterReason\.(\w+)")
+    assert {"UNKNOWN_TASK_TYPE", "BAD_JSON", "ATTEMPTS_EXHAUSTED"} <= reasons
+    assert {DeadLetterReason[name].value for name in reasons} <= DEAD_LETTER_REASONS
+    bare = _literals(
+        r"(?:reject_malformed\(\s*\w+,|raise MessageDecodeError\(|dead_letter_of_task\([^)]*reason=)"
+        r'\s*"([^"]+)"'
+    )
+    assert not bare, f"dead-letter reasons written as strings: {bare}"
 
 
 def test_a_dead_message_counts_under_a_known_task_type_or_unknown_and_a_known_reason_or_other() -> None:
