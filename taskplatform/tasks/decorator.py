@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, TypeVar, cast, get_type_hints, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from pydantic import BaseModel
 
@@ -105,24 +105,25 @@ def _build(fn: Any, name: str | None, options: dict[str, Any]) -> Any:
 
 
 def _models(fn: Any, label: str) -> tuple[type[BaseModel], type[BaseModel]]:
-    """(Params, Result) from the annotations of ``fn(ctx, params) -> result``."""
-    positional = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) != 2:
-        raise TaskDefinitionError(f"{label} must take two arguments: (ctx: TaskContext, params: Model)")
-    try:
-        hints = get_type_hints(fn)
-    except Exception as exc:  # NameError for a model defined where the module cannot see it
-        raise TaskDefinitionError(
-            f"{label}: cannot resolve its annotations ({exc}); define the models at module level"
-        ) from exc
-    params_name = positional[1].name
+    """(Params, Result) from the annotations of ``fn(ctx, params) -> result``.
+
+    Only the params and return annotations are resolved, each on its own against the
+    function's module globals: the ctx annotation is never looked at, so ``TaskContext`` may
+    be imported under ``if TYPE_CHECKING:``."""
+    params_name = _params_parameter(fn, label)
+    annotations = inspect.get_annotations(fn)
+    module_globals = getattr(inspect.unwrap(fn), "__globals__", {})
     models = []
     for what, key in (("parameter " + repr(params_name), params_name), ("return", "return")):
-        model = hints.get(key)
+        model = annotations.get(key)
+        if isinstance(model, str):
+            try:
+                model = eval(model, module_globals)  # noqa: S307 -- what typing.get_type_hints does
+            except Exception as exc:  # NameError for a model defined where the module cannot see it
+                raise TaskDefinitionError(
+                    f"{label}: cannot resolve the {what} annotation {annotations[key]!r} ({exc}); "
+                    "define the model at module level, imported at run time (not under TYPE_CHECKING)"
+                ) from exc
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             shown = "missing" if model is None else repr(model)
             raise TaskDefinitionError(
@@ -130,6 +131,29 @@ def _models(fn: Any, label: str) -> tuple[type[BaseModel], type[BaseModel]]:
             )
         models.append(model)
     return models[0], models[1]
+
+
+def _params_parameter(fn: Any, label: str) -> str:
+    """The name of the params parameter; refuses a signature the worker cannot call as
+    ``fn(ctx, params)`` (other parameters need defaults)."""
+    parameters = inspect.signature(fn).parameters.values()
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) != 2:
+        raise TaskDefinitionError(
+            f"{label} must take two arguments: (ctx: TaskContext, params: Model); "
+            f"it requires {[p.name for p in positional]} (give the others defaults)"
+        )
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if keyword_only:
+        raise TaskDefinitionError(
+            f"{label}: keyword-only parameter(s) {keyword_only} have no default; the worker calls it "
+            "as (ctx, params) only: give them defaults or remove them"
+        )
+    return positional[1].name
 
 
 def _namespace(
@@ -140,7 +164,7 @@ def _namespace(
     options: dict[str, Any],
     label: str,
 ) -> dict[str, Any]:
-    """The generated class's attributes: the task's options, ``execute`` and ``fan_out``."""
+    """The generated class's attributes: the task's options, ``execute`` and (if given) ``fan_out``."""
     unknown = set(options) - _OPTIONS
     if unknown:
         raise TaskDefinitionError(f"{label}: unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
@@ -152,17 +176,11 @@ def _namespace(
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise TaskDefinitionError(f"{label}: timeout must be positive seconds or None, got {timeout!r}")
-    fan_out = options.get("fan_out", 0)
-    if not (callable(fan_out) or (isinstance(fan_out, int) and fan_out >= 0)):
-        raise TaskDefinitionError(f"{label}: fan_out must be an int >= 0 or a function, got {fan_out!r}")
 
     async def execute(self: Any, ctx: TaskContext[Any]) -> BaseModel:
         return cast(BaseModel, await fn(ctx, ctx.parameters))
 
-    def count_children(cls: Any, params: BaseModel) -> int:
-        return int(fan_out(params)) if callable(fan_out) else fan_out
-
-    return {
+    namespace: dict[str, Any] = {
         "__module__": fn.__module__,
         "__doc__": fn.__doc__,
         "task_type": task_type,
@@ -177,9 +195,22 @@ def _namespace(
         "rate_limits": _rate_limits(options.get("rate_limits", ())),
         "ProgressModel": options.get("progress_model", Progress),
         "execute": execute,
-        "fan_out": classmethod(count_children),
         "function": staticmethod(fn),
     }
+    if "fan_out" in options:  # else the base class's: the API then skips validating parameters for it
+        namespace["fan_out"] = _fan_out(options["fan_out"], label)
+    return namespace
+
+
+def _fan_out(fan_out: int | Callable[[Any], int], label: str) -> classmethod[Any, [BaseModel], int]:
+    """The ``fan_out`` classmethod for the ``fan_out`` option: a constant or a function of the params."""
+    if not (callable(fan_out) or (isinstance(fan_out, int) and fan_out >= 0)):
+        raise TaskDefinitionError(f"{label}: fan_out must be an int >= 0 or a function, got {fan_out!r}")
+
+    def count_children(cls: Any, params: BaseModel) -> int:
+        return int(fan_out(params)) if callable(fan_out) else fan_out
+
+    return classmethod(count_children)
 
 
 _OPTIONS = frozenset(

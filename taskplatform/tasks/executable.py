@@ -10,13 +10,15 @@ from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from taskplatform.ratelimit.declarations import RateLimit, check_rate_limits
 from taskplatform.retry import RetryPolicy
 
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-P_co = TypeVar("P_co", bound=BaseModel, covariant=True)
+#: Defaults to BaseModel (PEP 696), so a bare ``ctx: TaskContext`` passes strict type checking.
+P_co = DefaultedTypeVar("P_co", bound=BaseModel, covariant=True, default=BaseModel)
 
 TASK_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,127}$")
 
@@ -134,10 +136,11 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
             declared = cls.__dict__.get(attr)
             if declared is None:
                 setattr(cls, attr, model)
-            elif declared is not model:
+            elif not (isinstance(declared, type) and issubclass(declared, model)):
+                shown = getattr(declared, "__qualname__", repr(declared))
                 raise TypeError(
-                    f"{cls.__qualname__}.{attr} is {declared.__qualname__} but the generic argument says "
-                    f"{model.__qualname__}: give one of them, or the same model in both"
+                    f"{cls.__qualname__}.{attr} is {shown} but the generic argument says "
+                    f"{model.__qualname__}: give one of them, or a subclass of the generic argument"
                 )
 
     @abstractmethod
@@ -178,15 +181,31 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
 
 
 def _generic_models(cls: type) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
-    """The (Params, Result) models named in ``cls``'s own ``BackgroundTaskExecutable[P, R]``
-    base; None for an argument that is a type variable or a string (a forward reference)."""
+    """The (Params, Result) models ``cls``'s own bases give ``BackgroundTaskExecutable[P, R]``;
+    None for an argument that is a type variable or a string (a forward reference)."""
+    found = _executable_arguments(cls, {})
+    if found is None:
+        return None, None
+    return _model_or_none(found[0]), _model_or_none(found[1])
+
+
+def _executable_arguments(cls: type, bound: Mapping[object, object]) -> tuple[object, ...] | None:
+    """The arguments of the ``BackgroundTaskExecutable[...]`` that ``cls``'s parameterised bases
+    lead to, type variables replaced by what ``bound`` gives them. An intermediate generic class
+    (``class Base(Executable[P, R], Generic[R, P])``) is followed through its own type
+    variables, so ``Base[Out, In]`` gives ``(In, Out)`` whatever their order."""
     for base in cls.__dict__.get("__orig_bases__", ()):
         origin = get_origin(base)
-        if isinstance(origin, type) and issubclass(origin, BackgroundTaskExecutable):
-            args = get_args(base)
-            if len(args) == 2:
-                return _model_or_none(args[0]), _model_or_none(args[1])
-    return None, None
+        if not (isinstance(origin, type) and issubclass(origin, BackgroundTaskExecutable)):
+            continue
+        args = tuple(bound.get(arg, arg) if isinstance(arg, TypeVar) else arg for arg in get_args(base))
+        if origin is BackgroundTaskExecutable:
+            return args
+        parameters = getattr(origin, "__parameters__", ())
+        found = _executable_arguments(origin, dict(zip(parameters, args, strict=False)))
+        if found is not None:
+            return found
+    return None
 
 
 def _model_or_none(arg: object) -> type[BaseModel] | None:

@@ -7,10 +7,10 @@ import inspect
 from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from taskplatform.errors import ConfigError, UnknownTaskTypeError
-from taskplatform.tasks.decorator import executable_of
+from taskplatform.tasks.decorator import TaskFunction, executable_of
 from taskplatform.tasks.executable import BackgroundTaskExecutable
 
 ENTRY_POINT_GROUP = "taskplatform.executors"
@@ -19,6 +19,8 @@ ENTRY_POINT_GROUP = "taskplatform.executors"
 DEMO_MODULE = "executors.demo"
 
 ExecutableClass = type[BackgroundTaskExecutable[Any, Any]]
+#: What ``register`` takes and gives back: an executable class or a ``@task`` function.
+Registrable = TypeVar("Registrable", bound=ExecutableClass | TaskFunction[Any, Any])
 
 
 class ExecutableRegistry:
@@ -29,9 +31,9 @@ class ExecutableRegistry:
         for cls in executables:
             self.register(cls)
 
-    def register(self, obj: ExecutableClass | object) -> ExecutableClass:
-        """Add an executable class or a ``@task`` function; returns the class. Same type twice
-        with another class fails."""
+    def register(self, obj: Registrable) -> Registrable:
+        """Add an executable class or a ``@task`` function and return it unchanged (so it works
+        as a decorator). Same type twice with another class fails."""
         cls = executable_of(obj)
         if cls is None:
             raise ConfigError(f"{obj!r} is not a BackgroundTaskExecutable subclass or a @task function")
@@ -41,11 +43,9 @@ class ExecutableRegistry:
             raise ConfigError(str(exc)) from exc
         existing = self._by_type.get(cls.task_type)
         if existing is not None and existing is not cls:
-            raise ConfigError(
-                f"task type {cls.task_type!r} registered twice: {_qualified(existing)} and {_qualified(cls)}"
-            )
+            raise ConfigError(f"task type {cls.task_type!r} registered twice: {_two(existing, cls)}")
         self._by_type[cls.task_type] = cls
-        return cls
+        return obj
 
     def get(self, task_type: str) -> ExecutableClass:
         """The class for ``task_type``; UnknownTaskTypeError names the registered ones."""
@@ -136,3 +136,11 @@ def _executables_in(module: ModuleType) -> Iterator[Any]:
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _two(existing: type, new: type) -> str:
+    """The two classes of a duplicate task type; two objects of one name come from a reloaded module."""
+    first, second = _qualified(existing), _qualified(new)
+    if first == second:
+        return f"{first} and a different {second} (module reloaded?)"
+    return f"{first} and {second}"

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 import taskplatform
 from taskplatform import Executable, Progress, RateLimit, RetryPolicy, TaskContext, task
+from taskplatform.api.ratelimit import submission_weight
 from taskplatform.errors import ConfigError
 from taskplatform.tasks.decorator import TaskDefinitionError, executable_of
 from taskplatform.tasks.registry import ExecutableRegistry
-from taskplatform.testing import FakeTaskContext
+from taskplatform.testing import FakeTaskContext, run_task
 
 
 class Greet(BaseModel):
@@ -221,10 +223,39 @@ def test_an_entry_point_may_name_a_decorated_function(monkeypatch: pytest.Monkey
     assert registry.get("say_hello") is say_hello.executable
 
 
-def test_register_takes_a_decorated_function_and_returns_its_class() -> None:
+def test_register_takes_a_decorated_function_and_returns_it_unchanged() -> None:
     registry = ExecutableRegistry([say_hello])
-    assert registry.register(say_hello) is say_hello.executable
-    assert registry.task_types() == ["say_hello"]
+    assert registry.register(say_hello) is say_hello
+    assert registry.register(FromGenerics) is FromGenerics
+    assert registry.task_types() == ["from_generics", "say_hello"]
+    assert registry.get("say_hello") is say_hello.executable
+
+
+async def test_register_stacked_over_task_leaves_the_name_bound_to_the_function() -> None:
+    registry = ExecutableRegistry()
+
+    @registry.register
+    @task("stacked")
+    async def stacked(ctx: TaskContext[Greet], params: Greet) -> Greeting:
+        return Greeting(text=params.name)
+
+    assert await stacked(FakeTaskContext(Greet(name="x")), Greet(name="x")) == Greeting(text="x")
+    assert registry.get("stacked") is stacked.executable
+
+
+def test_a_reloaded_module_registered_again_is_named_as_a_different_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = importlib.import_module(write_module(tmp_path, monkeypatch, USER_MODULE))
+    registry = ExecutableRegistry([module.double])
+    reloaded = importlib.reload(module)
+
+    qualified = f"{module.__name__}.double.executable"
+    with pytest.raises(ConfigError) as caught:
+        registry.register(reloaded.double)
+    assert str(caught.value) == (
+        f"task type 'double' registered twice: {qualified} and a different {qualified} (module reloaded?)"
+    )
 
 
 # ------------------------------------------------------------ refusals
@@ -319,8 +350,155 @@ def test_models_the_module_cannot_see_are_refused_with_a_hint() -> None:
     async def local_task(ctx: TaskContext[Any], params: LocalParams) -> Greeting:
         return Greeting(text="")
 
-    with pytest.raises(TaskDefinitionError, match="local_task: cannot resolve its annotations.*module level"):
+    with pytest.raises(
+        TaskDefinitionError,
+        match="local_task: cannot resolve the parameter 'params' annotation 'LocalParams' "
+        r"\(name 'LocalParams' is not defined\); define the model at module level",
+    ):
         task(local_task)
+
+
+TYPE_CHECKING_MODULE = """
+    from __future__ import annotations
+
+    from typing import TYPE_CHECKING
+
+    from pydantic import BaseModel
+
+    from taskplatform import task
+
+    if TYPE_CHECKING:
+        from taskplatform import TaskContext
+        {hidden}
+
+
+    class In(BaseModel):
+        n: int
+
+
+    class Out(BaseModel):
+        doubled: int
+
+
+    @task("double")
+    async def double(ctx: TaskContext[In], params: {params}) -> {result}:
+        return Out(doubled=2 * params.n)
+"""
+
+
+async def test_a_context_annotation_imported_only_for_type_checking_is_not_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = TYPE_CHECKING_MODULE.format(hidden="", params="In", result="Out")
+    module = write_module(tmp_path, monkeypatch, source)
+    registry = ExecutableRegistry.discover([module], entry_point_group=None)
+
+    assert await run_task(registry.get("double"), {"n": 4}) == registry.get("double").Result(doubled=8)
+
+
+@pytest.mark.parametrize(
+    ("params", "result", "message"),
+    [
+        ("Hidden", "Out", "cannot resolve the parameter 'params' annotation 'Hidden'"),
+        ("In", "Hidden", "cannot resolve the return annotation 'Hidden'"),
+    ],
+)
+def test_a_model_imported_only_for_type_checking_is_refused_naming_the_annotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: str, result: str, message: str
+) -> None:
+    source = TYPE_CHECKING_MODULE.format(
+        hidden="from pydantic import BaseModel as Hidden", params=params, result=result
+    )
+    module = write_module(tmp_path, monkeypatch, source)
+
+    with pytest.raises(ConfigError, match=rf"{module}\.double: {message} \(name 'Hidden' is not defined\); .*"
+                       r"not under TYPE_CHECKING"):  # fmt: skip
+        ExecutableRegistry.discover([module], entry_point_group=None)
+
+
+async def required_keyword(ctx: TaskContext[Any], params: Greet, *, extra: int) -> Greeting:
+    return Greeting(text="")
+
+
+async def only_star_args(*args: Any) -> Greeting:
+    return Greeting(text="")
+
+
+async def optional_extras(
+    ctx: TaskContext[Greet], params: Greet, prefix: str = "hi ", *rest: Any, suffix: str = "!", **more: Any
+) -> Greeting:
+    return Greeting(text=f"{prefix}{params.name}{suffix}")
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (required_keyword, r"required_keyword: keyword-only parameter\(s\) \['extra'\] have no default"),
+        (only_star_args, r"only_star_args must take two arguments: .*; it requires \[\]"),
+        (
+            three_arguments,
+            r"three_arguments must take two arguments: .*; it requires \['ctx', 'params', 'extra'\]",
+        ),
+    ],
+)
+def test_parameters_the_worker_cannot_fill_are_refused_at_decoration(fn: Any, message: str) -> None:
+    with pytest.raises(TaskDefinitionError, match=message):
+        task(fn)
+
+
+async def test_extra_parameters_with_defaults_are_accepted() -> None:
+    decorated = task("optional_extras")(optional_extras)
+    assert await run_task(decorated, {"name": "Ada"}) == Greeting(text="hi Ada!")
+
+
+# ------------------------------------------------------------ fan_out
+class CountedParams(BaseModel):
+    validated: ClassVar[int] = 0
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def count(cls, value: str) -> str:
+        CountedParams.validated += 1
+        return value
+
+
+@task("no_fan_out")
+async def no_fan_out(ctx: TaskContext[CountedParams], params: CountedParams) -> Greeting:
+    return Greeting(text=params.name)
+
+
+def test_without_the_fan_out_option_the_base_class_fan_out_is_inherited() -> None:
+    registry = ExecutableRegistry([no_fan_out, say_hello, keyword_named])
+    before = CountedParams.validated
+
+    assert "fan_out" not in vars(no_fan_out.executable) and "fan_out" in vars(keyword_named.executable)
+    assert submission_weight({"task_type": "no_fan_out", "parameters": {"name": "a"}}, registry) == 1
+    assert CountedParams.validated == before  # the submit route validates them once, later
+    assert submission_weight({"task_type": "named.by-keyword", "parameters": {"name": "a"}}, registry) == 4
+
+
+# ------------------------------------------------------------ type checking
+@pytest.mark.slow
+def test_a_bare_task_context_annotation_passes_strict_type_checking(tmp_path: Path) -> None:
+    source = TYPE_CHECKING_MODULE.format(hidden="", params="In", result="Out").replace(
+        "TaskContext[In]", "TaskContext"
+    )
+    (tmp_path / "bare_context.py").write_text(textwrap.dedent(source))
+    config = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    from mypy import api as mypy_api  # imported here: only this test needs it
+
+    out, err, status = mypy_api.run(
+        [
+            "--strict",
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(tmp_path / "bare_context.py"),
+        ]
+    )
+    assert status == 0, out + err
 
 
 # ------------------------------------------------------------ the class form
@@ -382,6 +560,71 @@ def test_nested_models_that_disagree_with_the_generic_arguments_are_refused() ->
         class Disagrees(Executable[Greet, Greeting]):
             task_type = "disagrees"
             Result = Greet
+
+            async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
+                return Greeting(text="")
+
+
+def test_nested_models_may_be_subclasses_of_the_generic_arguments() -> None:
+    class Broad(Executable[BaseModel, BaseModel]):
+        task_type = "broad"
+
+        class Params(BaseModel):
+            a: int
+
+        class Result(BaseModel):
+            b: int
+
+        async def execute(self, ctx: TaskContext[BaseModel]) -> BaseModel:
+            return self.Result(b=1)
+
+    Broad.validate_definition()
+    assert (Broad.Params.__qualname__, Broad.Result.__qualname__) == (
+        "test_nested_models_may_be_subclasses_of_the_generic_arguments.<locals>.Broad.Params",
+        "test_nested_models_may_be_subclasses_of_the_generic_arguments.<locals>.Broad.Result",
+    )
+
+
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+
+class ResultFirst(Executable[P, R], Generic[R, P]):
+    """An intermediate generic class whose type variables are in the other order."""
+
+
+class Reordered(ResultFirst[Greeting, Greet]):
+    task_type = "reordered"
+
+    async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
+        return Greeting(text=ctx.parameters.name)
+
+
+class Chained(ResultFirst[R, Greet], Generic[R]):
+    """Binds one type variable, leaves the other open."""
+
+
+class ChainedEnd(Chained[Greeting]):
+    task_type = "chained_end"
+
+    async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
+        return Greeting(text="")
+
+
+def test_generic_arguments_are_read_through_intermediate_generic_classes() -> None:
+    assert not hasattr(ResultFirst, "Params") and not hasattr(Chained, "Result")
+    assert (Chained.Params, Reordered.Params, Reordered.Result) == (Greet, Greet, Greeting)
+    assert (ChainedEnd.Params, ChainedEnd.Result) == (Greet, Greeting)
+    Reordered.validate_definition()
+    ChainedEnd.validate_definition()
+
+
+def test_a_nested_model_that_is_not_a_class_is_refused_naming_it() -> None:
+    with pytest.raises(TypeError, match="NotAClass.Params is 'Greet' but the generic argument says Greet"):
+
+        class NotAClass(Executable[Greet, Greeting]):
+            task_type = "not_a_class"
+            Params = "Greet"  # type: ignore[assignment]
 
             async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
                 return Greeting(text="")
