@@ -98,9 +98,10 @@ class TaskCommands:
         )
 
     # ------------------------------------------------------------ tasks
-    async def find(self, task_id: str, principal: Principal | None = None) -> BackgroundTask:
-        """The task, if ``principal`` may see it (None: the platform itself, which sees all)."""
-        if principal is None or principal.can_see_all:
+    async def find(self, task_id: str, principal: Principal) -> BackgroundTask:
+        """The task, if ``principal`` may see it (``auth.SYSTEM``, the platform itself, sees all).
+        Required in every command: a forgotten principal must not mean "sees every task"."""
+        if principal.can_see_all:
             task = await self._store.get(task_id)
         elif principal.subject is not None:
             # The owner is part of the query: another user's task is not even loaded, so it
@@ -112,7 +113,7 @@ class TaskCommands:
             raise TaskNotFound(task_id)
         return task
 
-    async def cancel(self, task_id: str, principal: Principal | None = None) -> BackgroundTask:
+    async def cancel(self, task_id: str, principal: Principal) -> BackgroundTask:
         """QUEUED, RETRYING or a parent waiting for its children: CANCELLED now. RUNNING: its
         worker is asked to stop it (``cancel_requested``). Finished: TaskConflict."""
         await self.find(task_id, principal)  # owners never change: checking first is enough
@@ -127,7 +128,7 @@ class TaskCommands:
     async def amend(
         self,
         task_id: str,
-        principal: Principal | None = None,
+        principal: Principal,
         *,
         priority: int | None = None,
         tags: Sequence[str] | None = None,
@@ -166,7 +167,7 @@ class TaskCommands:
             await self._submitter.publish_stored([changed], owner=self._node_id)
         return changed
 
-    async def delete(self, task_id: str, principal: Principal | None = None) -> list[str]:
+    async def delete(self, task_id: str, principal: Principal) -> list[str]:
         """Delete a finished task and its sub-tasks; returns the ids deleted. TaskConflict while
         it, or one of its sub-tasks, has not finished, and for a sub-task (it goes with its
         parent). Its dead-letter record, if any, stays."""

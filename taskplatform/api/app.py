@@ -75,8 +75,8 @@ def create_app(
 
 
 def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticator: Authenticator) -> None:
-    """The app's task commands, error answers, authentication, routers and middleware."""
-    app.state.commands = rt.commands  # the process's one TaskCommands, for every route
+    """The app's error answers, authentication, routers and middleware (routes reach the task
+    commands through the runtime)."""
     install_error_handlers(app)
     install_auth(app, authenticator)
     app.include_router(tasks_router)

@@ -24,9 +24,9 @@ def get_runtime(request: Request) -> Runtime:
 
 
 def get_commands(request: Request) -> TaskCommands:
-    """The task commands of this process (``runtime.commands``, kept in ``app.state``)."""
-    commands: TaskCommands = request.app.state.commands
-    return commands
+    """The task commands of this process: the runtime's, so a router mounted on any app that
+    holds the runtime in ``app.state.runtime`` answers (nothing else in ``app.state`` is needed)."""
+    return get_runtime(request).commands
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -17,6 +17,7 @@ from taskplatform.auth.keys import (
 from taskplatform.auth.mint import mint_token
 from taskplatform.auth.principal import (
     MAX_TOKEN_CHARS,
+    SYSTEM,
     UNAUTHENTICATED_ADMIN,
     AuthenticationError,
     AuthFailure,
@@ -32,6 +33,7 @@ __all__ = [
     "MIN_RSA_BITS",
     "MIN_SECRET_BYTES",
     "MIN_SECRET_DISTINCT_BYTES",
+    "SYSTEM",
     "UNAUTHENTICATED_ADMIN",
     "AuthFailure",
     "AuthenticationError",

@@ -68,6 +68,10 @@ class Principal:
 #: Every request of an API with authentication disabled.
 UNAUTHENTICATED_ADMIN = Principal(subject=None, roles=frozenset({Role.ADMIN}))
 
+#: The platform itself, for internal callers of the task commands (and tests): it sees and
+#: changes every user's task. Callers acting for a user pass that user's principal instead.
+SYSTEM = Principal(subject=None, roles=frozenset({Role.ADMIN}))
+
 
 class AuthFailure(str, Enum):
     """Why a request was not authenticated; the short text goes into ``WWW-Authenticate``."""

@@ -20,7 +20,8 @@ from taskplatform.auth.keys import KeySet, VerifyKey, verification_key
 from taskplatform.auth.principal import AuthenticationError, AuthFailure, Principal, Role
 from taskplatform.settings import PlatformSettings
 
-log = logging.getLogger(__name__)
+#: The name operators filter the authentication debug lines on (kept from before the package split).
+log = logging.getLogger("taskplatform.auth")
 
 #: The store holds user ids of at most this many characters (``SubmitRequest.user_id``).
 MAX_SUBJECT_CHARS = 255

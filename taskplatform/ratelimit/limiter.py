@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from taskplatform.errors import ConfigError
-from taskplatform.store.ports import RateLimits
 from taskplatform.store.ratelimits import Reservation, check_rate, reservation_of
 
 #: ``max_wait`` that grants every reservation (about 31 years; finite, so every backend binds it).
@@ -32,6 +31,16 @@ class RateLimiter(Protocol):
         """Reserve ``key``'s next slot if it opens within ``max_wait`` seconds of ``now`` (epoch
         seconds, default the current time); the reservation says whether, and how long until."""
         ...
+
+
+@runtime_checkable
+class RateStore(Protocol):
+    """What the store limiter needs of a store: ``reserve_rate`` only (as ``ports.RateLimits``
+    declares it). Pruning spent keys is the reaper's job, on the store the reaper is given."""
+
+    async def reserve_rate(
+        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
+    ) -> Reservation: ...
 
 
 class MemoryRateLimiter:
@@ -83,7 +92,7 @@ class StoreRateLimiter:
     the store, so a limit holds across all workers together. Raises StoreError when the store
     cannot be reached."""
 
-    def __init__(self, store: RateLimits) -> None:
+    def __init__(self, store: RateStore) -> None:
         self._store = store
 
     async def reserve(
@@ -129,10 +138,9 @@ def create_rate_limiter(backend: Literal["store", "memory"], store: object) -> R
     if backend == "memory":
         return MemoryRateLimiter()
     if backend == "store":
-        if not isinstance(store, RateLimits):
+        if not isinstance(store, RateStore):
             raise ConfigError(
-                f"the store ({type(store).__name__}) cannot keep rate limits (it has no reserve_rate "
-                "and prune_rate_limits); "
+                f"the store ({type(store).__name__}) cannot keep rate limits (it has no reserve_rate); "
                 "use a store of taskplatform.store or set the rate-limit backend to 'memory'"
             )
         return StoreRateLimiter(store)

@@ -71,7 +71,8 @@ def create_store(
     url: str, *, auto_migrate: bool = True, retention_seconds: float | None = None
 ) -> BaseTaskStore:
     """The backend for ``url``: ``sqlite+aiosqlite://``, ``postgresql+asyncpg://``, ``mongodb://``, or
-    ``memory://`` (this process only, for tests; each store its own data).
+    ``memory://`` (this process only, for tests: ``memory://`` private to each store, ``memory://name``
+    shared by every store of that name in this process).
 
     ``retention_seconds`` (None: keep finished tasks) makes MongoDB keep a TTL index; SQL
     stores are purged by the runtime's cleanup pass (``purge_finished``) instead.

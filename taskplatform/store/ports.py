@@ -11,6 +11,7 @@ written as ``last_event_id`` by the same update; leases are times of the store's
 from __future__ import annotations
 
 import builtins
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -44,15 +45,19 @@ class StoreLifecycle(Protocol):
 
     url_scheme: str
 
+    @abstractmethod
     async def open(self) -> None:
         """Connect, make sure the schema/indexes exist, and measure the store's clock."""
 
+    @abstractmethod
     async def close(self) -> None:
         """Release connections."""
 
+    @abstractmethod
     async def ping(self) -> None:
         """Raise StoreError unless the store answers."""
 
+    @abstractmethod
     async def answers(self) -> bool:
         """Whether a ping succeeds within a few seconds: False on any fault, never raises."""
 
@@ -64,9 +69,11 @@ class StoreClock(Protocol):
     #: The store's clock minus this process's, as last measured (``sync_clock``).
     clock_offset: timedelta
 
+    @abstractmethod
     def now(self) -> datetime:
         """The store's clock: this process's, corrected by ``clock_offset``."""
 
+    @abstractmethod
     async def sync_clock(self) -> timedelta:
         """Measure ``clock_offset`` again (also done by ``open``); returns it. StoreError if unreachable."""
 
@@ -75,28 +82,35 @@ class StoreClock(Protocol):
 class TaskReads(Protocol):
     """Reading tasks."""
 
+    @abstractmethod
     async def get(self, task_id: str) -> BackgroundTask | None:
         """The document, or None."""
 
+    @abstractmethod
     async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
         """The document if ``user_id`` owns it (filtered in the query), else None."""
 
+    @abstractmethod
     async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
         """The task ``user_id`` created with idempotency ``key``, or None."""
 
+    @abstractmethod
     async def list(
         self, filters: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> TaskPage:
         """A page of documents, newest first; InvalidCursorError for a cursor not of this store."""
 
+    @abstractmethod
     def child_pages(
         self, parent_id: str, *, page_size: int = MAX_PAGE_SIZE
     ) -> AsyncIterator[builtins.list[BackgroundTask]]:
         """The children of ``parent_id``, a page at a time (newest first)."""
 
+    @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:
         """How many tasks are in each status (statuses with none are omitted)."""
 
+    @abstractmethod
     async def backlog(self) -> Backlog:
         """Pending outbox entries and the oldest QUEUED / pending ``created_at`` (cheap)."""
 
@@ -105,9 +119,11 @@ class TaskReads(Protocol):
 class TaskCreation(Protocol):
     """Inserting new tasks."""
 
+    @abstractmethod
     async def create(self, task: BackgroundTask) -> None:
         """Insert one new document; DuplicateTaskError if its id exists."""
 
+    @abstractmethod
     async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
         """Insert new documents; DuplicateTaskError if an id exists (nothing inserted)."""
 
@@ -116,6 +132,7 @@ class TaskCreation(Protocol):
 class TaskClaims(StoreClock, Protocol):
     """An attempt's ownership: claiming a task, renewing its lease, giving it back."""
 
+    @abstractmethod
     async def try_set_running(
         self,
         task_id: str,
@@ -127,12 +144,15 @@ class TaskClaims(StoreClock, Protocol):
         task_type: str | None = None,
         generation: int | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def try_set_running_many(
         self, claims: Sequence[ClaimRequest], *, node_id: str, lease_until: datetime
     ) -> dict[str, BackgroundTask]: ...
+    @abstractmethod
     async def renew_lease(
         self, task_id: str, *, node_id: str, attempt: int, lease_until: datetime
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def release_claim(
         self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
     ) -> BackgroundTask | None: ...
@@ -142,6 +162,7 @@ class TaskClaims(StoreClock, Protocol):
 class AttemptOutcomes(StoreClock, Protocol):
     """What an attempt's owner records: progress, completion, failure, retry, cancellation."""
 
+    @abstractmethod
     async def record_progress(
         self,
         task_id: str,
@@ -151,9 +172,11 @@ class AttemptOutcomes(StoreClock, Protocol):
         attempt: int | None = None,
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def record_completions(
         self, items: Sequence[CompletionRequest], *, node_id: str
     ) -> dict[str, int]: ...
+    @abstractmethod
     async def record_completion(
         self,
         task_id: str,
@@ -164,6 +187,7 @@ class AttemptOutcomes(StoreClock, Protocol):
         event_id: str | None = None,
         progress: Mapping[str, Any] | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def record_failure(
         self,
         task_id: str,
@@ -174,6 +198,7 @@ class AttemptOutcomes(StoreClock, Protocol):
         status: TaskStatus,
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def record_retry(
         self,
         task_id: str,
@@ -185,9 +210,11 @@ class AttemptOutcomes(StoreClock, Protocol):
         outbox_hold_until: datetime,
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def record_cancelled(
         self, task_id: str, *, node_id: str, attempt: int, event_id: str | None = None
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def mark_dead_letter(
         self,
         task_id: str,
@@ -197,6 +224,7 @@ class AttemptOutcomes(StoreClock, Protocol):
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
     @staticmethod
+    @abstractmethod
     def completion_changes(now: datetime) -> dict[str, Any]:
         """The changes a recorded completion makes (besides the result)."""
 
@@ -205,9 +233,11 @@ class AttemptOutcomes(StoreClock, Protocol):
 class LostWorkers(StoreClock, Protocol):
     """Finding and settling attempts whose worker vanished (the reaper)."""
 
+    @abstractmethod
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
 
+    @abstractmethod
     async def reap(
         self,
         task_id: str,
@@ -224,8 +254,11 @@ class LostWorkers(StoreClock, Protocol):
 class Cancellation(Protocol):
     """Cancelling a task: at once while it waits, cooperatively while it runs."""
 
+    @abstractmethod
     async def request_cancel(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    @abstractmethod
     async def cancel_waiting(self, task_id: str, *, event_id: str | None = None) -> BackgroundTask | None: ...
+    @abstractmethod
     async def flag_cancel(self, task_id: str) -> BackgroundTask | None: ...
 
 
@@ -233,6 +266,7 @@ class Cancellation(Protocol):
 class ParentRollups(Protocol):
     """Parents waiting for their children, and the children's roll-up into their summary."""
 
+    @abstractmethod
     async def set_awaiting_children(
         self,
         task_id: str,
@@ -242,19 +276,24 @@ class ParentRollups(Protocol):
         result: Mapping[str, Any] | None,
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def finish_parent(
         self, task_id: str, *, expected_version: int, status: TaskStatus, event_id: str | None = None
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
     ) -> ParentState | None:
         """Count ``child_id`` in its parent's summary, atomically; a duplicate or older
         ``child_version`` changes nothing (``store.rollup``). The parent after, or None."""
 
+    @abstractmethod
     async def apply_rollups(
         self, parent_id: str, items: Sequence[tuple[str, TaskStatus, int]]
     ) -> ParentState | None: ...
+    @abstractmethod
     async def rollup_children(self, parent_id: str) -> ParentState | None: ...
+    @abstractmethod
     async def list_awaiting_parents(
         self, *, updated_before: datetime, limit: int
     ) -> builtins.list[BackgroundTask]:
@@ -265,15 +304,18 @@ class ParentRollups(Protocol):
 class Outbox(StoreClock, Protocol):
     """The messages still to publish: leased by a publisher, marked published, failures counted."""
 
+    @abstractmethod
     async def claim_pending_outbox(
         self, *, owner: str, limit: int, lease_until: datetime, created_before: datetime
     ) -> builtins.list[BackgroundTask]:
         """Lease to ``owner`` up to ``limit`` pending entries whose lease is free or lapsed."""
 
+    @abstractmethod
     async def mark_published(self, task_ids: Sequence[str], *, owner: str | None = None) -> int:
         """Mark these entries published, only where ``owner`` holds the lease (None: entries nobody
         leased), so a late mark never hides a newer message; returns how many changed."""
 
+    @abstractmethod
     async def record_publish_failure(self, task_id: str, error: str) -> None:
         """Count a failed publish; the entry stays pending, its lease lapses now, its owner kept."""
 
@@ -282,6 +324,7 @@ class Outbox(StoreClock, Protocol):
 class TaskRevisions(Protocol):
     """An operator's revisions of a task: amending a queued one, replaying a dead one."""
 
+    @abstractmethod
     async def amend_queued(
         self,
         task_id: str,
@@ -292,6 +335,7 @@ class TaskRevisions(Protocol):
         publish_hold_until: datetime | None = None,
         owner: str | None = None,
     ) -> BackgroundTask | None: ...
+    @abstractmethod
     async def replay_task(
         self,
         task_id: str,
@@ -306,7 +350,9 @@ class TaskRevisions(Protocol):
 class Retention(Protocol):
     """Deleting finished tasks: one on request (with its sub-tasks), or all past their retention."""
 
+    @abstractmethod
     async def delete_task(self, task_id: str) -> DeleteOutcome: ...
+    @abstractmethod
     async def purge_finished(self, *, before: datetime, limit: int = 1000) -> int: ...
 
 
@@ -314,21 +360,27 @@ class Retention(Protocol):
 class DeadLetters(Protocol):
     """Dead-letter records: one per dead task, counted, replayed or discarded by an operator."""
 
+    @abstractmethod
     async def upsert_dead_letter(self, record: DeadLetter) -> tuple[DeadLetter, UpsertOutcome]: ...
+    @abstractmethod
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
         """The record, or None."""
 
+    @abstractmethod
     async def list_dead_letters(
         self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> DeadLetterPage:
         """A page of records, most recently seen first, ties by id."""
 
+    @abstractmethod
     async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
         """How many records match ``filters``, in all, by task type and by reason."""
 
+    @abstractmethod
     async def mark_dead_letter_replayed(
         self, dead_letter_id: str, *, generation: int, at: datetime
     ) -> DeadLetter | None: ...
+    @abstractmethod
     async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
 
 
@@ -336,9 +388,11 @@ class DeadLetters(Protocol):
 class AuditLog(Protocol):
     """The operators' audit log."""
 
+    @abstractmethod
     async def add_audit(self, entry: AuditEntry) -> None:
         """Append ``entry``; StoreError if its id exists."""
 
+    @abstractmethod
     async def list_audit(
         self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
     ) -> AuditPage:
@@ -349,11 +403,13 @@ class AuditLog(Protocol):
 class RateLimits(Protocol):
     """Rate-limit reservations shared by every process using the store (``store.ratelimits``)."""
 
+    @abstractmethod
     async def reserve_rate(
         self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
     ) -> Reservation:
         """Reserve ``key``'s next slot if it opens within ``max_wait`` seconds: one atomic operation."""
 
+    @abstractmethod
     async def prune_rate_limits(self, *, now: float | None = None) -> int:
         """Delete the keys whose slots have all passed before ``now`` (epoch seconds); how many."""
 

@@ -17,11 +17,13 @@ class WorkerConfig:
     """
 
     node_id: str
+    #: Where a delivery the worker refuses is published; required: with "" a refused copy would go to
+    #: the default exchange under the delivery's routing key, not to the dead-letter queue.
+    dead_letter_exchange: str
     prefetch: int = 32
     default_timeout: float = 300.0
     lease_seconds: float = 60.0
     default_policy: RetryPolicy = field(default_factory=RetryPolicy)
-    dead_letter_exchange: str = ""
     store_backoff: float = 1.0
     store_hold: float = 300.0
     cancel_poll: float = 1.0

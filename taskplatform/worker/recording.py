@@ -21,7 +21,8 @@ from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.retry import retry_store_call
 from taskplatform.store.ports import Outbox, StoreLifecycle
 
-log = logging.getLogger(__name__)
+#: The settlement logger: operators filter the worker's settlement lines (these included) on its name.
+log = logging.getLogger("taskplatform.worker.settlement")
 
 T = TypeVar("T")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from taskplatform.auth import SYSTEM
 from taskplatform.errors import StoreError
 from taskplatform.models import BackgroundTask, OutboxState, OutboxStatus, TaskMessage, TaskStatus, utcnow
 from taskplatform.runtime import Runtime
@@ -177,7 +178,7 @@ async def test_cancel_while_queued_cancels_at_once_and_the_message_is_skipped(
     task = BackgroundTask(task_type="test_noop", parameters={"value": 1})
     async with running(runtime):
         await runtime.store.create(task)
-        cancelled = await runtime.commands.cancel(task.id)
+        cancelled = await runtime.commands.cancel(task.id, SYSTEM)
         assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
         await runtime.publisher.publish(TaskMessage.for_task(task))
         assert runtime.consumer is not None
@@ -197,7 +198,7 @@ async def test_cancel_while_running_stops_the_executable_and_ends_cancelled(
         await runtime.store.create(task)
         await runtime.publisher.publish(TaskMessage.for_task(task))
         await eventually(lambda: _is(runtime, task.id, TaskStatus.RUNNING))
-        flagged = await runtime.commands.cancel(task.id)
+        flagged = await runtime.commands.cancel(task.id, SYSTEM)
         assert flagged is not None and flagged.cancel_requested
         started = time.monotonic()
         await eventually(lambda: _is(runtime, task.id, TaskStatus.CANCELLED), timeout=10)

@@ -12,6 +12,7 @@ import aio_pika
 import pytest
 from jsonschema import Draft202012Validator
 
+from taskplatform.auth import SYSTEM
 from taskplatform.events.schema import DEFAULT_PATH
 from taskplatform.runtime import Runtime
 from taskplatform.submission import SubmitRequest
@@ -68,7 +69,7 @@ async def test_every_task_publishes_submitted_started_then_a_terminal_event_in_o
             )
             slow = await submit(SubmitRequest(task_type="test_cooperative", parameters={}))
             await eventually(lambda: _has(received, slow.task.id, "started"), timeout=10)
-            await runtime.commands.cancel(slow.task.id)
+            await runtime.commands.cancel(slow.task.id, SYSTEM)
             ids = [s.task.id for s in (*plain, flaky, boom, chatty, parent, slow)]
 
             async def all_terminal() -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from executors.batch import BatchGenerateScene, BatchGenerateSummary
 from executors.scene import GenerateScene
+from taskplatform.auth import SYSTEM
 from taskplatform.events import Published, TaskProgress
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
 from taskplatform.runtime import Runtime
@@ -172,7 +173,7 @@ async def test_cancelling_a_parent_cancels_it_and_every_unfinished_child(
         await eventually(some_children_run, timeout=10)
         parent = await _get(runtime, parent_id)
         assert parent.status is TaskStatus.RUNNING and parent.awaiting_children is not parent_keeps_running
-        await runtime.commands.cancel(parent_id)
+        await runtime.commands.cancel(parent_id, SYSTEM)
 
         async def all_cancelled() -> bool:
             kids = await _children(runtime, parent_id)

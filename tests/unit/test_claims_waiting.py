@@ -63,7 +63,7 @@ async def _held_task(store: BaseTaskStore) -> BackgroundTask:
 
 
 def _claimer(store: BaseTaskStore, settler: RecordingSettler) -> Claimer:
-    config = WorkerConfig(node_id="me", lease_seconds=10, prefetch=4)
+    config = WorkerConfig(node_id="me", dead_letter_exchange="dlx", lease_seconds=10, prefetch=4)
     return Claimer(store, settler, config, running=set())  # type: ignore[arg-type]
 
 

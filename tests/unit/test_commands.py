@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskplatform.auth import Principal, Role
+from taskplatform.auth import SYSTEM, Principal, Role
 from taskplatform.commands import BulkReplayRefused, NotQueued, TaskCommands, TaskConflict, TaskNotFound
 from taskplatform.deadletters.service import DeadLetterConflict, DeadLetterNotFound, DeadLetterService
 from taskplatform.errors import InvalidInputError, StoreError
@@ -104,7 +104,7 @@ async def test_another_users_task_is_not_found_like_a_missing_one(parts: Parts) 
     task = await parts.add("alice")
     assert (await parts.commands.find(task.id, ALICE)).id == task.id
     assert (await parts.commands.find(task.id, OLGA)).id == task.id  # operators see every user's
-    assert (await parts.commands.find(task.id)).id == task.id  # the platform itself
+    assert (await parts.commands.find(task.id, SYSTEM)).id == task.id  # the platform itself
     with pytest.raises(TaskNotFound) as other:
         await parts.commands.find(task.id, BOB)
     with pytest.raises(TaskNotFound) as missing:
@@ -141,8 +141,8 @@ async def test_cancel_refuses_a_finished_task_a_missing_one_and_another_users(pa
 
 async def test_cancel_of_a_cancelled_task_answers_it_again(parts: Parts) -> None:
     task = await parts.add()
-    await parts.commands.cancel(task.id)
-    again = await parts.commands.cancel(task.id)
+    await parts.commands.cancel(task.id, SYSTEM)
+    again = await parts.commands.cancel(task.id, SYSTEM)
     assert again.status is TaskStatus.CANCELLED
 
 

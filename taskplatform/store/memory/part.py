@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +29,34 @@ class MemoryData:
     rates: dict[str, float] = field(default_factory=dict)
 
 
+#: The named datasets of this process (``memory://<name>``), shared by every store of that name.
+_DATASETS: dict[str, MemoryData] = {}
+_DATASETS_LOCK = threading.Lock()
+
+
+def dataset_name(url: str) -> str:
+    """The dataset a ``memory://`` URL names (``memory://shared`` -> ``shared``); "" for none."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    return rest.split("?", 1)[0].strip("/")
+
+
+def dataset_of(url: str) -> MemoryData:
+    """A named URL's dataset, the same for every store of this process naming it (created on
+    first use); a URL without a name gets data of its own."""
+    name = dataset_name(url)
+    if not name:
+        return MemoryData()
+    with _DATASETS_LOCK:
+        return _DATASETS.setdefault(name, MemoryData())
+
+
+def forget_dataset(name: str) -> bool:
+    """Drop the named dataset (stores holding it keep it; the next store of that name starts
+    empty). Whether there was one."""
+    with _DATASETS_LOCK:
+        return _DATASETS.pop(name, None) is not None
+
+
 class MemoryPart:
     """The store's data, reached through ``_reach`` by every operation."""
 
@@ -35,8 +64,8 @@ class MemoryPart:
     #: outages); ``answers()`` is then False. Set it back to True to end the outage.
     available: bool = True
 
-    def __init__(self) -> None:
-        self._data = MemoryData()
+    def __init__(self, data: MemoryData | None = None) -> None:
+        self._data = data if data is not None else MemoryData()
         self._open = False
 
     async def _reach(self) -> MemoryData:

@@ -1,10 +1,18 @@
 """In-memory task store: task documents in a dict, every operation the shared one of
 ``BaseTaskStore`` over the primitives below, as on SQL and MongoDB.
 
-For unit tests (users' and the platform's): ``create_store("memory://")``. It keeps nothing past
-the process, and every store object has its own data. Operations yield to the event loop once
-and then run without awaiting, so each is atomic and concurrent callers interleave between
-them as they would with a server. ``available = False`` simulates an outage.
+For unit tests (users' and the platform's). It keeps nothing past the process.
+``create_store("memory://")`` gives a store with data of its own; ``create_store("memory://name")``
+gives one sharing the process-wide dataset ``name`` with every other store of that name (an API
+runtime and a worker runtime in one test see the same tasks, as with one database; drop it
+with ``forget_dataset(name)``). Use a named dataset from one event loop only. Operations yield
+to the event loop once and then run without awaiting, so each is atomic and concurrent callers
+interleave between them as they would with a server. ``available = False`` simulates an outage
+of one store object (others sharing its dataset still answer).
+
+A write the task model refuses (a value of the wrong type or out of range) raises
+``StoreRefused`` and changes nothing. Times keep microseconds, as SQLite and PostgreSQL do
+(MongoDB keeps milliseconds: a cursor or tie test passing here may still differ there).
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from taskplatform.errors import DuplicateTaskError
+from pydantic import ValidationError
+
+from taskplatform.errors import DuplicateTaskError, StoreRefused
 from taskplatform.models import BackgroundTask, OutboxStatus, SubTaskStatusSummary, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
 from taskplatform.store.base import BaseTaskStore, outbox_published_changes
-from taskplatform.store.memory.part import MemoryPart, copied
+from taskplatform.store.memory.part import MemoryPart, copied, dataset_of
 from taskplatform.store.memory.records import MemoryDeadLetters
 from taskplatform.store.memory.upkeep import MemoryUpkeep
 from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
@@ -79,6 +89,7 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryPart, BaseTaskStore
 
     def __init__(self, url: str = "memory://") -> None:
         super().__init__()
+        self._data = dataset_of(url)  # a named URL's shared dataset, or data of its own
         self.url = url
 
     async def open(self) -> None:
@@ -187,7 +198,8 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryPart, BaseTaskStore
     @staticmethod
     def _changed(doc: Document, changes: Mapping[str, Any]) -> Document:
         """``doc`` with ``changes`` (``outbox.<field>`` keys for the outbox), validated as a task
-        (so values are stored as a read returns them) and its version bumped."""
+        (so values are stored as a read returns them) and its version bumped. A value the task
+        model refuses: StoreRefused (a store fault, as a server refusing it would raise)."""
         after = copied(doc)
         for name, value in copied(dict(changes)).items():
             if name.startswith("outbox."):
@@ -195,7 +207,10 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryPart, BaseTaskStore
             else:
                 after[name] = value
         after["version"] = doc["version"] + 1
-        return _document(BackgroundTask.model_validate(after))
+        try:
+            return _document(BackgroundTask.model_validate(after))
+        except ValidationError as exc:
+            raise StoreRefused(f"store refused the write of task {doc['id']!r}: {exc}") from exc
 
     async def _guarded_update(
         self, task_id: str, guard: Guard, changes: Mapping[str, Any]

@@ -51,7 +51,7 @@ from taskplatform.store.sql.outbox import SqlOutbox
 from taskplatform.store.sql.part import column_name, columns_of
 from taskplatform.store.sql.pg_fast import PgFastPath
 from taskplatform.store.sql.ratelimits import SqlRateLimits
-from taskplatform.store.sql.schema import tasks
+from taskplatform.store.sql.schema import tasks as tasks_table
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
@@ -205,7 +205,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         return self._to_task(row) if row is not None else None
 
     async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
-        query = select(tasks).where(tasks.c.id == task_id, tasks.c.user_id == user_id)
+        query = select(tasks_table).where(tasks_table.c.id == task_id, tasks_table.c.user_id == user_id)
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 row = (await conn.execute(query)).first()
@@ -213,18 +213,18 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
 
     def _tag_clause(self, tag: str) -> ColumnElement[bool]:
         if self.dialect == "postgresql":
-            return type_coerce(tasks.c.tags, JSONB).contains([tag])
-        each = func.json_each(tasks.c.tags).table_valued("value")
+            return type_coerce(tasks_table.c.tags, JSONB).contains([tag])
+        each = func.json_each(tasks_table.c.tags).table_valued("value")
         return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
 
     def _filter_clauses(self, filters: TaskFilter) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
         if filters.status is not None:
-            clauses.append(tasks.c.status == filters.status.value)
+            clauses.append(tasks_table.c.status == filters.status.value)
         for name in EQUALITY_FILTERS:
             value = getattr(filters, name)
             if value is not None:
-                clauses.append(tasks.c[name] == value)
+                clauses.append(tasks_table.c[name] == value)
         clauses.extend(self._tag_clause(tag) for tag in filters.tags)
         return clauses
 
@@ -235,11 +235,16 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         clauses = self._filter_clauses(filters or TaskFilter())
         if cursor:
             at, last_id = decode_cursor(cursor)
-            clauses.append(or_(tasks.c.created_at < at, and_(tasks.c.created_at == at, tasks.c.id < last_id)))
+            clauses.append(
+                or_(
+                    tasks_table.c.created_at < at,
+                    and_(tasks_table.c.created_at == at, tasks_table.c.id < last_id),
+                )
+            )
         query = (
-            select(tasks)
+            select(tasks_table)
             .where(and_(true(), *clauses))
-            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+            .order_by(tasks_table.c.created_at.desc(), tasks_table.c.id.desc())
             .limit(limit + 1)
         )
         async with self._errors():
@@ -254,10 +259,12 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
 
     async def backlog(self) -> Backlog:
         # min() keeps the column's type, so SQLite's naive text comes back as aware UTC too
-        pending = select(func.count(), func.min(tasks.c.created_at)).where(
-            tasks.c.outbox_status == OutboxStatus.PENDING.value
+        pending = select(func.count(), func.min(tasks_table.c.created_at)).where(
+            tasks_table.c.outbox_status == OutboxStatus.PENDING.value
         )
-        oldest = select(func.min(tasks.c.created_at)).where(tasks.c.status == TaskStatus.QUEUED.value)
+        oldest = select(func.min(tasks_table.c.created_at)).where(
+            tasks_table.c.status == TaskStatus.QUEUED.value
+        )
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 count, first_pending = (await conn.execute(pending)).one()
@@ -265,20 +272,20 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         return Backlog(outbox_pending=int(count), oldest_queued_at=first, oldest_pending_at=first_pending)
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
-        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        query = select(tasks_table.c.status, func.count()).group_by(tasks_table.c.status)
         async with self._errors():
             async with self.autocommit.connect() as conn:
                 rows = (await conn.execute(query)).all()
         return {TaskStatus(status): int(n) for status, n in rows}
 
     def _guard_clause(self, guard: Guard) -> ColumnElement[bool]:
-        equals = [tasks.c[column_name(k)] == stored_value(v) for k, v in guard.equals.items()]
-        allowed: ColumnElement[bool] = tasks.c.status.in_([s.value for s in guard.statuses])
+        equals = [tasks_table.c[column_name(k)] == stored_value(v) for k, v in guard.equals.items()]
+        allowed: ColumnElement[bool] = tasks_table.c.status.in_([s.value for s in guard.statuses])
         if guard.takeover_before is not None:
             takeover = and_(
-                tasks.c.status == TaskStatus.RUNNING.value,
-                tasks.c.lease_until.is_not(None),
-                tasks.c.lease_until < guard.takeover_before,
+                tasks_table.c.status == TaskStatus.RUNNING.value,
+                tasks_table.c.lease_until.is_not(None),
+                tasks_table.c.lease_until < guard.takeover_before,
             )
             allowed = or_(allowed, takeover)
         return and_(allowed, *equals)
@@ -287,13 +294,13 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         self, task_id: str, guard: Guard, changes: Mapping[str, Any]
     ) -> BackgroundTask | None:
         columns = columns_of(changes)
-        columns["version"] = tasks.c.version + 1
+        columns["version"] = tasks_table.c.version + 1
         columns.setdefault("updated_at", utcnow())
         stmt = (
-            update(tasks)
-            .where(tasks.c.id == task_id, self._guard_clause(guard))
+            update(tasks_table)
+            .where(tasks_table.c.id == task_id, self._guard_clause(guard))
             .values(**columns)
-            .returning(*tasks.columns)
+            .returning(*tasks_table.columns)
         )
         async with self._errors():
             async with self.autocommit.connect() as conn:
@@ -319,7 +326,7 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
 
     async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
         found = await self._select(
-            select(tasks).where(tasks.c.idempotency_scope == idempotency_scope(user_id, key))
+            select(tasks_table).where(tasks_table.c.idempotency_scope == idempotency_scope(user_id, key))
         )
         return found[0] if found else None
 
@@ -334,26 +341,26 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         self, *, updated_before: datetime, limit: int
     ) -> builtins.list[BackgroundTask]:
         query = (
-            select(tasks)
+            select(tasks_table)
             .where(
-                tasks.c.status == TaskStatus.RUNNING.value,
-                tasks.c.awaiting_children.is_(True),
-                tasks.c.updated_at < updated_before,
+                tasks_table.c.status == TaskStatus.RUNNING.value,
+                tasks_table.c.awaiting_children.is_(True),
+                tasks_table.c.updated_at < updated_before,
             )
-            .order_by(tasks.c.updated_at)
+            .order_by(tasks_table.c.updated_at)
             .limit(limit)
         )
         return await self._select(query)
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         query = (
-            select(tasks)
+            select(tasks_table)
             .where(
-                tasks.c.status == TaskStatus.RUNNING.value,
-                tasks.c.lease_until.is_not(None),
-                tasks.c.lease_until < before,
+                tasks_table.c.status == TaskStatus.RUNNING.value,
+                tasks_table.c.lease_until.is_not(None),
+                tasks_table.c.lease_until < before,
             )
-            .order_by(tasks.c.lease_until)
+            .order_by(tasks_table.c.lease_until)
             .limit(limit)
         )
         return await self._select(query)
