@@ -14,9 +14,10 @@ import builtins
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from taskplatform.models import AuditEntry, BackgroundTask, DeadLetter, ErrorInfo, TaskStatus
+from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
+from taskplatform.store.record_ports import AuditLog, DeadLetters, RateLimits, Retention
 from taskplatform.store.types import (
     MAX_PAGE_SIZE,
     Backlog,
@@ -27,16 +28,24 @@ from taskplatform.store.types import (
     TaskPage,
 )
 
-if TYPE_CHECKING:
-    from taskplatform.store.deadletters import (
-        AuditPage,
-        DeadLetterCounts,
-        DeadLetterFilter,
-        DeadLetterPage,
-        UpsertOutcome,
-    )
-    from taskplatform.store.deletion import DeleteOutcome
-    from taskplatform.store.ratelimits import Reservation
+__all__ = [
+    "AttemptOutcomes",
+    "AuditLog",
+    "Cancellation",
+    "DeadLetters",
+    "LostWorkers",
+    "Outbox",
+    "ParentRollups",
+    "RateLimits",
+    "Retention",
+    "StoreClock",
+    "StoreLifecycle",
+    "TaskClaims",
+    "TaskCreation",
+    "TaskReads",
+    "TaskRevisions",
+    "TaskStore",
+]
 
 
 @runtime_checkable
@@ -344,74 +353,6 @@ class TaskRevisions(Protocol):
         parameters: Mapping[str, Any] | None = None,
         event_id: str | None = None,
     ) -> BackgroundTask | None: ...
-
-
-@runtime_checkable
-class Retention(Protocol):
-    """Deleting finished tasks: one on request (with its sub-tasks), or all past their retention."""
-
-    @abstractmethod
-    async def delete_task(self, task_id: str) -> DeleteOutcome: ...
-    @abstractmethod
-    async def purge_finished(self, *, before: datetime, limit: int = 1000) -> int: ...
-
-
-@runtime_checkable
-class DeadLetters(Protocol):
-    """Dead-letter records: one per dead task, counted, replayed or discarded by an operator."""
-
-    @abstractmethod
-    async def upsert_dead_letter(self, record: DeadLetter) -> tuple[DeadLetter, UpsertOutcome]: ...
-    @abstractmethod
-    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
-        """The record, or None."""
-
-    @abstractmethod
-    async def list_dead_letters(
-        self, filters: DeadLetterFilter | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> DeadLetterPage:
-        """A page of records, most recently seen first, ties by id."""
-
-    @abstractmethod
-    async def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> DeadLetterCounts:
-        """How many records match ``filters``, in all, by task type and by reason."""
-
-    @abstractmethod
-    async def mark_dead_letter_replayed(
-        self, dead_letter_id: str, *, generation: int, at: datetime
-    ) -> DeadLetter | None: ...
-    @abstractmethod
-    async def mark_dead_letter_discarded(self, dead_letter_id: str, *, at: datetime) -> DeadLetter | None: ...
-
-
-@runtime_checkable
-class AuditLog(Protocol):
-    """The operators' audit log."""
-
-    @abstractmethod
-    async def add_audit(self, entry: AuditEntry) -> None:
-        """Append ``entry``; StoreError if its id exists."""
-
-    @abstractmethod
-    async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
-    ) -> AuditPage:
-        """A page of the log, newest first; with ``dead_letter_id``, the entries naming it."""
-
-
-@runtime_checkable
-class RateLimits(Protocol):
-    """Rate-limit reservations shared by every process using the store (``store.ratelimits``)."""
-
-    @abstractmethod
-    async def reserve_rate(
-        self, key: str, *, interval: float, burst: int = 1, max_wait: float, now: float | None = None
-    ) -> Reservation:
-        """Reserve ``key``'s next slot if it opens within ``max_wait`` seconds: one atomic operation."""
-
-    @abstractmethod
-    async def prune_rate_limits(self, *, now: float | None = None) -> int:
-        """Delete the keys whose slots have all passed before ``now`` (epoch seconds); how many."""
 
 
 @runtime_checkable

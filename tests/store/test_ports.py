@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from taskplatform.store import ports
+from taskplatform.store import ports, record_ports
 from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.sql import SqlTaskStore
@@ -22,7 +22,9 @@ BACKENDS = [SqlTaskStore, MongoTaskStore, MemoryTaskStore]
 PORTS = [
     cls
     for cls in ports.TaskStore.__mro__
-    if getattr(cls, "_is_protocol", False) and cls.__module__ == ports.__name__ and cls is not ports.TaskStore
+    if getattr(cls, "_is_protocol", False)
+    and cls.__module__ in (ports.__name__, record_ports.__name__)
+    and cls is not ports.TaskStore
 ]
 
 

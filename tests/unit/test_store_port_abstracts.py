@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from taskplatform.store import ports
+from taskplatform.store import ports, record_ports
 from taskplatform.store.base import BaseTaskStore
 
 
 def _port_methods() -> list[str]:
     names: set[str] = set()
     for cls in ports.TaskStore.__mro__:
-        if getattr(cls, "_is_protocol", False) and cls.__module__ == ports.__name__:
+        if getattr(cls, "_is_protocol", False) and cls.__module__ in (ports.__name__, record_ports.__name__):
             names |= {
                 name
                 for name, value in vars(cls).items()
