@@ -1,16 +1,22 @@
-"""MongoDB specifics: documents written before a field existed, and the roll-up ledger."""
+"""MongoDB specifics: documents written before a field existed, the roll-up ledger, the TTL index,
+a store not opened or whose server does not answer, and writers racing it."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import warnings
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
+from taskplatform.errors import StoreError
 from taskplatform.models import TaskStatus, utcnow
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.mongo.deadletters import DEAD_LETTERS
-from taskplatform.store.mongo.part import LEDGER
+from taskplatform.store.mongo.part import LEDGER, aware
 from taskplatform.store.mongo.retention import RETENTION_INDEX
 from tests.store.helpers import NODE, make_dead_letter, make_task
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
@@ -105,3 +111,132 @@ async def test_retention_is_a_ttl_index_on_completed_at_kept_in_step_with_the_se
         == created[RETENTION_INDEX]["partialFilterExpression"]
     )  # type: ignore[index]
     assert remade[RETENTION_INDEX]["expireAfterSeconds"] == 1  # type: ignore[index]
+
+
+async def test_reopening_with_the_same_retention_leaves_the_ttl_index_alone() -> None:
+    database = AsyncEmulatedDatabase()
+    for _ in range(2):
+        store = MongoTaskStore("mongodb://emulated/t", database=database, retention_seconds=60)
+        await store.open()
+        info = await store.collection.index_information()
+        await store.close()
+        assert info[RETENTION_INDEX]["expireAfterSeconds"] == 60
+
+
+async def test_a_dead_letter_written_with_a_text_body_still_reads(mongo: MongoTaskStore) -> None:
+    record = make_dead_letter(body="text body")
+    await mongo.upsert_dead_letter(record)
+    dead_letters = mongo._collection_named(DEAD_LETTERS)
+    # as written before bodies were kept as bytes (BSON binary)
+    await dead_letters.update_one({"_id": record.id}, {"$set": {"body": "text body"}})
+    got = await mongo.get_dead_letter(record.id)
+    assert got is not None and got.body == "text body"
+
+
+def test_a_date_without_a_zone_is_read_as_utc() -> None:
+    naive = datetime(2026, 1, 2, 3, 4, 5)
+    assert aware(naive) == naive.replace(tzinfo=UTC)
+    assert aware("not a date") == "not a date"
+
+
+async def test_a_store_not_opened_refuses_its_operations() -> None:
+    store = MongoTaskStore("mongodb://127.0.0.1:1/never_opened")
+    with pytest.raises(StoreError, match="not open"):
+        await store.ping()
+    with pytest.raises(StoreError, match="not open"):
+        await store.get("t-1")
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_dead_letter("t-1")
+    assert await store.answers() is False
+
+
+async def test_a_server_that_does_not_answer_fails_open_with_a_store_error() -> None:
+    store = MongoTaskStore("mongodb://127.0.0.1:1/unreachable", server_selection_timeout_ms=100)
+    with pytest.raises(StoreError, match="store operation failed"):
+        await store.open()
+    await store.close()  # releases the client it made; the next open makes another
+    with pytest.raises(StoreError, match="not open"):
+        await store.ping()
+    # the driver may still drop a refused connection attempt after close: collect it here, so its
+    # ResourceWarning is not raised in whichever test runs next
+    await asyncio.sleep(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+class RacingDatabase:
+    """The emulated database with another writer getting in first on the tasks collection:
+    ``lose_updates`` makes every find-and-modify find its guard changed; ``replay_before_delete``
+    names tasks put back to QUEUED between the purge's find and its delete."""
+
+    def __init__(self) -> None:
+        self._db = AsyncEmulatedDatabase()
+        self.lose_updates = False
+        self.replay_before_delete: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        return RacingCollection(self._db[name], self) if name == "tasks" else self._db[name]
+
+    async def command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._db.command(name, *args, **kwargs)
+
+
+class RacingCollection:
+    def __init__(self, inner: Any, races: RacingDatabase) -> None:
+        self._inner = inner
+        self._races = races
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def find_one_and_update(self, *args: Any, **kwargs: Any) -> Any:
+        if self._races.lose_updates:
+            return None
+        return await self._inner.find_one_and_update(*args, **kwargs)
+
+    async def delete_many(self, *args: Any, **kwargs: Any) -> Any:
+        for task_id in self._races.replay_before_delete:
+            await self._inner.update_one({"_id": task_id}, {"$set": {"status": "QUEUED"}})
+        return await self._inner.delete_many(*args, **kwargs)
+
+
+@pytest.fixture
+async def racing() -> AsyncIterator[tuple[MongoTaskStore, RacingDatabase]]:
+    database = RacingDatabase()
+    store = MongoTaskStore("mongodb://emulated/racing", database=database)
+    await store.open()
+    try:
+        yield store, database
+    finally:
+        await store.close()
+
+
+async def test_a_roll_up_that_keeps_losing_races_gives_up_with_a_store_error(
+    racing: tuple[MongoTaskStore, RacingDatabase],
+) -> None:
+    store, races = racing
+    parent, child = make_task(), make_task()
+    await store.create_many([parent, child])
+    races.lose_updates = True
+    with pytest.raises(StoreError, match="kept losing races"):
+        await store.apply_rollup(parent.id, child.id, TaskStatus.QUEUED, 1)
+    races.lose_updates = False
+    got = await store.get(parent.id)
+    assert got is not None and got.sub_task_status_summary is None
+
+
+async def test_a_task_replayed_between_the_purges_find_and_delete_is_kept(
+    racing: tuple[MongoTaskStore, RacingDatabase],
+) -> None:
+    store, races = racing
+    ended = utcnow() - timedelta(hours=1)
+    old, replayed = (make_task(status=TaskStatus.COMPLETED, completed_at=ended) for _ in range(2))
+    await store.create_many([old, replayed])
+    races.replay_before_delete = {replayed.id}
+
+    assert await store.purge_finished(before=utcnow()) == 1
+
+    assert await store.get(old.id) is None
+    kept = await store.get(replayed.id)
+    assert kept is not None and kept.status is TaskStatus.QUEUED
