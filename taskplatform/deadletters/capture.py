@@ -101,15 +101,20 @@ def text_of(value: Any) -> str | None:
     return storable_text(value)
 
 
-def _int(value: Any) -> int | None:
-    """An integer from a header, kept within a 32-bit column; None when it is none."""
+def _whole(value: Any) -> int | None:
+    """An integer from a header; None when it is none or not a number."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        number = int(value)
+        return int(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return max(-_INT32_MAX, min(number, _INT32_MAX))
+
+
+def _int(value: Any) -> int | None:
+    """An integer from a header, kept within a 32-bit column; None when it is none."""
+    number = _whole(value)
+    return None if number is None else max(-_INT32_MAX, min(number, _INT32_MAX))
 
 
 def deaths(headers: Mapping[str, Any]) -> list[DeathRecord]:
@@ -145,7 +150,7 @@ def _platform_death(message: AbstractIncomingMessage, headers: Mapping[str, Any]
     reason = text_of(headers.get(HEADER_DEAD_REASON))
     if reason is None:
         return []
-    at = _int(headers.get(HEADER_DEAD_AT))
+    at = _whole(headers.get(HEADER_DEAD_AT))  # epoch milliseconds: not a 32-bit count
     try:
         time = datetime.fromtimestamp(at / 1000, UTC) if at is not None else None
     except (OverflowError, OSError, ValueError):

@@ -99,7 +99,10 @@ class BaseTaskStore(
         """Whether the store answers a ping within ``PING_TIMEOUT_SECONDS``: False on any fault
         (a write failing while it answers is refused, not waiting for an outage to end)."""
         try:
-            await asyncio.wait_for(self.ping(), PING_TIMEOUT_SECONDS)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives
+            # as the ping ends, and a caller holding a message through an outage could not stop.
+            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                await self.ping()
         except asyncio.CancelledError:
             raise
         except Exception:

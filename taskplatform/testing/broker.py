@@ -162,7 +162,9 @@ class FakePublisher:
     def recover(self) -> None:
         self._failure = None
 
+    @property
     def ready(self) -> bool:
+        """Like the real publisher's: False while told to fail (``fail``)."""
         return self._failure is None
 
     def _maybe_fail(self) -> None:

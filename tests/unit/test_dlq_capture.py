@@ -111,11 +111,6 @@ def test_a_platform_death_with_an_unreadable_time_has_none(at: object) -> None:
     assert death.routing_keys == ["rk"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="x-dead-at (epoch ms) is clamped to 32 bits by _int, so every platform death reads "
-    "1970-01-25T20:31:23.647Z (capture.py _platform_death); remove this mark once it is fixed",
-)
 def test_a_platform_death_records_its_time_and_no_routing_key_when_there_is_none() -> None:
     message = Dead(b"{}", headers={HEADER_DEAD_REASON: "bad-json", HEADER_DEAD_AT: 1_767_225_600_000})
     [death] = dead_letter_from(message, None).x_death  # type: ignore[arg-type]

@@ -207,8 +207,9 @@ async def test_stop_cancels_a_capture_still_waiting_on_the_store(parts: Parts) -
 
 
 async def test_stop_gives_up_a_message_held_through_an_outage_unsettled(parts: Parts) -> None:
-    # a long backoff: the stop lands while the consumer waits between tries
-    consumer = parts.consumer(outage_hold=60.0, store_backoff=30.0, max_backoff=30.0)
+    # a short backoff: the stop lands in a ping of the store as often as between tries, and a
+    # ping must not swallow it (store.answers)
+    consumer = parts.consumer(outage_hold=60.0, store_backoff=0.001, max_backoff=0.002)
     await consumer.start()
     task = await _stored(parts.store)
     parts.store.available = False

@@ -201,3 +201,19 @@ async def test_a_pass_whose_every_publish_fails_marks_nothing_published(
     assert got is not None and got.outbox.status is OutboxStatus.PENDING and got.outbox.attempts == 1
     assert relay.published_total == 0
     assert "outbox relay published" not in caplog.text
+
+
+async def test_the_fake_publisher_told_to_fail_is_not_ready_and_the_relay_waits(
+    store: MemoryTaskStore,
+) -> None:
+    task = await _pending(store)
+    publisher = FakePublisher()
+    publisher.fail()
+    assert publisher.ready is False  # a property, as on the real publisher
+
+    assert await OutboxRelay(store, publisher, owner="relay-1").run_once() == 0  # type: ignore[arg-type]
+
+    publisher.recover()
+    assert publisher.ready is True
+    assert await OutboxRelay(store, publisher, owner="relay-1").run_once() == 1  # type: ignore[arg-type]
+    assert [p.task_id for p in publisher.published] == [task.id]
