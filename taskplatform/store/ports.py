@@ -273,7 +273,15 @@ class Cancellation(Protocol):
 
 @runtime_checkable
 class ParentRollups(Protocol):
-    """Parents waiting for their children, and the children's roll-up into their summary."""
+    """Parents waiting for their children, and the children's roll-up into their summary.
+
+    A child is counted in one parent: once a parent counts it, a roll-up of it into another
+    parent raises ``ValueError`` ("task C is a child of P, not of Q") and changes neither parent
+    (in ``apply_rollups``, roll-ups before it in the batch may stand), on every backend. SQL and
+    memory keep one ledger entry per child; MongoDB keeps each parent's ledger in the parent and
+    looks in the parent the child's document names, the only parent the platform rolls a child
+    into. The platform never tries it; the refusal keeps the counts true.
+    """
 
     @abstractmethod
     async def set_awaiting_children(

@@ -97,6 +97,42 @@ async def test_roll_up_rejects_child_ids_that_cannot_key_the_ledger(store: BaseT
     assert got is not None and got.sub_task_status_summary is None and got.version == parent.version
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one", "batch"])
+async def test_a_childs_roll_up_into_a_second_parent_is_refused(store: BaseTaskStore, batched: bool) -> None:
+    first, second = make_task(), make_task()
+    child = make_task(parent_task_id=first.id)
+    await store.create_many([first, second, child])
+    assert await store.apply_rollup(first.id, child.id, S.QUEUED, 1) is not None
+
+    with pytest.raises(ValueError, match=f"task {child.id} is a child of {first.id}, not of {second.id}"):
+        if batched:
+            await store.apply_rollups(second.id, [(child.id, S.COMPLETED, 2)])
+        else:
+            await store.apply_rollup(second.id, child.id, S.COMPLETED, 2)
+
+    got = await store.get(second.id)
+    assert got is not None and got.sub_task_status_summary is None and got.version == second.version
+    assert counts(await store.get(first.id)) == {"total": 1, "queued": 1}
+    # the parent that counts it still takes its roll-ups
+    assert await store.apply_rollup(first.id, child.id, S.COMPLETED, 2) is not None
+    assert counts(await store.get(first.id)) == {"total": 1, "completed": 1}
+
+
+async def test_a_child_counted_nowhere_else_rolls_into_the_parent_it_is_given(store: BaseTaskStore) -> None:
+    # Not the parent its document names, nor one with a document at all: only a parent that
+    # already counts the child stands in the way.
+    named, given = make_task(), make_task()
+    child = make_task(parent_task_id=named.id)
+    await store.create_many([named, given, child])
+
+    assert await store.apply_rollup(given.id, child.id, S.QUEUED, 1) is not None
+    assert await store.apply_rollup(given.id, "no-such-child", S.RUNNING, 1) is not None
+
+    assert counts(await store.get(given.id)) == {"total": 2, "queued": 1, "running": 1}
+    got = await store.get(named.id)
+    assert got is not None and got.sub_task_status_summary is None
+
+
 async def test_concurrent_roll_ups_of_many_children_are_exact(store: BaseTaskStore) -> None:
     parent, children = await parent_with_children(store, 50)
     steps = [(S.QUEUED, 1), (S.RUNNING, 2), (S.COMPLETED, 3)]

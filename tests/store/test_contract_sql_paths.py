@@ -1,6 +1,6 @@
-"""SQL specifics (SQLite and PostgreSQL): the roll-up ledger keeps a child to one parent, a time
-without a zone never reaches SQLite, and migrations run only with the connection the
-platform hands them (an in-memory SQLite database included)."""
+"""SQL specifics (SQLite and PostgreSQL): a time without a zone never reaches SQLite, and
+migrations run only with the connection the platform hands them (an in-memory SQLite database
+included)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from taskplatform.errors import StoreError
-from taskplatform.models import TaskStatus
 from taskplatform.store.sql import SqlTaskStore
 from taskplatform.store.sql.migrate import alembic_config, current_revision, upgrade
 from taskplatform.store.sql.pg_fast import PgFastPath
-from tests.store.helpers import make_task
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,19 +32,6 @@ async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield store
     finally:
         await store.close()
-
-
-async def test_a_childs_roll_up_into_a_second_parent_is_refused(sql_store: SqlTaskStore) -> None:
-    first, second = make_task(), make_task()
-    child = make_task(parent_task_id=first.id)
-    await sql_store.create_many([first, second, child])
-    assert await sql_store.apply_rollup(first.id, child.id, TaskStatus.QUEUED, 1) is not None
-
-    with pytest.raises(ValueError, match=f"child of {first.id}, not of {second.id}"):
-        await sql_store.apply_rollup(second.id, child.id, TaskStatus.COMPLETED, 2)
-
-    got = await sql_store.get(second.id)
-    assert got is not None and got.sub_task_status_summary is None
 
 
 async def test_a_time_without_a_zone_is_refused_before_it_reaches_sqlite(sql_store: SqlTaskStore) -> None:

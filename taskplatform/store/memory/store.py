@@ -231,6 +231,10 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryPart, BaseTaskStore
         if doc is None:
             return None
         ledger = data.ledgers.setdefault(parent_id, {})
+        if child_id not in ledger:
+            for other, entries in data.ledgers.items():
+                if other != parent_id and child_id in entries:
+                    raise ValueError(f"task {child_id} is a child of {other}, not of {parent_id}")
         delta = rollup_delta(ledger.get(child_id), status, child_version)
         if delta is not None:
             ledger[child_id] = delta.entry

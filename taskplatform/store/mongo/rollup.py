@@ -27,6 +27,18 @@ def _parent_state(doc: Mapping[str, Any]) -> ParentState:
 class MongoRollup(MongoPart):
     """``apply_rollup`` over the tasks collection."""
 
+    async def _refuse_a_second_parent(self, parent_id: str, child_id: str) -> None:
+        """A child is counted in one parent (``ParentRollups``). Each parent keeps its own ledger,
+        so the other parent looked in is the one the child's document names, by ``_id``: the
+        only parent the platform rolls a child into."""
+        child = await self.collection.find_one({"_id": child_id}, projection={"parent_task_id": 1})
+        named = child.get("parent_task_id") if child is not None else None
+        if named is None or named == parent_id:
+            return
+        counting = {"_id": named, f"{LEDGER}.{child_id}": {"$exists": True}}
+        if await self.collection.find_one(counting, projection={"_id": 1}) is not None:
+            raise ValueError(f"task {child_id} is a child of {named}, not of {parent_id}")
+
     async def apply_rollup(
         self, parent_id: str, child_id: str, status: TaskStatus, child_version: int
     ) -> ParentState | None:
@@ -47,6 +59,8 @@ class MongoRollup(MongoPart):
                     return None
                 entry = (doc.get(LEDGER) or {}).get(child_id)
                 current = LedgerEntry(entry["b"], entry["v"]) if entry is not None else None
+                if current is None:
+                    await self._refuse_a_second_parent(parent_id, child_id)
                 delta = rollup_delta(current, status, child_version)
                 if delta is None:
                     return _parent_state(doc)

@@ -35,9 +35,16 @@ class SqlOutbox(SqlPart):
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
+        if self.dialect == "postgresql":
+            # Picked once: as an ``IN (subquery)`` PostgreSQL may plan a semi join that re-runs
+            # the LIMIT … SKIP LOCKED subquery per row and so leases more than ``limit`` entries.
+            picked = candidates.cte("picked").prefix_with("MATERIALIZED")
+            chosen = tasks.c.id == picked.c.id
+        else:  # SQLite runs an uncorrelated IN subquery once
+            chosen = tasks.c.id.in_(candidates.scalar_subquery())
         stmt = (
             update(tasks)
-            .where(tasks.c.id.in_(candidates.scalar_subquery()), claimable)
+            .where(chosen, claimable)
             .values(outbox_lease_until=lease_until, outbox_lease_owner=owner, version=tasks.c.version + 1)
             .returning(*tasks.columns)
         )
