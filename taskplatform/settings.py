@@ -7,16 +7,16 @@ import os
 import re
 import socket
 import uuid
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplatform.events.models import EventType
 from taskplatform.models.task import MAX_PRIORITY
 from taskplatform.ratelimit.rates import Rate
 from taskplatform.retry import RetryPolicy
+from taskplatform.settings_api import ApiSettings
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
 
@@ -42,7 +42,7 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class PlatformSettings(BaseSettings):
+class PlatformSettings(ApiSettings, BaseSettings):
     """Every knob of the platform. Environment prefix ``TASKPLATFORM_``.
 
     Nothing is read at import time: build one with ``PlatformSettings()`` where the
@@ -54,169 +54,265 @@ class PlatformSettings(BaseSettings):
         env_prefix="TASKPLATFORM_", extra="ignore", validate_default=True, hide_input_in_errors=True
     )
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    store_url: str = DEFAULT_STORE_URL
-    store_auto_migrate: bool = True
-    node_id: str = Field(default_factory=default_node_id)
+    # connections and identity
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (`amqp://` or `amqps://`)."
+    )
+    store_url: str = Field(
+        default=DEFAULT_STORE_URL,
+        description="The task store: `sqlite+aiosqlite:///path`, `postgresql+asyncpg://user@host/db`, "
+        "`mongodb://host/db`, or `memory://` (in-process, for tests; `memory://name` shares one dataset).",
+    )
+    store_auto_migrate: bool = Field(
+        default=True,
+        description="Run the Alembic migrations (SQL) or create the indexes (MongoDB) at start-up.",
+    )
+    node_id: str = Field(
+        default_factory=default_node_id,
+        description="This process's identity in leases and a task's `execution_node_id`.",
+    )
 
     # worker
-    prefetch: int = Field(default=32, ge=1, le=65535)
-    task_timeout_seconds: float = Field(default=300.0, gt=0)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    # how long a worker holds a message and retries while the store is unreachable (well
-    # under RabbitMQ's consumer timeout, 30 min by default)
-    store_outage_hold_seconds: float = Field(default=300.0, gt=0)
-    cancel_poll_seconds: float = Field(default=1.0, gt=0)
-    cancel_grace_seconds: float = Field(default=2.0, ge=0)
-    # modules whose executables to register besides entry points: 'a.tasks,b.tasks' or a JSON list
-    executor_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    load_entry_points: bool = True
+    prefetch: int = Field(
+        default=32,
+        ge=1,
+        le=65535,
+        description="Tasks a worker runs at once per queue group; each priority level's consumer may also "
+        "hold this many unacked messages (up to PREFETCH × levels per group).",
+    )
+    task_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Per-attempt timeout of executables that set none."
+    )
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description="A claim's lease; a running attempt renews it every third of this."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="In-flight work allowed to finish on SIGTERM; what remains is given back to the queue.",
+    )
+    store_outage_hold_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker holds a message and retries its store writes while the store is "
+        "unreachable (well under RabbitMQ's consumer timeout); then it hands the message back.",
+    )
+    cancel_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often a running attempt checks for a cancel request."
+    )
+    cancel_grace_seconds: float = Field(
+        default=2.0, ge=0, description="How long a cancelled attempt gets to stop by itself."
+    )
+    executor_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules whose executables to register besides entry points: `a.tasks,b.tasks` "
+        'or a JSON list `["a.tasks"]`.',
+    )
+    load_entry_points: bool = Field(
+        default=True, description="Register the executables of the `taskplatform.executors` entry points."
+    )
 
     # retries (defaults for executables without their own RetryPolicy)
-    retry_max_attempts: int = Field(default=3, ge=1)
-    retry_initial_delay_seconds: float = Field(default=1.0, ge=0)
-    retry_max_delay_seconds: float = Field(default=300.0, ge=0)
-    retry_jitter_seconds: float = Field(default=0.5, ge=0)
+    retry_max_attempts: int = Field(default=3, ge=1, description="Attempts a task gets in all.")
+    retry_initial_delay_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Delay before the first retry; later delays grow exponentially from it.",
+    )
+    retry_max_delay_seconds: float = Field(default=300.0, ge=0, description="Longest delay between retries.")
+    retry_jitter_seconds: float = Field(default=0.5, ge=0, description="Random delay added to each retry.")
 
     # retention
-    #: Seconds a finished task is kept (7 days); 0 keeps them for ever. MongoDB: a TTL index;
-    #: SQL: the cleanup pass of every API and worker process.
-    task_retention_seconds: float = Field(default=7 * 86400.0, ge=0)
-    #: How often the cleanup pass looks for finished tasks past their retention.
-    retention_interval_seconds: float = Field(default=300.0, gt=0)
+    task_retention_seconds: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="Seconds a finished task (COMPLETED, COMPLETED_WITH_ERRORS, CANCELLED) is kept; 0 keeps "
+        "them for ever. MongoDB: a TTL index too; all stores: the cleanup pass of every API and worker.",
+    )
+    retention_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the cleanup pass looks for finished tasks past their retention.",
+    )
 
     # reaper (RUNNING tasks whose worker vanished)
-    reaper_enabled: bool = True
-    reaper_interval_seconds: float = Field(default=10.0, gt=0)
-    reaper_grace_seconds: float = Field(default=5.0, ge=0)
-    #: A parent waiting this long without a roll-up is recounted from its children.
-    parent_reconcile_seconds: float = Field(default=60.0, gt=0)
+    reaper_enabled: bool = Field(
+        default=True, description="Run the reaper and the retention cleanup in this process."
+    )
+    reaper_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often to look for attempts whose worker vanished."
+    )
+    reaper_grace_seconds: float = Field(
+        default=5.0, ge=0, description="How long past its lease an attempt is left before it is reaped."
+    )
+    parent_reconcile_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A parent waiting this long without a roll-up is recounted from its children.",
+    )
 
-    # the store's clock: leases, lapses and takeovers are written and compared in it
-    #: How often each process measures its clock's offset to the store's again (and at start).
-    clock_sync_seconds: float = Field(default=60.0, gt=0)
-    #: A WARNING is logged when this process's clock is further than this off the store's.
-    clock_skew_warn_seconds: float = Field(default=2.0, gt=0)
+    # the store's clock (leases are written and compared in it)
+    clock_sync_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often each process measures its clock's offset to the store's again (and at start).",
+    )
+    clock_skew_warn_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="A WARNING is logged when this process's clock is further than this off the store's.",
+    )
 
     # dead letters
-    #: Run the DLQ consumer in workers (it stores dead messages for the DeadLetter API).
-    dlq_consumer_enabled: bool = True
-    #: Default pace of a bulk replay, tasks per second (a request may ask for less or more).
-    dlq_replay_rate: float = Field(default=50.0, gt=0)
-    #: Tries the DLQ consumer gives a dead message the store answers for but refuses to store,
-    #: before it parks it in ``tasks.dlq.parking`` (tries while the store is unreachable don't count).
-    dlq_max_capture_attempts: int = Field(default=5, ge=1)
-    #: The DLQ consumer's first wait between tries of a dead message; doubles, up to 30 s.
-    dlq_capture_backoff_seconds: float = Field(default=1.0, gt=0)
+    dlq_consumer_enabled: bool = Field(
+        default=True,
+        description="Run the DLQ consumer in workers: it stores dead messages for the DeadLetter API.",
+    )
+    dlq_replay_rate: float = Field(
+        default=50.0,
+        gt=0,
+        description="Default pace of a bulk replay, tasks per second (a request may ask for less or more).",
+    )
+    dlq_max_capture_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Tries the DLQ consumer gives a dead message the store answers for but refuses, before "
+        "parking it in `tasks.dlq.parking` (tries while the store is unreachable don't count).",
+    )
+    dlq_capture_backoff_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="The DLQ consumer's first wait between tries of a dead message; doubles, up to 30 s.",
+    )
 
     # events
-    #: Publish lifecycle events to the events exchange (the external event bridge).
-    events_bridge_enabled: bool = True
-    #: Event types the bridge publishes (default: all). Each costs one confirmed publish.
-    events_bridge_types: list[EventType] | None = None
-    #: Events buffered per observer before the oldest is dropped (and counted).
-    event_observer_buffer: int = Field(default=10_000, ge=1)
-    #: Least seconds between two progress writes of one attempt (throttling).
-    progress_interval_seconds: float = Field(default=1.0, ge=0)
+    events_bridge_enabled: bool = Field(
+        default=True, description="Publish lifecycle events to `tasks.events.exchange` (the external bridge)."
+    )
+    events_bridge_types: list[EventType] | None = Field(
+        default=None,
+        description='Event types the bridge publishes, a JSON list such as `["completed","dead_lettered"]`; '
+        "unset: all. Each costs one confirmed publish (docs/benchmarks.md).",
+    )
+    event_observer_buffer: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events buffered per observer; a full buffer makes producers wait, and drops the oldest "
+        "once the observer has been stuck on one batch for 2 s (counted).",
+    )
+    progress_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Least seconds between two progress writes (and events) of one attempt; the latest value "
+        "wins, the last one is written with the completion.",
+    )
 
     # topology
-    topology_prefix: str = ""
-    delivery_limit: int = Field(default=5, ge=1)
-    delay_mode: Literal["ttl", "plugin"] = "ttl"
-    #: Quorum queues per queue group, one per priority band (10: one per priority 0-9).
-    priority_levels: int = Field(default=MAX_PRIORITY + 1, ge=1, le=MAX_PRIORITY + 1)
-    #: How long a delivered message may wait in a busy worker behind higher priorities before
-    #: it is handed back to its queue (kept well under RabbitMQ's consumer timeout).
-    priority_hold_seconds: float = Field(default=60.0, gt=0)
+    topology_prefix: str = Field(
+        default="", description="Prefix for every exchange and queue name (isolation on a shared broker)."
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, description="Quorum-queue `x-delivery-limit` before a message is dead-lettered."
+    )
+    delay_mode: Literal["ttl", "plugin"] = Field(
+        default="ttl",
+        description="Retry delays through TTL tier queues, or `plugin` (needs "
+        "rabbitmq_delayed_message_exchange).",
+    )
+    priority_levels: int = Field(
+        default=MAX_PRIORITY + 1,
+        ge=1,
+        le=MAX_PRIORITY + 1,
+        description="Quorum queues per queue group, one per priority band: 10 gives each priority 0-9 its "
+        "own; 1 turns priorities off.",
+    )
+    priority_hold_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a delivered message may wait in a busy worker behind higher priorities before "
+        "it is handed back to its queue (well under RabbitMQ's consumer timeout).",
+    )
 
     # rate limits
-    #: Where executables' ``rate_limits`` are counted: ``store`` (shared by every worker of the
-    #: store, exact across processes) or ``memory`` (each process on its own).
-    rate_limit_backend: Literal["store", "memory"] = "store"
-    #: Longest a worker holds a delivery waiting for its rate limit; a longer wait goes round the
-    #: delay path (the message is acked, the slot stays reserved, no attempt is counted).
-    rate_limit_hold_seconds: float = Field(default=1.0, ge=0)
-    #: Submissions the API accepts per user (the token's subject; the client address without
-    #: authentication), e.g. ``"50/s"``; unset: unlimited. More answer 429 with Retry-After.
-    api_submit_rate: Rate | None = None
-    #: Tasks a user may create at once above ``api_submit_rate`` (a batch counts its items too).
-    api_submit_burst: int = Field(default=20, ge=1)
-    #: Where the API counts submissions: ``memory`` (per API process) or ``store`` (all of them).
-    api_rate_limit_backend: Literal["memory", "store"] = "memory"
+    rate_limit_backend: Literal["store", "memory"] = Field(
+        default="store",
+        description="Where executables' `rate_limits` are counted: `store` (shared by every worker of the "
+        "store) or `memory` (each process on its own: N processes allow N times the rate).",
+    )
+    rate_limit_hold_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Longest a worker holds a delivery waiting for its rate-limit slot; a longer wait goes "
+        "round the delay path (acked, the store untouched, no attempt counted); at least 0.5 in effect.",
+    )
+    api_submit_rate: Rate | None = Field(
+        default=None,
+        description="Submissions the API accepts per user (token subject, or client address without "
+        "authentication), e.g. `50/s`; unset: unlimited. More answer 429 with Retry-After.",
+    )
+    api_submit_burst: int = Field(
+        default=20,
+        ge=1,
+        description="Tasks a user may create at once above `api_submit_rate` (a batch counts its items "
+        "plus one): the largest request a caller may make.",
+    )
+    api_rate_limit_backend: Literal["memory", "store"] = Field(
+        default="memory",
+        description="Where the API counts submissions: `memory` (per API process) or `store` (all of them).",
+    )
 
     # publishing and outbox
-    publish_timeout_seconds: float = Field(default=5.0, gt=0)
-    publish_retry_attempts: int = Field(default=3, ge=1)
-    outbox_relay_enabled: bool = True
-    outbox_interval_seconds: float = Field(default=1.0, gt=0)
-    outbox_grace_seconds: float = Field(default=10.0, ge=0)
-    outbox_lease_seconds: float = Field(default=30.0, gt=0)
-    outbox_batch_size: int = Field(default=200, ge=1)
-
-    # authentication (the API) and the token clients send
-    #: ``jwt``: every API request needs a bearer JWT; ``disabled``: none does (each request
-    #: acts as an admin). ``taskplatform dev`` defaults to ``disabled``, everything else to ``jwt``.
-    auth: Literal["jwt", "disabled"] = "jwt"
-    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
-    #: HS256 shared secret (at least 32 bytes); also what ``taskplatform token`` signs with.
-    jwt_secret: SecretStr | None = None
-    #: RS256: a PEM public key file, or a JWKS file (keys chosen by the token's ``kid``).
-    jwt_public_key_file: Path | None = None
-    jwt_jwks_file: Path | None = None
-    #: Required ``iss`` / ``aud`` claims; empty means not checked.
-    jwt_issuer: str = "taskplatform"
-    jwt_audience: str = "taskplatform"
-    #: Clock skew allowed on ``exp`` / ``nbf`` / ``iat``.
-    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
-    #: Longest a token may live: one whose ``exp`` lies further ahead (of now, or of its ``iat``)
-    #: is refused, and ``taskplatform token --ttl`` mints no longer one.
-    jwt_max_lifetime_seconds: float = Field(default=86400.0, gt=0)
-    #: Claim holding the caller's roles (a list, or a space-separated string).
-    jwt_roles_claim: str = "roles"
-    #: ``/readyz`` (queue names, consumer counts) and ``/metrics`` need an operator's token too.
-    #: Off by default so probes and Prometheus need no token: keep those ports on a private
-    #: network, or turn this on and give Prometheus a token (DEVELOPER_GUIDE "Authentication").
-    protect_ops_endpoints: bool = False
-    #: Bearer token the CLI and ``TaskPlatformClient.from_settings`` send.
-    token: SecretStr | None = None
-
-    # API
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=0, le=65535)
-    api_url: str | None = None
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    #: Seconds a connection has to send a complete request head, from its opening or its previous
-    #: response (also the keep-alive idle time-out); then it is closed.
-    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
-    #: Seconds a request body has to arrive whole after its head; then 408 and the connection closes.
-    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
-    #: Connections plus requests in progress per API process above which requests answer 503.
-    api_max_connections: int = Field(default=1000, ge=1)
-    #: Request body bytes one API process holds at once; a body beyond answers 503 + Retry-After.
-    api_max_buffered_bytes: int = Field(default=64 * 1_048_576, ge=1024)
-    #: Bytes of items one list page (tasks, children, dead letters) holds: the page ends early,
-    #: with a ``next_cursor``, before the item that would pass it (a page has at least one item).
-    api_max_page_bytes: int = Field(default=4 * 1_048_576, ge=1024)
-
-    #: API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess mode.
-    api_processes: int = Field(default=1, ge=1, le=64)
-    #: One INFO line per API request on the ``taskplatform.access`` logger (method, route template,
-    #: status, duration, user id, client address); successful probes and scrapes at DEBUG.
-    api_access_log: bool = True
+    publish_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a task message's publish waits for the broker's confirm."
+    )
+    publish_retry_attempts: int = Field(
+        default=3, ge=1, description="Tries of a publish before it is left to the outbox relay."
+    )
+    outbox_relay_enabled: bool = Field(
+        default=True, description="Run the outbox relay (republishes what the broker missed) in this process."
+    )
+    outbox_interval_seconds: float = Field(default=1.0, gt=0, description="The outbox relay's period.")
+    outbox_grace_seconds: float = Field(
+        default=10.0, ge=0, description="Age of a pending outbox entry before the relay republishes it."
+    )
+    outbox_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a relay holds the outbox entries it took (others skip them).",
+    )
+    outbox_batch_size: int = Field(default=200, ge=1, description="Outbox entries one relay pass takes.")
 
     # metrics
-    #: Workers serve Prometheus metrics on this port (the API serves /metrics on its own port).
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    #: The address the worker metrics server binds: loopback unless a scraper on another host
-    #: (e.g. Prometheus in another container) needs it, then ``0.0.0.0``.
-    metrics_host: str = "127.0.0.1"
-    #: How often the outbox backlog, the oldest queued task and pending dead letters are sampled.
-    metrics_sample_seconds: float = Field(default=15.0, gt=0)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Workers serve Prometheus metrics on this port; the API serves /metrics on its own port.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="The address a worker's metrics server binds; `0.0.0.0` when a scraper on another host "
+        "or container needs it.",
+    )
+    metrics_sample_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the outbox backlog, the oldest queued task and pending dead letters are "
+        "sampled into gauges.",
+    )
 
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_json: bool = False
+    # process and logging
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="The event loop: `auto` takes uvloop when it is installed."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Logging level (any case)."
+    )
+    log_json: bool = Field(
+        default=False,
+        description="One JSON object per log line; lines logged while an attempt runs carry its `task_id`, "
+        "`task_type`, `attempt` and `node_id`.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -118,3 +118,64 @@ def test_a_failing_python_block_and_an_unmarked_language_fail_the_check(tmp_path
         runner.run(check.Block(9, "yaml", "a: 1\n"))
     runner.run(check.Block(12, "json", "{}\n", directive="skip", reason="sample output"))
     assert runner.skipped == 1 and runner.ran == 0
+
+
+def test_a_file_block_is_written_and_the_main_job_block_loads_it(tmp_path: Path) -> None:
+    check = _checker()
+    runner = check.Runner(tmp_path, {"PATH": "/usr/bin:/bin"})
+    text = (
+        "<!-- readme-check: file greet.py -->\n```python\nGREETING = 'hello'\n```\n"
+        "<!-- readme-check: main-job -->\n"
+        "```sh\nPYTHONPATH=. TASKPLATFORM_EXECUTOR_MODULES=greet scripts/run\n```\n"
+    )
+    file_block, main_block = check.blocks(text)
+    assert (file_block.directive, file_block.reason) == ("file", "greet.py")
+    runner.run(file_block)
+    runner.run(main_block)
+    assert (tmp_path / "files/greet.py").read_text() == "GREETING = 'hello'\n"
+    assert runner.main_env["PYTHONPATH"] == str(tmp_path / "files")
+    assert runner.main_env["TASKPLATFORM_EXECUTOR_MODULES"] == "greet"
+    assert runner.server is None and runner.ran == 2
+
+
+def test_a_file_block_that_does_not_import_fails_the_check_naming_its_line(tmp_path: Path) -> None:
+    check = _checker()
+    runner = check.Runner(tmp_path, {"PATH": "/usr/bin:/bin"})
+    block = check.Block(21, "python", "import no_such_module_anywhere\n", directive="file", reason="greet.py")
+    with pytest.raises(
+        SystemExit,
+        match="(?s)greet.py, the file block at README line 21, does not import.*ModuleNotFoundError",
+    ):
+        runner.run(block)
+
+
+def test_a_main_job_that_does_not_load_the_written_file_fails_the_check(tmp_path: Path) -> None:
+    check = _checker()
+    runner = check.Runner(tmp_path, {"PATH": "/usr/bin:/bin"})
+    runner.run(check.Block(3, "python", "X = 1\n", directive="file", reason="greet.py"))
+    for command in (
+        "TASKPLATFORM_EXECUTOR_MODULES=other scripts/run\n",
+        "TASKPLATFORM_EXECUTOR_MODULES=greet scripts/run\n",
+    ):
+        with pytest.raises(
+            SystemExit,
+            match="main job at README line 9 does not load greet, the file written at README line 3",
+        ):
+            runner.run(check.Block(9, "sh", command, directive="main-job"))
+    with pytest.raises(SystemExit, match="main-job block at README line 9 is not one"):
+        runner.run(check.Block(9, "sh", "scripts/run --reload\n", directive="main-job"))
+    with pytest.raises(SystemExit, match="greet.py, written at README line 3, is never loaded"):
+        runner.run(check.Block(14, "sh", "curl -s localhost:8000/healthz\n"))  # would start the main job
+    assert runner.server is None
+    with pytest.raises(SystemExit, match="names 'greet.txt', not a module.py"):
+        runner.run(check.Block(12, "python", "X = 1\n", directive="file", reason="greet.txt"))
+
+
+def test_the_docs_pages_run_after_the_readme_and_the_readme_loads_its_task() -> None:
+    check = _checker()
+    found = check.all_blocks()
+    sources = [b.source for b in found]
+    assert sources[0] == "README" and set(sources) == {"README", *check.PAGES}
+    readme = [b for b in found if b.source == "README"]
+    assert [b.directive for b in readme if b.directive in ("file", "main-job")] == ["file", "main-job"]
+    assert all(b.language in ("sh", "python") or b.directive == "skip" for b in found)

@@ -77,7 +77,7 @@ def require(service: str, url: str, default_port: int) -> None:
     """Skip (locally) or fail (CI) unless ``service`` answers at ``url``."""
     problem = _reachable(url, default_port)
     if problem is not None:
-        missing(f"{service} is required: {problem}; start it (see README 'Services')")
+        missing(f"{service} is required: {problem}; start it (see docs/testing.md)")
 
 
 def require_rabbitmq() -> None:
