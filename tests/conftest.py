@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from taskplatform.tasks.registry import ExecutableRegistry
 from tests.support.executables import EXECUTABLES
 from tests.support.garbage import collect_garbage_or_fail
 from tests.support.rabbit_node import RabbitNode
+from tests.support.server import sweep_prefixes
 from tests.support.services import (
     RABBITMQ_URL,
     DisruptableBroker,
@@ -29,6 +31,8 @@ from topology import build_topology
 
 #: RabbitMQ nodes this session started for its disruptive tests (reported at the end).
 _OWN_NODES: list[RabbitNode] = []
+#: Every topology prefix handed out (``topology_prefix``): swept after each module.
+_HANDED_OUT: list[str] = []
 
 
 def pytest_report_header() -> str:
@@ -57,10 +61,23 @@ def _nothing_left_unclosed_by_the_module(request: pytest.FixtureRequest) -> Iter
     collect_garbage_or_fail(f"the tests of {request.module.__name__}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_queues_left_by_the_module() -> Iterator[None]:
+    """Delete whatever the module's tests left on the shared broker under their prefixes (worker
+    processes they started declare whole topologies); each quorum queue holds RabbitMQ file
+    handles, and a broker out of them stops answering new connections."""
+    first = len(_HANDED_OUT)
+    yield
+    if len(_HANDED_OUT) > first:
+        asyncio.run(sweep_prefixes(_HANDED_OUT[first:]))
+
+
 @pytest.fixture
 def topology_prefix() -> str:
     """A prefix that keeps this test's exchanges and queues apart from every other's."""
-    return f"t{uuid.uuid4().hex[:10]}."
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    _HANDED_OUT.append(prefix)
+    return prefix
 
 
 @pytest.fixture

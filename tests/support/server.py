@@ -132,3 +132,42 @@ def delete_topology_now(topology: Topology, *, url: str = RABBITMQ_URL, timeout:
         asyncio.run(asyncio.wait_for(delete(), timeout=timeout))
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         print(f"\nwarning: deleting the topology {topology.work_exchange} failed ({exc!r}); its queues stay")
+
+
+def _names_under(prefix: str) -> tuple[list[str], list[str]]:
+    """Every queue and exchange a process of this suite may declare under ``prefix``: all queue
+    groups at every priority level, both delay modes, the DLQ and the parking queue."""
+    topology = served_topology(prefix)
+    queues = {queue.name for queue in topology.queues}
+    exchanges = {exchange.name for exchange in topology.exchanges}
+    exchanges.add(build_topology({}, prefix=prefix, delay_mode="plugin").delay_exchange)
+    return sorted(queues), sorted(exchanges)
+
+
+async def sweep_prefixes(prefixes: Iterable[str], *, url: str = RABBITMQ_URL, timeout: float = 120) -> int:
+    """Delete what tests may have left under ``prefixes`` (a worker process they started, a test
+    that failed before its own cleanup); deleting what is not there is a no-op. Returns how many
+    prefixes were swept; on a broker fault or after ``timeout`` it prints a warning instead."""
+    prefixes = list(prefixes)
+    if not prefixes:
+        return 0
+
+    async def sweep() -> None:
+        connection = await aio_pika.connect(url, timeout=10)
+        try:
+            channel = await connection.channel()
+            for prefix in prefixes:
+                queues, exchanges = _names_under(prefix)
+                for queue in queues:
+                    await channel.queue_delete(queue)
+                for exchange in exchanges:
+                    await channel.exchange_delete(exchange)
+        finally:
+            await connection.close()
+
+    try:
+        await asyncio.wait_for(sweep(), timeout=timeout)
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        print(f"\nwarning: sweeping the queues of {len(prefixes)} test prefixes failed ({exc!r})")
+        return 0
+    return len(prefixes)
