@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskplatform.models import BackgroundTask, DeadLetter, DeathRecord, ErrorInfo, new_task_id, utcnow
 from taskplatform.store import BaseTaskStore
+from taskplatform.store.sql import SqlTaskStore
+from taskplatform.store.sql.migrate import upgrade
 
 NODE = "node-a"
 
@@ -54,3 +62,23 @@ def make_dead_letter(**overrides: object) -> DeadLetter:
     }
     fields.update(overrides)
     return DeadLetter.model_validate(fields)
+
+
+def sql_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> str:
+    """A SQLite file of this test, or a fresh PostgreSQL database of its own (never migrated)."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/{name}.db"
+    return str(request.getfixturevalue("own_postgres_database_url"))
+
+
+@contextlib.asynccontextmanager
+async def schema_at(url: str, revision: str) -> AsyncIterator[AsyncEngine]:
+    """The store at ``url`` migrated only as far as ``revision`` (an older schema), to write rows
+    as that version wrote them; closed on exit."""
+    old = SqlTaskStore(url, auto_migrate=False)
+    await old.open()
+    try:
+        await upgrade(old.engine, revision)
+        yield old.engine
+    finally:
+        await old.close()

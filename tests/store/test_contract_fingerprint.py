@@ -12,8 +12,8 @@ from sqlalchemy import inspect, text
 from taskplatform.models.task import idempotency_scope, submission_fingerprint
 from taskplatform.store import BaseTaskStore
 from taskplatform.store.sql import SqlTaskStore
-from taskplatform.store.sql.migrate import alembic_config, current_revision, upgrade
-from tests.store.helpers import make_task
+from taskplatform.store.sql.migrate import alembic_config, current_revision
+from tests.store.helpers import make_task, schema_at, sql_url
 
 
 async def test_the_fingerprint_is_kept_with_the_task(store: BaseTaskStore) -> None:
@@ -56,17 +56,10 @@ def test_the_fingerprint_ignores_key_order_but_not_values() -> None:
 async def test_upgrading_from_0006_leaves_keyed_tasks_without_a_fingerprint(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/old6.db"
-        if backend == "sqlite"
-        else request.getfixturevalue("own_postgres_database_url")
-    )
-    old = SqlTaskStore(url, auto_migrate=False)
-    await old.open()
-    try:
-        await upgrade(old.engine, "0006")
+    url = sql_url(backend, tmp_path, request, "old6")
+    async with schema_at(url, "0006") as engine:
         row = make_task(user_id="u1", idempotency_key="order-1")
-        async with old.engine.begin() as conn:
+        async with engine.begin() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO tasks (id, user_id, task_type, status, parameters, created_at, updated_at,"
@@ -76,8 +69,6 @@ async def test_upgrading_from_0006_leaves_keyed_tasks_without_a_fingerprint(
                 ),
                 {"id": row.id, "scope": idempotency_scope("u1", "order-1")},
             )
-    finally:
-        await old.close()
     store = SqlTaskStore(url)
     await store.open()
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ from sqlalchemy import Connection, bindparam, text
 from taskplatform.models import TaskStatus, utcnow
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.store.sql import SqlTaskStore
-from taskplatform.store.sql.migrate import current_revision, upgrade
+from taskplatform.store.sql.migrate import current_revision
 from taskplatform.store.sql.schema import UTCDateTime, metadata
-from tests.store.helpers import make_dead_letter
-from tests.support.services import fresh_postgres_database
+from tests.store.helpers import make_dead_letter, schema_at, sql_url
 
 HEAD = "0007"
 
@@ -39,11 +37,7 @@ def _is_backend_only_index(diff: Any) -> bool:
 async def test_migrated_database_matches_the_schema(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/m.db"
-        if backend == "sqlite"
-        else request.getfixturevalue("postgres_database_url")
-    )
+    url = sql_url(backend, tmp_path, request, "m")
     store = SqlTaskStore(url)
     await store.open()
     try:
@@ -57,11 +51,8 @@ async def test_migrated_database_matches_the_schema(
 
 async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_fields(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
-    old = SqlTaskStore(url, auto_migrate=False)
-    await old.open()
-    try:
-        await upgrade(old.engine, "0001")
-        async with old.engine.begin() as conn:
+    async with schema_at(url, "0001") as engine:
+        async with engine.begin() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO tasks (id, task_type, status, parameters, created_at, updated_at, tags,"
@@ -69,8 +60,6 @@ async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_f
                     " '2026-01-01 00:00:00', '2026-01-01 00:00:00', '[]', 'published')"
                 )
             )
-    finally:
-        await old.close()
     store = SqlTaskStore(url)
     await store.open()
     try:
@@ -83,27 +72,13 @@ async def test_upgrading_a_database_with_tasks_keeps_them_and_defaults_the_new_f
         await store.close()
 
 
-@pytest.fixture
-def empty_postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for this test (the session's is migrated already)."""
-    with fresh_postgres_database("tp_mig") as url:
-        yield url
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_upgrading_from_0002_with_tasks_keeps_them_replayable_and_adds_the_dead_letter_tables(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/old2.db"
-        if backend == "sqlite"
-        else request.getfixturevalue("empty_postgres_url")
-    )
-    old = SqlTaskStore(url, auto_migrate=False)
-    await old.open()
-    try:
-        await upgrade(old.engine, "0002")
-        async with old.engine.begin() as conn:
+    url = sql_url(backend, tmp_path, request, "old2")
+    async with schema_at(url, "0002") as engine:
+        async with engine.begin() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO tasks (id, task_type, status, parameters, created_at, updated_at, tags,"
@@ -115,8 +90,6 @@ async def test_upgrading_from_0002_with_tasks_keeps_them_replayable_and_adds_the
                     {"id": "done", "status": "COMPLETED", "at": datetime(2026, 1, 2, tzinfo=UTC)},
                 ],
             )
-    finally:
-        await old.close()
     store = SqlTaskStore(url)
     await store.open()
     try:
@@ -136,17 +109,10 @@ async def test_upgrading_from_0002_with_tasks_keeps_them_replayable_and_adds_the
 async def test_upgrading_from_0005_keeps_dead_letter_bodies_and_stores_new_ones_as_bytes(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/old5.db"
-        if backend == "sqlite"
-        else request.getfixturevalue("empty_postgres_url")
-    )
+    url = sql_url(backend, tmp_path, request, "old5")
     old_record = make_dead_letter(body='{"task_id": "old"}')
-    old = SqlTaskStore(url, auto_migrate=False)
-    await old.open()
-    try:
-        await upgrade(old.engine, "0005")
-        async with old.engine.begin() as conn:  # a row as 0005 wrote it: the body inside the JSON
+    async with schema_at(url, "0005") as engine:
+        async with engine.begin() as conn:  # a row as 0005 wrote it: the body inside the JSON
             await conn.execute(
                 text(
                     "INSERT INTO dead_letters (id, task_id, task_type, user_id, reason, error_type, status,"
@@ -160,8 +126,6 @@ async def test_upgrading_from_0005_keeps_dead_letter_bodies_and_stores_new_ones_
                     "record": json.dumps(old_record.model_dump(mode="json")),
                 },
             )
-    finally:
-        await old.close()
     store = SqlTaskStore(url)
     await store.open()
     try:
