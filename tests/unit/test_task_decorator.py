@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 import pickle
 import textwrap
-import uuid
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel, field_validator
@@ -16,9 +15,10 @@ import taskplatform
 from taskplatform import Executable, Progress, RateLimit, RetryPolicy, TaskContext, task
 from taskplatform.api.ratelimit import submission_weight
 from taskplatform.errors import ConfigError
-from taskplatform.tasks.decorator import TaskDefinitionError, executable_of
+from taskplatform.tasks.decorator import executable_of
 from taskplatform.tasks.registry import ExecutableRegistry
-from taskplatform.testing import FakeTaskContext, run_task
+from taskplatform.testing import FakeTaskContext
+from tests.support.task_modules import TYPE_CHECKING_MODULE, write_module
 
 
 class Greet(BaseModel):
@@ -138,13 +138,6 @@ def test_the_public_names_load_lazily_from_the_package() -> None:
 
 
 # ------------------------------------------------------------ registration
-def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> str:
-    name = f"user_tasks_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
-
-
 USER_MODULE = """
     from __future__ import annotations
 
@@ -258,199 +251,6 @@ def test_a_reloaded_module_registered_again_is_named_as_a_different_object(
     )
 
 
-# ------------------------------------------------------------ refusals
-class NotAModel:
-    pass
-
-
-async def takes_dict(ctx: TaskContext[Any], params: dict[str, Any]) -> Greeting:
-    return Greeting(text="")
-
-
-async def returns_str(ctx: TaskContext[Any], params: Greet) -> str:
-    return ""
-
-
-async def returns_nothing_declared(ctx: TaskContext[Any], params: Greet):  # type: ignore[no-untyped-def]
-    return Greeting(text="")
-
-
-async def params_unannotated(ctx, params) -> Greeting:  # type: ignore[no-untyped-def]
-    return Greeting(text="")
-
-
-async def one_argument(params: Greet) -> Greeting:
-    return Greeting(text="")
-
-
-async def three_arguments(ctx: TaskContext[Any], params: Greet, extra: int) -> Greeting:
-    return Greeting(text="")
-
-
-def not_async(ctx: TaskContext[Any], params: Greet) -> Greeting:
-    return Greeting(text="")
-
-
-async def _private(ctx: TaskContext[Any], params: Greet) -> Greeting:
-    return Greeting(text="")
-
-
-@pytest.mark.parametrize(
-    ("fn", "message"),
-    [
-        (not_async, "not_async must be 'async def'"),
-        (takes_dict, "takes_dict: the parameter 'params' annotation must be a pydantic BaseModel subclass"),
-        (
-            returns_str,
-            "returns_str: the return annotation must be a pydantic BaseModel subclass, got <class 'str'>",
-        ),
-        (returns_nothing_declared, "returns_nothing_declared: the return annotation .* got missing"),
-        (params_unannotated, "params_unannotated: the parameter 'params' annotation .* got missing"),
-        (one_argument, "one_argument must take two arguments"),
-        (three_arguments, "three_arguments must take two arguments"),
-        (_private, "_private: task type '_private' must match"),
-    ],
-)
-def test_functions_that_break_the_contract_are_refused_naming_them(fn: Any, message: str) -> None:
-    with pytest.raises(TaskDefinitionError, match=message) as caught:
-        task(fn)
-    assert isinstance(caught.value, ConfigError) and isinstance(caught.value, TypeError)
-    assert f"test_task_decorator.{fn.__name__}" in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"name": "Bad Type"}, "task type 'Bad Type' must match"),
-        ({"name": 3}, "the task type must be a string, got 3"),
-        ({"queue": "Not A Queue"}, "queue must match"),
-        ({"timeout": 0}, "timeout must be positive seconds or None, got 0"),
-        ({"timeout": "30"}, "timeout must be positive seconds or None"),
-        ({"fan_out": -1}, "fan_out must be an int >= 0 or a function, got -1"),
-        ({"retryable_exceptions": (ValueError, int)}, "<class 'int'> is not an exception class"),
-        ({"rate_limits": (RateLimit("1/s"), RateLimit("2/s"))}, "rate_limits"),
-        ({"retries": 3}, r"unknown option\(s\) \['retries'\]"),
-    ],
-)
-def test_bad_options_are_refused_naming_the_function(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(TaskDefinitionError, match=message) as caught:
-        task(**options)(returns_greeting)
-    if "name" not in options or isinstance(options["name"], str):
-        assert "returns_greeting" in str(caught.value)
-
-
-async def returns_greeting(ctx: TaskContext[Any], params: Greet) -> Greeting:
-    return Greeting(text="")
-
-
-def test_models_the_module_cannot_see_are_refused_with_a_hint() -> None:
-    class LocalParams(BaseModel):  # string annotations of this module cannot resolve it
-        x: int
-
-    async def local_task(ctx: TaskContext[Any], params: LocalParams) -> Greeting:
-        return Greeting(text="")
-
-    with pytest.raises(
-        TaskDefinitionError,
-        match="local_task: cannot resolve the parameter 'params' annotation 'LocalParams' "
-        r"\(name 'LocalParams' is not defined\); define the model at module level",
-    ):
-        task(local_task)
-
-
-TYPE_CHECKING_MODULE = """
-    from __future__ import annotations
-
-    from typing import TYPE_CHECKING
-
-    from pydantic import BaseModel
-
-    from taskplatform import task
-
-    if TYPE_CHECKING:
-        from taskplatform import TaskContext
-        {hidden}
-
-
-    class In(BaseModel):
-        n: int
-
-
-    class Out(BaseModel):
-        doubled: int
-
-
-    @task("double")
-    async def double(ctx: TaskContext[In], params: {params}) -> {result}:
-        return Out(doubled=2 * params.n)
-"""
-
-
-async def test_a_context_annotation_imported_only_for_type_checking_is_not_resolved(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source = TYPE_CHECKING_MODULE.format(hidden="", params="In", result="Out")
-    module = write_module(tmp_path, monkeypatch, source)
-    registry = ExecutableRegistry.discover([module], entry_point_group=None)
-
-    assert await run_task(registry.get("double"), {"n": 4}) == registry.get("double").Result(doubled=8)
-
-
-@pytest.mark.parametrize(
-    ("params", "result", "message"),
-    [
-        ("Hidden", "Out", "cannot resolve the parameter 'params' annotation 'Hidden'"),
-        ("In", "Hidden", "cannot resolve the return annotation 'Hidden'"),
-    ],
-)
-def test_a_model_imported_only_for_type_checking_is_refused_naming_the_annotation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: str, result: str, message: str
-) -> None:
-    source = TYPE_CHECKING_MODULE.format(
-        hidden="from pydantic import BaseModel as Hidden", params=params, result=result
-    )
-    module = write_module(tmp_path, monkeypatch, source)
-
-    with pytest.raises(ConfigError, match=rf"{module}\.double: {message} \(name 'Hidden' is not defined\); .*"
-                       r"not under TYPE_CHECKING"):  # fmt: skip
-        ExecutableRegistry.discover([module], entry_point_group=None)
-
-
-async def required_keyword(ctx: TaskContext[Any], params: Greet, *, extra: int) -> Greeting:
-    return Greeting(text="")
-
-
-async def only_star_args(*args: Any) -> Greeting:
-    return Greeting(text="")
-
-
-async def optional_extras(
-    ctx: TaskContext[Greet], params: Greet, prefix: str = "hi ", *rest: Any, suffix: str = "!", **more: Any
-) -> Greeting:
-    return Greeting(text=f"{prefix}{params.name}{suffix}")
-
-
-@pytest.mark.parametrize(
-    ("fn", "message"),
-    [
-        (required_keyword, r"required_keyword: keyword-only parameter\(s\) \['extra'\] have no default"),
-        (only_star_args, r"only_star_args must take two arguments: .*; it requires \[\]"),
-        (
-            three_arguments,
-            r"three_arguments must take two arguments: .*; it requires \['ctx', 'params', 'extra'\]",
-        ),
-    ],
-)
-def test_parameters_the_worker_cannot_fill_are_refused_at_decoration(fn: Any, message: str) -> None:
-    with pytest.raises(TaskDefinitionError, match=message):
-        task(fn)
-
-
-async def test_extra_parameters_with_defaults_are_accepted() -> None:
-    decorated = task("optional_extras")(optional_extras)
-    assert await run_task(decorated, {"name": "Ada"}) == Greeting(text="hi Ada!")
-
-
 # ------------------------------------------------------------ fan_out
 class CountedParams(BaseModel):
     validated: ClassVar[int] = 0
@@ -501,130 +301,8 @@ def test_a_bare_task_context_annotation_passes_strict_type_checking(tmp_path: Pa
     assert status == 0, out + err
 
 
-# ------------------------------------------------------------ the class form
 class FromGenerics(Executable[Greet, Greeting]):
     task_type = "from_generics"
 
     async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
         return Greeting(text=ctx.parameters.name)
-
-
-class Nested(Executable["Nested.Params", "Nested.Result"]):
-    task_type = "nested"
-
-    class Params(BaseModel):
-        a: int
-
-    class Result(BaseModel):
-        b: int
-
-    async def execute(self, ctx: TaskContext[Nested.Params]) -> Nested.Result:
-        return self.Result(b=ctx.parameters.a)
-
-
-class Both(Executable[Greet, Greeting]):
-    task_type = "both"
-    Params = Greet
-    Result = Greeting
-
-    async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
-        return Greeting(text="")
-
-
-def test_the_class_form_takes_params_and_result_from_its_generic_arguments() -> None:
-    FromGenerics.validate_definition()
-    assert (FromGenerics.Params, FromGenerics.Result) == (Greet, Greeting)
-
-
-def test_nested_models_and_matching_declarations_still_work() -> None:
-    Nested.validate_definition()
-    Both.validate_definition()
-    assert Nested.Params.__qualname__ == "Nested.Params"
-    assert (Both.Params, Both.Result) == (Greet, Greeting)
-
-
-def test_subclasses_inherit_models_and_type_variables_leave_them_open() -> None:
-    class Child(FromGenerics):
-        task_type = "child"
-
-    class Base(Executable[Any, Any]):
-        pass
-
-    assert (Child.Params, Child.Result) == (Greet, Greeting)
-    assert not hasattr(Base, "Params")
-
-
-def test_nested_models_that_disagree_with_the_generic_arguments_are_refused() -> None:
-    with pytest.raises(TypeError, match="Disagrees.Result is Greet but the generic argument says Greeting"):
-
-        class Disagrees(Executable[Greet, Greeting]):
-            task_type = "disagrees"
-            Result = Greet
-
-            async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
-                return Greeting(text="")
-
-
-def test_nested_models_may_be_subclasses_of_the_generic_arguments() -> None:
-    class Broad(Executable[BaseModel, BaseModel]):
-        task_type = "broad"
-
-        class Params(BaseModel):
-            a: int
-
-        class Result(BaseModel):
-            b: int
-
-        async def execute(self, ctx: TaskContext[BaseModel]) -> BaseModel:
-            return self.Result(b=1)
-
-    Broad.validate_definition()
-    assert (Broad.Params.__qualname__, Broad.Result.__qualname__) == (
-        "test_nested_models_may_be_subclasses_of_the_generic_arguments.<locals>.Broad.Params",
-        "test_nested_models_may_be_subclasses_of_the_generic_arguments.<locals>.Broad.Result",
-    )
-
-
-P = TypeVar("P", bound=BaseModel)
-R = TypeVar("R", bound=BaseModel)
-
-
-class ResultFirst(Executable[P, R], Generic[R, P]):
-    """An intermediate generic class whose type variables are in the other order."""
-
-
-class Reordered(ResultFirst[Greeting, Greet]):
-    task_type = "reordered"
-
-    async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
-        return Greeting(text=ctx.parameters.name)
-
-
-class Chained(ResultFirst[R, Greet], Generic[R]):
-    """Binds one type variable, leaves the other open."""
-
-
-class ChainedEnd(Chained[Greeting]):
-    task_type = "chained_end"
-
-    async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
-        return Greeting(text="")
-
-
-def test_generic_arguments_are_read_through_intermediate_generic_classes() -> None:
-    assert not hasattr(ResultFirst, "Params") and not hasattr(Chained, "Result")
-    assert (Chained.Params, Reordered.Params, Reordered.Result) == (Greet, Greet, Greeting)
-    assert (ChainedEnd.Params, ChainedEnd.Result) == (Greet, Greeting)
-    Reordered.validate_definition()
-    ChainedEnd.validate_definition()
-
-
-def test_a_nested_model_that_is_not_a_class_is_refused_naming_it() -> None:
-    with pytest.raises(TypeError, match="NotAClass.Params is 'Greet' but the generic argument says Greet"):
-
-        class NotAClass(Executable[Greet, Greeting]):
-            task_type = "not_a_class"
-            Params = "Greet"  # type: ignore[assignment]
-
-            async def execute(self, ctx: TaskContext[Greet]) -> Greeting:
-                return Greeting(text="")
