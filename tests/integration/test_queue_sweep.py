@@ -8,7 +8,7 @@ import uuid
 import aio_pika
 import pytest
 
-from tests.support.server import served_topology, sweep_prefixes
+from tests.support.server import delete_topology_now, served_topology, sweep_prefixes
 from tests.support.services import RABBITMQ_URL, require_rabbitmq
 from topology import declare_topology
 
@@ -54,3 +54,10 @@ async def test_a_broker_that_does_not_answer_is_a_warning_not_a_failure(
 ) -> None:
     assert await sweep_prefixes(["t0."], url="amqp://guest:guest@127.0.0.1:1/", timeout=5) == 0
     assert "warning: sweeping the queues of 1 test prefixes failed" in capsys.readouterr().out
+
+
+def test_a_server_topology_that_cannot_be_deleted_is_a_warning_not_a_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    delete_topology_now(served_topology("t0."), url="amqp://guest:guest@127.0.0.1:1/", timeout=5)
+    assert "warning: deleting the topology t0.tasks.exchange failed" in capsys.readouterr().out

@@ -81,3 +81,8 @@ def test_fewer_priority_levels_split_the_range_into_equal_bands() -> None:
     assert {single.routing_key_for("a", p) for p in range(10)} == {"a"}
     with pytest.raises(ValueError, match="priority_levels"):
         build_topology({"default": ["a"]}, priority_levels=11)
+
+
+def test_an_unknown_delay_mode_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="delay_mode must be 'ttl' or 'plugin', got 'cron'"):
+        build_topology({"default": ["a"]}, delay_mode="cron")
