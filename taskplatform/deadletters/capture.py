@@ -39,10 +39,13 @@ from taskplatform.store.deadletters import storable_text
 MAX_ID_LENGTH = 200
 #: Longest error detail a record takes from a message's ``x-dead-detail`` header.
 MAX_DETAIL_LENGTH = 4000
-#: Headers the broker adds or changes as a message is redelivered or dies again; a record id
-#: made from a message's content leaves them out, so the same message finds the same record.
+#: Headers the broker or the platform adds or changes as a message is redelivered or dies
+#: again; a record id made from a message's content leaves them out, so the same message finds
+#: the same record.
 VOLATILE_HEADERS = frozenset(
     {
+        HEADER_DEAD_AT,  # the worker stamps each death with its own time
+        HEADER_DEAD_DETAIL,
         "x-death",
         "x-delivery-count",  # quorum queues count redeliveries in it
         "x-first-death-reason",
@@ -184,17 +187,26 @@ def own_message(message: AbstractIncomingMessage) -> TaskMessage | None:
 
 
 def record_id(
-    task_id: str | None, body: bytes, headers: Mapping[str, Any], routing_key: str, *, own: bool = True
+    task_id: str | None,
+    body: bytes,
+    headers: Mapping[str, Any],
+    routing_key: str,
+    *,
+    own: bool = True,
+    message_id: str | None = None,
 ) -> str:
     """The task id for a task's own message (``own``); for any other message — malformed, or
-    naming no task — a hash of what it carries (without the headers the broker changes as it is
-    redelivered or dies again, ``VOLATILE_HEADERS``), so a redelivery or a duplicate finds its
-    record, and the task's record stays its own."""
+    naming no task — a hash of what it carries: body, routing key, message id and headers
+    (without those the broker or the platform changes as it is redelivered or dies again,
+    ``VOLATILE_HEADERS``). A redelivery of one message finds its record however often it dies;
+    two messages published apart (their ids differ) keep a record each; the task's record
+    stays its own."""
     if own and task_id and len(task_id) <= MAX_ID_LENGTH and _clean(task_id):
         return task_id
     digest = hashlib.sha256()
     digest.update(body)
     digest.update(routing_key.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00" + (message_id or "").encode("utf-8", "surrogatepass"))
     stable = {k: json_safe(v) for k, v in headers.items() if k not in VOLATILE_HEADERS}
     digest.update(json.dumps(stable, sort_keys=True, default=str).encode())
     return f"msg-{digest.hexdigest()[:40]}"
@@ -230,7 +242,14 @@ def dead_letter_from(message: AbstractIncomingMessage, task: BackgroundTask | No
     attempt = parsed.attempt if parsed else headers.get(HEADER_RETRY_COUNT)
     now = utcnow()
     return DeadLetter(
-        id=record_id(task_id, message.body, headers, message.routing_key or "", own=own is not None),
+        id=record_id(
+            task_id,
+            message.body,
+            headers,
+            message.routing_key or "",
+            own=own is not None,
+            message_id=text_of(message.message_id),
+        ),
         kind=kind,
         task_id=task_id,
         task_type=(task.task_type if task else None)

@@ -57,14 +57,15 @@ async def test_poison_messages_and_dead_tasks_are_counted_once_each_as_the_store
         for body in (b"{not json", b"{nor this"):  # two malformed messages
             await _publish(rabbitmq, work, key, aio_pika.Message(body, headers=headers))
         [dead_task] = await worker.submitter.submit_many([SubmitRequest(task_type="test_boom")])
-        # one foreign dead message, delivered to the DLQ twice: the same death seen again
+        # one foreign dead message, delivered to the DLQ twice (its message id kept, as a
+        # redelivery keeps it): the same death seen again
         foreign = {HEADER_DEAD_REASON: "made-up-by-someone", "x-task-type": "not-ours"}
         for _ in range(2):
             await _publish(
                 rabbitmq,
                 "",
                 worker.topology.dead_letter_queue,
-                aio_pika.Message(b"\x00\xff", headers=foreign),
+                aio_pika.Message(b"\x00\xff", headers=foreign, message_id="foreign-1"),
             )
 
         async def settled() -> bool:

@@ -127,6 +127,31 @@ def test_a_task_id_too_long_or_unclean_for_a_record_id_is_hashed() -> None:
     assert record_id("t-1", b"body", {}, "rk", own=False).startswith("msg-")
 
 
+def test_a_malformed_message_dying_again_finds_its_record_and_two_publications_keep_one_each() -> None:
+    """The worker stamps each death with its own time and detail: one message redelivered and
+    dead-lettered twice is one record; the same bytes published twice (two message ids) are two."""
+
+    def death(message_id: str | None, at: int, detail: str) -> str:
+        headers = {
+            "x-task-id": "half",
+            HEADER_DEAD_REASON: "bad-json",
+            HEADER_DEAD_AT: at,
+            HEADER_DEAD_DETAIL: detail,
+        }
+        return dead_letter_from(
+            Dead(b'{"task_id": "half', headers=headers, message_id=message_id, routing_key="rk"), None
+        ).id
+
+    first = death("m-1", 1_767_225_600_000, "Expecting value: line 1 column 1")
+    assert first.startswith("msg-")
+    assert death("m-1", 1_767_225_600_007, "Expecting value at char 0") == first
+    assert death("m-2", 1_767_225_600_000, "Expecting value: line 1 column 1") != first
+    assert death(None, 1_767_225_600_000, "x") == death(None, 1_767_225_600_009, "y") != first
+    # what the message carries still tells records apart
+    other = Dead(b'{"task_id": "half', headers={"x-task-id": "other"}, message_id="m-1", routing_key="rk")
+    assert dead_letter_from(other, None).id != first
+
+
 def test_the_record_of_a_task_that_died_without_its_message() -> None:
     task = BackgroundTask(task_type="generate_summary", retry_count=2, replays=1, user_id="alice")
     error = ErrorInfo(type="WorkerLost", message="gone", attempt=2, reason="attempts-exhausted")
