@@ -118,7 +118,11 @@ class RoleGuard:
     def __init__(self, role: Role) -> None:
         self.role = role
 
-    def __call__(self, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def __call__(self, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        return self.check(principal)
+
+    def check(self, principal: Principal) -> Principal:
+        """``principal``, if it has the role; else the 403."""
         if not principal.has(self.role):
             above = [r.value for r in Role if r.includes(self.role) and r is not self.role]
             needed = " or ".join([self.role.value, *above])
@@ -133,14 +137,14 @@ require_submitter = RoleGuard(Role.SUBMITTER)
 require_operator = RoleGuard(Role.OPERATOR)
 
 
-def require_operator_if_protected(request: Request) -> None:
+async def require_operator_if_protected(request: Request) -> None:
     """The guard of the operations endpoints (``/readyz``, ``/metrics``): an operator's token
     when ``PROTECT_OPS_ENDPOINTS`` is on, nothing otherwise (probes and scrapers send none)."""
     authenticator: Authenticator = request.app.state.authenticator
     if authenticator.protect_ops:
         principal = authenticator.authenticate(request.headers.get("authorization"))
         request.state.principal = principal  # for the access log
-        require_operator(principal)
+        require_operator.check(principal)
 
 
 SubmitterDep = Annotated[Principal, Depends(require_submitter)]

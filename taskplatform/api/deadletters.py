@@ -34,7 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def audit_actor(
+async def audit_actor(
     principal: OperatorDep,
     x_operator: Annotated[
         str | None,

@@ -17,16 +17,17 @@ from taskplatform.runtime import Runtime
 NO_NUL = r"^[^\x00]*$"
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime the app owns (set by its lifespan)."""
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime the app owns (set by its lifespan). Dependencies are ``async`` here: FastAPI
+    runs a plain ``def`` one in a worker thread, a thread hand-off per request."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_commands(request: Request) -> TaskCommands:
+async def get_commands(request: Request) -> TaskCommands:
     """The task commands of this process: the runtime's, so a router mounted on any app that
     holds the runtime in ``app.state.runtime`` answers (nothing else in ``app.state`` is needed)."""
-    return get_runtime(request).commands
+    return (await get_runtime(request)).commands
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
