@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -30,6 +31,66 @@ class ApiError(TaskPlatformError):
         self.code = code
         self.details = details
         super().__init__(f"HTTP {status} {code}: {message}")
+
+
+class BulkResult(BaseModel):
+    """One task of :meth:`TaskPlatformClient.submit_many`, at ``index`` in the list given.
+    ``outcome``: ``created``; ``existing`` (its idempotency key made this task before);
+    ``stored_unpublished`` (stored while the broker was away: published when it returns)."""
+
+    index: int
+    task_id: str
+    status: TaskStatus
+    outcome: Literal["created", "existing", "stored_unpublished"]
+
+
+class BulkSubmitError(ApiError):
+    """The API refused one request of :meth:`TaskPlatformClient.submit_many`. The tasks of the
+    requests before it were stored (``results``); those from ``first`` on were not sent or not
+    stored. Indexes in ``details`` (``index``, ``indexes``, ``loc``) are into the whole list."""
+
+    def __init__(self, error: ApiError, results: list[BulkResult], first: int, count: int) -> None:
+        self.results = results
+        self.first = first
+        self.count = count
+        #: The API's message, as it said it.
+        self.message = message = str(error).split(": ", 1)[1] if ": " in str(error) else str(error)
+        if first:
+            message += f" (in the request from task {first} on; tasks 0 to {first - 1} were stored)"
+        super().__init__(error.status, error.code, message, _shifted(error.details, first))
+
+
+def _shifted(details: Any, offset: int) -> Any:
+    """A bulk request's error details with item indexes moved by ``offset`` (the request's first
+    item's index in the whole list)."""
+    if not isinstance(details, list) or not offset:
+        return details
+    out = []
+    for detail in details:
+        if not isinstance(detail, dict):
+            out.append(detail)
+            continue
+        moved = dict(detail)
+        if isinstance(moved.get("index"), int):
+            moved["index"] += offset
+        if isinstance(moved.get("indexes"), list):
+            moved["indexes"] = [i + offset if isinstance(i, int) else i for i in moved["indexes"]]
+        loc = moved.get("loc")
+        if isinstance(loc, list) and "tasks" in loc:
+            at = loc.index("tasks") + 1
+            if at < len(loc) and isinstance(loc[at], int):
+                moved["loc"] = [*loc[:at], loc[at] + offset, *loc[at + 1 :]]
+        out.append(moved)
+    return out
+
+
+#: The most tasks the API takes in one bulk request (``submission.MAX_BULK_TASKS``).
+BULK_MAX_TASKS = 1000
+#: Body bytes :meth:`TaskPlatformClient.submit_many` keeps each request under by default: the
+#: API's default ``MAX_BODY_BYTES``.
+BULK_MAX_BYTES = 1_048_576
+#: ``{"tasks":[`` and ``]}`` around a bulk request's items.
+_ENVELOPE = (b'{"tasks":[', b"]}")
 
 
 class TaskFailedError(TaskPlatformError):
@@ -85,6 +146,37 @@ def _wire(value: str | DeadLetterStatus | datetime) -> str:
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
     """Drop None values: a filter that is not given is not sent."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _bulk_item(index: int, task: Mapping[str, Any]) -> bytes:
+    """One task of a bulk request as compact JSON (a class as ``task_type`` by its name, a model
+    as ``parameters`` dumped); ValueError naming ``index`` if it cannot be sent."""
+    item = dict(task)
+    task_type = item.get("task_type")
+    if isinstance(task_type, type) and issubclass(task_type, BackgroundTaskExecutable):
+        item["task_type"] = task_type.task_type
+    if isinstance(item.get("parameters"), BaseModel):
+        item["parameters"] = item["parameters"].model_dump(mode="json")
+    try:
+        text = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task {index} cannot be sent as JSON: {exc}") from None
+
+
+def _chunks(items: list[bytes], count: int, room: int) -> Iterable[tuple[int, list[bytes]]]:
+    """``items`` in runs of at most ``count`` whose joined size fits ``room`` bytes, each with
+    the index of its first item."""
+    first, size = 0, 0
+    chunk: list[bytes] = []
+    for i, item in enumerate(items):
+        if chunk and (len(chunk) == count or size + 1 + len(item) > room):
+            yield first, chunk
+            first, chunk, size = i, [], 0
+        size += len(item) + (1 if chunk else 0)
+        chunk.append(item)
+    if chunk:
+        yield first, chunk
 
 
 class TaskPlatformClient:
@@ -182,6 +274,52 @@ class TaskPlatformClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         data = await self._request("POST", "/api/v1/tasks", json=body, headers=headers)
         return str(data["task_id"])
+
+    async def submit_many(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        *,
+        chunk_size: int = BULK_MAX_TASKS,
+        max_request_bytes: int = BULK_MAX_BYTES,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[BulkResult]:
+        """Submit many tasks through ``POST /api/v1/tasks/bulk``; one result per task, in order.
+
+        Each task is a mapping like :meth:`submit`'s arguments: ``task_type`` (a name or the
+        executable class), ``parameters`` (a dict or a model), and optionally ``user_id``,
+        ``priority``, ``tags``, ``metadata`` and ``idempotency_key``. The list is sent in requests
+        of at most ``chunk_size`` tasks (the API takes 1,000) and ``max_request_bytes`` of JSON
+        (the API's ``MAX_BODY_BYTES``), one after another; ``on_progress`` gets the number of
+        tasks submitted after each. Each request is all or nothing: BulkSubmitError when one is
+        refused (those before it were stored). With idempotency keys, sending the whole list
+        again after a failure is safe: what was stored comes back as ``existing``. ValueError,
+        before anything is sent, for a task that cannot be sent as JSON or is larger than a
+        request may be.
+        """
+        if not 1 <= chunk_size <= BULK_MAX_TASKS:
+            raise ValueError(f"chunk_size must be 1 to {BULK_MAX_TASKS}, got {chunk_size}")
+        encoded = [_bulk_item(i, task) for i, task in enumerate(tasks)]
+        room = max_request_bytes - sum(map(len, _ENVELOPE))
+        for i, item in enumerate(encoded):
+            if len(item) > room:
+                raise ValueError(
+                    f"task {i} is {len(item)} bytes as JSON: a bulk request of it alone would exceed "
+                    f"{max_request_bytes} bytes (max_request_bytes, the API's MAX_BODY_BYTES)"
+                )
+        results: list[BulkResult] = []
+        for first, chunk in _chunks(encoded, chunk_size, room):
+            body = _ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1]
+            try:
+                data = await self._request(
+                    "POST", "/api/v1/tasks/bulk", content=body, headers={"Content-Type": "application/json"}
+                )
+            except ApiError as exc:
+                raise BulkSubmitError(exc, results, first, len(encoded)) from None
+            for item in data["results"]:
+                results.append(BulkResult.model_validate({**item, "index": first + int(item["index"])}))
+            if on_progress is not None:
+                on_progress(len(results))
+        return results
 
     async def get(self, task_id: str) -> BackgroundTask:
         return BackgroundTask.model_validate(await self._request("GET", f"/api/v1/tasks/{task_id}"))

@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskplatform.errors import BrokerError, DuplicateTaskError, InvalidInputError, TaskPlatformError
+from taskplatform.errors import (
+    BrokerError,
+    DuplicateTaskError,
+    InvalidInputError,
+    TaskPlatformError,
+    UnknownTaskTypeError,
+)
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskSubmitted
@@ -52,6 +58,67 @@ class IdempotencyKeyReusedError(TaskPlatformError):
             f"Idempotency-Key {key!r} was used before with a different submission (task {task_id}): "
             "send the same body again to get that task, or use a new key for a new task"
         )
+
+
+#: The most tasks one bulk submission may hold (``POST /api/v1/tasks/bulk``).
+MAX_BULK_TASKS = 1000
+#: Idempotency keys of one bulk submission looked up at once.
+_KEY_LOOKUPS = 8
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One task of a bulk submission: the request (its owner filled in) and its idempotency key."""
+
+    request: SubmitRequest
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class BulkProblem:
+    """Why one item of a bulk submission is refused. ``code`` is the single submission's error
+    code (``unknown_task_type``, ``invalid_parameters``, ``validation_error``,
+    ``idempotency_key_reused``) or ``duplicate_idempotency_key`` (two items of the request share
+    a key); ``details``: JSON-safe fields (``loc`` within the item, ``type``, ``idempotency_key``,
+    ``task_id``, ``indexes``)."""
+
+    index: int
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class BulkSubmissionRefused(TaskPlatformError):
+    """Items of a bulk submission were refused; nothing of it was stored (the API answers 422)."""
+
+    def __init__(self, problems: Sequence[BulkProblem]) -> None:
+        self.problems = sorted(problems, key=lambda p: p.index)
+        items = sorted({p.index for p in self.problems})
+        shown = "; ".join(f"item {p.index}: {p.message}" for p in self.problems[:5])
+        more = f"; and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
+        super().__init__(
+            f"{len(items)} of the submitted tasks are invalid, nothing was stored: {shown}{more}"
+        )
+
+
+def _item_problems(
+    index: int, exc: UnknownTaskTypeError | InvalidInputError | ValidationError
+) -> list[BulkProblem]:
+    """The problems ``TaskSubmitter.prepare`` (or a key check) raised for item ``index``."""
+    if isinstance(exc, UnknownTaskTypeError):
+        return [BulkProblem(index, "unknown_task_type", str(exc), {"loc": ["task_type"]})]
+    if isinstance(exc, InvalidInputError):
+        code = "invalid_parameters" if exc.location[:1] == ("parameters",) else "validation_error"
+        return [BulkProblem(index, code, str(exc), {"loc": list(exc.location), "type": "unstorable_value"})]
+    return [
+        BulkProblem(
+            index,
+            "invalid_parameters",
+            f"parameters.{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"],
+            {"loc": ["parameters", *err["loc"]], "type": err["type"]},
+        )
+        for err in exc.errors()
+    ]
 
 
 def fingerprint(request: SubmitRequest) -> str:
@@ -237,6 +304,108 @@ class TaskSubmitter:
         await self._announce(tasks)
         return await self._publish(tasks)
 
+    def prepare_bulk(
+        self, items: Sequence[BulkItem], *, indexes: Sequence[int] | None = None
+    ) -> tuple[list[BackgroundTask], list[BulkProblem]]:
+        """Validate every item of a bulk submission (no I/O): the task documents, keyed ones with
+        their key and fingerprint, and every problem found (each item's, and an idempotency key
+        given twice for one user). ``indexes``: the items' positions in the request, for the
+        problems (default: their positions in ``items``)."""
+        positions = list(indexes) if indexes is not None else list(range(len(items)))
+        tasks: list[BackgroundTask] = []
+        problems: list[BulkProblem] = []
+        first_with: dict[tuple[str | None, str], int] = {}
+        for index, item in zip(positions, items, strict=True):
+            key = item.idempotency_key
+            try:
+                if key is not None:
+                    ensure_storable(key, ("idempotency_key",))
+                task = self.prepare(item.request)
+            except (UnknownTaskTypeError, InvalidInputError, ValidationError) as exc:
+                problems.extend(_item_problems(index, exc))
+                continue
+            if key is not None:
+                scope = (task.user_id, key)
+                if scope in first_with:
+                    problems.append(
+                        BulkProblem(
+                            index,
+                            "duplicate_idempotency_key",
+                            f"idempotency key {key!r} is given to items {first_with[scope]} and {index} "
+                            "of this request: one key names one task",
+                            {"idempotency_key": key, "indexes": [first_with[scope], index]},
+                        )
+                    )
+                    continue
+                first_with[scope] = index
+                update = {"idempotency_key": key, "idempotency_fingerprint": fingerprint(item.request)}
+                task = task.model_copy(update=update)
+            tasks.append(task)
+        return tasks, problems
+
+    async def submit_bulk(self, items: Sequence[BulkItem]) -> list[Submitted]:
+        """Validate every item (BulkSubmissionRefused, nothing stored, if any is invalid), then
+        store the new tasks in one write and publish them in one pipelined batch; see
+        :meth:`submit_bulk_prepared`. Results in the items' order."""
+        tasks, problems = self.prepare_bulk(items)
+        if problems:
+            raise BulkSubmissionRefused(problems)
+        return await self.submit_bulk_prepared(tasks)
+
+    async def submit_bulk_prepared(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+        """Store and publish documents from :meth:`prepare_bulk`; results in their order.
+
+        A keyed task whose key (for its user) made a task already returns that task
+        (``created=False``), as :meth:`submit` does; if any such task was made by a different
+        submission, BulkSubmissionRefused (``idempotency_key_reused``) before anything is
+        stored. Keys a racing submission takes meanwhile are looked up again."""
+        found: dict[int, BackgroundTask] = {}
+        pending = list(range(len(tasks)))
+        raced = False
+        while True:
+            keyed = [i for i in pending if tasks[i].idempotency_key is not None]
+            existing = await self._existing(tasks, keyed)
+            if raced and not existing:
+                raise DuplicateTaskError("a bulk submission's task exists already, but not by its key")
+            reused = [
+                BulkProblem(
+                    i,
+                    "idempotency_key_reused",
+                    str(IdempotencyKeyReusedError(str(tasks[i].idempotency_key), task.id)),
+                    {"idempotency_key": tasks[i].idempotency_key, "task_id": task.id},
+                )
+                for i, task in existing.items()
+                if task.idempotency_fingerprint not in (None, tasks[i].idempotency_fingerprint)
+            ]
+            if reused:
+                raise BulkSubmissionRefused(reused)
+            found.update(existing)
+            pending = [i for i in pending if i not in existing]
+            try:
+                created = await self.submit_prepared([tasks[i] for i in pending]) if pending else []
+            except DuplicateTaskError:  # a racing submission took one of the keys: look again
+                raced = True
+                continue
+            results = dict(zip(pending, created, strict=True))
+            for i, task in found.items():
+                results[i] = Submitted(task, task.outbox.status is OutboxStatus.PUBLISHED, created=False)
+            return [results[i] for i in range(len(tasks))]
+
+    async def _existing(
+        self, tasks: Sequence[BackgroundTask], keyed: Sequence[int]
+    ) -> dict[int, BackgroundTask]:
+        """The tasks already made with the keys of ``tasks[i]`` for ``i`` in ``keyed``, by ``i``."""
+        limit = asyncio.Semaphore(_KEY_LOOKUPS)
+
+        async def find(i: int) -> BackgroundTask | None:
+            async with limit:
+                return await self._store.find_by_idempotency_key(
+                    tasks[i].user_id, str(tasks[i].idempotency_key)
+                )
+
+        found = await asyncio.gather(*(find(i) for i in keyed))
+        return {i: task for i, task in zip(keyed, found, strict=True) if task is not None}
+
     async def submit_children(self, children: Sequence[BackgroundTask]) -> list[BackgroundTask]:
         """Store and publish sub-tasks whose ids are stable per parent and key.
 
@@ -323,12 +492,16 @@ class TaskSubmitter:
 
 
 __all__ = [
+    "MAX_BULK_TASKS",
     "MAX_TAGS",
     "BrokerError",
     "Metadata",
     "Tags",
     "ensure_shallow",
     "ensure_storable",
+    "BulkItem",
+    "BulkProblem",
+    "BulkSubmissionRefused",
     "IdempotencyKeyReusedError",
     "PublishedMarker",
     "SubmitRequest",

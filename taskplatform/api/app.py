@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from taskplatform import __version__
 from taskplatform.api.accesslog import AccessLog
 from taskplatform.api.auth import Authenticator, install_auth
+from taskplatform.api.bulk import router as bulk_router
 from taskplatform.api.deadletters import router as dead_letters_router
 from taskplatform.api.docs import documented_app
 from taskplatform.api.errors import install_error_handlers
@@ -80,6 +81,7 @@ def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticato
     install_error_handlers(app)
     install_auth(app, authenticator)
     app.include_router(tasks_router)
+    app.include_router(bulk_router)
     app.include_router(manage_router)
     app.include_router(dead_letters_router)
     app.include_router(health_router)

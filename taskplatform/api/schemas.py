@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from taskplatform.api.deps import NO_NUL
 from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.submission import MAX_BULK_TASKS, SubmitRequest
 
 T = TypeVar("T")
 
@@ -28,6 +30,55 @@ class TaskCreated(BaseModel):
 
     task_id: str
     status: TaskStatus
+
+
+class BulkSubmitItem(SubmitRequest):
+    """One task of a bulk submission: the single submission's body, plus its idempotency key."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=NO_NUL,
+        description="As the single submission's Idempotency-Key header: the same key (and user) and the "
+        "same task again gives the first task (outcome `existing`); with a different task, 422 "
+        "`idempotency_key_reused`",
+    )
+
+
+#: A bulk item as the envelope takes it: any object, checked item by item by the route (so one
+#: answer names every invalid item), documented as a BulkSubmitItem.
+BulkItemJson = Annotated[dict[str, Any], WithJsonSchema(BulkSubmitItem.model_json_schema())]
+
+
+class BulkSubmitRequest(BaseModel):
+    """A bulk submission: 1 to MAX_BULK_TASKS tasks, each a single submission's body with an
+    optional ``idempotency_key``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[BulkItemJson] = Field(min_length=1, max_length=MAX_BULK_TASKS)
+
+
+#: What happened to one item of a bulk submission.
+BulkOutcome = Literal["created", "existing", "stored_unpublished"]
+
+
+class BulkItemResult(BaseModel):
+    """One item's result, at its ``index`` in the request. ``outcome``: ``created`` (stored and
+    published), ``existing`` (its idempotency key made this task before), ``stored_unpublished``
+    (stored; the broker is unreachable and the outbox publishes it when it returns)."""
+
+    index: int
+    task_id: str
+    status: TaskStatus
+    outcome: BulkOutcome
+
+
+class BulkSubmitted(BaseModel):
+    """Answer to a bulk submission: one result per item, in the request's order."""
+
+    results: list[BulkItemResult]
 
 
 class TaskCancellation(BaseModel):

@@ -1,7 +1,8 @@
 """``taskplatform submit|status|cancel|update|delete``: tasks through the API.
 
 ``submit --wait`` prints the task's id on stderr at once, shows its status and progress while
-it waits (``output``), and prints the finished task on stdout.
+it waits (``output``), and prints the finished task on stdout. ``submit --file`` submits one
+task per line of a JSON Lines file through the bulk route, 1,000 per request.
 """
 
 from __future__ import annotations
@@ -10,19 +11,32 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, TextIO
 
 from taskplatform.cli.options import add_token_option, bearer_token, positive_float
-from taskplatform.cli.output import CommandError, ExitCode, TaskWatch, display_for
+from taskplatform.cli.output import (
+    CommandError,
+    CountWatch,
+    ExitCode,
+    TaskWatch,
+    api_status_code,
+    display_for,
+    one_line,
+)
 from taskplatform.models import MAX_PRIORITY, TERMINAL, TaskStatus
 
 if TYPE_CHECKING:
-    from taskplatform.client import TaskPlatformClient
+    from taskplatform.client import BulkResult, BulkSubmitError, TaskPlatformClient
     from taskplatform.settings import PlatformSettings
 
 #: Seconds between two reads of a waited-for task.
 WAIT_POLL_SECONDS = 0.25
 _ENDS = ", ".join(sorted(s.value for s in TERMINAL))
+#: The fields a line of ``submit --file`` may have: the submit body's, and an idempotency key.
+LINE_FIELDS = ("task_type", "parameters", "user_id", "priority", "tags", "metadata", "idempotency_key")
+#: Bad lines, and the API's problems, ``submit --file`` names at most in its one error line.
+SHOWN_PROBLEMS = 10
 
 
 def priority(text: str) -> int:
@@ -44,15 +58,21 @@ def add_task_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = sub.add_parser(
         "submit",
         parents=[api],
-        help="submit a task through the API",
-        description="Submit a task; print its id as JSON, or with --wait the finished task.",
+        help="submit a task (or a file of tasks) through the API",
+        description="Submit a task; print its id as JSON, or with --wait the finished task. With --file, "
+        "submit every task of a JSON Lines file instead (one object per line, like the API's submit body "
+        "with an optional idempotency_key): nothing is sent if a line is bad; 1,000 tasks per request; "
+        "one JSON line per task on stdout (its line, task_id, status, outcome), a summary on stderr.",
     )
-    p.add_argument("task_type", help="a registered task type (the API's 422 lists them)")
-    p.add_argument("--params", default="{}", metavar="JSON", help="parameters, a JSON object (default {})")
-    p.add_argument("--user-id", help="submit for this user (only an admin may, when the API authenticates)")
+    p.add_argument("task_type", nargs="?", help="a registered task type (the API's 422 lists them)")
     p.add_argument(
-        "--priority", type=priority, default=0, help=f"0 (default) to {MAX_PRIORITY}, higher runs first"
+        "--file",
+        metavar="PATH",
+        help="submit the tasks of this JSON Lines file ('-': stdin) in bulk, instead of TASK_TYPE",
     )
+    p.add_argument("--params", metavar="JSON", help="parameters, a JSON object (default {})")
+    p.add_argument("--user-id", help="submit for this user (only an admin may, when the API authenticates)")
+    p.add_argument("--priority", type=priority, help=f"0 (default) to {MAX_PRIORITY}, higher runs first")
     p.add_argument("--tag", action="append", default=[], help="a tag (repeat for several)")
     p.add_argument(
         "--wait",
@@ -105,10 +125,14 @@ def _client(settings: PlatformSettings, args: argparse.Namespace) -> TaskPlatfor
 
 
 async def submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
-    params = json_object("--params", args.params)
+    if args.file is not None:
+        return await submit_file(settings, args)
+    if args.task_type is None:
+        raise CommandError("give a task type, or --file with one task per line", ExitCode.BAD_INPUT)
+    params = json_object("--params", args.params or "{}")
     async with _client(settings, args) as client:
         task_id = await client.submit(
-            args.task_type, params, user_id=args.user_id, priority=args.priority, tags=args.tag
+            args.task_type, params, user_id=args.user_id, priority=args.priority or 0, tags=args.tag
         )
         if not args.wait:
             print(json.dumps({"task_id": task_id}))
@@ -171,3 +195,154 @@ async def delete(settings: PlatformSettings, args: argparse.Namespace) -> int:
     async with _client(settings, args) as client:
         print(json.dumps({"deleted": await client.delete(args.task_id)}))
     return 0
+
+
+# ---------------------------------------------------------------- submit --file
+def _file_options(args: argparse.Namespace) -> list[str]:
+    """The options of a single submission given beside ``--file`` (which takes everything from
+    its lines)."""
+    given = {
+        "TASK_TYPE": args.task_type is not None,
+        "--params": args.params is not None,
+        "--user-id": args.user_id is not None,
+        "--priority": args.priority is not None,
+        "--tag": bool(args.tag),
+        "--wait": args.wait,
+    }
+    return [name for name, present in given.items() if present]
+
+
+def read_lines(path: str, stdin: TextIO | None = None) -> list[str]:
+    """The lines of ``path`` (``-``: stdin), or CommandError (exit 2) saying why not."""
+    if path == "-":
+        return (stdin or sys.stdin).read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read --file {path}: {exc}", ExitCode.BAD_INPUT) from None
+
+
+def parse_tasks(lines: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The tasks of a JSON Lines text and the line number (from 1) of each; blank lines are
+    skipped. CommandError (exit 2) naming every bad line when any is: nothing is sent then."""
+    tasks: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    bad: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        problem = None
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON: {exc}"
+        else:
+            problem = _line_problem(value)
+        if problem is not None:
+            bad.append(f"line {number}: {problem}")
+            continue
+        tasks.append(value)
+        numbers.append(number)
+    if bad:
+        more = f"; and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        raise CommandError(
+            f"{len(bad)} bad line(s), nothing was sent: {'; '.join(bad[:SHOWN_PROBLEMS])}{more}",
+            ExitCode.BAD_INPUT,
+        )
+    return tasks, numbers
+
+
+def _line_problem(value: Any) -> str | None:
+    """What is wrong with a parsed line, before the API checks it whole (None: nothing)."""
+    if not isinstance(value, dict):
+        return f"must be a JSON object, got {type(value).__name__}"
+    unknown = sorted(set(value) - set(LINE_FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(map(repr, unknown))}; a line may have {', '.join(LINE_FIELDS)}"
+    if not isinstance(value.get("task_type"), str) or not value["task_type"]:
+        return "task_type (a registered task type's name) is missing"
+    return None
+
+
+async def submit_file(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    """``submit --file``: every line's task through the bulk route, 1,000 per request."""
+    from taskplatform.client import BULK_MAX_TASKS, BulkSubmitError
+
+    extra = _file_options(args)
+    if extra:
+        raise CommandError(
+            f"{', '.join(extra)} cannot go with --file: each line names its task type and fields",
+            ExitCode.BAD_INPUT,
+        )
+    source = "stdin" if args.file == "-" else args.file
+    tasks, numbers = parse_tasks(read_lines(args.file))
+    if not tasks:
+        raise CommandError(f"no tasks in {source}: give one JSON object per line", ExitCode.BAD_INPUT)
+    # Progress only when there is more than one request to wait for.
+    watch = (
+        CountWatch(display_for(sys.stderr), "submitted", len(tasks)) if len(tasks) > BULK_MAX_TASKS else None
+    )
+    requests = 0
+
+    def progress(done: int) -> None:
+        nonlocal requests
+        requests += 1
+        if watch is not None:
+            watch.update(done)
+
+    try:
+        async with _client(settings, args) as client:
+            results = await client.submit_many(tasks, on_progress=progress)
+    except BulkSubmitError as exc:
+        _print_results(exc.results, numbers)
+        raise CommandError(_refused(exc, numbers, source), api_status_code(exc.status)) from None
+    finally:
+        if watch is not None:
+            watch.close()
+    _print_results(results, numbers)
+    counts = Counter(r.outcome for r in results)
+    waiting = counts["stored_unpublished"]
+    later = f", {waiting} stored_unpublished (published when the broker returns)" if waiting else ""
+    print(
+        f"submitted {len(results)} task(s) from {source} in {requests} request(s): {counts['created']} "
+        f"created, {counts['existing']} existing{later}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_results(results: list[BulkResult], numbers: list[int]) -> None:
+    for r in results:
+        line = {
+            "line": numbers[r.index],
+            "task_id": r.task_id,
+            "status": r.status.value,
+            "outcome": r.outcome,
+        }
+        print(json.dumps(line))
+
+
+def _refused(exc: BulkSubmitError, numbers: list[int], source: str) -> str:
+    """A refused bulk request in one line: the API's error with its items named by line."""
+    named: list[tuple[int, Any]] = []
+    for detail in exc.details if isinstance(exc.details, list) else []:
+        index = detail.get("index") if isinstance(detail, dict) else None
+        if isinstance(index, int) and 0 <= index < len(numbers):
+            named.append((numbers[index], detail.get("msg")))
+    said = [f"line {number}: {one_line(msg, 300)}" for number, msg in named if msg]
+    if said:
+        more = f"; and {len(said) - SHOWN_PROBLEMS} more" if len(said) > SHOWN_PROBLEMS else ""
+        what = f"HTTP {exc.status} {exc.code}: {'; '.join(said[:SHOWN_PROBLEMS])}{more}"
+    else:
+        what = f"HTTP {exc.status} {exc.code}: {one_line(exc.message, 1000)}"
+        if named:
+            lines = ", ".join(str(number) for number, _ in named[:SHOWN_PROBLEMS])
+            what += f" (line(s) {lines}{', …' if len(named) > SHOWN_PROBLEMS else ''})"
+    if not exc.first:
+        return f"{what}; nothing was stored"
+    return (
+        f"{what}; the tasks of lines {numbers[0]} to {numbers[exc.first - 1]} of {source} were stored "
+        "(printed above), the rest were not: fix the file and submit it again (with idempotency keys, "
+        "what was stored comes back as existing)"
+    )
