@@ -11,10 +11,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from taskplatform.batching import Coalescer
 from taskplatform.errors import (
     BrokerError,
     DuplicateTaskError,
     InvalidInputError,
+    StoreRefused,
     TaskPlatformError,
     UnknownTaskTypeError,
 )
@@ -60,6 +62,8 @@ class IdempotencyKeyReusedError(TaskPlatformError):
         )
 
 
+#: The most concurrent single submissions one insert takes.
+INSERT_BATCH = 200
 #: The most tasks one bulk submission may hold (``POST /api/v1/tasks/bulk``).
 MAX_BULK_TASKS = 1000
 #: Idempotency keys of one bulk submission looked up at once.
@@ -231,6 +235,10 @@ class TaskSubmitter:
         self._bus = bus
         self._aggregator = aggregator
         self._node_id = node_id
+        # Concurrent single submissions (an API process under load) share one insert.
+        self._inserts: Coalescer[BackgroundTask, BaseException | None] = Coalescer(
+            self._insert_together, max_batch=INSERT_BATCH
+        )
 
     def prepare(
         self, request: SubmitRequest, *, task_id: str | None = None, parent_task_id: str | None = None
@@ -300,9 +308,42 @@ class TaskSubmitter:
 
     async def submit_prepared(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
         """Store then publish documents built by :meth:`prepare`."""
-        await self._store.create_many(tasks)
+        if len(tasks) == 1 and tasks[0].idempotency_key is None:
+            failure = await self._inserts.submit(tasks[0])
+            if failure is not None:
+                raise failure
+        else:
+            await self._store.create_many(tasks)
         await self._announce(tasks)
         return await self._publish(tasks)
+
+    async def _insert_together(self, tasks: Sequence[BackgroundTask]) -> list[BaseException | None]:
+        """Insert the tasks of concurrent single submissions in one write; what each caller gets
+        (None: stored). An outage fails them all, as it would one by one; a refusal of the
+        batch (a row the store will not take) is retried task by task, so only that task's
+        submission fails."""
+        try:
+            await self._store.create_many(tasks)
+            return [None] * len(tasks)
+        except StoreRefused:
+            if len(tasks) == 1:
+                raise
+        except DuplicateTaskError:
+            if len(tasks) == 1:
+                raise
+        log.info("a batch of %d submissions was refused by the store; inserting them one by one", len(tasks))
+        return [await self._insert_alone(task) for task in tasks]
+
+    async def _insert_alone(self, task: BackgroundTask) -> BaseException | None:
+        try:
+            await self._store.create_many([task])
+        except DuplicateTaskError as exc:
+            # A store that keeps the rows before a failing one (MongoDB's ordered insert) has it.
+            stored = await self._store.get(task.id)
+            return None if stored is not None and stored.created_at == task.created_at else exc
+        except StoreRefused as exc:
+            return exc
+        return None
 
     def prepare_bulk(
         self, items: Sequence[BulkItem], *, indexes: Sequence[int] | None = None
