@@ -64,6 +64,7 @@ def build_store(settings: PlatformSettings) -> TaskStore:
         settings.store_url,
         auto_migrate=settings.store_auto_migrate,
         retention_seconds=settings.task_retention_seconds or None,
+        max_connections=settings.store_max_connections,
     )
 
 

@@ -17,6 +17,7 @@ from taskplatform.models.task import MAX_PRIORITY
 from taskplatform.ratelimit.rates import Rate
 from taskplatform.retry import RetryPolicy
 from taskplatform.settings_api import ApiSettings
+from taskplatform.store import DEFAULT_MAX_CONNECTIONS, MIN_MAX_CONNECTIONS
 
 DEFAULT_STORE_URL = "sqlite+aiosqlite:///var/taskplatform.db"
 
@@ -66,6 +67,13 @@ class PlatformSettings(ApiSettings, BaseSettings):
     store_auto_migrate: bool = Field(
         default=True,
         description="Run the Alembic migrations (SQL) or create the indexes (MongoDB) at start-up.",
+    )
+    store_max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=MIN_MAX_CONNECTIONS,
+        description="Store connections one process holds at most, all its pools together (PostgreSQL: "
+        "SQLAlchemy's and the fast path's; MongoDB: `maxPoolSize`, per server); calls beyond it wait up to "
+        "30 s for a free one. Size it so processes × this + headroom ≤ the server's `max_connections`.",
     )
     node_id: str = Field(
         default_factory=default_node_id,

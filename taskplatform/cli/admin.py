@@ -97,7 +97,9 @@ async def topology(settings: PlatformSettings, action: str) -> int:
 async def db_upgrade(settings: PlatformSettings) -> int:
     from taskplatform.store import create_store
 
-    store = create_store(settings.store_url, auto_migrate=True)
+    store = create_store(
+        settings.store_url, auto_migrate=True, max_connections=settings.store_max_connections
+    )
     await store.open()
     await store.close()
     print(f"store at {settings.store_url.split('://', 1)[0]}:// is at the newest schema")

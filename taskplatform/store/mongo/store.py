@@ -14,6 +14,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
+from taskplatform.store import DEFAULT_MAX_CONNECTIONS, POOL_TIMEOUT_SECONDS, check_max_connections
 from taskplatform.store.base import (
     BaseTaskStore,
     Guard,
@@ -60,7 +61,9 @@ class MongoTaskStore(
     ``database`` may be injected (any object with PyMongo's async database interface);
     otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
     database (``taskplatform`` when it has none). ``retention_seconds``: how long finished
-    tasks are kept (None: for ever).
+    tasks are kept (None: for ever). ``max_connections``: the client's ``maxPoolSize`` (it wins
+    over one in the URL): connections per server for operations, beyond which calls wait for a
+    free one up to ``POOL_TIMEOUT_SECONDS``; PyMongo's monitoring adds one or two per server.
     """
 
     url_scheme = "mongodb"
@@ -72,9 +75,11 @@ class MongoTaskStore(
         database: Any = None,
         server_selection_timeout_ms: int = 5000,
         retention_seconds: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.url = url
         self.retention_seconds = retention_seconds
+        self.max_connections = check_max_connections(max_connections)
         self._timeout_ms = server_selection_timeout_ms
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: Any = database
@@ -102,6 +107,8 @@ class MongoTaskStore(
                 tz_aware=True,
                 serverSelectionTimeoutMS=self._timeout_ms,
                 uuidRepresentation="standard",
+                maxPoolSize=self.max_connections,
+                waitQueueTimeoutMS=int(POOL_TIMEOUT_SECONDS * 1000),
             )
             self._db = self._client.get_default_database(default=DEFAULT_DATABASE)
         async with self._errors():

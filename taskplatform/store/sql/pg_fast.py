@@ -4,19 +4,22 @@ Every task passes through insert, claim, complete and mark-published. Through
 SQLAlchemy's async engine each of those costs ~0.5–1 ms of CPU (pool events, greenlet
 hand-offs, result wrapping); on the driver it costs ~0.1 ms. So these few statements,
 fixed and prepared once per connection, run on a small asyncpg pool of their own, while
-SQLAlchemy keeps the schema (Alembic), listing, filtering and every other write.
+SQLAlchemy keeps the schema (Alembic), listing, filtering and every other write. The pools' sizes
+are the store's share of ``STORE_MAX_CONNECTIONS`` (``store.split_connections``).
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
+from taskplatform.errors import StoreError
 from taskplatform.store.primitives import ClockSample, read_clock
 from taskplatform.store.sql.schema import tasks
 
@@ -80,6 +83,15 @@ MARK_PUBLISHED = """
 """
 
 
+def pool_exhausted(timeout: float, pool_size: int) -> str:
+    """The error of a store call that found no connection of its pool (``pool_size``) free within
+    ``timeout`` seconds."""
+    return (
+        f"no store connection free within {timeout:g} s: all {pool_size} of its pool are busy (the "
+        "pool's share of TASKPLATFORM_STORE_MAX_CONNECTIONS); raise it, or lower the load"
+    )
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -103,11 +115,24 @@ class PgFastPath:
     synchronous commit, makes its claim durable too — and a lost claim reads as a task still
     waiting at that attempt, which settlement answers by requeueing the message. Inserts
     and completions stay synchronous: they are what a caller or an ack relies on.
+
+    ``max_size`` connections at most for the synchronous pool and ``relaxed_size`` for the other;
+    ``relaxed_size=0`` opens no second pool (the smallest connection budget): the relaxed
+    statements then share the first and commit synchronously. A call finding no connection
+    free waits up to ``acquire_timeout`` seconds, then raises ``StoreError``.
     """
 
-    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+    def __init__(
+        self, dsn: str, *, max_size: int = 2, relaxed_size: int = 1, acquire_timeout: float = 30.0
+    ) -> None:
+        if max_size < 1 or relaxed_size < 0:
+            raise ValueError(
+                f"pool sizes must be max_size >= 1, relaxed_size >= 0: {max_size}, {relaxed_size}"
+            )
         self._dsn = dsn
         self._max_size = max_size
+        self._relaxed_size = relaxed_size
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._relaxed: asyncpg.Pool | None = None
 
@@ -115,20 +140,35 @@ class PgFastPath:
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._max_size, init=_init_connection, reset=_keep_session
         )
+        if self._relaxed_size == 0:
+            self._relaxed = self._pool
+            return
         self._relaxed = await asyncpg.create_pool(
             self._dsn,
             min_size=1,
-            max_size=max(2, self._max_size // 2),
+            max_size=self._relaxed_size,
             init=_init_connection,
             reset=_keep_session,
             server_settings={"synchronous_commit": "off"},
         )
 
     async def close(self) -> None:
-        for pool in (self._pool, self._relaxed):
-            if pool is not None:
-                await pool.close()
+        pools = {id(p): p for p in (self._pool, self._relaxed) if p is not None}  # one pool when shared
         self._pool = self._relaxed = None
+        for pool in pools.values():
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of ``pool``, waited for up to the acquire timeout."""
+        try:
+            conn = await pool.acquire(timeout=self._acquire_timeout)
+        except TimeoutError as exc:
+            raise StoreError(pool_exhausted(self._acquire_timeout, pool.get_max_size())) from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -142,20 +182,20 @@ class PgFastPath:
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         args = [tuple(row[c] for c in _COLUMNS) for row in rows]
-        async with self.pool.acquire() as conn:
+        async with self._connection(self.pool) as conn:
             if len(args) == 1:
                 await conn.execute(INSERT, *args[0])
             else:
                 await conn.executemany(INSERT, args)  # atomic: asyncpg wraps it in a transaction
 
     async def get(self, task_id: str) -> asyncpg.Record | None:
-        async with self.pool.acquire() as conn:
+        async with self._connection(self.pool) as conn:
             return await conn.fetchrow(GET, task_id)
 
     async def clock_samples(self) -> builtins.list[ClockSample]:
         """Readings of the server's clock (``clock_timestamp()``: the time it answers, not its
         transaction's start), on one connection so no reading includes a connect."""
-        async with self.pool.acquire() as conn:
+        async with self._connection(self.pool) as conn:
 
             async def server_time() -> datetime:
                 value: datetime = await conn.fetchval("SELECT clock_timestamp()")
@@ -179,7 +219,7 @@ class PgFastPath:
         """Claim ``ids`` at ``attempts`` and ``priorities`` (and, where given, ``task_types`` and
         replay ``generations``); a RUNNING one only if its lease ended before ``takeover_before``
         (the store's clock). ``now`` stamps the claimed rows."""
-        async with self.relaxed.acquire() as conn:
+        async with self._connection(self.relaxed) as conn:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
                 CLAIM_MANY,
                 list(ids),
@@ -207,7 +247,7 @@ class PgFastPath:
     ) -> dict[str, int]:
         """Complete the owner's attempts; returns each completed id with its new version."""
         progress = list(progress) if progress is not None else [None] * len(ids)
-        async with self.pool.acquire() as conn:
+        async with self._connection(self.pool) as conn:
             rows = await conn.fetch(
                 COMPLETE_MANY,
                 list(ids),
@@ -221,6 +261,6 @@ class PgFastPath:
         return {r["id"]: r["version"] for r in rows}
 
     async def mark_published(self, ids: Sequence[str], *, owner: str | None, now: datetime) -> int:
-        async with self.relaxed.acquire() as conn:
+        async with self._connection(self.relaxed) as conn:
             status = await conn.execute(MARK_PUBLISHED, list(ids), now, owner)
         return int(status.rsplit(" ", 1)[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
+from taskplatform.store import (
+    DEFAULT_MAX_CONNECTIONS,
+    MIN_MAX_CONNECTIONS,
+    POOL_TIMEOUT_SECONDS,
+    check_max_connections,
+)
 from taskplatform.store.base import (
     BaseTaskStore,
     Guard,
@@ -49,13 +58,50 @@ from taskplatform.store.sql.deadletters import SqlDeadLetters
 from taskplatform.store.sql.deletion import SqlDeletion
 from taskplatform.store.sql.outbox import SqlOutbox
 from taskplatform.store.sql.part import column_name, columns_of
-from taskplatform.store.sql.pg_fast import PgFastPath
+from taskplatform.store.sql.pg_fast import PgFastPath, pool_exhausted
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import tasks as tasks_table
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
 _INSERT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class PoolSplit:
+    """How a PostgreSQL store's connections divide between its pools: SQLAlchemy's (schema,
+    lists, every other write) and the fast path's two asyncpg pools (``pg_fast``); ``relaxed``
+    0 runs the relaxed statements on the fast pool, with synchronous commits."""
+
+    sqlalchemy: int
+    fast: int
+    relaxed: int
+
+    @property
+    def total(self) -> int:
+        return self.sqlalchemy + self.fast + self.relaxed
+
+
+def split_connections(total: int) -> PoolSplit:
+    """``total`` connections (``STORE_MAX_CONNECTIONS``) over the pools, never more in all.
+
+    A quarter (at least one) to the relaxed pool (claims, outbox marks), half of the rest to the
+    fast pool (inserts, reads by id, completions), the remainder to SQLAlchemy: 6 gives 3 + 2 + 1.
+    At the minimum, 2, the relaxed statements share the fast pool.
+    """
+    check_max_connections(total)
+    if total == MIN_MAX_CONNECTIONS:
+        return PoolSplit(sqlalchemy=1, fast=1, relaxed=0)
+    relaxed = max(1, total // 4)
+    fast = max(1, (total - relaxed) // 2)
+    return PoolSplit(sqlalchemy=total - relaxed - fast, fast=fast, relaxed=relaxed)
+
+
+def _sqlite_file(url: str) -> bool:
+    """A SQLite URL naming a file (SQLAlchemy pools its connections), not an in-memory database
+    (one connection, shared)."""
+    parsed = make_url(url)
+    return bool(parsed.database) and parsed.database != ":memory:" and parsed.query.get("mode") != "memory"
 
 
 def _json_dumps(value: Any) -> str:
@@ -69,11 +115,27 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
     deleting finished tasks: ``SqlDeletion``.
     """
 
-    def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_migrate: bool = True,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = POOL_TIMEOUT_SECONDS,
+    ) -> None:
+        """``max_connections``: the most this store holds at once, every pool together (PostgreSQL:
+        ``split_connections``; a SQLite file: one pool of that size); a call finding none free waits
+        up to ``pool_timeout`` seconds, then fails with ``StoreError``."""
         self.url = url
         self.url_scheme = url.split(":", 1)[0]
+        self._sqlite = self.url_scheme.lower().startswith("sqlite")
         self._auto_migrate = auto_migrate
-        self._pool_size = pool_size
+        self.max_connections = check_max_connections(max_connections)
+        #: The pools' shares on PostgreSQL (``split_connections``).
+        self.pools = split_connections(max_connections)
+        #: SQLAlchemy's share: the whole budget on SQLite, which has no other pool.
+        self._engine_pool_size = max_connections if self._sqlite else self.pools.sqlalchemy
+        self._pool_timeout = pool_timeout
         self._engine: AsyncEngine | None = None
         self._auto: AsyncEngine | None = None
         self._fast: PgFastPath | None = None
@@ -99,13 +161,17 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         if self._engine is not None:
             return
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
-        if self.url.startswith("sqlite"):
+        # No overflow: the pool never holds more than its share of STORE_MAX_CONNECTIONS.
+        bounded = {"max_overflow": 0, "pool_timeout": self._pool_timeout}
+        if self._sqlite:
             self._prepare_sqlite_path()
             kwargs.update(sqlite.engine_options())
+            if _sqlite_file(self.url):  # an in-memory database has one connection, shared
+                kwargs.update(bounded, pool_size=self._engine_pool_size)
         else:
             # No pre-ping: it costs three round trips per checkout. A dropped connection
             # surfaces as StoreError, which every caller already retries.
-            kwargs.update(pool_size=self._pool_size, max_overflow=self._pool_size, pool_recycle=1800)
+            kwargs.update(bounded, pool_size=self._engine_pool_size, pool_recycle=1800)
         engine = create_async_engine(self.url, insertmanyvalues_page_size=_INSERT_PAGE, **kwargs)
         self._engine = engine
         # Single statements run in autocommit: each is atomic on its own, and skipping
@@ -122,7 +188,12 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
                 await self.ping()
             if engine.dialect.name == "postgresql":
                 dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                self._fast = PgFastPath(dsn, max_size=self._pool_size)
+                self._fast = PgFastPath(
+                    dsn,
+                    max_size=self.pools.fast,
+                    relaxed_size=self.pools.relaxed,
+                    acquire_timeout=self._pool_timeout,
+                )
                 await self._fast.open()
             await self.sync_clock()
         except SQLAlchemyError as exc:
@@ -173,6 +244,8 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
             yield
         except (StoreError, ValueError):
             raise
+        except PoolTimeoutError as exc:
+            raise StoreError(pool_exhausted(self._pool_timeout, self._engine_pool_size)) from exc
         except (IntegrityError, asyncpg.UniqueViolationError) as exc:
             raise DuplicateTaskError(f"task already exists: {getattr(exc, 'orig', exc)}") from exc
         except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
