@@ -1,23 +1,33 @@
 """What the benchmarks share: a store and topology of their own, the submitting runtime, worker
-processes with the same settings, and cleaning all of it up."""
+processes with the same settings, and cleaning all of it up; for the benchmarks that run the
+platform as processes, the servers (started, known ready, stopped or killed), their CPU, memory
+and wake-ups from /proc, and the raw aio-pika baseline every figure is compared with."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
+import httpx
 
-from taskplatform.runtime import Runtime
+from taskplatform.runtime import Runtime, build_platform_topology, build_registry
 from taskplatform.settings import PlatformSettings
-from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.tasks.registry import DEMO_MODULE, ExecutableRegistry
+from topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get("TASKPLATFORM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -121,3 +131,505 @@ async def bench_platform(
         await runtime.stop(grace=1)
         if pg_name:
             await drop_pg_database(pg_name)
+
+
+# ---------------------------------------------------------------- server processes and /proc figures
+# Used by the benchmarks that run the platform as real processes (bench_http, bench_idle,
+# bench_soak, bench_scaling): start ``taskplatform api|worker|dev``, know when each is ready, read
+# what each costs from /proc, and stop and delete all of it, whatever happened.
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (an API of several processes is uvicorn's supervisor
+    and its children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants (those alive now)."""
+    return sum(proc_cpu(p) for p in proc_tree(pid))
+
+
+def tree_runtime(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants, from each live thread's scheduler statistics
+    (/proc/<pid>/task/<tid>/schedstat, nanoseconds): far finer than utime + stime's clock
+    ticks (10 ms), which is what an idle process needs; threads that ended are not counted."""
+    total = 0
+    for proc in proc_tree(pid):
+        for task in Path(f"/proc/{proc}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def proc_status(pid: int, field: str) -> int:
+    """An integer field of /proc/<pid>/status (``VmRSS`` in kB, ``voluntary_ctxt_switches``…);
+    0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants, MB."""
+    return sum(proc_status(p, "VmRSS") for p in proc_tree(pid)) / 1024
+
+
+@dataclass(frozen=True)
+class ThreadSwitches:
+    """One thread's name and its context switches so far: voluntary ones are wake-ups from a
+    wait (a timer, a socket, a lock), involuntary ones preemptions."""
+
+    name: str
+    voluntary: int
+    involuntary: int
+
+
+def thread_switches(pid: int) -> dict[int, ThreadSwitches]:
+    """Context switches of every thread of ``pid`` (its descendants' too), by thread id."""
+    out: dict[int, ThreadSwitches] = {}
+    for proc in proc_tree(pid):
+        for task in Path(f"/proc/{proc}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip()
+                status = (task / "status").read_text().splitlines()
+            except OSError:
+                continue
+            values = {k: v for k, _, v in (line.partition(":") for line in status)}
+            out[int(task.name)] = ThreadSwitches(
+                f"{proc}/{name}",
+                int(values.get("voluntary_ctxt_switches", "0")),
+                int(values.get("nonvoluntary_ctxt_switches", "0")),
+            )
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent not idle since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM, when it runs on this machine."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "beam.smp":
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+class CpuLedger:
+    """CPU seconds spent by named process trees, this process, the local broker and the rest
+    of the machine (PostgreSQL, the kernel, anyone else) between two snapshots."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.broker = broker_pid()
+
+    def snapshot(self) -> dict[str, float]:
+        shot = {name: sum(tree_cpu(p) for p in pids) for name, pids in self.groups.items()}
+        shot["bench process"] = proc_cpu(os.getpid())
+        shot["RabbitMQ"] = proc_cpu(self.broker) if self.broker else 0.0
+        shot["machine"] = machine_busy()
+        return shot
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """Seconds per name between the snapshots, plus ``rest`` (machine minus all named)."""
+        out = {name: after[name] - before[name] for name in before if name != "machine"}
+        out["rest"] = (after["machine"] - before["machine"]) - sum(out.values())
+        return out
+
+
+def server_env(base: dict[str, str], **settings: object) -> dict[str, str]:
+    """This process's environment without any ``TASKPLATFORM_*`` variable (a developer's own
+    settings must not leak into a benchmark), ``base`` (``BenchPlatform.env``) and ``settings``
+    (``auth="disabled"`` → ``TASKPLATFORM_AUTH=disabled``; None removes the variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TASKPLATFORM_")}
+    env.update(base)
+    for name, value in settings.items():
+        key = f"TASKPLATFORM_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (on 127.0.0.1)."""
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A ``taskplatform`` server process, its log file and (api, dev) its base URL."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    base: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else "(no log)"
+
+
+def start_server(command: str, env: dict[str, str], log_dir: Path, *, name: str | None = None) -> Server:
+    """``taskplatform <command>`` (api, dev, worker) as a child process, output to a log file in
+    ``log_dir``; api and dev listen on a free port of 127.0.0.1."""
+    name = name or command
+    argv = [sys.executable, "-m", "taskplatform.cli", command]
+    base = None
+    if command in ("api", "dev"):
+        port = free_port()
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+    log = log_dir / f"{name}.log"
+    env = {**env, "TASKPLATFORM_NODE_ID": f"bench-{name}"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
+    return Server(name, process, log, base)
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGTERM it when the benchmark process dies, however
+    it dies (a SIGKILL or a crash leaves no server behind)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run_bench(main: Coroutine[Any, Any, None]) -> None:
+    """Run a benchmark's ``main`` on uvloop (as the servers run); SIGTERM cancels it like
+    Ctrl-C does, so its ``finally`` blocks stop the processes and delete the store and topology."""
+    import uvloop
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await main
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            runner.run(guarded())
+        except asyncio.CancelledError:
+            print(
+                "stopped by SIGTERM: what the benchmark had started is stopped and deleted", file=sys.stderr
+            )
+            raise SystemExit(143) from None
+
+
+def stop_servers(servers: list[Server], timeout: float = 30) -> None:
+    """SIGTERM to every server, then SIGKILL to those still running after ``timeout`` seconds
+    (together); all reaped."""
+
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.terminate()
+    deadline = time.monotonic() + timeout
+    for server in servers:
+        try:
+            server.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"warning: {server.name} (pid {server.pid}) did not stop in {timeout:.0f} s: killed")
+            for pid in reversed(proc_tree(server.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            server.process.wait()
+
+
+class NotReady(RuntimeError):
+    """A server exited, or was not ready in time; the message has its log's tail."""
+
+
+async def wait_http_ready(server: Server, *, timeout: float = 90, processes: int = 1) -> None:
+    """Until ``/readyz`` answers 200 (and, for an API of several processes, uvicorn has started
+    all of them): the API's store is open, its broker connected and its topology declared."""
+
+    assert server.base is not None
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=server.base, timeout=3) as client:
+        while True:
+            if server.process.poll() is not None:
+                raise NotReady(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    if processes == 1 or len(proc_tree(server.pid)) > processes:
+                        break
+            if time.monotonic() > deadline:
+                raise NotReady(f"{server.name} not ready within {timeout:.0f} s:\n{server.log_tail()}")
+            await asyncio.sleep(0.2)
+    if processes > 1:
+        await asyncio.sleep(1.0)  # the other processes' lifespans (no readiness of their own to ask)
+
+
+async def consumer_count(queue: str) -> int:
+    """Consumers on ``queue`` now (a passive declare; 0 if it does not exist yet)."""
+
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    try:
+        channel = await connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+        return int(declared.declaration_result.consumer_count or 0)
+    finally:
+        await connection.close()
+
+
+async def wait_consumers(queue: str, count: int, servers: list[Server], *, timeout: float = 90) -> None:
+    """Until ``queue`` has ``count`` consumers: a worker has no readiness endpoint, but it
+    consumes its work queues (the highest priority level first, level 0 last) once its store is
+    open and its topology declared."""
+
+    deadline = time.monotonic() + timeout
+    while (seen := await consumer_count(queue)) < count:
+        for server in servers:
+            if server.process.poll() is not None:
+                raise NotReady(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {s.name}\n{s.log_tail(1500)}" for s in servers)
+            raise NotReady(f"{seen} of {count} consumers on {queue} after {timeout:.0f} s:\n{logs}")
+        await asyncio.sleep(0.2)
+
+
+async def queue_ready(queue: str, connection: Any) -> int:
+    """Messages ready on ``queue`` (a passive declare on ``connection``; unacked ones are not
+    counted)."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+def served_topology(env: dict[str, str], *, demo: bool = False) -> Topology:
+    """The topology a server started with ``env`` declares (``demo``: ``dev`` adds the demo
+    executables)."""
+
+    modules = json.loads(env.get("TASKPLATFORM_EXECUTOR_MODULES", "[]"))
+    settings = PlatformSettings(
+        amqp_url=AMQP_URL,
+        topology_prefix=env["TASKPLATFORM_TOPOLOGY_PREFIX"],
+        executor_modules=[*modules, DEMO_MODULE] if demo else modules,
+        load_entry_points=env.get("TASKPLATFORM_LOAD_ENTRY_POINTS", "true") == "true",
+    )
+    return build_platform_topology(settings, build_registry(settings))
+
+
+async def delete_topology(topology: Topology) -> None:
+    """Delete ``topology``'s queues and exchanges (deleting what is not there is a no-op); on a
+    broker fault print a warning instead."""
+
+    try:
+        connection = await aio_pika.connect(AMQP_URL, timeout=10)
+        try:
+            channel = await connection.channel()
+            for queue in topology.queues:
+                await channel.queue_delete(queue.name)
+            for exchange in topology.exchanges:
+                await channel.exchange_delete(exchange.name)
+        finally:
+            await connection.close()
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        print(f"warning: deleting the topology {topology.work_exchange} failed ({exc!r}); its queues stay")
+
+
+def remove_sqlite(store_url: str) -> None:
+    """Delete a SQLite store's file, its -wal/-shm companions and the migration's lock file
+    (``bench_platform`` leaves them all)."""
+    if not store_url.startswith("sqlite"):
+        return
+    path = store_url.split(":///", 1)[1]
+    for suffix in ("", "-wal", "-shm", "-journal", ".migrate.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+
+
+# ---------------------------------------------------------------- the raw aio-pika baseline
+
+
+@dataclass(frozen=True)
+class RawBaseline:
+    """The raw aio-pika loop of ``bench_pipeline`` (confirmed publishes to a quorum queue, a
+    manual-ack consumer, one process) measured in this run: its rate, the client CPU it spent
+    per message, and one message's confirmed publish → delivery time when sent one at a time.
+    Every figure of the process benchmarks is printed as a ratio to one of these."""
+
+    msgs_per_s: float
+    cpu_ms_per_msg: float
+    rtt_p50_ms: float
+    rtt_p99_ms: float
+
+    def line(self) -> str:
+        return (
+            f"raw aio-pika loop (confirmed publish -> quorum queue -> manual ack, one process): "
+            f"{self.msgs_per_s:,.0f} msgs/s, {self.cpu_ms_per_msg:.3f} ms client CPU per msg; "
+            f"one at a time, publish -> delivery p50 {self.rtt_p50_ms:.2f} ms, p99 {self.rtt_p99_ms:.2f} ms; "
+            f"cores: {os.cpu_count()}"
+        )
+
+    def rate(self, per_s: float) -> str:
+        """``per_s`` beside the raw rate, as a ratio."""
+        return f"{per_s:,.0f}/s (x{per_s / self.msgs_per_s:.3f} of raw {self.msgs_per_s:,.0f} msgs/s)"
+
+    def cpu(self, ms: float) -> str:
+        """CPU ms per operation, and how many raw-loop messages that much CPU would carry."""
+        return f"{ms:.3f} ms (x{ms / self.cpu_ms_per_msg:.1f} raw msg)"
+
+    def latency(self, ms: float) -> str:
+        """A latency, and its ratio to one raw publish → delivery (p50)."""
+        return f"{ms:.2f} ms (x{ms / self.rtt_p50_ms:.1f} raw rtt)"
+
+
+async def raw_roundtrip(n: int) -> tuple[float, float]:
+    """p50 and p99 ms of one confirmed publish to a quorum queue until its delivery to a
+    consumer on the same connection, messages sent one at a time."""
+
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        name = f"bench.rtt.{uuid.uuid4().hex[:8]}"
+        queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        waiting: asyncio.Future[float] | None = None
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+            if waiting is not None and not waiting.done():
+                waiting.set_result(time.perf_counter())
+
+        tag = await queue.consume(on_message)
+        times = []
+        try:
+            for _ in range(n):
+                waiting = asyncio.get_running_loop().create_future()
+                sent = time.perf_counter()
+                await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=name)
+                times.append((await asyncio.wait_for(waiting, 10) - sent) * 1000)
+        finally:
+            await queue.cancel(tag)
+            await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
+    return pct(times, 0.5), pct(times, 0.99)
+
+
+async def raw_baseline(
+    n: int = 10000, *, prefetch: int = 256, batch: int = 200, rtt_n: int = 300
+) -> RawBaseline:
+    """Run the raw loop (``bench_pipeline.raw_aio_pika``, ``n`` messages) and the one-at-a-time
+    round trip in this process; run it with nothing else of the benchmark running."""
+    from tests.bench.bench_pipeline import raw_aio_pika  # not at the top: that module imports this one
+
+    before = proc_cpu(os.getpid())
+    limit = 60 + n / 100  # a broker that accepts TCP but no longer answers AMQP would hang it
+    try:
+        raw = await asyncio.wait_for(raw_aio_pika(n, prefetch, batch), limit)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the raw aio-pika loop did not finish in {limit:.0f} s: does the broker answer? "
+            "(rabbitmqctl eval 'file_handle_cache:info().'; scripts/services raises the limit)"
+        ) from None
+    cpu_ms = (proc_cpu(os.getpid()) - before) / n * 1000
+    p50, p99 = await raw_roundtrip(rtt_n)
+    return RawBaseline(raw["msgs_per_s"], cpu_ms, p50, p99)
+
+
+class PgWatch:
+    """A PostgreSQL database's connections and the CPU of the server processes serving them,
+    sampled every 0.2 s in the background: the peak count, and the CPU seconds those backends
+    spent while watched (a backend that ends between two samples loses its last 0.2 s). Nothing
+    for a store that is not PostgreSQL."""
+
+    def __init__(self, store_url: str) -> None:
+        self.database = store_url.rsplit("/", 1)[1] if store_url.startswith("postgresql") else None
+        self.peak: int | None = None
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def cpu(self) -> float | None:
+        """CPU seconds of this database's backends since the watch began."""
+        if self.database is None:
+            return None
+        return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def move_from_rest(self, cpu: dict[str, float]) -> None:
+        """In a ``CpuLedger.spent`` answer: this database's backends as ``PostgreSQL``, out of
+        ``rest``."""
+        if self.cpu is not None:
+            rest = cpu.pop("rest") - self.cpu
+            cpu["PostgreSQL"] = self.cpu
+            cpu["rest"] = rest  # last, as before
+
+    async def _poll(self, conn: Any) -> None:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database)
+        self.peak = max(self.peak or 0, len(rows))
+        for row in rows:
+            self._last[row["pid"]] = proc_cpu(row["pid"])
+
+    async def _run(self, conn: Any) -> None:
+        try:
+            while True:
+                await self._poll(conn)
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[PgWatch]:
+        if self.database is not None:
+            conn = await asyncpg.connect(PG_ADMIN)
+            await self._poll(conn)
+            self._first = dict(self._last)
+            self._task = asyncio.create_task(self._run(conn))
+        try:
+            yield self
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
