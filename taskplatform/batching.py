@@ -38,7 +38,12 @@ class Coalescer(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            # A caller cancelled while it waited (its client went away) is not flushed: what it
+            # was told (nothing done) stays true.
+            live = [entry for entry in self._pending if not entry[1].done()]
+            batch, self._pending = live[: self._max_batch], live[self._max_batch :]
+            if not batch:
+                continue
             items = [item for item, _ in batch]
             try:
                 results = await self._flush(items)

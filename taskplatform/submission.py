@@ -16,6 +16,7 @@ from taskplatform.errors import (
     BrokerError,
     DuplicateTaskError,
     InvalidInputError,
+    StoreError,
     StoreRefused,
     TaskPlatformError,
     UnknownTaskTypeError,
@@ -338,10 +339,14 @@ class TaskSubmitter:
         try:
             await self._store.create_many([task])
         except DuplicateTaskError as exc:
-            # A store that keeps the rows before a failing one (MongoDB's ordered insert) has it.
-            stored = await self._store.get(task.id)
-            return None if stored is not None and stored.created_at == task.created_at else exc
-        except StoreRefused as exc:
+            # A store that keeps the rows before a failing one (MongoDB's ordered insert) has it:
+            # its id is a fresh UUID, so a row with that id is this one.
+            try:
+                stored = await self._store.get(task.id)
+            except StoreError as lookup:
+                return lookup
+            return None if stored is not None else exc
+        except StoreError as exc:  # refused, or an outage now: this caller's answer only
             return exc
         return None
 

@@ -147,3 +147,74 @@ async def test_keyed_submissions_insert_on_their_own(
     submitter, store, _ = parts
     await asyncio.gather(*(submitter.submit(_request(i), idempotency_key=f"k{i}") for i in range(5)))
     assert store.batches == [1] * 5
+
+
+async def test_a_submission_cancelled_while_it_waits_for_the_insert_stores_nothing(
+    parts: tuple[TaskSubmitter, CountingStore, FakePublisher],
+) -> None:
+    submitter, store, publisher = parts
+    release = asyncio.Event()
+    original = store.create_many
+
+    async def slow_first(tasks: Sequence[BackgroundTask]) -> None:
+        if not store.batches:
+            await release.wait()
+        await original(tasks)
+
+    store.create_many = slow_first  # type: ignore[method-assign]
+    first = asyncio.create_task(submitter.submit(_request(1)))
+    await asyncio.sleep(0.01)  # the first insert is in flight: the next caller waits for it
+    second = asyncio.create_task(submitter.submit(_request(2)))
+    third = asyncio.create_task(submitter.submit(_request(3)))
+    await asyncio.sleep(0.01)
+    second.cancel()
+    release.set()
+    done, kept = await first, await third
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert store.batches == [1, 1]  # the third went alone: the cancelled one was not inserted
+    assert {t.id for t in await _all(store)} == {done.task.id, kept.task.id}
+    assert len(publisher.published) == 2
+
+
+async def test_an_outage_while_inserting_one_by_one_fails_only_the_callers_not_yet_stored(
+    parts: tuple[TaskSubmitter, CountingStore, FakePublisher],
+) -> None:
+    submitter, store, _ = parts
+    original = store.create_many
+
+    async def outage_after_two(tasks: Sequence[BackgroundTask]) -> None:
+        if len(store.batches) >= 3:  # the batch, then two alone: the store goes away
+            store.batches.append(len(tasks))
+            raise StoreError("the store went away (test)")
+        await original(tasks)
+
+    store.create_many = outage_after_two  # type: ignore[method-assign]
+    results = await _submit_all(submitter, [1, 2, -99, 4])
+    assert not isinstance(results[0], BaseException) and not isinstance(results[1], BaseException)
+    assert isinstance(results[2], StoreError) and isinstance(results[3], StoreError)
+    for r in results[:2]:
+        assert await store.get(r.task.id) is not None
+
+
+async def test_a_duplicate_whose_lookup_fails_is_that_callers_error(
+    parts: tuple[TaskSubmitter, CountingStore, FakePublisher],
+) -> None:
+    submitter, store, _ = parts
+    store.duplicate = True
+
+    async def unreachable(task_id: str) -> BackgroundTask | None:
+        raise StoreError("the store went away (test)")
+
+    results = await _submit_all(submitter, [1, -99])
+    assert not isinstance(results[0], BaseException) and isinstance(results[1], DuplicateTaskError)
+    store.get = unreachable  # type: ignore[method-assign]
+    results = await _submit_all(submitter, [2, -99])
+    assert not isinstance(results[0], BaseException) and isinstance(results[1], StoreError)
+
+
+async def _all(store: CountingStore) -> list[BackgroundTask]:
+    from taskplatform.store import TaskFilter
+
+    page = await store.list(TaskFilter(), limit=100)
+    return list(page.items)
