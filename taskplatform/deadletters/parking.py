@@ -16,6 +16,7 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from taskplatform.models import utcnow
+from taskplatform.models.message import copy_message_id
 
 HEADER_PARKED_REASON = "x-parked-reason"
 HEADER_PARKED_DETAIL = "x-parked-detail"
@@ -39,7 +40,7 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
-        message_id=message.message_id,
+        message_id=copy_message_id(message.message_id, message.body, message.routing_key),
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,19 @@ HEADER_AWAIT_SINCE = "x-await-since"  # epoch milliseconds: when the wait for th
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = 1
+
+
+def copy_message_id(message_id: str | None, body: bytes, routing_key: str | None) -> str:
+    """The message id a platform copy of a message carries (a dead-letter, parked or returned
+    copy): the message's own, or, for a message published without one, an id made from its body
+    and routing key. Without it the client library would mint a random id for each copy, and a
+    message dying twice would look like two messages (a dead-letter record's id includes the
+    message id)."""
+    if message_id:
+        return message_id
+    digest = hashlib.sha256(body)
+    digest.update(b"\x00" + (routing_key or "").encode("utf-8", "surrogatepass"))
+    return f"copy-{digest.hexdigest()[:32]}"
 
 
 class TaskMessage(BaseModel):

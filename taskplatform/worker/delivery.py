@@ -15,7 +15,12 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from taskplatform.errors import TRANSIENT_BROKER_ERRORS
 from taskplatform.models import utcnow
-from taskplatform.models.message import HEADER_DEAD_AT, HEADER_DEAD_DETAIL, HEADER_DEAD_REASON
+from taskplatform.models.message import (
+    HEADER_DEAD_AT,
+    HEADER_DEAD_DETAIL,
+    HEADER_DEAD_REASON,
+    copy_message_id,
+)
 
 log = logging.getLogger("taskplatform.worker.settlement")
 
@@ -39,7 +44,7 @@ def dead_letter_copy(message: AbstractIncomingMessage, reason: str, detail: str)
         headers=headers,
         content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
+        message_id=copy_message_id(message.message_id, message.body, message.routing_key),
         correlation_id=message.correlation_id,
         type=message.type,
         app_id=message.app_id,

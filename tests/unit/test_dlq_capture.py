@@ -35,6 +35,7 @@ class Dead(FakeDelivery):
         self.priority: int | None = None
         self.timestamp: datetime | None = None
         self.delivery_mode: int | None = None
+        self.reply_to: str | None = None
 
 
 def _b64(raw: bytes) -> dict[str, str]:
@@ -218,3 +219,27 @@ def test_a_message_with_no_reason_at_all_is_unknown() -> None:
     record = dead_letter_from(Dead(b"not json"), None)  # type: ignore[arg-type]
     assert record.kind == "message" and record.reason == "unknown" and record.x_death == []
     assert record.error_info is not None and "(unknown)" in record.error_info.message
+
+
+def test_copies_of_a_message_published_without_an_id_share_one_so_its_deaths_share_a_record() -> None:
+    """The client library mints a random id for a message published without one: every platform
+    copy (dead-letter, returned, parked) carries one made from the message instead."""
+    from taskplatform.deadletters.parking import parked_copy, returned_copy
+    from taskplatform.worker.delivery import dead_letter_copy
+
+    original = Dead(b'{"task_id": "half', headers={"x-task-id": "half"}, routing_key="rk")
+    first = dead_letter_copy(original, "bad-json", "Expecting value")
+    second = dead_letter_copy(original, "bad-json", "Expecting value at char 0")
+    assert first.message_id == second.message_id and str(first.message_id).startswith("copy-")
+    assert returned_copy(original).message_id == first.message_id
+    assert parked_copy(original, reason="r", detail="d", attempts=1).message_id == first.message_id
+
+    def captured(copy: Any) -> str:
+        delivered = Dead(copy.body, headers=dict(copy.headers), message_id=copy.message_id, routing_key="rk")
+        return dead_letter_from(delivered, None).id
+
+    assert captured(first) == captured(second)
+    # another message (other bytes or routing key) gets another id; a message's own id is kept
+    assert dead_letter_copy(Dead(b"{}", routing_key="rk"), "bad-json", "").message_id != first.message_id
+    assert dead_letter_copy(Dead(original.body, routing_key="rk2"), "x", "").message_id != first.message_id
+    assert dead_letter_copy(Dead(b"{}", message_id="m-1"), "bad-json", "").message_id == "m-1"
