@@ -22,6 +22,7 @@ from taskplatform.api.limits import BodyBudget
 from taskplatform.api.manage import router as manage_router
 from taskplatform.api.metrics import RequestMetrics
 from taskplatform.api.routes import health_router, tasks_router
+from taskplatform.heap import settle_startup_heap
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 
@@ -34,6 +35,7 @@ def create_app(
     runtime: Runtime | None = None,
     with_worker: bool = False,
     on_setup_failure: Callable[[], None] | None = None,
+    settle_heap: bool = False,
 ) -> FastAPI:
     """The API. It owns ``runtime`` (built from ``settings`` when not given) for its lifetime.
 
@@ -41,7 +43,8 @@ def create_app(
     ``on_setup_failure`` (the CLI's servers): called if the broker setup fails once connected, to
     stop the server, so its supervisor restarts it instead of it serving on without its broker
     side. Raises ConfigError, before anything is served, when ``AUTH=jwt`` lacks its
-    key material.
+    key material. ``settle_heap`` (the CLI's servers): once started, freeze the start-up heap
+    (``heap.settle_startup_heap``: short collector pauses).
     """
     settings = settings or (runtime.settings if runtime else PlatformSettings())
     authenticator = Authenticator.from_settings(settings)
@@ -57,6 +60,8 @@ def create_app(
                 "admin; never expose this API beyond your machine"
             )
         await rt.start(wait_for_broker=False)
+        if settle_heap:
+            settle_startup_heap()
         watcher = asyncio.create_task(_on_failure(rt, on_setup_failure)) if on_setup_failure else None
         try:
             yield
@@ -114,4 +119,4 @@ def create_app_in_process() -> FastAPI:
 
     settings = PlatformSettings()
     configure_logging(settings.log_level, json=settings.log_json)
-    return create_app(settings, on_setup_failure=_terminate_self)
+    return create_app(settings, on_setup_failure=_terminate_self, settle_heap=True)

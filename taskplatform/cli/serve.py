@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskplatform.cli.output import ExitCode
 from taskplatform.errors import ConfigError
+from taskplatform.heap import settle_startup_heap
 from taskplatform.settings import PlatformSettings
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, with_worker=with_worker, on_setup_failure=stop_serving)
+    app = create_app(settings, with_worker=with_worker, on_setup_failure=stop_serving, settle_heap=True)
     server = uvicorn.Server(uvicorn.Config(app, **options))
     with _startup_failure_reported(settings):
         server.run()
@@ -143,6 +144,7 @@ async def run_worker(settings: PlatformSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start(wait_for_broker=False)
+    settle_startup_heap()
     try:
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
