@@ -44,10 +44,15 @@ class BulkResult(BaseModel):
     outcome: Literal["created", "existing", "stored_unpublished"]
 
 
+#: ``BulkSubmitError.code`` when a bulk request got no answer (time-out, connection lost).
+BULK_NO_ANSWER = "no_answer"
+
+
 class BulkSubmitError(ApiError):
-    """The API refused one request of :meth:`TaskPlatformClient.submit_many`. The tasks of the
-    requests before it were stored (``results``); those from ``first`` on were not sent or not
-    stored. Indexes in ``details`` (``index``, ``indexes``, ``loc``) are into the whole list."""
+    """The API refused one request of :meth:`TaskPlatformClient.submit_many`, or it got no answer
+    (``code`` ``no_answer``, ``status`` 0). The tasks of the requests before it were stored
+    (``results``); those from ``first`` on were not sent or not stored (refused), or may have been
+    (no answer). Indexes in ``details`` (``index``, ``indexes``, ``loc``) are into the whole list."""
 
     def __init__(self, error: ApiError, results: list[BulkResult], first: int, count: int) -> None:
         self.results = results
@@ -315,6 +320,14 @@ class TaskPlatformClient:
                 )
             except ApiError as exc:
                 raise BulkSubmitError(exc, results, first, len(encoded)) from None
+            except httpx.HTTPError as exc:  # sent, perhaps stored, no answer: say so, keep the results
+                no_answer = ApiError(
+                    0,
+                    BULK_NO_ANSWER,
+                    f"no answer to the request from task {first} on ({type(exc).__name__}: {exc}); its "
+                    "tasks may or may not have been stored: send them again with idempotency keys to be sure",
+                )
+                raise BulkSubmitError(no_answer, results, first, len(encoded)) from exc
             for item in data["results"]:
                 results.append(BulkResult.model_validate({**item, "index": first + int(item["index"])}))
             if on_progress is not None:

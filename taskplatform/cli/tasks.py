@@ -49,6 +49,19 @@ def priority(text: str) -> int:
     return value
 
 
+def chunk_size(text: str) -> int:
+    """``--chunk-size``: tasks per bulk request, 1 to the API's 1,000."""
+    from taskplatform.client import BULK_MAX_TASKS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= BULK_MAX_TASKS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {BULK_MAX_TASKS}, got {value}")
+    return value
+
+
 def add_task_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``submit``, ``status``, ``cancel``, ``update`` and ``delete``."""
     api = argparse.ArgumentParser(add_help=False)
@@ -69,6 +82,13 @@ def add_task_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--file",
         metavar="PATH",
         help="submit the tasks of this JSON Lines file ('-': stdin) in bulk, instead of TASK_TYPE",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=chunk_size,
+        metavar="N",
+        help="with --file: tasks per request, 1 to 1000 (default 1000; with API_SUBMIT_RATE set, at most "
+        "the API's API_SUBMIT_BURST)",
     )
     p.add_argument("--params", metavar="JSON", help="parameters, a JSON object (default {})")
     p.add_argument("--user-id", help="submit for this user (only an admin may, when the API authenticates)")
@@ -129,6 +149,8 @@ async def submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
         return await submit_file(settings, args)
     if args.task_type is None:
         raise CommandError("give a task type, or --file with one task per line", ExitCode.BAD_INPUT)
+    if args.chunk_size is not None:
+        raise CommandError("--chunk-size goes with --file", ExitCode.BAD_INPUT)
     params = json_object("--params", args.params or "{}")
     async with _client(settings, args) as client:
         task_id = await client.submit(
@@ -293,10 +315,13 @@ async def submit_file(settings: PlatformSettings, args: argparse.Namespace) -> i
 
     try:
         async with _client(settings, args) as client:
-            results = await client.submit_many(tasks, on_progress=progress)
+            results = await client.submit_many(
+                tasks, chunk_size=args.chunk_size or BULK_MAX_TASKS, on_progress=progress
+            )
     except BulkSubmitError as exc:
         _print_results(exc.results, numbers)
-        raise CommandError(_refused(exc, numbers, source), api_status_code(exc.status)) from None
+        code = api_status_code(exc.status) if exc.status else ExitCode.UNAVAILABLE
+        raise CommandError(_refused(exc, numbers, source), code) from None
     finally:
         if watch is not None:
             watch.close()
@@ -339,10 +364,18 @@ def _refused(exc: BulkSubmitError, numbers: list[int], source: str) -> str:
         if named:
             lines = ", ".join(str(number) for number, _ in named[:SHOWN_PROBLEMS])
             what += f" (line(s) {lines}{', …' if len(named) > SHOWN_PROBLEMS else ''})"
+    from taskplatform.client import BULK_NO_ANSWER
+
+    unknown = exc.code == BULK_NO_ANSWER
     if not exc.first:
-        return f"{what}; nothing was stored"
+        return what if unknown else f"{what}; nothing was stored"
+    rest = (
+        "whether the rest were is unknown: submit the file again with idempotency keys to be sure"
+        if unknown
+        else "the rest were not: fix the file and submit it again (with idempotency keys, "
+        "what was stored comes back as existing)"
+    )
     return (
         f"{what}; the tasks of lines {numbers[0]} to {numbers[exc.first - 1]} of {source} were stored "
-        "(printed above), the rest were not: fix the file and submit it again (with idempotency keys, "
-        "what was stored comes back as existing)"
+        f"(printed above), {rest}"
     )

@@ -300,3 +300,67 @@ def test_a_later_request_refused_prints_what_was_stored_and_names_the_line(
         f"of {path} were stored (printed above), the rest were not: fix the file and submit it again (with "
         "idempotency keys, what was stored comes back as existing)"
     )
+
+
+def _times_out_on(call: int) -> Callable[[httpx.Request], httpx.Response]:
+    """The bulk route, except that request ``call`` gets no answer (a read time-out)."""
+    route = bulk_route()
+    calls = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise httpx.ReadTimeout("timed out (test)", request=request)
+        return route(request)
+
+    return handle
+
+
+def test_a_later_request_without_an_answer_prints_what_was_stored_and_says_the_rest_is_unknown(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.routes[("POST", BULK)] = _times_out_on(2)
+    path = write(tmp_path, [json.dumps(noop(i)) for i in range(1500)])
+    assert cli.main(["submit", "--file", path]) == ExitCode.UNAVAILABLE
+    captured = capsys.readouterr()
+    assert len(printed(captured.out)) == 1000
+    last = captured.err.splitlines()[-1]
+    assert "HTTP 0 no_answer: no answer to the request from task 1000 on (ReadTimeout" in last
+    assert last.endswith(
+        f"the tasks of lines 1 to 1000 of {path} were stored (printed above), whether the rest were is "
+        "unknown: submit the file again with idempotency keys to be sure"
+    )
+
+
+def test_a_first_request_without_an_answer_does_not_say_nothing_was_stored(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.routes[("POST", BULK)] = _times_out_on(1)
+    path = write(tmp_path, [json.dumps(noop(i)) for i in range(3)])
+    assert cli.main(["submit", "--file", path]) == ExitCode.UNAVAILABLE
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "may or may not have been stored" in last and "nothing was stored" not in last
+
+
+def test_chunk_size_sets_the_tasks_per_request(api: FakeApi, tmp_path: Path) -> None:
+    api.routes[("POST", BULK)] = bulk_route()
+    path = write(tmp_path, [json.dumps(noop(i)) for i in range(700)])
+    assert cli.main(["submit", "--file", path, "--chunk-size", "300"]) == 0
+    assert [len(body(r)["tasks"]) for r in api.requests] == [300, 300, 100]
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "ten"])
+def test_a_bad_chunk_size_exits_2_and_sends_nothing(
+    value: str, api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, [json.dumps(noop(1))])
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["submit", "--file", path, "--chunk-size", value])
+    assert exited.value.code == 2 and api.requests == []
+    assert "--chunk-size" in capsys.readouterr().err
+
+
+def test_chunk_size_without_a_file_is_refused(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["submit", "test_noop", "--chunk-size", "10"]) == ExitCode.BAD_INPUT
+    assert "--chunk-size goes with --file" in capsys.readouterr().err and api.requests == []
