@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from taskplatform.errors import DuplicateTaskError
 from taskplatform.models import ErrorInfo, TaskStatus, utcnow
 from taskplatform.store import BaseTaskStore
 from tests.store.helpers import NODE, claim, make_task
@@ -112,3 +113,17 @@ async def test_the_delete_primitive_deletes_only_the_finished_tasks_it_is_given(
 
     assert await store.get(done.id) is None
     assert await store.get(replayed.id) is not None and await store.get(other.id) is not None
+
+
+async def test_a_batch_holding_an_existing_id_inserts_nothing(store: BaseTaskStore) -> None:
+    """``create_many`` is all or nothing: a task id that exists refuses the batch, and the tasks
+    before it in the batch are not left behind (MongoDB's ordered insert keeps them: taken back)."""
+    taken = make_task()
+    await store.create(taken)
+    before, after = make_task(), make_task()
+    with pytest.raises(DuplicateTaskError):
+        await store.create_many([before, taken.model_copy(), after])
+    assert await store.get(before.id) is None and await store.get(after.id) is None
+    assert await store.get(taken.id) is not None
+    await store.create_many([before, after])  # their ids are free
+    assert await store.get(before.id) is not None and await store.get(after.id) is not None

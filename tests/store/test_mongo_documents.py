@@ -240,3 +240,46 @@ async def test_a_task_replayed_between_the_purges_find_and_delete_is_kept(
     assert await store.get(old.id) is None
     kept = await store.get(replayed.id)
     assert kept is not None and kept.status is TaskStatus.QUEUED
+
+
+async def test_a_write_concern_failure_is_an_outage_and_takes_back_what_it_inserted(
+    mongo: MongoTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk write that failed for another reason than a duplicate (here a write concern) is a
+    StoreError, not DuplicateTaskError; the documents it kept are taken back either way."""
+    from pymongo.errors import BulkWriteError
+
+    from taskplatform.errors import DuplicateTaskError
+
+    tasks = [make_task(), make_task(), make_task()]
+    real = mongo.collection
+
+    class KeepsTwoThenFails:
+        """The tasks collection, whose insert_many keeps two documents and then fails."""
+
+        details: dict[str, Any] = {}
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def insert_many(self, docs: list[dict[str, Any]], ordered: bool = True) -> Any:
+            await real.insert_many(docs[:2], ordered=ordered)
+            raise BulkWriteError({"nInserted": 2, **self.details})
+
+    failing = KeepsTwoThenFails()
+    monkeypatch.setattr(MongoTaskStore, "collection", property(lambda self: failing))
+
+    async def kept_two_then(details: dict[str, Any]) -> None:
+        failing.details = details
+
+    concern = {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication"}]}
+    await kept_two_then(concern)
+    with pytest.raises(StoreError) as raised:
+        await mongo.create_many(tasks)
+    assert not isinstance(raised.value, DuplicateTaskError)
+    assert [await mongo.get(t.id) for t in tasks] == [None, None, None]
+    duplicate = {"writeErrors": [{"index": 2, "code": 11000, "errmsg": "E11000 duplicate key"}]}
+    await kept_two_then(duplicate)
+    with pytest.raises(DuplicateTaskError):
+        await mongo.create_many(tasks)
+    assert [await mongo.get(t.id) for t in tasks] == [None, None, None]

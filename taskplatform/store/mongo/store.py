@@ -50,6 +50,10 @@ def _guard_value(field: str, value: Any) -> Any:
     return stored_value(value)
 
 
+#: MongoDB's duplicate-key error codes.
+_DUPLICATE_KEY = frozenset({11000, 11001})
+
+
 class MongoTaskStore(
     MongoDeadLetters, MongoRateLimits, MongoRetention, MongoRollup, MongoOutbox, BaseTaskStore
 ):
@@ -161,8 +165,13 @@ class MongoTaskStore(
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except (DuplicateKeyError, BulkWriteError) as exc:
+        except DuplicateKeyError as exc:
             raise DuplicateTaskError(f"task already exists: {exc}") from exc
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(error.get("code") in _DUPLICATE_KEY for error in errors):
+                raise DuplicateTaskError(f"task already exists: {exc}") from exc
+            raise StoreError(f"store operation failed: {exc}") from exc  # e.g. a write concern
         except PyMongoError as exc:
             raise StoreError(f"store operation failed: {exc}") from exc
 
@@ -170,8 +179,20 @@ class MongoTaskStore(
     async def create_many(self, tasks: Sequence[BackgroundTask]) -> None:
         if not tasks:
             return
-        async with self._errors():
-            await self.collection.insert_many([self._to_doc(t) for t in tasks], ordered=True)
+        docs = [self._to_doc(t) for t in tasks]
+        try:
+            async with self._errors():
+                await self.collection.insert_many(docs, ordered=True)
+        except (DuplicateTaskError, StoreError) as exc:
+            # An ordered insert keeps the documents before the one that failed; the port says
+            # nothing is inserted, so take them back (ids are this batch's own, fresh).
+            failed = exc.__cause__
+            if isinstance(failed, BulkWriteError):
+                kept = [doc["_id"] for doc in docs[: int(failed.details.get("nInserted", 0))]]
+                if kept:
+                    async with self._errors():
+                        await self.collection.delete_many({"_id": {"$in": kept}})
+            raise
 
     async def get(self, task_id: str) -> BackgroundTask | None:
         async with self._errors():

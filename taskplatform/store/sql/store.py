@@ -260,9 +260,10 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
             async with self._errors():
                 await self._fast.insert(rows)
             return
-        # Up to one INSERT page the statement is single and atomic by itself: autocommit
-        # saves BEGIN/COMMIT. Larger batches are several statements and need a transaction.
-        single = len(rows) <= _INSERT_PAGE
+        # One row is atomic by itself: autocommit saves BEGIN/COMMIT. Several rows are an
+        # executemany, whose rows commit one by one under autocommit (a duplicate would leave
+        # the rows before it): a transaction makes the batch all or nothing.
+        single = len(rows) == 1
         async with self._errors():
             async with self.autocommit.connect() if single else self.engine.begin() as conn:
                 await conn.execute(sql.INSERT, rows)
