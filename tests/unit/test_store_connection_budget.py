@@ -339,3 +339,15 @@ async def test_a_postgresql_call_past_the_pool_timeout_is_a_store_error_for_eith
             ):
                 await store.count_by_status()
             assert (await store.get(task.id)) is not None  # the fast path's is free
+
+
+async def test_a_store_url_query_the_driver_does_not_take_is_a_config_error_naming_it() -> None:
+    from taskplatform.errors import ConfigError
+    from taskplatform.store.sql import SqlTaskStore
+    from tests.support.services import POSTGRES_URL, require_postgres
+
+    require_postgres()
+    store = SqlTaskStore(f"{POSTGRES_URL}?bogus_option=1", auto_migrate=False)
+    with pytest.raises(ConfigError) as raised:
+        await store.open()
+    assert "bogus_option" in str(raised.value) and "query parameter" in str(raised.value)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from taskplatform.errors import DuplicateTaskError, StoreError
+from taskplatform.errors import ConfigError, DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.models.task import idempotency_scope
 from taskplatform.store import (
@@ -205,6 +205,15 @@ class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOu
         except StoreError:
             await self.close()
             raise
+        except TypeError as exc:
+            await self.close()
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            # SQLAlchemy hands the URL's query to asyncpg.connect as keyword arguments.
+            raise ConfigError(
+                f"store URL {engine.url!r}: a query parameter the PostgreSQL driver does not take "
+                f"({exc}); asyncpg's connect() arguments (e.g. ssl=require, timeout=10) may be given there"
+            ) from exc
 
     def _prepare_sqlite_path(self) -> None:
         database = self.url.split(":///", 1)[1] if ":///" in self.url else ""
