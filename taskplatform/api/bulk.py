@@ -4,7 +4,9 @@ Every item is checked (its body, its task type and parameters, its owner, its id
 before anything is stored: one invalid item refuses the whole request, naming each invalid
 item by its index. The new tasks are stored in one write and published in one pipelined batch
 of confirmed publishes (``TaskSubmitter.submit_bulk_prepared``). The caller's submission limit
-(``API_SUBMIT_RATE``) is charged every task the request creates.
+(``API_SUBMIT_RATE``) is charged every task the request holds as it is admitted, before the
+items are checked: a request refused afterwards, or whose keyed tasks exist already, costs the
+same, as with the single route.
 """
 
 from __future__ import annotations
