@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from taskplatform.api.auth import SubmitterDep, require_submitter
 from taskplatform.api.deps import RuntimeDep
 from taskplatform.api.errors import ErrorBody, error_response, field_errors
-from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, retry_after, submission_weight, submitter_key
+from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, charge, submission_weight
 from taskplatform.api.routes import ERRORS
 from taskplatform.api.schemas import (
     BulkItemResult,
@@ -29,7 +29,6 @@ from taskplatform.api.schemas import (
     BulkSubmitted,
 )
 from taskplatform.auth import Principal
-from taskplatform.ratelimit.limiter import reserve_many
 from taskplatform.submission import (
     MAX_BULK_TASKS,
     BulkItem,
@@ -71,22 +70,7 @@ async def limit_bulk_submissions(request: Request, runtime: RuntimeDep, principa
             f"they declare), more than the per-user burst of {burst} (API_SUBMIT_BURST) allows at once; "
             f"send at most {burst} tasks per request",
         )
-    reservation = await reserve_many(
-        runtime.submit_rate_limiter,
-        submitter_key(principal, request),
-        weight,
-        interval=rate.interval,
-        burst=burst,
-        max_wait=0,
-    )
-    if not reservation.granted:
-        seconds = retry_after(reservation.wait)
-        raise HTTPException(
-            429,
-            f"too many submissions: at most {rate} per caller (bursts of {burst}); this bulk submission "
-            f"creates {weight} tasks; retry in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
+    await charge(runtime, principal, request, weight, f"; this bulk submission creates {weight} tasks")
 
 
 BulkRateLimit = Annotated[None, Depends(limit_bulk_submissions)]

@@ -22,6 +22,7 @@ from taskplatform.api.deps import RuntimeDep
 from taskplatform.api.errors import ErrorBody
 from taskplatform.auth import Principal
 from taskplatform.ratelimit.limiter import reserve_many
+from taskplatform.runtime import Runtime
 from taskplatform.tasks.executable import BackgroundTaskExecutable
 from taskplatform.tasks.registry import ExecutableRegistry
 
@@ -98,6 +99,17 @@ async def limit_submissions(request: Request, runtime: RuntimeDep, principal: Su
             f"the per-user burst of {burst} (API_SUBMIT_BURST) allows at once; split it into batches "
             f"of at most {burst - 1} items",
         )
+    size = f"; this submission creates {weight} tasks" if weight > 1 else ""
+    await charge(runtime, principal, request, weight, size)
+
+
+async def charge(runtime: Runtime, principal: Principal, request: Request, weight: int, size: str) -> None:
+    """Take ``weight`` tasks from the caller's submission limit now, or answer 429 with
+    ``Retry-After`` (``size``: what the message says of the submission's size)."""
+    rate = runtime.settings.api_submit_rate
+    if rate is None:  # no limit set
+        return
+    burst = runtime.settings.api_submit_burst
     reservation = await reserve_many(
         runtime.submit_rate_limiter,
         submitter_key(principal, request),
@@ -108,7 +120,6 @@ async def limit_submissions(request: Request, runtime: RuntimeDep, principal: Su
     )
     if not reservation.granted:
         seconds = retry_after(reservation.wait)
-        size = f"; this submission creates {weight} tasks" if weight > 1 else ""
         raise HTTPException(
             429,
             f"too many submissions: at most {rate} per caller (bursts of {burst}){size}; "

@@ -189,3 +189,18 @@ async def test_a_batch_heavier_than_the_burst_is_refused_with_422_and_consumes_n
 
 def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
     assert [retry_after(w) for w in (0.0, 0.001, 0.999, 1.0, 1.001, 59.2)] == [1, 1, 1, 1, 2, 60]
+
+
+async def test_charging_without_a_rate_takes_nothing() -> None:
+    from types import SimpleNamespace
+
+    from taskplatform.api.ratelimit import charge
+
+    class NoLimiter:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the limiter was used ({name}) though no rate is set")
+
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(api_submit_rate=None, api_submit_burst=5), submit_rate_limiter=NoLimiter()
+    )
+    await charge(runtime, None, None, 3, "")  # type: ignore[arg-type]
