@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 
 BASE = "http://api.test"
 TOKEN = "s3cret-token"
@@ -96,3 +99,36 @@ def body(request: httpx.Request) -> Any:
 def assert_operator(request: httpx.Request, operator: str = "alice", token: str = TOKEN) -> None:
     assert request.headers.get("authorization") == f"Bearer {token}"
     assert request.headers.get("x-operator") == operator
+
+
+@contextlib.contextmanager
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test of the CLI's ``main``: no TASKPLATFORM_ variable from the caller's shell, the
+    plain asyncio loop, and afterwards the root logger as it was (``main`` configures it)."""
+    import os
+
+    for name in [n for n in os.environ if n.upper().startswith("TASKPLATFORM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TASKPLATFORM_EVENT_LOOP", "asyncio")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def api_for_cli(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    """A fake API the CLI's client talks to (``TASKPLATFORM_API_URL`` and its transport)."""
+    from taskplatform.client import TaskPlatformClient
+
+    fake = FakeApi()
+    monkeypatch.setenv("TASKPLATFORM_API_URL", BASE)
+    real = TaskPlatformClient.from_settings
+
+    def with_fake_transport(settings: Any, **kwargs: Any) -> TaskPlatformClient:
+        return real(settings, transport=fake.transport, **kwargs)
+
+    monkeypatch.setattr(TaskPlatformClient, "from_settings", staticmethod(with_fake_transport))
+    return fake

@@ -3,7 +3,6 @@ and ``dev`` running without authentication unless told otherwise."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,13 @@ from taskplatform.auth import Role
 from taskplatform.cli import commands as cli
 from taskplatform.client import TaskPlatformClient
 from tests.api.tokens import SECRET, private_pem, rsa_key, write
-from tests.support.fake_api import BASE, FakeApi
+from tests.support.fake_api import BASE, FakeApi, cli_environment
 
 
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No TASKPLATFORM_ variable from the caller's shell; ``main`` configures the root logger,
-    so give the next test the logging it had."""
-    import os
-
-    for name in [n for n in os.environ if n.upper().startswith("TASKPLATFORM_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("TASKPLATFORM_EVENT_LOOP", "asyncio")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    with cli_environment(monkeypatch):
+        yield
 
 
 def decode(token: str, key: Any = SECRET, algorithm: str = "HS256") -> dict[str, Any]:

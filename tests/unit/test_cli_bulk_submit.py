@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,7 @@ import pytest
 
 from taskplatform.cli import commands as cli
 from taskplatform.cli.output import ExitCode
-from taskplatform.client import TaskPlatformClient
-from tests.support.fake_api import BASE, FakeApi, body
+from tests.support.fake_api import FakeApi, api_for_cli, body, cli_environment
 from tests.unit.test_client_bulk import bulk_route
 
 BULK = "/api/v1/tasks/bulk"
@@ -25,32 +23,14 @@ BULK = "/api/v1/tasks/bulk"
 
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No TASKPLATFORM_ variable from the caller's shell; ``main`` configures the root logger,
-    so give the next test the logging it had."""
-    import os
-
-    for name in [n for n in os.environ if n.upper().startswith("TASKPLATFORM_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("TASKPLATFORM_EVENT_LOOP", "asyncio")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    with cli_environment(monkeypatch):
+        yield
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     """The commands' client talks to a fake API."""
-    fake = FakeApi()
-    monkeypatch.setenv("TASKPLATFORM_API_URL", BASE)
-    real = TaskPlatformClient.from_settings
-
-    def with_fake_transport(settings: Any, **kwargs: Any) -> TaskPlatformClient:
-        return real(settings, transport=fake.transport, **kwargs)
-
-    monkeypatch.setattr(TaskPlatformClient, "from_settings", staticmethod(with_fake_transport))
-    return fake
+    return api_for_cli(monkeypatch)
 
 
 def noop(i: int, **extra: Any) -> dict[str, Any]:

@@ -17,38 +17,20 @@ from taskplatform.cli import tasks as cli_tasks
 from taskplatform.cli.admin import broker_place
 from taskplatform.cli.output import ExitCode
 from taskplatform.client import TaskPlatformClient
-from tests.support.fake_api import BASE, FakeApi, body, error_body
+from tests.support.fake_api import BASE, FakeApi, api_for_cli, body, cli_environment, error_body
 
 
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No TASKPLATFORM_ variable from the caller's shell; ``main`` configures the root logger,
-    so give the next test the logging it had."""
-    import os
-
-    for name in [n for n in os.environ if n.upper().startswith("TASKPLATFORM_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("TASKPLATFORM_EVENT_LOOP", "asyncio")
     monkeypatch.setattr(cli_tasks, "WAIT_POLL_SECONDS", 0.001)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    with cli_environment(monkeypatch):
+        yield
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     """The commands' client talks to a fake API."""
-    fake = FakeApi()
-    monkeypatch.setenv("TASKPLATFORM_API_URL", BASE)
-    real = TaskPlatformClient.from_settings
-
-    def with_fake_transport(settings: Any, **kwargs: Any) -> TaskPlatformClient:
-        return real(settings, transport=fake.transport, **kwargs)
-
-    monkeypatch.setattr(TaskPlatformClient, "from_settings", staticmethod(with_fake_transport))
-    return fake
+    return api_for_cli(monkeypatch)
 
 
 def task(status: str, percent: float | None = None, message: str | None = None) -> dict[str, Any]:
