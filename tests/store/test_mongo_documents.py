@@ -283,3 +283,25 @@ async def test_a_write_concern_failure_is_an_outage_and_takes_back_what_it_inser
     with pytest.raises(DuplicateTaskError):
         await mongo.create_many(tasks)
     assert [await mongo.get(t.id) for t in tasks] == [None, None, None]
+
+
+async def test_a_full_connection_pool_is_a_store_error_naming_the_budget(
+    mongo: MongoTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pymongo.errors import WaitQueueTimeoutError
+
+    real = mongo.collection
+
+    class PoolFull:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def find_one(self, *args: Any, **kwargs: Any) -> Any:
+            raise WaitQueueTimeoutError("timed out while checking out a connection from connection pool")
+
+    full = PoolFull()
+    monkeypatch.setattr(MongoTaskStore, "collection", property(lambda self: full))
+    with pytest.raises(StoreError) as raised:
+        await mongo.get("some-task")
+    assert "TASKPLATFORM_STORE_MAX_CONNECTIONS" in str(raised.value)
+    assert f"all {mongo.max_connections} are busy" in str(raised.value)

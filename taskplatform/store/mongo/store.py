@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WaitQueueTimeoutError
 
 from taskplatform.errors import DuplicateTaskError, StoreError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
@@ -172,6 +172,12 @@ class MongoTaskStore(
             if any(error.get("code") in _DUPLICATE_KEY for error in errors):
                 raise DuplicateTaskError(f"task already exists: {exc}") from exc
             raise StoreError(f"store operation failed: {exc}") from exc  # e.g. a write concern
+        except WaitQueueTimeoutError as exc:
+            raise StoreError(
+                f"no store connection free within {POOL_TIMEOUT_SECONDS:g} s: all {self.max_connections} "
+                "are busy (TASKPLATFORM_STORE_MAX_CONNECTIONS, the client's maxPoolSize per server); "
+                f"raise it, or lower the load ({exc})"
+            ) from exc
         except PyMongoError as exc:
             raise StoreError(f"store operation failed: {exc}") from exc
 

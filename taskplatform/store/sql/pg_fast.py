@@ -88,7 +88,8 @@ def pool_exhausted(timeout: float, pool_size: int) -> str:
     ``timeout`` seconds."""
     return (
         f"no store connection free within {timeout:g} s: all {pool_size} of its pool are busy (the "
-        "pool's share of TASKPLATFORM_STORE_MAX_CONNECTIONS); raise it, or lower the load"
+        "pool's share of TASKPLATFORM_STORE_MAX_CONNECTIONS), or a new one could not be opened in "
+        "time; raise it, lower the load, or check that the store answers"
     )
 
 
