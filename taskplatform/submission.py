@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,13 @@ from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, Task
 from taskplatform.models.task import submission_fingerprint
 from taskplatform.storable import MAX_TAGS, Metadata, Tags, ensure_shallow, ensure_storable
 from taskplatform.store.ports import Outbox, TaskCreation, TaskReads
+from taskplatform.submission_bulk import (
+    MAX_BULK_TASKS,
+    BulkItem,
+    BulkProblem,
+    BulkSubmissionRefused,
+    item_problems,
+)
 from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
@@ -65,65 +72,8 @@ class IdempotencyKeyReusedError(TaskPlatformError):
 
 #: The most concurrent single submissions one insert takes.
 INSERT_BATCH = 200
-#: The most tasks one bulk submission may hold (``POST /api/v1/tasks/bulk``).
-MAX_BULK_TASKS = 1000
 #: Idempotency keys of one bulk submission looked up at once.
 _KEY_LOOKUPS = 8
-
-
-@dataclass(frozen=True)
-class BulkItem:
-    """One task of a bulk submission: the request (its owner filled in) and its idempotency key."""
-
-    request: SubmitRequest
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True)
-class BulkProblem:
-    """Why one item of a bulk submission is refused. ``code`` is the single submission's error
-    code (``unknown_task_type``, ``invalid_parameters``, ``validation_error``,
-    ``idempotency_key_reused``) or ``duplicate_idempotency_key`` (two items of the request share
-    a key); ``details``: JSON-safe fields (``loc`` within the item, ``type``, ``idempotency_key``,
-    ``task_id``, ``indexes``)."""
-
-    index: int
-    code: str
-    message: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class BulkSubmissionRefused(TaskPlatformError):
-    """Items of a bulk submission were refused; nothing of it was stored (the API answers 422)."""
-
-    def __init__(self, problems: Sequence[BulkProblem]) -> None:
-        self.problems = sorted(problems, key=lambda p: p.index)
-        items = sorted({p.index for p in self.problems})
-        shown = "; ".join(f"item {p.index}: {p.message}" for p in self.problems[:5])
-        more = f"; and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
-        super().__init__(
-            f"{len(items)} of the submitted tasks are invalid, nothing was stored: {shown}{more}"
-        )
-
-
-def _item_problems(
-    index: int, exc: UnknownTaskTypeError | InvalidInputError | ValidationError
-) -> list[BulkProblem]:
-    """The problems ``TaskSubmitter.prepare`` (or a key check) raised for item ``index``."""
-    if isinstance(exc, UnknownTaskTypeError):
-        return [BulkProblem(index, "unknown_task_type", str(exc), {"loc": ["task_type"]})]
-    if isinstance(exc, InvalidInputError):
-        code = "invalid_parameters" if exc.location[:1] == ("parameters",) else "validation_error"
-        return [BulkProblem(index, code, str(exc), {"loc": list(exc.location), "type": "unstorable_value"})]
-    return [
-        BulkProblem(
-            index,
-            "invalid_parameters",
-            f"parameters.{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"],
-            {"loc": ["parameters", *err["loc"]], "type": err["type"]},
-        )
-        for err in exc.errors()
-    ]
 
 
 def fingerprint(request: SubmitRequest) -> str:
@@ -368,7 +318,7 @@ class TaskSubmitter:
                     ensure_storable(key, ("idempotency_key",))
                 task = self.prepare(item.request)
             except (UnknownTaskTypeError, InvalidInputError, ValidationError) as exc:
-                problems.extend(_item_problems(index, exc))
+                problems.extend(item_problems(index, exc))
                 continue
             if key is not None:
                 scope = (task.user_id, key)

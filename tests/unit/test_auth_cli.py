@@ -12,9 +12,8 @@ import pytest
 
 from taskplatform.auth import Role
 from taskplatform.cli import commands as cli
-from taskplatform.client import TaskPlatformClient
 from tests.api.tokens import SECRET, private_pem, rsa_key, write
-from tests.support.fake_api import BASE, FakeApi, cli_environment
+from tests.support.fake_api import FakeApi, api_for_cli, cli_environment
 
 
 @pytest.fixture(autouse=True)
@@ -123,15 +122,7 @@ def test_dev_runs_without_authentication_unless_the_environment_asks(
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     """The task commands' client talks to a fake API."""
-    fake = FakeApi()
-    monkeypatch.setenv("TASKPLATFORM_API_URL", BASE)
-    real = TaskPlatformClient.from_settings
-
-    def with_fake_transport(settings: Any, **kwargs: Any) -> TaskPlatformClient:
-        return real(settings, transport=fake.transport, **kwargs)
-
-    monkeypatch.setattr(TaskPlatformClient, "from_settings", staticmethod(with_fake_transport))
-    return fake
+    return api_for_cli(monkeypatch)
 
 
 TASK = {
