@@ -27,6 +27,7 @@ from taskplatform.events.models import Origin, TaskSubmitted
 from taskplatform.messaging.publisher import MessagePublisher
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, TaskMessage, utcnow
 from taskplatform.models.task import submission_fingerprint
+from taskplatform.outbox import PublishedMarker
 from taskplatform.storable import MAX_TAGS, Metadata, Tags, ensure_shallow, ensure_storable
 from taskplatform.store.ports import Outbox, TaskCreation, TaskReads
 from taskplatform.submission_bulk import (
@@ -95,67 +96,6 @@ class Submitted:
 
 class SubmissionStore(TaskReads, TaskCreation, Outbox, Protocol):
     """What submitting uses of the store: create, find by idempotency key, the outbox marks."""
-
-
-class PublishedMarker:
-    """Marks outbox entries published in batches, off the submit path.
-
-    Marking is off the submit path, so it lingers up to ``linger`` seconds to gather
-    more ids per statement. If the process dies before a batch is written, the relay
-    republishes those tasks after the grace period; the consumer's claim makes the
-    duplicate harmless.
-    """
-
-    def __init__(self, store: Outbox, *, max_batch: int = 500, linger: float = 0.05) -> None:
-        self._store = store
-        self._pending: list[str] = []
-        self._max_batch = max_batch
-        self._linger = linger
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="outbox-marker")
-
-    def add(self, task_ids: Sequence[str]) -> None:
-        if self._task is None:
-            raise RuntimeError("PublishedMarker.start() was not called")
-        self._pending.extend(task_ids)
-        self._idle.clear()
-        self._wakeup.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            if len(self._pending) < self._max_batch:
-                await asyncio.sleep(self._linger)
-            self._wakeup.clear()
-            while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                try:
-                    await self._store.mark_published(batch)
-                except Exception as exc:  # the relay covers us; never lose the loop
-                    log.warning(
-                        "could not mark %d outbox entries published (%s); the relay will", len(batch), exc
-                    )
-            self._idle.set()
-
-    async def flush(self) -> None:
-        """Wait until everything added so far is written (or given up)."""
-        await self._idle.wait()
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.flush(), timeout=5)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
 
 
 class TaskSubmitter:

@@ -24,12 +24,14 @@ import time
 import uuid
 from pathlib import Path
 
+import aio_pika
 import httpx
 
-from taskplatform.models import TaskStatus
+from taskplatform.messaging.codec import encode
+from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.bench_pipeline import broker_pid, machine_busy, process_cpu, raw_aio_pika
-from tests.bench.harness import bench_platform, pct
+from tests.bench.harness import AMQP_URL, bench_platform, pct
 from tests.bench.noop import BenchNoop
 from tests.support.server import free_port, platform_env, serving
 
@@ -82,6 +84,43 @@ def api_pid(port: int) -> int:
         except OSError:
             continue
     return min(candidates)  # uvicorn's workers share the socket of their parent
+
+
+async def raw_publish_only(n: int, connections: int, body_bytes: int, batch: int = 500) -> dict[str, float]:
+    """The broker's ceiling for accepting messages: ``n`` confirmed, persistent publishes of
+    ``body_bytes`` to one quorum queue, no consumer, pipelined ``batch`` at a time over
+    ``connections`` connections (one process, aio-pika). Messages/s and RabbitMQ's CPU per
+    message; the queue is deleted afterwards."""
+    queue_name = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
+    links = [await aio_pika.connect(AMQP_URL) for _ in range(connections)]
+    channels = [await link.channel(publisher_confirms=True) for link in links]
+    queue = await channels[0].declare_queue(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+    body = b"x" * body_bytes
+    broker = broker_pid()
+    share = n // connections
+
+    async def publish(channel: aio_pika.abc.AbstractChannel) -> None:
+        for start in range(0, share, batch):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue_name,
+                    )
+                    for _ in range(min(batch, share - start))
+                )
+            )
+
+    rabbit = process_cpu(broker) if broker else 0.0
+    started = time.perf_counter()
+    await asyncio.gather(*(publish(channel) for channel in channels))
+    seconds = time.perf_counter() - started
+    rabbit = (process_cpu(broker) if broker else 0.0) - rabbit
+    await queue.delete(if_unused=False, if_empty=False)
+    for link in links:
+        await link.close()
+    sent = share * connections
+    return {"messages": sent, "msgs_per_s": sent / seconds, "rabbit_ms": rabbit / sent * 1000}
 
 
 def bodies(n: int, batch: int, keyed: bool) -> list[bytes]:
@@ -166,6 +205,19 @@ async def main(args: argparse.Namespace) -> None:
         print(
             "  CPU per task: " + ", ".join(f"{k} {v / accepted * 1000:.3f} ms" for k, v in per_task.items())
         )
+    if args.ceiling_n:
+        # The size of one task message as the platform encodes it, for a like-for-like body.
+        size = len(
+            encode(TaskMessage.for_task(BackgroundTask(task_type="bench_noop", parameters={"n": 1}))).body
+        )
+        for connections in (1, 2):
+            ceiling = await raw_publish_only(args.ceiling_n, connections, size)
+            print(
+                f"raw publish-only ceiling ({connections} connection(s), {size}-byte persistent messages, "
+                f"confirmed, quorum queue, no consumer): {ceiling['msgs_per_s']:.0f} msgs/s, RabbitMQ CPU "
+                f"{ceiling['rabbit_ms']:.3f} ms per message; bulk accepted / ceiling = "
+                f"{accepted / seconds / ceiling['msgs_per_s']:.2f}"
+            )
     if args.raw_n:
         raw = await raw_aio_pika(args.raw_n, prefetch=256, batch=200)
         print(
@@ -187,6 +239,9 @@ def parse_args() -> argparse.Namespace:
         "--no-bridge", action="store_true", help="EVENTS_BRIDGE_ENABLED=false (no submitted events)"
     )
     p.add_argument("--raw-n", type=int, default=10000, help="messages of the raw aio-pika loop (0: skip it)")
+    p.add_argument(
+        "--ceiling-n", type=int, default=20000, help="messages of the raw publish-only ceiling (0: skip it)"
+    )
     return p.parse_args()
 
 

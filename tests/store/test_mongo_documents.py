@@ -305,3 +305,39 @@ async def test_a_full_connection_pool_is_a_store_error_naming_the_budget(
         await mongo.get("some-task")
     assert "TASKPLATFORM_STORE_MAX_CONNECTIONS" in str(raised.value)
     assert f"all {mongo.max_connections} are busy" in str(raised.value)
+
+
+async def test_when_taking_back_a_failed_batch_fails_too_the_batchs_error_stands_and_the_log_names_the_kept(
+    mongo: MongoTaskStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outage outlasts the insert: the documents kept stay (queued, as submitted), the caller
+    still gets the insert's own error (a duplicate stays DuplicateTaskError, so a submitter retries
+    one by one and finds them as its own) and the error log lists them."""
+    from pymongo.errors import AutoReconnect, BulkWriteError
+
+    from taskplatform.errors import DuplicateTaskError
+
+    tasks = [make_task(), make_task(), make_task()]
+    real = mongo.collection
+
+    class KeepsTwoThenFailsAndCannotDelete:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def insert_many(self, docs: list[dict[str, Any]], ordered: bool = True) -> Any:
+            await real.insert_many(docs[:2], ordered=ordered)
+            raise BulkWriteError(
+                {"nInserted": 2, "writeErrors": [{"index": 2, "code": 11000, "errmsg": "E11000"}]}
+            )
+
+        async def delete_many(self, query: dict[str, Any]) -> Any:
+            raise AutoReconnect("connection lost (test)")
+
+    failing = KeepsTwoThenFailsAndCannotDelete()
+    monkeypatch.setattr(MongoTaskStore, "collection", property(lambda self: failing))
+    with caplog.at_level("ERROR", logger="taskplatform.store.mongo.store"), pytest.raises(DuplicateTaskError):
+        await mongo.create_many(tasks)
+    monkeypatch.undo()
+    assert [(await mongo.get(t.id)) is not None for t in tasks] == [True, True, False]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert tasks[0].id in logged and tasks[1].id in logged and "taking them back failed" in logged

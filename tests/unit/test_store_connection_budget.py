@@ -351,3 +351,20 @@ async def test_a_store_url_query_the_driver_does_not_take_is_a_config_error_nami
     with pytest.raises(ConfigError) as raised:
         await store.open()
     assert "bogus_option" in str(raised.value) and "query parameter" in str(raised.value)
+
+
+async def test_a_type_error_that_is_not_a_url_keyword_is_not_dressed_as_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the driver's "unexpected keyword argument" is blamed on the URL; any other TypeError
+    is a bug and surfaces as itself, after the half-open store is closed."""
+    store = SqlTaskStore(f"sqlite+aiosqlite:///{tmp_path}/t.db", auto_migrate=False)
+
+    async def broken_ping() -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(store, "ping", broken_ping)
+    with pytest.raises(TypeError, match="unsupported operand") as raised:
+        await store.open()
+    assert not isinstance(raised.value, ConfigError)
+    assert store._engine is None  # closed, not leaked

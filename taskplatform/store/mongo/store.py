@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,8 @@ from taskplatform.store.mongo.retention import MongoRetention
 from taskplatform.store.mongo.rollup import MongoRollup
 from taskplatform.store.primitives import ClockSample, read_clock, stored_value
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "tasks"
 DEFAULT_DATABASE = "taskplatform"
@@ -196,9 +199,26 @@ class MongoTaskStore(
             if isinstance(failed, BulkWriteError):
                 kept = [doc["_id"] for doc in docs[: int(failed.details.get("nInserted", 0))]]
                 if kept:
-                    async with self._errors():
-                        await self.collection.delete_many({"_id": {"$in": kept}})
+                    await self._take_back(kept, exc)
             raise
+
+    async def _take_back(self, ids: builtins.list[str], failure: Exception) -> None:
+        """Delete the documents a failed ordered insert kept. If that fails too (the outage
+        goes on), the batch's own error still stands: a caller that inserts the tasks again one
+        by one finds those documents as its own (fresh ids), and a caller that gives up leaves
+        them for the relay, queued as submitted; the log names them."""
+        try:
+            async with self._errors():
+                await self.collection.delete_many({"_id": {"$in": ids}})
+        except StoreError as exc:
+            log.error(
+                "a failed batch insert (%s) kept %d task(s) and taking them back failed too (%s): "
+                "they stay stored and queued: %s",
+                failure,
+                len(ids),
+                exc,
+                ", ".join(ids),
+            )
 
     async def get(self, task_id: str) -> BackgroundTask | None:
         async with self._errors():
