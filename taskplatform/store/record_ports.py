@@ -1,6 +1,6 @@
-"""The store's ports for records beside the tasks: retention, dead letters, the audit log and
-rate-limit reservations. Part of ``ports`` (which re-exports them; its docstring says how the
-ports are used and checked)."""
+"""The store's ports for records beside the tasks: retention, dead letters, the audit log,
+rate-limit reservations and the worker registry. Part of ``ports`` (which re-exports them; its
+docstring says how the ports are used and checked)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.worker import WorkerRecord, WorkerState
 
 if TYPE_CHECKING:
     from taskplatform.store.deadletters import (
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     )
     from taskplatform.store.deletion import DeleteOutcome
     from taskplatform.store.ratelimits import Reservation
+    from taskplatform.store.workers import WorkerFilter, WorkerPage
 
 
 @runtime_checkable
@@ -88,3 +90,31 @@ class RateLimits(Protocol):
     @abstractmethod
     async def prune_rate_limits(self, *, now: float | None = None) -> int:
         """Delete the keys whose slots have all passed before ``now`` (epoch seconds); how many."""
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """The fleet registry: each worker's record, its beats, and the sweep that finds the silent
+    (``store.workers`` says what each operation guarantees)."""
+
+    @abstractmethod
+    async def beat_worker(self, record: WorkerRecord) -> WorkerState | None:
+        """Write ``record`` whole, by node id; the state the stored record had before (None: new)."""
+
+    @abstractmethod
+    async def get_worker(self, node_id: str) -> WorkerRecord | None:
+        """The record, or None."""
+
+    @abstractmethod
+    async def list_workers(
+        self, filters: WorkerFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> WorkerPage:
+        """A page of records by node id, ascending."""
+
+    @abstractmethod
+    async def sweep_offline_workers(self, *, now: datetime, limit: int = 100) -> list[WorkerRecord]:
+        """Move present records expired at ``now`` to ``offline``; the records moved (by this call)."""
+
+    @abstractmethod
+    async def prune_workers(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete ``stopped``/``offline`` records last seen before ``before``; how many."""
