@@ -19,6 +19,7 @@ from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.ports import DeadLetters, LostWorkers, RateLimits, Retention
 from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.worker.presence import FleetSweep
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ class Reaper:
     is dead-lettered instead of being revived forever. Each pass also recounts parents
     that have waited for their children for a while, so a roll-up lost in a crash heals, and,
     once per ``retention_interval``, deletes tasks that ended more than ``retention_seconds``
-    ago (retention; None keeps them) and the rate-limit keys whose slots have all passed.
+    ago (retention; None keeps them) and the rate-limit keys whose slots have all passed. With
+    ``fleet``, each pass also marks workers that stopped beating offline, and the retention pass
+    deletes long-gone workers' records (``FleetSweep``).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Reaper:
         interval: float = 10.0,
         grace: float = 5.0,
         batch_size: int = 100,
+        fleet: FleetSweep | None = None,
         parent_idle_seconds: float = 60.0,
         retention_seconds: float | None = None,
         retention_interval: float = 300.0,
@@ -80,6 +84,7 @@ class Reaper:
         self._interval = interval
         self._grace = grace
         self._batch = batch_size
+        self._fleet = fleet
         self.reaped = 0
 
     def _policy(self, task_type: str) -> RetryPolicy:
@@ -123,6 +128,9 @@ class Reaper:
                     done.status,
                 )
         self.reaped += settled
+        if self._fleet is not None:
+            # After the quiet period only: workers could not beat during an outage either.
+            await self._fleet.sweep()
         now = time.monotonic()
         if now - self._last_reconcile >= self._parent_idle:
             # Recounting lists every child of each idle parent: once per idle period is enough.
@@ -134,6 +142,8 @@ class Reaper:
             self._last_purge = now
             await self.purge()
             await self._store.prune_rate_limits()
+            if self._fleet is not None:
+                await self._fleet.prune()
         return settled
 
     async def purge(self) -> int:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 
+from taskplatform import __version__
 from taskplatform.clock import ClockSync
 from taskplatform.commands import TaskCommands
 from taskplatform.deadletters.consumer import DeadLetterConsumer
@@ -16,6 +17,7 @@ from taskplatform.deadletters.service import DeadLetterService
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.bus import EventBus
+from taskplatform.events.workers import WorkerEventPublisher
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.metrics import Metrics
@@ -32,6 +34,7 @@ from taskplatform.submission import PublishedMarker, TaskSubmitter
 from taskplatform.tasks.registry import ENTRY_POINT_GROUP, ExecutableRegistry
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.presence import FleetSweep, OnTransition, Presence, WorkerIdentity
 from taskplatform.worker.recording import EventRecorder
 from taskplatform.worker.settlement import Settler
 from topology import Topology, build_topology, declare_topology
@@ -116,12 +119,21 @@ def build_reaper(
     registry: ExecutableRegistry,
     bus: EventBus,
     aggregator: StateAggregator,
+    metrics: Metrics | None = None,
+    worker_events: OnTransition | None = None,
 ) -> Reaper:
+    fleet = FleetSweep(
+        store,
+        retention_seconds=settings.worker_record_retention_seconds or None,
+        metrics=metrics,
+        on_transition=worker_events,
+    )
     return Reaper(
         store,
         registry,
         bus,
         aggregator,
+        fleet=fleet,
         parent_idle_seconds=settings.parent_reconcile_seconds,
         default_policy=settings.default_retry_policy(),
         node_id=settings.node_id,
@@ -148,6 +160,29 @@ def build_dlq_consumer(runtime: Runtime) -> DeadLetterConsumer:
         store_backoff=settings.dlq_capture_backoff_seconds,
         max_attempts=settings.dlq_max_capture_attempts,
         outage_hold=settings.store_outage_hold_seconds,
+    )
+
+
+def build_presence(runtime: Runtime) -> Presence:
+    """The consuming process's presence in the fleet registry."""
+    consumer = runtime.consumer
+    assert consumer is not None
+    settings, queues = runtime.settings, runtime.topology.work_queues
+    identity = WorkerIdentity(
+        node_id=settings.node_id,
+        labels=settings.worker_labels,
+        task_types=sorted({t for wq in queues for t in wq.task_types}),
+        queue_groups=[wq.group for wq in queues],
+        version=__version__,
+    )
+    return Presence(
+        runtime.store,
+        identity,
+        interval=settings.worker_heartbeat_seconds,
+        capacity=lambda: consumer.capacity,
+        running=lambda: consumer.running,
+        metrics=runtime.metrics,
+        on_transition=runtime.worker_events,
     )
 
 
@@ -209,11 +244,21 @@ class Runtime:
         self._build_services(settings)
         self.relay = build_relay(settings, self.store, self.publisher)
         self.relay_enabled = settings.outbox_relay_enabled if relay is None else relay
-        self.reaper = build_reaper(settings, self.store, self.registry, self.bus, self.aggregator)
+        #: Worker transitions to the events exchange (with the lifecycle events, when they are on).
+        self.worker_events = (
+            WorkerEventPublisher(self.publisher, self.topology.events_exchange, node_id=settings.node_id)
+            if settings.events_bridge_enabled
+            else None
+        )
+        self.reaper = build_reaper(
+            settings, self.store, self.registry, self.bus, self.aggregator, self.metrics, self.worker_events
+        )
         #: Cancel, amend, delete and replay: the one service the API, the CLI and the client use.
         self.commands = TaskCommands.for_runtime(self)
         self.consumer = build_task_consumer(self) if consume else None
         self.dlq_consumer = build_dlq_consumer(self) if consume and settings.dlq_consumer_enabled else None
+        #: The worker's record in the fleet registry (consuming processes only).
+        self.presence = build_presence(self) if self.consumer is not None else None
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self.broker_ready = asyncio.Event()
@@ -298,13 +343,19 @@ class Runtime:
             await self.consumer.start()
         if self.dlq_consumer is not None:
             await self.dlq_consumer.start()
+        if self.presence is not None:
+            await self.presence.start()  # consuming now: the fleet may count on it
         self.broker_ready.set()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop consuming (in-flight work gets ``grace`` seconds), flush, disconnect, close."""
         self._stop.set()
+        if self.presence is not None:
+            await self.presence.stopping(grace)
         if self.consumer is not None:
             await self.consumer.stop(grace)
+        if self.presence is not None:
+            await self.presence.stop()
         if self.dlq_consumer is not None:
             await self.dlq_consumer.stop()
         # The periodic loops see the stop event after their current pass: let that pass end

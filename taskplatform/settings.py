@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplatform.events.models import EventType
 from taskplatform.models.task import MAX_PRIORITY
+from taskplatform.models.worker import check_labels, parse_labels
 from taskplatform.ratelimit.rates import Rate
 from taskplatform.retry import RetryPolicy
 from taskplatform.settings_api import ApiSettings
@@ -118,6 +119,24 @@ class PlatformSettings(ApiSettings, BaseSettings):
     )
     load_entry_points: bool = Field(
         default=True, description="Register the executables of the `taskplatform.executors` entry points."
+    )
+    worker_labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="This worker's labels in the fleet registry, what tasks may be aimed at: "
+        '`region=eu,role=db` or a JSON object `{"role": "db"}`; keys and values are plain (letters, '
+        "digits, `_ . -`).",
+    )
+    worker_heartbeat_seconds: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=3600,
+        description="How often a worker writes its record to the fleet registry (one small write); it counts "
+        "as offline after 3 intervals without one.",
+    )
+    worker_record_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="How long the records of stopped or offline workers stay in the registry (0: for ever).",
     )
 
     # retries (defaults for executables without their own RetryPolicy)
@@ -340,6 +359,23 @@ class PlatformSettings(ApiSettings, BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not a JSON list of module names: {exc}") from None
         return [name.strip() for name in text.split(",") if name.strip()]
+
+    @field_validator("worker_labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: object) -> object:
+        """``region=eu,role=db`` or a JSON object; checked key by key (``models.worker.check_labels``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON object of labels: {exc}") from None
+            else:
+                return parse_labels(text)
+        if isinstance(value, dict):
+            return check_labels(value)
+        return value
 
     @field_validator("api_submit_rate", mode="before")
     @classmethod

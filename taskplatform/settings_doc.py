@@ -69,6 +69,8 @@ def type_text(annotation: Any) -> str:
         return " \\| ".join(kinds) + (", optional" if type(None) in args else "")
     if origin is list:
         return f"list of {type_text(args[0])}"
+    if origin is dict:
+        return f"map of {type_text(args[0])} to {type_text(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return "event type" if annotation.__name__ == "EventType" else annotation.__name__
     if isinstance(annotation, type):
@@ -93,6 +95,8 @@ def default_text(field: FieldInfo) -> str:
     if field.default_factory is not None:
         if field.default_factory is list:
             return "`[]`"
+        if field.default_factory is dict:
+            return "empty"
         doc = inspect.getdoc(field.default_factory) or field.default_factory.__name__
         return doc.splitlines()[0].rstrip(".").lower()
     value = field.default

@@ -180,16 +180,23 @@ class TaskPublisher:
         return [r if isinstance(r, BaseException) else None for r in results]
 
     async def publish_raw(
-        self, exchange: str, routing_key: str, message: aio_pika.Message, *, what: str
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        what: str,
+        mandatory: bool = True,
     ) -> None:
-        """Publish an already-built message with confirms, mandatory routing and retries."""
+        """Publish an already-built message with confirms and retries; with ``mandatory`` (the
+        default, for task messages) a message no queue takes is an UnroutableError."""
         if not self._broker.is_connected:
             self.count_failure("not_connected")
             raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
 
         async def publish_once() -> None:
             target = await self._exchange(exchange)
-            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+            await target.publish(message, routing_key=routing_key, mandatory=mandatory, timeout=self._timeout)
 
         try:
             try:

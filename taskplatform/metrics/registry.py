@@ -52,6 +52,8 @@ PARK_REASONS = ("store-refused", "capture-failed")
 PUBLISH_FAILURE_REASONS = ("not_connected", "unroutable", "refused", "unavailable")
 #: What the external event bridge did with an event (``taskplatform_events_bridged_total``).
 BRIDGE_OUTCOMES = ("published", "failed", "abandoned", "unencodable")
+#: The registry states a worker moves to that are counted (``taskplatform_worker_transitions_total``).
+WORKER_TRANSITIONS = ("online", "offline", "stopped")
 #: HTTP methods counted by name; any other token is "OTHER".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The statuses ``tasks_finished`` counts: the terminal ones but FAILED, which DEAD_LETTER follows.
@@ -198,6 +200,16 @@ class Metrics:
         )
         for outcome in BRIDGE_OUTCOMES:
             self.events_bridged.labels(outcome)
+        self.worker_transitions = Counter(
+            "taskplatform_worker_transitions",
+            "Workers whose registry state changed, by the state entered: online (registered, or back "
+            "after being offline), offline (missed 3 heartbeats; counted by the process whose sweep "
+            "found it), stopped (a clean exit).",
+            ["to"],
+            registry=r,
+        )
+        for state in WORKER_TRANSITIONS:  # at zero from the start
+            self.worker_transitions.labels(state)
         self.api_requests = Counter(
             "taskplatform_api_requests",
             "HTTP requests answered, by route template.",

@@ -34,6 +34,7 @@ from taskplatform.store.ports import (
     TaskCreation,
     TaskReads,
     TaskRevisions,
+    WorkerRegistry,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "MIN_MAX_CONNECTIONS",
     "POOL_TIMEOUT_SECONDS",
     "UpsertOutcome",
+    "WorkerRegistry",
     "check_max_connections",
     "create_store",
 ]

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
-from taskplatform.store.record_ports import AuditLog, DeadLetters, RateLimits, Retention
+from taskplatform.store.record_ports import AuditLog, DeadLetters, RateLimits, Retention, WorkerRegistry
 from taskplatform.store.types import (
     MAX_PAGE_SIZE,
     Backlog,
@@ -45,6 +45,7 @@ __all__ = [
     "TaskReads",
     "TaskRevisions",
     "TaskStore",
+    "WorkerRegistry",
 ]
 
 
@@ -379,6 +380,7 @@ class TaskStore(
     DeadLetters,
     AuditLog,
     RateLimits,
+    WorkerRegistry,
     Protocol,
 ):
     """Everything the platform needs from durable task state. Contract: ``tests/store``."""

@@ -133,6 +133,16 @@ class TaskConsumer:
         return len(self._in_flight)
 
     @property
+    def running(self) -> int:
+        """Attempts running in this worker now (claimed, not yet settled)."""
+        return len(self._running)
+
+    @property
+    def capacity(self) -> int:
+        """Attempts this worker runs at once at most: ``prefetch`` per queue group."""
+        return self._config.prefetch * len(self._topology.work_queues)
+
+    @property
     def rate_stats(self) -> RateStats:
         """What rate limiting did in this worker (deliveries held, sent round, longest holds)."""
         return self._intake.rate_stats

@@ -80,7 +80,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await conn.execute(
                 text(
                     "TRUNCATE tasks, task_rollups, dead_letters, dead_letter_audit,"
-                    " dead_letter_audit_targets, rate_limits"
+                    " dead_letter_audit_targets, rate_limits, workers"
                 )
             )
     try:

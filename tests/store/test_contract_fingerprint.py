@@ -72,7 +72,7 @@ async def test_upgrading_from_0006_leaves_keyed_tasks_without_a_fingerprint(
     store = SqlTaskStore(url)
     await store.open()
     try:
-        assert await current_revision(store.engine) == "0007"
+        assert await current_revision(store.engine) == "0008"
         found = await store.find_by_idempotency_key("u1", "order-1")
         assert found is not None and found.id == row.id and found.idempotency_fingerprint is None
         fresh = make_task(user_id="u1", idempotency_key="order-2", idempotency_fingerprint="a" * 64)

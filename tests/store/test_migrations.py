@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, bindparam, inspect, text
 
 from taskplatform.models import TaskStatus, utcnow
+from taskplatform.models.worker import WorkerRecord, WorkerState
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.store.sql import SqlTaskStore
-from taskplatform.store.sql.migrate import current_revision
+from taskplatform.store.sql.migrate import alembic_config, current_revision
 from taskplatform.store.sql.schema import UTCDateTime, metadata
-from tests.store.helpers import make_dead_letter, schema_at, sql_url
+from tests.store.helpers import make_dead_letter, make_task, schema_at, sql_url
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -148,5 +150,45 @@ async def test_upgrading_from_0005_keeps_dead_letter_bodies_and_stores_new_ones_
         )
         stored = await store.get_dead_letter(fresh.id)
         assert stored is not None and stored.body_bytes() == raw
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_0008_adds_the_workers_table_beside_the_tasks_and_its_downgrade_drops_it(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = sql_url(backend, tmp_path, request, "old7")
+    async with schema_at(url, "0007") as engine:
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert "workers" not in tables
+    store = SqlTaskStore(url)
+    await store.open()
+    try:
+        assert await current_revision(store.engine) == HEAD
+        task = make_task()
+        await store.create(task)
+        now = utcnow()
+        record = WorkerRecord(
+            node_id="w-1",
+            host="h",
+            pid=1,
+            labels={"role": "db"},
+            concurrency=4,
+            version="1",
+            started_at=now,
+            last_seen_at=now,
+            heartbeat_seconds=5.0,
+            expires_at=now,
+        )
+        assert await store.beat_worker(record) is None
+        assert await store.beat_worker(record) is WorkerState.ONLINE
+        async with store.engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0007"))
+        async with store.engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert "workers" not in tables and "tasks" in tables
+        assert await store.get(task.id) is not None
     finally:
         await store.close()

@@ -42,6 +42,7 @@ class _Sample(BaseSettings):
     mode: Literal["a", "b"] = Field(default="a", description="One of two.")
     # the second section
     names: Annotated[list[str], NoDecode] = Field(default_factory=list, description="A list.")
+    tags: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, description="A map.")
     secret: SecretStr | None = Field(default=None, description="Unset by default.")
     flag: bool = Field(default=False, description="A switch.")
     undocumented: str = ""
@@ -51,7 +52,7 @@ def test_the_page_groups_by_section_and_writes_types_and_defaults() -> None:
     assert settings_doc.sections(_Sample) == [
         ("general", ["plain"]),
         ("the first section", ["count", "seconds", "mode"]),
-        ("the second section", ["names", "secret", "flag", "undocumented"]),
+        ("the second section", ["names", "tags", "secret", "flag", "undocumented"]),
     ]
     page = settings_doc.render(_Sample)
     assert "## The first section\n" in page
@@ -59,6 +60,7 @@ def test_the_page_groups_by_section_and_writes_types_and_defaults() -> None:
     assert "- **`SAMPLE_SECONDS`** · float, > 0 · default `300`  " in page
     assert "- **`SAMPLE_MODE`** · `a` \\| `b` · default `a`  " in page
     assert "- **`SAMPLE_NAMES`** · list of str · default `[]`  " in page
+    assert "- **`SAMPLE_TAGS`** · map of str to str · default empty  " in page
     assert "- **`SAMPLE_SECRET`** · secret string, optional · default unset  " in page
     assert "- **`SAMPLE_FLAG`** · bool · default `false`  " in page
 

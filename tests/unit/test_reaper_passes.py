@@ -20,12 +20,14 @@ from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskSubmitted, TaskWaiting
 from taskplatform.models import BackgroundTask, DeadLetter, ErrorInfo, OutboxStatus, TaskStatus, utcnow
+from taskplatform.models.worker import WorkerRecord, WorkerState
 from taskplatform.reaper import Reaper
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.deadletters import UpsertOutcome
 from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
 from taskplatform.tasks.registry import ExecutableRegistry
+from taskplatform.worker.presence import FleetSweep
 
 WORKER = "worker-gone"
 REAPER = "reaper-1"
@@ -389,3 +391,56 @@ async def test_the_loop_reaps_until_stopped(parts: Parts) -> None:
         await asyncio.wait_for(runner, timeout=5)
     assert reaper.reaped == 2
     assert all([(await parts.store.get(t.id)).status is TaskStatus.RETRYING for t in tasks])  # type: ignore[union-attr]
+
+
+async def _silent_worker(store: MemoryTaskStore, node: str, *, state: WorkerState, age: float) -> None:
+    seen_at = store.now() - timedelta(seconds=age)
+    await store.beat_worker(
+        WorkerRecord(
+            node_id=node,
+            host="h",
+            pid=1,
+            concurrency=1,
+            version="1",
+            started_at=seen_at,
+            last_seen_at=seen_at,
+            heartbeat_seconds=1.0,
+            expires_at=seen_at + timedelta(seconds=3),
+            state=state,
+        )
+    )
+
+
+async def test_each_pass_marks_silent_workers_offline_and_the_retention_pass_prunes_old_records(
+    parts: Parts,
+) -> None:
+    await _silent_worker(parts.store, "silent", state=WorkerState.ONLINE, age=60)
+    await _silent_worker(parts.store, "long-gone", state=WorkerState.STOPPED, age=7200)
+    fleet = FleetSweep(parts.store, retention_seconds=3600.0)
+    reaper = parts.reaper(fleet=fleet, retention_interval=0.0)
+
+    await reaper.run_once()
+
+    silent = await parts.store.get_worker("silent")
+    assert silent is not None and silent.state is WorkerState.OFFLINE
+    assert await parts.store.get_worker("long-gone") is None
+
+
+async def test_after_a_store_outage_the_sweep_waits_too(parts: Parts) -> None:
+    """Workers could not beat while the store was away: marking them offline the moment it is
+    back would be a false alarm for each."""
+    await _silent_worker(parts.store, "silent", state=WorkerState.ONLINE, age=60)
+    reaper = parts.reaper(fleet=FleetSweep(parts.store, retention_seconds=None), quiet_after_outage=0.3)
+    parts.store.available = False
+    with pytest.raises(StoreError):
+        await reaper.run_once()
+    parts.store.available = True
+
+    await reaper.run_once()
+    quiet = await parts.store.get_worker("silent")
+    assert quiet is not None and quiet.state is WorkerState.ONLINE
+
+    await asyncio.sleep(0.35)
+    await reaper.run_once()
+    swept = await parts.store.get_worker("silent")
+    assert swept is not None and swept.state is WorkerState.OFFLINE

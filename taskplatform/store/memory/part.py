@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.worker import WorkerRecord
 from taskplatform.store.rollup import LedgerEntry
 
 T = TypeVar("T")
@@ -27,6 +28,8 @@ class MemoryData:
     audit: dict[str, AuditEntry] = field(default_factory=dict)
     #: Rate-limit keys (as stored: ``rate_key``) and their theoretical arrival time.
     rates: dict[str, float] = field(default_factory=dict)
+    #: The worker registry, by node id.
+    workers: dict[str, WorkerRecord] = field(default_factory=dict)
 
 
 #: The named datasets of this process (``memory://<name>``), shared by every store of that name.

@@ -31,6 +31,7 @@ from taskplatform.store.base import BaseTaskStore, outbox_published_changes
 from taskplatform.store.memory.part import MemoryPart, copied, dataset_of
 from taskplatform.store.memory.records import MemoryDeadLetters
 from taskplatform.store.memory.upkeep import MemoryUpkeep
+from taskplatform.store.memory.workers import MemoryWorkers
 from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
 from taskplatform.store.rollup import check_child_id, rollup_delta
 from taskplatform.store.types import (
@@ -81,9 +82,10 @@ def _document(task: BackgroundTask) -> Document:
     return task.model_dump(mode="python")
 
 
-class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryPart, BaseTaskStore):
+class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart, BaseTaskStore):
     """Tasks as documents in a dict keyed by id; dead letters and the audit log:
-    ``MemoryDeadLetters``; rate limits and retention: ``MemoryUpkeep``."""
+    ``MemoryDeadLetters``; rate limits and retention: ``MemoryUpkeep``; the worker registry:
+    ``MemoryWorkers``."""
 
     url_scheme = "memory"
 

@@ -31,6 +31,7 @@ from taskplatform.store.mongo.part import aware
 from taskplatform.store.mongo.ratelimits import MongoRateLimits
 from taskplatform.store.mongo.retention import MongoRetention
 from taskplatform.store.mongo.rollup import MongoRollup
+from taskplatform.store.mongo.workers import MongoWorkers
 from taskplatform.store.primitives import ClockSample, read_clock, stored_value
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog
 
@@ -58,12 +59,13 @@ _DUPLICATE_KEY = frozenset({11000, 11001})
 
 
 class MongoTaskStore(
-    MongoDeadLetters, MongoRateLimits, MongoRetention, MongoRollup, MongoOutbox, BaseTaskStore
+    MongoDeadLetters, MongoRateLimits, MongoWorkers, MongoRetention, MongoRollup, MongoOutbox, BaseTaskStore
 ):
     """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
     audit log in two more (``MongoDeadLetters``); rate limits in another
-    (``MongoRateLimits``); finished tasks expire by a TTL index (``MongoRetention``); the
-    parent roll-up (``MongoRollup``) and the outbox (``MongoOutbox``) live in the task documents.
+    (``MongoRateLimits``); the worker registry in another (``MongoWorkers``); finished tasks
+    expire by a TTL index (``MongoRetention``); the parent roll-up (``MongoRollup``) and the
+    outbox (``MongoOutbox``) live in the task documents.
 
     ``database`` may be injected (any object with PyMongo's async database interface);
     otherwise an ``AsyncMongoClient`` is created from ``url``, whose path names the
@@ -140,6 +142,7 @@ class MongoTaskStore(
             partialFilterExpression={"outbox.status": OutboxStatus.PENDING.value},
         )
         await self._ensure_dead_letter_indexes()
+        await self._ensure_worker_indexes()
         await self._ensure_retention_index()
 
     async def close(self) -> None:

@@ -190,6 +190,34 @@ dead_letter_audit_targets = Table(
     Index("ix_dead_letter_audit_targets_dead_letter", "dead_letter_id"),
 )
 
+#: The worker registry, one row per worker process (see ``taskplatform.store.workers``).
+#: ``label_set`` holds the labels as ``|key=value|key=value|`` (sorted by key): a label filter is
+#: a substring search for ``|key=value|`` in it, in the query. ``previous_state`` is the state the
+#: row had before the last beat, set by the beat's own upsert (what ``beat_worker`` returns).
+workers = Table(
+    "workers",
+    metadata,
+    Column("node_id", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("labels", json_type(), nullable=False),
+    Column("label_set", Text, nullable=False),
+    Column("task_types", json_type(), nullable=False),
+    Column("queue_groups", json_type(), nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_seconds", Float, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("state_changed_at", UTCDateTime(), nullable=False),
+    Index("ix_workers_state_expires", "state", "expires_at"),  # the sweep: present and expired
+    Index("ix_workers_last_seen", "last_seen_at"),  # the prune: gone and last seen long ago
+)
+
 #: Document fields kept as JSON columns.
 JSON_FIELDS = (
     "parameters",

@@ -61,6 +61,7 @@ from taskplatform.store.sql.part import column_name, columns_of
 from taskplatform.store.sql.pg_fast import PgFastPath, pool_exhausted
 from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import tasks as tasks_table
+from taskplatform.store.sql.workers import SqlWorkers
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
 
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
@@ -108,11 +109,13 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-class SqlTaskStore(SqlDeadLetters, SqlRateLimits, SqlDeletion, SqlBatches, SqlOutbox, BaseTaskStore):
+class SqlTaskStore(
+    SqlDeadLetters, SqlRateLimits, SqlWorkers, SqlDeletion, SqlBatches, SqlOutbox, BaseTaskStore
+):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``.
 
-    Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``;
-    deleting finished tasks: ``SqlDeletion``.
+    Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``; the
+    worker registry: ``SqlWorkers``; deleting finished tasks: ``SqlDeletion``.
     """
 
     def __init__(
