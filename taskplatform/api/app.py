@@ -22,6 +22,7 @@ from taskplatform.api.limits import BodyBudget
 from taskplatform.api.manage import router as manage_router
 from taskplatform.api.metrics import RequestMetrics
 from taskplatform.api.routes import health_router, tasks_router
+from taskplatform.api.workers import router as workers_router
 from taskplatform.heap import settle_startup_heap
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
@@ -89,6 +90,7 @@ def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticato
     app.include_router(bulk_router)
     app.include_router(manage_router)
     app.include_router(dead_letters_router)
+    app.include_router(workers_router)
     app.include_router(health_router)
     app.add_middleware(
         RequestGuard,

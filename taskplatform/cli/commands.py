@@ -1,6 +1,6 @@
 """The ``taskplatform`` command's parser and dispatch. One module per command group: ``serve``
-(api, worker, dev), ``tasks`` (submit, status, cancel, update, delete), ``dlq``, ``admin`` (token,
-topology, db); exit codes, one-line errors and progress in ``output``."""
+(api, worker, dev), ``tasks`` (submit, status, cancel, update, delete), ``dlq``, ``workers``,
+``admin`` (token, topology, db); exit codes, one-line errors and progress in ``output``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from taskplatform.cli.dlq import add_dlq_parser, run_dlq
 from taskplatform.cli.options import positive_int
 from taskplatform.cli.output import ExitCode, exit_codes_epilog, failure, one_line, quiet_logs
 from taskplatform.cli.serve import cmd_api, cmd_worker, exposure_refused, run_async
+from taskplatform.cli.workers import add_workers_parser, run_workers
 from taskplatform.settings import PlatformSettings
 
 if TYPE_CHECKING:
@@ -54,10 +55,11 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
 
 # ---------------------------------------------------------------- parser
 DESCRIPTION = """\
-Run the platform (api, worker, dev), submit and follow tasks, handle dead letters, check the
-RabbitMQ topology and the store schema. Settings come from TASKPLATFORM_* environment variables:
-the servers read the broker, store and authentication settings; the commands that call the API
-read TASKPLATFORM_API_URL and TASKPLATFORM_TOKEN. A failure is one line on stderr, 'error: ...'."""
+Run the platform (api, worker, dev), submit and follow tasks, handle dead letters, list the
+workers, check the RabbitMQ topology and the store schema. Settings come from TASKPLATFORM_*
+environment variables: the servers read the broker, store and authentication settings; the
+commands that call the API read TASKPLATFORM_API_URL and TASKPLATFORM_TOKEN. A failure is one
+line on stderr, 'error: ...'."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_dlq_parser(sub)
+    add_workers_parser(sub)
     _add_epilog(parser, exit_codes_epilog())
     return parser
 
@@ -207,6 +210,7 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
         "topology": lambda: topology(settings, args.action),
         "db": lambda: db_upgrade(settings),
         "dlq": lambda: run_dlq(settings, args),
+        "workers": lambda: run_workers(settings, args),
     }
     runner = runners.get(command)
     if runner is None:

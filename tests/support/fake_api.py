@@ -1,4 +1,4 @@
-"""A fake DeadLetter API over httpx.MockTransport, for the client and CLI tests."""
+"""A fake API over httpx.MockTransport (dead letters, workers, tasks), for the client and CLI tests."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 BASE = "http://api.test"
 TOKEN = "s3cret-token"
 PREFIX = "/api/v1/dead-letters"
+WORKERS = "/api/v1/workers"
 
 
 def dead_letter(record_id: str = "task-1", **overrides: Any) -> dict[str, Any]:
@@ -48,6 +49,31 @@ def audit_entry(entry_id: str, **overrides: Any) -> dict[str, Any]:
     }
     entry.update(overrides)
     return entry
+
+
+def worker_record(node_id: str = "host-1-4242-abc123", **overrides: Any) -> dict[str, Any]:
+    """A worker as the API returns it (its record, ``online`` and ``load``)."""
+    record: dict[str, Any] = {
+        "node_id": node_id,
+        "host": "host-1",
+        "pid": 4242,
+        "labels": {"role": "db", "region": "eu"},
+        "task_types": ["summary"],
+        "queue_groups": ["default"],
+        "concurrency": 8,
+        "running": 2,
+        "version": "1.4.0",
+        "started_at": "2024-05-01T09:00:00Z",
+        "last_seen_at": "2024-05-01T12:30:05Z",
+        "heartbeat_seconds": 5.0,
+        "expires_at": "2024-05-01T12:30:20Z",
+        "state": "online",
+        "state_changed_at": "2024-05-01T09:00:00Z",
+        "online": True,
+        "load": 0.25,
+    }
+    record.update(overrides)
+    return record
 
 
 def error_body(status: int, code: str, message: str) -> httpx.Response:
