@@ -46,9 +46,19 @@ BACKGROUND_STOP_SECONDS = 5.0
 
 
 def build_registry(settings: PlatformSettings) -> ExecutableRegistry:
-    """Executables from the entry-point group (unless disabled) and the configured modules."""
+    """Executables from the entry-point group (unless disabled) and the configured modules, and
+    the agent's ``run_command`` when ``AGENT_COMMANDS_FILE`` names its allow-list."""
     group = ENTRY_POINT_GROUP if settings.load_entry_points else None
-    return ExecutableRegistry.discover(settings.executor_modules, entry_point_group=group)
+    registry = ExecutableRegistry.discover(settings.executor_modules, entry_point_group=group)
+    if settings.agent_commands_file is not None:
+        from taskplatform.agent import agent_executable  # only processes that serve it load it
+
+        registry.register(
+            agent_executable(
+                settings.agent_commands_file, kill_grace_seconds=settings.agent_kill_grace_seconds
+            )
+        )
+    return registry
 
 
 def build_platform_topology(settings: PlatformSettings, registry: ExecutableRegistry) -> Topology:
@@ -233,6 +243,7 @@ class Runtime:
             self.topology,
             timeout=settings.publish_timeout_seconds,
             attempts=settings.publish_retry_attempts,
+            max_in_flight=settings.publish_max_in_flight,
             metrics=self.metrics,
         )
         #: Executables' ``rate_limits`` (workers) and submissions per user (the API).

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import uuid
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -137,6 +138,18 @@ class PlatformSettings(ApiSettings, BaseSettings):
         default=7 * 24 * 3600.0,
         ge=0,
         description="How long the records of stopped or offline workers stay in the registry (0: for ever).",
+    )
+    agent_commands_file: Path | None = Field(
+        default=None,
+        description="The agent's allow-list of command templates (a `.json` or `.toml` file, checked at "
+        "start-up): this worker then serves `run_command` (queue group `agent`); unset: it does not.",
+    )
+    agent_kill_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Seconds a `run_command` process group gets between SIGTERM and SIGKILL on time-out or "
+        "cancel, for templates that set no `kill_grace_seconds` (on cancel, CANCEL_GRACE_SECONDS caps it).",
     )
 
     # retries (defaults for executables without their own RetryPolicy)
@@ -292,6 +305,14 @@ class PlatformSettings(ApiSettings, BaseSettings):
     publish_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a task message's publish waits for the broker's confirm."
     )
+    publish_max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        le=65535,
+        description="Task messages one process has in flight (sent, not yet confirmed) at once; more wait "
+        "their turn before their PUBLISH_TIMEOUT_SECONDS starts, so a large batch is not timed out by its "
+        "own queue.",
+    )
     publish_retry_attempts: int = Field(
         default=3, ge=1, description="Tries of a publish before it is left to the outbox relay."
     )
@@ -345,6 +366,11 @@ class PlatformSettings(ApiSettings, BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("agent_commands_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("executor_modules", mode="before")
     @classmethod

@@ -49,9 +49,10 @@ class TaskPublisher:
     """Publishes task messages to the work exchange.
 
     Every publish waits for the broker's confirm; ``mandatory=True`` makes an unroutable
-    message an ``UnroutableError`` instead of a silent drop. Transient faults (connection
-    or channel lost, confirm timeout) are retried with exponential backoff; anything still
-    failing raises ``BrokerError`` and the caller leaves the task in the outbox.
+    message an ``UnroutableError`` instead of a silent drop. At most ``max_in_flight`` publishes
+    are sent and unconfirmed at once; the rest wait before their time-out starts. Transient
+    faults (connection or channel lost, confirm timeout) are retried with exponential backoff;
+    anything still failing raises ``BrokerError`` and the caller leaves the task in the outbox.
     """
 
     def __init__(
@@ -61,8 +62,11 @@ class TaskPublisher:
         *,
         timeout: float = 5.0,
         attempts: int = 3,
+        max_in_flight: int = 256,
         metrics: Metrics | None = None,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._broker = broker
         self._metrics = metrics
         self._topology = topology
@@ -71,6 +75,10 @@ class TaskPublisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
+        #: Publishes sent and not yet confirmed. A channel sends one publish at a time, and a
+        #: publish's time-out runs from its call: thousands queued on the channel at once would time
+        #: out waiting for each other, however fast the broker confirms.
+        self._slots = asyncio.Semaphore(max_in_flight)
 
         self._topology_ready = False
 
@@ -195,8 +203,11 @@ class TaskPublisher:
             raise BrokerError(f"cannot publish {what}: not connected to RabbitMQ")
 
         async def publish_once() -> None:
-            target = await self._exchange(exchange)
-            await target.publish(message, routing_key=routing_key, mandatory=mandatory, timeout=self._timeout)
+            async with self._slots:  # the time-out starts once this publish is one of the few sent
+                target = await self._exchange(exchange)
+                await target.publish(
+                    message, routing_key=routing_key, mandatory=mandatory, timeout=self._timeout
+                )
 
         try:
             try:

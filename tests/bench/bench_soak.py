@@ -215,8 +215,10 @@ async def main(args: argparse.Namespace) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     failed = True
     try:
+        # The relay on, as deployed: a publish that fails under load is published again from the
+        # outbox, and the soak ends with every task COMPLETED.
         async with api_platform(
-            args.store, api_processes=1, workers=args.workers, log_dir=log_dir
+            args.store, api_processes=1, workers=args.workers, log_dir=log_dir, outbox_relay_enabled=True
         ) as platform:
             await soak(args, raw, platform)
         failed = False

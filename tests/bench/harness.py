@@ -110,13 +110,15 @@ async def bench_platform(
         **{f"TASKPLATFORM_{name.upper()}": str(value) for name, value in settings.items()},
     }
     platform_settings = PlatformSettings(
-        amqp_url=AMQP_URL,
-        store_url=store_url,
-        topology_prefix=prefix,
-        outbox_relay_enabled=False,
-        load_entry_points=False,
-        node_id="bench-submitter",
-        **settings,
+        **{
+            "amqp_url": AMQP_URL,
+            "store_url": store_url,
+            "topology_prefix": prefix,
+            "outbox_relay_enabled": False,
+            "load_entry_points": False,
+            "node_id": "bench-submitter",
+            **settings,
+        }
     )
     runtime = Runtime(platform_settings, role="bench", registry=registry, relay=False)
     await runtime.start(wait_for_broker=True)
