@@ -100,6 +100,7 @@ def attach_observers(
             broker,
             topology.events_exchange,
             confirm_timeout=settings.publish_timeout_seconds,
+            max_in_flight=settings.publish_max_in_flight,
             types=settings.events_bridge_types,
             metrics=metrics,
         )

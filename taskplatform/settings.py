@@ -306,12 +306,12 @@ class PlatformSettings(ApiSettings, BaseSettings):
         default=5.0, gt=0, description="How long a task message's publish waits for the broker's confirm."
     )
     publish_max_in_flight: int = Field(
-        default=256,
+        default=128,
         ge=1,
         le=65535,
-        description="Task messages one process has in flight (sent, not yet confirmed) at once; more wait "
-        "their turn before their PUBLISH_TIMEOUT_SECONDS starts, so a large batch is not timed out by its "
-        "own queue.",
+        description="Messages one process has in flight (sent, not yet confirmed) at once, task messages "
+        "and lifecycle events each; more wait their turn before their PUBLISH_TIMEOUT_SECONDS starts, so a "
+        "large batch is not timed out by its own queue.",
     )
     publish_retry_attempts: int = Field(
         default=3, ge=1, description="Tries of a publish before it is left to the outbox relay."

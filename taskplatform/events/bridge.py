@@ -78,7 +78,7 @@ class ExternalEventBridge:
         confirm_timeout: float = 5.0,
         initial_backoff: float = 0.2,
         max_backoff: float = 30.0,
-        max_in_flight: int = 512,
+        max_in_flight: int = 128,
         name: str = "external-events",
         types: Iterable[EventType] | None = None,
         metrics: Metrics | None = None,

@@ -62,7 +62,7 @@ class TaskPublisher:
         *,
         timeout: float = 5.0,
         attempts: int = 3,
-        max_in_flight: int = 256,
+        max_in_flight: int = 128,
         metrics: Metrics | None = None,
     ) -> None:
         if max_in_flight < 1:

@@ -16,6 +16,7 @@ from taskplatform.metrics import Metrics
 from taskplatform.models.worker import MISSED_BEATS, WorkerRecord, WorkerState
 from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.worker.presence import FleetSweep, Presence, WorkerIdentity
+from tests.support.workers import beat_at_age
 
 INTERVAL = 0.05
 IDENTITY = WorkerIdentity(
@@ -228,31 +229,12 @@ def test_an_interval_must_be_positive(store: Store) -> None:
         Presence(store, IDENTITY, interval=0, capacity=lambda: 1, running=lambda: 0)
 
 
-async def record(store: Store, node: str, *, age: float, state: WorkerState = WorkerState.ONLINE) -> None:
-    """A record last seen ``age`` seconds ago whose beats were every second."""
-    seen_at = store.now() - timedelta(seconds=age)
-    await store.beat_worker(
-        WorkerRecord(
-            node_id=node,
-            host="h",
-            pid=1,
-            concurrency=1,
-            version="1",
-            started_at=seen_at,
-            last_seen_at=seen_at,
-            heartbeat_seconds=1.0,
-            expires_at=seen_at + timedelta(seconds=MISSED_BEATS),
-            state=state,
-        )
-    )
-
-
 async def test_the_sweep_marks_only_present_expired_workers_and_a_failing_announcement_is_logged(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await record(store, "live", age=0)
-    await record(store, "silent", age=10)
-    await record(store, "gone-cleanly", age=10, state=WorkerState.STOPPED)
+    await beat_at_age(store, "live", age=0)
+    await beat_at_age(store, "silent", age=10)
+    await beat_at_age(store, "gone-cleanly", age=10, state=WorkerState.STOPPED)
     metrics, seen = Metrics(), Seen(fail=True)
     sweep = FleetSweep(store, retention_seconds=None, metrics=metrics, on_transition=seen)
     with caplog.at_level(logging.WARNING, logger="taskplatform.worker.presence"):
@@ -267,12 +249,32 @@ async def test_the_sweep_marks_only_present_expired_workers_and_a_failing_announ
 
 
 async def test_prune_deletes_long_gone_records_and_without_retention_keeps_all(store: Store) -> None:
-    await record(store, "live", age=0)
-    await record(store, "old-offline", age=100, state=WorkerState.OFFLINE)
-    await record(store, "old-stopped", age=100, state=WorkerState.STOPPED)
-    await record(store, "recent-stopped", age=1, state=WorkerState.STOPPED)
+    await beat_at_age(store, "live", age=0)
+    await beat_at_age(store, "old-offline", age=100, state=WorkerState.OFFLINE)
+    await beat_at_age(store, "old-stopped", age=100, state=WorkerState.STOPPED)
+    await beat_at_age(store, "recent-stopped", age=1, state=WorkerState.STOPPED)
     assert await FleetSweep(store, retention_seconds=None).prune() == 0
     assert await FleetSweep(store, retention_seconds=0).prune() == 0  # 0 keeps them too
     assert await FleetSweep(store, retention_seconds=50).prune() == 2
     left = sorted(w.node_id for w in (await store.list_workers(limit=10)).items)
     assert left == ["live", "recent-stopped"]
+
+
+async def test_a_stopped_write_that_hangs_is_given_up_after_its_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from taskplatform.worker import presence as presence_module
+
+    monkeypatch.setattr(presence_module, "FINAL_WRITE_SECONDS", 0.05)
+    p = presence(store)
+    await p.start()
+    hang = asyncio.Event()
+
+    async def hanging(record: WorkerRecord) -> WorkerState | None:
+        await hang.wait()
+        return None
+
+    monkeypatch.setattr(store, "beat_worker", hanging)
+    with caplog.at_level(logging.WARNING, logger="taskplatform.worker.presence"):
+        await asyncio.wait_for(p.stop(), timeout=5)
+    assert "could not write 'stopped'" in caplog.text

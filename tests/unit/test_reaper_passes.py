@@ -20,7 +20,7 @@ from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskSubmitted, TaskWaiting
 from taskplatform.models import BackgroundTask, DeadLetter, ErrorInfo, OutboxStatus, TaskStatus, utcnow
-from taskplatform.models.worker import WorkerRecord, WorkerState
+from taskplatform.models.worker import WorkerState
 from taskplatform.reaper import Reaper
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.deadletters import UpsertOutcome
@@ -28,6 +28,7 @@ from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.tasks.executable import BackgroundTaskExecutable, TaskContext
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.worker.presence import FleetSweep
+from tests.support.workers import beat_at_age
 
 WORKER = "worker-gone"
 REAPER = "reaper-1"
@@ -393,29 +394,11 @@ async def test_the_loop_reaps_until_stopped(parts: Parts) -> None:
     assert all([(await parts.store.get(t.id)).status is TaskStatus.RETRYING for t in tasks])  # type: ignore[union-attr]
 
 
-async def _silent_worker(store: MemoryTaskStore, node: str, *, state: WorkerState, age: float) -> None:
-    seen_at = store.now() - timedelta(seconds=age)
-    await store.beat_worker(
-        WorkerRecord(
-            node_id=node,
-            host="h",
-            pid=1,
-            concurrency=1,
-            version="1",
-            started_at=seen_at,
-            last_seen_at=seen_at,
-            heartbeat_seconds=1.0,
-            expires_at=seen_at + timedelta(seconds=3),
-            state=state,
-        )
-    )
-
-
 async def test_each_pass_marks_silent_workers_offline_and_the_retention_pass_prunes_old_records(
     parts: Parts,
 ) -> None:
-    await _silent_worker(parts.store, "silent", state=WorkerState.ONLINE, age=60)
-    await _silent_worker(parts.store, "long-gone", state=WorkerState.STOPPED, age=7200)
+    await beat_at_age(parts.store, "silent", state=WorkerState.ONLINE, age=60)
+    await beat_at_age(parts.store, "long-gone", state=WorkerState.STOPPED, age=7200)
     fleet = FleetSweep(parts.store, retention_seconds=3600.0)
     reaper = parts.reaper(fleet=fleet, retention_interval=0.0)
 
@@ -429,7 +412,7 @@ async def test_each_pass_marks_silent_workers_offline_and_the_retention_pass_pru
 async def test_after_a_store_outage_the_sweep_waits_too(parts: Parts) -> None:
     """Workers could not beat while the store was away: marking them offline the moment it is
     back would be a false alarm for each."""
-    await _silent_worker(parts.store, "silent", state=WorkerState.ONLINE, age=60)
+    await beat_at_age(parts.store, "silent", state=WorkerState.ONLINE, age=60)
     reaper = parts.reaper(fleet=FleetSweep(parts.store, retention_seconds=None), quiet_after_outage=0.3)
     parts.store.available = False
     with pytest.raises(StoreError):
