@@ -87,6 +87,9 @@ class Reaper:
         self._fleet = fleet
         self.reaped = 0
 
+    def _at_most_once(self, task_type: str) -> bool:
+        return task_type in self._registry and self._registry.get(task_type).at_most_once
+
     def _policy(self, task_type: str) -> RetryPolicy:
         if task_type in self._registry:
             return self._registry.get(task_type).retry_policy or self._default_policy
@@ -166,13 +169,17 @@ class Reaper:
     async def _reap(self, task: BackgroundTask, before: datetime) -> BackgroundTask | None:
         attempt = task.retry_count
         policy = self._policy(task.task_type)
-        retry = policy.attempts_left(attempt)
+        once = self._at_most_once(task.task_type)
+        retry = policy.attempts_left(attempt) and not once
+        lost = f"worker {task.execution_node_id} stopped renewing its lease ({task.lease_until})"
+        if once:
+            lost += "; an at-most-once task is not run again (it may have run in part): replay it to"
         error = ErrorInfo(
             type="WorkerLost",
-            message=f"worker {task.execution_node_id} stopped renewing its lease ({task.lease_until})",
+            message=lost,
             attempt=attempt,
             node_id=self._node_id,
-            reason=DeadLetterReason.LEASE_EXPIRED if retry else DeadLetterReason.ATTEMPTS_EXHAUSTED,
+            reason=DeadLetterReason.LEASE_EXPIRED if retry or once else DeadLetterReason.ATTEMPTS_EXHAUSTED,
         )
         common = {
             "task_id": task.id,

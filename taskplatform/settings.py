@@ -309,9 +309,9 @@ class PlatformSettings(ApiSettings, BaseSettings):
         default=128,
         ge=1,
         le=65535,
-        description="Messages one process has in flight (sent, not yet confirmed) at once, task messages "
-        "and lifecycle events each; more wait their turn before their PUBLISH_TIMEOUT_SECONDS starts, so a "
-        "large batch is not timed out by its own queue.",
+        description="Messages one process has in flight (sent, not yet confirmed) at once: task messages "
+        "(and worker events), and task lifecycle events, each; more wait their turn, so a large batch is "
+        "not timed out by its own queue (a publish still gives up within its tries' time-outs).",
     )
     publish_retry_attempts: int = Field(
         default=3, ge=1, description="Tries of a publish before it is left to the outbox relay."

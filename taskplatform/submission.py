@@ -347,8 +347,16 @@ class TaskSubmitter:
 
         A retried parent submits the same children again: those that exist already are
         kept as they are (only recounted by their parent), the others are created.
-        Returns the children created now.
+        Returns the children created now. A task type with a ``submit_role`` is never a child:
+        whoever submitted the parent, its role is not known here (InvalidInputError).
         """
+        for child in children:
+            if child.task_type in self._registry and self._registry.get(child.task_type).submit_role:
+                raise InvalidInputError(
+                    ("task_type",),
+                    f"a task of type {child.task_type!r} cannot be a sub-task: only a caller with the "
+                    "role it needs submits it, through the API",
+                )
         try:
             await self._store.create_many(children)
             created = list(children)

@@ -5,13 +5,15 @@ and leaves processes behind."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Bytes read from a pipe at a time.
 READ_CHUNK = 65_536
@@ -212,9 +214,20 @@ async def _gone(pgid: int, seconds: float) -> bool:
 
 
 def signal_group(pgid: int, signum: signal.Signals) -> None:
-    """Send ``signum`` to process group ``pgid``; a group already gone is not an error."""
-    with contextlib.suppress(ProcessLookupError):
+    """Send ``signum`` to process group ``pgid``; a group already gone is not an error. One the
+    worker may not signal (a process that changed its user, like sudo) is logged, not raised: the
+    caller's clean-up goes on, and the command's ending says it could not be stopped."""
+    try:
         os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        log.error(
+            "cannot send %s to command process group %d (not permitted: a process of it changed its "
+            "user?); it may keep running",
+            signum.name,
+            pgid,
+        )
 
 
 def group_alive(pgid: int) -> bool:

@@ -19,6 +19,7 @@ from taskplatform.agent.templates import (
     CommandTemplates,
     TemplateArgsError,
 )
+from taskplatform.auth.principal import Role
 from taskplatform.errors import Cancelled, PermanentFailure, Retry
 from taskplatform.tasks.executable import BackgroundTaskExecutable, Progress, TaskContext
 
@@ -100,6 +101,11 @@ class RunCommand(BackgroundTaskExecutable[RunCommandParams, RunCommandResult]):
     #: The attempt's own time-out (the command's comes first) is no reason to retry either: the
     #: command may have done part of its work. Retries come only from ``retryable_exit_codes``.
     non_retryable_exceptions = (TimeoutError,)
+    #: Operators (and admins) submit host commands; a submitter's token is refused (403).
+    submit_role = Role.OPERATOR
+    #: Never started twice: a command cut short by a shutdown, or lost with its worker, fails
+    #: for good (the operator replays it once they know what it did).
+    at_most_once = True
     templates: ClassVar[CommandTemplates] = CommandTemplates({})
     kill_grace_seconds: ClassVar[float] = DEFAULT_KILL_GRACE_SECONDS
 
@@ -135,7 +141,8 @@ class RunCommand(BackgroundTaskExecutable[RunCommandParams, RunCommandResult]):
             max_output_bytes=template.max_output_bytes,
             kill_grace=self.kill_grace_seconds if grace is None else grace,
         )
-        ctx.log_info("running command", template=template.name, argv=argv)
+        # The argument values may be secrets: the log names them only.
+        ctx.log_info("running command", template=template.name, program=argv[0], args=sorted(params.args))
 
         async def report(out: TailBuffer, err: TailBuffer, elapsed: float) -> None:
             await ctx.update_progress(_progress(template.name, out, err, elapsed))

@@ -29,10 +29,11 @@ class _Placeholder(BaseModel):
 
 
 class StrPlaceholder(_Placeholder):
-    """Text. Without ``pattern``: up to ``max_length`` characters, no control characters (newline,
-    tab, ESC...) and no leading ``-`` (it would read as an option). With ``pattern``: the value
-    must match it whole (``re.fullmatch``), and that is the rule, control characters included.
-    NUL is refused always (no argv can carry it)."""
+    """Text. Without ``pattern``: 1 to ``max_length`` characters, no control characters (newline,
+    tab, ESC...), no leading ``-`` (it would read as an option), and not ``.`` or ``..`` (a path
+    step: use a ``path`` placeholder for paths). With ``pattern``: the value must match it whole
+    (``re.fullmatch``), and that is the rule, control characters included. NUL is refused always
+    (no argv can carry it)."""
 
     type: Literal["str"]
     pattern: str | None = Field(default=None, max_length=1000)
@@ -64,6 +65,10 @@ class StrPlaceholder(_Placeholder):
             if self._compiled.fullmatch(value) is None:
                 raise PlaceholderValueError(f"does not match the pattern {self.pattern!r}")
         else:
+            if value in ("", ".", ".."):
+                raise PlaceholderValueError(
+                    "must not be empty, '.' or '..' (for a path, the template should use a path placeholder)"
+                )
             bad = _first_control(value)
             if bad is not None:
                 raise PlaceholderValueError(f"contains the control character {bad!r} (no pattern allows it)")
@@ -93,6 +98,10 @@ class IntPlaceholder(_Placeholder):
             if not _INTEGER.fullmatch(value):
                 raise PlaceholderValueError("must be an integer")
             value = int(value)
+        if self.min is None and value < 0:
+            # "-1" would read as an option (kill -TERM -1 signals every process): a template that
+            # wants negatives says so with its own min.
+            raise PlaceholderValueError("must not be negative (the template sets no min)")
         if self.min is not None and value < self.min:
             raise PlaceholderValueError(f"below the minimum {self.min}")
         if self.max is not None and value > self.max:

@@ -25,6 +25,7 @@ from taskplatform.auth import (
     parse_bearer,
 )
 from taskplatform.settings import PlatformSettings
+from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +171,15 @@ def install_auth(app: FastAPI, authenticator: Authenticator) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def submit_role_refusal(principal: Principal, registry: ExecutableRegistry, task_type: str) -> str | None:
+    """Why ``principal`` may not submit ``task_type`` (its executable's ``submit_role``), or None.
+    Unknown types pass here: validation names them."""
+    if task_type not in registry:
+        return None
+    role = registry.get(task_type).submit_role
+    if role is None or principal.has(role):
+        return None
+    held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+    return f"task type {task_type!r} may be submitted by the {role.value} role or above (this token: {held})"

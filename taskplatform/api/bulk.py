@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import ValidationError
 
-from taskplatform.api.auth import SubmitterDep, require_submitter
+from taskplatform.api.auth import SubmitterDep, require_submitter, submit_role_refusal
 from taskplatform.api.deps import RuntimeDep
 from taskplatform.api.errors import ErrorBody, error_response, field_errors
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, charge, submission_weight
@@ -134,8 +134,9 @@ def _status(outcomes: set[BulkOutcome]) -> int:
         },
         403: {
             "model": ErrorBody,
-            "description": "An item names another `user_id` and the token is not an admin's (details "
-            "list those items); nothing was stored",
+            "description": "An item names another `user_id` and the token is not an admin's, or is of a "
+            "task type that needs a higher role (`run_command`: operator); details list those items; "
+            "nothing was stored",
         },
         413: {
             "model": ErrorBody,
@@ -168,6 +169,7 @@ async def submit_tasks_bulk(
     positions: list[int] = []
     problems: list[BulkProblem] = []
     foreign: list[int] = []
+    beyond_role: list[tuple[int, str]] = []
     for index, raw in enumerate(body.tasks):
         try:
             item = BulkSubmitItem.model_validate(raw)
@@ -176,6 +178,10 @@ async def submit_tasks_bulk(
             continue
         if _names_another_user(principal, item.user_id):
             foreign.append(index)
+            continue
+        refusal = submit_role_refusal(principal, runtime.registry, item.task_type)
+        if refusal is not None:
+            beyond_role.append((index, refusal))
             continue
         # The task belongs to the caller unless (an admin's) item names its user, as submit_task's.
         fields = {name: getattr(item, name) for name in SubmitRequest.model_fields}
@@ -191,6 +197,14 @@ async def submit_tasks_bulk(
             f"only an admin may submit for another user: items {shown} name a user_id that is not the "
             "token's subject; leave user_id out",
             [{"index": i, "loc": ["tasks", i, "user_id"]} for i in foreign],
+        )
+    if beyond_role:
+        shown = ", ".join(str(i) for i, _ in beyond_role[:10]) + (", …" if len(beyond_role) > 10 else "")
+        return error_response(
+            403,
+            "forbidden",
+            f"items {shown} are of a task type this token may not submit: {beyond_role[0][1]}",
+            [{"index": i, "loc": ["tasks", i, "task_type"], "msg": why} for i, why in beyond_role],
         )
     tasks, more = runtime.submitter.prepare_bulk(items, indexes=positions)
     if problems or more:

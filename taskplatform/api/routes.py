@@ -14,6 +14,7 @@ from taskplatform.api.auth import (
     SubmitterDep,
     require_operator_if_protected,
     require_submitter,
+    submit_role_refusal,
 )
 from taskplatform.api.deps import NO_NUL, CommandsDep, RuntimeDep, command_answers
 from taskplatform.api.errors import ErrorBody, error_response
@@ -166,6 +167,9 @@ async def submit_task(
     The task belongs to the token's subject; only an admin may name another ``user_id``. With
     ``API_SUBMIT_RATE`` set, a caller past its limit gets 429 with ``Retry-After``; a batch is
     charged its children too, and one heavier than ``API_SUBMIT_BURST`` gets 422."""
+    refusal = submit_role_refusal(principal, runtime.registry, body.task_type)
+    if refusal is not None:
+        raise HTTPException(403, refusal)
     owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
     # Idempotency keys are scoped by the task's user id, so by the caller here.
     try:

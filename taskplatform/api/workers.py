@@ -135,7 +135,7 @@ async def list_workers(
 
 
 @router.get(
-    "/{node_id}",
+    "/{node_id:path}",
     response_model=WorkerView,
     summary="One worker",
     response_description="The worker's record, presence and load",

@@ -79,6 +79,8 @@ class TaskPublisher:
         #: publish's time-out runs from its call: thousands queued on the channel at once would time
         #: out waiting for each other, however fast the broker confirms.
         self._slots = asyncio.Semaphore(max_in_flight)
+        #: The longest a publish may take in all: each try's time-out, plus the backoffs.
+        self._deadline = timeout * attempts + attempts * 1.0
 
         self._topology_ready = False
 
@@ -210,18 +212,21 @@ class TaskPublisher:
                 )
 
         try:
-            try:
-                await publish_once()  # the hot path: no retry controller unless it fails
-            except TRANSIENT_BROKER_ERRORS:
-                if self._attempts <= 1:
-                    raise
-                retrying = AsyncRetrying(
-                    stop=stop_after_attempt(self._attempts - 1),
-                    wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
-                    retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
-                    reraise=True,
-                )
-                await retrying(publish_once)
+            # One deadline over every try and every wait for a slot: a caller hears within it
+            # (and its task goes to the outbox), whatever the broker or the queue for slots does.
+            async with asyncio.timeout(self._deadline):
+                try:
+                    await publish_once()  # the hot path: no retry controller unless it fails
+                except TRANSIENT_BROKER_ERRORS:
+                    if self._attempts <= 1:
+                        raise
+                    retrying = AsyncRetrying(
+                        stop=stop_after_attempt(self._attempts - 1),
+                        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+                        retry=retry_if_exception_type(TRANSIENT_BROKER_ERRORS),
+                        reraise=True,
+                    )
+                    await retrying(publish_once)
         except PublishError as exc:
             self.count_failure("unroutable")
             raise UnroutableError(

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_orig
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar as DefaultedTypeVar
 
+from taskplatform.auth.principal import Role
 from taskplatform.ratelimit.declarations import RateLimit, check_rate_limits
 from taskplatform.retry import RetryPolicy
 
@@ -127,6 +128,13 @@ class BackgroundTaskExecutable(ABC, Generic[P, R]):
     #: RateLimit("1/s", burst=5, per="user"))``, at most one per scope. A worker holds a
     #: delivery until its slot, or sends it round the delay path (no attempt is counted).
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    #: The least role that may submit tasks of this type through the API (None: any submitter);
+    #: such a type is never a sub-task of another (its submitter's role is not known there).
+    submit_role: ClassVar[Role | None] = None
+    #: Never start an attempt twice: an attempt cut short by a worker's shutdown, lost with its
+    #: worker, or whose message comes back while its attempt is (or was) running, fails for good
+    #: instead of running again (for side effects that must not repeat, like a host command).
+    at_most_once: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -26,6 +26,7 @@ from taskplatform.worker.claims import Claimer, ClaimingStore
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
 from taskplatform.worker.intake import Intake
+from taskplatform.worker.once import settle_interrupted, started_elsewhere
 from taskplatform.worker.settlement import Settler, channel_gone
 from topology.spec import Topology
 
@@ -64,6 +65,7 @@ class TaskConsumer:
         self._topology = topology
         self._registry = registry
         self._settler = settler
+        self._store = store
         self._config = config
         self._gates: dict[str, PriorityGate] = {}
         self._channel: AbstractChannel | None = None
@@ -240,6 +242,10 @@ class TaskConsumer:
             # The connection dropped while it waited: the broker has it back and redelivers it.
             log.info("message %s: its channel is gone before the claim; leaving it", message.message_id)
             return
+        if self._registry.get(task_message.task_type).at_most_once and await started_elsewhere(
+            self._store, self._settler, message, task_message
+        ):
+            return
         task = await self._claimer.claim(
             message,
             task_message,
@@ -291,9 +297,22 @@ class TaskConsumer:
         try:
             outcome, children, progress = await self._attempts.run_claimed(task, executable, received_at)
         except asyncio.CancelledError:
-            # Shutdown ran out of grace: hand the task back unfinished, then stop.
+            # Shutdown ran out of grace: hand the task back unfinished (an at-most-once one
+            # fails for good instead), then stop.
+            cls = type(executable)
+            settling = (
+                settle_interrupted(
+                    self._settler,
+                    message,
+                    task,
+                    node_id=self._config.node_id,
+                    policy=cls.retry_policy or self._config.default_policy,
+                )
+                if cls.at_most_once
+                else self._settler.hand_back(message, task)
+            )
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._settler.hand_back(message, task), timeout=5)
+                await asyncio.wait_for(settling, timeout=5)
             raise
         cls = type(executable)
         recorded = await self._settler.settle_attempt(

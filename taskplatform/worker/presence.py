@@ -34,7 +34,7 @@ from taskplatform.store.record_ports import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-#: How long the last write (``stopped``) may take when the worker exits.
+#: How long one registry write may take (a beat, ``stopping``, the last one as it exits).
 FINAL_WRITE_SECONDS = 5.0
 
 #: What a record held before a beat when that beat brings the worker online (None: no record).
@@ -91,6 +91,7 @@ class Presence:
         self._grace = 0.0
         self._failing = False
         self._stop = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         #: Beats written (for tests and stats).
         self.beats = 0
@@ -100,7 +101,10 @@ class Presence:
         return self._state
 
     async def start(self) -> None:
-        """Write the first record (a failure is logged; the loop tries again) and start beating."""
+        """Write the first record (a failure is logged; the loop tries again) and start beating.
+        Nothing once stopped (a start racing the shutdown)."""
+        if self._stop.is_set():
+            return
         now = self._store.now()
         self._started_at = self._changed_at = now
         await self.beat()
@@ -112,7 +116,10 @@ class Presence:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self._interval)
             if not self._stop.is_set():
-                await self.beat()
+                try:
+                    await self.beat()
+                except Exception:  # a bug, not an outage: log it, never stop beating silently
+                    log.exception("worker %s: a registry beat failed", self._identity.node_id)
 
     def record(self, now: datetime) -> WorkerRecord:
         """The record as of ``now`` (the store's clock)."""
@@ -137,12 +144,18 @@ class Presence:
         )
 
     async def beat(self) -> bool:
-        """Write the record now; whether it was written."""
+        """Write the record now (one write at a time, each bounded by ``FINAL_WRITE_SECONDS``);
+        whether it was written."""
+        async with self._writing:
+            return await self._beat()
+
+    async def _beat(self) -> bool:
         now = self._store.now()
         record = self.record(now)
         try:
-            previous = await self._store.beat_worker(record)
-        except StoreError as exc:
+            async with asyncio.timeout(FINAL_WRITE_SECONDS):
+                previous = await self._store.beat_worker(record)
+        except (StoreError, TimeoutError) as exc:
             if not self._failing:
                 log.warning(
                     "cannot write worker %s's registry record (%s); trying again every %.0fs",
@@ -161,8 +174,9 @@ class Presence:
             # record says since when it is online.
             self._changed_at = now
             record = record.model_copy(update={"state_changed_at": now})
-            with contextlib.suppress(StoreError):
-                await self._store.beat_worker(record)
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(FINAL_WRITE_SECONDS):
+                    await self._store.beat_worker(record)
         if record.state is WorkerState.ONLINE and previous in (
             None,
             WorkerState.OFFLINE,
@@ -191,19 +205,21 @@ class Presence:
         """Stop beating and write ``stopped`` (bounded by ``FINAL_WRITE_SECONDS``). Nothing when it
         never started."""
         self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await task  # its beat is bounded: the loop ends within FINAL_WRITE_SECONDS
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # stop() itself was cancelled
+            except Exception:
+                log.exception("worker %s: the registry loop ended with an error", self._identity.node_id)
         if self._started_at is None:
             return
         self._state = WorkerState.STOPPED
         self._changed_at = self._store.now()
-        try:
-            async with asyncio.timeout(FINAL_WRITE_SECONDS):
-                written = await self.beat()
-        except TimeoutError:
-            written = False
+        written = await self.beat()
         if written:
             await self._transition(self.record(self._store.now()), WorkerState.STOPPING)
         else:

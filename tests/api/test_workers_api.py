@@ -294,3 +294,11 @@ async def test_the_routes_and_their_answers_are_in_the_openapi_document(
     view = spec["components"]["schemas"]["WorkerView"]["properties"]
     assert set(WorkerRecord.model_fields) | {"online", "load"} == set(view)
     assert [name for name, field in view.items() if not field.get("description")] == []
+
+
+async def test_a_node_id_holding_a_slash_is_shown(api: tuple[httpx.AsyncClient, Runtime]) -> None:
+    client, runtime = api
+    await beat(runtime, record("k8s/pod-1", runtime.store.now()))
+    got = await client.get(f"{URL}/k8s%2Fpod-1")
+    assert got.status_code == 200 and got.json()["node_id"] == "k8s/pod-1"
+    assert (await client.get(f"{URL}/k8s/pod-1")).json()["node_id"] == "k8s/pod-1"

@@ -278,3 +278,68 @@ async def test_a_stopped_write_that_hangs_is_given_up_after_its_bound(
     with caplog.at_level(logging.WARNING, logger="taskplatform.worker.presence"):
         await asyncio.wait_for(p.stop(), timeout=5)
     assert "could not write 'stopped'" in caplog.text
+
+
+async def test_a_hanging_store_delays_neither_stopping_nor_stop_past_the_write_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskplatform.worker import presence as presence_module
+
+    monkeypatch.setattr(presence_module, "FINAL_WRITE_SECONDS", 0.05)
+    p = presence(store)
+    await p.start()
+
+    async def hanging(record: WorkerRecord) -> WorkerState | None:
+        await asyncio.Event().wait()
+        return None
+
+    monkeypatch.setattr(store, "beat_worker", hanging)
+    await asyncio.sleep(INTERVAL * 2)  # a loop beat is hanging now
+    await asyncio.wait_for(p.stopping(grace=1), timeout=5)
+    await asyncio.wait_for(p.stop(), timeout=5)
+
+
+async def test_a_beat_that_raises_a_bug_is_logged_and_the_beats_go_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = presence(store)
+    await p.start()
+    real = store.beat_worker
+    failures = [1]
+
+    async def flaky(record: WorkerRecord) -> WorkerState | None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug (test)")
+        return await real(record)
+
+    monkeypatch.setattr(store, "beat_worker", flaky)
+    before = p.beats
+    with caplog.at_level(logging.ERROR, logger="taskplatform.worker.presence"):
+        await asyncio.sleep(INTERVAL * 5)
+    assert "a registry beat failed" in caplog.text
+    assert p.beats > before  # it kept beating
+    await p.stop()
+
+
+async def test_a_start_after_the_stop_writes_nothing(store: Store) -> None:
+    p = presence(store)
+    await p.stop()
+    await p.start()
+    assert store.writes == [] and await store.get_worker("node-a") is None
+
+
+async def test_stop_itself_cancelled_is_not_swallowed(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = presence(store)
+    await p.start()
+
+    async def slow(record: WorkerRecord) -> WorkerState | None:
+        await asyncio.sleep(10)
+        return None
+
+    monkeypatch.setattr(store, "beat_worker", slow)
+    stopping = asyncio.create_task(p.stop())
+    await asyncio.sleep(INTERVAL)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping

@@ -62,6 +62,16 @@ class Plain(BackgroundTaskExecutable[Params, Result]):
         return Result()
 
 
+class OnceOnly(BackgroundTaskExecutable[Params, Result]):
+    """A task type that must never start an attempt twice."""
+
+    task_type = "unit_once_only"
+    at_most_once = True
+
+    async def execute(self, ctx: TaskContext[Params]) -> Result:
+        return Result()
+
+
 class FaultyStore(MemoryTaskStore):
     """The in-memory store with faults the reaper must survive: ``after_list`` runs once the
     lapsed tasks are listed (a worker renewing meanwhile), ``refuse_mark`` makes the DEAD_LETTER
@@ -125,7 +135,7 @@ class Parts:
         settings.update(options)
         return Reaper(
             self.store,
-            ExecutableRegistry([OneShot, Plain]),
+            ExecutableRegistry([OneShot, Plain, OnceOnly]),
             self.bus,
             self.aggregator,
             default_policy=DEFAULT_POLICY,
@@ -427,3 +437,13 @@ async def test_after_a_store_outage_the_sweep_waits_too(parts: Parts) -> None:
     await reaper.run_once()
     swept = await parts.store.get_worker("silent")
     assert swept is not None and swept.state is WorkerState.OFFLINE
+
+
+async def test_a_lost_attempt_of_an_at_most_once_type_is_dead_lettered_not_retried(parts: Parts) -> None:
+    task = await _lapsed(parts.store, "unit_once_only")
+    assert await parts.reaper().run_once() == 1
+    got = await parts.store.get(task.id)
+    assert got is not None and got.status is TaskStatus.DEAD_LETTER  # the default policy had 2 left
+    assert got.error_info is not None and "not run again" in got.error_info.message
+    record = (await parts.store.list_dead_letters()).items
+    assert [r.task_id for r in record] == [task.id] and record[0].reason == "lease-expired"

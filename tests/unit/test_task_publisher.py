@@ -91,3 +91,40 @@ async def test_unbounded_the_same_batch_times_out_waiting_for_itself() -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         TaskPublisher(Connected(), build_topology({"default": ["t"]}), max_in_flight=0)  # type: ignore[arg-type]
+
+
+class StalledExchange:
+    """A broker that never confirms: every publish hangs until its time-out."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def publish(self, message: Any, routing_key: str, *, mandatory: bool, timeout: float) -> None:
+        self.calls += 1
+        async with asyncio.timeout(timeout):
+            await asyncio.Event().wait()
+
+
+async def test_with_the_broker_stalled_every_caller_hears_within_its_deadline_even_far_back_in_line() -> None:
+    exchange = StalledExchange()
+    p = TaskPublisher(
+        Connected(),  # type: ignore[arg-type]
+        build_topology({"default": ["t"]}),
+        timeout=0.05,
+        attempts=2,
+        max_in_flight=2,
+    )
+
+    async def fixed(name: str) -> Any:
+        return exchange
+
+    p._exchange = fixed  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.wait_for(_publish_all(p, 200), timeout=60)
+    waited = loop.time() - started
+    assert all(isinstance(r, BrokerError) for r in results)
+    # 200 callers, 2 slots, 2 tries of 0.05 s each: in line, the last would wait for 200 rounds of
+    # tries (10 s); the deadline (2 tries and 2 s of backoff room) ends every caller's wait.
+    assert exchange.calls < 200 * 2
+    assert waited < p._deadline * 2
