@@ -50,7 +50,12 @@ async def test_retryable_failure_twice_then_success_waits_the_policy_delays_with
         await eventually(lambda: _is(runtime, task.id, TaskStatus.RETRYING))
         # While it waits, the message sits in a delay tier and the worker holds nothing.
         assert runtime.consumer is not None
-        assert runtime.consumer.in_flight == 0
+        consumer = runtime.consumer
+
+        async def holds_nothing() -> bool:  # RETRYING is stored before the delivery is settled
+            return consumer.in_flight == 0
+
+        await eventually(holds_nothing, timeout=0.8, every=0.01)  # the next attempt comes at 1 s
         assert await _tier_depth(rabbitmq, runtime) == 1
         await eventually(lambda: _is(runtime, task.id, TaskStatus.COMPLETED), timeout=15)
         done = await runtime.store.get(task.id)
