@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -32,6 +33,31 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/json"
 HEADER_SCHEMA_VERSION = "x-schema-version"
 APP_ID = "taskplatform"
+
+
+def event_message(
+    body: bytes,
+    *,
+    event_id: str,
+    routing_key: str,
+    occurred_at: datetime,
+    schema_version: str,
+    correlation_id: str | None = None,
+) -> aio_pika.Message:
+    """An external event as the events exchange carries it (task and worker events alike):
+    persistent JSON, the event id as ``message_id``, the routing key as ``type``, the schema's
+    version in a header."""
+    return aio_pika.Message(
+        body=body,
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event_id,
+        correlation_id=correlation_id,
+        type=routing_key,
+        timestamp=occurred_at,
+        app_id=APP_ID,
+        headers={HEADER_SCHEMA_VERSION: schema_version},
+    )
 
 
 @dataclass(eq=False)
@@ -165,16 +191,13 @@ class ExternalEventBridge:
                 "cannot encode event %s of task %s; skipped", item.event.event_id, item.event.task_id
             )
             return None
-        message = aio_pika.Message(
-            body=body,
-            content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event.event_id,
+        message = event_message(
+            body,
+            event_id=event.event_id,
+            routing_key=event.routing_key,
+            occurred_at=event.occurred_at,
+            schema_version=SCHEMA_VERSION,
             correlation_id=event.task.id,
-            type=event.routing_key,
-            timestamp=event.occurred_at,
-            app_id=APP_ID,
-            headers={HEADER_SCHEMA_VERSION: SCHEMA_VERSION},
         )
         return _Outgoing(event.event_id, event.routing_key, message)
 

@@ -19,16 +19,13 @@ from datetime import datetime
 from enum import Enum
 from typing import Literal
 
-import aio_pika
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.events.bridge import event_message
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.models.worker import WorkerRecord, WorkerState
 
 WORKER_SCHEMA_VERSION: Literal["1"] = "1"
-CONTENT_TYPE = "application/json"
-HEADER_SCHEMA_VERSION = "x-schema-version"
-APP_ID = "taskplatform"
 #: The namespace of the derived event ids.
 _EVENT_IDS = uuid.UUID("6f1c2a4e-8b7d-4e0a-9c3f-5d2b1a0e7c64")
 
@@ -151,15 +148,12 @@ class WorkerEventPublisher:
 
     async def __call__(self, record: WorkerRecord, previous: WorkerState | None) -> None:
         event = to_worker_event(record, previous, observed_by=self._node_id)
-        message = aio_pika.Message(
-            body=event.model_dump_json().encode(),
-            content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event.event_id,
-            type=event.routing_key,
-            timestamp=event.occurred_at,
-            app_id=APP_ID,
-            headers={HEADER_SCHEMA_VERSION: WORKER_SCHEMA_VERSION},
+        message = event_message(
+            event.model_dump_json().encode(),
+            event_id=event.event_id,
+            routing_key=event.routing_key,
+            occurred_at=event.occurred_at,
+            schema_version=WORKER_SCHEMA_VERSION,
         )
         await self._publisher.publish_raw(
             self._exchange,

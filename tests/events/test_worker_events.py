@@ -13,9 +13,9 @@ import aio_pika
 import pytest
 from jsonschema import Draft202012Validator
 
+from taskplatform.events.bridge import HEADER_SCHEMA_VERSION
 from taskplatform.events.schema import WORKER_PATH, main, render
 from taskplatform.events.workers import (
-    HEADER_SCHEMA_VERSION,
     ExternalWorkerEvent,
     WorkerEventType,
     to_worker_event,

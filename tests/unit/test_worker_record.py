@@ -136,3 +136,8 @@ def test_the_labels_setting_given_as_a_mapping_is_checked() -> None:
     assert PlatformSettings(worker_labels={"role": "db"}).worker_labels == {"role": "db"}
     with pytest.raises(ValidationError, match="label"):
         PlatformSettings(worker_labels={"role": "a b"})
+
+
+def test_a_labels_setting_that_is_neither_text_nor_a_mapping_is_refused() -> None:
+    with pytest.raises(ValidationError, match="worker_labels"):
+        PlatformSettings(worker_labels=["role=db"])  # type: ignore[arg-type]
