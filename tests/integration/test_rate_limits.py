@@ -102,7 +102,10 @@ def _check_pace(
         f"{least:.3f} s at the least), {(len(tasks) - 1) / span:.2f} starts/s; most starts in one "
         f"second {crowded}; longest hold {longest_hold * 1000:.1f} ms (bound {hold * 1000:.0f} ms)"
     )
-    assert span >= 0.9 * least, f"{span:.3f}s is faster than the limit allows ({least:.3f}s)"
+    # The slots are ``least`` apart at the least; a start follows its slot by the claim work, so
+    # the first start may be that late and the last one on time (a limit kept at twice the rate
+    # would give half of ``least``).
+    assert span >= least - CLAIM_ALLOWANCE, f"{span:.3f}s is faster than the limit allows ({least:.3f}s)"
     assert span <= 1.3 * least + 1.0, f"{span:.3f}s: a stall ({least:.3f}s expected)"
     # Starts never precede their slots but may follow them by the claim work: a second of
     # starts holds at most what the limit allows in a second and that allowance.
