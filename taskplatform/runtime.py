@@ -18,6 +18,7 @@ from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.bus import EventBus
 from taskplatform.events.workers import WorkerEventPublisher
+from taskplatform.heap import HeapTrimmer
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.messaging.publisher import TaskPublisher
 from taskplatform.metrics import Metrics
@@ -288,6 +289,7 @@ class Runtime:
             interval=settings.clock_sync_seconds,
             warn_above=settings.clock_skew_warn_seconds,
         )
+        self.trimmer = HeapTrimmer(settings.memory_trim_seconds) if settings.memory_trim_seconds > 0 else None
         self.metrics_server: MetricsServer | None = None
         if settings.metrics_port is not None:
             self.metrics_server = MetricsServer(
@@ -329,6 +331,8 @@ class Runtime:
             self._background.append(asyncio.create_task(self.reaper.run(self._stop), name="reaper"))
         self._background.append(asyncio.create_task(self.sampler.run(self._stop), name="metrics-sampler"))
         self._background.append(asyncio.create_task(self.clock.run(self._stop), name="clock-sync"))
+        if self.trimmer is not None:
+            self._background.append(asyncio.create_task(self.trimmer.run(self._stop), name="heap-trim"))
         if self.metrics_server is not None:
             self.metrics_server.start()
         log.info(

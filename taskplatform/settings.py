@@ -191,6 +191,17 @@ class PlatformSettings(ApiSettings, BaseSettings):
         description="A parent waiting this long without a roll-up is recounted from its children.",
     )
 
+    # memory
+    memory_trim_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "How often each process gives the C allocator's wholly free pages back to the system "
+            "(glibc's malloc_trim), so resident memory follows the live heap instead of its peaks; "
+            "0 turns it off."
+        ),
+    )
+
     # the store's clock (leases are written and compared in it)
     clock_sync_seconds: float = Field(
         default=60.0,
