@@ -105,3 +105,13 @@ def _transient_broker_errors() -> tuple[type[BaseException], ...]:
 TRANSIENT_BROKER_ERRORS: tuple[type[BaseException], ...] = _transient_broker_errors()
 #: Every infrastructure fault after which the same work may succeed if tried again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_BROKER_ERRORS, StoreError, BrokerError)
+
+
+class UnreachableTargetError(TaskPlatformError):
+    """A task is aimed where it cannot run: a node that never registered or does not serve its
+    type, labels no worker serving it carries (the API answers 422 ``target_unreachable``).
+    ``positions``: which of the tasks submitted together are at fault, with why."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems[:5]))

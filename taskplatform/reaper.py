@@ -18,6 +18,7 @@ from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
 from taskplatform.store.ports import DeadLetters, LostWorkers, RateLimits, Retention
+from taskplatform.targets import TargetExpiry
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.worker.presence import FleetSweep
 
@@ -46,7 +47,8 @@ class Reaper:
     once per ``retention_interval``, deletes tasks that ended more than ``retention_seconds``
     ago (retention; None keeps them) and the rate-limit keys whose slots have all passed. With
     ``fleet``, each pass also marks workers that stopped beating offline, and the retention pass
-    deletes long-gone workers' records (``FleetSweep``).
+    deletes long-gone workers' records (``FleetSweep``); with ``targets``, each pass then fails
+    the aimed tasks whose node stayed offline past their ``target_timeout`` (``TargetExpiry``).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Reaper:
         grace: float = 5.0,
         batch_size: int = 100,
         fleet: FleetSweep | None = None,
+        targets: TargetExpiry | None = None,
         parent_idle_seconds: float = 60.0,
         retention_seconds: float | None = None,
         retention_interval: float = 300.0,
@@ -85,6 +88,7 @@ class Reaper:
         self._grace = grace
         self._batch = batch_size
         self._fleet = fleet
+        self._targets = targets
         self.reaped = 0
 
     def _at_most_once(self, task_type: str) -> bool:
@@ -134,6 +138,8 @@ class Reaper:
         if self._fleet is not None:
             # After the quiet period only: workers could not beat during an outage either.
             await self._fleet.sweep()
+        if self._targets is not None:
+            await self._targets.expire()
         now = time.monotonic()
         if now - self._last_reconcile >= self._parent_idle:
             # Recounting lists every child of each idle parent: once per idle period is enough.

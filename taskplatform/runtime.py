@@ -32,6 +32,7 @@ from taskplatform.reaper import Reaper
 from taskplatform.settings import PlatformSettings
 from taskplatform.store import TaskStore, create_store
 from taskplatform.submission import PublishedMarker, TaskSubmitter
+from taskplatform.targets import TargetExpiry, TargetPlanner
 from taskplatform.tasks.registry import ENTRY_POINT_GROUP, ExecutableRegistry
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.consumer import TaskConsumer
@@ -146,6 +147,7 @@ def build_reaper(
         bus,
         aggregator,
         fleet=fleet,
+        targets=TargetExpiry(store, bus, node_id=settings.node_id),
         parent_idle_seconds=settings.parent_reconcile_seconds,
         default_policy=settings.default_retry_policy(),
         node_id=settings.node_id,
@@ -304,6 +306,7 @@ class Runtime:
             self.bus,
             aggregator=self.aggregator,
             node_id=settings.node_id,
+            targets=TargetPlanner(self.store),
         )
         self.dead_letters = DeadLetterService(
             self.store,

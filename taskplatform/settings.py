@@ -139,6 +139,14 @@ class PlatformSettings(ApiSettings, BaseSettings):
         ge=0,
         description="How long the records of stopped or offline workers stay in the registry (0: for ever).",
     )
+    node_queue_expires_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=1,
+        le=365 * 24 * 3600.0,
+        description="How long a worker node's own queue (tasks aimed at it) outlives the node: the broker "
+        "deletes it once it has had no consumer this long (`x-expires`; the queue's arguments, so "
+        "changing it means deleting idle node queues first).",
+    )
     agent_commands_file: Path | None = Field(
         default=None,
         description="The agent's allow-list of command templates (a `.json` or `.toml` file, checked at "

@@ -20,12 +20,14 @@ from taskplatform.errors import (
     StoreRefused,
     TaskPlatformError,
     UnknownTaskTypeError,
+    UnreachableTargetError,
 )
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskSubmitted
 from taskplatform.messaging.publisher import MessagePublisher
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, OutboxStatus, TaskMessage, utcnow
+from taskplatform.models.target import TaskTarget
 from taskplatform.models.task import submission_fingerprint
 from taskplatform.outbox import PublishedMarker
 from taskplatform.storable import MAX_TAGS, Metadata, Tags, ensure_shallow, ensure_storable
@@ -37,6 +39,7 @@ from taskplatform.submission_bulk import (
     BulkSubmissionRefused,
     item_problems,
 )
+from taskplatform.targets import TargetPlanner
 from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class SubmitRequest(BaseModel):
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
     tags: Tags = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
+    #: Where the task runs: a worker node, or the workers carrying some labels (``models.target``).
+    target: TaskTarget | None = None
 
 
 class IdempotencyKeyReusedError(TaskPlatformError):
@@ -118,8 +123,10 @@ class TaskSubmitter:
         *,
         aggregator: StateAggregator | None = None,
         node_id: str | None = None,
+        targets: TargetPlanner | None = None,
     ) -> None:
         self._store = store
+        self._targets = targets
         self._registry = registry
         self._publisher = publisher
         self._marker = marker
@@ -158,6 +165,7 @@ class TaskSubmitter:
             tags=list(dict.fromkeys(request.tags)),
             metadata=request.metadata,
             parent_task_id=parent_task_id,
+            target=request.target,
             created_at=now,
             updated_at=now,
         )
@@ -198,7 +206,13 @@ class TaskSubmitter:
         return await self.submit_prepared(tasks)
 
     async def submit_prepared(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
-        """Store then publish documents built by :meth:`prepare`."""
+        """Store then publish documents built by :meth:`prepare`.
+
+        Aimed tasks are checked against the fleet registry first (UnreachableTargetError, nothing
+        stored) and a ``mode: each`` one becomes a parent with a child per worker
+        (``targets.TargetPlanner``): the parent is returned, its children published."""
+        if any(t.target is not None for t in tasks):
+            return await self._submit_aimed(tasks)
         if len(tasks) == 1 and tasks[0].idempotency_key is None:
             failure = await self._inserts.submit(tasks[0])
             if failure is not None:
@@ -207,6 +221,22 @@ class TaskSubmitter:
             await self._store.create_many(tasks)
         await self._announce(tasks)
         return await self._publish(tasks)
+
+    async def _submit_aimed(self, tasks: Sequence[BackgroundTask]) -> list[Submitted]:
+        if self._targets is None:
+            raise UnreachableTargetError(
+                [
+                    (i, "this process cannot aim tasks (no fleet registry)")
+                    for i, t in enumerate(tasks)
+                    if t.target
+                ]
+            )
+        plan = await self._targets.plan(tasks)
+        await self._store.create_many(plan.stored)
+        await self._announce(plan.stored)
+        published = {s.task.id: s.published for s in await self._publish(plan.published)}
+        stored = {t.id: t for t in plan.stored}  # a fan-out parent as stored: RUNNING, waiting
+        return [Submitted(stored[t.id], published=published.get(t.id, True)) for t in tasks]
 
     async def _insert_together(self, tasks: Sequence[BackgroundTask]) -> list[BaseException | None]:
         """Insert the tasks of concurrent single submissions in one write; what each caller gets
@@ -322,6 +352,13 @@ class TaskSubmitter:
             except DuplicateTaskError:  # a racing submission took one of the keys: look again
                 raced = True
                 continue
+            except UnreachableTargetError as exc:  # positions among ``pending``: the items' indexes
+                raise BulkSubmissionRefused(
+                    [
+                        BulkProblem(pending[p], "target_unreachable", message, {"loc": ["target"]})
+                        for p, message in exc.problems
+                    ]
+                ) from None
             results = dict(zip(pending, created, strict=True))
             for i, task in found.items():
                 results[i] = Submitted(task, task.outbox.status is OutboxStatus.PUBLISHED, created=False)

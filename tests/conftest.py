@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,11 @@ from tests.support.services import (
     require_rabbitmq,
 )
 from topology import build_topology
+
+# Every worker node declares a queue of its own, named by its (random) node id, which no sweep by
+# prefix can name: the broker deletes it once it has had no consumer for this long (the default
+# is a week). The worker processes the tests start inherit it.
+os.environ.setdefault("TASKPLATFORM_NODE_QUEUE_EXPIRES_SECONDS", "60")
 
 #: RabbitMQ nodes this session started for its disruptive tests (reported at the end).
 _OWN_NODES: list[RabbitNode] = []

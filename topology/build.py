@@ -114,6 +114,8 @@ def build_topology(
         delay_tiers=tiers,
         priority_levels=priority_levels,
         max_priority=max_priority,
+        prefix=prefix,
+        work_queue_arguments=work_args,
     )
 
 

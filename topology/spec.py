@@ -36,6 +36,17 @@ def level_routing_key(task_type: str, start: int) -> str:
     return task_type if start == 0 else f"{task_type}@p{start}"
 
 
+def node_queue_name(node_id: str, prefix: str = "") -> str:
+    """``tasks.node.<node id>``, with the prefix: the queue of the tasks aimed at a node."""
+    return f"{prefix}tasks.node.{node_id}"
+
+
+def node_routing_key(node_id: str) -> str:
+    """The routing key of a message aimed at worker node ``node_id`` (``@`` cannot begin a task
+    type's key, so it never meets a work queue's binding)."""
+    return f"@node:{node_id}"
+
+
 @dataclass(frozen=True)
 class ExchangeSpec:
     """An exchange to declare."""
@@ -132,6 +143,26 @@ class Topology:
     #: DLQ consumer publishes to it through the default exchange).
     parking_queue: str = ""
 
+    #: The prefix of every name, and the work queues' arguments (node queues take them too).
+    prefix: str = ""
+    work_queue_arguments: Mapping[str, Any] = field(default_factory=_frozen)
+
+    def node_queue(self, node_id: str, *, expires_seconds: float) -> QueueSpec:
+        """Worker node ``node_id``'s own queue: a quorum queue like the work queues (same
+        dead-lettering and delivery limit), holding the tasks aimed at that node; the broker
+        deletes it once it has had no consumer for ``expires_seconds`` (``x-expires``)."""
+        arguments = {**self.work_queue_arguments, "x-expires": max(1, int(expires_seconds * 1000))}
+        return QueueSpec(node_queue_name(node_id, self.prefix), arguments=_frozen(arguments))
+
+    def node_bindings(self, node_id: str) -> tuple[BindingSpec, ...]:
+        """What routes a node's messages to its queue: the work exchange, and in plugin mode the
+        delay exchange (in TTL mode the tiers dead-letter back to the work exchange)."""
+        queue, key = node_queue_name(node_id, self.prefix), node_routing_key(node_id)
+        bindings = [BindingSpec(self.work_exchange, queue, key)]
+        if self.delay_mode == "plugin":
+            bindings.append(BindingSpec(self.delay_exchange, queue, key))
+        return tuple(bindings)
+
     def level_of(self, priority: int) -> int:
         """The priority level (queue index) of ``priority`` (see :func:`priority_level`)."""
         return priority_level(priority, self.priority_levels, self.max_priority)
@@ -152,21 +183,26 @@ class Topology:
                 return wq
         return None
 
-    def delay_hop(self, task_type: str, remaining: float, priority: int = 0) -> DelayHop | None:
+    def delay_hop(
+        self, task_type: str, remaining: float, priority: int = 0, *, node: str | None = None
+    ) -> DelayHop | None:
         """Where to publish a message that must wait ``remaining`` seconds more.
 
         None when the wait is under ``DELIVER_EARLY_SECONDS`` (deliver now). TTL mode takes the
         longest tier that fits (the shortest when none does, overshooting by under half a
         second), so a long delay takes a few hops and each returning message is re-delayed by
         what is left; plugin mode waits the whole delay in one hop (``x-delay`` header). Either
-        way the message keeps its own routing key, which brings it back to its priority level.
+        way the message keeps its own routing key, which brings it back to its priority level
+        (or, aimed at ``node``, to that node's queue).
         """
         if remaining < DELIVER_EARLY_SECONDS:
             return None
-        routing_key = self.routing_key_for(task_type, priority)
+        routing_key = (
+            node_routing_key(node) if node is not None else self.routing_key_for(task_type, priority)
+        )
         if self.delay_mode == "plugin":
             return DelayHop(self.delay_exchange, routing_key, remaining)
-        if not self.delay_tiers or self.work_queue_for(task_type) is None:
+        if not self.delay_tiers or (node is None and self.work_queue_for(task_type) is None):
             return None
         fitting = [t for t in self.delay_tiers if t.seconds <= remaining]
         tier = fitting[-1] if fitting else self.delay_tiers[0]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from taskplatform.errors import InvalidInputError, StoreError, UnknownTaskTypeError
+from taskplatform.errors import InvalidInputError, StoreError, UnknownTaskTypeError, UnreachableTargetError
 from taskplatform.store.base import InvalidCursorError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownTaskTypeError)
     async def _unknown_type(_: Request, exc: UnknownTaskTypeError) -> JSONResponse:
         return error_response(422, "unknown_task_type", str(exc), [{"registered_task_types": exc.registered}])
+
+    @app.exception_handler(UnreachableTargetError)
+    async def _unreachable(_: Request, exc: UnreachableTargetError) -> JSONResponse:
+        details = [
+            {"loc": ["target"], "msg": message, "type": "target_unreachable"} for _, message in exc.problems
+        ]
+        return error_response(
+            422, "target_unreachable", f"the task cannot run where it is aimed: {exc}", details
+        )
 
     @app.exception_handler(ValidationError)
     async def _params_invalid(_: Request, exc: ValidationError) -> JSONResponse:

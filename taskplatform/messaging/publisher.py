@@ -19,7 +19,7 @@ from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.models.message import HEADER_DELAY, HEADER_NOT_BEFORE, TaskMessage
-from topology.spec import Topology
+from topology.spec import Topology, node_routing_key
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,13 @@ class TaskPublisher:
     ) -> None:
         """Publish ``message`` to the work exchange, routed by its task type and priority
         (``route_priority``, when given, picks the priority level's queue instead: the body
-        keeps the task's own priority)."""
+        keeps the task's own priority); a message aimed at a node goes to that node's queue."""
         priority = message.priority if route_priority is None else route_priority
         await self.publish_raw(
             self._topology.work_exchange,
-            self._topology.routing_key_for(message.task_type, priority),
+            node_routing_key(message.target_node)
+            if message.target_node is not None
+            else self._topology.routing_key_for(message.task_type, priority),
             encode(message, extra_headers=extra_headers),
             what=f"task {message.task_id}",
         )
@@ -152,7 +154,7 @@ class TaskPublisher:
         """
         remaining = (not_before - utcnow()).total_seconds()
         priority = message.priority if route_priority is None else route_priority
-        hop = self._topology.delay_hop(message.task_type, remaining, priority)
+        hop = self._topology.delay_hop(message.task_type, remaining, priority, node=message.target_node)
         if hop is None:
             await self.publish(
                 message,

@@ -60,6 +60,9 @@ class TaskMessage(BaseModel):
     #: The task's replay generation (``BackgroundTask.replays``): tells a dead message of an
     #: earlier life of the task from one of its current life.
     generation: int = Field(default=0, ge=0)
+    #: The worker node the task is aimed at (``BackgroundTask.target``): the message goes to that
+    #: node's queue, and so does every copy of it (retries, hand-backs, the outbox's).
+    target_node: str | None = None
 
     @classmethod
     def for_task(cls, task: BackgroundTask) -> TaskMessage:
@@ -74,6 +77,7 @@ class TaskMessage(BaseModel):
             priority=task.priority,
             submitted_at=task.created_at,
             generation=task.replays,
+            target_node=task.target.node if task.target is not None else None,
         )
 
     @property

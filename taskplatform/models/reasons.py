@@ -20,6 +20,8 @@ class DeadLetterReason(str, Enum):
     PERMANENT_FAILURE = "permanent-failure"
     ATTEMPTS_EXHAUSTED = "attempts-exhausted"
     LEASE_EXPIRED = "lease-expired"
+    # an aimed task whose worker node stayed offline past its target_timeout (taskplatform/targets.py)
+    TARGET_OFFLINE = "target-offline"
     # a message that cannot run (the worker's consumer and claims; the message codec)
     UNKNOWN_TASK_TYPE = "unknown-task-type"
     UNKNOWN_TASK = "unknown-task"

@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskplatform.models.status import TERMINAL, TaskStatus
+from taskplatform.models.target import TaskTarget
 
 JsonObject = dict[str, Any]
 
@@ -155,6 +156,8 @@ class BackgroundTask(BaseModel):
     awaiting_children: bool = False
     #: How often an operator replayed the task from the dead letters (its generation).
     replays: int = 0
+    #: Where the task may run (None: any worker serving its type); see ``models.target``.
+    target: TaskTarget | None = None
     outbox: OutboxState = Field(default_factory=OutboxState)
 
     @model_validator(mode="after")

@@ -248,6 +248,11 @@ class LostWorkers(StoreClock, Protocol):
         """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
 
     @abstractmethod
+    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+        """Tasks aimed at a node (``target.node``) that wait to run there (QUEUED or RETRYING),
+        oldest first: what the fleet sweep fails once their node stayed offline too long."""
+
+    @abstractmethod
     async def reap(
         self,
         task_id: str,

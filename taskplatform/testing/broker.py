@@ -38,8 +38,19 @@ class FakeChannel:
     async def set_qos(self, prefetch_count: int) -> None:
         self.prefetch_count = prefetch_count
 
-    async def declare_queue(self, name: str, *, passive: bool = False) -> FakeQueue:
-        return self.queues.setdefault(name, FakeQueue(name, self))
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> FakeQueue:
+        """The queue ``name`` (made on first declare; its arguments kept as first declared)."""
+        queue = self.queues.setdefault(name, FakeQueue(name, self))
+        if not passive and arguments is not None and not queue.arguments:
+            queue.arguments = dict(arguments)
+        return queue
 
     async def close(self) -> None:
         self.is_closed = True
@@ -243,6 +254,12 @@ class FakeQueue:
         self.name = name
         self.channel = channel
         self._callbacks: dict[str, Callable[[Any], Awaitable[None]]] = {}
+        self.arguments: dict[str, Any] = {}
+        #: (exchange, routing key) of every binding made.
+        self.bindings: list[tuple[str, str]] = []
+
+    async def bind(self, exchange: str, routing_key: str = "") -> None:
+        self.bindings.append((exchange, routing_key))
 
     async def consume(self, callback: Callable[[Any], Awaitable[None]], no_ack: bool = False) -> str:
         tag = f"ctag-{self.name}-{len(self._callbacks)}"

@@ -31,6 +31,7 @@ class WorkerConfig:
     progress_interval: float = 1.0
     priority_hold: float = 60.0
     rate_limit_hold: float = 1.0
+    node_queue_expires: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, *, dead_letter_exchange: str) -> WorkerConfig:
@@ -47,4 +48,5 @@ class WorkerConfig:
             progress_interval=settings.progress_interval_seconds,
             priority_hold=settings.priority_hold_seconds,
             rate_limit_hold=settings.rate_limit_hold_seconds,
+            node_queue_expires=settings.node_queue_expires_seconds,
         )

@@ -104,6 +104,25 @@ class TaskConsumer:
                 len(wq.queues),
                 self._config.prefetch,
             )
+        await self._consume_node_queue(self._channel)
+
+    async def _consume_node_queue(self, channel: AbstractChannel) -> None:
+        """Declare this worker node's own queue (tasks aimed at it), bind it and consume it.
+
+        Durable and quorum: what waits there while the worker is away is kept for it. Its
+        deliveries share the slots of their task type's queue group with untargeted work, at
+        their priority level (``_handle``).
+        """
+        spec = self._topology.node_queue(
+            self._config.node_id, expires_seconds=self._config.node_queue_expires
+        )
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+        for binding in self._topology.node_bindings(self._config.node_id):
+            await queue.bind(binding.exchange, routing_key=binding.routing_key)
+        callback = functools.partial(self._on_message, None, 0)
+        tag = await queue.consume(callback, no_ack=False)
+        self._consumers.append((queue, tag))
+        log.info("consuming %s (tasks aimed at node %s)", spec.name, self._config.node_id)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking new messages, give in-flight ones ``grace`` seconds, then close.
@@ -149,6 +168,12 @@ class TaskConsumer:
         """What rate limiting did in this worker (deliveries held, sent round, longest holds)."""
         return self._intake.rate_stats
 
+    def _gate_of(self, task_message: TaskMessage) -> tuple[PriorityGate, int]:
+        """The gate and priority level a delivery from the node queue waits at: its task type's
+        queue group (the first group when this worker's topology routes the type nowhere)."""
+        wq = self._topology.work_queue_for(task_message.task_type) or self._topology.work_queues[0]
+        return self._gates[wq.group], self._topology.level_of(task_message.priority)
+
     def _executable(self, task_type: str) -> BackgroundTaskExecutable[Any, Any]:
         instance = self._instances.get(task_type)
         if instance is None:
@@ -156,7 +181,9 @@ class TaskConsumer:
             self._instances[task_type] = instance
         return instance
 
-    async def _on_message(self, gate: PriorityGate, level: int, message: AbstractIncomingMessage) -> None:
+    async def _on_message(
+        self, gate: PriorityGate | None, level: int, message: AbstractIncomingMessage
+    ) -> None:
         # The delivery is handled on an asyncio task of our own, not on the callback's: the
         # channel cancels its callbacks when it closes (a connection blip), and an attempt must
         # outlive its channel — it runs on, its outcome is stored, and the broker's redelivery
@@ -172,7 +199,7 @@ class TaskConsumer:
         self.processed += 1
 
     async def _process(
-        self, message: AbstractIncomingMessage, gate: PriorityGate, level: int, received_at: datetime
+        self, message: AbstractIncomingMessage, gate: PriorityGate | None, level: int, received_at: datetime
     ) -> None:
         try:
             await self._handle(message, gate, level, received_at)
@@ -186,11 +213,13 @@ class TaskConsumer:
                 await self._settler.requeue(message)
 
     async def _handle(
-        self, message: AbstractIncomingMessage, gate: PriorityGate, level: int, received_at: datetime
+        self, message: AbstractIncomingMessage, gate: PriorityGate | None, level: int, received_at: datetime
     ) -> None:
         task_message = await self._intake.check(message)
         if task_message is None:
             return
+        if gate is None:  # from the node queue: the slots of the task type's group, at its level
+            gate, level = self._gate_of(task_message)
         await self._while_running_here(task_message)
         if not await self._intake.rate_slot(message, task_message, received_at):
             return

@@ -182,6 +182,12 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart
             counts[doc["status"]] = counts.get(doc["status"], 0) + 1
         return counts
 
+    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+        docs = (await self._reach()).tasks.values()
+        waiting = (d for d in docs if d["status"] in (TaskStatus.QUEUED, TaskStatus.RETRYING))
+        aimed = (d for d in waiting if (d.get("target") or {}).get("node") is not None)
+        return self._select(aimed, lambda d: d["created_at"], limit)
+
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         docs = (await self._reach()).tasks.values()
         running = (d for d in docs if d["status"] == TaskStatus.RUNNING and d["lease_until"] is not None)

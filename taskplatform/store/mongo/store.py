@@ -137,6 +137,9 @@ class MongoTaskStore(
         await coll.create_index([("parent_task_id", ASCENDING)], name="ix_parent")
         await coll.create_index([("tags", ASCENDING)], name="ix_tags")
         await coll.create_index(
+            [("target.node", ASCENDING), ("status", ASCENDING)], name="ix_target_node", sparse=True
+        )
+        await coll.create_index(
             [("created_at", ASCENDING)],
             name="ix_outbox_pending",
             partialFilterExpression={"outbox.status": OutboxStatus.PENDING.value},
@@ -306,6 +309,16 @@ class MongoTaskStore(
                 return_document=ReturnDocument.AFTER,
             )
         return self._to_task(doc) if doc is not None else None
+
+    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+        query = {
+            "target.node": {"$ne": None},
+            "status": {"$in": [TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]},
+        }
+        async with self._errors():
+            found = self.collection.find(query).sort([("created_at", ASCENDING)]).limit(limit)
+            docs = await found.to_list(None)
+        return [self._to_task(d) for d in docs]
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         query = {"status": TaskStatus.RUNNING.value, "lease_until": {"$ne": None, "$lt": before}}

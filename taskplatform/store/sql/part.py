@@ -63,12 +63,15 @@ class SqlPart(StoreClock, ABC):
         doc = task.model_dump(mode="python")
         row = {k: v for k, v in doc.items() if k in _COLUMNS}
         row["status"] = task.status.value
-        for name in ("error_info", "sub_task_status_summary"):
+        for name in ("error_info", "sub_task_status_summary", "target"):
             model = getattr(task, name)
             row[name] = model.model_dump(mode="json") if model is not None else None
         for name in OUTBOX_FIELDS:
             row[f"outbox_{name}"] = stored_value(doc["outbox"][name])
         row["idempotency_scope"] = idempotency_scope(task.user_id, task.idempotency_key)
+        row["target_key"] = (
+            f"node:{task.target.node}" if task.target is not None and task.target.node else None
+        )
         return row
 
     @staticmethod

@@ -97,6 +97,9 @@ tasks = Table(
     Column("last_event_id", String(64), nullable=True),
     Column("awaiting_children", Boolean, nullable=False, server_default=text("false")),
     Column("replays", Integer, nullable=False, server_default=text("0")),
+    #: Where the task may run (``TaskTarget``), and its node alone, for the sweep's query.
+    Column("target", json_type(), nullable=True),
+    Column("target_key", String(255), nullable=True),
     Column("outbox_status", String(16), nullable=False),
     Column("outbox_attempts", Integer, nullable=False, server_default=text("0")),
     Column("outbox_lease_until", UTCDateTime(), nullable=True),
@@ -109,6 +112,7 @@ tasks = Table(
     Index("ix_tasks_user_created", "user_id", "created_at"),
     Index("ix_tasks_parent", "parent_task_id"),
     Index("ix_tasks_completed", "completed_at"),  # retention: finished tasks past their time
+    Index("ix_tasks_target_key", "target_key", "status"),  # the fleet sweep: targeted tasks waiting
     Index("ux_tasks_idempotency", "idempotency_scope", unique=True),
     Index(
         "ix_tasks_outbox_pending",

@@ -438,6 +438,18 @@ class SqlTaskStore(
         )
         return await self._select(query)
 
+    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+        query = (
+            select(tasks_table)
+            .where(
+                tasks_table.c.target_key.is_not(None),
+                tasks_table.c.status.in_([TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]),
+            )
+            .order_by(tasks_table.c.created_at)
+            .limit(limit)
+        )
+        return await self._select(query)
+
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         query = (
             select(tasks_table)

@@ -1,0 +1,62 @@
+"""Where a task may run: one named worker node (``node``), or the workers carrying some labels.
+
+A node target routes the task to that worker's own queue (``tasks.node.<node id>``, declared by
+the worker when it starts; quorum, so nothing in it is lost when the worker restarts). While the
+node is offline the task waits in that queue; once the node has been offline for
+``target_timeout`` seconds (counted from its last heartbeat, or from the submission when that is
+later) the fleet sweep fails the task with ``target-offline``. A node target needs a node id that
+survives a restart (``TASKPLATFORM_NODE_ID``), or the worker comes back as another node.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from taskplatform.models.labels import Labels
+
+#: How long a targeted task waits for its offline target at most (and by default).
+MAX_TARGET_TIMEOUT_SECONDS = 86_400.0
+DEFAULT_TARGET_TIMEOUT_SECONDS = 300.0
+#: A node id as a target: what a queue name can carry after its prefix (255 bytes in all).
+NODE_ID_MAX = 200
+
+
+class TaskTarget(BaseModel):
+    """``{"node": "db-1"}`` runs the task on that worker node only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    node: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=NODE_ID_MAX,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The worker node (its node id, as `GET /api/v1/workers` lists it) that runs the task.",
+    )
+    labels: Labels | None = Field(
+        default=None,
+        description="The labels every worker that runs it carries (with `mode`).",
+    )
+    mode: Literal["any", "each"] = Field(
+        default="any",
+        description="With `labels`: `each` runs the task once on every online worker carrying them "
+        "(one child task per worker); `any` on one of them.",
+    )
+    target_timeout: float = Field(
+        default=DEFAULT_TARGET_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_TARGET_TIMEOUT_SECONDS,
+        description="Seconds the task waits for an offline target before it fails with `target-offline`.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TaskTarget:
+        if (self.node is None) == (self.labels is None):
+            raise ValueError("name either a node or labels, not both and not neither")
+        if self.labels is not None and not self.labels:
+            raise ValueError("labels: name at least one label")
+        if self.node is not None and self.mode != "any":
+            raise ValueError("mode 'each' needs labels: a node target runs on that node")
+        return self

@@ -1,0 +1,273 @@
+"""Aimed tasks at submission: check that their target can run them, and fan ``mode: each`` out.
+
+A task aimed at a node (``{"node": "db-1"}``) is accepted when that node has registered (in any
+state: an offline node's queue keeps the task for it, up to ``target_timeout``) and serves the
+task's type; it then goes to the node's queue (``TaskMessage.target_node``).
+
+A task aimed at labels with ``mode: each`` becomes a parent and one child per worker that is
+online now, carries the labels and serves the type; each child is aimed at its worker's node
+and has the parent's type and parameters. The parent runs nowhere itself: it is stored RUNNING,
+waiting for its children (the sub-task machinery rolls it up: COMPLETED, or
+COMPLETED_WITH_ERRORS naming each failed child, and a cancel cascades to the children).
+Child ids are derived from the parent's id and the node, so each node appears once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from taskplatform.deadletters.capture import dead_letter_of_task
+from taskplatform.errors import StoreError, UnreachableTargetError
+from taskplatform.events.bus import EventBus
+from taskplatform.events.models import Origin, TaskDeadLettered
+from taskplatform.models import (
+    BackgroundTask,
+    DeadLetter,
+    ErrorInfo,
+    OutboxState,
+    OutboxStatus,
+    TaskStatus,
+    utcnow,
+)
+from taskplatform.models.reasons import DeadLetterReason
+from taskplatform.models.target import TaskTarget
+from taskplatform.models.worker import WorkerRecord
+from taskplatform.store.workers import WorkerFilter, WorkerPage
+
+log = logging.getLogger(__name__)
+
+#: The most workers one ``mode: each`` fans out to (one request's children).
+MAX_FAN_OUT = 1000
+_CHILD_NAMESPACE = uuid.UUID("8c1f4d6e-3b0a-4f6e-9a51-2d7c0b9e4a11")
+
+
+class WorkerLookup(Protocol):
+    async def get_worker(self, node_id: str) -> WorkerRecord | None: ...
+
+    async def list_workers(
+        self, filters: WorkerFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> WorkerPage: ...
+
+
+@dataclass
+class Plan:
+    """What to store and what to publish for tasks submitted together (a fan-out's parent is
+    stored, not published; its children are both)."""
+
+    stored: list[BackgroundTask] = field(default_factory=list)
+    published: list[BackgroundTask] = field(default_factory=list)
+
+
+def child_id(parent_id: str, node_id: str) -> str:
+    """The id of a fan-out parent's child on ``node_id``: the same for the same pair."""
+    return str(uuid.uuid5(_CHILD_NAMESPACE, f"{parent_id}\x00{node_id}"))
+
+
+class TargetPlanner:
+    """Checks aimed tasks against the fleet registry and expands fan-outs (see the module)."""
+
+    def __init__(self, store: WorkerLookup) -> None:
+        self._store = store
+
+    async def plan(self, tasks: Sequence[BackgroundTask]) -> Plan:
+        """The plan for ``tasks``; UnreachableTargetError naming every task at fault (by
+        position) when any cannot run where it is aimed."""
+        plan = Plan()
+        problems: list[tuple[int, str]] = []
+        nodes: dict[str, WorkerRecord | None] = {}
+        for position, task in enumerate(tasks):
+            target = task.target
+            if target is None:
+                plan.stored.append(task)
+                plan.published.append(task)
+                continue
+            if target.node is not None:
+                if target.node not in nodes:
+                    nodes[target.node] = await self._store.get_worker(target.node)
+                problem = _node_problem(task, target.node, nodes[target.node])
+                if problem is not None:
+                    problems.append((position, problem))
+                    continue
+                plan.stored.append(task)
+                plan.published.append(task)
+                continue
+            assert target.labels is not None  # the model allows nodes or labels
+            if target.mode != "each":
+                problems.append((position, _ANY_LABELS))
+                continue
+            workers = await self._online_with(target, task.task_type)
+            if not workers:
+                problems.append((position, _no_workers(task, target)))
+                continue
+            if len(workers) > MAX_FAN_OUT:
+                problems.append(
+                    (
+                        position,
+                        f"labels {_shown(target)} match {len(workers)} workers, more than {MAX_FAN_OUT}",
+                    )
+                )
+                continue
+            parent, children = fan_out(task, workers)
+            plan.stored.extend([parent, *children])
+            plan.published.extend(children)
+        if problems:
+            raise UnreachableTargetError(problems)
+        return plan
+
+    async def _online_with(self, target: TaskTarget, task_type: str) -> list[WorkerRecord]:
+        """Every online worker carrying ``target``'s labels and serving ``task_type``."""
+        found: list[WorkerRecord] = []
+        cursor: str | None = None
+        filters = WorkerFilter(online=True, labels=dict(target.labels or {}))
+        while True:
+            page = await self._store.list_workers(filters, limit=500, cursor=cursor)
+            found.extend(w for w in page.items if task_type in w.task_types)
+            cursor = page.next_cursor
+            if cursor is None or len(found) > MAX_FAN_OUT:
+                return found
+
+
+_ANY_LABELS = (
+    "labels with mode 'any' are not routed yet: aim the task at a node, or use mode 'each' to run it "
+    "on every worker carrying the labels"
+)
+
+
+def _shown(target: TaskTarget) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((target.labels or {}).items()))
+
+
+def _no_workers(task: BackgroundTask, target: TaskTarget) -> str:
+    return f"no online worker carries labels {_shown(target)} and serves {task.task_type!r}"
+
+
+def _node_problem(task: BackgroundTask, node: str, record: WorkerRecord | None) -> str | None:
+    if record is None:
+        return f"no worker node {node!r} has registered: `GET /api/v1/workers` lists the nodes"
+    if task.task_type not in record.task_types:
+        serves = ", ".join(record.task_types) or "nothing"
+        return f"worker node {node!r} does not serve {task.task_type!r} (it serves: {serves})"
+    return None
+
+
+def fan_out(
+    task: BackgroundTask, workers: Sequence[WorkerRecord]
+) -> tuple[BackgroundTask, list[BackgroundTask]]:
+    """``task`` as a fan-out parent waiting for its children, and a child on each worker."""
+    assert task.target is not None
+    timeout = task.target.target_timeout
+    now = utcnow()
+    parent = task.model_copy(
+        update={
+            "status": TaskStatus.RUNNING,
+            "awaiting_children": True,
+            "started_at": now,
+            "outbox": OutboxState(status=OutboxStatus.PUBLISHED, published_at=now),
+        }
+    )
+    children = [
+        BackgroundTask(
+            id=child_id(task.id, worker.node_id),
+            task_type=task.task_type,
+            user_id=task.user_id,
+            parameters=task.parameters,
+            priority=task.priority,
+            tags=task.tags,
+            metadata=task.metadata,
+            parent_task_id=task.id,
+            target=TaskTarget(node=worker.node_id, target_timeout=timeout),
+            created_at=now,
+            updated_at=now,
+        )
+        for worker in sorted(workers, key=lambda w: w.node_id)
+    ]
+    return parent, children
+
+
+class ExpiryStore(WorkerLookup, Protocol):
+    def now(self) -> datetime: ...
+
+    async def list_aimed_waiting(self, *, limit: int) -> list[BackgroundTask]: ...
+
+    async def upsert_dead_letter(self, record: DeadLetter) -> object: ...
+
+
+class TargetExpiry:
+    """Fails the aimed tasks whose node stayed offline past their ``target_timeout``.
+
+    Run by every process with the reaper, after the fleet sweep. A waiting task (QUEUED, or
+    RETRYING after its node vanished mid-attempt) is due once its node has been absent for
+    ``target_timeout`` seconds, counted from the later of the node's last heartbeat and the
+    task's last change (its submission, its retry). It is dead-lettered with reason
+    ``target-offline`` (a dead-letter record, so operators list and replay it once the node is
+    back) through the event bus: the store's guard leaves a task the node claimed meanwhile
+    alone. Its message, still in the node's queue, is skipped when the node returns.
+    """
+
+    def __init__(self, store: ExpiryStore, bus: EventBus, *, node_id: str, batch: int = 200) -> None:
+        self._store = store
+        self._bus = bus
+        self._node_id = node_id
+        self._batch = batch
+        self.expired = 0
+
+    async def expire(self) -> int:
+        """One pass; how many tasks it dead-lettered."""
+        now = self._store.now()
+        nodes: dict[str, WorkerRecord | None] = {}
+        done = 0
+        for task in await self._store.list_aimed_waiting(limit=self._batch):
+            assert task.target is not None and task.target.node is not None  # what the query finds
+            node = task.target.node
+            if node not in nodes:
+                nodes[node] = await self._store.get_worker(node)
+            record = nodes[node]
+            if record is not None and record.online_at(now):
+                continue
+            since = max(task.updated_at, record.last_seen_at) if record is not None else task.updated_at
+            waited = (now - since).total_seconds()
+            if waited < task.target.target_timeout:
+                continue
+            if await self._dead_letter(task, record, waited):
+                done += 1
+        self.expired += done
+        return done
+
+    async def _dead_letter(self, task: BackgroundTask, record: WorkerRecord | None, waited: float) -> bool:
+        assert task.target is not None
+        gone = f"offline since its last heartbeat at {record.last_seen_at.isoformat()}" if record else "gone"
+        error = ErrorInfo(
+            type="TargetOffline",
+            message=(
+                f"worker node {task.target.node!r} is {gone}: the task waited {waited:.0f}s for it "
+                f"(target_timeout {task.target.target_timeout:g}s); replay it once the node is back"
+            ),
+            attempt=task.retry_count,
+            node_id=self._node_id,
+            reason=DeadLetterReason.TARGET_OFFLINE,
+        )
+        event = TaskDeadLettered(
+            task_id=task.id,
+            task_type=task.task_type,
+            origin=Origin.REAPER,
+            attempt=task.retry_count,
+            node_id=self._node_id,
+            reason=DeadLetterReason.TARGET_OFFLINE.value,
+            error=error,
+        )
+        delivery = await self._bus.publish(event, task)
+        if not delivery.accepted or delivery.task is None:
+            return False  # the node took it meanwhile, or someone else settled it
+        log.warning("task %s dead-lettered: %s", task.id, error.message)
+        try:
+            await self._store.upsert_dead_letter(
+                dead_letter_of_task(delivery.task, reason=DeadLetterReason.TARGET_OFFLINE, error=error)
+            )
+        except StoreError:
+            log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)
+        return True
