@@ -82,3 +82,7 @@ async def schema_at(url: str, revision: str) -> AsyncIterator[AsyncEngine]:
         yield old.engine
     finally:
         await old.close()
+
+
+#: The newest migration: what a store opened on any older schema upgrades to.
+MIGRATIONS_HEAD = "0009"

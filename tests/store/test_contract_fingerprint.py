@@ -13,7 +13,7 @@ from taskplatform.models.task import idempotency_scope, submission_fingerprint
 from taskplatform.store import BaseTaskStore
 from taskplatform.store.sql import SqlTaskStore
 from taskplatform.store.sql.migrate import alembic_config, current_revision
-from tests.store.helpers import make_task, schema_at, sql_url
+from tests.store.helpers import MIGRATIONS_HEAD, make_task, schema_at, sql_url
 
 
 async def test_the_fingerprint_is_kept_with_the_task(store: BaseTaskStore) -> None:
@@ -72,7 +72,7 @@ async def test_upgrading_from_0006_leaves_keyed_tasks_without_a_fingerprint(
     store = SqlTaskStore(url)
     await store.open()
     try:
-        assert await current_revision(store.engine) == "0008"
+        assert await current_revision(store.engine) == MIGRATIONS_HEAD
         found = await store.find_by_idempotency_key("u1", "order-1")
         assert found is not None and found.id == row.id and found.idempotency_fingerprint is None
         fresh = make_task(user_id="u1", idempotency_key="order-2", idempotency_fingerprint="a" * 64)

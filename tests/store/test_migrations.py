@@ -15,14 +15,15 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, bindparam, inspect, text
 
 from taskplatform.models import TaskStatus, utcnow
+from taskplatform.models.target import TaskTarget
 from taskplatform.models.worker import WorkerRecord, WorkerState
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.store.sql import SqlTaskStore
 from taskplatform.store.sql.migrate import alembic_config, current_revision
 from taskplatform.store.sql.schema import UTCDateTime, metadata
-from tests.store.helpers import make_dead_letter, make_task, schema_at, sql_url
+from tests.store.helpers import MIGRATIONS_HEAD, make_dead_letter, make_task, schema_at, sql_url
 
-HEAD = "0008"
+HEAD = MIGRATIONS_HEAD
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -189,6 +190,45 @@ async def test_0008_adds_the_workers_table_beside_the_tasks_and_its_downgrade_dr
         async with store.engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert "workers" not in tables and "tasks" in tables
-        assert await store.get(task.id) is not None
+        async with store.engine.connect() as conn:  # the tasks stay (read raw: the schema is older)
+            kept = (await conn.execute(text("SELECT id FROM tasks"))).scalars().all()
+        assert kept == [task.id]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_0009_adds_task_targets_old_tasks_have_none_and_its_downgrade_drops_them(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = sql_url(backend, tmp_path, request, "old8")
+    old = make_task()
+    async with schema_at(url, "0008") as engine:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (id, task_type, status, parameters, created_at, updated_at, tags,"
+                    " outbox_status) VALUES (:id, 'generate_summary', 'QUEUED', '{}',"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00', '[]', 'published')"
+                ),
+                {"id": old.id},
+            )
+    store = SqlTaskStore(url)
+    await store.open()
+    try:
+        assert await current_revision(store.engine) == HEAD
+        found = await store.get(old.id)
+        assert found is not None and found.target is None
+        aimed = make_task(target=TaskTarget(node="db-1", target_timeout=5.0))
+        await store.create(aimed)
+        assert [t.id for t in await store.list_aimed_waiting(limit=10)] == [aimed.id]
+        got = await store.get(aimed.id)
+        assert got is not None and got.target == aimed.target
+        async with store.engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0008"))
+        async with store.engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("tasks")})
+            kept = set((await conn.execute(text("SELECT id FROM tasks"))).scalars().all())
+        assert not {"target", "target_key"} & columns and kept == {old.id, aimed.id}
     finally:
         await store.close()

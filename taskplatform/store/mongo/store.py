@@ -312,7 +312,7 @@ class MongoTaskStore(
 
     async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
         query = {
-            "target.node": {"$ne": None},
+            "target.node": {"$type": "string"},  # (null and missing are not strings)
             "status": {"$in": [TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]},
         }
         async with self._errors():

@@ -1,0 +1,48 @@
+"""Aimed tasks in the store, on every backend: the target round-trips, and the fleet sweep's
+query finds exactly the tasks aimed at a node that still wait to run there, oldest first."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from taskplatform.models import ErrorInfo, TaskStatus, utcnow
+from taskplatform.models.target import TaskTarget
+from taskplatform.store import BaseTaskStore
+from tests.store.helpers import make_task
+
+
+async def test_a_target_is_stored_and_read_back_whole(store: BaseTaskStore) -> None:
+    node = make_task(target=TaskTarget(node="db-1", target_timeout=12.5))
+    labels = make_task(target=TaskTarget(labels={"role": "db", "zone": "b"}, mode="each"))
+    plain = make_task()
+    await store.create_many([node, labels, plain])
+    for task in (node, labels, plain):
+        got = await store.get(task.id)
+        assert got is not None and got.target == task.target
+
+
+async def test_the_sweep_finds_the_tasks_aimed_at_nodes_that_still_wait_oldest_first(
+    store: BaseTaskStore,
+) -> None:
+    now = utcnow()
+    older = make_task(target=TaskTarget(node="db-1"), created_at=now - timedelta(seconds=30))
+    newer = make_task(target=TaskTarget(node="db-2"), created_at=now - timedelta(seconds=10))
+    running = make_task(target=TaskTarget(node="db-1"), created_at=now - timedelta(seconds=40))
+    retrying = make_task(target=TaskTarget(node="db-3"), created_at=now - timedelta(seconds=20))
+    finished = make_task(target=TaskTarget(node="db-1"), created_at=now - timedelta(seconds=50))
+    fan_out = make_task(target=TaskTarget(labels={"role": "db"}, mode="each"))
+    untargeted = make_task(created_at=now - timedelta(seconds=60))
+    await store.create_many([older, newer, running, retrying, finished, fan_out, untargeted])
+    lease = store.now() + timedelta(seconds=60)
+    for task in (running, retrying, finished):
+        assert await store.try_set_running(task.id, attempt=0, node_id="db-1", lease_until=lease)
+    error = ErrorInfo(type="E", message="again")
+    soon = utcnow() + timedelta(seconds=5)
+    assert await store.record_retry(
+        retrying.id, attempt=0, node_id="db-1", error=error, next_attempt_at=soon, outbox_hold_until=soon
+    )
+    assert await store.record_completion(finished.id, attempt=0, node_id="db-1", result={})
+    found = await store.list_aimed_waiting(limit=10)
+    assert [t.id for t in found] == [older.id, retrying.id, newer.id]
+    assert {t.status for t in found} == {TaskStatus.QUEUED, TaskStatus.RETRYING}
+    assert [t.id for t in await store.list_aimed_waiting(limit=1)] == [older.id]
