@@ -23,6 +23,8 @@ from taskplatform.client_operator import WorkerInfo as WorkerInfo
 from taskplatform.client_operator import WorkerListing as WorkerListing
 from taskplatform.errors import TaskPlatformError
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
+from taskplatform.models.target import TaskTarget
+from taskplatform.store.types import TaskPage
 from taskplatform.tasks.executable import BackgroundTaskExecutable
 
 if TYPE_CHECKING:
@@ -233,11 +235,15 @@ class TaskPlatformClient(OperatorCalls):
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        target: TaskTarget | Mapping[str, Any] | None = None,
     ) -> str:
         """Submit a task; returns its id. ``task_type`` may be the executable class.
 
         With ``idempotency_key``, submitting again with the same key (and user) returns the
-        first task's id instead of creating another: safe to retry after a timeout.
+        first task's id instead of creating another: safe to retry after a timeout. ``target``
+        aims it at a worker node (``{"node": "db-1"}``) or, with ``mode: each``, at every online
+        worker carrying some labels (the id is then the parent's; ``list_children`` shows each
+        host's child).
         """
         type_name = task_type if isinstance(task_type, str) else task_type.task_type
         params = parameters.model_dump(mode="json") if isinstance(parameters, BaseModel) else parameters
@@ -250,6 +256,9 @@ class TaskPlatformClient(OperatorCalls):
         }
         if user_id is not None:
             body["user_id"] = user_id
+        if target is not None:
+            aimed = target if isinstance(target, TaskTarget) else TaskTarget.model_validate(dict(target))
+            body["target"] = aimed.model_dump(mode="json", exclude_none=True)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         data = await self._request("POST", "/api/v1/tasks", json=body, headers=headers)
         return str(data["task_id"])
@@ -310,6 +319,24 @@ class TaskPlatformClient(OperatorCalls):
 
     async def get(self, task_id: str) -> BackgroundTask:
         return BackgroundTask.model_validate(await self._request("GET", f"/api/v1/tasks/{task_id}"))
+
+    async def list_children(
+        self,
+        task_id: str,
+        *,
+        node: str | None = None,
+        status: TaskStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """One page of a parent's children, newest first; ``node``: only those aimed at or run on
+        that worker node (a fan-out's host)."""
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (("node", node), ("status", status), ("cursor", cursor)):
+            if value is not None:
+                params[name] = str(value)
+        data = await self._request("GET", f"/api/v1/tasks/{task_id}/children", params=params)
+        return TaskPage.model_validate(data)
 
     async def update(
         self,

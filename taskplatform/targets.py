@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: The most workers one ``mode: each`` fans out to (one request's children).
 MAX_FAN_OUT = 1000
+#: Workers read per registry page while looking for a fan-out's.
+WORKER_PAGE = 500
 _CHILD_NAMESPACE = uuid.UUID("8c1f4d6e-3b0a-4f6e-9a51-2d7c0b9e4a11")
 
 
@@ -125,7 +127,7 @@ class TargetPlanner:
         cursor: str | None = None
         filters = WorkerFilter(online=True, labels=dict(target.labels or {}))
         while True:
-            page = await self._store.list_workers(filters, limit=500, cursor=cursor)
+            page = await self._store.list_workers(filters, limit=WORKER_PAGE, cursor=cursor)
             found.extend(w for w in page.items if task_type in w.task_types)
             cursor = page.next_cursor
             if cursor is None or len(found) > MAX_FAN_OUT:

@@ -221,16 +221,26 @@ async def list_children(
     commands: CommandsDep,
     principal: SubmitterDep,
     status: TaskStatus | None = None,
+    node: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=NO_NUL,
+            description="Only the children aimed at this worker node or run on it (a fan-out's host)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     view: ViewQuery = "full",
 ) -> Response:
-    """The children of a parent task (``sub_task_status_summary`` on the parent counts them)."""
+    """The children of a parent task (``sub_task_status_summary`` on the parent counts them);
+    ``node`` keeps those aimed at or run on one worker node (a ``mode: each`` fan-out's host)."""
     with command_answers():
         parent = await commands.find(task_id, principal)
     # Children inherit their parent's user id; filtering by it as well keeps that an invariant.
     owner = None if principal.can_see_all else parent.user_id
-    filters = TaskFilter(parent_task_id=task_id, status=status, user_id=owner)
+    filters = TaskFilter(parent_task_id=task_id, status=status, user_id=owner, node=node)
     return await task_page(runtime, principal, filters, limit, cursor, view)
 
 

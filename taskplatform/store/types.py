@@ -27,6 +27,8 @@ class TaskFilter(BaseModel):
     parent_task_id: str | None = None
     priority: int | None = None
     tags: tuple[str, ...] = ()
+    #: Aimed at this worker node (``target.node``), or run there (``execution_node_id``).
+    node: str | None = None
 
 
 #: The TaskFilter fields matched by equality with the document field of the same name.

@@ -8,6 +8,7 @@ from datetime import timedelta
 from taskplatform.models import ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.target import TaskTarget
 from taskplatform.store import BaseTaskStore
+from taskplatform.store.types import TaskFilter
 from tests.store.helpers import make_task
 
 
@@ -46,3 +47,31 @@ async def test_the_sweep_finds_the_tasks_aimed_at_nodes_that_still_wait_oldest_f
     assert [t.id for t in found] == [older.id, retrying.id, newer.id]
     assert {t.status for t in found} == {TaskStatus.QUEUED, TaskStatus.RETRYING}
     assert [t.id for t in await store.list_aimed_waiting(limit=1)] == [older.id]
+
+
+async def test_a_listing_by_node_finds_what_was_aimed_at_it_or_ran_there_page_by_page(
+    store: BaseTaskStore,
+) -> None:
+    now = utcnow()
+    parent = make_task()
+    aimed = [
+        make_task(
+            parent_task_id=parent.id, target=TaskTarget(node="db-1"), created_at=now - timedelta(seconds=s)
+        )
+        for s in (1, 2, 3)
+    ]
+    ran = make_task(parent_task_id=parent.id, created_at=now - timedelta(seconds=4))
+    elsewhere = make_task(parent_task_id=parent.id, target=TaskTarget(node="db-2"))
+    await store.create_many([parent, *aimed, ran, elsewhere])
+    lease = store.now() + timedelta(seconds=60)
+    assert await store.try_set_running(ran.id, attempt=0, node_id="db-1", lease_until=lease)
+    first = await store.list(TaskFilter(parent_task_id=parent.id, node="db-1"), limit=2)
+    assert first.next_cursor is not None
+    second = await store.list(
+        TaskFilter(parent_task_id=parent.id, node="db-1"), limit=2, cursor=first.next_cursor
+    )
+    assert [t.id for t in first.items + second.items] == [*(t.id for t in aimed), ran.id]
+    assert second.next_cursor is None
+    others = await store.list(TaskFilter(node="db-2"))
+    assert [t.id for t in others.items] == [elsewhere.id]
+    assert (await store.list(TaskFilter(node="db-3"))).items == []

@@ -75,6 +75,11 @@ def _matches(doc: Document, filters: TaskFilter) -> bool:
         return False
     if any((v := getattr(filters, n)) is not None and doc.get(n) != v for n in EQUALITY_FILTERS):
         return False
+    if filters.node is not None and filters.node not in (
+        (doc.get("target") or {}).get("node"),
+        doc.get("execution_node_id"),
+    ):
+        return False
     return all(tag in doc["tags"] for tag in filters.tags)
 
 

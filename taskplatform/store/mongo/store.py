@@ -247,6 +247,8 @@ class MongoTaskStore(
                 query[name] = value
         if filters.tags:
             query["tags"] = {"$all": list(filters.tags)}
+        if filters.node is not None:  # under $and: a cursor adds an $or of its own
+            query["$and"] = [{"$or": [{"target.node": filters.node}, {"execution_node_id": filters.node}]}]
         return query
 
     async def list(

@@ -312,6 +312,13 @@ class SqlTaskStore(
             if value is not None:
                 clauses.append(tasks_table.c[name] == value)
         clauses.extend(self._tag_clause(tag) for tag in filters.tags)
+        if filters.node is not None:
+            clauses.append(
+                or_(
+                    tasks_table.c.target_key == f"node:{filters.node}",
+                    tasks_table.c.execution_node_id == filters.node,
+                )
+            )
         return clauses
 
     async def list(
