@@ -249,6 +249,7 @@ class Runtime:
             attempts=settings.publish_retry_attempts,
             max_in_flight=settings.publish_max_in_flight,
             metrics=self.metrics,
+            route_queue_expires=settings.node_queue_expires_seconds,
         )
         #: Executables' ``rate_limits`` (workers) and submissions per user (the API).
         self.task_rate_limiter = create_rate_limiter(settings.rate_limit_backend, self.store)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -99,10 +99,14 @@ class TargetPlanner:
                 plan.published.append(task)
                 continue
             assert target.labels is not None  # the model allows nodes or labels
-            if target.mode != "each":
-                problems.append((position, _ANY_LABELS))
+            if target.mode == "any":
+                if not await self._workers_with(target, task.task_type, online=None, most=1):
+                    problems.append((position, _no_workers(task, target, registered=True)))
+                    continue
+                plan.stored.append(task)
+                plan.published.append(task)
                 continue
-            workers = await self._online_with(target, task.task_type)
+            workers = await self._workers_with(target, task.task_type, online=True, most=MAX_FAN_OUT + 1)
             if not workers:
                 problems.append((position, _no_workers(task, target)))
                 continue
@@ -121,31 +125,37 @@ class TargetPlanner:
             raise UnreachableTargetError(problems)
         return plan
 
-    async def _online_with(self, target: TaskTarget, task_type: str) -> list[WorkerRecord]:
-        """Every online worker carrying ``target``'s labels and serving ``task_type``."""
-        found: list[WorkerRecord] = []
-        cursor: str | None = None
-        filters = WorkerFilter(online=True, labels=dict(target.labels or {}))
-        while True:
-            page = await self._store.list_workers(filters, limit=WORKER_PAGE, cursor=cursor)
-            found.extend(w for w in page.items if task_type in w.task_types)
-            cursor = page.next_cursor
-            if cursor is None or len(found) > MAX_FAN_OUT:
-                return found
+    async def _workers_with(
+        self, target: TaskTarget, task_type: str, *, online: bool | None, most: int
+    ) -> list[WorkerRecord]:
+        """Workers carrying ``target``'s labels and serving ``task_type`` (online ones only, or
+        any registered with ``online=None``), up to about ``most``."""
+        return await workers_with(self._store, target.labels or {}, task_type, online=online, most=most)
 
 
-_ANY_LABELS = (
-    "labels with mode 'any' are not routed yet: aim the task at a node, or use mode 'each' to run it "
-    "on every worker carrying the labels"
-)
+async def workers_with(
+    store: WorkerLookup, labels: Mapping[str, str], task_type: str, *, online: bool | None, most: int
+) -> list[WorkerRecord]:
+    """The registry's workers carrying ``labels`` and serving ``task_type`` (``online``: only
+    those present, or absent; None: any), read page by page until ``most`` are found."""
+    found: list[WorkerRecord] = []
+    cursor: str | None = None
+    filters = WorkerFilter(online=online, labels=dict(labels))
+    while True:
+        page = await store.list_workers(filters, limit=WORKER_PAGE, cursor=cursor)
+        found.extend(w for w in page.items if task_type in w.task_types)
+        cursor = page.next_cursor
+        if cursor is None or len(found) >= most:
+            return found
 
 
 def _shown(target: TaskTarget) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted((target.labels or {}).items()))
 
 
-def _no_workers(task: BackgroundTask, target: TaskTarget) -> str:
-    return f"no online worker carries labels {_shown(target)} and serves {task.task_type!r}"
+def _no_workers(task: BackgroundTask, target: TaskTarget, *, registered: bool = False) -> str:
+    which = "registered" if registered else "online"
+    return f"no {which} worker carries labels {_shown(target)} and serves {task.task_type!r}"
 
 
 def _node_problem(task: BackgroundTask, node: str, record: WorkerRecord | None) -> str | None:
@@ -221,34 +231,50 @@ class TargetExpiry:
     async def expire(self) -> int:
         """One pass; how many tasks it dead-lettered."""
         now = self._store.now()
-        nodes: dict[str, WorkerRecord | None] = {}
+        found: dict[tuple[str, ...], list[WorkerRecord]] = {}
         done = 0
         for task in await self._store.list_aimed_waiting(limit=self._batch):
-            assert task.target is not None and task.target.node is not None  # what the query finds
-            node = task.target.node
-            if node not in nodes:
-                nodes[node] = await self._store.get_worker(node)
-            record = nodes[node]
-            if record is not None and record.online_at(now):
+            target = task.target
+            assert target is not None  # what the query finds
+            key, where = self._where(task.task_type, target)
+            if key not in found:
+                found[key] = await self._candidates(task.task_type, target)
+            records = found[key]
+            if any(r.online_at(now) for r in records):
                 continue
-            since = max(task.updated_at, record.last_seen_at) if record is not None else task.updated_at
+            last_seen = max((r.last_seen_at for r in records), default=None)
+            since = max(task.updated_at, last_seen) if last_seen is not None else task.updated_at
             waited = (now - since).total_seconds()
-            if waited < task.target.target_timeout:
+            if waited < target.target_timeout:
                 continue
-            if await self._dead_letter(task, record, waited):
+            gone = f"offline since {last_seen.isoformat()}" if last_seen is not None else "gone"
+            why = (
+                f"{where} is {gone}: the task waited {waited:.0f}s for it (target_timeout "
+                f"{target.target_timeout:g}s); replay it once it is back"
+            )
+            if await self._dead_letter(task, why):
                 done += 1
         self.expired += done
         return done
 
-    async def _dead_letter(self, task: BackgroundTask, record: WorkerRecord | None, waited: float) -> bool:
-        assert task.target is not None
-        gone = f"offline since its last heartbeat at {record.last_seen_at.isoformat()}" if record else "gone"
+    @staticmethod
+    def _where(task_type: str, target: TaskTarget) -> tuple[tuple[str, ...], str]:
+        if target.node is not None:
+            return ("node", target.node), f"worker node {target.node!r}"
+        shown = _shown(target)
+        return ("labels", task_type, shown), f"every worker carrying labels {shown} and serving {task_type!r}"
+
+    async def _candidates(self, task_type: str, target: TaskTarget) -> list[WorkerRecord]:
+        """The workers the task may run on, whatever their state."""
+        if target.node is not None:
+            record = await self._store.get_worker(target.node)
+            return [record] if record is not None else []
+        return await workers_with(self._store, target.labels or {}, task_type, online=None, most=WORKER_PAGE)
+
+    async def _dead_letter(self, task: BackgroundTask, why: str) -> bool:
         error = ErrorInfo(
             type="TargetOffline",
-            message=(
-                f"worker node {task.target.node!r} is {gone}: the task waited {waited:.0f}s for it "
-                f"(target_timeout {task.target.target_timeout:g}s); replay it once the node is back"
-            ),
+            message=why,
             attempt=task.retry_count,
             node_id=self._node_id,
             reason=DeadLetterReason.TARGET_OFFLINE,

@@ -41,6 +41,9 @@ DEAD_LETTER_QUEUE = "tasks.dlq.queue"
 #: default exchange; operators move it back with ``taskplatform dlq unpark``).
 PARKING_QUEUE = "tasks.dlq.parking"
 EVENTS_EXCHANGE = "tasks.events.exchange"
+#: A stream (read from its start by every worker) announcing each selector of tasks aimed at
+#: labels with ``mode: any``; kept a week (the API announces a selector again every day).
+SELECTORS_STREAM = "tasks.selectors"
 #: Plugin mode: the x-delayed-message exchange.
 DELAY_EXCHANGE = "tasks.delay.exchange"
 #: TTL mode: the headers exchange that routes a delayed message to its tier by a header.
@@ -107,6 +110,10 @@ def build_topology(
             QueueSpec(dlq, arguments=_frozen({"x-queue-type": "quorum"})),
             QueueSpec(parking, arguments=_frozen({"x-queue-type": "quorum"})),
             *(_tier_queue(tier, work_x) for tier in tiers),
+            QueueSpec(
+                f"{prefix}{SELECTORS_STREAM}",
+                arguments=_frozen({"x-queue-type": "stream", "x-max-age": "7D"}),
+            ),
         ),
         bindings=bindings,
         delay_mode="plugin" if delay_mode == "plugin" else "ttl",
@@ -116,6 +123,7 @@ def build_topology(
         max_priority=max_priority,
         prefix=prefix,
         work_queue_arguments=work_args,
+        selectors_stream=f"{prefix}{SELECTORS_STREAM}",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -34,6 +35,18 @@ def level_routing_key(task_type: str, start: int) -> str:
     """The task type for the lowest band, ``<task_type>@p<start>`` above it (``@`` cannot occur
     in a task type)."""
     return task_type if start == 0 else f"{task_type}@p{start}"
+
+
+def selector_id(task_type: str, labels: Mapping[str, str]) -> str:
+    """The id of the selector "a worker serving ``task_type`` that carries ``labels``": the same
+    for the same type and labels, in any order."""
+    canonical = "\x00".join([task_type, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def selector_routing_key(selector: str) -> str:
+    """The routing key of a message for any worker matching ``selector``."""
+    return f"@select:{selector}"
 
 
 def node_queue_name(node_id: str, prefix: str = "") -> str:
@@ -143,6 +156,8 @@ class Topology:
     #: DLQ consumer publishes to it through the default exchange).
     parking_queue: str = ""
 
+    #: The stream announcing the selectors of tasks aimed at labels (workers read it from its start).
+    selectors_stream: str = ""
     #: The prefix of every name, and the work queues' arguments (node queues take them too).
     prefix: str = ""
     work_queue_arguments: Mapping[str, Any] = field(default_factory=_frozen)
@@ -157,7 +172,18 @@ class Topology:
     def node_bindings(self, node_id: str) -> tuple[BindingSpec, ...]:
         """What routes a node's messages to its queue: the work exchange, and in plugin mode the
         delay exchange (in TTL mode the tiers dead-letter back to the work exchange)."""
-        queue, key = node_queue_name(node_id, self.prefix), node_routing_key(node_id)
+        return self._route_bindings(node_queue_name(node_id, self.prefix), node_routing_key(node_id))
+
+    def selector_queue(self, selector: str, *, expires_seconds: float) -> QueueSpec:
+        """The queue of the tasks for any worker matching ``selector`` (``selector_id``), consumed
+        by every such worker; the node queue's arguments."""
+        arguments = {**self.work_queue_arguments, "x-expires": max(1, int(expires_seconds * 1000))}
+        return QueueSpec(f"{self.prefix}tasks.select.{selector}", arguments=_frozen(arguments))
+
+    def selector_bindings(self, selector: str) -> tuple[BindingSpec, ...]:
+        return self._route_bindings(f"{self.prefix}tasks.select.{selector}", selector_routing_key(selector))
+
+    def _route_bindings(self, queue: str, key: str) -> tuple[BindingSpec, ...]:
         bindings = [BindingSpec(self.work_exchange, queue, key)]
         if self.delay_mode == "plugin":
             bindings.append(BindingSpec(self.delay_exchange, queue, key))
@@ -184,7 +210,7 @@ class Topology:
         return None
 
     def delay_hop(
-        self, task_type: str, remaining: float, priority: int = 0, *, node: str | None = None
+        self, task_type: str, remaining: float, priority: int = 0, *, route: str | None = None
     ) -> DelayHop | None:
         """Where to publish a message that must wait ``remaining`` seconds more.
 
@@ -193,16 +219,14 @@ class Topology:
         second), so a long delay takes a few hops and each returning message is re-delayed by
         what is left; plugin mode waits the whole delay in one hop (``x-delay`` header). Either
         way the message keeps its own routing key, which brings it back to its priority level
-        (or, aimed at ``node``, to that node's queue).
+        (or, with ``route``, the routing key of an aimed task, to its node's or selector's queue).
         """
         if remaining < DELIVER_EARLY_SECONDS:
             return None
-        routing_key = (
-            node_routing_key(node) if node is not None else self.routing_key_for(task_type, priority)
-        )
+        routing_key = route if route is not None else self.routing_key_for(task_type, priority)
         if self.delay_mode == "plugin":
             return DelayHop(self.delay_exchange, routing_key, remaining)
-        if not self.delay_tiers or (node is None and self.work_queue_for(task_type) is None):
+        if not self.delay_tiers or (route is None and self.work_queue_for(task_type) is None):
             return None
         fitting = [t for t in self.delay_tiers if t.seconds <= remaining]
         tier = fitting[-1] if fitting else self.delay_tiers[0]

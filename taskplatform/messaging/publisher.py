@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,7 +21,11 @@ from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.models.message import HEADER_DELAY, HEADER_NOT_BEFORE, TaskMessage
-from topology.spec import Topology, node_routing_key
+from taskplatform.models.target import SelectorAnnouncement
+from topology.spec import Topology, selector_id
+
+#: How often a process announces a selector it routes to again (the stream keeps a week).
+SELECTOR_ANNOUNCE_EVERY = 24 * 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class TaskPublisher:
         attempts: int = 3,
         max_in_flight: int = 128,
         metrics: Metrics | None = None,
+        route_queue_expires: float = 7 * 24 * 3600.0,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -83,6 +90,10 @@ class TaskPublisher:
         self._deadline = timeout * attempts + attempts * 1.0
 
         self._topology_ready = False
+        #: Selectors of ``mode: any`` tasks this process made routable, and when it announced them.
+        self._selectors: dict[str, float] = {}
+        self._selector_lock = asyncio.Lock()
+        self._route_queue_expires = route_queue_expires
 
     @property
     def ready(self) -> bool:
@@ -120,10 +131,12 @@ class TaskPublisher:
         (``route_priority``, when given, picks the priority level's queue instead: the body
         keeps the task's own priority); a message aimed at a node goes to that node's queue."""
         priority = message.priority if route_priority is None else route_priority
+        if message.target is not None and message.target.node is None:
+            await self.ensure_selector(message.task_type, message.target.labels or {})
         await self.publish_raw(
             self._topology.work_exchange,
-            node_routing_key(message.target_node)
-            if message.target_node is not None
+            message.target_route
+            if message.target_route is not None
             else self._topology.routing_key_for(message.task_type, priority),
             encode(message, extra_headers=extra_headers),
             what=f"task {message.task_id}",
@@ -154,7 +167,9 @@ class TaskPublisher:
         """
         remaining = (not_before - utcnow()).total_seconds()
         priority = message.priority if route_priority is None else route_priority
-        hop = self._topology.delay_hop(message.task_type, remaining, priority, node=message.target_node)
+        if message.target is not None and message.target.node is None:
+            await self.ensure_selector(message.task_type, message.target.labels or {})
+        hop = self._topology.delay_hop(message.task_type, remaining, priority, route=message.target_route)
         if hop is None:
             await self.publish(
                 message,
@@ -174,6 +189,51 @@ class TaskPublisher:
             encode(message, extra_headers=headers),
             what=f"delayed task {message.task_id}",
         )
+
+    async def ensure_selector(self, task_type: str, labels: Mapping[str, str]) -> str:
+        """Make "any worker serving ``task_type`` with ``labels``" routable: its queue declared
+        and bound, and announced on the selectors stream, which every worker reads from its
+        start (a worker with the labels then consumes the queue). Once per process and
+        ``SELECTOR_ANNOUNCE_EVERY`` seconds per selector (the stream keeps a week). Returns its id.
+        """
+        selector = selector_id(task_type, labels)
+        fresh = self._selectors.get(selector)
+        if fresh is not None and time.monotonic() - fresh < SELECTOR_ANNOUNCE_EVERY:
+            return selector
+        async with self._selector_lock:
+            fresh = self._selectors.get(selector)
+            if fresh is not None and time.monotonic() - fresh < SELECTOR_ANNOUNCE_EVERY:
+                return selector
+            if not self._broker.is_connected:
+                raise BrokerError(f"cannot route tasks for selector {selector}: not connected to RabbitMQ")
+            spec = self._topology.selector_queue(selector, expires_seconds=self._route_queue_expires)
+            try:
+                channel = await self._broker.channel()
+                try:
+                    queue = await channel.declare_queue(
+                        spec.name, durable=True, arguments=dict(spec.arguments)
+                    )
+                    for binding in self._topology.selector_bindings(selector):
+                        await queue.bind(binding.exchange, routing_key=binding.routing_key)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+            except TRANSIENT_BROKER_ERRORS as exc:
+                raise BrokerError(f"cannot declare the queue of selector {selector}: {exc}") from exc
+            announcement = SelectorAnnouncement(selector=selector, task_type=task_type, labels=dict(labels))
+            await self.publish_raw(
+                "",
+                self._topology.selectors_stream,
+                aio_pika.Message(
+                    announcement.model_dump_json().encode(),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                what=f"the announcement of selector {selector}",
+            )
+            self._selectors[selector] = time.monotonic()
+            log.info("selector %s (%s with %s) announced to the workers", selector, task_type, labels)
+            return selector
 
     async def publish_tasks(self, tasks: Sequence[BackgroundTask]) -> list[BaseException | None]:
         """``publish_task`` for each, concurrently; per task, None or the error."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskplatform.models.target import TaskTarget
 from taskplatform.models.task import BackgroundTask, utcnow
 
 #: Header names, one place.
@@ -60,9 +61,10 @@ class TaskMessage(BaseModel):
     #: The task's replay generation (``BackgroundTask.replays``): tells a dead message of an
     #: earlier life of the task from one of its current life.
     generation: int = Field(default=0, ge=0)
-    #: The worker node the task is aimed at (``BackgroundTask.target``): the message goes to that
-    #: node's queue, and so does every copy of it (retries, hand-backs, the outbox's).
-    target_node: str | None = None
+    #: Where the task is aimed (``BackgroundTask.target``): the message goes to its node's queue,
+    #: or its selector's (``target_route``), and so does every copy of it (retries, hand-backs,
+    #: the outbox's).
+    target: TaskTarget | None = None
 
     @classmethod
     def for_task(cls, task: BackgroundTask) -> TaskMessage:
@@ -77,8 +79,13 @@ class TaskMessage(BaseModel):
             priority=task.priority,
             submitted_at=task.created_at,
             generation=task.replays,
-            target_node=task.target.node if task.target is not None else None,
+            target=task.target,
         )
+
+    @property
+    def target_route(self) -> str | None:
+        """The routing key of an aimed task (``TaskTarget.route``); None: by type and priority."""
+        return self.target.route(self.task_type) if self.target is not None else None
 
     @property
     def message_id(self) -> str:

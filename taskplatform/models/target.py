@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskplatform.models.labels import Labels
+from topology.spec import node_routing_key, selector_id, selector_routing_key
 
 #: How long a targeted task waits for its offline target at most (and by default).
 MAX_TARGET_TIMEOUT_SECONDS = 86_400.0
@@ -59,4 +60,32 @@ class TaskTarget(BaseModel):
             raise ValueError("labels: name at least one label")
         if self.node is not None and self.mode != "any":
             raise ValueError("mode 'each' needs labels: a node target runs on that node")
+        return self
+
+    def route(self, task_type: str) -> str | None:
+        """The routing key of a task of ``task_type`` aimed here: its node's queue (``@node:``),
+        or the queue of the workers carrying the labels and serving the type (``@select:``);
+        None for ``mode: each`` (the parent runs nowhere; its children are aimed at nodes)."""
+        if self.node is not None:
+            return node_routing_key(self.node)
+        if self.mode == "any" and self.labels:
+            return selector_routing_key(selector_id(task_type, self.labels))
+        return None
+
+
+class SelectorAnnouncement(BaseModel):
+    """A message of the selectors stream: tasks of ``task_type`` for any worker carrying
+    ``labels`` wait in the queue of ``selector``; each worker with those labels that serves the
+    type consumes it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    selector: str = Field(pattern=r"^[0-9a-f]{24}$")
+    task_type: str = Field(min_length=1, max_length=128)
+    labels: Labels = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SelectorAnnouncement:
+        if selector_id(self.task_type, self.labels) != self.selector:
+            raise ValueError("the selector is not the one of this type and these labels")
         return self

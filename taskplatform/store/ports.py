@@ -249,8 +249,9 @@ class LostWorkers(StoreClock, Protocol):
 
     @abstractmethod
     async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
-        """Tasks aimed at a node (``target.node``) that wait to run there (QUEUED or RETRYING),
-        oldest first: what the fleet sweep fails once their node stayed offline too long."""
+        """Tasks aimed at a node or at any worker carrying labels (a ``target`` with a queue of
+        its own: ``mode: any``) that wait to run (QUEUED or RETRYING), oldest first: what the
+        sweep fails once no worker they may run on has been online for too long."""
 
     @abstractmethod
     async def reap(

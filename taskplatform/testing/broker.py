@@ -261,7 +261,12 @@ class FakeQueue:
     async def bind(self, exchange: str, routing_key: str = "") -> None:
         self.bindings.append((exchange, routing_key))
 
-    async def consume(self, callback: Callable[[Any], Awaitable[None]], no_ack: bool = False) -> str:
+    async def consume(
+        self,
+        callback: Callable[[Any], Awaitable[None]],
+        no_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
         tag = f"ctag-{self.name}-{len(self._callbacks)}"
         self._callbacks[tag] = callback
         return tag
@@ -292,5 +297,8 @@ class FakeBroker:
         return channel
 
     def queue(self, name: str) -> FakeQueue:
-        """The queue named ``name`` on the last channel opened."""
-        return self.channels[-1].queues[name]
+        """The queue named ``name`` on the last channel opened that has it."""
+        for channel in reversed(self.channels):
+            if name in channel.queues:
+                return channel.queues[name]
+        raise KeyError(name)

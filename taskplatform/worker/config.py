@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from taskplatform.retry import RetryPolicy
@@ -32,6 +33,8 @@ class WorkerConfig:
     priority_hold: float = 60.0
     rate_limit_hold: float = 1.0
     node_queue_expires: float = 7 * 24 * 3600.0
+    #: This worker's labels (``WORKER_LABELS``): it consumes the queues of the selectors they match.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, *, dead_letter_exchange: str) -> WorkerConfig:
@@ -49,4 +52,5 @@ class WorkerConfig:
             priority_hold=settings.priority_hold_seconds,
             rate_limit_hold=settings.rate_limit_hold_seconds,
             node_queue_expires=settings.node_queue_expires_seconds,
+            labels=dict(settings.worker_labels),
         )

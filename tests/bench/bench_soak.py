@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -43,7 +44,15 @@ from tests.bench.bench_http import (
     submit_body,
     wait_completed,
 )
-from tests.bench.harness import AMQP_URL, RawBaseline, queue_ready, raw_baseline, run_bench, tree_rss_mb
+from tests.bench.harness import (
+    AMQP_URL,
+    MEMPROBE_ENV,
+    RawBaseline,
+    queue_ready,
+    raw_baseline,
+    run_bench,
+    tree_rss_mb,
+)
 
 
 @dataclass
@@ -125,6 +134,9 @@ class Memory:
         any load is shown only)."""
         pids = [platform.api.pid, *(w.pid for w in platform.workers)]
         values = [tree_rss_mb(pid) for pid in pids]
+        if os.environ.get(MEMPROBE_ENV):
+            for pid in pids:  # each appends a report to its file in the probe directory
+                os.kill(pid, signal.SIGUSR1)
         if keep:
             self.rows.append((label, values))
         print(
@@ -206,6 +218,9 @@ async def soak(args: argparse.Namespace, raw: RawBaseline, platform: Platform) -
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.probe is not None:
+        args.probe.mkdir(parents=True, exist_ok=True)
+        os.environ[MEMPROBE_ENV] = str(args.probe.resolve())  # the servers' environment is built from ours
     raw = await raw_baseline(args.raw_n)
     print(
         f"bench_soak: store={args.store} API processes=1 workers={args.workers} cores={os.cpu_count()} "
@@ -242,6 +257,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=0, help="requests in flight (0: 4 bulk, 16 single)")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--complete-timeout", type=float, default=1800.0, help="seconds to wait for COMPLETED")
+    p.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        help="run the servers under tests/bench/memprobe.py, reports in this directory (slow: traces)",
+    )
     p.add_argument("--raw-n", type=int, default=10000, help="messages of the raw aio-pika loop")
     return p.parse_args()
 

@@ -312,11 +312,18 @@ class Server:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else "(no log)"
 
 
+#: Set (a directory) to run the servers under ``tests/bench/memprobe.py`` (``bench_soak --probe``).
+MEMPROBE_ENV = "BENCH_MEMPROBE_DIR"
+
+
 def start_server(command: str, env: dict[str, str], log_dir: Path, *, name: str | None = None) -> Server:
     """``taskplatform <command>`` (api, dev, worker) as a child process, output to a log file in
     ``log_dir``; api and dev listen on a free port of 127.0.0.1."""
     name = name or command
     argv = [sys.executable, "-m", "taskplatform.cli", command]
+    probe_dir = env.get(MEMPROBE_ENV)
+    if probe_dir:  # under tests/bench/memprobe.py: a report per SIGUSR1
+        argv[1:1] = ["-m", "tests.bench.memprobe", str(Path(probe_dir) / f"{name}.txt")]
     base = None
     if command in ("api", "dev"):
         port = free_port()

@@ -22,7 +22,7 @@ from taskplatform.submission import SubmitRequest
 from tests.support.executables import Flaky
 from tests.support.runtime import eventually, running
 from tests.support.services import fresh_postgres_database
-from topology.spec import node_queue_name
+from topology.spec import node_queue_name, selector_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -213,3 +213,60 @@ async def test_a_target_nothing_can_serve_is_refused_before_anything_is_stored(
             assert await api.store.count_by_status() == before
     finally:
         await _delete_node_queues(rabbitmq, api, "web-9")
+
+
+async def test_mode_any_runs_on_the_labelled_workers_only_and_a_late_worker_learns_the_selector(
+    fleet: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    api = fleet("api-5", consume=False)
+    db1, db2 = fleet("any-db-1", labels="role=db"), fleet("any-db-2", labels="role=db")
+    web = fleet("any-web-1", labels="role=web")
+    names = ["any-db-1", "any-db-2", "any-web-1", "any-db-3"]
+    any_db = {"labels": {"role": "db"}}
+    try:
+        async with running(api):
+            async with nodes(db1, db2, web):
+                await eventually(lambda: _online(api, *names[:3]), timeout=15)
+                first = await api.submitter.submit_many(
+                    [_aimed("test_noop", any_db, value=i) for i in range(20)]
+                )
+                assert all(s.published for s in first)
+                ids = [s.task.id for s in first]
+
+                async def done() -> bool:
+                    return all(s is TaskStatus.COMPLETED for s in await _statuses(api, ids))
+
+                await eventually(done, timeout=30)
+                ran_on = [(await api.store.get(i)).execution_node_id for i in ids]  # type: ignore[union-attr]
+                assert set(ran_on) == {"any-db-1", "any-db-2"}  # both share the selector's queue
+            # the db workers are gone; one that starts now reads the selector from the stream
+            waiting = await api.submitter.submit(_aimed("test_noop", any_db, value=99))
+            assert waiting.published
+            late = fleet("any-db-3", labels="role=db")
+            async with running(late):
+
+                async def ran() -> bool:
+                    return (await _statuses(api, [waiting.task.id])) == [TaskStatus.COMPLETED]
+
+                await eventually(ran, timeout=20)
+            done_late = await api.store.get(waiting.task.id)
+            assert done_late is not None and done_late.execution_node_id == "any-db-3"
+            # nobody with the labels comes back: the task fails target-offline
+            stranded = await api.submitter.submit(
+                _aimed("test_noop", {**any_db, "target_timeout": 1.0}, value=7)
+            )
+
+            async def dead() -> bool:
+                return (await _statuses(api, [stranded.task.id])) == [TaskStatus.DEAD_LETTER]
+
+            await eventually(dead, timeout=15)
+            failed = await api.store.get(stranded.task.id)
+            assert failed is not None and failed.error_info is not None
+            assert "every worker carrying labels role=db and serving 'test_noop'" in failed.error_info.message
+    finally:
+        await _delete_node_queues(rabbitmq, api, *names)
+        channel = await rabbitmq.channel()
+        await channel.queue_delete(
+            f"{api.settings.topology_prefix}tasks.select.{selector_id('test_noop', {'role': 'db'})}"
+        )
+        await channel.close()

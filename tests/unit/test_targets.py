@@ -15,7 +15,7 @@ from taskplatform import targets as targets_module
 from taskplatform.errors import StoreError, UnreachableTargetError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus
 from taskplatform.models.reasons import DeadLetterReason
-from taskplatform.models.target import MAX_TARGET_TIMEOUT_SECONDS, TaskTarget
+from taskplatform.models.target import MAX_TARGET_TIMEOUT_SECONDS, SelectorAnnouncement, TaskTarget
 from taskplatform.models.worker import WorkerRecord, WorkerState
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
@@ -23,6 +23,7 @@ from taskplatform.submission import SubmitRequest, TaskSubmitter
 from taskplatform.targets import TargetExpiry, TargetPlanner, child_id, fan_out
 from taskplatform.testing.broker import FakePublisher
 from topology import build_topology
+from topology.spec import selector_id
 
 # --- the model --------------------------------------------------------------------------------
 
@@ -131,9 +132,24 @@ async def test_an_offline_node_is_a_target_its_queue_keeps_the_task(runtime: Run
     assert plan.stored == plan.published == [aimed, plain]
 
 
-async def test_labels_with_mode_any_are_refused_with_what_to_do_instead(runtime: Runtime) -> None:
-    with pytest.raises(UnreachableTargetError, match="aim the task at a node, or use mode 'each'"):
-        await TargetPlanner(runtime.store).plan([_task(runtime, TaskTarget(labels={"role": "db"}))])
+async def test_mode_any_needs_a_registered_worker_with_the_labels_serving_the_type(runtime: Runtime) -> None:
+    planner = TargetPlanner(runtime.store)
+    any_db = TaskTarget(labels={"role": "db"})
+    with pytest.raises(UnreachableTargetError, match="no registered worker carries labels role=db"):
+        await planner.plan([_task(runtime, any_db)])
+    await runtime.store.beat_worker(_record(runtime, "db-1", labels={"role": "db"}, task_types=["other"]))
+    with pytest.raises(UnreachableTargetError, match="no registered worker carries labels role=db"):
+        await planner.plan([_task(runtime, any_db)])
+    # an offline worker with the labels is enough: the selector's queue keeps the task for it
+    await runtime.store.beat_worker(
+        _record(runtime, "db-2", labels={"role": "db", "zone": "a"}, seen_ago=60, state=WorkerState.OFFLINE)
+    )
+    task = _task(runtime, any_db)
+    plan = await planner.plan([task])
+    assert plan.stored == plan.published == [task]
+    assert task.target is not None and task.target.route(task.task_type) == (
+        "@select:" + selector_id(task.task_type, {"role": "db"})
+    )
 
 
 async def test_each_fans_out_to_every_online_worker_with_the_labels_serving_the_type(
@@ -221,7 +237,7 @@ async def test_a_fan_out_parent_is_stored_waiting_and_only_its_children_are_publ
     assert sorted(p.task_id for p in publisher.published) == sorted(
         child_id(parent.id, n) for n in ("db-1", "db-2")
     )
-    routed = {p.message.target_node for p in publisher.published if p.message is not None}
+    routed = {p.message.target.node for p in publisher.published if p.message and p.message.target}
     assert routed == {"db-1", "db-2"}
 
 
@@ -267,7 +283,7 @@ async def test_expiry_fails_only_tasks_whose_node_stayed_away_past_their_timeout
     dead = await store.get(due.id)
     assert dead is not None and dead.error_info is not None
     assert dead.error_info.reason == DeadLetterReason.TARGET_OFFLINE and dead.error_info.node_id == "sweeper"
-    assert "offline since its last heartbeat" in dead.error_info.message
+    assert "worker node 'down' is offline since" in dead.error_info.message
     gone = await store.get(never_seen.id)
     assert gone is not None and gone.error_info is not None and "'gone' is gone" in gone.error_info.message
     records = {r.task_id: r.reason for r in (await store.list_dead_letters()).items}
@@ -324,8 +340,75 @@ def test_a_node_queue_is_a_work_queue_of_its_own_reached_by_the_node_key(delay_m
     if delay_mode == "plugin":
         expected.add((topology.delay_exchange, spec.name, "@node:db-1"))
     assert bindings == expected
-    hop = topology.delay_hop("t", 10.0, node="db-1")
+    hop = topology.delay_hop("t", 10.0, route="@node:db-1")
     assert hop is not None and hop.routing_key == "@node:db-1"
-    # a node's retries wait in the tiers even for a type this topology routes nowhere
-    assert topology.delay_hop("unrouted", 10.0, node="db-1") is not None
+    # an aimed task's retries wait in the tiers even for a type this topology routes nowhere
+    assert topology.delay_hop("unrouted", 10.0, route="@node:db-1") is not None
     assert topology.delay_hop("unrouted", 10.0) is None or delay_mode == "plugin"
+
+
+@pytest.mark.parametrize("delay_mode", ["ttl", "plugin"])
+def test_a_selector_has_a_queue_of_its_own_and_the_selectors_stream_is_declared(delay_mode: str) -> None:
+    topology = build_topology({"g": ["t"]}, prefix="p.", delay_mode=delay_mode)
+    selector = selector_id("t", {"zone": "b", "role": "db"})
+    assert selector == selector_id("t", {"role": "db", "zone": "b"}) != selector_id("u", {"role": "db"})
+    assert selector != selector_id("t", {"role": "db"}) and len(selector) == 24
+    spec = topology.selector_queue(selector, expires_seconds=60)
+    assert spec.name == f"p.tasks.select.{selector}" and spec.arguments["x-expires"] == 60000
+    assert spec.arguments["x-queue-type"] == "quorum"
+    keys = {(b.exchange, b.routing_key) for b in topology.selector_bindings(selector)}
+    expected = {("p.tasks.exchange", f"@select:{selector}")}
+    if delay_mode == "plugin":
+        expected.add((topology.delay_exchange, f"@select:{selector}"))
+    assert keys == expected
+    stream = next(q for q in topology.queues if q.name == topology.selectors_stream)
+    assert topology.selectors_stream == "p.tasks.selectors"
+    assert dict(stream.arguments) == {"x-queue-type": "stream", "x-max-age": "7D"}
+
+
+def test_a_selector_announcement_must_name_its_own_selector() -> None:
+    good = SelectorAnnouncement(
+        selector=selector_id("t", {"role": "db"}), task_type="t", labels={"role": "db"}
+    )
+    assert SelectorAnnouncement.model_validate_json(good.model_dump_json()) == good
+    for bad in (
+        {"selector": selector_id("t", {"role": "web"}), "task_type": "t", "labels": {"role": "db"}},
+        {"selector": "not-an-id", "task_type": "t", "labels": {"role": "db"}},
+        {"selector": selector_id("t", {}), "task_type": "t", "labels": {}},
+    ):
+        with pytest.raises(ValidationError):
+            SelectorAnnouncement.model_validate(bad)
+
+
+async def test_expiry_fails_tasks_for_labels_once_every_worker_with_them_stayed_away(
+    runtime: Runtime,
+) -> None:
+    store = runtime.store
+    db, web = {"role": "db"}, {"role": "web"}
+    await store.beat_worker(_record(runtime, "db-1", labels=db, seen_ago=100, state=WorkerState.OFFLINE))
+    await store.beat_worker(_record(runtime, "db-2", labels=db, seen_ago=300, state=WorkerState.OFFLINE))
+    await store.beat_worker(_record(runtime, "web-1", labels=web))
+
+    async def aimed(labels: dict[str, str], timeout: float) -> BackgroundTask:
+        task = _task(runtime, TaskTarget(labels=labels, target_timeout=timeout))
+        task = task.model_copy(update={"updated_at": store.now() - timedelta(seconds=500)})
+        await store.create(task)
+        return task
+
+    waits = await aimed(db, 200)  # the last db worker left 100 s ago
+    due = await aimed(db, 50)
+    served = await aimed(web, 1)  # web-1 is online
+    nobody = await aimed({"role": "cache"}, 10)
+    assert await TargetExpiry(store, runtime.bus, node_id="sweeper").expire() == 2
+    statuses = {t.id: (await store.get(t.id)).status for t in (waits, due, served, nobody)}  # type: ignore[union-attr]
+    assert statuses == {
+        waits.id: TaskStatus.QUEUED,
+        due.id: TaskStatus.DEAD_LETTER,
+        served.id: TaskStatus.QUEUED,
+        nobody.id: TaskStatus.DEAD_LETTER,
+    }
+    dead = await store.get(due.id)
+    assert dead is not None and dead.error_info is not None
+    assert "every worker carrying labels role=db and serving 'generate_summary' is offline since" in (
+        dead.error_info.message
+    )

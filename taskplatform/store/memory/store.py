@@ -190,7 +190,7 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart
     async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
         docs = (await self._reach()).tasks.values()
         waiting = (d for d in docs if d["status"] in (TaskStatus.QUEUED, TaskStatus.RETRYING))
-        aimed = (d for d in waiting if (d.get("target") or {}).get("node") is not None)
+        aimed = (d for d in waiting if (d.get("target") or {}).get("mode") == "any")
         return self._select(aimed, lambda d: d["created_at"], limit)
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:

@@ -137,7 +137,7 @@ class MongoTaskStore(
         await coll.create_index([("parent_task_id", ASCENDING)], name="ix_parent")
         await coll.create_index([("tags", ASCENDING)], name="ix_tags")
         await coll.create_index(
-            [("target.node", ASCENDING), ("status", ASCENDING)], name="ix_target_node", sparse=True
+            [("target.mode", ASCENDING), ("status", ASCENDING)], name="ix_target_mode", sparse=True
         )
         await coll.create_index(
             [("created_at", ASCENDING)],
@@ -314,7 +314,7 @@ class MongoTaskStore(
 
     async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
         query = {
-            "target.node": {"$type": "string"},  # (null and missing are not strings)
+            "target.mode": "any",  # aimed at a node or at any worker with labels: a queue of its own
             "status": {"$in": [TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]},
         }
         async with self._errors():

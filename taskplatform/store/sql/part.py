@@ -69,9 +69,8 @@ class SqlPart(StoreClock, ABC):
         for name in OUTBOX_FIELDS:
             row[f"outbox_{name}"] = stored_value(doc["outbox"][name])
         row["idempotency_scope"] = idempotency_scope(task.user_id, task.idempotency_key)
-        row["target_key"] = (
-            f"node:{task.target.node}" if task.target is not None and task.target.node else None
-        )
+        # the routing key of an aimed task that waits in a queue of its own (None: a fan-out parent)
+        row["target_key"] = task.target.route(task.task_type) if task.target is not None else None
         return row
 
     @staticmethod

@@ -4,6 +4,7 @@ attempt and the settlement; duplicates, shutdown and faults end the way the work
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -16,10 +17,11 @@ from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON, 
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.testing.broker import FakeBroker, FakeDelivery, FakePublisher
 from taskplatform.worker.config import WorkerConfig
-from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.consumer import SELECTOR_STREAM_PREFETCH, TaskConsumer
 from taskplatform.worker.settlement import Settler
-from tests.unit.worker.conftest import Echo
+from tests.unit.worker.conftest import NODE, Echo
 from topology import Topology, build_topology
+from topology.spec import selector_id
 
 NewTask = Callable[..., Awaitable[BackgroundTask]]
 Consumers = Callable[..., Awaitable[TaskConsumer]]
@@ -82,7 +84,8 @@ async def test_a_delivered_task_runs_and_its_delivery_is_acked_once_completed(
     stored = await store.get(task.id)
     assert stored.status is TaskStatus.COMPLETED and stored.result == {"value": 3}
     assert delivery.settlement == "ack" and Echo.runs == [task.id]
-    assert broker.channels[-1].prefetch_count == 2 and consumer.processed == 1
+    assert broker.queue(topology.work_queues[0].queue).channel.prefetch_count == 2
+    assert consumer.processed == 1
 
 
 async def test_a_retryable_failure_is_published_for_later_and_its_delivery_acked(
@@ -153,7 +156,7 @@ async def test_stopping_gives_a_running_attempt_back_unfinished(
     assert stored.status is TaskStatus.QUEUED and stored.retry_count == 0  # no attempt spent
     [copy] = publisher.published
     assert copy.message is not None and copy.message.task_id == task.id
-    assert delivery.settlement == "ack" and broker.channels[-1].is_closed
+    assert delivery.settlement == "ack" and broker.queue(topology.work_queues[0].queue).channel.is_closed
 
 
 async def test_a_delivery_still_waiting_for_a_slot_at_shutdown_is_handed_back_unstarted(
@@ -249,3 +252,46 @@ async def test_an_outcome_not_stored_within_the_outage_hold_is_handed_back_and_c
     [copy] = publisher.published
     assert copy.headers[HEADER_AWAIT_OWNER] == "worker-1" and delivery.settlement == "ack"
     assert (await store.get(task.id)).status is TaskStatus.RUNNING  # it runs again once the lease lapses
+
+
+async def test_a_worker_consumes_its_node_queue_and_the_queues_of_selectors_it_matches(
+    consumers: Consumers, broker: FakeBroker, topology: Topology, store: Any, new_task: NewTask
+) -> None:
+    consumer = await consumers(labels={"role": "db", "zone": "a"})
+    node_queue = broker.queue(f"unit.tasks.node.{NODE}")
+    assert node_queue.consumed and node_queue.arguments["x-queue-type"] == "quorum"
+    assert node_queue.bindings == [(topology.work_exchange, f"@node:{NODE}")]
+    stream = broker.queue(topology.selectors_stream)
+    assert stream.consumed and stream.channel.prefetch_count == SELECTOR_STREAM_PREFETCH
+
+    def announcement(task_type: str, labels: dict[str, str], selector: str | None = None) -> FakeDelivery:
+        body = json.dumps(
+            {"selector": selector or selector_id(task_type, labels), "task_type": task_type, "labels": labels}
+        )
+        return FakeDelivery(body.encode())
+
+    matching = selector_id("unit_echo", {"role": "db"})
+    announced = [
+        announcement("unit_echo", {"role": "db"}),  # matches: consumed
+        announcement("unit_echo", {"role": "db"}),  # again (a daily repeat): nothing new
+        announcement("unit_echo", {"role": "web"}),  # other labels
+        announcement("unit_echo", {"role": "db", "rack": "1"}),  # a label this worker lacks
+        announcement("not_here", {"role": "db"}),  # a type this worker does not serve
+        announcement("unit_echo", {"role": "db"}, selector="0" * 24),  # a forged id
+        FakeDelivery(b"{not json"),
+    ]
+    for delivery in announced:
+        await stream.deliver(delivery)
+    assert all(d.settlement == "ack" for d in announced)  # each gives its credit back
+    selector_queues = [q for c in broker.channels for q in c.queues if ".tasks.select." in q]
+    assert selector_queues == [f"unit.tasks.select.{matching}"]
+    queue = broker.queue(selector_queues[0])
+    assert queue.consumed and queue.bindings == [(topology.work_exchange, f"@select:{matching}")]
+    # a task from the selector's queue runs like any other
+    task = await new_task(value=5)
+    delivery = FakeDelivery.of(task)
+    await queue.deliver(delivery)
+    await _settled(delivery)
+    assert delivery.settlement == "ack" and (await store.get(task.id)).status is TaskStatus.COMPLETED
+    await consumer.stop(grace=1)
+    assert not queue.consumed and not stream.consumed and not node_queue.consumed
