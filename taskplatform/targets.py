@@ -1,8 +1,11 @@
-"""Aimed tasks at submission: check that their target can run them, and fan ``mode: each`` out.
+"""Aimed tasks at submission: check that their target can run them, and fan ``mode: each`` out;
+and the expiry of aimed tasks whose workers stayed away (``TargetExpiry``).
 
 A task aimed at a node (``{"node": "db-1"}``) is accepted when that node has registered (in any
 state: an offline node's queue keeps the task for it, up to ``target_timeout``) and serves the
-task's type; it then goes to the node's queue (``TaskMessage.target_node``).
+task's type; it then goes to the node's queue (``TaskMessage.target_route``). A task aimed at
+labels with ``mode: any`` is accepted when some registered worker carries them and serves the
+type; it goes to its selector's queue, which every such worker consumes.
 
 A task aimed at labels with ``mode: each`` becomes a parent and one child per worker that is
 online now, carries the labels and serves the type; each child is aimed at its worker's node
