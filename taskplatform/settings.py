@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplatform.events.models import EventType
+from taskplatform.models.target import NODE_ID_MAX
 from taskplatform.models.task import MAX_PRIORITY
 from taskplatform.models.worker import check_labels, parse_labels
 from taskplatform.ratelimit.rates import Rate
@@ -79,7 +80,13 @@ class PlatformSettings(ApiSettings, BaseSettings):
     )
     node_id: str = Field(
         default_factory=default_node_id,
-        description="This process's identity in leases and a task's `execution_node_id`.",
+        min_length=1,
+        max_length=NODE_ID_MAX,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="This process's identity in leases, a task's `execution_node_id` and the fleet registry; "
+        "tasks aimed at a node name it, so give a worker they are aimed at one that survives restarts "
+        "(the default holds the pid). At most 200 characters, no control characters (it names the "
+        "node's queue).",
     )
 
     # worker

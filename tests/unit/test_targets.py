@@ -412,3 +412,13 @@ async def test_expiry_fails_tasks_for_labels_once_every_worker_with_them_stayed_
     assert "every worker carrying labels role=db and serving 'generate_summary' is offline since" in (
         dead.error_info.message
     )
+
+
+@pytest.mark.parametrize(
+    ("node_id", "why"),
+    [("", "at least 1 character"), ("x" * 201, "at most 200 characters"), ("a\tb", "should match pattern")],
+)
+def test_a_node_id_that_could_not_name_its_queue_is_refused_at_start(node_id: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        PlatformSettings(node_id=node_id)
+    assert PlatformSettings(node_id="db-1.example.org:7").node_id == "db-1.example.org:7"
