@@ -134,6 +134,18 @@ class PlatformSettings(ApiSettings, BaseSettings):
         '`region=eu,role=db` or a JSON object `{"role": "db"}`; keys and values are plain (letters, '
         "digits, `_ . -`).",
     )
+    worker_max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Attempts this worker runs at once at most, all queue groups and aimed work together "
+        "(0: no cap beyond `PREFETCH` per queue group).",
+    )
+    worker_type_concurrency: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Attempts of a task type this worker runs at once at most: `run_command=2,resize=4` "
+        'or a JSON object `{"run_command": 2}`; each at least 1. Other types are capped by their group only.',
+    )
     worker_heartbeat_seconds: float = Field(
         default=5.0,
         ge=0.5,
@@ -427,6 +439,31 @@ class PlatformSettings(ApiSettings, BaseSettings):
                 return parse_labels(text)
         if isinstance(value, dict):
             return check_labels(value)
+        return value
+
+    @field_validator("worker_type_concurrency", mode="before")
+    @classmethod
+    def _parse_type_caps(cls, value: object) -> object:
+        """``run_command=2,resize=4`` or a JSON object; every cap a whole number of at least 1."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON object of caps: {exc}") from None
+            else:
+                caps: dict[str, object] = {}
+                for item in (part.strip() for part in text.split(",") if part.strip()):
+                    name, sep, number = (x.strip() for x in item.partition("="))
+                    if not sep or not name or not number.isdigit():
+                        raise ValueError(f"{item!r}: write task_type=N, e.g. run_command=2")
+                    caps[name] = int(number)
+                value = caps
+        if isinstance(value, dict):
+            for name, cap in value.items():
+                if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                    raise ValueError(f"the cap of {name!r} must be a whole number of at least 1, got {cap!r}")
         return value
 
     @field_validator("api_submit_rate", mode="before")

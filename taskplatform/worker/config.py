@@ -35,6 +35,10 @@ class WorkerConfig:
     node_queue_expires: float = 7 * 24 * 3600.0
     #: This worker's labels (``WORKER_LABELS``): it consumes the queues of the selectors they match.
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Attempts running at once at most, all groups together (None: ``prefetch`` per group), and
+    #: per task type (``WORKER_MAX_CONCURRENCY``, ``WORKER_TYPE_CONCURRENCY``).
+    max_concurrency: int | None = None
+    type_concurrency: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, *, dead_letter_exchange: str) -> WorkerConfig:
@@ -53,4 +57,6 @@ class WorkerConfig:
             rate_limit_hold=settings.rate_limit_hold_seconds,
             node_queue_expires=settings.node_queue_expires_seconds,
             labels=dict(settings.worker_labels),
+            max_concurrency=settings.worker_max_concurrency or None,
+            type_concurrency=dict(settings.worker_type_concurrency),
         )

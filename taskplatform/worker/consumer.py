@@ -72,6 +72,8 @@ class TaskConsumer:
         self._store = store
         self._config = config
         self._gates: dict[str, PriorityGate] = {}
+        self._type_gates: dict[str, PriorityGate] = {}
+        self._total_gate: list[PriorityGate] = []
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         #: The selectors whose queues this worker consumes, and the channel reading the stream.
@@ -95,6 +97,10 @@ class TaskConsumer:
         # New gates: stop() closed the old ones (deliveries still holding their slots give
         # them back to the gate they came through).
         self._gates = {wq.group: PriorityGate(self._config.prefetch) for wq in self._topology.work_queues}
+        # The worker's own caps: one gate per capped task type, one for all its attempts.
+        self._type_gates = {t: PriorityGate(n) for t, n in self._config.type_concurrency.items()}
+        total = self._config.max_concurrency
+        self._total_gate = [PriorityGate(total)] if total is not None and total < self._group_slots else []
         for wq in self._topology.work_queues:
             # Highest level first: at start-up the broker fills the top levels' credit first.
             for level in reversed(range(len(wq.queues))):
@@ -197,7 +203,7 @@ class TaskConsumer:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
         self._consumers.clear()
-        for gate in self._gates.values():
+        for gate in (*self._gates.values(), *self._type_gates.values(), *self._total_gate):
             gate.close()  # deliveries still waiting for a slot are handed back now
         pending = list(self._in_flight.values())
         if pending:
@@ -223,14 +229,38 @@ class TaskConsumer:
         return len(self._running)
 
     @property
-    def capacity(self) -> int:
-        """Attempts this worker runs at once at most: ``prefetch`` per queue group."""
+    def _group_slots(self) -> int:
         return self._config.prefetch * len(self._topology.work_queues)
+
+    @property
+    def capacity(self) -> int:
+        """Attempts this worker runs at once at most: ``prefetch`` per queue group, or
+        ``max_concurrency`` when lower."""
+        total = self._config.max_concurrency
+        return min(total, self._group_slots) if total is not None else self._group_slots
 
     @property
     def rate_stats(self) -> RateStats:
         """What rate limiting did in this worker (deliveries held, sent round, longest holds)."""
         return self._intake.rate_stats
+
+    async def _take(self, gates: list[PriorityGate], level: int) -> None:
+        """A slot of every gate, in order (the task type's cap, the group's, the worker's), each
+        waited for up to ``priority_hold``; on a failure the slots taken are given back."""
+        taken: list[PriorityGate] = []
+        try:
+            for gate in gates:
+                if not gate.try_acquire():  # the hot path takes a free slot without a timer
+                    await asyncio.wait_for(gate.acquire(level), self._config.priority_hold)
+                taken.append(gate)
+        except BaseException:
+            for gate in reversed(taken):
+                gate.release()
+            raise
+
+    def _limits_of(self, task_type: str) -> list[PriorityGate]:
+        gate = self._type_gates.get(task_type)
+        return [gate] if gate is not None else []
 
     def _gate_of(self, task_message: TaskMessage) -> tuple[PriorityGate, int]:
         """The gate and priority level a delivery from the node queue waits at: its task type's
@@ -287,15 +317,15 @@ class TaskConsumer:
         await self._while_running_here(task_message)
         if not await self._intake.rate_slot(message, task_message, received_at):
             return
+        gates = [*self._limits_of(task_message.task_type), gate, *self._total_gate]
         while True:
             try:
-                if not gate.try_acquire():  # the hot path takes a free slot without a timer
-                    await asyncio.wait_for(gate.acquire(level), self._config.priority_hold)
+                await self._take(gates, level)
             except (TimeoutError, GateClosed) as exc:
                 why = (
                     "the worker is stopping"
                     if isinstance(exc, GateClosed)
-                    else "higher priorities kept it waiting"
+                    else "higher priorities or the worker's limits kept it waiting"
                 )
                 log.info("handing task %s back to its queue unstarted: %s", task_message.task_id, why)
                 await self._settler.send_round(
@@ -311,7 +341,8 @@ class TaskConsumer:
                     await self._claim_and_run(message, task_message, received_at)
                     return
             finally:
-                gate.release()
+                for taken in gates:
+                    taken.release()
             # The attempt started here while this delivery waited for a slot: wait again.
             await self._while_running_here(task_message)
 

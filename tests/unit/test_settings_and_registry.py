@@ -175,3 +175,34 @@ def test_executor_modules_in_broken_json_are_refused(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TASKPLATFORM_EXECUTOR_MODULES", '["a.tasks",')
     with pytest.raises(ValidationError, match="not a JSON list of module names"):
         PlatformSettings()
+
+
+@pytest.mark.parametrize(
+    ("raw", "caps"),
+    [
+        ("run_command=2, resize=4", {"run_command": 2, "resize": 4}),
+        ('{"run_command": 3}', {"run_command": 3}),
+        ("", {}),
+    ],
+)
+def test_per_type_caps_read_as_pairs_or_json(
+    raw: str, caps: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKPLATFORM_WORKER_TYPE_CONCURRENCY", raw)
+    assert PlatformSettings().worker_type_concurrency == caps
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("run_command", "write task_type=N"),
+        ("run_command=0", "at least 1"),
+        ("run_command=x", "write task_type=N"),
+        ('{"run_command": true}', "at least 1"),
+        ('{"run_command": 2', "not a JSON object"),
+    ],
+)
+def test_a_bad_per_type_cap_is_refused_naming_it(raw: str, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKPLATFORM_WORKER_TYPE_CONCURRENCY", raw)
+    with pytest.raises(ValidationError, match=why):
+        PlatformSettings()

@@ -295,3 +295,56 @@ async def test_a_worker_consumes_its_node_queue_and_the_queues_of_selectors_it_m
     assert delivery.settlement == "ack" and (await store.get(task.id)).status is TaskStatus.COMPLETED
     await consumer.stop(grace=1)
     assert not queue.consumed and not stream.consumed and not node_queue.consumed
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"type_concurrency": {"unit_echo": 1}}, {"max_concurrency": 1}, {}],
+    ids=["type-cap", "worker-cap", "no-cap"],
+)
+async def test_a_worker_keeps_its_own_caps_and_hands_back_what_waits_past_the_hold(
+    limits: dict[str, Any],
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    consumer = await consumers(prefetch=4, priority_hold=0.3, **limits)
+    assert consumer.capacity == (1 if "max_concurrency" in limits else 4 * len(topology.work_queues))
+    busy, waiting = await new_task(sleep=1.0), await new_task(value=2)
+    first, second = FakeDelivery.of(busy), FakeDelivery.of(waiting)
+    await _deliver(broker, topology, first, "unit_echo")
+    await asyncio.sleep(0.05)
+    await _deliver(broker, topology, second, "unit_echo")
+    await _settled(first, second)
+    assert (await store.get(busy.id)).status is TaskStatus.COMPLETED
+    if not limits:  # the group's four slots: both ran at once
+        assert (await store.get(waiting.id)).status is TaskStatus.COMPLETED and publisher.published == []
+        return
+    # the cap held one slot: the second waited the hold, then went back to its queue unstarted
+    [copy] = publisher.published
+    assert copy.message is not None and copy.message.task_id == waiting.id and second.settlement == "ack"
+    assert (await store.get(waiting.id)).status is TaskStatus.QUEUED and Echo.runs == [busy.id]
+
+
+async def test_a_delivery_waiting_for_a_capped_type_at_shutdown_is_handed_back(
+    consumers: Consumers,
+    broker: FakeBroker,
+    topology: Topology,
+    store: Any,
+    new_task: NewTask,
+    publisher: FakePublisher,
+) -> None:
+    consumer = await consumers(prefetch=4, type_concurrency={"unit_echo": 1})
+    busy, waiting = await new_task(sleep=0.3), await new_task()
+    first, second = FakeDelivery.of(busy), FakeDelivery.of(waiting)
+    await _deliver(broker, topology, first, "unit_echo")
+    await asyncio.sleep(0.05)
+    await _deliver(broker, topology, second, "unit_echo")
+    await asyncio.sleep(0.05)
+    await consumer.stop(grace=2)
+    [copy] = publisher.published
+    assert copy.message is not None and copy.message.task_id == waiting.id and second.settlement == "ack"
+    assert (await store.get(waiting.id)).status is TaskStatus.QUEUED
