@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplatform.events.models import EventType
-from taskplatform.models.target import NODE_ID_MAX
+from taskplatform.models.target import NODE_ID_MAX, NODE_ID_PATTERN
 from taskplatform.models.task import MAX_PRIORITY
 from taskplatform.models.worker import check_labels, parse_labels
 from taskplatform.ratelimit.rates import Rate
@@ -42,8 +42,10 @@ def redact_url(url: str) -> str:
 
 
 def default_node_id() -> str:
-    """A node id unique per process: host, pid and a short random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """A node id unique per process: host, pid and a short random suffix (the host name's
+    characters outside printable ASCII replaced, so it always makes a valid node id)."""
+    host = re.sub(r"[^!-~]", "-", socket.gethostname())[:160] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class PlatformSettings(ApiSettings, BaseSettings):
@@ -82,10 +84,10 @@ class PlatformSettings(ApiSettings, BaseSettings):
         default_factory=default_node_id,
         min_length=1,
         max_length=NODE_ID_MAX,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=NODE_ID_PATTERN,
         description="This process's identity in leases, a task's `execution_node_id` and the fleet registry; "
         "tasks aimed at a node name it, so give a worker they are aimed at one that survives restarts "
-        "(the default holds the pid). At most 200 characters, no control characters (it names the "
+        "(the default holds the pid). 1 to 200 printable ASCII characters without spaces (it names the "
         "node's queue).",
     )
 

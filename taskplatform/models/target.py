@@ -22,6 +22,8 @@ MAX_TARGET_TIMEOUT_SECONDS = 86_400.0
 DEFAULT_TARGET_TIMEOUT_SECONDS = 300.0
 #: A node id as a target: what a queue name can carry after its prefix (255 bytes in all).
 NODE_ID_MAX = 200
+#: Printable ASCII without spaces: one byte a character, so 200 fit a queue name's 255 bytes.
+NODE_ID_PATTERN = r"^[!-~]+$"
 
 
 class TaskTarget(BaseModel):
@@ -33,7 +35,7 @@ class TaskTarget(BaseModel):
         default=None,
         min_length=1,
         max_length=NODE_ID_MAX,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=NODE_ID_PATTERN,
         description="The worker node (its node id, as `GET /api/v1/workers` lists it) that runs the task.",
     )
     labels: Labels | None = Field(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Selector announcements a worker takes from the stream at once.
 SELECTOR_STREAM_PREFETCH = 100
+
+
+def _shown(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class TaskConsumer:
@@ -157,22 +162,41 @@ class TaskConsumer:
         return served and all(labels.get(k) == v for k, v in announced.labels.items())
 
     async def _consume_selector(self, announced: SelectorAnnouncement) -> None:
-        if self._channel is None:
+        """Consume the selector's queue. It is declared (with this worker's arguments) on a
+        channel of its own: a queue whose arguments differ (another process's
+        ``NODE_QUEUE_EXPIRES_SECONDS``) makes the broker close the declaring channel, which must
+        not be the one every work consumer runs on. The selector counts as followed only once
+        its consumer runs, so a failure is tried again at the next announcement or reconnect."""
+        channel = self._channel
+        if channel is None or announced.selector in self._subscribed:
             return
         self._subscribed.add(announced.selector)
-        spec = self._topology.selector_queue(
-            announced.selector, expires_seconds=self._config.node_queue_expires
-        )
-        queue = await self._channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
-        for binding in self._topology.selector_bindings(announced.selector):
-            await queue.bind(binding.exchange, routing_key=binding.routing_key)
-        tag = await queue.consume(functools.partial(self._on_message, None, 0), no_ack=False)
+        expires = self._config.node_queue_expires
+        spec = self._topology.selector_queue(announced.selector, expires_seconds=expires)
+        try:
+            declaring = await self._broker.channel()
+            try:
+                await declaring.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+            finally:
+                with contextlib.suppress(Exception):
+                    await declaring.close()
+            queue = await channel.declare_queue(spec.name, passive=True)
+            for binding in self._topology.selector_bindings(announced.selector):
+                await queue.bind(binding.exchange, routing_key=binding.routing_key)
+            tag = await queue.consume(functools.partial(self._on_message, None, 0), no_ack=False)
+        except Exception as exc:
+            self._subscribed.discard(announced.selector)
+            log.error(
+                "cannot consume %s (%s for workers with %s): %s; tried again at its next announcement",
+                spec.name,
+                announced.task_type,
+                _shown(announced.labels),
+                exc,
+            )
+            return
         self._consumers.append((queue, tag))
         log.info(
-            "consuming %s (%s for workers with %s)",
-            spec.name,
-            announced.task_type,
-            ",".join(f"{k}={v}" for k, v in sorted(announced.labels.items())),
+            "consuming %s (%s for workers with %s)", spec.name, announced.task_type, _shown(announced.labels)
         )
 
     async def _consume_node_queue(self, channel: AbstractChannel) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from taskplatform import settings as settings_module
 from taskplatform import targets as targets_module
 from taskplatform.errors import StoreError, UnreachableTargetError
 from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus
@@ -416,9 +417,23 @@ async def test_expiry_fails_tasks_for_labels_once_every_worker_with_them_stayed_
 
 @pytest.mark.parametrize(
     ("node_id", "why"),
-    [("", "at least 1 character"), ("x" * 201, "at most 200 characters"), ("a\tb", "should match pattern")],
+    [
+        ("", "at least 1 character"),
+        ("x" * 201, "at most 200 characters"),
+        ("a\tb", "should match pattern"),
+        ("a b", "should match pattern"),
+        ("\u00e9" * 150, "should match pattern"),  # 300 bytes: past a queue name's 255
+    ],
 )
 def test_a_node_id_that_could_not_name_its_queue_is_refused_at_start(node_id: str, why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         PlatformSettings(node_id=node_id)
+    with pytest.raises(ValidationError, match="should match pattern"):
+        TaskTarget(node="\u00e9" * 150)
     assert PlatformSettings(node_id="db-1.example.org:7").node_id == "db-1.example.org:7"
+
+
+def test_the_default_node_id_is_valid_whatever_the_host_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module.socket, "gethostname", lambda: "h\u00f4te n\u00b0" + "x" * 300)
+    node_id = PlatformSettings().node_id
+    assert node_id.startswith("h-te-n-xxx") and len(node_id) <= 200

@@ -63,6 +63,7 @@ from taskplatform.store.sql.ratelimits import SqlRateLimits
 from taskplatform.store.sql.schema import tasks as tasks_table
 from taskplatform.store.sql.workers import SqlWorkers
 from taskplatform.store.types import EQUALITY_FILTERS, Backlog, ParentState
+from topology.spec import node_routing_key
 
 #: Rows per multi-row INSERT statement (SQLAlchemy's insertmanyvalues page size).
 _INSERT_PAGE = 1000
@@ -315,7 +316,7 @@ class SqlTaskStore(
         if filters.node is not None:
             clauses.append(
                 or_(
-                    tasks_table.c.target_key == f"node:{filters.node}",
+                    tasks_table.c.target_key == node_routing_key(filters.node),
                     tasks_table.c.execution_node_id == filters.node,
                 )
             )

@@ -280,12 +280,22 @@ async def test_a_worker_consumes_its_node_queue_and_the_queues_of_selectors_it_m
         announcement("unit_echo", {"role": "db"}, selector="0" * 24),  # a forged id
         FakeDelivery(b"{not json"),
     ]
+    # the first declare fails (a broker fault): not followed yet, tried again at the repeat
+    opened = broker.channel
+
+    async def refused() -> Any:
+        broker.channel = opened  # type: ignore[method-assign]
+        raise ConnectionError("broker gone")
+
+    broker.channel = refused  # type: ignore[method-assign]
     for delivery in announced:
         await stream.deliver(delivery)
     assert all(d.settlement == "ack" for d in announced)  # each gives its credit back
-    selector_queues = [q for c in broker.channels for q in c.queues if ".tasks.select." in q]
-    assert selector_queues == [f"unit.tasks.select.{matching}"]
-    queue = broker.queue(selector_queues[0])
+    name = f"unit.tasks.select.{matching}"
+    assert {q for c in broker.channels for q in c.queues if ".tasks.select." in q} == {name}
+    declared = next(c.queues[name] for c in broker.channels if name in c.queues and c.queues[name].arguments)
+    assert declared.arguments["x-queue-type"] == "quorum" and declared.channel.is_closed
+    queue = broker.queue(topology.work_queues[0].queue).channel.queues[name]  # on the work channel
     assert queue.consumed and queue.bindings == [(topology.work_exchange, f"@select:{matching}")]
     # a task from the selector's queue runs like any other
     task = await new_task(value=5)
