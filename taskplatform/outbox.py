@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from taskplatform.messaging.publisher import TaskPublisher
-from taskplatform.models import utcnow
+from taskplatform.models import TERMINAL, utcnow
 from taskplatform.periodic import run_periodically
 from taskplatform.store.ports import Outbox
 
@@ -125,6 +125,17 @@ class OutboxRelay:
         )
         if not claimed:
             return 0
+        # A task that has ended (its message lost, then the task failed, was cancelled or
+        # dead-lettered; an aimed task whose queue is gone, dead-lettered by the sweep) has nothing
+        # left to run: its entry is closed unpublished, or a publish that keeps failing would hold
+        # a place in every batch for good. A replay publishes the task again itself.
+        ended = [t.id for t in claimed if t.status in TERMINAL]
+        if ended:
+            await self._store.mark_published(ended, owner=self._owner)
+            log.info("outbox relay closed %d entr(y/ies) of tasks that have ended, unpublished", len(ended))
+            claimed = [t for t in claimed if t.status not in TERMINAL]
+            if not claimed:
+                return 0
         results = await self._publisher.publish_tasks(claimed)  # delay-aware: retries keep their time
         done = [t.id for t, err in zip(claimed, results, strict=True) if err is None]
         for task, err in zip(claimed, results, strict=True):

@@ -168,7 +168,11 @@ async def test_cancelling_a_parent_cancels_it_and_every_unfinished_child(
 
         async def some_children_run() -> bool:
             kids = await _children(runtime, parent_id)
-            return len(kids) == 8 and sum(k.status is TaskStatus.RUNNING for k in kids) >= 2
+            # a parent that ends its own run sets awaiting_children just after submitting its
+            # children, which may already run by then: wait for that too
+            parent = await _get(runtime, parent_id)
+            waiting = parent.awaiting_children is not parent_keeps_running
+            return waiting and len(kids) == 8 and sum(k.status is TaskStatus.RUNNING for k in kids) >= 2
 
         await eventually(some_children_run, timeout=10)
         parent = await _get(runtime, parent_id)

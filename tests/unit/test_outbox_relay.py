@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from taskplatform.errors import BrokerError
-from taskplatform.models import BackgroundTask, OutboxStatus, utcnow
+from taskplatform.models import BackgroundTask, OutboxStatus, TaskStatus, utcnow
 from taskplatform.outbox import OutboxRelay
 from taskplatform.store import create_store
 from taskplatform.store.memory import MemoryTaskStore
@@ -217,3 +217,33 @@ async def test_the_fake_publisher_told_to_fail_is_not_ready_and_the_relay_waits(
     assert publisher.ready is True
     assert await OutboxRelay(store, publisher, owner="relay-1").run_once() == 1  # type: ignore[arg-type]
     assert [p.task_id for p in publisher.published] == [task.id]
+
+
+async def test_the_entry_of_a_task_that_has_ended_is_closed_unpublished(store: MemoryTaskStore) -> None:
+    ended = await _pending(store)
+    waiting = await _pending(store)
+    dead = await store.mark_dead_letter(ended.id, error=None)
+    assert (
+        dead is not None
+        and dead.status is TaskStatus.DEAD_LETTER
+        and dead.outbox.status is OutboxStatus.PENDING
+    )
+    publisher = RelayPublisher()
+    relay = _relay(store, publisher)
+
+    assert await relay.run_once() == 1
+
+    assert publisher.published_ids == [waiting.id]  # the ended one is never sent
+    closed = await store.get(ended.id)
+    assert closed is not None and closed.outbox.status is OutboxStatus.PUBLISHED
+    assert await relay.run_once() == 0 and publisher.calls == 1  # and never taken again
+
+
+async def test_a_batch_of_ended_tasks_alone_publishes_nothing(store: MemoryTaskStore) -> None:
+    ended = await _pending(store)
+    await store.mark_dead_letter(ended.id, error=None)
+    publisher = RelayPublisher()
+    assert await _relay(store, publisher).run_once() == 0
+    assert publisher.calls == 0
+    closed = await store.get(ended.id)
+    assert closed is not None and closed.outbox.status is OutboxStatus.PUBLISHED
