@@ -28,13 +28,23 @@ from taskplatform.models import MAX_PRIORITY, TERMINAL, TaskStatus
 
 if TYPE_CHECKING:
     from taskplatform.client import BulkResult, BulkSubmitError, TaskPlatformClient
+    from taskplatform.models.target import TaskTarget
     from taskplatform.settings import PlatformSettings
 
 #: Seconds between two reads of a waited-for task.
 WAIT_POLL_SECONDS = 0.25
 _ENDS = ", ".join(sorted(s.value for s in TERMINAL))
 #: The fields a line of ``submit --file`` may have: the submit body's, and an idempotency key.
-LINE_FIELDS = ("task_type", "parameters", "user_id", "priority", "tags", "metadata", "idempotency_key")
+LINE_FIELDS = (
+    "task_type",
+    "parameters",
+    "user_id",
+    "priority",
+    "tags",
+    "metadata",
+    "idempotency_key",
+    "target",
+)
 #: Bad lines, and the API's problems, ``submit --file`` names at most in its one error line.
 SHOWN_PROBLEMS = 10
 
@@ -95,6 +105,12 @@ def add_task_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--priority", type=priority, help=f"0 (default) to {MAX_PRIORITY}, higher runs first")
     p.add_argument("--tag", action="append", default=[], help="a tag (repeat for several)")
     p.add_argument(
+        "--target",
+        metavar="JSON",
+        help='where it runs: {"node": "db-1"}, {"labels": {"role": "db"}} (any one of them) or with '
+        '"mode": "each" (every one, as sub-tasks); "target_timeout": seconds to wait for an offline target',
+    )
+    p.add_argument(
         "--wait",
         action="store_true",
         help=f"print the id on stderr at once, show status and progress there, print the task on stdout "
@@ -138,6 +154,22 @@ def json_object(option: str, text: str) -> dict[str, Any]:
     return value
 
 
+def _target(text: str) -> TaskTarget:
+    """``--target`` as a target, or CommandError (exit 2) naming what is wrong."""
+    from pydantic import ValidationError
+
+    from taskplatform.models.target import TaskTarget
+
+    raw = json_object("--target", text)
+    try:
+        return TaskTarget.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'target'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise CommandError(f"--target is not a valid target: {problems}", ExitCode.BAD_INPUT) from None
+
+
 def _client(settings: PlatformSettings, args: argparse.Namespace) -> TaskPlatformClient:
     from taskplatform.client import TaskPlatformClient
 
@@ -152,9 +184,15 @@ async def submit(settings: PlatformSettings, args: argparse.Namespace) -> int:
     if args.chunk_size is not None:
         raise CommandError("--chunk-size goes with --file", ExitCode.BAD_INPUT)
     params = json_object("--params", args.params or "{}")
+    target = _target(args.target) if args.target is not None else None
     async with _client(settings, args) as client:
         task_id = await client.submit(
-            args.task_type, params, user_id=args.user_id, priority=args.priority or 0, tags=args.tag
+            args.task_type,
+            params,
+            user_id=args.user_id,
+            priority=args.priority or 0,
+            tags=args.tag,
+            target=target,
         )
         if not args.wait:
             print(json.dumps({"task_id": task_id}))
@@ -229,6 +267,7 @@ def _file_options(args: argparse.Namespace) -> list[str]:
         "--user-id": args.user_id is not None,
         "--priority": args.priority is not None,
         "--tag": bool(args.tag),
+        "--target": args.target is not None,
         "--wait": args.wait,
     }
     return [name for name, present in given.items() if present]

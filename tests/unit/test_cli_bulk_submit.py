@@ -344,3 +344,52 @@ def test_a_bad_chunk_size_exits_2_and_sends_nothing(
 def test_chunk_size_without_a_file_is_refused(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["submit", "test_noop", "--chunk-size", "10"]) == ExitCode.BAD_INPUT
     assert "--chunk-size goes with --file" in capsys.readouterr().err and api.requests == []
+
+
+def test_submit_aims_a_task_with_target(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    api.on("POST", "/api/v1/tasks", httpx.Response(201, json={"task_id": "t-1", "status": "QUEUED"}))
+    target = '{"labels": {"role": "db"}, "mode": "each", "target_timeout": 30}'
+    assert cli.main(["submit", "test_noop", "--params", '{"value": 1}', "--target", target]) == 0
+    assert body(api.only)["target"] == {"labels": {"role": "db"}, "mode": "each", "target_timeout": 30.0}
+    assert printed(capsys.readouterr().out) == [{"task_id": "t-1"}]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            '{"node": "a", "labels": {"role": "db"}}',
+            "--target is not a valid target: target: Value error, name either",
+        ),
+        ('{"node": "a", "mode": "each"}', "mode 'each' needs labels"),
+        ('{"node": 5}', "--target is not a valid target: node: Input should be a valid string"),
+        ("[1]", "--target must be a JSON object, got list"),
+        ("{", "--target is not valid JSON"),
+    ],
+)
+def test_a_bad_target_exits_2_naming_it_and_sends_nothing(
+    api: FakeApi, capsys: pytest.CaptureFixture[str], target: str, message: str
+) -> None:
+    assert cli.main(["submit", "test_noop", "--target", target]) == ExitCode.BAD_INPUT
+    assert message in one_line(capsys.readouterr().err)
+    assert api.requests == []
+
+
+def test_a_target_the_api_refuses_exits_with_its_message(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refusal = {"error": {"code": "target_unreachable", "message": "no worker node 'x' has registered"}}
+    api.on("POST", "/api/v1/tasks", httpx.Response(422, json=refusal))
+    assert cli.main(["submit", "test_noop", "--target", '{"node": "x"}']) == ExitCode.BAD_INPUT
+    assert "no worker node 'x' has registered" in capsys.readouterr().err
+
+
+def test_target_cannot_go_with_file_but_a_line_may_carry_one(
+    api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, [json.dumps(noop(1, target={"node": "db-1"}))])
+    assert cli.main(["submit", "--file", path, "--target", '{"node": "a"}']) == ExitCode.BAD_INPUT
+    assert "--target cannot go with --file" in one_line(capsys.readouterr().err)
+    api.routes[("POST", BULK)] = bulk_route()
+    assert cli.main(["submit", "--file", path]) == 0
+    assert body(api.only)["tasks"][0]["target"] == {"node": "db-1"}
