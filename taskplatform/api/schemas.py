@@ -46,9 +46,32 @@ class BulkSubmitItem(SubmitRequest):
     )
 
 
+def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` written in where they are referenced: a schema embedded in
+    another document (``WithJsonSchema``) cannot point at its own ``#/$defs/…``, which would
+    resolve against the OpenAPI document and break its readers (ReDoc stops rendering)."""
+    definitions = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {k: resolve(v) for k, v in node.items() if k != "$ref"}
+                return {**resolve(definitions[ref.removeprefix("#/$defs/")]), **rest}
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 #: A bulk item as the envelope takes it: any object, checked item by item by the route (so one
 #: answer names every invalid item), documented as a BulkSubmitItem.
-BulkItemJson = Annotated[dict[str, Any], WithJsonSchema(BulkSubmitItem.model_json_schema())]
+BulkItemJson = Annotated[
+    dict[str, Any], WithJsonSchema(inline_definitions(BulkSubmitItem.model_json_schema()))
+]
 
 
 class BulkSubmitRequest(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -490,6 +491,16 @@ async def test_the_route_and_its_answers_are_in_the_openapi_document(serve: Serv
     assert item["required"] == ["task_type"] and item["additionalProperties"] is False
     outcome = spec["components"]["schemas"]["BulkItemResult"]["properties"]["outcome"]
     assert outcome["enum"] == ["created", "existing", "stored_unpublished"]
+    # the item's nested models are written in: a "#/$defs/..." left in the document points nowhere
+    # (ReDoc stopped rendering on it), and every reference resolves within the document
+    target = item["properties"]["target"]["anyOf"][0]
+    assert target["title"] == "TaskTarget" and {"node", "labels", "mode", "target_timeout"} <= set(
+        target["properties"]
+    )
+    refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))
+    assert refs and all(r.startswith("#/components/schemas/") for r in refs), sorted(set(refs))
+    assert all(r.rsplit("/", 1)[1] in spec["components"]["schemas"] for r in refs)
+    assert "$defs" not in json.dumps(spec)
 
 
 # ---------------------------------------------------------------- the submitter, on the memory store
