@@ -238,7 +238,8 @@ async def test_mode_any_runs_on_the_labelled_workers_only_and_a_late_worker_lear
 
                 await eventually(done, timeout=30)
                 ran_on = [(await api.store.get(i)).execution_node_id for i in ids]  # type: ignore[union-attr]
-                assert set(ran_on) == {"any-db-1", "any-db-2"}  # both share the selector's queue
+                # only the labelled workers (which of them takes each is the broker's choice)
+                assert set(ran_on) <= {"any-db-1", "any-db-2"} and len(ran_on) == 20
             # the db workers are gone; one that starts now reads the selector from the stream
             waiting = await api.submitter.submit(_aimed("test_noop", any_db, value=99))
             assert waiting.published
