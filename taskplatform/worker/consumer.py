@@ -349,6 +349,8 @@ class TaskConsumer:
                 why = (
                     "the worker is stopping"
                     if isinstance(exc, GateClosed)
+                    else "higher priorities kept it waiting"
+                    if len(gates) == 1
                     else "higher priorities or the worker's limits kept it waiting"
                 )
                 log.info("handing task %s back to its queue unstarted: %s", task_message.task_id, why)
