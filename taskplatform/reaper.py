@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from taskplatform.deadletters.capture import dead_letter_of_task
+from taskplatform.deadletters.capture import record_dead_task
 from taskplatform.errors import StoreError
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
@@ -216,14 +216,9 @@ class Reaper:
     async def _record_dead_letter(self, task: BackgroundTask, error: ErrorInfo) -> None:
         """Its message is gone with the worker (or is acked as a skip when it comes back), so no
         DLQ consumer will see it: record it here, for operators to list and replay."""
-        try:
-            await self._store.upsert_dead_letter(
-                dead_letter_of_task(
-                    task, reason=error.reason or DeadLetterReason.ATTEMPTS_EXHAUSTED, error=error
-                )
-            )
-        except StoreError:
-            log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)
+        await record_dead_task(
+            self._store, task, reason=error.reason or DeadLetterReason.ATTEMPTS_EXHAUSTED, error=error
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set."""

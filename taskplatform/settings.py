@@ -48,6 +48,21 @@ def default_node_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def _json_object_or_text(value: object, what: str) -> object:
+    """A setting given as ``k=v,k=v`` or a JSON object: the parsed object when the text starts
+    with ``{`` (ValueError naming ``what`` when it is not JSON), else the stripped text; a
+    value that is not text as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a JSON object of {what}: {exc}") from None
+
+
 class PlatformSettings(ApiSettings, BaseSettings):
     """Every knob of the platform. Environment prefix ``TASKPLATFORM_``.
 
@@ -430,15 +445,9 @@ class PlatformSettings(ApiSettings, BaseSettings):
     @classmethod
     def _parse_labels(cls, value: object) -> object:
         """``region=eu,role=db`` or a JSON object; checked key by key (``models.worker.check_labels``)."""
+        value = _json_object_or_text(value, "labels")
         if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                try:
-                    value = json.loads(text)
-                except ValueError as exc:
-                    raise ValueError(f"not a JSON object of labels: {exc}") from None
-            else:
-                return parse_labels(text)
+            return parse_labels(value)
         if isinstance(value, dict):
             return check_labels(value)
         return value
@@ -447,21 +456,15 @@ class PlatformSettings(ApiSettings, BaseSettings):
     @classmethod
     def _parse_type_caps(cls, value: object) -> object:
         """``run_command=2,resize=4`` or a JSON object; every cap a whole number of at least 1."""
+        value = _json_object_or_text(value, "caps")
         if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                try:
-                    value = json.loads(text)
-                except ValueError as exc:
-                    raise ValueError(f"not a JSON object of caps: {exc}") from None
-            else:
-                caps: dict[str, object] = {}
-                for item in (part.strip() for part in text.split(",") if part.strip()):
-                    name, sep, number = (x.strip() for x in item.partition("="))
-                    if not sep or not name or not number.isdigit():
-                        raise ValueError(f"{item!r}: write task_type=N, e.g. run_command=2")
-                    caps[name] = int(number)
-                value = caps
+            caps: dict[str, object] = {}
+            for item in (part.strip() for part in value.split(",") if part.strip()):
+                name, sep, number = (x.strip() for x in item.partition("="))
+                if not sep or not name or not number.isdigit():
+                    raise ValueError(f"{item!r}: write task_type=N, e.g. run_command=2")
+                caps[name] = int(number)
+            value = caps
         if isinstance(value, dict):
             for name, cap in value.items():
                 if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:

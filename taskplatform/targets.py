@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from taskplatform.deadletters.capture import dead_letter_of_task
-from taskplatform.errors import StoreError, UnreachableTargetError
+from taskplatform.deadletters.capture import record_dead_task
+from taskplatform.errors import UnreachableTargetError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import Origin, TaskDeadLettered
 from taskplatform.models import (
@@ -295,10 +295,7 @@ class TargetExpiry:
         if not delivery.accepted or delivery.task is None:
             return False  # the node took it meanwhile, or someone else settled it
         log.warning("task %s dead-lettered: %s", task.id, error.message)
-        try:
-            await self._store.upsert_dead_letter(
-                dead_letter_of_task(delivery.task, reason=DeadLetterReason.TARGET_OFFLINE, error=error)
-            )
-        except StoreError:
-            log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)
+        await record_dead_task(
+            self._store, delivery.task, reason=DeadLetterReason.TARGET_OFFLINE, error=error
+        )
         return True

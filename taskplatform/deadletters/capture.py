@@ -13,15 +13,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from taskplatform.errors import MessageDecodeError
+from taskplatform.errors import MessageDecodeError, StoreError
 from taskplatform.messaging.codec import decode
 from taskplatform.models import BackgroundTask, DeadLetter, DeathRecord, ErrorInfo, TaskMessage, utcnow
 from taskplatform.models.dead_letter import MAX_BODY_BYTES, BodyEncoding, body_as_text
@@ -34,6 +35,8 @@ from taskplatform.models.message import (
     HEADER_TASK_TYPE,
 )
 from taskplatform.store.deadletters import storable_text
+
+log = logging.getLogger(__name__)
 
 #: Longest id a record may take from a message (longer ones are hashed).
 MAX_ID_LENGTH = 200
@@ -339,3 +342,19 @@ def _properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         "priority": message.priority,
     }
     return {k: json_safe(v) for k, v in props.items() if v is not None}
+
+
+class DeadLetterRecords(Protocol):
+    async def upsert_dead_letter(self, record: DeadLetter) -> object: ...
+
+
+async def record_dead_task(
+    store: DeadLetterRecords, task: BackgroundTask, *, reason: str, error: ErrorInfo
+) -> None:
+    """Store the dead-letter record of ``task``, dead-lettered by the platform without its message
+    reaching the DLQ (the reaper, the target sweep), so operators can list and replay it. A store
+    that refuses is logged: the task is DEAD_LETTER either way."""
+    try:
+        await store.upsert_dead_letter(dead_letter_of_task(task, reason=reason, error=error))
+    except StoreError:
+        log.exception("task %s is DEAD_LETTER but its dead-letter record could not be stored", task.id)
