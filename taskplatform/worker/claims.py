@@ -96,10 +96,15 @@ class Claimer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._store_hold
         delay = self._store_backoff
+        # Whether a claim of ours may have committed unseen: this delivery's claim statement
+        # failed (its reply may be what was lost), or it is the copy this node handed back when
+        # the store went away while it held (or was taking) the claim.
+        unseen = await_owner is not None and await_owner.owner == self._node_id
         while True:
             try:
-                return await self._claim_once(message, tm, await_owner, owner_wait_limit)
+                return await self._claim_once(message, tm, await_owner, owner_wait_limit, unseen=unseen)
             except StoreError as exc:
+                unseen = True
                 if loop.time() + delay > deadline:
                     await self._give_back_for_store(message, tm, exc)
                     return None
@@ -118,6 +123,8 @@ class Claimer:
         tm: TaskMessage,
         await_owner: AwaitOwner | None,
         owner_wait_limit: float,
+        *,
+        unseen: bool,
     ) -> BackgroundTask | None:
         request = ClaimRequest(tm.task_id, tm.attempt, tm.priority, tm.task_type, tm.generation)
         task = await self._claims.submit(request)
@@ -139,9 +146,12 @@ class Claimer:
                 f"message of type {tm.task_type!r} names task {tm.task_id!r} of type {current.task_type!r}",
             )
             return None
-        if self._claimed_by_us(current, tm):
+        if unseen and self._claimed_by_us(current, tm):
             # Our claim committed but its reply was lost (the store error was retried), or a
-            # copy of our own given-back message came back: the attempt is ours to run.
+            # copy of our own given-back message came back: the attempt is ours to run. Only
+            # then: a duplicate delivery whose claim simply lost may read the claim of the
+            # delivery that won here, answered late, after that attempt ended and left
+            # ``_running`` (the read is older than its outcome); running it would run it twice.
             return current
         if self._held_by_live_lease(current, tm) and (message.redelivered or await_owner is not None):
             # The broker gave this message back: the worker that held it lost its channel, most

@@ -864,7 +864,9 @@ def test_prometheus_fires_the_dead_letter_alert_for_tasks_and_poison_messages(li
     _wait("the dead-letter alert fires for every task type and reason", lambda: firing() == want, 30)
     assert (UNKNOWN_TASK_TYPE, "unknown-task-type") in want and ("test_noop", "bad-json") in want
     alerts = httpx.get(f"{live.prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-    others = {a["labels"]["alertname"] for a in alerts} - {
+    # Firing ones: a scrape that timed out (one second here) on a busy host makes an up == 0
+    # rule pending for a moment, which is what its ``for`` is there to absorb.
+    others = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"} - {
         "TaskplatformDeadLettersRecorded",
         "TaskplatformFailureRatioHigh",
     }

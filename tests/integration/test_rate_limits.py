@@ -166,7 +166,9 @@ async def test_one_process_with_the_memory_backend_keeps_the_rate(
     _check_pace(tasks, rate=20, burst=1, hold=1.0)
     # waits up to 1.95 s: the short ones were held, the longer ones went round the delay path
     assert stats.held > 0 and stats.delayed > 0, stats
-    assert stats.longest_delay_hold < 0.25, stats  # a delivery sent round: one publish, then its ack
+    # a delivery sent round is held for one publish and its ack, not for its wait (1 s or more);
+    # the bound is the busy-host allowance, not a speed figure
+    assert stats.longest_delay_hold < LATEST_START_ALLOWANCE, stats
     assert len(worker.task_rate_limiter) == 1  # the one bucket, in this process
 
 
@@ -225,5 +227,5 @@ async def test_waits_beyond_the_hold_go_round_the_delay_path_and_count_no_attemp
         f"re-delayed deliveries: {stats.delayed}, "
         f"longest held before its ack {stats.longest_delay_hold * 1000:.1f} ms"
     )
-    assert stats.longest_delay_hold < 0.25, stats  # one confirmed publish, then the ack
+    assert stats.longest_delay_hold < LATEST_START_ALLOWANCE, stats  # one publish and its ack, not the wait
     assert not after.granted  # the reservations were in the store

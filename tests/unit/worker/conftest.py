@@ -102,12 +102,14 @@ EXECUTABLES = (Echo, Wobbly, Broken, Sleepy, Polite)
 
 class SwitchableStore:
     """A real store that can play an outage: while ``down``, every call raises StoreError and it
-    does not answer a ping. ``refuse(method)`` makes one method fail while the store answers."""
+    does not answer a ping. A method named in ``refused`` fails while the store answers; one
+    named in ``lose_reply`` does its work, then fails once, as a reply lost on the way back."""
 
     def __init__(self, store: BaseTaskStore) -> None:
         self._store = store
         self.down = False
         self.refused: set[str] = set()
+        self.lose_reply: set[str] = set()
         self.calls: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -119,7 +121,11 @@ class SwitchableStore:
             self.calls.append(name)
             if self.down or name in self.refused:
                 raise StoreError(f"{name}: store unavailable (test outage)")
-            return await attr(*args, **kwargs)
+            answer = await attr(*args, **kwargs)
+            if name in self.lose_reply:
+                self.lose_reply.discard(name)
+                raise StoreError(f"{name}: the connection dropped before the reply (test)")
+            return answer
 
         return call
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
-from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON
+from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_AWAIT_SINCE, HEADER_DEAD_REASON, AwaitOwner
 from taskplatform.testing.broker import FakeDelivery, FakePublisher
 from taskplatform.worker.claims import Claimer
 from taskplatform.worker.config import WorkerConfig
@@ -92,10 +92,36 @@ async def test_our_own_claim_whose_reply_was_lost_is_ours_to_run(
     store: Any, settler: Settler, config: WorkerConfig, new_task: NewTask
 ) -> None:
     task = await new_task()
-    await _held_by(store, task, NODE, lease_seconds=60)  # committed, but we never saw the answer
+    store.lose_reply.add("try_set_running_many")  # committed, but we never saw the answer
     delivery = FakeDelivery.of(task)
     claimed = await _claimer(store, settler, config).claim(delivery, TaskMessage.for_task(task))  # type: ignore[arg-type]
     assert claimed is not None and claimed.id == task.id and delivery.settlement is None
+    assert store.calls.count("try_set_running_many") == 2  # the retry lost: the claim was ours
+    assert claimed.execution_node_id == NODE and claimed.status is TaskStatus.RUNNING
+
+
+async def test_a_copy_this_node_handed_back_finds_its_claim_and_runs(
+    store: Any, settler: Settler, config: WorkerConfig, new_task: NewTask
+) -> None:
+    task = await new_task()
+    await _held_by(store, task, NODE, lease_seconds=60)  # the store went away while we held it
+    copy = FakeDelivery.of(task, headers={HEADER_AWAIT_OWNER: NODE, HEADER_AWAIT_SINCE: 0})
+    tm = TaskMessage.for_task(task)
+    await_owner = AwaitOwner.from_headers(copy.headers)
+    claimed = await _claimer(store, settler, config).claim(copy, tm, await_owner=await_owner)  # type: ignore[arg-type]
+    assert claimed is not None and claimed.id == task.id and copy.settlement is None
+
+
+async def test_a_duplicate_that_reads_a_claim_of_ours_late_does_not_run_the_attempt_again(
+    store: Any, settler: Settler, config: WorkerConfig, new_task: NewTask, publisher: FakePublisher
+) -> None:
+    # Two copies of one message: the other copy's claim won here; this one's lost, and its read
+    # of the task was answered after that attempt had ended and left the running set.
+    task = await new_task()
+    await _held_by(store, task, NODE, lease_seconds=60)
+    duplicate = FakeDelivery.of(task)
+    assert await _claimer(store, settler, config).claim(duplicate, TaskMessage.for_task(task)) is None  # type: ignore[arg-type]
+    assert duplicate.settlement == "ack" and publisher.published == []
 
 
 async def test_a_delivery_of_an_attempt_already_running_here_is_not_claimed_again(
