@@ -44,7 +44,8 @@ from taskplatform.store.workers import WorkerFilter, WorkerPage
 
 log = logging.getLogger(__name__)
 
-#: The most workers one ``mode: each`` fans out to (one request's children).
+#: The most children one request's ``mode: each`` tasks fan out to, together (one fan-out to
+#: more workers than this is refused, and so is a bulk whose fan-outs add up to more).
 MAX_FAN_OUT = 1000
 #: Workers read per registry page while looking for a fan-out's.
 WORKER_PAGE = 500
@@ -66,6 +67,8 @@ class Plan:
 
     stored: list[BackgroundTask] = field(default_factory=list)
     published: list[BackgroundTask] = field(default_factory=list)
+    #: Fan-out children in the plan, all fan-outs together.
+    children: int = 0
 
 
 def child_id(parent_id: str, node_id: str) -> str:
@@ -85,48 +88,62 @@ class TargetPlanner:
         plan = Plan()
         problems: list[tuple[int, str]] = []
         nodes: dict[str, WorkerRecord | None] = {}
+        matching: dict[tuple[str, tuple[tuple[str, str], ...]], list[WorkerRecord]] = {}
         for position, task in enumerate(tasks):
             target = task.target
+            problem: str | None = None
             if target is None:
-                plan.stored.append(task)
-                plan.published.append(task)
-                continue
-            if target.node is not None:
+                pass
+            elif target.node is not None:
                 if target.node not in nodes:
                     nodes[target.node] = await self._store.get_worker(target.node)
                 problem = _node_problem(task, target.node, nodes[target.node])
-                if problem is not None:
-                    problems.append((position, problem))
-                    continue
-                plan.stored.append(task)
-                plan.published.append(task)
-                continue
-            assert target.labels is not None  # the model allows nodes or labels
-            if target.mode == "any":
+            elif target.mode == "any":
                 if not await self._workers_with(target, task.task_type, online=None, most=1):
-                    problems.append((position, _no_workers(task, target, registered=True)))
-                    continue
-                plan.stored.append(task)
-                plan.published.append(task)
+                    problem = _no_workers(task, target, registered=True)
+            else:
+                problem = await self._fan_out(plan, task, target, matching)
+                if problem is None:
+                    continue  # the plan has the parent and its children
+            if problem is not None:
+                problems.append((position, problem))
                 continue
-            workers = await self._workers_with(target, task.task_type, online=True, most=MAX_FAN_OUT + 1)
-            if not workers:
-                problems.append((position, _no_workers(task, target)))
-                continue
-            if len(workers) > MAX_FAN_OUT:
-                problems.append(
-                    (
-                        position,
-                        f"labels {_shown(target)} match {len(workers)} workers, more than {MAX_FAN_OUT}",
-                    )
-                )
-                continue
-            parent, children = fan_out(task, workers)
-            plan.stored.extend([parent, *children])
-            plan.published.extend(children)
+            plan.stored.append(task)
+            plan.published.append(task)
         if problems:
             raise UnreachableTargetError(problems)
         return plan
+
+    async def _fan_out(
+        self,
+        plan: Plan,
+        task: BackgroundTask,
+        target: TaskTarget,
+        matching: dict[tuple[str, tuple[tuple[str, str], ...]], list[WorkerRecord]],
+    ) -> str | None:
+        """Add ``task``'s parent and one child per matching online worker to ``plan``, or say
+        why not (none online, or more children than one request may make)."""
+        assert target.labels is not None  # the model allows nodes or labels
+        key = (task.task_type, tuple(sorted(target.labels.items())))
+        if key not in matching:  # the registry is read once per labels and type in a request
+            most = MAX_FAN_OUT + 1
+            matching[key] = await self._workers_with(target, task.task_type, online=True, most=most)
+        workers = matching[key]
+        if not workers:
+            return _no_workers(task, target)
+        if len(workers) > MAX_FAN_OUT:
+            return f"labels {_shown(target)} match {len(workers)} workers, more than {MAX_FAN_OUT}"
+        if plan.children + len(workers) > MAX_FAN_OUT:
+            return (
+                f"labels {_shown(target)} match {len(workers)} workers: with the {plan.children} children of "
+                f"the request's earlier fan-outs that is more than {MAX_FAN_OUT} for one request; "
+                "submit it in a request of its own"
+            )
+        parent, children = fan_out(task, workers)
+        plan.stored.extend([parent, *children])
+        plan.published.extend(children)
+        plan.children += len(children)
+        return None
 
     async def _workers_with(
         self, target: TaskTarget, task_type: str, *, online: bool | None, most: int
@@ -207,7 +224,9 @@ def fan_out(
 class ExpiryStore(WorkerLookup, Protocol):
     def now(self) -> datetime: ...
 
-    async def list_aimed_waiting(self, *, limit: int) -> list[BackgroundTask]: ...
+    async def list_aimed_waiting(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[BackgroundTask]: ...
 
     async def upsert_dead_letter(self, record: DeadLetter) -> object: ...
 
@@ -222,6 +241,11 @@ class TargetExpiry:
     ``target-offline`` (a dead-letter record, so operators list and replay it once the node is
     back) through the event bus: the store's guard leaves a task the node claimed meanwhile
     alone. Its message, still in the node's queue, is skipped when the node returns.
+
+    A pass reads ``batch`` waiting tasks, on from where the last pass stopped, and starts over
+    from the oldest once it reached the newest: every waiting task is looked at within
+    (waiting tasks / ``batch``) passes, however many of the oldest wait for a node that is
+    online (those stay, and would otherwise hide every task behind them).
     """
 
     def __init__(self, store: ExpiryStore, bus: EventBus, *, node_id: str, batch: int = 200) -> None:
@@ -229,6 +253,7 @@ class TargetExpiry:
         self._bus = bus
         self._node_id = node_id
         self._batch = batch
+        self._after: tuple[datetime, str] | None = None
         self.expired = 0
 
     async def expire(self) -> int:
@@ -236,7 +261,9 @@ class TargetExpiry:
         now = self._store.now()
         found: dict[tuple[str, ...], list[WorkerRecord]] = {}
         done = 0
-        for task in await self._store.list_aimed_waiting(limit=self._batch):
+        page = await self._store.list_aimed_waiting(limit=self._batch, after=self._after)
+        self._after = (page[-1].created_at, page[-1].id) if len(page) == self._batch else None
+        for task in page:
             target = task.target
             assert target is not None  # what the query finds
             key, where = self._where(task.task_type, target)

@@ -248,10 +248,13 @@ class LostWorkers(StoreClock, Protocol):
         """RUNNING tasks whose lease ended before ``before``, oldest lease first."""
 
     @abstractmethod
-    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+    async def list_aimed_waiting(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> builtins.list[BackgroundTask]:
         """Tasks aimed at a node or at any worker carrying labels (a ``target`` with a queue of
-        its own: ``mode: any``) that wait to run (QUEUED or RETRYING), oldest first: what the
-        sweep fails once no worker they may run on has been online for too long."""
+        its own: ``mode: any``) that wait to run (QUEUED or RETRYING), oldest first (by
+        ``created_at``, then id), after ``after`` (the last one's ``created_at`` and id) when
+        given: what the sweep fails once no worker they may run on has been online for too long."""
 
     @abstractmethod
     async def reap(

@@ -47,6 +47,21 @@ async def test_the_sweep_finds_the_tasks_aimed_at_nodes_that_still_wait_oldest_f
     assert [t.id for t in found] == [older.id, retrying.id, newer.id]
     assert {t.status for t in found} == {TaskStatus.QUEUED, TaskStatus.RETRYING}
     assert [t.id for t in await store.list_aimed_waiting(limit=1)] == [older.id]
+    # page by page, on from the last one read (the sweep's cursor)
+    after_older = await store.list_aimed_waiting(limit=1, after=(older.created_at, older.id))
+    assert [t.id for t in after_older] == [retrying.id]
+    assert [t.id for t in await store.list_aimed_waiting(limit=5, after=(newer.created_at, newer.id))] == []
+
+
+async def test_aimed_tasks_created_at_one_instant_page_by_their_id(store: BaseTaskStore) -> None:
+    at = utcnow() - timedelta(seconds=30)
+    same = [make_task(target=TaskTarget(node=f"db-{i}"), created_at=at) for i in range(3)]
+    await store.create_many(same)
+    ids = sorted(t.id for t in same)
+    first = await store.list_aimed_waiting(limit=2)
+    assert [t.id for t in first] == ids[:2]
+    rest = await store.list_aimed_waiting(limit=2, after=(first[-1].created_at, first[-1].id))
+    assert [t.id for t in rest] == ids[2:]
 
 
 async def test_a_listing_by_node_finds_what_was_aimed_at_it_or_ran_there_page_by_page(

@@ -190,6 +190,31 @@ async def test_each_refuses_labels_nobody_online_carries_and_a_fan_out_too_wide(
         await planner.plan([_task(runtime, TaskTarget(labels={"role": "db"}, mode="each"))])
 
 
+async def test_a_request_whose_fan_outs_add_up_to_more_than_the_bound_is_refused_where_it_passes_it(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(targets_module, "MAX_FAN_OUT", 5)
+    for node in ("db-1", "db-2"):
+        await runtime.store.beat_worker(_record(runtime, node, labels={"role": "db"}))
+    reads = 0
+    list_workers = runtime.store.list_workers
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await list_workers(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.store, "list_workers", counted)
+    each = TaskTarget(labels={"role": "db"}, mode="each")
+    plan = await TargetPlanner(runtime.store).plan([_task(runtime, each) for _ in range(2)])
+    assert len(plan.published) == 4  # 2 x 2 children: within the bound
+    assert reads == 1  # the same labels and type: the registry read once for the request
+    with pytest.raises(UnreachableTargetError) as refused:
+        await TargetPlanner(runtime.store).plan([_task(runtime, each) for _ in range(4)])
+    assert [p for p, _ in refused.value.problems] == [2, 3]  # 2 + 2 fit; the third would make 6
+    assert "with the 4 children of the request's earlier fan-outs that is more than 5" in str(refused.value)
+
+
 async def test_every_aimed_task_at_fault_is_named_by_position(runtime: Runtime) -> None:
     await runtime.store.beat_worker(_record(runtime, "db-1"))
     tasks = [
@@ -292,6 +317,23 @@ async def test_expiry_fails_only_tasks_whose_node_stayed_away_past_their_timeout
     assert await expiry.expire() == 0  # nothing left to fail
 
 
+async def test_expiry_reaches_every_waiting_task_however_many_older_ones_wait_for_a_live_node(
+    runtime: Runtime,
+) -> None:
+    store = runtime.store
+    await store.beat_worker(_record(runtime, "busy"))
+    await store.beat_worker(_record(runtime, "down", seen_ago=100, state=WorkerState.OFFLINE))
+    older = [await _store_aimed(runtime, "busy", timeout=1, waited=500) for _ in range(5)]
+    due = await _store_aimed(runtime, "down", timeout=50, waited=500)
+    assert due.created_at > older[-1].created_at  # behind every task of the live node
+    expiry = TargetExpiry(store, runtime.bus, node_id="sweeper", batch=2)
+    passes = [await expiry.expire() for _ in range(3)]
+    assert passes == [0, 0, 1]  # two per pass, on from the last: the third pass reaches it
+    assert (await store.get(due.id)).status is TaskStatus.DEAD_LETTER  # type: ignore[union-attr]
+    assert {(await store.get(t.id)).status for t in older} == {TaskStatus.QUEUED}  # type: ignore[union-attr]
+    assert [await expiry.expire() for _ in range(4)] == [0, 0, 0, 0]  # starts over, finds none due
+
+
 async def test_expiry_leaves_a_task_its_node_claimed_meanwhile(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,7 +343,7 @@ async def test_expiry_leaves_a_task_its_node_claimed_meanwhile(
     lease = store.now() + timedelta(seconds=60)
     assert await store.try_set_running(task.id, attempt=0, node_id="gone", lease_until=lease)
 
-    async def stale(*, limit: int) -> list[BackgroundTask]:
+    async def stale(*, limit: int, after: object = None) -> list[BackgroundTask]:
         return listed  # what the pass read just before the node claimed it
 
     monkeypatch.setattr(store, "list_aimed_waiting", stale)

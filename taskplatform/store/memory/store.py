@@ -187,11 +187,14 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart
             counts[doc["status"]] = counts.get(doc["status"], 0) + 1
         return counts
 
-    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+    async def list_aimed_waiting(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> builtins.list[BackgroundTask]:
         docs = (await self._reach()).tasks.values()
         waiting = (d for d in docs if d["status"] in (TaskStatus.QUEUED, TaskStatus.RETRYING))
         aimed = (d for d in waiting if (d.get("target") or {}).get("mode") == "any")
-        return self._select(aimed, lambda d: d["created_at"], limit)
+        later = (d for d in aimed if after is None or (d["created_at"], d["id"]) > after)
+        return self._select(later, lambda d: (d["created_at"], d["id"]), limit)
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
         docs = (await self._reach()).tasks.values()

@@ -312,13 +312,19 @@ class MongoTaskStore(
             )
         return self._to_task(doc) if doc is not None else None
 
-    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
-        query = {
+    async def list_aimed_waiting(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> builtins.list[BackgroundTask]:
+        query: dict[str, Any] = {
             "target.mode": "any",  # aimed at a node or at any worker with labels: a queue of its own
             "status": {"$in": [TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]},
         }
+        if after is not None:
+            at, last_id = after
+            query["$or"] = [{"created_at": {"$gt": at}}, {"created_at": at, "_id": {"$gt": last_id}}]
         async with self._errors():
-            found = self.collection.find(query).sort([("created_at", ASCENDING)]).limit(limit)
+            order = [("created_at", ASCENDING), ("_id", ASCENDING)]
+            found = self.collection.find(query).sort(order).limit(limit)
             docs = await found.to_list(None)
         return [self._to_task(d) for d in docs]
 

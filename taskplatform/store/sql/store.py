@@ -446,16 +446,26 @@ class SqlTaskStore(
         )
         return await self._select(query)
 
-    async def list_aimed_waiting(self, *, limit: int) -> builtins.list[BackgroundTask]:
+    async def list_aimed_waiting(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> builtins.list[BackgroundTask]:
         query = (
             select(tasks_table)
             .where(
                 tasks_table.c.target_key.is_not(None),
                 tasks_table.c.status.in_([TaskStatus.QUEUED.value, TaskStatus.RETRYING.value]),
             )
-            .order_by(tasks_table.c.created_at)
+            .order_by(tasks_table.c.created_at, tasks_table.c.id)
             .limit(limit)
         )
+        if after is not None:
+            at, last_id = after
+            query = query.where(
+                or_(
+                    tasks_table.c.created_at > at,
+                    and_(tasks_table.c.created_at == at, tasks_table.c.id > last_id),
+                )
+            )
         return await self._select(query)
 
     async def list_lapsed(self, *, before: datetime, limit: int) -> builtins.list[BackgroundTask]:
