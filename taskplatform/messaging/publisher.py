@@ -131,16 +131,29 @@ class TaskPublisher:
         (``route_priority``, when given, picks the priority level's queue instead: the body
         keeps the task's own priority); a message aimed at a node goes to that node's queue."""
         priority = message.priority if route_priority is None else route_priority
-        if message.target is not None and message.target.node is None:
-            await self.ensure_selector(message.task_type, message.target.labels or {})
-        await self.publish_raw(
-            self._topology.work_exchange,
+        target = message.target
+        labels = (target.labels or {}) if target is not None and target.node is None else None
+        if labels is not None:
+            await self.ensure_selector(message.task_type, labels)
+        route = (
             message.target_route
             if message.target_route is not None
-            else self._topology.routing_key_for(message.task_type, priority),
-            encode(message, extra_headers=extra_headers),
-            what=f"task {message.task_id}",
+            else self._topology.routing_key_for(message.task_type, priority)
         )
+        body = encode(message, extra_headers=extra_headers)
+        try:
+            await self.publish_raw(self._topology.work_exchange, route, body, what=f"task {message.task_id}")
+        except UnroutableError:
+            if labels is None:
+                raise
+            # The selector's queue is gone although this process made it (an operator deleted
+            # it, or it expired unconsumed): make it again and announce it (its workers consume
+            # it again), then publish once more.
+            selector = selector_id(message.task_type, labels)
+            log.warning("the queue of selector %s is gone; declaring it again", selector)
+            self._selectors.pop(selector, None)
+            await self.ensure_selector(message.task_type, labels)
+            await self.publish_raw(self._topology.work_exchange, route, body, what=f"task {message.task_id}")
 
     async def publish_task(self, task: BackgroundTask) -> None:
         """Publish ``task``'s current attempt: at once, or through the delay path when its
@@ -213,6 +226,7 @@ class TaskPublisher:
                     queue = await channel.declare_queue(
                         spec.name, durable=True, arguments=dict(spec.arguments)
                     )
+                    consumers = queue.declaration_result.consumer_count
                     for binding in self._topology.selector_bindings(selector):
                         await queue.bind(binding.exchange, routing_key=binding.routing_key)
                 finally:
@@ -220,7 +234,9 @@ class TaskPublisher:
                         await channel.close()
             except TRANSIENT_BROKER_ERRORS as exc:
                 raise BrokerError(f"cannot declare the queue of selector {selector}: {exc}") from exc
-            announcement = SelectorAnnouncement(selector=selector, task_type=task_type, labels=dict(labels))
+            announcement = SelectorAnnouncement(
+                selector=selector, task_type=task_type, labels=dict(labels), consumers=consumers
+            )
             await self.publish_raw(
                 "",
                 self._topology.selectors_stream,

@@ -85,6 +85,9 @@ class SelectorAnnouncement(BaseModel):
     selector: str = Field(pattern=r"^[0-9a-f]{24}$")
     task_type: str = Field(min_length=1, max_length=128)
     labels: Labels = Field(min_length=1)
+    #: Consumers the queue had when the announcer declared it (None: not said). 0 tells workers
+    #: that follow the selector already that their consumer is gone (the queue was made again).
+    consumers: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> SelectorAnnouncement:

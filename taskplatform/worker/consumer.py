@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +16,6 @@ from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, TaskMessage, utcnow
 from taskplatform.models.message import AwaitOwner
-from taskplatform.models.target import SelectorAnnouncement
 from taskplatform.ratelimit.admission import RateStats
 from taskplatform.ratelimit.limiter import RateLimiter
 from taskplatform.submission import TaskSubmitter
@@ -29,17 +27,11 @@ from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
 from taskplatform.worker.intake import Intake
 from taskplatform.worker.once import settle_interrupted, started_elsewhere
+from taskplatform.worker.selectors import SelectorFollower
 from taskplatform.worker.settlement import Settler, channel_gone
 from topology.spec import Topology
 
 log = logging.getLogger(__name__)
-
-#: Selector announcements a worker takes from the stream at once.
-SELECTOR_STREAM_PREFETCH = 100
-
-
-def _shown(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class TaskConsumer:
@@ -81,9 +73,14 @@ class TaskConsumer:
         self._total_gate: list[PriorityGate] = []
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        #: The selectors whose queues this worker consumes, and the channel reading the stream.
-        self._subscribed: set[str] = set()
-        self._stream_channel: AbstractChannel | None = None
+        self._selectors = SelectorFollower(
+            broker,
+            topology,
+            config,
+            registry,
+            consumers=self._consumers,
+            handler=functools.partial(self._on_message, None, 0),
+        )
         self._instances: dict[str, BackgroundTaskExecutable[Any, Any]] = {}
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         #: (task id, attempt) running in this worker -> set when that attempt is over.
@@ -123,81 +120,7 @@ class TaskConsumer:
                 self._config.prefetch,
             )
         await self._consume_node_queue(self._channel)
-        await self._follow_selectors()
-
-    async def _follow_selectors(self) -> None:
-        """Read the selectors stream from its start, on a channel of its own: every selector this
-        worker matches (its type served here, its labels all carried) has its queue consumed.
-
-        The stream is read from its first message at every start and after every reconnect, so
-        a worker that starts late still learns every selector announced within the stream's week
-        (the API announces each one it routes to again every day)."""
-        self._subscribed = set()
-        self._stream_channel = await self._broker.channel()
-        await self._stream_channel.set_qos(prefetch_count=SELECTOR_STREAM_PREFETCH)
-        stream = await self._stream_channel.declare_queue(self._topology.selectors_stream, passive=True)
-        tag = await stream.consume(self._on_selector, no_ack=False, arguments={"x-stream-offset": "first"})
-        self._consumers.append((stream, tag))
-
-    async def _on_selector(self, message: AbstractIncomingMessage) -> None:
-        try:
-            announced: SelectorAnnouncement | None = SelectorAnnouncement.model_validate_json(message.body)
-        except ValueError as exc:
-            log.warning("ignoring a malformed selector announcement: %s", str(exc).splitlines()[0])
-            announced = None
-        try:
-            if (
-                announced is not None
-                and self._matches(announced)
-                and announced.selector not in self._subscribed
-            ):
-                await self._consume_selector(announced)
-        finally:
-            with contextlib.suppress(Exception):
-                await message.ack()  # a stream's messages stay: the ack only gives credit back
-
-    def _matches(self, announced: SelectorAnnouncement) -> bool:
-        labels = self._config.labels
-        served = announced.task_type in self._registry
-        return served and all(labels.get(k) == v for k, v in announced.labels.items())
-
-    async def _consume_selector(self, announced: SelectorAnnouncement) -> None:
-        """Consume the selector's queue. It is declared (with this worker's arguments) on a
-        channel of its own: a queue whose arguments differ (another process's
-        ``NODE_QUEUE_EXPIRES_SECONDS``) makes the broker close the declaring channel, which must
-        not be the one every work consumer runs on. The selector counts as followed only once
-        its consumer runs, so a failure is tried again at the next announcement or reconnect."""
-        channel = self._channel
-        if channel is None or announced.selector in self._subscribed:
-            return
-        self._subscribed.add(announced.selector)
-        expires = self._config.node_queue_expires
-        spec = self._topology.selector_queue(announced.selector, expires_seconds=expires)
-        try:
-            declaring = await self._broker.channel()
-            try:
-                await declaring.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
-            finally:
-                with contextlib.suppress(Exception):
-                    await declaring.close()
-            queue = await channel.declare_queue(spec.name, passive=True)
-            for binding in self._topology.selector_bindings(announced.selector):
-                await queue.bind(binding.exchange, routing_key=binding.routing_key)
-            tag = await queue.consume(functools.partial(self._on_message, None, 0), no_ack=False)
-        except Exception as exc:
-            self._subscribed.discard(announced.selector)
-            log.error(
-                "cannot consume %s (%s for workers with %s): %s; tried again at its next announcement",
-                spec.name,
-                announced.task_type,
-                _shown(announced.labels),
-                exc,
-            )
-            return
-        self._consumers.append((queue, tag))
-        log.info(
-            "consuming %s (%s for workers with %s)", spec.name, announced.task_type, _shown(announced.labels)
-        )
+        await self._selectors.start(self._channel)
 
     async def _consume_node_queue(self, channel: AbstractChannel) -> None:
         """Declare this worker node's own queue (tasks aimed at it), bind it and consume it.
@@ -237,11 +160,11 @@ class TaskConsumer:
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5)
-        for channel in (self._stream_channel, self._channel):
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-        self._channel = self._stream_channel = None
+        await self._selectors.stop()
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self._channel = None
 
     @property
     def in_flight(self) -> int:

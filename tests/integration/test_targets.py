@@ -271,3 +271,36 @@ async def test_mode_any_runs_on_the_labelled_workers_only_and_a_late_worker_lear
             f"{api.settings.topology_prefix}tasks.select.{selector_id('test_noop', {'role': 'db'})}"
         )
         await channel.close()
+
+
+async def test_a_selector_queue_deleted_under_its_workers_is_made_again_and_consumed_again(
+    fleet: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    # An operator deletes it, or the broker expires it: the publisher's "made already" is stale,
+    # and the broker cancels the workers' consumers of it.
+    api = fleet("api-6", consume=False)
+    db = fleet("sel-db-1", labels="role=db")
+    any_db = {"labels": {"role": "db"}}
+    queue = f"{api.settings.topology_prefix}tasks.select.{selector_id('test_noop', {'role': 'db'})}"
+    try:
+        async with nodes(api, db):
+            await eventually(lambda: _online(api, "sel-db-1"), timeout=15)
+            first = await api.submitter.submit(_aimed("test_noop", any_db, value=1))
+
+            async def completed(task_id: str) -> bool:
+                return (await _statuses(api, [task_id])) == [TaskStatus.COMPLETED]
+
+            await eventually(lambda: completed(first.task.id), timeout=20)
+            channel = await rabbitmq.channel()
+            await channel.queue_delete(queue)
+            await channel.close()
+            again = await api.submitter.submit(_aimed("test_noop", any_db, value=2))
+            assert again.published, "the publisher made the queue again"
+            await eventually(lambda: completed(again.task.id), timeout=30)
+            done = await api.store.get(again.task.id)
+            assert done is not None and done.execution_node_id == "sel-db-1"
+    finally:
+        await _delete_node_queues(rabbitmq, api, "sel-db-1")
+        channel = await rabbitmq.channel()
+        await channel.queue_delete(queue)
+        await channel.close()

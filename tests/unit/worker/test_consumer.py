@@ -17,7 +17,8 @@ from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON, 
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.testing.broker import FakeBroker, FakeDelivery, FakePublisher
 from taskplatform.worker.config import WorkerConfig
-from taskplatform.worker.consumer import SELECTOR_STREAM_PREFETCH, TaskConsumer
+from taskplatform.worker.consumer import TaskConsumer
+from taskplatform.worker.selectors import SELECTOR_STREAM_PREFETCH
 from taskplatform.worker.settlement import Settler
 from tests.unit.worker.conftest import NODE, Echo
 from topology import Topology, build_topology
@@ -358,3 +359,33 @@ async def test_a_delivery_waiting_for_a_capped_type_at_shutdown_is_handed_back(
     [copy] = publisher.published
     assert copy.message is not None and copy.message.task_id == waiting.id and second.settlement == "ack"
     assert (await store.get(waiting.id)).status is TaskStatus.QUEUED
+
+
+async def test_a_selector_announced_as_consumed_by_nobody_is_consumed_afresh(
+    consumers: Consumers, broker: FakeBroker, topology: Topology
+) -> None:
+    consumer = await consumers(labels={"role": "db"})
+    stream = broker.queue(topology.selectors_stream)
+    selector = selector_id("unit_echo", {"role": "db"})
+    name = f"unit.tasks.select.{selector}"
+
+    def announcement(consumers: int | None) -> FakeDelivery:
+        fields = {
+            "selector": selector,
+            "task_type": "unit_echo",
+            "labels": {"role": "db"},
+            "consumers": consumers,
+        }
+        return FakeDelivery(json.dumps(fields).encode())
+
+    await stream.deliver(announcement(None))
+    queue = broker.queue(topology.work_queues[0].queue).channel.queues[name]
+    [first_tag] = queue._callbacks  # noqa: SLF001 - the fake's consumer tags
+    await stream.deliver(announcement(3))  # others consume it: nothing to do
+    assert list(queue._callbacks) == [first_tag]  # noqa: SLF001
+    queue._callbacks.clear()  # noqa: SLF001 - the queue was deleted: the broker dropped the consumer silently
+    assert not queue.consumed
+    await stream.deliver(announcement(0))  # made again, consumed by nobody
+    assert queue.consumed and len(queue.bindings) == 2  # bound and consumed once more
+    await consumer.stop(grace=1)
+    assert not queue.consumed and not stream.consumed
