@@ -17,6 +17,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.exceptions import ChannelInvalidStateError, MessageProcessError
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from taskplatform.errors import BrokerError
 from taskplatform.messaging.codec import encode
@@ -30,10 +31,13 @@ _tags = itertools.count(1)
 class FakeChannel:
     """The channel a delivery came on: ``close()`` it to play a lost connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, absent: set[str] | None = None) -> None:
         self.is_closed = False
         self.prefetch_count: int | None = None
         self.queues: dict[str, FakeQueue] = {}
+        #: Queues that do not exist on the broker (shared by its channels): a passive declare
+        #: of one fails as RabbitMQ's does, and closes the channel; a declare makes it.
+        self.absent = absent if absent is not None else set()
 
     async def set_qos(self, prefetch_count: int) -> None:
         self.prefetch_count = prefetch_count
@@ -47,6 +51,11 @@ class FakeChannel:
         arguments: dict[str, Any] | None = None,
     ) -> FakeQueue:
         """The queue ``name`` (made on first declare; its arguments kept as first declared)."""
+        if name in self.absent:
+            if passive:
+                self.is_closed = True
+                raise ChannelNotFoundEntity(f"NOT_FOUND - no queue '{name}'")
+            self.absent.discard(name)
         queue = self.queues.setdefault(name, FakeQueue(name, self))
         if not passive and arguments is not None and not queue.arguments:
             queue.arguments = dict(arguments)
@@ -290,15 +299,18 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.channels: list[FakeChannel] = []
+        #: Queues that do not exist (see ``FakeChannel.absent``).
+        self.absent: set[str] = set()
 
     async def channel(self) -> FakeChannel:
-        channel = FakeChannel()
+        channel = FakeChannel(self.absent)
         self.channels.append(channel)
         return channel
 
     def queue(self, name: str) -> FakeQueue:
-        """The queue named ``name`` on the last channel opened that has it."""
-        for channel in reversed(self.channels):
-            if name in channel.queues:
-                return channel.queues[name]
-        raise KeyError(name)
+        """The queue named ``name`` on the last channel opened that consumes it, else on the
+        last that has it (a passive declare on a channel of its own only looked)."""
+        having = [c.queues[name] for c in reversed(self.channels) if name in c.queues]
+        if not having:
+            raise KeyError(name)
+        return next((q for q in having if q.consumed), having[0])

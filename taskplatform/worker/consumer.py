@@ -26,6 +26,7 @@ from taskplatform.worker.claims import Claimer, ClaimingStore
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
 from taskplatform.worker.intake import Intake
+from taskplatform.worker.node_queue import queue_missing, republish_waiting
 from taskplatform.worker.once import settle_interrupted, started_elsewhere
 from taskplatform.worker.selectors import SelectorFollower
 from taskplatform.worker.settlement import Settler, channel_gone
@@ -127,11 +128,14 @@ class TaskConsumer:
 
         Durable and quorum: what waits there while the worker is away is kept for it. Its
         deliveries share the slots of their task type's queue group with untargeted work, at
-        their priority level (``_handle``).
+        their priority level (``_handle``). A queue that was gone (it expired, or was deleted,
+        with what waited in it) is made again and the tasks waiting for this node published
+        again (``worker/node_queue.py``).
         """
         spec = self._topology.node_queue(
             self._config.node_id, expires_seconds=self._config.node_queue_expires
         )
+        missing = await queue_missing(self._broker, spec.name)
         queue = await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
         for binding in self._topology.node_bindings(self._config.node_id):
             await queue.bind(binding.exchange, routing_key=binding.routing_key)
@@ -139,6 +143,8 @@ class TaskConsumer:
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
         log.info("consuming %s (tasks aimed at node %s)", spec.name, self._config.node_id)
+        if missing:
+            await republish_waiting(self._store, self._settler.publisher, self._config.node_id)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking new messages, give in-flight ones ``grace`` seconds, then close.

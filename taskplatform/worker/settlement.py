@@ -57,6 +57,10 @@ class Settler:
     def recorder(self) -> EventRecorder:
         return self._recorder
 
+    @property
+    def publisher(self) -> TaskPublisher:
+        return self._publisher
+
     # ------------------------------------------------------------ an attempt's life
     async def start(self, message: AbstractIncomingMessage, task: BackgroundTask) -> bool:
         """Record that the claimed attempt starts; when that cannot be recorded within the store

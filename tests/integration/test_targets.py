@@ -304,3 +304,31 @@ async def test_a_selector_queue_deleted_under_its_workers_is_made_again_and_cons
         channel = await rabbitmq.channel()
         await channel.queue_delete(queue)
         await channel.close()
+
+
+async def test_tasks_that_waited_in_a_node_queue_that_expired_run_when_the_node_comes_back(
+    fleet: Callable[..., Runtime], rabbitmq: Any
+) -> None:
+    api = fleet("api-7", consume=False)
+    try:
+        async with running(api):
+            async with running(fleet("node-lapsed")):
+                await eventually(lambda: _online(api, "node-lapsed"), timeout=15)
+            waiting = await api.submitter.submit_many(
+                [_aimed("test_noop", {"node": "node-lapsed"}, value=i) for i in range(3)]
+            )
+            assert all(s.published for s in waiting)
+            # the broker expires the queue nobody consumed, with the three messages in it
+            await _delete_node_queues(rabbitmq, api, "node-lapsed")
+            ids = [s.task.id for s in waiting]
+            assert await _statuses(api, ids) == [TaskStatus.QUEUED] * 3
+            async with running(fleet("node-lapsed")):
+
+                async def ran() -> bool:
+                    return await _statuses(api, ids) == [TaskStatus.COMPLETED] * 3
+
+                await eventually(ran, timeout=20)
+            done = [await api.store.get(i) for i in ids]
+            assert all(t is not None and t.execution_node_id == "node-lapsed" for t in done)
+    finally:
+        await _delete_node_queues(rabbitmq, api, "node-lapsed")

@@ -14,6 +14,7 @@ import pytest
 
 from taskplatform.models import BackgroundTask, TaskStatus, utcnow
 from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON, HEADER_NOT_BEFORE
+from taskplatform.models.target import TaskTarget
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.testing.broker import FakeBroker, FakeDelivery, FakePublisher
 from taskplatform.worker.config import WorkerConfig
@@ -389,3 +390,32 @@ async def test_a_selector_announced_as_consumed_by_nobody_is_consumed_afresh(
     assert queue.consumed and len(queue.bindings) == 2  # bound and consumed once more
     await consumer.stop(grace=1)
     assert not queue.consumed and not stream.consumed
+
+
+async def test_a_worker_whose_node_queue_was_gone_publishes_what_still_waits_for_it_again(
+    consumers: Consumers, broker: FakeBroker, store: Any, publisher: FakePublisher
+) -> None:
+    mine, theirs = TaskTarget(node=NODE), TaskTarget(node="elsewhere")
+    waiting = BackgroundTask(task_type="unit_echo", parameters={}, target=mine)
+    later = utcnow() + timedelta(seconds=30)
+    retrying = BackgroundTask(
+        task_type="unit_echo", parameters={}, target=mine, status=TaskStatus.RETRYING, next_attempt_at=later
+    )
+    running = BackgroundTask(task_type="unit_echo", parameters={}, target=mine)
+    other_node = BackgroundTask(task_type="unit_echo", parameters={}, target=theirs)
+    untargeted = BackgroundTask(task_type="unit_echo", parameters={})
+    await store.create_many([waiting, retrying, running, other_node, untargeted])
+    lease = store.now() + timedelta(seconds=60)
+    assert await store.try_set_running(running.id, attempt=0, node_id=NODE, lease_until=lease)
+    name = f"unit.tasks.node.{NODE}"
+    broker.absent.add(name)  # it expired while the node was away, with the messages in it
+    await consumers()
+    assert broker.queue(name).consumed and name not in broker.absent  # made again
+    assert sorted((p.kind, p.task_id) for p in publisher.published) == sorted(
+        [("task", waiting.id), ("not-before", retrying.id)]
+    )
+    [delayed] = [p for p in publisher.published if p.kind == "not-before"]
+    assert delayed.not_before == later  # a retry keeps its delay
+    publisher.published.clear()
+    await consumers()  # the queue is there: nothing is published again
+    assert publisher.published == []
