@@ -13,12 +13,14 @@ It only applies events: a caller's cancel is ``taskplatform/commands.py: TaskCom
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from taskplatform.batching import Coalescer
+from taskplatform.events.attempts import attempt_record
 from taskplatform.events.bus import Delivery, EventBus
 from taskplatform.events.cancellation import Canceller
 from taskplatform.events.models import (
@@ -37,8 +39,10 @@ from taskplatform.events.models import (
     TaskWaiting,
 )
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
+from taskplatform.models.attempt import AttemptRecord
 from taskplatform.store.base import CompletionRequest
 from taskplatform.store.ports import (
+    AttemptHistory,
     AttemptOutcomes,
     Cancellation,
     LostWorkers,
@@ -67,9 +71,18 @@ Applier = Callable[[Any, BackgroundTask | None], Awaitable[BackgroundTask | None
 
 
 class EventStore(
-    TaskReads, TaskClaims, AttemptOutcomes, LostWorkers, Cancellation, ParentRollups, TaskRevisions, Protocol
+    TaskReads,
+    TaskClaims,
+    AttemptOutcomes,
+    LostWorkers,
+    Cancellation,
+    ParentRollups,
+    TaskRevisions,
+    AttemptHistory,
+    Protocol,
 ):
-    """What applying events uses of the store: one conditional update per event, and roll-ups."""
+    """What applying events uses of the store: one conditional update per event, roll-ups, and
+    the record of each attempt that ends."""
 
 
 class StateAggregator:
@@ -77,10 +90,11 @@ class StateAggregator:
 
     name = "state-aggregator"
 
-    def __init__(self, store: EventStore, bus: EventBus, *, node_id: str) -> None:
+    def __init__(self, store: EventStore, bus: EventBus, *, node_id: str, host: str | None = None) -> None:
         self._store = store
         self._bus = bus
         self._node_id = node_id
+        self._host = host if host is not None else socket.gethostname()
         self._canceller = Canceller(store, bus, node_id=node_id)  # the cascades of a cancel
         # Concurrent completions share one statement; concurrent roll-ups of one parent, one
         # transaction (natural batching, no added latency when idle).
@@ -88,6 +102,8 @@ class StateAggregator:
             self._complete_batch
         )
         self._rollups: Coalescer[_Rollup, ParentState | None] = Coalescer(self._rollup_batch)
+        # Concurrent attempt records share one write.
+        self._attempts: Coalescer[AttemptRecord, None] = Coalescer(self._attempt_batch)
         self._appliers: dict[type[TaskEvent], Applier] = {
             TaskSubmitted: self._as_given,
             TaskStarted: self._as_given,
@@ -110,6 +126,7 @@ class StateAggregator:
     # ------------------------------------------------------------ the subscriber
     async def handle(self, delivery: Delivery) -> None:
         event = delivery.event
+        during = delivery.task
         applied = await self._appliers[type(event)](event, delivery.task)
         if applied is None:
             current = await self._store.get(event.task_id)
@@ -120,6 +137,11 @@ class StateAggregator:
                 return
             delivery.duplicate = True  # applied before; its follow-ups may not have been
             applied = current
+        # The attempt's record, once its end is stored (again for a duplicate: the producer
+        # retried, maybe because this write failed; a record written again changes nothing).
+        record = attempt_record(event, during, applied, node_id=self._node_id, host=self._host)
+        if record is not None:
+            await self._attempts.submit(record)
         delivery.task = applied
         final = applied
         delivery.then(lambda: self._follow_up(event, final))
@@ -227,6 +249,10 @@ class StateAggregator:
         if event.progress is not None:
             changes["progress"] = event.progress
         return task.model_copy(update=changes)
+
+    async def _attempt_batch(self, records: Sequence[AttemptRecord]) -> list[None]:
+        await self._store.add_attempts(records)
+        return [None] * len(records)
 
     async def _complete_batch(self, items: Sequence[tuple[str, CompletionRequest]]) -> list[int | None]:
         by_node: dict[str, list[CompletionRequest]] = {}

@@ -17,7 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus
-from taskplatform.store.record_ports import AuditLog, DeadLetters, RateLimits, Retention, WorkerRegistry
+from taskplatform.store.record_ports import (
+    AttemptHistory,
+    AuditLog,
+    DeadLetters,
+    RateLimits,
+    Retention,
+    WorkerRegistry,
+)
 from taskplatform.store.types import (
     MAX_PAGE_SIZE,
     Backlog,
@@ -30,6 +37,7 @@ from taskplatform.store.types import (
 
 __all__ = [
     "AttemptOutcomes",
+    "AttemptHistory",
     "AuditLog",
     "Cancellation",
     "DeadLetters",
@@ -390,6 +398,7 @@ class TaskStore(
     AuditLog,
     RateLimits,
     WorkerRegistry,
+    AttemptHistory,
     Protocol,
 ):
     """Everything the platform needs from durable task state. Contract: ``tests/store``."""

@@ -1,14 +1,17 @@
 """The store's ports for records beside the tasks: retention, dead letters, the audit log,
-rate-limit reservations and the worker registry. Part of ``ports`` (which re-exports them; its
-docstring says how the ports are used and checked)."""
+rate-limit reservations, the worker registry and the attempt history. Part of ``ports`` (which
+re-exports them; its docstring says how the ports are used and checked)."""
 
 from __future__ import annotations
 
+import builtins
 from abc import abstractmethod
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.attempt import MAX_ATTEMPTS_KEPT, AttemptRecord
 from taskplatform.models.worker import WorkerRecord, WorkerState
 
 if TYPE_CHECKING:
@@ -118,3 +121,18 @@ class WorkerRegistry(Protocol):
     @abstractmethod
     async def prune_workers(self, *, before: datetime, limit: int = 1000) -> int:
         """Delete ``stopped``/``offline`` records last seen before ``before``; how many."""
+
+
+@runtime_checkable
+class AttemptHistory(Protocol):
+    """Every attempt of every task, as it ended."""
+
+    @abstractmethod
+    async def add_attempts(self, records: Sequence[AttemptRecord]) -> None:
+        """Store ``records``; one whose id is stored already is left as it is."""
+
+    @abstractmethod
+    async def list_attempts(
+        self, task_id: str, *, limit: int = MAX_ATTEMPTS_KEPT
+    ) -> builtins.list[AttemptRecord]:
+        """``task_id``'s attempts, oldest first (by end, then id): its newest ``limit``."""

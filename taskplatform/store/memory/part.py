@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
+from taskplatform.models.attempt import AttemptRecord
 from taskplatform.models.worker import WorkerRecord
 from taskplatform.store.rollup import LedgerEntry
 
@@ -30,6 +31,8 @@ class MemoryData:
     rates: dict[str, float] = field(default_factory=dict)
     #: The worker registry, by node id.
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
+    #: Each task's attempt history, by record id (see ``taskplatform.store.history``).
+    attempts: dict[str, dict[str, AttemptRecord]] = field(default_factory=dict)
 
 
 #: The named datasets of this process (``memory://<name>``), shared by every store of that name.

@@ -26,6 +26,8 @@ _OUTBOX_DATETIMES = ("lease_until", "published_at")
 #: The parent's roll-up ledger: ``{child_id: {"b": bucket, "v": child version}}``. Not part
 #: of the task model; only ``apply_rollup`` writes it (every other update ``$set``s fields).
 LEDGER = "rollup"
+#: The field of a task document that holds its attempt history (``MongoAttemptHistory``).
+ATTEMPT_LOG = "attempt_log"
 
 
 def aware(value: Any) -> Any:
@@ -75,6 +77,7 @@ class MongoPart(StoreClock, ABC):
     def _to_task(doc: Mapping[str, Any]) -> BackgroundTask:
         data = dict(doc)
         data.pop(LEDGER, None)
+        data.pop(ATTEMPT_LOG, None)
         data["id"] = data.pop("_id")
         for name in _TOP_DATETIMES:
             data[name] = aware(data.get(name))

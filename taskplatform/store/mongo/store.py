@@ -26,6 +26,7 @@ from taskplatform.store.base import (
     encode_cursor,
 )
 from taskplatform.store.mongo.deadletters import MongoDeadLetters
+from taskplatform.store.mongo.history import MongoAttemptHistory
 from taskplatform.store.mongo.outbox import MongoOutbox
 from taskplatform.store.mongo.part import aware
 from taskplatform.store.mongo.ratelimits import MongoRateLimits
@@ -59,11 +60,19 @@ _DUPLICATE_KEY = frozenset({11000, 11001})
 
 
 class MongoTaskStore(
-    MongoDeadLetters, MongoRateLimits, MongoWorkers, MongoRetention, MongoRollup, MongoOutbox, BaseTaskStore
+    MongoDeadLetters,
+    MongoRateLimits,
+    MongoWorkers,
+    MongoAttemptHistory,
+    MongoRetention,
+    MongoRollup,
+    MongoOutbox,
+    BaseTaskStore,
 ):
     """Tasks as documents in one collection (``_id`` is the task id); dead letters and the
     audit log in two more (``MongoDeadLetters``); rate limits in another
-    (``MongoRateLimits``); the worker registry in another (``MongoWorkers``); finished tasks
+    (``MongoRateLimits``); the worker registry in another (``MongoWorkers``); each task's
+    attempt history in its own document (``MongoAttemptHistory``); finished tasks
     expire by a TTL index (``MongoRetention``); the parent roll-up (``MongoRollup``) and the
     outbox (``MongoOutbox``) live in the task documents.
 

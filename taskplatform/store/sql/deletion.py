@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from taskplatform.models import TERMINAL
 from taskplatform.store.deletion import EXPIRING
 from taskplatform.store.sql.part import SqlPart
-from taskplatform.store.sql.schema import task_rollups, tasks
+from taskplatform.store.sql.schema import task_attempts, task_rollups, tasks
 
 _FINISHED = [s.value for s in TERMINAL]
 _EXPIRING = [s.value for s in EXPIRING]
@@ -35,6 +35,7 @@ class SqlDeletion(SqlPart):
                 deleted = list((await conn.execute(gone)).scalars())
                 if deleted:
                     await conn.execute(delete(task_rollups).where(task_rollups.c.parent_id.in_(deleted)))
+                    await conn.execute(delete(task_attempts).where(task_attempts.c.task_id.in_(deleted)))
         return deleted
 
     async def _finished_before(self, before: datetime, limit: int) -> builtins.list[str]:

@@ -194,6 +194,27 @@ dead_letter_audit_targets = Table(
     Index("ix_dead_letter_audit_targets_dead_letter", "dead_letter_id"),
 )
 
+#: Every attempt of a task, as it ended (``taskplatform.models.attempt``); ``id`` is the id of
+#: the event that ended it. Deleted with its task.
+task_attempts = Table(
+    "task_attempts",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("task_id", String(200), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("node_id", String(255), nullable=True),
+    Column("host", String(255), nullable=True),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    Column("duration_seconds", Float, nullable=True),
+    Column("outcome", String(32), nullable=False),
+    Column("error_type", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("retried", Boolean, nullable=False),
+    Index("ix_task_attempts_task", "task_id", "ended_at"),
+)
+
 #: The worker registry, one row per worker process (see ``taskplatform.store.workers``).
 #: ``label_set`` holds the labels as ``|key=value|key=value|`` (sorted by key): a label filter is
 #: a substring search for ``|key=value|`` in it, in the query. ``previous_state`` is the state the

@@ -56,6 +56,7 @@ from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.batches import SqlBatches
 from taskplatform.store.sql.deadletters import SqlDeadLetters
 from taskplatform.store.sql.deletion import SqlDeletion
+from taskplatform.store.sql.history import SqlAttemptHistory
 from taskplatform.store.sql.outbox import SqlOutbox
 from taskplatform.store.sql.part import column_name, columns_of
 from taskplatform.store.sql.pg_fast import PgFastPath, pool_exhausted
@@ -111,12 +112,20 @@ def _json_dumps(value: Any) -> str:
 
 
 class SqlTaskStore(
-    SqlDeadLetters, SqlRateLimits, SqlWorkers, SqlDeletion, SqlBatches, SqlOutbox, BaseTaskStore
+    SqlDeadLetters,
+    SqlRateLimits,
+    SqlWorkers,
+    SqlAttemptHistory,
+    SqlDeletion,
+    SqlBatches,
+    SqlOutbox,
+    BaseTaskStore,
 ):
     """Tasks in one SQL table; every status change is a guarded ``UPDATE … RETURNING``.
 
     Dead letters and the audit log: ``SqlDeadLetters``; rate limits: ``SqlRateLimits``; the
-    worker registry: ``SqlWorkers``; deleting finished tasks: ``SqlDeletion``.
+    worker registry: ``SqlWorkers``; the attempt history: ``SqlAttemptHistory``; deleting
+    finished tasks: ``SqlDeletion``.
     """
 
     def __init__(
