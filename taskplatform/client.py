@@ -23,6 +23,7 @@ from taskplatform.client_operator import WorkerInfo as WorkerInfo
 from taskplatform.client_operator import WorkerListing as WorkerListing
 from taskplatform.errors import TaskPlatformError
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus
+from taskplatform.models.attempt import AttemptRecord
 from taskplatform.models.target import TaskTarget
 from taskplatform.store.types import TaskPage
 from taskplatform.tasks.executable import BackgroundTaskExecutable
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
     from taskplatform.settings import PlatformSettings
 
 R = TypeVar("R", bound=BaseModel)
+
+
+class AttemptListing(BaseModel):
+    """A task's attempts, oldest first (``TaskPlatformClient.attempts``)."""
+
+    task_id: str
+    status: TaskStatus
+    attempts: list[AttemptRecord]
 
 
 class ApiError(TaskPlatformError):
@@ -337,6 +346,12 @@ class TaskPlatformClient(OperatorCalls):
                 params[name] = str(value)
         data = await self._request("GET", f"/api/v1/tasks/{task_id}/children", params=params)
         return TaskPage.model_validate(data)
+
+    async def attempts(self, task_id: str) -> AttemptListing:
+        """The task's attempts, oldest first (``GET /api/v1/tasks/{id}/attempts``), the one
+        running now included."""
+        data = await self._request("GET", f"/api/v1/tasks/{task_id}/attempts")
+        return AttemptListing.model_validate(data)
 
     async def update(
         self,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import StringConstraints
 
+from taskplatform.api.attempts import running_attempt, with_hosts
 from taskplatform.api.auth import (
     AUTH_RESPONSES,
     SubmitterDep,
@@ -21,6 +22,7 @@ from taskplatform.api.errors import ErrorBody, error_response
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, SubmitRateLimit
 from taskplatform.api.schemas import (
     SUMMARY_LEFT_OUT,
+    AttemptList,
     Health,
     QueueFigures,
     Readiness,
@@ -242,6 +244,25 @@ async def list_children(
     owner = None if principal.can_see_all else parent.user_id
     filters = TaskFilter(parent_task_id=task_id, status=status, user_id=owner, node=node)
     return await task_page(runtime, principal, filters, limit, cursor, view)
+
+
+@tasks_router.get(
+    "/tasks/{task_id}/attempts", response_model=AttemptList, summary="List a task's attempts, oldest first"
+)
+async def list_attempts(
+    task_id: TaskId, runtime: RuntimeDep, commands: CommandsDep, principal: SubmitterDep
+) -> AttemptList:
+    """Every attempt of the task: number, replay generation, node and host, start, end,
+    duration, outcome (``completed``, ``waiting-for-children``, ``failed``, ``timed-out``,
+    ``cancelled``, ``lost``: its worker vanished, ``given-back``: its worker stopped, and
+    ``running`` for the one running now) and error. Kept while the task is."""
+    with command_answers():
+        task = await commands.find(task_id, principal)
+    records = await runtime.store.list_attempts(task.id)
+    current = running_attempt(task)
+    if current is not None and all(r.id != current.id for r in records):
+        records.append(current)
+    return AttemptList(task_id=task.id, status=task.status, attempts=await with_hosts(runtime, records))
 
 
 @tasks_router.get("/tasks", response_model=TaskList, summary="List tasks, newest first")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from taskplatform.api.deps import NO_NUL
 from taskplatform.models import BackgroundTask, TaskStatus
+from taskplatform.models.attempt import AttemptRecord
 from taskplatform.submission import MAX_BULK_TASKS, SubmitRequest
 
 T = TypeVar("T")
@@ -119,6 +120,15 @@ class TaskList(BaseModel):
 
     items: list[BackgroundTask]
     next_cursor: str | None = None
+
+
+class AttemptList(BaseModel):
+    """A task's attempts, oldest first (its newest 500): each as it ended, and the one running
+    now (``outcome: running``, no end) while the task runs. ``generation`` counts replays."""
+
+    task_id: str
+    status: TaskStatus
+    attempts: list[AttemptRecord]
 
 
 class TaskTypeInfo(BaseModel):

@@ -213,6 +213,7 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     runners = {
         "submit": lambda: cli_tasks.submit(settings, args),
         "status": lambda: cli_tasks.status(settings, args),
+        "attempts": lambda: cli_tasks.attempts(settings, args),
         "cancel": lambda: cli_tasks.cancel(settings, args),
         "update": lambda: cli_tasks.update(settings, args),
         "delete": lambda: cli_tasks.delete(settings, args),

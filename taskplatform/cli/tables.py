@@ -1,4 +1,4 @@
-"""Tables the ``dlq`` commands print: dead-letter listings and the audit log."""
+"""Tables the commands print: dead-letter listings, the audit log, a task's attempts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskplatform.client import AuditListing, DeadLetterListing
+    from taskplatform.client import AttemptListing, AuditListing, DeadLetterListing
 
 CELL_WIDTH = 40
 
@@ -69,6 +69,27 @@ def print_audit(listing: AuditListing) -> None:
         print("no audit entries")
     if listing.next_cursor:
         print(f"next page: --cursor {listing.next_cursor}")
+
+
+def print_attempts(listing: AttemptListing) -> None:
+    rows = [
+        (
+            f"{a.generation}.{a.attempt}",
+            a.outcome.value,
+            a.node_id,
+            a.host,
+            a.started_at,
+            a.ended_at,
+            "-" if a.duration_seconds is None else f"{a.duration_seconds:.3f}s",
+            a.error_type,
+            a.error_message,
+        )
+        for a in listing.attempts
+    ]
+    if rows:
+        header = ("ATTEMPT", "OUTCOME", "NODE", "HOST", "STARTED", "ENDED", "DURATION", "ERROR", "MESSAGE")
+        print(table(header, rows))
+    print(f"task {listing.task_id} is {listing.status.value}: {len(rows)} attempt(s) (generation.attempt)")
 
 
 def dump(data: Any) -> None:

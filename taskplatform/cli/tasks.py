@@ -24,6 +24,7 @@ from taskplatform.cli.output import (
     display_for,
     one_line,
 )
+from taskplatform.cli.tables import print_attempts
 from taskplatform.models import MAX_PRIORITY, TERMINAL, TaskStatus
 
 if TYPE_CHECKING:
@@ -127,6 +128,10 @@ def add_task_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     p = sub.add_parser("status", parents=[api], help="show a task")
     p.add_argument("task_id")
+
+    p = sub.add_parser("attempts", parents=[api], help="list a task's attempts, oldest first")
+    p.add_argument("task_id")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
 
     p = sub.add_parser("cancel", parents=[api], help="cancel a task (a running one is stopped cooperatively)")
     p.add_argument("task_id")
@@ -232,6 +237,16 @@ async def status(settings: PlatformSettings, args: argparse.Namespace) -> int:
     async with _client(settings, args) as client:
         task = await client.get(args.task_id)
     print(task.model_dump_json(indent=2))
+    return 0
+
+
+async def attempts(settings: PlatformSettings, args: argparse.Namespace) -> int:
+    async with _client(settings, args) as client:
+        listing = await client.attempts(args.task_id)
+    if args.json:
+        print(listing.model_dump_json(indent=2))
+    else:
+        print_attempts(listing)
     return 0
 
 

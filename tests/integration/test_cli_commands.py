@@ -274,6 +274,33 @@ def test_dlq_replay_all_shows_how_many_are_replayed(platform: Platform) -> None:
     assert (bulk["actor"], bulk["outcome"], len(bulk["dead_letter_ids"])) == ("cli-operator", "ok", 10)
 
 
+def test_attempts_lists_each_attempt_as_a_table_or_json(platform: Platform) -> None:
+    with platform.http() as http:
+        submitted = http.post("/api/v1/tasks", json={"task_type": "test_fails_thrice", "parameters": {}})
+        assert submitted.status_code in (201, 202), submitted.text
+        task_id = submitted.json()["task_id"]
+
+        def dead() -> bool:
+            return bool(http.get(f"/api/v1/tasks/{task_id}").json()["status"] == "DEAD_LETTER")
+
+        _wait_for("the task to die after three attempts", dead)
+    shown = platform.run("attempts", task_id)
+    assert shown.code == 0, shown.err
+    lines = shown.out.splitlines()
+    assert lines[0].split()[:3] == ["ATTEMPT", "OUTCOME", "NODE"]
+    assert [line.split()[:2] for line in lines[1:4]] == [
+        ["0.0", "failed"],
+        ["0.1", "failed"],
+        ["0.2", "failed"],
+    ]
+    assert all("FlakyError" in line for line in lines[1:4])
+    assert lines[-1] == f"task {task_id} is DEAD_LETTER: 3 attempt(s) (generation.attempt)"
+    listed = json.loads(platform.run("attempts", task_id, "--json").out)
+    assert [(a["attempt"], a["retried"]) for a in listed["attempts"]] == [(0, True), (1, True), (2, False)]
+    missing = platform.run("attempts", "no-such-task")
+    assert missing.code != 0 and "not found" in missing.err and "Traceback" not in missing.err
+
+
 # ---------------------------------------------------------------- topology verify
 def test_topology_verify_names_the_vhost_it_checked(platform: Platform) -> None:
     url = urlsplit(RABBITMQ_URL)

@@ -83,6 +83,26 @@ class Flaky(BackgroundTaskExecutable[FlakyParams, NoopResult]):
         return NoopResult(value=len(starts))
 
 
+class ThriceParams(BaseModel):
+    fail: bool = True
+
+
+class FailsThrice(BackgroundTaskExecutable[ThriceParams, NoopResult]):
+    """Three attempts (retried twice, at short delays), each failing retryably while ``fail``;
+    a replay with ``{"fail": false}`` completes."""
+
+    task_type = "test_fails_thrice"
+    Params = ThriceParams
+    Result = NoopResult
+    retryable_exceptions = (FlakyError,)
+    retry_policy = RetryPolicy(max_attempts=3, initial_delay=0.2, exp_base=1.0, jitter=0.0)
+
+    async def execute(self, ctx: TaskContext[ThriceParams]) -> NoopResult:
+        if ctx.parameters.fail:
+            raise FlakyError(f"attempt {ctx.attempt} fails on purpose")
+        return NoopResult(value=ctx.attempt)
+
+
 class Slow(BackgroundTaskExecutable[NoopParams, NoopResult]):
     """Sleeps past its own timeout."""
 
@@ -285,6 +305,7 @@ EXECUTABLES = [
     Unstorable,
     Boom,
     Flaky,
+    FailsThrice,
     Slow,
     Cooperative,
     Stubborn,
