@@ -47,6 +47,11 @@ class CommandFailed(PermanentFailure):
     """The command exited with a non-zero code, or was killed after its time-out."""
 
 
+class CommandTimedOut(CommandFailed):
+    """The command ran past its time-out and was killed (its attempt's history says
+    ``timed-out``)."""
+
+
 class CommandFailedRetryable(Retry):
     """The command exited with one of its template's ``retryable_exit_codes``."""
 
@@ -169,7 +174,7 @@ def _judge(template: CommandTemplate, outcome: CommandOutcome, spec: CommandSpec
     if outcome.ending is Ending.CANCELLED:
         raise Cancelled(f"command {name!r} cancelled; its process group was killed{_tails(outcome)}")
     if outcome.ending is Ending.TIMED_OUT:
-        raise CommandFailed(
+        raise CommandTimedOut(
             f"command {name!r} timed out after {spec.timeout:g} s; its process group was killed (SIGTERM, "
             f"SIGKILL after {spec.kill_grace:g} s){_tails(outcome)}"
         )

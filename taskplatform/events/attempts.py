@@ -22,8 +22,9 @@ from taskplatform.models import BackgroundTask, ErrorInfo
 from taskplatform.models.attempt import ERROR_MESSAGE_LIMIT, AttemptOutcome, AttemptRecord
 from taskplatform.store.history import cut_text
 
-#: The error type of an attempt its timeout stopped (``asyncio.timeout``).
-TIMEOUT_ERROR = "TimeoutError"
+#: The error types of an attempt stopped by a time-out: its own (``asyncio.timeout``), or a
+#: command's (``run_command``).
+TIMEOUT_ERRORS = frozenset({"TimeoutError", "CommandTimedOut"})
 
 
 def _outcome(event: TaskEvent) -> tuple[AttemptOutcome, ErrorInfo | None] | None:
@@ -34,7 +35,7 @@ def _outcome(event: TaskEvent) -> tuple[AttemptOutcome, ErrorInfo | None] | None
     if isinstance(event, TaskRetrying | TaskFailed):
         if event.origin is Origin.REAPER:
             return AttemptOutcome.LOST, event.error
-        timed_out = event.error.type == TIMEOUT_ERROR
+        timed_out = event.error.type in TIMEOUT_ERRORS
         return (AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED), event.error
     if isinstance(event, TaskCancelled):
         return (AttemptOutcome.CANCELLED, None) if event.origin is Origin.WORKER else None

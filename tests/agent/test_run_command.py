@@ -21,6 +21,7 @@ from taskplatform.agent.executable import (
     CommandFailedRetryable,
     CommandProgress,
     CommandRefused,
+    CommandTimedOut,
 )
 from taskplatform.agent.templates import BASE_ENVIRONMENT
 from taskplatform.errors import Cancelled, PermanentFailure
@@ -191,7 +192,7 @@ async def test_a_timeout_kills_the_whole_group_a_grandchild_ignoring_sigterm_inc
     running, pgid, child = await start_stuck(agent, tmp_path, 3, FakeTaskContext(None), leftovers)
 
     with pytest.raises(
-        CommandFailed, match=r"command 'stuck' timed out after 3 s; its process group was killed"
+        CommandTimedOut, match=r"command 'stuck' timed out after 3 s; its process group was killed"
     ):
         await running
 
