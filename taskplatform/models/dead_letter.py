@@ -123,7 +123,9 @@ class DeadLetter(BaseModel):
         return body_from_text(self.body, self.body_encoding)
 
 
-AuditAction = Literal["replay", "bulk_replay", "discard"]
+#: What the audit log records: actions on tasks (submit, cancel, patch, delete) and on dead
+#: letters (replay, bulk replay, discard).
+AuditAction = Literal["submit", "cancel", "patch", "delete", "replay", "bulk_replay", "discard"]
 
 
 def new_audit_id() -> str:
@@ -131,7 +133,8 @@ def new_audit_id() -> str:
 
 
 class AuditEntry(BaseModel):
-    """One operator action on dead letters: who, when, what, on which, and how it ended."""
+    """One action someone took on tasks or dead letters: who, when, what, on which, and how it
+    ended."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -140,6 +143,8 @@ class AuditEntry(BaseModel):
     actor: str
     action: AuditAction
     dead_letter_ids: list[str] = Field(default_factory=list)
+    #: The tasks it acted on (a bulk submission names every task it created).
+    task_ids: list[str] = Field(default_factory=list)
     #: The filter of a bulk action (as given), None for single ones.
     filter: dict[str, Any] | None = None
     dry_run: bool = False

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter, DeadLetterStatus, utcnow
+from taskplatform.models.dead_letter import AuditAction
 from taskplatform.store.ports import AuditLog, DeadLetters
 
 __all__ = [
@@ -131,6 +132,39 @@ class DeadLetterCounts(BaseModel):
     total: int = 0
     by_task_type: dict[str, int] = Field(default_factory=dict)
     by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class AuditFilter(BaseModel):
+    """Audit log filters; every given one must match. ``since`` inclusive, ``until`` exclusive."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actor: str | None = None
+    action: AuditAction | None = None
+    #: Entries naming this task (acting on it, or on its dead letter: a replay names both).
+    task_id: str | None = None
+    dead_letter_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, entry: AuditEntry) -> bool:
+        """The filter, in Python (the memory backend's, and a check of the others')."""
+        return (
+            (self.actor is None or entry.actor == self.actor)
+            and (self.action is None or entry.action == self.action)
+            and (self.task_id is None or self.task_id in entry.task_ids)
+            and (self.dead_letter_id is None or self.dead_letter_id in entry.dead_letter_ids)
+            and (self.since is None or entry.at >= self.since)
+            and (self.until is None or entry.at < self.until)
+        )
+
+
+def audit_filter(filters: AuditFilter | None, dead_letter_id: str | None) -> AuditFilter:
+    """``filters`` with ``dead_letter_id`` (the older keyword) folded in."""
+    filters = filters or AuditFilter()
+    if dead_letter_id is not None:
+        filters = filters.model_copy(update={"dead_letter_id": dead_letter_id})
+    return filters
 
 
 class AuditPage(BaseModel):

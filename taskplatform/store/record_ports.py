@@ -16,6 +16,7 @@ from taskplatform.models.worker import WorkerRecord, WorkerState
 
 if TYPE_CHECKING:
     from taskplatform.store.deadletters import (
+        AuditFilter,
         AuditPage,
         DeadLetterCounts,
         DeadLetterFilter,
@@ -75,9 +76,19 @@ class AuditLog(Protocol):
 
     @abstractmethod
     async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+        self,
+        filters: AuditFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        dead_letter_id: str | None = None,
     ) -> AuditPage:
-        """A page of the log, newest first; with ``dead_letter_id``, the entries naming it."""
+        """A page of the log, newest first, of the entries matching ``filters`` (and naming
+        ``dead_letter_id``, when given)."""
+
+    @abstractmethod
+    async def purge_audit(self, *, before: datetime, limit: int = 1000) -> int:
+        """Retention: delete up to ``limit`` entries made before ``before``, oldest first; how many."""
 
 
 @runtime_checkable

@@ -85,4 +85,4 @@ async def schema_at(url: str, revision: str) -> AsyncIterator[AsyncEngine]:
 
 
 #: The newest migration: what a store opened on any older schema upgrades to.
-MIGRATIONS_HEAD = "0010"
+MIGRATIONS_HEAD = "0011"

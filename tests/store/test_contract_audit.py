@@ -9,6 +9,7 @@ import pytest
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, utcnow
 from taskplatform.store import BaseTaskStore, InvalidCursorError
+from taskplatform.store.deadletters import AuditFilter
 from tests.store.helpers import close_in_time
 
 
@@ -91,3 +92,58 @@ async def test_the_audit_log_rejects_a_foreign_cursor_and_a_bad_limit(store: Bas
         await store.list_audit(cursor="bad")
     with pytest.raises(ValueError):
         await store.list_audit(limit=0)
+
+
+async def _filtered(store: BaseTaskStore, filters: AuditFilter, *, limit: int = 1) -> list[str]:
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_audit(filters, limit=limit, cursor=cursor)
+        seen.extend(e.id for e in page.items)
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+async def test_the_audit_log_filters_by_actor_action_task_and_time_page_by_page(store: BaseTaskStore) -> None:
+    base = _ms(utcnow())
+    submit = _entry(
+        actor="alice", action="submit", task_ids=["t1", "t2", "t2"], at=base - timedelta(seconds=4)
+    )
+    cancel = _entry(actor="alice", action="cancel", task_ids=["t1"], at=base - timedelta(seconds=3))
+    patch = _entry(actor="bob", action="patch", task_ids=["t2"], at=base - timedelta(seconds=2))
+    replay = _entry(
+        actor="ops", action="replay", task_ids=["t1"], dead_letter_ids=["t1"], at=base - timedelta(seconds=1)
+    )
+    delete = _entry(actor="ops", action="delete", task_ids=["t3"], outcome="refused: it is RUNNING", at=base)
+    for entry in (submit, cancel, patch, replay, delete):
+        await store.add_audit(entry)
+    assert await _filtered(store, AuditFilter(task_id="t1")) == [replay.id, cancel.id, submit.id]
+    assert await _filtered(store, AuditFilter(task_id="t2")) == [patch.id, submit.id]  # named twice, once
+    assert await _filtered(store, AuditFilter(actor="alice")) == [cancel.id, submit.id]
+    assert await _filtered(store, AuditFilter(action="delete")) == [delete.id]
+    assert await _filtered(store, AuditFilter(actor="ops", task_id="t1")) == [replay.id]
+    assert await _filtered(store, AuditFilter(dead_letter_id="t1", action="replay")) == [replay.id]
+    window = AuditFilter(since=base - timedelta(seconds=3), until=base - timedelta(seconds=1))
+    assert await _filtered(store, window) == [patch.id, cancel.id]  # since inclusive, until exclusive
+    assert await _filtered(store, AuditFilter(actor="nobody")) == []
+    [got] = (await store.list_audit(AuditFilter(action="submit"))).items
+    assert got.task_ids == ["t1", "t2", "t2"]
+
+
+async def test_retention_purges_the_oldest_entries_first_within_its_bound(store: BaseTaskStore) -> None:
+    base = _ms(utcnow())
+    old = [
+        _entry(task_ids=[f"t{i}"], dead_letter_ids=[f"d{i}"], at=base - timedelta(days=100 + i))
+        for i in range(3)
+    ]
+    recent = _entry(task_ids=["t0"], at=base - timedelta(days=1))
+    for entry in (*old, recent):
+        await store.add_audit(entry)
+    cutoff = base - timedelta(days=90)
+    assert await store.purge_audit(before=cutoff, limit=2) == 2  # the two oldest
+    assert await _all(store, limit=10) == [recent.id, old[0].id]
+    assert await store.purge_audit(before=cutoff) == 1
+    assert await store.purge_audit(before=cutoff) == 0
+    assert await _filtered(store, AuditFilter(task_id="t0")) == [recent.id]
+    assert await _filtered(store, AuditFilter(dead_letter_id="d0")) == []

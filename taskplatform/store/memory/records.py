@@ -12,11 +12,13 @@ from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.store.deadletters import (
     EQUALITY_FIELDS,
+    AuditFilter,
     AuditPage,
     DeadLetterCounts,
     DeadLetterFilter,
     DeadLetterOperations,
     DeadLetterPage,
+    audit_filter,
     counts_of,
     normalized,
     normalized_entry,
@@ -98,12 +100,21 @@ class MemoryDeadLetters(MemoryPart, DeadLetterOperations):
         audit[entry.id] = copied(entry)
 
     async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+        self,
+        filters: AuditFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        dead_letter_id: str | None = None,
     ) -> AuditPage:
-        entries = [
-            e
-            for e in (await self._reach()).audit.values()
-            if dead_letter_id is None or dead_letter_id in e.dead_letter_ids
-        ]
+        wanted = audit_filter(filters, dead_letter_id)
+        entries = [e for e in (await self._reach()).audit.values() if wanted.matches(e)]
         items, next_cursor = _page(entries, lambda e: e.at, limit, cursor)
         return AuditPage(items=items, next_cursor=next_cursor)
+
+    async def purge_audit(self, *, before: datetime, limit: int = 1000) -> int:
+        audit = (await self._reach()).audit
+        old = sorted((e for e in audit.values() if e.at < before), key=lambda e: (e.at, e.id))[:limit]
+        for entry in old:
+            del audit[entry.id]
+        return len(old)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from bson import Binary
@@ -24,11 +25,13 @@ from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
     EQUALITY_FIELDS,
     RECORD_TIMES,
+    AuditFilter,
     AuditPage,
     DeadLetterCounts,
     DeadLetterFilter,
     DeadLetterOperations,
     DeadLetterPage,
+    audit_filter,
     counts_of,
     normalized,
     normalized_entry,
@@ -106,6 +109,8 @@ class MongoDeadLetters(MongoPart, DeadLetterOperations):
         audit = self._collection_named(AUDIT)
         await audit.create_index([("at", DESCENDING), ("_id", DESCENDING)], name="ix_at")
         await audit.create_index([("dead_letter_ids", ASCENDING)], name="ix_dead_letter_ids")
+        await audit.create_index([("task_ids", ASCENDING)], name="ix_task_ids")
+        await audit.create_index([("actor", ASCENDING), ("at", DESCENDING)], name="ix_actor_at")
 
     async def _insert_dead_letter(self, record: DeadLetter) -> bool:
         async with self._errors():
@@ -167,17 +172,49 @@ class MongoDeadLetters(MongoPart, DeadLetterOperations):
                 raise StoreError(f"audit entry {entry.id} already exists") from exc
 
     async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+        self,
+        filters: AuditFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        dead_letter_id: str | None = None,
     ) -> AuditPage:
         check_page_size(limit)
+        wanted = audit_filter(filters, dead_letter_id)
         query: dict[str, Any] = {}
-        if dead_letter_id is not None:
-            query["dead_letter_ids"] = dead_letter_id
+        for field, value in (
+            ("dead_letter_ids", wanted.dead_letter_id),
+            ("task_ids", wanted.task_id),
+            ("actor", wanted.actor),
+            ("action", wanted.action),
+        ):
+            if value is not None:
+                query[field] = value
+        span: dict[str, Any] = {}
+        if wanted.since is not None:
+            span["$gte"] = wanted.since
+        if wanted.until is not None:
+            span["$lt"] = wanted.until
         if cursor:
-            query.update(_after(cursor, "at"))
+            after = _after(cursor, "at")
+            query = {"$and": [query, after]} if span else {**query, **after}
+        if span:
+            query = {"$and": [query, {"at": span}]}
         async with self._errors():
             found = self._collection_named(AUDIT).find(query).sort([("at", DESCENDING), ("_id", DESCENDING)])
             docs = await found.limit(limit + 1).to_list(None)
         items = [_entry(d) for d in docs[:limit]]
         next_cursor = encode_cursor(items[-1].at, items[-1].id) if len(docs) > limit else None
         return AuditPage(items=items, next_cursor=next_cursor)
+
+    async def purge_audit(self, *, before: datetime, limit: int = 1000) -> int:
+        audit = self._collection_named(AUDIT)
+        async with self._errors():
+            old = audit.find({"at": {"$lt": before}}, {"_id": 1}).sort(
+                [("at", ASCENDING), ("_id", ASCENDING)]
+            )
+            ids = [d["_id"] for d in await old.limit(limit).to_list(None)]
+            if not ids:
+                return 0
+            result = await audit.delete_many({"_id": {"$in": ids}})
+        return int(result.deleted_count)

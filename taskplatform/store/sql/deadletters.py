@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from taskplatform.errors import DuplicateTaskError, StoreError
@@ -21,18 +22,25 @@ from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
     EQUALITY_FIELDS,
+    AuditFilter,
     AuditPage,
     DeadLetterCounts,
     DeadLetterFilter,
     DeadLetterOperations,
     DeadLetterPage,
+    audit_filter,
     counts_of,
     normalized,
     normalized_entry,
     storable_entry,
 )
 from taskplatform.store.sql.part import SqlPart
-from taskplatform.store.sql.schema import dead_letter_audit, dead_letter_audit_targets, dead_letters
+from taskplatform.store.sql.schema import (
+    audit_task_targets,
+    dead_letter_audit,
+    dead_letter_audit_targets,
+    dead_letters,
+)
 from taskplatform.store.types import check_page_size, decode_cursor, encode_cursor
 
 _dl = dead_letters.c
@@ -165,25 +173,47 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
             "entry": entry.model_dump(mode="json"),
         }
         targets = [{"audit_id": entry.id, "dead_letter_id": i} for i in dict.fromkeys(entry.dead_letter_ids)]
+        tasks = [{"audit_id": entry.id, "task_id": i} for i in dict.fromkeys(entry.task_ids)]
         try:
             async with self._errors():
                 async with self.engine.begin() as conn:
                     await conn.execute(insert(dead_letter_audit), row)
                     if targets:
                         await conn.execute(insert(dead_letter_audit_targets), targets)
+                    if tasks:
+                        await conn.execute(insert(audit_task_targets), tasks)
         except DuplicateTaskError as exc:
             raise StoreError(f"audit entry {entry.id} already exists") from exc
 
     async def list_audit(
-        self, *, limit: int = 50, cursor: str | None = None, dead_letter_id: str | None = None
+        self,
+        filters: AuditFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        dead_letter_id: str | None = None,
     ) -> AuditPage:
         check_page_size(limit)
+        wanted = audit_filter(filters, dead_letter_id)
         clauses: builtins.list[ColumnElement[bool]] = []
-        if dead_letter_id is not None:
+        if wanted.dead_letter_id is not None:
             naming = select(dead_letter_audit_targets.c.audit_id).where(
-                dead_letter_audit_targets.c.dead_letter_id == dead_letter_id
+                dead_letter_audit_targets.c.dead_letter_id == wanted.dead_letter_id
             )
             clauses.append(_audit.id.in_(naming))
+        if wanted.task_id is not None:
+            acting = select(audit_task_targets.c.audit_id).where(
+                audit_task_targets.c.task_id == wanted.task_id
+            )
+            clauses.append(_audit.id.in_(acting))
+        if wanted.actor is not None:
+            clauses.append(_audit.actor == wanted.actor)
+        if wanted.action is not None:
+            clauses.append(_audit.action == wanted.action)
+        if wanted.since is not None:
+            clauses.append(_audit.at >= wanted.since)
+        if wanted.until is not None:
+            clauses.append(_audit.at < wanted.until)
         if cursor:
             at, last_id = decode_cursor(cursor)
             clauses.append(or_(_audit.at < at, and_(_audit.at == at, _audit.id < last_id)))
@@ -199,3 +229,17 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
         items = [_entry(data) for data in found[:limit]]
         next_cursor = encode_cursor(items[-1].at, items[-1].id) if len(found) > limit else None
         return AuditPage(items=items, next_cursor=next_cursor)
+
+    async def purge_audit(self, *, before: datetime, limit: int = 1000) -> int:
+        oldest = select(_audit.id).where(_audit.at < before).order_by(_audit.at, _audit.id).limit(limit)
+        async with self._errors():
+            async with self.engine.begin() as conn:
+                ids = list((await conn.execute(oldest)).scalars())
+                if not ids:
+                    return 0
+                await conn.execute(
+                    delete(dead_letter_audit_targets).where(dead_letter_audit_targets.c.audit_id.in_(ids))
+                )
+                await conn.execute(delete(audit_task_targets).where(audit_task_targets.c.audit_id.in_(ids)))
+                await conn.execute(delete(dead_letter_audit).where(_audit.id.in_(ids)))
+        return len(ids)

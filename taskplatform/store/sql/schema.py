@@ -183,6 +183,7 @@ dead_letter_audit = Table(
     Column("action", String(32), nullable=False),
     Column("entry", json_type(), nullable=False),
     Index("ix_dead_letter_audit_at", "at", "id"),
+    Index("ix_dead_letter_audit_actor", "actor", "at"),
 )
 
 #: Which dead letters each audit entry names (for the log of one record).
@@ -192,6 +193,15 @@ dead_letter_audit_targets = Table(
     Column("audit_id", String(200), primary_key=True),
     Column("dead_letter_id", String(200), primary_key=True),
     Index("ix_dead_letter_audit_targets_dead_letter", "dead_letter_id"),
+)
+
+#: Which tasks each audit entry names (for the log of one task).
+audit_task_targets = Table(
+    "audit_task_targets",
+    metadata,
+    Column("audit_id", String(200), primary_key=True),
+    Column("task_id", String(200), primary_key=True),
+    Index("ix_audit_task_targets_task", "task_id"),
 )
 
 #: Every attempt of a task, as it ended (``taskplatform.models.attempt``); ``id`` is the id of
