@@ -34,6 +34,7 @@ class AuditListing(BaseModel):
 
 
 DEAD_LETTERS = "/api/v1/dead-letters"
+AUDIT = "/api/v1/audit"
 #: A filter value as the client takes it: text, a status, or a time (sent as ISO 8601).
 FilterValue = str | DeadLetterStatus | datetime | None
 
@@ -209,6 +210,36 @@ class OperatorCalls:
         """
         params = _present({"dead_letter_id": dead_letter_id, "cursor": cursor, "limit": limit})
         return AuditListing.model_validate(await self._dead_letters("GET", "/audit", params=params))
+
+    async def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        task_id: str | None = None,
+        dead_letter_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> AuditListing:
+        """A page of the audit log (``GET /api/v1/audit``: task and dead-letter actions), newest
+        first, filtered; ``since``/``until`` need a UTC offset."""
+        params = _present(
+            {
+                "actor": actor,
+                "action": action,
+                "task_id": task_id,
+                "dead_letter_id": dead_letter_id,
+                "since": since.isoformat() if since is not None else None,
+                "until": until.isoformat() if until is not None else None,
+                "cursor": cursor,
+                "limit": limit,
+            }
+        )
+        return AuditListing.model_validate(
+            await self._request("GET", AUDIT, params=params, headers=self._operator_headers)
+        )
 
     # ------------------------------------------------------------ workers
     async def list_workers(

@@ -10,22 +10,25 @@ faults (``StoreError``) pass through. Each path, step by step: DEVELOPER_GUIDE.m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from taskplatform.audit import AuditTrail
 from taskplatform.auth.principal import Principal
 from taskplatform.deadletters.service import BulkReplay, DeadLetterService, Replayed
-from taskplatform.errors import TaskPlatformError
+from taskplatform.errors import InvalidInputError, TaskPlatformError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.cancellation import Canceller
 from taskplatform.events.models import Origin
 from taskplatform.models import BackgroundTask, DeadLetter, TaskStatus
+from taskplatform.models.dead_letter import AuditAction
 from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
 from taskplatform.storable import ensure_storable
 from taskplatform.store.base import Deletion
 from taskplatform.store.deadletters import DeadLetterFilter
-from taskplatform.store.ports import Cancellation, Retention, StoreClock, TaskReads, TaskRevisions
+from taskplatform.store.ports import AuditLog, Cancellation, Retention, StoreClock, TaskReads, TaskRevisions
 from taskplatform.submission import TaskSubmitter
 
 if TYPE_CHECKING:
@@ -61,13 +64,14 @@ class BulkReplayRefused(TaskPlatformError):
     """A bulk replay refused before it started (audited); the message says what to change."""
 
 
-class CommandStore(TaskReads, TaskRevisions, Retention, Cancellation, StoreClock, Protocol):
+class CommandStore(TaskReads, TaskRevisions, Retention, Cancellation, StoreClock, AuditLog, Protocol):
     """What the commands use of the store (and hand to the Canceller)."""
 
 
 class TaskCommands:
-    """Cancel, amend and delete tasks; replay and discard dead letters (delegated to the
-    ``DeadLetterService``, which audits them)."""
+    """Cancel, amend and delete tasks, each recorded in the audit log as done or refused (by
+    ``actor``: the caller's subject unless named); replay and discard dead letters (delegated to
+    the ``DeadLetterService``, which audits them)."""
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class TaskCommands:
         self._canceller = Canceller(store, bus, node_id=node_id)
         self._node_id = node_id
         self.max_bulk_seconds = max_bulk_seconds
+        self.audit = AuditTrail(store)
 
     @classmethod
     def for_runtime(cls, runtime: Runtime) -> TaskCommands:
@@ -113,9 +118,15 @@ class TaskCommands:
             raise TaskNotFound(task_id)
         return task
 
-    async def cancel(self, task_id: str, principal: Principal) -> BackgroundTask:
+    async def cancel(self, task_id: str, principal: Principal, *, actor: str | None = None) -> BackgroundTask:
         """QUEUED, RETRYING or a parent waiting for its children: CANCELLED now. RUNNING: its
         worker is asked to stop it (``cancel_requested``). Finished: TaskConflict."""
+        async with self._audited(actor, principal, "cancel", task_id) as done:
+            task = await self._cancel(task_id, principal)
+            done["status"] = task.status.value
+        return task
+
+    async def _cancel(self, task_id: str, principal: Principal) -> BackgroundTask:
         await self.find(task_id, principal)  # owners never change: checking first is enough
         task = await self._canceller.request(task_id, origin=Origin.API)
         if task is None:
@@ -133,8 +144,25 @@ class TaskCommands:
         priority: int | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
     ) -> BackgroundTask:
-        """Set the given fields of the task while it is QUEUED (NotQueued otherwise).
+        """Set the given fields of the task while it is QUEUED (NotQueued otherwise)."""
+        changed = [
+            n for n, v in (("priority", priority), ("tags", tags), ("metadata", metadata)) if v is not None
+        ]
+        async with self._audited(actor, principal, "patch", task_id, fields=changed):
+            return await self._amend(task_id, principal, priority=priority, tags=tags, metadata=metadata)
+
+    async def _amend(
+        self,
+        task_id: str,
+        principal: Principal,
+        *,
+        priority: int | None,
+        tags: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> BackgroundTask:
+        """The change (see ``amend``).
 
         A new priority takes a new message on its priority's queue: the stored change comes
         first, with the outbox pending and held for this call, then the publish; the message
@@ -167,10 +195,31 @@ class TaskCommands:
             await self._submitter.publish_stored([changed], owner=self._node_id)
         return changed
 
-    async def delete(self, task_id: str, principal: Principal) -> list[str]:
+    async def delete(self, task_id: str, principal: Principal, *, actor: str | None = None) -> list[str]:
         """Delete a finished task and its sub-tasks; returns the ids deleted. TaskConflict while
         it, or one of its sub-tasks, has not finished, and for a sub-task (it goes with its
         parent). Its dead-letter record, if any, stays."""
+        async with self._audited(actor, principal, "delete", task_id) as done:
+            deleted = await self._delete(task_id, principal)
+            done["deleted"] = len(deleted)
+        return deleted
+
+    @contextlib.asynccontextmanager
+    async def _audited(
+        self, actor: str | None, principal: Principal, action: AuditAction, task_id: str, **details: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Record ``action`` on ``task_id`` once it is done (``ok``, with what the body adds to
+        the yielded details) or refused (``refused: why``; the refusal is raised on)."""
+        who = actor or principal.subject or "anonymous"
+        done: dict[str, Any] = dict(details)
+        try:
+            yield done
+        except (TaskNotFound, TaskConflict, InvalidInputError) as exc:
+            await self.audit.record(who, action, [task_id], outcome=f"refused: {exc}", details=done)
+            raise
+        await self.audit.record(who, action, [task_id], details=done)
+
+    async def _delete(self, task_id: str, principal: Principal) -> list[str]:
         await self.find(task_id, principal)
         outcome = await self._store.delete_task(task_id)
         if outcome.result is Deletion.NOT_FOUND:

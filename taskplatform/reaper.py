@@ -17,7 +17,7 @@ from taskplatform.models import BackgroundTask, ErrorInfo, utcnow
 from taskplatform.models.reasons import DeadLetterReason
 from taskplatform.periodic import run_periodically
 from taskplatform.retry import RetryPolicy
-from taskplatform.store.ports import DeadLetters, LostWorkers, RateLimits, Retention
+from taskplatform.store.ports import AuditLog, DeadLetters, LostWorkers, RateLimits, Retention
 from taskplatform.targets import TargetExpiry
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.worker.presence import FleetSweep
@@ -29,7 +29,7 @@ PURGE_BATCH = 1000
 PURGE_BATCHES_PER_PASS = 20
 
 
-class ReaperStore(LostWorkers, Retention, RateLimits, DeadLetters, Protocol):
+class ReaperStore(LostWorkers, Retention, RateLimits, DeadLetters, AuditLog, Protocol):
     """What the reaper uses of the store: lapsed leases, retention, rate-limit keys, and the
     dead letters of tasks it gives up on."""
 
@@ -67,6 +67,7 @@ class Reaper:
         targets: TargetExpiry | None = None,
         parent_idle_seconds: float = 60.0,
         retention_seconds: float | None = None,
+        audit_retention_seconds: float | None = None,
         retention_interval: float = 300.0,
         quiet_after_outage: float = 60.0,
     ) -> None:
@@ -78,9 +79,11 @@ class Reaper:
         self._parent_idle = parent_idle_seconds
         self._last_reconcile = float("-inf")
         self._retention = retention_seconds
+        self._audit_retention = audit_retention_seconds
         self._retention_interval = retention_interval
         self._last_purge = float("-inf")
         self.purged = 0
+        self.audit_purged = 0
         self._registry = registry
         self._default_policy = default_policy
         self._node_id = node_id
@@ -150,6 +153,7 @@ class Reaper:
         if now - self._last_purge >= self._retention_interval:
             self._last_purge = now
             await self.purge()
+            await self.purge_audit()
             await self._store.prune_rate_limits()
             if self._fleet is not None:
                 await self._fleet.prune()
@@ -170,6 +174,23 @@ class Reaper:
         if purged:
             log.info("retention: deleted %d task(s) finished before %s", purged, before.isoformat())
         self.purged += purged
+        return purged
+
+    async def purge_audit(self) -> int:
+        """Retention of the audit log: delete entries older than ``audit_retention_seconds``,
+        a bounded number of batches per pass; returns how many."""
+        if self._audit_retention is None:
+            return 0
+        before = utcnow() - timedelta(seconds=self._audit_retention)
+        purged = 0
+        for _ in range(PURGE_BATCHES_PER_PASS):
+            n = await self._store.purge_audit(before=before, limit=PURGE_BATCH)
+            purged += n
+            if n < PURGE_BATCH:
+                break
+        if purged:
+            log.info("retention: deleted %d audit entr(ies) made before %s", purged, before.isoformat())
+        self.audit_purged += purged
         return purged
 
     async def _reap(self, task: BackgroundTask, before: datetime) -> BackgroundTask | None:

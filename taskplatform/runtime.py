@@ -154,6 +154,7 @@ def build_reaper(
         interval=settings.reaper_interval_seconds,
         grace=settings.reaper_grace_seconds,
         retention_seconds=settings.task_retention_seconds or None,
+        audit_retention_seconds=settings.audit_retention_seconds or None,
         retention_interval=settings.retention_interval_seconds,
         quiet_after_outage=settings.lease_seconds,
     )

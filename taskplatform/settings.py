@@ -213,6 +213,12 @@ class PlatformSettings(ApiSettings, BaseSettings):
         description="Seconds a finished task (COMPLETED, COMPLETED_WITH_ERRORS, CANCELLED) is kept; 0 keeps "
         "them for ever. MongoDB: a TTL index too; all stores: the cleanup pass of every API and worker.",
     )
+    audit_retention_seconds: float = Field(
+        default=90 * 86400.0,
+        ge=0,
+        description="Seconds an audit log entry is kept (90 days); 0 keeps them for ever. Deleted by the "
+        "cleanup pass of every API and worker.",
+    )
     retention_interval_seconds: float = Field(
         default=300.0,
         gt=0,

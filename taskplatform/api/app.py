@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from taskplatform import __version__
 from taskplatform.api.accesslog import AccessLog
+from taskplatform.api.audit import router as audit_router
 from taskplatform.api.auth import Authenticator, install_auth
 from taskplatform.api.bulk import router as bulk_router
 from taskplatform.api.deadletters import router as dead_letters_router
@@ -90,6 +91,7 @@ def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticato
     app.include_router(bulk_router)
     app.include_router(manage_router)
     app.include_router(dead_letters_router)
+    app.include_router(audit_router)
     app.include_router(workers_router)
     app.include_router(health_router)
     app.add_middleware(

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from taskplatform.api.auth import SubmitterDep, require_submitter, submit_role_refusal
-from taskplatform.api.deps import RuntimeDep
+from taskplatform.api.deps import CommandsDep, RuntimeDep
 from taskplatform.api.errors import ErrorBody, error_response, field_errors
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, charge, submission_weight
 from taskplatform.api.routes import ERRORS
@@ -156,7 +156,11 @@ def _status(outcomes: set[BulkOutcome]) -> int:
     },
 )
 async def submit_tasks_bulk(
-    body: BulkSubmitRequest, runtime: RuntimeDep, principal: SubmitterDep, _limited: BulkRateLimit
+    body: BulkSubmitRequest,
+    runtime: RuntimeDep,
+    commands: CommandsDep,
+    principal: SubmitterDep,
+    _limited: BulkRateLimit,
 ) -> Response:
     """Validate every task, then store and publish them together; one result per item, in order.
 
@@ -218,6 +222,15 @@ async def submit_tasks_bulk(
         BulkItemResult(index=index, task_id=s.task.id, status=s.task.status, outcome=_outcome(s))
         for index, s in enumerate(submitted)
     ]
+    created = [s.task.id for s in submitted if s.created]
+    if created:
+        types = sorted({s.task.task_type for s in submitted if s.created})
+        await commands.audit.record(
+            principal.subject or "anonymous",
+            "submit",
+            created,
+            details={"bulk": True, "task_types": types[:20]},
+        )
     return Response(
         BulkSubmitted(results=results).model_dump_json(),
         status_code=_status({r.outcome for r in results}),

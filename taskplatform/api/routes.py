@@ -149,6 +149,7 @@ def _owner(principal: Principal, requested: str | None) -> str | None:
 async def submit_task(
     body: SubmitRequest,
     runtime: RuntimeDep,
+    commands: CommandsDep,
     principal: SubmitterDep,
     response: Response,
     _limited: SubmitRateLimit,
@@ -181,7 +182,11 @@ async def submit_task(
         return error_response(422, "idempotency_key_reused", str(exc), details)
     if not submitted.created:
         response.status_code = 200
-    elif not submitted.published:
+        return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
+    await commands.audit.record(
+        principal.subject or "anonymous", "submit", [submitted.task.id], details={"task_type": body.task_type}
+    )
+    if not submitted.published:
         response.status_code = 202
     return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
 

@@ -18,12 +18,12 @@ import json
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from taskplatform.cli.options import add_token_option, bearer_token, positive_float, positive_int
 from taskplatform.cli.output import CommandError, CountWatch, ExitCode, display_for, without_password
 from taskplatform.cli.tables import dump, print_audit, print_listing
-from taskplatform.models.dead_letter import DeadLetterStatus
+from taskplatform.models.dead_letter import AuditAction, DeadLetterStatus
 from taskplatform.models.reasons import BROKER_REASONS, DeadLetterReason
 
 if TYPE_CHECKING:
@@ -107,8 +107,15 @@ def add_dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = cmds.add_parser("discard", parents=[common], help="give a dead letter up (its task stays dead)")
     p.add_argument("id")
 
-    p = cmds.add_parser("audit", parents=[common], help="the audit log of operator actions, newest first")
+    p = cmds.add_parser(
+        "audit", parents=[common], help="the audit log (task and dead-letter actions), newest first"
+    )
     p.add_argument("--dead-letter-id", metavar="ID")
+    p.add_argument("--task-id", metavar="ID", help="entries that acted on this task")
+    p.add_argument("--actor", help="entries of this actor (a token subject)")
+    p.add_argument("--action", choices=list(get_args(AuditAction)))
+    p.add_argument("--since", metavar="ISO", help="at or after (ISO 8601; UTC if no offset)")
+    p.add_argument("--until", metavar="ISO", help="before (ISO 8601; UTC if no offset)")
     p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
@@ -306,8 +313,15 @@ async def _discard(client: TaskPlatformClient, args: argparse.Namespace) -> int:
 
 
 async def _audit(client: TaskPlatformClient, args: argparse.Namespace) -> int:
-    listing = await client.dead_letter_audit(
-        dead_letter_id=args.dead_letter_id, limit=args.limit, cursor=args.cursor
+    listing = await client.audit(
+        actor=args.actor,
+        action=args.action,
+        task_id=args.task_id,
+        dead_letter_id=args.dead_letter_id,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+        cursor=args.cursor,
     )
     if args.json:
         print(listing.model_dump_json(indent=2))

@@ -56,15 +56,25 @@ def print_listing(listing: DeadLetterListing, status: str) -> None:
         print(f"next page: --cursor {listing.next_cursor}")
 
 
+def _some(ids: Sequence[str]) -> str:
+    return ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+
+
 def print_audit(listing: AuditListing) -> None:
-    rows = []
-    for e in listing.items:
-        ids = ", ".join(e.dead_letter_ids[:3]) + (
-            f" +{len(e.dead_letter_ids) - 3}" if len(e.dead_letter_ids) > 3 else ""
+    rows = [
+        (
+            e.id,
+            e.at,
+            e.actor,
+            e.action + (" (dry run)" if e.dry_run else ""),
+            e.outcome,
+            _some(e.task_ids),
+            _some(e.dead_letter_ids),
         )
-        rows.append((e.id, e.at, e.actor, e.action + (" (dry run)" if e.dry_run else ""), e.outcome, ids))
+        for e in listing.items
+    ]
     if rows:
-        print(table(("ID", "AT", "ACTOR", "ACTION", "OUTCOME", "DEAD LETTERS"), rows))
+        print(table(("ID", "AT", "ACTOR", "ACTION", "OUTCOME", "TASKS", "DEAD LETTERS"), rows))
     else:
         print("no audit entries")
     if listing.next_cursor:

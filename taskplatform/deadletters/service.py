@@ -114,6 +114,7 @@ class DeadLetterService:
             outcome="ok",
             overridden=parameters is not None,
             details={"task_id": replayed.task.id, "generation": replayed.task.replays},
+            task_ids=[replayed.task.id],
         )
         return replayed
 
@@ -273,11 +274,13 @@ class DeadLetterService:
         dry_run: bool = False,
         filters: dict[str, Any] | None = None,
         details: dict[str, Any] | None = None,
+        task_ids: list[str] | None = None,
     ) -> None:
         entry = AuditEntry(
             actor=actor,
             action=action,
             dead_letter_ids=ids,
+            task_ids=task_ids or [],
             filter=filters,
             dry_run=dry_run,
             parameters_overridden=overridden,

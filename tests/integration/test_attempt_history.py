@@ -1,7 +1,8 @@
-"""The attempt history through the API, against real RabbitMQ and PostgreSQL: a task retried
-twice, dead-lettered, then replayed from the DLQ shows its four attempts, in order, with their
-generations, outcomes, errors, nodes and hosts; a running attempt shows as running; another
-user's task is not found."""
+"""The attempt history and the audit log through the API, against real RabbitMQ and PostgreSQL:
+a task retried twice, dead-lettered, then replayed from the DLQ shows its four attempts, in
+order, with their generations, outcomes, errors, nodes and hosts, and the audit log shows who
+submitted it and who replayed it; a running attempt shows as running; another user's task is
+not found."""
 
 from __future__ import annotations
 
@@ -78,6 +79,13 @@ async def test_a_task_retried_twice_then_replayed_shows_every_attempt(
     assert body["attempts"][2]["error_message"] == "attempt 2 fails on purpose"
     # another user does not see that it exists
     assert (await client.get(f"/api/v1/tasks/{task_id}/attempts", headers=bearer(BOB))).status_code == 404
+    # the audit log names who submitted it and who replayed it
+    audit = await client.get("/api/v1/audit", params={"task_id": task_id}, headers=bearer(OPS))
+    assert audit.status_code == 200, audit.text
+    entries = [(e["actor"], e["action"], e["outcome"]) for e in audit.json()["items"]]
+    assert entries == [("ops", "replay", "ok"), ("alice", "submit", "ok")]
+    [replay] = [e for e in audit.json()["items"] if e["action"] == "replay"]
+    assert replay["dead_letter_ids"] == [task_id] and replay["parameters_overridden"] is True
 
 
 async def test_the_attempt_running_now_is_listed_as_running(

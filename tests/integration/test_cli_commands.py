@@ -299,6 +299,14 @@ def test_attempts_lists_each_attempt_as_a_table_or_json(platform: Platform) -> N
     assert [(a["attempt"], a["retried"]) for a in listed["attempts"]] == [(0, True), (1, True), (2, False)]
     missing = platform.run("attempts", "no-such-task")
     assert missing.code != 0 and "not found" in missing.err and "Traceback" not in missing.err
+    # the audit log names its submission
+    audited = json.loads(platform.run("dlq", "audit", "--task-id", task_id, "--json").out)["items"]
+    assert [(e["action"], e["task_ids"], e["outcome"]) for e in audited] == [("submit", [task_id], "ok")]
+    table = platform.run("dlq", "audit", "--task-id", task_id, "--action", "submit", "--since", "2026-01-01")
+    assert table.code == 0 and table.out.splitlines()[0].split()[-3:] == ["TASKS", "DEAD", "LETTERS"]
+    assert task_id[:8] in table.out.splitlines()[1]
+    bad = platform.run("dlq", "audit", "--since", "yesterday")
+    assert bad.code == int(ExitCode.BAD_INPUT) and "--since is not an ISO 8601 date-time" in bad.err
 
 
 # ---------------------------------------------------------------- topology verify

@@ -19,7 +19,15 @@ from taskplatform.errors import StoreError
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.bus import EventBus
 from taskplatform.events.models import TaskSubmitted, TaskWaiting
-from taskplatform.models import BackgroundTask, DeadLetter, ErrorInfo, OutboxStatus, TaskStatus, utcnow
+from taskplatform.models import (
+    AuditEntry,
+    BackgroundTask,
+    DeadLetter,
+    ErrorInfo,
+    OutboxStatus,
+    TaskStatus,
+    utcnow,
+)
 from taskplatform.models.worker import WorkerState
 from taskplatform.reaper import Reaper
 from taskplatform.retry import RetryPolicy
@@ -378,6 +386,27 @@ async def test_retention_deletes_old_finished_tasks_in_bounded_batches_per_pass(
     assert reaper.purged == 5
     assert all([await parts.store.get(t.id) is None for t in old])
     assert await parts.store.get(recent[0].id) is not None
+
+
+async def test_audit_retention_deletes_old_entries_in_bounded_batches_per_pass(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reaper_module, "PURGE_BATCH", 2)
+    monkeypatch.setattr(reaper_module, "PURGE_BATCHES_PER_PASS", 2)
+    old = [
+        AuditEntry(actor="a", action="submit", outcome="ok", at=utcnow() - timedelta(days=100))
+        for _ in range(5)
+    ]
+    recent = AuditEntry(actor="a", action="cancel", outcome="ok", at=utcnow() - timedelta(days=1))
+    for entry in (*old, recent):
+        await parts.store.add_audit(entry)
+    assert await parts.reaper().purge_audit() == 0  # kept for ever unless told
+    reaper = parts.reaper(audit_retention_seconds=90 * 86400.0, retention_interval=0.0)
+    await reaper.run_once()  # the cleanup pass purges the audit log too
+    assert reaper.audit_purged == 4  # two full batches, the pass's bound
+    assert await reaper.purge_audit() == 1  # the rest, in a short batch
+    assert await reaper.purge_audit() == 0
+    assert [e.id for e in (await parts.store.list_audit()).items] == [recent.id]
 
 
 async def test_retention_runs_once_per_retention_interval(parts: Parts) -> None:

@@ -1,0 +1,54 @@
+"""Recording who did what to tasks: submissions, cancels, changes and deletions (dead-letter
+actions are recorded by ``DeadLetterService``). Read back by ``GET /api/v1/audit``.
+
+An action is recorded after it was done, with how it ended (``ok``, or ``refused: why``). If the
+entry cannot be stored the action stands (it cannot be undone): the failure is logged as an
+ERROR naming the action, and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from taskplatform.errors import StoreError
+from taskplatform.models import AuditEntry
+from taskplatform.models.dead_letter import AuditAction
+from taskplatform.store.ports import AuditLog
+
+log = logging.getLogger(__name__)
+
+#: Task ids one entry names, at the most (a bulk submission of more names its first ones and
+#: says how many there were).
+MAX_TASK_IDS = 1000
+
+
+class AuditTrail:
+    """Appends entries to the store's audit log."""
+
+    def __init__(self, store: AuditLog) -> None:
+        self._store = store
+        #: Entries that could not be stored.
+        self.failed = 0
+
+    async def record(
+        self,
+        actor: str,
+        action: AuditAction,
+        task_ids: Iterable[str],
+        *,
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        ids = list(dict.fromkeys(task_ids))
+        extra = dict(details or {})
+        if len(ids) > MAX_TASK_IDS:
+            extra["tasks"] = len(ids)
+            ids = ids[:MAX_TASK_IDS]
+        entry = AuditEntry(actor=actor, action=action, task_ids=ids, outcome=outcome, details=extra)
+        try:
+            await self._store.add_audit(entry)
+        except StoreError as exc:
+            self.failed += 1
+            log.error("audit entry not stored (%s by %s on %s, %s): %s", action, actor, ids[:3], outcome, exc)
