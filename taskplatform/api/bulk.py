@@ -204,6 +204,13 @@ async def submit_tasks_bulk(
         )
     if beyond_role:
         shown = ", ".join(str(i) for i, _ in beyond_role[:10]) + (", …" if len(beyond_role) > 10 else "")
+        await commands.audit.record(
+            principal.subject or "anonymous",
+            "submit",
+            [],
+            outcome=f"refused: items {shown}: {beyond_role[0][1]}",
+            details={"bulk": True},
+        )
         return error_response(
             403,
             "forbidden",

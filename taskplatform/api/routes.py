@@ -172,6 +172,10 @@ async def submit_task(
     charged its children too, and one heavier than ``API_SUBMIT_BURST`` gets 422."""
     refusal = submit_role_refusal(principal, runtime.registry, body.task_type)
     if refusal is not None:
+        who = principal.subject or "anonymous"
+        await commands.audit.record(
+            who, "submit", [], outcome=f"refused: {refusal}", details={"task_type": body.task_type}
+        )
         raise HTTPException(403, refusal)
     owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
     # Idempotency keys are scoped by the task's user id, so by the caller here.

@@ -257,10 +257,12 @@ class DeadLetterService:
         """Give the record up: no longer pending; its task stays DEAD_LETTER."""
         record = await self.get(record_id)
         discarded = await self._store.mark_dead_letter_discarded(record_id, at=utcnow())
+        tasks = [record.task_id] if record.task_id is not None else []
         if discarded is None:
-            await self._audit(actor, "discard", [record_id], outcome=f"refused: it was {record.status.value}")
+            refused = f"refused: it was {record.status.value}"
+            await self._audit(actor, "discard", [record_id], outcome=refused, task_ids=tasks)
             raise DeadLetterConflict(f"dead letter {record_id!r} was {record.status.value} already")
-        await self._audit(actor, "discard", [record_id], outcome="ok")
+        await self._audit(actor, "discard", [record_id], outcome="ok", task_ids=tasks)
         return discarded
 
     async def _audit(

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from taskplatform.batching import Coalescer
+from taskplatform.errors import StoreError
 from taskplatform.events.attempts import attempt_record
 from taskplatform.events.bus import Delivery, EventBus
 from taskplatform.events.cancellation import Canceller
@@ -104,6 +105,8 @@ class StateAggregator:
         self._rollups: Coalescer[_Rollup, ParentState | None] = Coalescer(self._rollup_batch)
         # Concurrent attempt records share one write.
         self._attempts: Coalescer[AttemptRecord, None] = Coalescer(self._attempt_batch)
+        #: Attempt records that could not be stored.
+        self.attempts_unrecorded = 0
         self._appliers: dict[type[TaskEvent], Applier] = {
             TaskSubmitted: self._as_given,
             TaskStarted: self._as_given,
@@ -137,11 +140,17 @@ class StateAggregator:
                 return
             delivery.duplicate = True  # applied before; its follow-ups may not have been
             applied = current
-        # The attempt's record, once its end is stored (again for a duplicate: the producer
-        # retried, maybe because this write failed; a record written again changes nothing).
+        # The attempt's record, once its end is stored (again for a duplicate: a record written
+        # again changes nothing). History, not state: a record that cannot be written is
+        # logged and counted, and the event goes on (its roll-up and follow-ups must not wait
+        # for it, nor its producer hand the attempt back over it).
         record = attempt_record(event, during, applied, node_id=self._node_id, host=self._host)
         if record is not None:
-            await self._attempts.submit(record)
+            try:
+                await self._attempts.submit(record)
+            except StoreError as exc:
+                self.attempts_unrecorded += 1
+                log.error("task %s: attempt %d's record not stored: %s", event.task_id, event.attempt, exc)
         delivery.task = applied
         final = applied
         delivery.then(lambda: self._follow_up(event, final))

@@ -141,17 +141,21 @@ class TaskPublisher:
             else self._topology.routing_key_for(message.task_type, priority)
         )
         body = encode(message, extra_headers=extra_headers)
+        selector = selector_id(message.task_type, labels) if labels is not None else None
+        made = self._selectors.get(selector) if selector is not None else None
         try:
             await self.publish_raw(self._topology.work_exchange, route, body, what=f"task {message.task_id}")
         except UnroutableError:
-            if labels is None:
+            if labels is None or selector is None:
                 raise
             # The selector's queue is gone although this process made it (an operator deleted
             # it, or it expired unconsumed): make it again and announce it (its workers consume
-            # it again), then publish once more.
-            selector = selector_id(message.task_type, labels)
-            log.warning("the queue of selector %s is gone; declaring it again", selector)
-            self._selectors.pop(selector, None)
+            # it again), then publish once more. Of publishes failing together, the first
+            # makes it again; the others find it made since they read it.
+            async with self._selector_lock:
+                if self._selectors.get(selector) == made:
+                    log.warning("the queue of selector %s is gone; declaring it again", selector)
+                    self._selectors.pop(selector, None)
             await self.ensure_selector(message.task_type, labels)
             await self.publish_raw(self._topology.work_exchange, route, body, what=f"task {message.task_id}")
 

@@ -141,7 +141,9 @@ class AuditFilter(BaseModel):
 
     actor: str | None = None
     action: AuditAction | None = None
-    #: Entries naming this task (acting on it, or on its dead letter: a replay names both).
+    #: Entries naming this task: its submission, changes, cancel, deletion, and the replay or
+    #: discard of its dead letter (a bulk replay names the dead letters only; entries made
+    #: before the log covered tasks name none).
     task_id: str | None = None
     dead_letter_id: str | None = None
     since: datetime | None = None

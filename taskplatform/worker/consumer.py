@@ -26,7 +26,7 @@ from taskplatform.worker.claims import Claimer, ClaimingStore
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.dispatch import GateClosed, PriorityGate
 from taskplatform.worker.intake import Intake
-from taskplatform.worker.node_queue import queue_missing, republish_waiting
+from taskplatform.worker.node_queue import queue_missing, republish_until_done
 from taskplatform.worker.once import settle_interrupted, started_elsewhere
 from taskplatform.worker.selectors import SelectorFollower
 from taskplatform.worker.settlement import Settler, channel_gone
@@ -74,6 +74,8 @@ class TaskConsumer:
         self._total_gate: list[PriorityGate] = []
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        #: Publishing again the tasks that waited in this node's queue when it was gone.
+        self.restoring: asyncio.Task[int] | None = None
         self._selectors = SelectorFollower(
             broker,
             topology,
@@ -144,7 +146,10 @@ class TaskConsumer:
         self._consumers.append((queue, tag))
         log.info("consuming %s (tasks aimed at node %s)", spec.name, self._config.node_id)
         if missing:
-            await republish_waiting(self._store, self._settler.publisher, self._config.node_id)
+            self.restoring = asyncio.create_task(
+                republish_until_done(self._store, self._settler.publisher, self._config.node_id),
+                name=f"republish-{self._config.node_id}",
+            )
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking new messages, give in-flight ones ``grace`` seconds, then close.
@@ -152,6 +157,10 @@ class TaskConsumer:
         Whatever is still unfinished is left unacked: closing the channel returns it to
         the queue and another worker picks it up.
         """
+        if self.restoring is not None and not self.restoring.done():
+            self.restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.restoring
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)

@@ -11,18 +11,22 @@ duplicate, which the claim settles.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Protocol
 
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from taskplatform.errors import TRANSIENT_ERRORS
 from taskplatform.messaging.connection import BrokerConnection
 from taskplatform.models import BackgroundTask, TaskStatus
 from taskplatform.store.types import MAX_PAGE_SIZE, TaskFilter, TaskPage
 
 log = logging.getLogger("taskplatform.worker.consumer")
 
+#: First wait before trying the republish again after a store or broker fault (doubling to 30 s).
+RETRY_SECONDS = 1.0
 #: What a worker republishes after its queue was gone, at the most (the oldest beyond stay to
 #: the target sweep and to operators: ``GET /api/v1/tasks?node=...``).
 MOST_RESTORED = 10_000
@@ -77,3 +81,25 @@ async def republish_waiting(store: WaitingTasks, publisher: TaskPublisher, node_
             published,
         )
     return published
+
+
+async def republish_until_done(
+    store: WaitingTasks, publisher: TaskPublisher, node_id: str, *, retry_seconds: float = RETRY_SECONDS
+) -> int:
+    """``republish_waiting`` until it gets through: a store or broker fault waits (doubling up to
+    30 s) and starts it over (what was published already is published again: a duplicate the
+    claim settles). Run in the background, so the worker starts meanwhile; cancelled when it
+    stops."""
+    delay = retry_seconds
+    while True:
+        try:
+            return await republish_waiting(store, publisher, node_id)
+        except TRANSIENT_ERRORS as exc:
+            log.warning(
+                "publishing the tasks waiting for node %s again failed (%s); trying again in %.0fs",
+                node_id,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)

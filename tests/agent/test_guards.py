@@ -19,6 +19,7 @@ from taskplatform.errors import InvalidInputError, StoreError
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
+from taskplatform.store.deadletters import AuditFilter
 from taskplatform.store.memory import MemoryTaskStore
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.worker.once import started_elsewhere
@@ -75,6 +76,12 @@ async def test_a_submitter_may_not_submit_a_command_and_an_operator_may(
     assert await runtime.store.count_by_status() == {}
     accepted = await client.post("/api/v1/tasks", json=COMMAND, headers=OLGA)
     assert accepted.status_code in (201, 202)
+    submits = (await runtime.store.list_audit(AuditFilter(action="submit"))).items
+    assert [(e.actor, e.task_ids, e.outcome.split(":")[0]) for e in submits] == [
+        ("olga", [accepted.json()["task_id"]], "ok"),
+        ("alice", [], "refused"),  # the refusal is on record too
+    ]
+    assert "'run_command' may be submitted by the operator role" in submits[1].outcome
 
 
 @pytest.mark.integration
@@ -91,6 +98,9 @@ async def test_a_bulk_submission_holding_a_command_is_refused_whole_for_a_submit
     assert error["details"][0]["loc"] == ["tasks", 1, "task_type"]
     assert await runtime.store.count_by_status() == {}  # nothing stored
     assert (await client.post("/api/v1/tasks/bulk", json=body, headers=OLGA)).status_code in (201, 202)
+    olga, alice = (await runtime.store.list_audit(AuditFilter(action="submit"))).items
+    assert (olga.actor, len(olga.task_ids), olga.outcome) == ("olga", 4, "ok")
+    assert (alice.actor, alice.task_ids) == ("alice", []) and alice.outcome.startswith("refused: items 1, 3:")
 
 
 async def test_a_command_is_never_a_sub_task(agent_registry: ExecutableRegistry) -> None:

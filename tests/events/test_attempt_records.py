@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from taskplatform.errors import StoreError
 from taskplatform.events import (
     EventBus,
     TaskCancelled,
@@ -180,3 +181,21 @@ def test_an_attempt_that_ran_elsewhere_names_no_host_and_texts_are_made_storable
         and record.error_message is not None
         and len(record.error_message) == 2000
     )
+
+
+async def test_a_record_the_store_refuses_is_counted_and_the_event_still_takes_effect(
+    parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, bus = parts
+    task = await _running(store)
+
+    async def refuse(records: object) -> None:
+        raise StoreError("task_attempts: no such table (a migration not applied)")
+
+    monkeypatch.setattr(store, "add_attempts", refuse)
+    done = TaskCompleted(task_id=task.id, task_type="t", node_id=NODE, result={})
+    delivery = await bus.publish(done, task)
+    assert delivery.accepted and delivery.task is not None and delivery.task.status is TaskStatus.COMPLETED
+    aggregator = next(s for s in bus._critical if isinstance(s, StateAggregator))  # noqa: SLF001
+    assert aggregator.attempts_unrecorded == 1
+    assert "attempt 0's record not stored" in caplog.text

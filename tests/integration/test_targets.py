@@ -274,7 +274,7 @@ async def test_mode_any_runs_on_the_labelled_workers_only_and_a_late_worker_lear
 
 
 async def test_a_selector_queue_deleted_under_its_workers_is_made_again_and_consumed_again(
-    fleet: Callable[..., Runtime], rabbitmq: Any
+    fleet: Callable[..., Runtime], rabbitmq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An operator deletes it, or the broker expires it: the publisher's "made already" is stale,
     # and the broker cancels the workers' consumers of it.
@@ -294,11 +294,14 @@ async def test_a_selector_queue_deleted_under_its_workers_is_made_again_and_cons
             channel = await rabbitmq.channel()
             await channel.queue_delete(queue)
             await channel.close()
-            again = await api.submitter.submit(_aimed("test_noop", any_db, value=2))
-            assert again.published, "the publisher made the queue again"
-            await eventually(lambda: completed(again.task.id), timeout=30)
-            done = await api.store.get(again.task.id)
-            assert done is not None and done.execution_node_id == "sel-db-1"
+            # ten publishes fail together: the first makes the queue again, once
+            again = await api.submitter.submit_many([_aimed("test_noop", any_db, value=i) for i in range(10)])
+            assert all(s.published for s in again), "the publisher made the queue again"
+            for submitted in again:
+                await eventually(lambda: completed(submitted.task.id), timeout=30)  # noqa: B023
+                done = await api.store.get(submitted.task.id)
+                assert done is not None and done.execution_node_id == "sel-db-1"
+            assert caplog.text.count("is gone; declaring it again") == 1
     finally:
         await _delete_node_queues(rabbitmq, api, "sel-db-1")
         channel = await rabbitmq.channel()

@@ -338,6 +338,7 @@ async def test_a_discard_gives_the_record_up_once_and_refuses_the_second(parts: 
     got = await parts.store.get(task.id)
     assert got is not None and got.status is TaskStatus.DEAD_LETTER  # the task stays dead
     assert [e.outcome for e in await parts.audit()] == ["ok", "refused: it was discarded"]
+    assert [e.task_ids for e in await parts.audit()] == [[task.id], [task.id]]  # found by its task too
 
 
 async def test_a_discard_of_an_unknown_record_is_not_found(parts: Parts) -> None:

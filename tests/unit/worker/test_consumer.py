@@ -17,6 +17,7 @@ from taskplatform.models.message import HEADER_AWAIT_OWNER, HEADER_DEAD_REASON, 
 from taskplatform.models.target import TaskTarget
 from taskplatform.tasks.registry import ExecutableRegistry
 from taskplatform.testing.broker import FakeBroker, FakeDelivery, FakePublisher
+from taskplatform.worker import node_queue
 from taskplatform.worker.config import WorkerConfig
 from taskplatform.worker.consumer import TaskConsumer
 from taskplatform.worker.selectors import SELECTOR_STREAM_PREFETCH
@@ -393,7 +394,11 @@ async def test_a_selector_announced_as_consumed_by_nobody_is_consumed_afresh(
 
 
 async def test_a_worker_whose_node_queue_was_gone_publishes_what_still_waits_for_it_again(
-    consumers: Consumers, broker: FakeBroker, store: Any, publisher: FakePublisher
+    consumers: Consumers,
+    broker: FakeBroker,
+    store: Any,
+    publisher: FakePublisher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mine, theirs = TaskTarget(node=NODE), TaskTarget(node="elsewhere")
     waiting = BackgroundTask(task_type="unit_echo", parameters={}, target=mine)
@@ -409,13 +414,35 @@ async def test_a_worker_whose_node_queue_was_gone_publishes_what_still_waits_for
     assert await store.try_set_running(running.id, attempt=0, node_id=NODE, lease_until=lease)
     name = f"unit.tasks.node.{NODE}"
     broker.absent.add(name)  # it expired while the node was away, with the messages in it
-    await consumers()
-    assert broker.queue(name).consumed and name not in broker.absent  # made again
+    monkeypatch.setattr(node_queue, "RETRY_SECONDS", 0.01)
+    publisher.fail(times=1)  # the broker refuses the first publish: the republish starts over
+    store.refused.add("list")  # and the store is away at first
+    consumer = await consumers()
+    assert broker.queue(name).consumed and name not in broker.absent  # made again, consumed at once
+    assert consumer.restoring is not None
+    await asyncio.sleep(0.05)
+    store.refused.discard("list")
+    assert await asyncio.wait_for(consumer.restoring, 5) == 2
     assert sorted((p.kind, p.task_id) for p in publisher.published) == sorted(
         [("task", waiting.id), ("not-before", retrying.id)]
     )
     [delayed] = [p for p in publisher.published if p.kind == "not-before"]
     assert delayed.not_before == later  # a retry keeps its delay
     publisher.published.clear()
-    await consumers()  # the queue is there: nothing is published again
-    assert publisher.published == []
+    again = await consumers()  # the queue is there: nothing is published again
+    assert again.restoring is None and publisher.published == []
+
+
+async def test_a_worker_stopping_while_it_republishes_stops_the_republish(
+    consumers: Consumers, broker: FakeBroker, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_queue, "RETRY_SECONDS", 0.01)
+    broker.absent.add(f"unit.tasks.node.{NODE}")
+    store.refused.add("list")  # the store stays away: the republish keeps trying
+    consumer = await consumers()
+    restoring = consumer.restoring
+    assert restoring is not None
+    await asyncio.sleep(0.05)
+    assert not restoring.done()
+    await consumer.stop(grace=1)
+    assert restoring.cancelled()
