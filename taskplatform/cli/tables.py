@@ -56,7 +56,9 @@ def print_listing(listing: DeadLetterListing, status: str) -> None:
         print(f"next page: --cursor {listing.next_cursor}")
 
 
-def _some(ids: Sequence[str]) -> str:
+def _some(ids: Sequence[str]) -> str | None:
+    if not ids:
+        return None
     return ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
 
 

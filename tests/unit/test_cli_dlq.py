@@ -329,13 +329,13 @@ def test_dlq_audit_sends_the_filter_and_prints_entries(
 ) -> None:
     api.on(
         "GET",
-        f"{PREFIX}/audit",
+        "/api/v1/audit",
         {
             "items": [
                 audit_entry(
                     "e2", action="bulk_replay", dry_run=True, dead_letter_ids=["a", "b", "c", "d", "e"]
                 ),
-                audit_entry("e1", actor="bob", action="discard", outcome="ok"),
+                audit_entry("e1", actor="bob", action="discard", outcome="ok", task_ids=["task-1"]),
             ],
             "next_cursor": None,
         },
@@ -344,7 +344,7 @@ def test_dlq_audit_sends_the_filter_and_prints_entries(
     assert query(api.only) == {"dead_letter_id": "task-1", "limit": "10"}
     assert_operator(api.only)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "DEAD", "LETTERS"]
+    assert lines[0].split() == ["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "TASKS", "DEAD", "LETTERS"]
     assert lines[1].split() == [
         "e2",
         "2024-05-02",
@@ -354,13 +354,39 @@ def test_dlq_audit_sends_the_filter_and_prints_entries(
         "(dry",
         "run)",
         "ok",
+        "-",
         "a,",
         "b,",
         "c",
         "+2",
     ]
-    assert lines[2].split() == ["e1", "2024-05-02", "08:00:00Z", "bob", "discard", "ok", "task-1"]
+    assert lines[2].split() == ["e1", "2024-05-02", "08:00:00Z", "bob", "discard", "ok", "task-1", "task-1"]
     assert len(lines) == 3  # no next page
+
+
+def test_dlq_audit_sends_every_filter_of_the_whole_log(dlq: Callable[..., int], api: FakeApi) -> None:
+    api.on("GET", "/api/v1/audit", {"items": [], "next_cursor": None})
+    argv = [
+        "--task-id",
+        "t-9",
+        "--actor",
+        "ops",
+        "--action",
+        "cancel",
+        "--since",
+        "2026-12-01",
+        "--until",
+        "2026-12-02T00:00:00+01:00",
+    ]
+    assert dlq("audit", *argv) == 0
+    assert query(api.only) == {
+        "task_id": "t-9",
+        "actor": "ops",
+        "action": "cancel",
+        "since": "2026-12-01T00:00:00+00:00",
+        "until": "2026-12-02T00:00:00+01:00",
+        "limit": "50",
+    }
 
 
 def test_dlq_api_error_prints_its_message_and_exits_5_for_not_found(

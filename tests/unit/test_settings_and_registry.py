@@ -51,6 +51,7 @@ def test_module_discovery_and_unknown_type_message() -> None:
         "test_boom",
         "test_chatty",
         "test_cooperative",
+        "test_fails_thrice",
         "test_fanout",
         "test_flaky",
         "test_noop",
@@ -65,8 +66,9 @@ def test_module_discovery_and_unknown_type_message() -> None:
     ]
     with pytest.raises(
         UnknownTaskTypeError,
-        match="unknown task type 'x'; registered: test_boom, test_chatty, test_cooperative, test_fanout, "
-        "test_flaky, test_noop, test_paced, test_paced_slowly, test_paced_user, test_picky, "
+        match="unknown task type 'x'; registered: test_boom, test_chatty, test_cooperative, "
+        "test_fails_thrice, test_fanout, test_flaky, test_noop, test_paced, test_paced_slowly, "
+        "test_paced_user, test_picky, "
         "test_side_effect, test_slow, test_stubborn, test_unstorable",
     ):
         registry.get("x")
