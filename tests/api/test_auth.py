@@ -148,7 +148,10 @@ async def test_requests_without_a_valid_token_get_401_with_a_bearer_challenge_an
     assert await stored(runtime) == 1  # no submission got through
     task = await runtime.store.get(task_id)
     assert task is not None and task.status is TaskStatus.QUEUED  # no cancel got through
-    assert (await runtime.store.list_audit()).items == []  # no dry run got through
+    audit = (await runtime.store.list_audit()).items
+    assert [(e.action, e.task_ids) for e in audit] == [
+        ("submit", [task_id])
+    ]  # no dry run, no submission got through
 
 
 #: (what is wrong, token, the text the 401 message must hold)
