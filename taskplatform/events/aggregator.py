@@ -145,7 +145,7 @@ class StateAggregator:
         # logged and counted, and the event goes on (its roll-up and follow-ups must not wait
         # for it, nor its producer hand the attempt back over it).
         record = attempt_record(event, during, applied, node_id=self._node_id, host=self._host)
-        if record is not None:
+        if record is not None and not (self._with_completion(event, during) and not delivery.duplicate):
             try:
                 await self._attempts.submit(record)
             except StoreError as exc:
@@ -240,12 +240,17 @@ class StateAggregator:
                 status=event.status,
                 event_id=event.event_id,
             )
+        record = None
+        if self._with_completion(event, task):
+            assert task is not None
+            record = attempt_record(event, task, task, node_id=self._node_id, host=self._host)
         request = CompletionRequest(
             task_id=event.task_id,
             attempt=event.attempt,
             result=event.result,
             event_id=event.event_id,
             progress=event.progress,
+            attempt_record=record,
         )
         version = await self._completions.submit((event.node_id or "", request))
         if version is None:
@@ -258,6 +263,17 @@ class StateAggregator:
         if event.progress is not None:
             changes["progress"] = event.progress
         return task.model_copy(update=changes)
+
+    @staticmethod
+    def _with_completion(event: TaskEvent, during: BackgroundTask | None) -> bool:
+        """Whether ``event``'s attempt record is written with its completion (a worker's
+        completion with the producer's copy of the task) rather than on its own."""
+        return (
+            isinstance(event, TaskCompleted)
+            and event.origin is not Origin.CHILDREN
+            and during is not None
+            and during.id == event.task_id
+        )
 
     async def _attempt_batch(self, records: Sequence[AttemptRecord]) -> list[None]:
         await self._store.add_attempts(records)

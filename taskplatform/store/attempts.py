@@ -6,10 +6,12 @@ the attempt's owner, so a lost owner's late write changes nothing; shared by eve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from taskplatform.errors import StoreError
 from taskplatform.models import (
     RUNNABLE,
     BackgroundTask,
@@ -19,10 +21,14 @@ from taskplatform.models import (
     sources_of,
     utcnow,
 )
+from taskplatform.models.attempt import AttemptRecord
 from taskplatform.store.primitives import StorePrimitives, owner_guard, with_event
 from taskplatform.store.types import ClaimRequest, CompletionRequest, Guard
 
 _RUNNING = frozenset({TaskStatus.RUNNING})
+
+
+log = logging.getLogger(__name__)
 
 
 class AttemptOperations(StorePrimitives):
@@ -85,6 +91,7 @@ class AttemptOperations(StorePrimitives):
         """Record several completions; returns the ids whose completion was recorded, each
         with the task's version after it."""
         done: dict[str, int] = {}
+        records: list[AttemptRecord] = []
         for item in items:
             task = await self.record_completion(
                 item.task_id,
@@ -96,6 +103,13 @@ class AttemptOperations(StorePrimitives):
             )
             if task is not None:
                 done[task.id] = task.version
+                if item.attempt_record is not None:
+                    records.append(item.attempt_record)
+        if records:
+            try:
+                await self.add_attempts(records)
+            except StoreError as exc:  # history: the completions stand
+                log.error("the records of %d completed attempt(s) were not stored: %s", len(records), exc)
         return done
 
     @staticmethod

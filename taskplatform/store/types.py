@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskplatform.models import BackgroundTask, SubTaskStatusSummary, TaskStatus
+from taskplatform.models.attempt import AttemptRecord
 
 MAX_PAGE_SIZE = 500
 
@@ -110,6 +111,9 @@ class CompletionRequest:
     event_id: str | None = None
     #: The attempt's last progress, written with the completion (None keeps what is stored).
     progress: Mapping[str, Any] | None = None
+    #: The attempt's history record, written with the completion when it is recorded (in the
+    #: same statement on PostgreSQL, on the same connection on SQLite).
+    attempt_record: AttemptRecord | None = None
 
 
 @dataclass(frozen=True)

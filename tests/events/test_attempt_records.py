@@ -193,9 +193,14 @@ async def test_a_record_the_store_refuses_is_counted_and_the_event_still_takes_e
         raise StoreError("task_attempts: no such table (a migration not applied)")
 
     monkeypatch.setattr(store, "add_attempts", refuse)
-    done = TaskCompleted(task_id=task.id, task_type="t", node_id=NODE, result={})
-    delivery = await bus.publish(done, task)
-    assert delivery.accepted and delivery.task is not None and delivery.task.status is TaskStatus.COMPLETED
+    failed = TaskFailed(task_id=task.id, task_type="t", node_id=NODE, error=_error("Permanent", "no"))
+    delivery = await bus.publish(failed, task)
+    assert delivery.accepted and delivery.task is not None and delivery.task.status is TaskStatus.FAILED
     aggregator = next(s for s in bus._critical if isinstance(s, StateAggregator))  # noqa: SLF001
     assert aggregator.attempts_unrecorded == 1
     assert "attempt 0's record not stored" in caplog.text
+    # a completion carries its record to the store; the store's refusal leaves the completion
+    other = await _running(store)
+    done = await bus.publish(TaskCompleted(task_id=other.id, task_type="t", node_id=NODE, result={}), other)
+    assert done.accepted and done.task is not None and done.task.status is TaskStatus.COMPLETED
+    assert "the records of 1 completed attempt(s) were not stored" in caplog.text

@@ -9,6 +9,7 @@ from datetime import timedelta
 from taskplatform.models import utcnow
 from taskplatform.models.attempt import AttemptOutcome, AttemptRecord
 from taskplatform.store import BaseTaskStore
+from taskplatform.store.types import CompletionRequest
 from tests.store.helpers import make_task
 
 
@@ -98,3 +99,36 @@ async def test_the_history_goes_with_its_task(store: BaseTaskStore) -> None:
     assert await store.list_attempts(deleted) == [] and await store.list_attempts(purged) == []
     if await store.get(kept) is not None:  # retention may have taken it too (finished later)
         assert len(await store.list_attempts(kept)) == 1
+
+
+async def test_a_completion_writes_its_record_only_if_the_completion_is_made(store: BaseTaskStore) -> None:
+    mine, stale = make_task(), make_task()
+    await store.create_many([mine, stale])
+    lease = store.now() + timedelta(seconds=30)
+    for task in (mine, stale):
+        assert await store.try_set_running(task.id, attempt=0, node_id="node-1", lease_until=lease)
+    requests = [
+        CompletionRequest(
+            task_id=t.id,
+            attempt=attempt,
+            result={"ok": True},
+            event_id=f"done-{t.id}",
+            attempt_record=_record(
+                t.id,
+                0,
+                id=f"done-{t.id}",
+                outcome=AttemptOutcome.COMPLETED,
+                error_type=None,
+                error_message=None,
+                retried=False,
+            ),
+        )
+        for t, attempt in ((mine, 0), (stale, 1))  # the second names an attempt the task is not at
+    ]
+    done = await store.record_completions(requests, node_id="node-1")
+    assert list(done) == [mine.id]
+    [record] = await store.list_attempts(mine.id)
+    assert record == requests[0].attempt_record
+    assert await store.list_attempts(stale.id) == []
+    assert await store.record_completions(requests, node_id="node-1") == {}  # done already: nothing again
+    assert len(await store.list_attempts(mine.id)) == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 from taskplatform.models import BackgroundTask, utcnow
 from taskplatform.store.sql import statements as sql
+from taskplatform.store.sql.history import attempt_insert, attempt_row
 from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.types import ClaimRequest, CompletionRequest
 
@@ -66,6 +67,7 @@ class SqlBatches(SqlPart):
                     [i.progress and dict(i.progress) for i in items],
                     node_id=node_id,
                     now=now,
+                    records=[i.attempt_record for i in items if i.attempt_record is not None],
                 )
             async with self.autocommit.connect() as conn:
                 done: dict[str, int] = {}
@@ -81,4 +83,6 @@ class SqlBatches(SqlPart):
                     }
                     for task_id, version in (await conn.execute(sql.COMPLETE_ONE, params_one)).all():
                         done[task_id] = version
+                        if i.attempt_record is not None:
+                            await conn.execute(attempt_insert(self.dialect), attempt_row(i.attempt_record))
                 return done

@@ -20,6 +20,8 @@ import asyncpg
 import orjson
 
 from taskplatform.errors import StoreError
+from taskplatform.models.attempt import AttemptRecord
+from taskplatform.store.history import storable_attempt
 from taskplatform.store.primitives import ClockSample, read_clock
 from taskplatform.store.sql.schema import tasks
 
@@ -70,6 +72,32 @@ COMPLETE_MANY = """
     WHERE tasks.id = c.id AND tasks.retry_count = c.attempt AND tasks.status = 'RUNNING'
       AND tasks.execution_node_id = $4 AND NOT tasks.awaiting_children
     RETURNING tasks.id, tasks.version
+"""
+#: COMPLETE_MANY (the same update), and the attempt records of the completions it made ($8…$16,
+#: one row per record; a task's record is written only if its completion was), in one statement.
+COMPLETE_MANY_RECORDED = """
+    WITH done AS (
+        UPDATE tasks SET status = 'COMPLETED', result = c.result, completed_at = $5, lease_until = NULL,
+               updated_at = $5, last_event_id = COALESCE(c.event_id, tasks.last_event_id),
+               progress = COALESCE(c.progress, tasks.progress), version = tasks.version + 1
+        FROM unnest($1::text[], $2::integer[], $3::jsonb[], $6::text[], $7::jsonb[])
+             AS c(id, attempt, result, event_id, progress)
+        WHERE tasks.id = c.id AND tasks.retry_count = c.attempt AND tasks.status = 'RUNNING'
+          AND tasks.execution_node_id = $4 AND NOT tasks.awaiting_children
+        RETURNING tasks.id, tasks.version
+    ),
+    recorded AS (
+        INSERT INTO task_attempts (id, task_id, generation, attempt, node_id, host, started_at, ended_at,
+                                   duration_seconds, outcome, error_type, error_message, retried)
+        SELECT r.id, r.task_id, r.generation, r.attempt, r.node_id, r.host, r.started_at, r.ended_at,
+               r.duration, 'completed', NULL, NULL, false
+        FROM unnest($8::text[], $9::text[], $10::integer[], $11::integer[], $12::text[], $13::text[],
+                    $14::timestamptz[], $15::timestamptz[], $16::float8[])
+             AS r(id, task_id, generation, attempt, node_id, host, started_at, ended_at, duration)
+        JOIN done ON done.id = r.task_id
+        ON CONFLICT (id) DO NOTHING
+    )
+    SELECT id, version FROM done
 """
 # SKIP LOCKED: a row locked by a claim is being marked published by that claim already,
 # so waiting for it would only risk a deadlock.
@@ -245,20 +273,29 @@ class PgFastPath:
         *,
         node_id: str,
         now: datetime,
+        records: Sequence[AttemptRecord] = (),
     ) -> dict[str, int]:
-        """Complete the owner's attempts; returns each completed id with its new version."""
+        """Complete the owner's attempts; returns each completed id with its new version. The
+        ``records`` of the completed ones are written in the same statement."""
         progress = list(progress) if progress is not None else [None] * len(ids)
+        args: list[Any] = [list(ids), list(attempts), list(results), node_id, now, list(event_ids), progress]
+        statement = COMPLETE_MANY
+        if records:
+            statement = COMPLETE_MANY_RECORDED
+            kept = [storable_attempt(r) for r in records]
+            args += [
+                [r.id for r in kept],
+                [r.task_id for r in kept],
+                [r.generation for r in kept],
+                [r.attempt for r in kept],
+                [r.node_id for r in kept],
+                [r.host for r in kept],
+                [r.started_at for r in kept],
+                [r.ended_at for r in kept],
+                [r.duration_seconds for r in kept],
+            ]
         async with self._connection(self.pool) as conn:
-            rows = await conn.fetch(
-                COMPLETE_MANY,
-                list(ids),
-                list(attempts),
-                list(results),
-                node_id,
-                now,
-                list(event_ids),
-                progress,
-            )
+            rows = await conn.fetch(statement, *args)
         return {r["id"]: r["version"] for r in rows}
 
     async def mark_published(self, ids: Sequence[str], *, owner: str | None, now: datetime) -> int:
