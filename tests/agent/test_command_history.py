@@ -56,6 +56,11 @@ async def test_a_command_past_its_time_out_is_a_timed_out_attempt(
             )
 
         await eventually(ended, timeout=30)
+
+        async def recorded() -> bool:  # on SQLite a completion's record follows it on its connection
+            return all([await runtime.store.list_attempts(t.task.id) for t in (stuck, hello)])
+
+        await eventually(recorded, timeout=10)
         [timed_out] = await runtime.store.list_attempts(stuck.task.id)
         [completed] = await runtime.store.list_attempts(hello.task.id)
     assert timed_out.outcome is AttemptOutcome.TIMED_OUT and timed_out.error_type == "CommandTimedOut"

@@ -53,6 +53,11 @@ async def test_a_task_retried_twice_then_replayed_shows_every_attempt(
     assert created.status_code == 201, created.text
     task_id = created.json()["task_id"]
     await eventually(lambda: _status(runtime, task_id, TaskStatus.DEAD_LETTER), timeout=30)
+
+    async def recorded() -> bool:  # the DLQ consumer stores the record once the message arrives
+        return await runtime.store.get_dead_letter(task_id) is not None
+
+    await eventually(recorded, timeout=30)
     replayed = await client.post(
         f"/api/v1/dead-letters/{task_id}/replay", json={"parameters": {"fail": False}}, headers=bearer(OPS)
     )
