@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -162,34 +163,14 @@ class Reaper:
     async def purge(self) -> int:
         """Retention: delete finished tasks older than ``retention_seconds``, a bounded number of
         batches per pass (the rest waits for the next); returns how many."""
-        if self._retention is None:
-            return 0
-        before = utcnow() - timedelta(seconds=self._retention)
-        purged = 0
-        for _ in range(PURGE_BATCHES_PER_PASS):
-            n = await self._store.purge_finished(before=before, limit=PURGE_BATCH)
-            purged += n
-            if n < PURGE_BATCH:
-                break
-        if purged:
-            log.info("retention: deleted %d task(s) finished before %s", purged, before.isoformat())
+        purged = await _in_batches(self._store.purge_finished, self._retention, "task(s) finished")
         self.purged += purged
         return purged
 
     async def purge_audit(self) -> int:
         """Retention of the audit log: delete entries older than ``audit_retention_seconds``,
         a bounded number of batches per pass; returns how many."""
-        if self._audit_retention is None:
-            return 0
-        before = utcnow() - timedelta(seconds=self._audit_retention)
-        purged = 0
-        for _ in range(PURGE_BATCHES_PER_PASS):
-            n = await self._store.purge_audit(before=before, limit=PURGE_BATCH)
-            purged += n
-            if n < PURGE_BATCH:
-                break
-        if purged:
-            log.info("retention: deleted %d audit entr(ies) made before %s", purged, before.isoformat())
+        purged = await _in_batches(self._store.purge_audit, self._audit_retention, "audit entr(ies) made")
         self.audit_purged += purged
         return purged
 
@@ -244,3 +225,20 @@ class Reaper:
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set."""
         await run_periodically(self.run_once, stop, interval=self._interval, name="reaper")
+
+
+async def _in_batches(purge: Callable[..., Awaitable[int]], retention: float | None, what: str) -> int:
+    """Call ``purge(before=…, limit=PURGE_BATCH)`` for what is older than ``retention`` seconds
+    (None: nothing), up to ``PURGE_BATCHES_PER_PASS`` times, until a batch comes back short."""
+    if retention is None:
+        return 0
+    before = utcnow() - timedelta(seconds=retention)
+    purged = 0
+    for _ in range(PURGE_BATCHES_PER_PASS):
+        n = await purge(before=before, limit=PURGE_BATCH)
+        purged += n
+        if n < PURGE_BATCH:
+            break
+    if purged:
+        log.info("retention: deleted %d %s before %s", purged, what, before.isoformat())
+    return purged
