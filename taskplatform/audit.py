@@ -3,7 +3,8 @@ actions are recorded by ``DeadLetterService``). Read back by ``GET /api/v1/audit
 
 An action is recorded after it was done, with how it ended (``ok``, or ``refused: why``). If the
 entry cannot be stored the action stands (it cannot be undone): the failure is logged as an
-ERROR naming the action, and counted.
+ERROR naming the action, and counted
+(``taskplatform_history_unstored_total{kind="audit"}``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from taskplatform.errors import StoreError
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import AuditEntry
 from taskplatform.models.dead_letter import AuditAction
 from taskplatform.store.ports import AuditLog
@@ -27,8 +29,9 @@ MAX_TASK_IDS = 1000
 class AuditTrail:
     """Appends entries to the store's audit log."""
 
-    def __init__(self, store: AuditLog) -> None:
+    def __init__(self, store: AuditLog, metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         #: Entries that could not be stored.
         self.failed = 0
 
@@ -51,4 +54,6 @@ class AuditTrail:
             await self._store.add_audit(entry)
         except StoreError as exc:
             self.failed += 1
+            if self._metrics is not None:
+                self._metrics.history_unstored.labels("audit").inc()
             log.error("audit entry not stored (%s by %s on %s, %s): %s", action, actor, ids[:3], outcome, exc)

@@ -22,6 +22,7 @@ from taskplatform.errors import InvalidInputError, TaskPlatformError
 from taskplatform.events.bus import EventBus
 from taskplatform.events.cancellation import Canceller
 from taskplatform.events.models import Origin
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, DeadLetter, TaskStatus
 from taskplatform.models.dead_letter import AuditAction
 from taskplatform.outbox import OWN_PUBLISH_HOLD_SECONDS
@@ -82,6 +83,7 @@ class TaskCommands:
         *,
         node_id: str,
         max_bulk_seconds: float = MAX_BULK_SECONDS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._submitter = submitter
@@ -89,7 +91,7 @@ class TaskCommands:
         self._canceller = Canceller(store, bus, node_id=node_id)
         self._node_id = node_id
         self.max_bulk_seconds = max_bulk_seconds
-        self.audit = AuditTrail(store)
+        self.audit = AuditTrail(store, metrics)
 
     @classmethod
     def for_runtime(cls, runtime: Runtime) -> TaskCommands:
@@ -100,6 +102,7 @@ class TaskCommands:
             runtime.bus,
             runtime.dead_letters,
             node_id=runtime.settings.node_id,
+            metrics=runtime.metrics,
         )
 
     # ------------------------------------------------------------ tasks

@@ -256,7 +256,9 @@ class Runtime:
         self.task_rate_limiter = create_rate_limiter(settings.rate_limit_backend, self.store)
         self.submit_rate_limiter = create_rate_limiter(settings.api_rate_limit_backend, self.store)
         self.bus = build_bus(settings, self.metrics)
-        self.aggregator = StateAggregator(self.store, self.bus, node_id=settings.node_id).attach()
+        self.aggregator = StateAggregator(
+            self.store, self.bus, node_id=settings.node_id, metrics=self.metrics
+        ).attach()
         self.bridge = attach_observers(settings, self.bus, self.broker, self.topology, self.metrics)
         self._build_services(settings)
         self.relay = build_relay(settings, self.store, self.publisher)

@@ -39,6 +39,7 @@ from taskplatform.events.models import (
     TaskSubmitted,
     TaskWaiting,
 )
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import TERMINAL, BackgroundTask, TaskStatus, utcnow
 from taskplatform.models.attempt import AttemptRecord
 from taskplatform.store.base import CompletionRequest
@@ -91,8 +92,17 @@ class StateAggregator:
 
     name = "state-aggregator"
 
-    def __init__(self, store: EventStore, bus: EventBus, *, node_id: str, host: str | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        bus: EventBus,
+        *,
+        node_id: str,
+        host: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._bus = bus
         self._node_id = node_id
         self._host = host if host is not None else socket.gethostname()
@@ -150,6 +160,8 @@ class StateAggregator:
                 await self._attempts.submit(record)
             except StoreError as exc:
                 self.attempts_unrecorded += 1
+                if self._metrics is not None:
+                    self._metrics.history_unstored.labels("attempt").inc()
                 log.error("task %s: attempt %d's record not stored: %s", event.task_id, event.attempt, exc)
         delivery.task = applied
         final = applied

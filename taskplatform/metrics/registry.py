@@ -54,6 +54,8 @@ PUBLISH_FAILURE_REASONS = ("not_connected", "unroutable", "refused", "unavailabl
 BRIDGE_OUTCOMES = ("published", "failed", "abandoned", "unencodable")
 #: The registry states a worker moves to that are counted (``taskplatform_worker_transitions_total``).
 WORKER_TRANSITIONS = ("online", "offline", "stopped")
+#: What ``taskplatform_history_unstored_total`` counts.
+HISTORY_KINDS = ("attempt", "audit")
 #: HTTP methods counted by name; any other token is "OTHER".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The statuses ``tasks_finished`` counts: the terminal ones but FAILED, which DEAD_LETTER follows.
@@ -210,6 +212,15 @@ class Metrics:
         )
         for state in WORKER_TRANSITIONS:  # at zero from the start
             self.worker_transitions.labels(state)
+        self.history_unstored = Counter(
+            "taskplatform_history_unstored",
+            "History entries that could not be stored (the store failed); what they record stands: "
+            "attempt (a task's attempt record), audit (an audit-log entry).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in HISTORY_KINDS:  # at zero from the start
+            self.history_unstored.labels(kind)
         self.api_requests = Counter(
             "taskplatform_api_requests",
             "HTTP requests answered, by route template.",

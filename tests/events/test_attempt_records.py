@@ -25,6 +25,7 @@ from taskplatform.events import (
 from taskplatform.events.aggregator import StateAggregator
 from taskplatform.events.attempts import attempt_record
 from taskplatform.events.models import Origin, TaskEvent
+from taskplatform.metrics.registry import Metrics
 from taskplatform.models import BackgroundTask, ErrorInfo, TaskStatus, utcnow
 from taskplatform.models.attempt import AttemptOutcome
 from taskplatform.store.memory import MemoryTaskStore
@@ -34,11 +35,16 @@ HOST = "host-a"
 
 
 @pytest.fixture
-async def parts() -> AsyncIterator[tuple[MemoryTaskStore, EventBus]]:
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def parts(metrics: Metrics) -> AsyncIterator[tuple[MemoryTaskStore, EventBus]]:
     store = MemoryTaskStore()
     await store.open()
     bus = EventBus()
-    StateAggregator(store, bus, node_id=NODE, host=HOST).attach()
+    StateAggregator(store, bus, node_id=NODE, host=HOST, metrics=metrics).attach()
     bus.start()
     try:
         yield store, bus
@@ -184,7 +190,7 @@ def test_an_attempt_that_ran_elsewhere_names_no_host_and_texts_are_made_storable
 
 
 async def test_a_record_the_store_refuses_is_counted_and_the_event_still_takes_effect(
-    parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    parts: Any, metrics: Metrics, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, bus = parts
     task = await _running(store)
@@ -198,6 +204,8 @@ async def test_a_record_the_store_refuses_is_counted_and_the_event_still_takes_e
     assert delivery.accepted and delivery.task is not None and delivery.task.status is TaskStatus.FAILED
     aggregator = next(s for s in bus._critical if isinstance(s, StateAggregator))  # noqa: SLF001
     assert aggregator.attempts_unrecorded == 1
+    assert metrics.registry.get_sample_value("taskplatform_history_unstored_total", {"kind": "attempt"}) == 1
+    assert metrics.registry.get_sample_value("taskplatform_history_unstored_total", {"kind": "audit"}) == 0
     assert "attempt 0's record not stored" in caplog.text
     # a completion carries its record to the store; the store's refusal leaves the completion
     other = await _running(store)
