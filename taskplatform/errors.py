@@ -115,3 +115,8 @@ class UnreachableTargetError(TaskPlatformError):
     def __init__(self, problems: list[tuple[int, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(message for _, message in problems[:5]))
+
+
+class NodeIdInUse(ConfigError):
+    """Another live process beats the registry record of this worker's node id: two workers with
+    one ``NODE_ID`` would take each other's claims for their own."""

@@ -355,13 +355,15 @@ class Runtime:
         try:
             await self._on_broker_up()
         except Exception as exc:
-            log.exception("broker setup failed: %s", exc)
+            log.exception("setup failed once the broker was up: %s", exc)
             self.setup_error = exc
             self.setup_failed.set()
 
     async def _on_broker_up(self) -> None:
         await declare_topology(self.broker.connection, self.topology)
         self.publisher.mark_topology_ready()
+        if self.presence is not None:
+            await self.presence.wait_until_sole()  # before consuming: one process per node id
         if self.consumer is not None:
             await self.consumer.start()
         if self.dlq_consumer is not None:

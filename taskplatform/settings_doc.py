@@ -1,7 +1,7 @@
 """The configuration reference, ``docs/configuration.md``, generated from ``PlatformSettings``.
 
 Every setting as its environment variable, type, default and description, grouped by the
-``# section`` comments of ``taskplatform/settings.py`` and ``settings_api.py``.
+``# section`` comments of ``taskplatform/settings.py``, ``settings_worker.py`` and ``settings_api.py``.
 ``python -m taskplatform.settings_doc --write`` rewrites the page; without ``--write`` it prints
 it; ``--check`` exits 1 when the page differs (``tests/unit/test_configuration_doc.py`` does too).
 """
@@ -34,14 +34,15 @@ Every setting is an environment variable with the prefix `{prefix}` (read when a
 starts; nothing is read at import time). Lists are JSON (`["a","b"]`); `bool` takes
 `true`/`false`/`1`/`0`; "unset" means the variable is absent or empty.
 
-This page is generated from `taskplatform/settings.py` and `settings_api.py` (`PlatformSettings`): do
+This page is generated from `taskplatform/settings.py`, `settings_worker.py` and `settings_api.py`
+(`PlatformSettings`): do
 not edit it by hand; change a field's `description` there and run `{command}`.
 """
 
 
 def sections(settings: type[BaseSettings] = PlatformSettings) -> list[tuple[str, list[str]]]:
     """The fields in source order, grouped under the ``# title`` comment above them: the class's
-    own, then those of the platform's classes it is built from (``ApiSettings``)."""
+    own, then those of the platform's classes it is built from (``WorkerSettings``, ``ApiSettings``)."""
     grouped: list[tuple[str, list[str]]] = [("general", [])]
     parts = [settings, *(cls for cls in settings.__mro__[1:] if cls.__module__.startswith("taskplatform."))]
     for part in parts:

@@ -152,7 +152,7 @@ async def run_worker(settings: PlatformSettings) -> int:
             wait.cancel()
         if runtime.setup_error is not None:
             log.critical(
-                "cannot consume: broker setup failed (%s); exiting so the supervisor restarts this worker",
+                "cannot consume: setup failed (%s); exiting so the supervisor restarts this worker",
                 runtime.setup_error,
             )
             return 1

@@ -9,6 +9,14 @@ intervals after the beat. While the worker drains on shutdown it writes ``stoppi
 ``expires_at`` past the drain's grace, then ``stopped``; a worker killed outright stops beating,
 and the reaper's sweep marks it ``offline``.
 
+Before the worker consumes, ``wait_until_sole`` makes sure no other live process holds its node id
+(claims, leases and the node queue are keyed by it: two processes with one id would each take the
+other's claims for their own). A record of the id written by another process (host and pid) and
+still present is waited out: a predecessor killed without stopping lapses within three of its
+intervals, one draining ends with ``stopped`` (it is waited for). If an ``online`` record is beaten
+again meanwhile, the other process is alive: ``NodeIdInUse``, and the worker does not start. Two
+processes started with one id at the same moment both find no record: the guard does not see them.
+
 A beat that finds no record, or one ``offline``/``stopped``, is the worker coming online (again):
 it is logged, counted and handed to ``on_transition``. A store outage makes the beat fail: it is
 logged once, and the next beats try again.
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from taskplatform.errors import StoreError
+from taskplatform.errors import NodeIdInUse, StoreError
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models.worker import MISSED_BEATS, WorkerRecord, WorkerState
 from taskplatform.store.ports import StoreClock
@@ -37,6 +45,9 @@ log = logging.getLogger(__name__)
 #: How long one registry write may take (a beat, ``stopping``, the last one as it exits).
 FINAL_WRITE_SECONDS = 5.0
 
+#: How long past the holder's record's expiry (as first seen) ``wait_until_sole`` waits for a
+#: node id held by a process that is ``stopping`` and keeps beating.
+SOLE_WAIT_LIMIT_SECONDS = 120.0
 #: What a record held before a beat when that beat brings the worker online (None: no record).
 _ABSENT = (None, WorkerState.OFFLINE, WorkerState.STOPPED)
 #: Called with the record written and the state the store held before (None: new) when a beat
@@ -99,6 +110,61 @@ class Presence:
     @property
     def state(self) -> WorkerState:
         return self._state
+
+    async def wait_until_sole(self) -> None:
+        """Return once no other live process holds this node id (see the module's docstring);
+        ``NodeIdInUse`` if one does. A holder that is ``stopping`` is waited for (its drain is
+        bounded by its grace), at most ``SOLE_WAIT_LIMIT_SECONDS`` past its record's expiry. A
+        store that cannot be read is logged, and the start goes on: the worker cannot claim
+        anything until it answers again."""
+        identity = self._identity
+        first: WorkerRecord | None = None
+        deadline = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                async with asyncio.timeout(FINAL_WRITE_SECONDS):
+                    record = await self._store.get_worker(identity.node_id)
+            except (StoreError, TimeoutError) as exc:
+                log.warning(
+                    "worker %s: cannot read the registry to check its node id (%s)", identity.node_id, exc
+                )
+                return
+            now = self._store.now()
+            if (
+                record is None
+                or not record.online_at(now)
+                or (record.host, record.pid) == (identity.host, identity.pid)
+            ):
+                if first is not None:
+                    log.info(
+                        "worker %s: the earlier holder of its node id is gone; starting", identity.node_id
+                    )
+                return
+            held = f"node id {identity.node_id!r} is in use by pid {record.pid} on {record.host}"
+            left = (record.expires_at - now).total_seconds()
+            if first is None:
+                first = record
+                deadline = loop.time() + left + SOLE_WAIT_LIMIT_SECONDS
+                log.warning(
+                    "worker %s: %s (%s, last beat %s): waiting until it lapses or stops",
+                    identity.node_id,
+                    held,
+                    record.state,
+                    record.last_seen_at.isoformat(),
+                )
+            elif record.state is WorkerState.ONLINE and record.last_seen_at > first.last_seen_at:
+                raise NodeIdInUse(
+                    f"{held} (it beat again at {record.last_seen_at.isoformat()}): give every worker "
+                    "process its own TASKPLATFORM_NODE_ID"
+                )
+            elif loop.time() > deadline:
+                raise NodeIdInUse(
+                    f"{held}, still {record.state} after {SOLE_WAIT_LIMIT_SECONDS:.0f} s of waiting"
+                )
+            pause = max(0.05, min(record.heartbeat_seconds / 2, left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=pause)
 
     async def start(self) -> None:
         """Write the first record (a failure is logged; the loop tries again) and start beating.

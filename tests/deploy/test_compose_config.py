@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.deploy.test_stack import COMPOSE_FILE, REQUIRED_SECRETS
+from tests.deploy.stack_files import COMPOSE_FILE, REQUIRED_SECRETS
 
 #: 32+ bytes, as the API requires of an HS256 secret; only ever used to render the compose file.
 DUMMY_JWT_SECRET = "compose-config-check-secret-0123456789abcdef"

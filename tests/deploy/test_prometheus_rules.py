@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.test_stack import ALERTS_FILE, PROMETHEUS_FILE
+from tests.deploy.stack_files import ALERTS_FILE, PROMETHEUS_FILE
 from tests.deploy.tools import require_command
 
 RULE_TESTS_FILE = ALERTS_FILE.with_name("alerts.test.yml")

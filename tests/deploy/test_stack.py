@@ -10,146 +10,45 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import yaml
 
 from taskplatform.settings import PlatformSettings
-
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-COMPOSE_FILE = DEPLOY / "docker-compose.yml"
-PROMETHEUS_FILE = DEPLOY / "prometheus" / "prometheus.yml"
-ALERTS_FILE = DEPLOY / "prometheus" / "alerts.yml"
-DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "taskplatform.json"
-PROVISIONING = DEPLOY / "grafana" / "provisioning"
-
-SERVICES = {"rabbitmq", "mongo", "api", "worker", "prometheus", "grafana"}
-PLATFORM_SERVICES = ("api", "worker")
-API_JOB, WORKER_JOB, RABBITMQ_JOB = "taskplatform-api", "taskplatform-worker", "rabbitmq"
-DATASOURCE_UID = "prometheus"
-#: Panels and variables use the dashboard's datasource variable (its default: the one chosen on
-#: import; provisioned, Grafana takes the first Prometheus datasource, the stack's only one).
-DASHBOARD_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-
-_HISTOGRAM_SUFFIX = re.compile(r"_(?:bucket|sum|count)$")
-_METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:taskplatform|rabbitmq)_[A-Za-z0-9_:]*)")
-_STRING_LITERAL = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_DURATION = re.compile(r"^(?:\d+(?:ms|[smhdwy]))+$")
-_SETTING_VAR = re.compile(r"\bTASKPLATFORM_([A-Z0-9_]+)\b")
-_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
-_REQUIRED_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}")
-
-
-# ---------------------------------------------------------------- loading
-def _load_yaml(path: Path) -> Any:
-    with path.open(encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    doc = _load_yaml(COMPOSE_FILE)
-    assert isinstance(doc, dict), f"{COMPOSE_FILE} is not a mapping"
-    return doc
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
-
-
-@pytest.fixture(scope="module")
-def prometheus() -> dict[str, Any]:
-    return _load_yaml(PROMETHEUS_FILE)
-
-
-@pytest.fixture(scope="module")
-def scrape_jobs(prometheus: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {job["job_name"]: job for job in prometheus["scrape_configs"]}
-
-
-@pytest.fixture(scope="module")
-def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in _load_yaml(ALERTS_FILE)["groups"] for rule in group["rules"]]
-
-
-@pytest.fixture(scope="module")
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
-
-
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment as a mapping, whichever of the two compose forms it uses."""
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {key: "" if value is None else str(value) for key, value in env.items()}
-
-
-def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, PurePosixPath]]:
-    """(host path, container path) of a service's bind mounts; named volumes are left out."""
-    mounts: list[tuple[Path, PurePosixPath]] = []
-    for volume in service.get("volumes") or []:
-        if isinstance(volume, str):
-            source, _, rest = volume.partition(":")
-            target = rest.split(":", 1)[0]
-        elif volume.get("type") == "bind":
-            source, target = volume["source"], volume["target"]
-        else:
-            continue
-        if source.startswith((".", "/", "~")):
-            mounts.append(((COMPOSE_FILE.parent / source).resolve(), PurePosixPath(target)))
-    return mounts
-
-
-def host_path_of(service: dict[str, Any], container_path: str) -> Path | None:
-    """The repository file a container path of ``service`` comes from, through its bind mounts."""
-    wanted = PurePosixPath(container_path)
-    for host, target in bind_mounts(service):
-        if wanted == target:
-            return host
-        if target in wanted.parents:
-            return host / wanted.relative_to(target)
-    return None
-
-
-def _dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])  # the panels of a collapsed row
-
-
-def _dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    exprs = [t["expr"] for p in _dashboard_panels(dashboard) for t in p.get("targets", []) if "expr" in t]
-    for variable in dashboard.get("templating", {}).get("list", []):
-        query = variable.get("query")
-        exprs.append(query.get("query", "") if isinstance(query, dict) else str(query or ""))
-    return exprs
-
-
-def _alert_exprs() -> list[str]:
-    return [str(rule["expr"]) for group in _load_yaml(ALERTS_FILE)["groups"] for rule in group["rules"]]
-
-
-def _names_in(expr: str) -> set[str]:
-    bare = _STRING_LITERAL.sub('""', expr)  # label values are not metric names
-    return {_HISTOGRAM_SUFFIX.sub("", name) for name in _METRIC_NAME.findall(bare)}
-
-
-def metric_names_used() -> set[str]:
-    """Every ``taskplatform_…`` and ``rabbitmq_…`` metric name the dashboard (its targets and
-    template variables) and the alert rules use: histograms by their base name (``_bucket``,
-    ``_sum`` and ``_count`` stripped), counters as exposed (with ``_total``)."""
-    dashboard = json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for expr in (*_dashboard_exprs(dashboard), *_alert_exprs()):
-        names |= _names_in(expr)
-    return names
+from tests.deploy.stack_files import (
+    ALERTS_FILE,
+    API_JOB,
+    COMPOSE_FILE,
+    DASHBOARD_DATASOURCE,
+    DASHBOARD_FILE,
+    DATASOURCE_UID,
+    DEPLOY,
+    DURATION,
+    HISTOGRAM_SUFFIX,
+    INTERPOLATION,
+    PLATFORM_SERVICES,
+    PROMETHEUS_FILE,
+    PROVISIONING,
+    RABBITMQ_JOB,
+    REPO,
+    REQUIRED_INTERPOLATION,
+    REQUIRED_SECRETS,
+    SERVICES,
+    SETTING_VAR,
+    STRING_LITERAL,
+    WORKER_JOB,
+    alert_exprs,
+    bind_mounts,
+    dashboard_exprs,
+    dashboard_panels,
+    environment,
+    host_path_of,
+    load_yaml,
+    metric_names_used,
+    names_in,
+)
 
 
 # ---------------------------------------------------------------- compose
@@ -191,7 +90,7 @@ def test_platform_services_use_the_broker_and_store_services(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
     env = environment(services[name])
-    amqp = urlsplit(_INTERPOLATION.sub("x", env["TASKPLATFORM_AMQP_URL"]))  # credentials: required
+    amqp = urlsplit(INTERPOLATION.sub("x", env["TASKPLATFORM_AMQP_URL"]))  # credentials: required
     assert (amqp.scheme, amqp.hostname, amqp.port or 5672) == ("amqp", "rabbitmq", 5672)
     store = urlsplit(env["TASKPLATFORM_STORE_URL"])
     assert (store.scheme, store.hostname, store.port or 27017) == ("mongodb", "mongo", 27017)
@@ -219,24 +118,13 @@ def test_api_requires_a_jwt_secret_by_interpolation(services: dict[str, dict[str
     )
 
 
-#: Compose-level variables every secret comes from (not TASKPLATFORM_ settings: only the
-#: platform's own settings carry that prefix), each required by ``${VAR:?message}``.
-REQUIRED_SECRETS = (
-    "TASKPLATFORM_JWT_SECRET",
-    "RABBITMQ_USER",
-    "RABBITMQ_PASSWORD",
-    "GRAFANA_ADMIN_USER",
-    "GRAFANA_ADMIN_PASSWORD",
-)
-
-
 def _required(value: str, variable: str) -> bool:
     return re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", value) is not None
 
 
 def test_every_secret_is_required_never_defaulted() -> None:
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    uses = [(name, rest) for name, rest in _INTERPOLATION.findall(text)]
+    uses = [(name, rest) for name, rest in INTERPOLATION.findall(text)]
     assert {name for name, _ in uses} == set(REQUIRED_SECRETS), uses
     defaulted = [(name, rest) for name, rest in uses if not rest.startswith(":?") or len(rest) < 3]
     assert not defaulted, f"secrets with a default or without a message: {defaulted}"
@@ -290,7 +178,7 @@ def test_no_default_credentials_in_deploy() -> None:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("#"):
                 continue
-            bare = _REQUIRED_INTERPOLATION.sub("REQUIRED", line)
+            bare = REQUIRED_INTERPOLATION.sub("REQUIRED", line)
             if any(pattern.search(bare) for pattern in _CREDENTIAL_LITERALS):
                 found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not found, f"default credentials in deploy/: {found}"
@@ -349,7 +237,7 @@ def test_every_mounted_file_exists(services: dict[str, dict[str, Any]]) -> None:
 def test_every_taskplatform_variable_is_a_setting() -> None:
     used: set[str] = set()
     for path in (COMPOSE_FILE, ALERTS_FILE, DEPLOY / "Dockerfile"):
-        used |= {name.lower() for name in _SETTING_VAR.findall(path.read_text(encoding="utf-8"))}
+        used |= {name.lower() for name in SETTING_VAR.findall(path.read_text(encoding="utf-8"))}
     assert {"amqp_url", "store_url", "jwt_secret", "metrics_port"} <= used
     unknown = used - set(PlatformSettings.model_fields)
     assert not unknown, f"TASKPLATFORM_ variables that are no setting: {sorted(unknown)}"
@@ -436,7 +324,7 @@ def test_every_alert_rule_is_complete(alert_rules: list[dict[str, Any]]) -> None
     for rule in alert_rules:
         name = rule["alert"]
         assert str(rule.get("expr", "")).strip(), name
-        assert _DURATION.match(str(rule.get("for", ""))), f"{name}: 'for' is a duration"
+        assert DURATION.match(str(rule.get("for", ""))), f"{name}: 'for' is a duration"
         assert rule.get("labels", {}).get("severity") in ("info", "warning", "critical"), name
         annotations = rule.get("annotations", {})
         assert str(annotations.get("summary", "")).strip(), f"{name}: no summary"
@@ -481,7 +369,7 @@ def _balanced(expr: str) -> bool:
     """Brackets pair up outside string literals (a cheap syntax check: no promtool here)."""
     pairs = {")": "(", "]": "[", "}": "{"}
     stack: list[str] = []
-    for char in _STRING_LITERAL.sub('""', expr):
+    for char in STRING_LITERAL.sub('""', expr):
         if char in "([{":
             stack.append(char)
         elif char in pairs and (not stack or stack.pop() != pairs[char]):
@@ -490,7 +378,7 @@ def _balanced(expr: str) -> bool:
 
 
 def test_every_expression_is_balanced(dashboard: dict[str, Any]) -> None:
-    exprs = [*_dashboard_exprs(dashboard), *_alert_exprs()]
+    exprs = [*dashboard_exprs(dashboard), *alert_exprs()]
     assert not _balanced("sum(rate(x[5m])"), "the check itself"
     unbalanced = [expr for expr in exprs if not _balanced(expr)]
     assert not unbalanced, unbalanced
@@ -501,7 +389,7 @@ def test_every_job_label_used_is_a_scrape_job(
 ) -> None:
     jobs = {
         job
-        for expr in (*_dashboard_exprs(dashboard), *_alert_exprs())
+        for expr in (*dashboard_exprs(dashboard), *alert_exprs())
         for job in re.findall(r'job="([^"]+)"', expr)
     }
     assert WORKER_JOB in jobs
@@ -512,9 +400,9 @@ def test_every_job_label_used_is_a_scrape_job(
 def test_dashboard_is_a_grafana_dashboard_on_the_prometheus_datasource(dashboard: dict[str, Any]) -> None:
     assert dashboard["uid"] and dashboard["title"]
     assert dashboard["schemaVersion"] >= 36
-    panels = [p for p in _dashboard_panels(dashboard) if p["type"] != "row"]
+    panels = [p for p in dashboard_panels(dashboard) if p["type"] != "row"]
     assert panels
-    ids = [p["id"] for p in _dashboard_panels(dashboard)]
+    ids = [p["id"] for p in dashboard_panels(dashboard)]
     assert len(set(ids)) == len(ids), "panel ids are unique"
     assert {p["type"] for p in panels} == {"timeseries", "stat"}
     for panel in panels:
@@ -556,9 +444,9 @@ DASHBOARD_METRICS = {
 
 
 def test_dashboard_shows_every_platform_and_queue_metric(dashboard: dict[str, Any]) -> None:
-    shown = {name for expr in _dashboard_exprs(dashboard) for name in _names_in(expr)}
+    shown = {name for expr in dashboard_exprs(dashboard) for name in names_in(expr)}
     assert not DASHBOARD_METRICS - shown, f"not on the dashboard: {sorted(DASHBOARD_METRICS - shown)}"
-    exprs = " ".join(_dashboard_exprs(dashboard))
+    exprs = " ".join(dashboard_exprs(dashboard))
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(taskplatform_task_queue_wait" in exprs
         assert f"histogram_quantile({quantile}, sum by (le) (rate(taskplatform_task_duration" in exprs
@@ -573,7 +461,7 @@ def test_grafana_provisions_the_datasource_and_the_dashboards(services: dict[str
     datasources = [
         ds
         for path in sorted((PROVISIONING / "datasources").glob("*.y*ml"))
-        for ds in _load_yaml(path)["datasources"]
+        for ds in load_yaml(path)["datasources"]
     ]
     [prometheus] = [ds for ds in datasources if ds["type"] == "prometheus"]
     assert (prometheus["uid"], prometheus["url"]) == (DATASOURCE_UID, "http://prometheus:9090")
@@ -581,7 +469,7 @@ def test_grafana_provisions_the_datasource_and_the_dashboards(services: dict[str
     providers = [
         p
         for path in sorted((PROVISIONING / "dashboards").glob("*.y*ml"))
-        for p in _load_yaml(path)["providers"]
+        for p in load_yaml(path)["providers"]
     ]
     assert [host_path_of(grafana, p["options"]["path"]) for p in providers] == [DASHBOARD_FILE.parent]
 
@@ -590,9 +478,9 @@ def test_metric_names_used_finds_the_dashboard_and_alert_metrics() -> None:
     names = metric_names_used()
     assert {"taskplatform_tasks_finished_total", "rabbitmq_queue_messages_ready"} <= names
     assert "taskplatform_task_duration_seconds" in names, "histograms by their base name"
-    assert not {n for n in names if _HISTOGRAM_SUFFIX.search(n)}, names
+    assert not {n for n in names if HISTOGRAM_SUFFIX.search(n)}, names
     assert all(n.startswith(("taskplatform_", "rabbitmq_")) for n in names)
     assert "taskplatform" not in {n.rstrip("_") for n in names}, "job label values are no metric names"
-    assert _names_in('sum(rate(taskplatform_x_seconds_bucket{job="taskplatform-api"}[5m]))') == {
+    assert names_in('sum(rate(taskplatform_x_seconds_bucket{job="taskplatform-api"}[5m]))') == {
         "taskplatform_x_seconds"
     }

@@ -134,4 +134,4 @@ async def test_a_process_whose_topology_the_broker_refuses_exits_with_an_error(
             process.kill()
     log = err.decode()
     assert process.returncode == 1, log  # not serving on without its broker side
-    assert "broker setup failed" in log and "PRECONDITION_FAILED" in log, log
+    assert "setup failed" in log and "PRECONDITION_FAILED" in log, log

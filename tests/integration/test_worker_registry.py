@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -142,3 +143,44 @@ async def test_a_killed_worker_is_offline_within_three_intervals_and_the_sweep_m
             offline_event = await _next_event(events, "victim")
         assert (offline_event["type"], offline_event["previous_state"]) == ("offline", "online")
         assert offline_event["observed_by"] == api.settings.node_id  # the sweeper, not the dead
+
+
+async def test_a_second_worker_process_with_a_live_workers_node_id_refuses_to_start(
+    make_runtime: Callable[..., Runtime], request: pytest.FixtureRequest
+) -> None:
+    store_url = request.getfixturevalue("postgres_database_url")
+    api = make_runtime(role="api", consume=False, store_url=store_url)
+    async with running(api):
+        first = start_worker(api.settings, node_id="twin", worker_heartbeat_seconds=str(BEAT))
+        second = None
+        try:
+
+            async def online() -> bool:
+                record = await _worker(api, "twin")
+                return record is not None and record.online_at(api.store.now())
+
+            await eventually(online, timeout=30)
+            held = await _worker(api, "twin")
+            assert held is not None
+            second = start_worker(
+                api.settings, node_id="twin", worker_heartbeat_seconds=str(BEAT), stderr=subprocess.PIPE
+            )
+            _, err = await asyncio.to_thread(second.communicate, timeout=60)
+            log = err.decode()
+            assert second.returncode == 1, log
+            assert f"node id 'twin' is in use by pid {first.pid} on {held.host}" in log, log
+            assert "TASKPLATFORM_NODE_ID" in log, log
+            # the first goes on beating, its record untouched by the second
+            assert first.poll() is None
+            await asyncio.sleep(2 * BEAT)
+            record = await _worker(api, "twin")
+            assert record is not None and record.pid == first.pid and record.online_at(api.store.now())
+            assert record.last_seen_at > held.last_seen_at
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()

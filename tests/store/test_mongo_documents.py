@@ -14,9 +14,10 @@ import pytest
 
 from taskplatform.errors import StoreError
 from taskplatform.models import TaskStatus, utcnow
+from taskplatform.models.attempt import AttemptOutcome, AttemptRecord
 from taskplatform.store.mongo import MongoTaskStore
 from taskplatform.store.mongo.deadletters import DEAD_LETTERS
-from taskplatform.store.mongo.part import LEDGER, aware
+from taskplatform.store.mongo.part import ATTEMPT_LOG, LEDGER, aware
 from taskplatform.store.mongo.retention import RETENTION_INDEX
 from tests.store.helpers import NODE, make_dead_letter, make_task
 from tests.support.mongo_emulation import AsyncEmulatedDatabase
@@ -341,3 +342,44 @@ async def test_when_taking_back_a_failed_batch_fails_too_the_batchs_error_stands
     assert [(await mongo.get(t.id)) is not None for t in tasks] == [True, True, False]
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert tasks[0].id in logged and tasks[1].id in logged and "taking them back failed" in logged
+
+
+async def test_task_reads_leave_the_ledger_and_the_attempt_history_on_the_server(
+    mongo: MongoTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a parent with a ledger entry and attempt records, as a fan-out's parent has hundreds of each
+    parent = make_task(user_id="u-1", idempotency_key="k-1")
+    child = make_task()
+    await mongo.create_many([parent, child])
+    await mongo.apply_rollup(parent.id, child.id, TaskStatus.RUNNING, 2)
+    record = AttemptRecord(
+        id=f"{parent.id}-0",
+        task_id=parent.id,
+        generation=0,
+        attempt=0,
+        node_id=NODE,
+        outcome=AttemptOutcome.FAILED,
+    )
+    await mongo.add_attempts([record])
+    raw = await mongo.collection.find_one({"_id": parent.id})
+    assert LEDGER in raw and ATTEMPT_LOG in raw  # stored with the task
+    seen: list[set[str]] = []
+    to_task = MongoTaskStore._to_task
+
+    def spy(doc: Any) -> Any:
+        seen.append(set(doc))
+        return to_task(doc)
+
+    monkeypatch.setattr(MongoTaskStore, "_to_task", staticmethod(spy))
+    assert await mongo.get(parent.id) is not None
+    assert await mongo.get_visible(parent.id, user_id="u-1") is not None
+    assert (await mongo.list()).items
+    assert await mongo.find_by_idempotency_key("u-1", "k-1") is not None
+    assert await mongo.amend_queued(parent.id, priority=3) is not None  # a guarded update's answer
+    claimed = await mongo.claim_pending_outbox(
+        owner="relay", limit=10, lease_until=utcnow() + timedelta(seconds=30), created_before=utcnow()
+    )
+    assert parent.id in {t.id for t in claimed}
+    assert len(seen) >= 6
+    assert all(not fields & {LEDGER, ATTEMPT_LOG} for fields in seen), seen
+    assert [a.id for a in await mongo.list_attempts(parent.id)] == [record.id]  # still there

@@ -158,3 +158,9 @@ def api_for_cli(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
 
     monkeypatch.setattr(TaskPlatformClient, "from_settings", staticmethod(with_fake_transport))
     return fake
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]

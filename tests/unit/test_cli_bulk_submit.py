@@ -15,7 +15,7 @@ import pytest
 
 from taskplatform.cli import commands as cli
 from taskplatform.cli.output import ExitCode
-from tests.support.fake_api import FakeApi, api_for_cli, body, cli_environment
+from tests.support.fake_api import FakeApi, api_for_cli, body, cli_environment, one_line
 from tests.unit.test_client_bulk import bulk_route
 
 BULK = "/api/v1/tasks/bulk"
@@ -45,12 +45,6 @@ def write(tmp_path: Path, lines: list[str]) -> str:
 
 def printed(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_each_line_is_a_task_and_each_gets_a_line_of_output(

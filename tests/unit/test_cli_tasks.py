@@ -17,7 +17,7 @@ from taskplatform.cli import tasks as cli_tasks
 from taskplatform.cli.admin import broker_place
 from taskplatform.cli.output import ExitCode
 from taskplatform.client import TaskPlatformClient
-from tests.support.fake_api import BASE, FakeApi, api_for_cli, body, cli_environment, error_body
+from tests.support.fake_api import BASE, FakeApi, api_for_cli, body, cli_environment, error_body, one_line
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +46,6 @@ def answers(*tasks: dict[str, Any]) -> Callable[[httpx.Request], httpx.Response]
         return httpx.Response(200, json=left.pop(0) if len(left) > 1 else left[0])
 
     return handle
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def submitted(api: FakeApi) -> None:

@@ -11,7 +11,7 @@ from pymongo import ASCENDING, ReturnDocument
 
 from taskplatform.models import BackgroundTask, OutboxStatus, utcnow
 from taskplatform.store.base import outbox_published_changes
-from taskplatform.store.mongo.part import MongoPart
+from taskplatform.store.mongo.part import TASK_PROJECTION, MongoPart
 from taskplatform.store.primitives import LAPSED
 
 
@@ -38,6 +38,7 @@ class MongoOutbox(MongoPart):
                         "$inc": {"version": 1},
                     },
                     sort=[("created_at", ASCENDING)],
+                    projection=TASK_PROJECTION,
                     return_document=ReturnDocument.AFTER,
                 )
                 if doc is None:

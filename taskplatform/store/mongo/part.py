@@ -28,6 +28,9 @@ _OUTBOX_DATETIMES = ("lease_until", "published_at")
 LEDGER = "rollup"
 #: The field of a task document that holds its attempt history (``MongoAttemptHistory``).
 ATTEMPT_LOG = "attempt_log"
+#: What a read of a task leaves on the server: the parent's ledger (an entry per child) and the
+#: attempt history (up to ``MAX_ATTEMPTS_KEPT`` records) are not part of the task model.
+TASK_PROJECTION: Mapping[str, int] = {LEDGER: 0, ATTEMPT_LOG: 0}
 
 
 def aware(value: Any) -> Any:

@@ -28,7 +28,7 @@ from taskplatform.store.base import (
 from taskplatform.store.mongo.deadletters import MongoDeadLetters
 from taskplatform.store.mongo.history import MongoAttemptHistory
 from taskplatform.store.mongo.outbox import MongoOutbox
-from taskplatform.store.mongo.part import aware
+from taskplatform.store.mongo.part import TASK_PROJECTION, aware
 from taskplatform.store.mongo.ratelimits import MongoRateLimits
 from taskplatform.store.mongo.retention import MongoRetention
 from taskplatform.store.mongo.rollup import MongoRollup
@@ -237,12 +237,12 @@ class MongoTaskStore(
 
     async def get(self, task_id: str) -> BackgroundTask | None:
         async with self._errors():
-            doc = await self.collection.find_one({"_id": task_id})
+            doc = await self.collection.find_one({"_id": task_id}, TASK_PROJECTION)
         return self._to_task(doc) if doc is not None else None
 
     async def get_visible(self, task_id: str, *, user_id: str) -> BackgroundTask | None:
         async with self._errors():
-            doc = await self.collection.find_one({"_id": task_id, "user_id": user_id})
+            doc = await self.collection.find_one({"_id": task_id, "user_id": user_id}, TASK_PROJECTION)
         return self._to_task(doc) if doc is not None else None
 
     @staticmethod
@@ -269,7 +269,9 @@ class MongoTaskStore(
             at, last_id = decode_cursor(cursor)
             query["$or"] = [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": last_id}}]
         async with self._errors():
-            found = self.collection.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            found = self.collection.find(query, TASK_PROJECTION).sort(
+                [("created_at", DESCENDING), ("_id", DESCENDING)]
+            )
             docs = await found.limit(limit + 1).to_list(None)
         items = [self._to_task(d) for d in docs[:limit]]
         next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(docs) > limit else None
@@ -317,6 +319,7 @@ class MongoTaskStore(
             doc = await self.collection.find_one_and_update(
                 self._guard_filter(task_id, guard),
                 {"$set": values, "$inc": {"version": 1}},
+                projection=TASK_PROJECTION,
                 return_document=ReturnDocument.AFTER,
             )
         return self._to_task(doc) if doc is not None else None
@@ -333,7 +336,7 @@ class MongoTaskStore(
             query["$or"] = [{"created_at": {"$gt": at}}, {"created_at": at, "_id": {"$gt": last_id}}]
         async with self._errors():
             order = [("created_at", ASCENDING), ("_id", ASCENDING)]
-            found = self.collection.find(query).sort(order).limit(limit)
+            found = self.collection.find(query, TASK_PROJECTION).sort(order).limit(limit)
             docs = await found.to_list(None)
         return [self._to_task(d) for d in docs]
 
@@ -341,7 +344,7 @@ class MongoTaskStore(
         query = {"status": TaskStatus.RUNNING.value, "lease_until": {"$ne": None, "$lt": before}}
         async with self._errors():
             docs = (
-                await self.collection.find(query)
+                await self.collection.find(query, TASK_PROJECTION)
                 .sort([("lease_until", ASCENDING)])
                 .limit(limit)
                 .to_list(None)
@@ -350,7 +353,9 @@ class MongoTaskStore(
 
     async def find_by_idempotency_key(self, user_id: str | None, key: str) -> BackgroundTask | None:
         async with self._errors():
-            doc = await self.collection.find_one({"idempotency_scope": idempotency_scope(user_id, key)})
+            doc = await self.collection.find_one(
+                {"idempotency_scope": idempotency_scope(user_id, key)}, TASK_PROJECTION
+            )
         return self._to_task(doc) if doc is not None else None
 
     async def list_awaiting_parents(
@@ -363,6 +368,9 @@ class MongoTaskStore(
         }
         async with self._errors():
             docs = (
-                await self.collection.find(query).sort([("updated_at", ASCENDING)]).limit(limit).to_list(None)
+                await self.collection.find(query, TASK_PROJECTION)
+                .sort([("updated_at", ASCENDING)])
+                .limit(limit)
+                .to_list(None)
             )
         return [self._to_task(d) for d in docs]

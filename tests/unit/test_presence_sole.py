@@ -1,0 +1,150 @@
+"""One live process per node id: before consuming, a worker waits out a record of its node id
+that another process wrote and that is still present, and refuses to start (``NodeIdInUse``)
+when that process is seen beating."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from taskplatform.errors import NodeIdInUse, StoreError
+from taskplatform.models.worker import MISSED_BEATS, WorkerRecord, WorkerState
+from taskplatform.store.memory import MemoryTaskStore
+from taskplatform.worker import presence as presence_module
+from taskplatform.worker.presence import Presence, WorkerIdentity
+
+IDENTITY = WorkerIdentity(
+    node_id="node-a",
+    labels={},
+    task_types=["t"],
+    queue_groups=["default"],
+    version="1",
+    host="host-a",
+    pid=4242,
+)
+#: The other process's heartbeat interval: its record lapses 3 of them after its last beat.
+OTHER_BEAT = 0.1
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryTaskStore]:
+    s = MemoryTaskStore("memory://")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _presence(store: MemoryTaskStore) -> Presence:
+    return Presence(store, IDENTITY, interval=0.05, capacity=lambda: 1, running=lambda: 0)
+
+
+async def _beat_as(
+    store: MemoryTaskStore,
+    *,
+    host: str = "host-b",
+    pid: int = 7,
+    state: WorkerState = WorkerState.ONLINE,
+    life: float | None = None,
+) -> WorkerRecord:
+    """Write node-a's record as another process would at a beat now."""
+    now = store.now()
+    record = WorkerRecord(
+        node_id="node-a",
+        host=host,
+        pid=pid,
+        concurrency=1,
+        version="1",
+        started_at=now,
+        last_seen_at=now,
+        heartbeat_seconds=OTHER_BEAT,
+        expires_at=now + timedelta(seconds=life if life is not None else OTHER_BEAT * MISSED_BEATS),
+        state=state,
+    )
+    await store.beat_worker(record)
+    return record
+
+
+async def test_no_record_a_lapsed_one_a_stopped_one_or_its_own_start_at_once(store: MemoryTaskStore) -> None:
+    p = _presence(store)
+    await asyncio.wait_for(p.wait_until_sole(), 1)  # no record
+    await _beat_as(store, life=-1.0)  # lapsed: its process is gone
+    await asyncio.wait_for(p.wait_until_sole(), 1)
+    await _beat_as(store, state=WorkerState.STOPPED)
+    await asyncio.wait_for(p.wait_until_sole(), 1)
+    await _beat_as(store, host="host-a", pid=4242)  # this process's own record (a restarted runtime)
+    await asyncio.wait_for(p.wait_until_sole(), 1)
+
+
+async def test_a_predecessor_killed_without_stopping_is_waited_out(
+    store: MemoryTaskStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    last = await _beat_as(store)  # then it dies: no more beats
+    await asyncio.wait_for(_presence(store).wait_until_sole(), 5)
+    assert store.now() >= last.expires_at  # it waited until the record lapsed
+    assert "node id 'node-a' is in use by pid 7 on host-b" in caplog.text
+    assert "the earlier holder of its node id is gone" in caplog.text
+
+
+async def test_a_live_holder_that_beats_again_makes_the_start_fail(store: MemoryTaskStore) -> None:
+    await _beat_as(store)
+    waiting = asyncio.create_task(_presence(store).wait_until_sole())
+    await asyncio.sleep(OTHER_BEAT / 2)
+    assert not waiting.done()
+    await _beat_as(store)  # the other process is alive
+    with pytest.raises(NodeIdInUse, match=r"pid 7 on host-b \(it beat again at .*TASKPLATFORM_NODE_ID"):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_holder_that_drains_is_waited_for_until_it_stops(store: MemoryTaskStore) -> None:
+    await _beat_as(store)
+    waiting = asyncio.create_task(_presence(store).wait_until_sole())
+    await asyncio.sleep(OTHER_BEAT / 2)
+    for _ in range(5):  # SIGTERM: it drains, beating as it does, longer than its record lives
+        await _beat_as(store, state=WorkerState.STOPPING)
+        await asyncio.sleep(OTHER_BEAT)
+        assert not waiting.done()
+    await _beat_as(store, state=WorkerState.STOPPED)
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_holder_draining_past_the_limit_makes_the_start_fail(
+    store: MemoryTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(presence_module, "SOLE_WAIT_LIMIT_SECONDS", 0.2)
+    await _beat_as(store, state=WorkerState.STOPPING)
+    waiting = asyncio.create_task(_presence(store).wait_until_sole())
+    with pytest.raises(NodeIdInUse, match="still stopping after 0 s of waiting"):
+        while not waiting.done():
+            await _beat_as(store, state=WorkerState.STOPPING)
+            await asyncio.sleep(OTHER_BEAT / 2)
+        await waiting
+
+
+async def test_an_unreadable_registry_lets_the_start_go_on(
+    store: MemoryTaskStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def down(node_id: str) -> WorkerRecord | None:
+        raise StoreError("connection refused (test)")
+
+    monkeypatch.setattr(store, "get_worker", down)
+    await asyncio.wait_for(_presence(store).wait_until_sole(), 1)
+    assert "cannot read the registry to check its node id (connection refused (test))" in caplog.text
+
+
+async def test_a_stop_ends_the_wait(store: MemoryTaskStore) -> None:
+    await _beat_as(store, life=30.0)
+    p = _presence(store)
+    waiting = asyncio.create_task(p.wait_until_sole())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await p.stop()  # never started: nothing written
+    await asyncio.wait_for(waiting, 1)
+    record = await store.get_worker("node-a")
+    assert record is not None and record.pid == 7
