@@ -10,9 +10,10 @@ ERROR naming the action, and counted
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from taskplatform.batching import Coalescer
 from taskplatform.errors import StoreError
 from taskplatform.metrics.registry import Metrics
 from taskplatform.models import AuditEntry
@@ -27,11 +28,13 @@ MAX_TASK_IDS = 1000
 
 
 class AuditTrail:
-    """Appends entries to the store's audit log."""
+    """Appends entries to the store's audit log. Concurrent entries (one per API request under
+    load) share one write: a transaction per entry cost a submission about a third of its rate."""
 
     def __init__(self, store: AuditLog, metrics: Metrics | None = None) -> None:
         self._store = store
         self._metrics = metrics
+        self._batch: Coalescer[AuditEntry, None] = Coalescer(self._write)
         #: Entries that could not be stored.
         self.failed = 0
 
@@ -51,9 +54,13 @@ class AuditTrail:
             ids = ids[:MAX_TASK_IDS]
         entry = AuditEntry(actor=actor, action=action, task_ids=ids, outcome=outcome, details=extra)
         try:
-            await self._store.add_audit(entry)
+            await self._batch.submit(entry)
         except StoreError as exc:
             self.failed += 1
             if self._metrics is not None:
                 self._metrics.history_unstored.labels("audit").inc()
             log.error("audit entry not stored (%s by %s on %s, %s): %s", action, actor, ids[:3], outcome, exc)
+
+    async def _write(self, entries: Sequence[AuditEntry]) -> list[None]:
+        await self._store.add_audits(entries)
+        return [None] * len(entries)

@@ -75,6 +75,12 @@ class AuditLog(Protocol):
         """Append ``entry``; StoreError if its id exists."""
 
     @abstractmethod
+    async def add_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Append ``entries`` in one write (SQL: one transaction, all or none; MongoDB: one
+        ordered insert, which may have stored those before a failing one); StoreError if one
+        cannot be stored (an id that exists)."""
+
+    @abstractmethod
     async def list_audit(
         self,
         filters: AuditFilter | None = None,

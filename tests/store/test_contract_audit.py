@@ -147,3 +147,29 @@ async def test_retention_purges_the_oldest_entries_first_within_its_bound(store:
     assert await store.purge_audit(before=cutoff) == 0
     assert await _filtered(store, AuditFilter(task_id="t0")) == [recent.id]
     assert await _filtered(store, AuditFilter(dead_letter_id="d0")) == []
+
+
+async def test_entries_written_together_read_back_each_with_its_targets(store: BaseTaskStore) -> None:
+    entries = [
+        _entry(action="submit", actor="alice", task_ids=["t-1", "t-2"]),
+        _entry(action="cancel", actor="bob", task_ids=["t-2"]),
+        _entry(action="discard", dead_letter_ids=["dl-9"]),
+    ]
+    await store.add_audits(entries)
+    await store.add_audits([])  # nothing to write
+    assert sorted(await _all(store, limit=2)) == sorted(e.id for e in entries)
+    on_t2 = await store.list_audit(AuditFilter(task_id="t-2"))
+    assert sorted(e.actor for e in on_t2.items) == ["alice", "bob"]
+    assert [e.action for e in (await store.list_audit(dead_letter_id="dl-9")).items] == ["discard"]
+
+
+async def test_a_batch_naming_an_existing_id_is_refused(store: BaseTaskStore) -> None:
+    first = _entry(task_ids=["t-1"])
+    await store.add_audit(first)
+    with pytest.raises(StoreError, match="already exists"):
+        await store.add_audits([first.model_copy(update={"outcome": "again"})])
+    fresh = _entry()
+    with pytest.raises(StoreError, match="already exists"):
+        await store.add_audits([fresh, fresh])  # the same id twice in one batch
+    outcomes = [e.outcome for e in (await store.list_audit()).items]
+    assert outcomes.count("again") == 0 and outcomes.count("ok") in (1, 2)  # MongoDB may keep the first

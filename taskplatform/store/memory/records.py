@@ -4,7 +4,7 @@ operations of ``DeadLetterOperations`` over a dict of records, compared and swap
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -93,11 +93,18 @@ class MemoryDeadLetters(MemoryPart, DeadLetterOperations):
         return counts_of([(r.task_type, 1) for r in found], [(r.reason, 1) for r in found])
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        entry = storable_entry(normalized_entry(entry))
+        await self.add_audits([entry])
+
+    async def add_audits(self, entries: Sequence[AuditEntry]) -> None:
+        stored = [storable_entry(normalized_entry(entry)) for entry in entries]
         audit = (await self._reach()).audit
-        if entry.id in audit:
-            raise StoreError(f"audit entry {entry.id} already exists")
-        audit[entry.id] = copied(entry)
+        seen: set[str] = set()
+        for entry in stored:
+            if entry.id in audit or entry.id in seen:
+                raise StoreError(f"audit entry {entry.id} already exists")
+            seen.add(entry.id)
+        for entry in stored:
+            audit[entry.id] = copied(entry)
 
     async def list_audit(
         self,

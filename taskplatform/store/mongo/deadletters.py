@@ -11,13 +11,13 @@ written before, read as it is). Changes are a ``find_one_and_update`` on ``_id``
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskplatform.errors import StoreError
 from taskplatform.models import AuditEntry, DeadLetter
@@ -162,14 +162,23 @@ class MongoDeadLetters(MongoPart, DeadLetterOperations):
         return counts_of(grouped["task_type"], grouped["reason"])
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        entry = storable_entry(normalized_entry(entry))
-        doc = entry.model_dump(mode="json", exclude={"id"})
-        doc.update(_id=entry.id, at=entry.at)
+        await self.add_audits([entry])
+
+    async def add_audits(self, entries: Sequence[AuditEntry]) -> None:
+        docs = []
+        for given in entries:
+            entry = storable_entry(normalized_entry(given))
+            doc = entry.model_dump(mode="json", exclude={"id"})
+            doc.update(_id=entry.id, at=entry.at)
+            docs.append(doc)
+        if not docs:
+            return
         async with self._errors():
             try:
-                await self._collection_named(AUDIT).insert_one(doc)
-            except DuplicateKeyError as exc:
-                raise StoreError(f"audit entry {entry.id} already exists") from exc
+                await self._collection_named(AUDIT).insert_many(docs, ordered=True)
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                ids = ", ".join(str(doc["_id"]) for doc in docs[:3])
+                raise StoreError(f"an audit entry already exists (of {len(docs)}: {ids}…)") from exc
 
     async def list_audit(
         self,

@@ -10,7 +10,7 @@ does nothing (``ON CONFLICT DO NOTHING``) and says so.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -164,26 +164,40 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
         return counts_of([(t, n) for t, n in types], [(r, n) for r, n in reasons])
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        entry = storable_entry(normalized_entry(entry))
-        row = {
-            "id": entry.id,
-            "at": entry.at,
-            "actor": entry.actor,
-            "action": entry.action,
-            "entry": entry.model_dump(mode="json"),
-        }
-        targets = [{"audit_id": entry.id, "dead_letter_id": i} for i in dict.fromkeys(entry.dead_letter_ids)]
-        tasks = [{"audit_id": entry.id, "task_id": i} for i in dict.fromkeys(entry.task_ids)]
+        await self.add_audits([entry])
+
+    async def add_audits(self, entries: Sequence[AuditEntry]) -> None:
+        rows: list[dict[str, Any]] = []
+        targets: list[dict[str, Any]] = []
+        tasks: list[dict[str, Any]] = []
+        for given in entries:
+            entry = storable_entry(normalized_entry(given))
+            rows.append(
+                {
+                    "id": entry.id,
+                    "at": entry.at,
+                    "actor": entry.actor,
+                    "action": entry.action,
+                    "entry": entry.model_dump(mode="json"),
+                }
+            )
+            targets += [
+                {"audit_id": entry.id, "dead_letter_id": i} for i in dict.fromkeys(entry.dead_letter_ids)
+            ]
+            tasks += [{"audit_id": entry.id, "task_id": i} for i in dict.fromkeys(entry.task_ids)]
+        if not rows:
+            return
         try:
             async with self._errors():
                 async with self.engine.begin() as conn:
-                    await conn.execute(insert(dead_letter_audit), row)
+                    await conn.execute(insert(dead_letter_audit), rows)
                     if targets:
                         await conn.execute(insert(dead_letter_audit_targets), targets)
                     if tasks:
                         await conn.execute(insert(audit_task_targets), tasks)
         except DuplicateTaskError as exc:
-            raise StoreError(f"audit entry {entry.id} already exists") from exc
+            ids = ", ".join(row["id"] for row in rows[:3])
+            raise StoreError(f"an audit entry already exists (of {len(rows)}: {ids}…)") from exc
 
     async def list_audit(
         self,
