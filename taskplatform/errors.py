@@ -64,6 +64,10 @@ class DuplicateTaskError(StoreError):
     """A task with this id (or idempotency key) already exists."""
 
 
+class DuplicateEntryError(StoreError):
+    """A history record (an audit entry) with this id already exists."""
+
+
 class MessageDecodeError(TaskPlatformError):
     """An AMQP message could not be decoded into a task message."""
 

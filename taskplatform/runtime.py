@@ -362,8 +362,9 @@ class Runtime:
     async def _on_broker_up(self) -> None:
         await declare_topology(self.broker.connection, self.topology)
         self.publisher.mark_topology_ready()
-        if self.presence is not None:
-            await self.presence.wait_until_sole()  # before consuming: one process per node id
+        # Before consuming: one process per node id. A stop during the wait starts nothing.
+        if self.presence is not None and not await self.presence.wait_until_sole():
+            return
         if self.consumer is not None:
             await self.consumer.start()
         if self.dlq_consumer is not None:

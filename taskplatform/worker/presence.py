@@ -14,8 +14,13 @@ Before the worker consumes, ``wait_until_sole`` makes sure no other live process
 other's claims for their own). A record of the id written by another process (host and pid) and
 still present is waited out: a predecessor killed without stopping lapses within three of its
 intervals, one draining ends with ``stopped`` (it is waited for). If an ``online`` record is beaten
-again meanwhile, the other process is alive: ``NodeIdInUse``, and the worker does not start. Two
-processes started with one id at the same moment both find no record: the guard does not see them.
+again meanwhile, the other process is alive: ``NodeIdInUse``, and the worker does not start.
+
+What the check does not see (a per-process token in the record, compared at every beat, would):
+two processes started with one id at the same moment (both find no record); a holder that could
+not beat for three intervals (a store outage, a stalled loop) whose record lapsed, and that goes on
+afterwards; and a holder on the same host with the same pid (containers sharing a host name,
+each its own pid 1), taken for this process itself.
 
 A beat that finds no record, or one ``offline``/``stopped``, is the worker coming online (again):
 it is logged, counted and handed to ``on_transition``. A store outage makes the beat fail: it is
@@ -45,8 +50,8 @@ log = logging.getLogger(__name__)
 #: How long one registry write may take (a beat, ``stopping``, the last one as it exits).
 FINAL_WRITE_SECONDS = 5.0
 
-#: How long past the holder's record's expiry (as first seen) ``wait_until_sole`` waits for a
-#: node id held by a process that is ``stopping`` and keeps beating.
+#: How long past the holder's record's expiry (as seen when it began to stop, or when first seen)
+#: ``wait_until_sole`` waits for a node id held by a process that is ``stopping`` and keeps beating.
 SOLE_WAIT_LIMIT_SECONDS = 120.0
 #: What a record held before a beat when that beat brings the worker online (None: no record).
 _ABSENT = (None, WorkerState.OFFLINE, WorkerState.STOPPED)
@@ -111,36 +116,45 @@ class Presence:
     def state(self) -> WorkerState:
         return self._state
 
-    async def wait_until_sole(self) -> None:
-        """Return once no other live process holds this node id (see the module's docstring);
-        ``NodeIdInUse`` if one does. A holder that is ``stopping`` is waited for (its drain is
-        bounded by its grace), at most ``SOLE_WAIT_LIMIT_SECONDS`` past its record's expiry. A
-        store that cannot be read is logged, and the start goes on: the worker cannot claim
-        anything until it answers again."""
+    async def wait_until_sole(self) -> bool:
+        """Return True once no other live process holds this node id (see the module's
+        docstring), False if the worker is stopped meanwhile; ``NodeIdInUse`` if one does. A
+        holder that is ``stopping`` is waited for (its drain is bounded by its grace), at most
+        ``SOLE_WAIT_LIMIT_SECONDS`` past its record's expiry as seen when it began to stop. A
+        registry that cannot be read is read again every interval until it answers (the worker
+        could not claim anything meanwhile either), logged once."""
         identity = self._identity
         first: WorkerRecord | None = None
+        draining = False
         deadline = 0.0
+        unreadable = False
         loop = asyncio.get_running_loop()
+        began = loop.time()
         while not self._stop.is_set():
             try:
                 async with asyncio.timeout(FINAL_WRITE_SECONDS):
                     record = await self._store.get_worker(identity.node_id)
             except (StoreError, TimeoutError) as exc:
-                log.warning(
-                    "worker %s: cannot read the registry to check its node id (%s)", identity.node_id, exc
-                )
-                return
+                if not unreadable:
+                    log.warning(
+                        "worker %s: cannot read the registry to check its node id (%s); trying again "
+                        "every %.0fs before consuming",
+                        identity.node_id,
+                        exc,
+                        self._interval,
+                    )
+                unreadable = True
+                await self._pause(self._interval)
+                continue
             now = self._store.now()
             if (
                 record is None
                 or not record.online_at(now)
                 or (record.host, record.pid) == (identity.host, identity.pid)
             ):
-                if first is not None:
-                    log.info(
-                        "worker %s: the earlier holder of its node id is gone; starting", identity.node_id
-                    )
-                return
+                if first is not None or unreadable:
+                    log.info("worker %s: its node id is free; starting", identity.node_id)
+                return True
             held = f"node id {identity.node_id!r} is in use by pid {record.pid} on {record.host}"
             left = (record.expires_at - now).total_seconds()
             if first is None:
@@ -158,13 +172,20 @@ class Presence:
                     f"{held} (it beat again at {record.last_seen_at.isoformat()}): give every worker "
                     "process its own TASKPLATFORM_NODE_ID"
                 )
+            if record.state is WorkerState.STOPPING and not draining:
+                draining = True  # its drain has its own grace: waited for from here
+                deadline = loop.time() + left + SOLE_WAIT_LIMIT_SECONDS
             elif loop.time() > deadline:
                 raise NodeIdInUse(
-                    f"{held}, still {record.state} after {SOLE_WAIT_LIMIT_SECONDS:.0f} s of waiting"
+                    f"{held}, still {record.state} after {loop.time() - began:.0f} s of waiting"
                 )
-            pause = max(0.05, min(record.heartbeat_seconds / 2, left))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=pause)
+            await self._pause(max(0.05, min(record.heartbeat_seconds / 2, left)))
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        """``seconds``, or less if the worker is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def start(self) -> None:
         """Write the first record (a failure is logged; the loop tries again) and start beating.

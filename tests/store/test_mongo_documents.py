@@ -380,6 +380,9 @@ async def test_task_reads_leave_the_ledger_and_the_attempt_history_on_the_server
         owner="relay", limit=10, lease_until=utcnow() + timedelta(seconds=30), created_before=utcnow()
     )
     assert parent.id in {t.id for t in claimed}
-    assert len(seen) >= 6
+    lapsed = utcnow() - timedelta(seconds=5)
+    assert await mongo.try_set_running(parent.id, attempt=0, node_id=NODE, lease_until=lapsed) is not None
+    assert parent.id in {t.id for t in await mongo.list_lapsed(before=utcnow(), limit=10)}
+    assert len(seen) >= 8
     assert all(not fields & {LEDGER, ATTEMPT_LOG} for fields in seen), seen
     assert [a.id for a in await mongo.list_attempts(parent.id)] == [record.id]  # still there

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from taskplatform.errors import StoreError
+from taskplatform.errors import DuplicateEntryError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.store.deadletters import (
     EQUALITY_FIELDS,
@@ -101,7 +101,7 @@ class MemoryDeadLetters(MemoryPart, DeadLetterOperations):
         seen: set[str] = set()
         for entry in stored:
             if entry.id in audit or entry.id in seen:
-                raise StoreError(f"audit entry {entry.id} already exists")
+                raise DuplicateEntryError(f"audit entry {entry.id} already exists")
             seen.add(entry.id)
         for entry in stored:
             audit[entry.id] = copied(entry)

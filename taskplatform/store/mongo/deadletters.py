@@ -19,7 +19,7 @@ from bson import Binary
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from taskplatform.errors import StoreError
+from taskplatform.errors import DuplicateEntryError, StoreError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
@@ -42,6 +42,8 @@ from taskplatform.store.types import check_page_size, decode_cursor, encode_curs
 
 DEAD_LETTERS = "dead_letters"
 AUDIT = "dead_letter_audit"
+#: MongoDB's error code for a unique index violation.
+DUPLICATE_KEY = 11000
 
 
 def _doc(record: DeadLetter) -> dict[str, Any]:
@@ -175,10 +177,16 @@ class MongoDeadLetters(MongoPart, DeadLetterOperations):
             return
         async with self._errors():
             try:
-                await self._collection_named(AUDIT).insert_many(docs, ordered=True)
+                # Unordered: every entry the server accepts is stored, whatever fails beside it.
+                await self._collection_named(AUDIT).insert_many(docs, ordered=False)
             except (DuplicateKeyError, BulkWriteError) as exc:
                 ids = ", ".join(str(doc["_id"]) for doc in docs[:3])
-                raise StoreError(f"an audit entry already exists (of {len(docs)}: {ids}…)") from exc
+                errors = (getattr(exc, "details", None) or {}).get("writeErrors") or [{"code": DUPLICATE_KEY}]
+                if all(error.get("code") == DUPLICATE_KEY for error in errors):
+                    raise DuplicateEntryError(
+                        f"an audit entry already exists (of {len(docs)}: {ids}…)"
+                    ) from exc
+                raise StoreError(f"audit entries not stored (of {len(docs)}: {ids}…): {exc}") from exc
 
     async def list_audit(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from taskplatform.errors import DuplicateTaskError, StoreError
+from taskplatform.errors import DuplicateEntryError, DuplicateTaskError
 from taskplatform.models import AuditEntry, DeadLetter
 from taskplatform.models.dead_letter import body_in
 from taskplatform.store.deadletters import (
@@ -197,7 +197,7 @@ class SqlDeadLetters(SqlPart, DeadLetterOperations):
                         await conn.execute(insert(audit_task_targets), tasks)
         except DuplicateTaskError as exc:
             ids = ", ".join(row["id"] for row in rows[:3])
-            raise StoreError(f"an audit entry already exists (of {len(rows)}: {ids}…)") from exc
+            raise DuplicateEntryError(f"an audit entry already exists (of {len(rows)}: {ids}…)") from exc
 
     async def list_audit(
         self,
