@@ -11,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pymongo.errors import BulkWriteError
 
-from taskplatform.errors import StoreError
-from taskplatform.models import TaskStatus, utcnow
+from taskplatform.errors import DuplicateEntryError, StoreError
+from taskplatform.models import AuditEntry, TaskStatus, utcnow
 from taskplatform.models.attempt import AttemptOutcome, AttemptRecord
 from taskplatform.store.mongo import MongoTaskStore
-from taskplatform.store.mongo.deadletters import DEAD_LETTERS
+from taskplatform.store.mongo.deadletters import AUDIT, DEAD_LETTERS
 from taskplatform.store.mongo.part import ATTEMPT_LOG, LEDGER, aware
 from taskplatform.store.mongo.retention import RETENTION_INDEX
 from tests.store.helpers import NODE, make_dead_letter, make_task
@@ -386,3 +387,15 @@ async def test_task_reads_leave_the_ledger_and_the_attempt_history_on_the_server
     assert len(seen) >= 8
     assert all(not fields & {LEDGER, ATTEMPT_LOG} for fields in seen), seen
     assert [a.id for a in await mongo.list_attempts(parent.id)] == [record.id]  # still there
+
+
+async def test_an_audit_insert_the_server_refuses_for_another_reason_is_not_a_duplicate(
+    mongo: MongoTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def too_large(self: Any, docs: Any, **kwargs: Any) -> Any:
+        raise BulkWriteError({"writeErrors": [{"index": 0, "code": 10334, "errmsg": "BSONObjectTooLarge"}]})
+
+    monkeypatch.setattr(type(mongo._collection_named(AUDIT)), "insert_many", too_large)  # noqa: SLF001
+    with pytest.raises(StoreError, match="audit entries not stored") as refused:
+        await mongo.add_audits([AuditEntry(actor="a", action="submit", outcome="ok")])
+    assert not isinstance(refused.value, DuplicateEntryError)  # not taken for "already stored"

@@ -75,17 +75,8 @@ COMPLETE_MANY = """
 """
 #: COMPLETE_MANY (the same update), and the attempt records of the completions it made ($8…$16,
 #: one row per record; a task's record is written only if its completion was), in one statement.
-COMPLETE_MANY_RECORDED = """
-    WITH done AS (
-        UPDATE tasks SET status = 'COMPLETED', result = c.result, completed_at = $5, lease_until = NULL,
-               updated_at = $5, last_event_id = COALESCE(c.event_id, tasks.last_event_id),
-               progress = COALESCE(c.progress, tasks.progress), version = tasks.version + 1
-        FROM unnest($1::text[], $2::integer[], $3::jsonb[], $6::text[], $7::jsonb[])
-             AS c(id, attempt, result, event_id, progress)
-        WHERE tasks.id = c.id AND tasks.retry_count = c.attempt AND tasks.status = 'RUNNING'
-          AND tasks.execution_node_id = $4 AND NOT tasks.awaiting_children
-        RETURNING tasks.id, tasks.version
-    ),
+COMPLETE_MANY_RECORDED = f"""
+    WITH done AS ({COMPLETE_MANY}),
     recorded AS (
         INSERT INTO task_attempts (id, task_id, generation, attempt, node_id, host, started_at, ended_at,
                                    duration_seconds, outcome, error_type, error_message, retried)
@@ -98,7 +89,7 @@ COMPLETE_MANY_RECORDED = """
         ON CONFLICT (id) DO NOTHING
     )
     SELECT id, version FROM done
-"""
+"""  # noqa: S608  (composed of this module's constants only)
 # SKIP LOCKED: a row locked by a claim is being marked published by that claim already,
 # so waiting for it would only risk a deadlock.
 MARK_PUBLISHED = """
