@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,30 @@ async def test_a_stop_ends_the_wait(store: MemoryTaskStore) -> None:
     assert await asyncio.wait_for(waiting, 1) is False  # the runtime then starts no consumer
     record = await store.get_worker("node-a")
     assert record is not None and record.pid == 7
+
+
+async def test_a_runtime_stopped_while_it_waits_for_its_node_id_starts_no_consumer(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskplatform import runtime as runtime_module
+    from taskplatform.runtime import Runtime
+
+    async def declared(connection: Any, topology: Any) -> None:
+        return None
+
+    monkeypatch.setattr(runtime_module, "declare_topology", declared)
+    rt = Runtime(make_settings(executor_modules=["tests.support.executables"]), role="worker", consume=True)
+    assert rt.presence is not None and rt.consumer is not None
+    started: list[str] = []
+
+    async def stopped_meanwhile() -> bool:
+        return False
+
+    async def start() -> None:
+        started.append("consumer")
+
+    monkeypatch.setattr(type(rt.broker), "connection", property(lambda self: None))  # no broker here
+    monkeypatch.setattr(rt.presence, "wait_until_sole", stopped_meanwhile)
+    monkeypatch.setattr(rt.consumer, "start", start)
+    await rt._on_broker_up()  # noqa: SLF001
+    assert started == [] and not rt.broker_ready.is_set()
