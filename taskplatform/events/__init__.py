@@ -9,6 +9,7 @@ from taskplatform.events.bus import (
     Observer,
     ObserverStats,
     Published,
+    TaskView,
 )
 from taskplatform.events.external import ExternalTaskEvent, routing_key_for, to_external
 from taskplatform.events.models import (
@@ -52,6 +53,7 @@ __all__ = [
     "TaskRetrying",
     "TaskStarted",
     "TaskSubmitted",
+    "TaskView",
     "TaskWaiting",
     "new_event_id",
     "routing_key_for",

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
-from taskplatform.events.bus import Published
+from taskplatform.events.bus import Published, TaskView
 from taskplatform.events.models import (
     EventType,
     Origin,
@@ -29,7 +29,7 @@ from taskplatform.events.models import (
     TaskSubmitted,
     TaskWaiting,
 )
-from taskplatform.models import BackgroundTask, ErrorInfo, SubTaskStatusSummary, TaskStatus
+from taskplatform.models import ErrorInfo, SubTaskStatusSummary, TaskStatus
 
 SCHEMA_VERSION: Literal["1"] = "1"
 #: A completed event carries the whole result up to this size (its JSON, in bytes).
@@ -228,7 +228,7 @@ def to_external(published: Published) -> ExternalTaskEvent:
     )
 
 
-def _snapshot(event: TaskEvent, task: BackgroundTask | None) -> TaskSnapshot:
+def _snapshot(event: TaskEvent, task: TaskView | None) -> TaskSnapshot:
     if task is not None:
         return TaskSnapshot(
             id=task.id,
@@ -257,7 +257,7 @@ def _snapshot(event: TaskEvent, task: BackgroundTask | None) -> TaskSnapshot:
     )
 
 
-def _progress(event: TaskEvent, task: BackgroundTask | None) -> ProgressSummary | None:
+def _progress(event: TaskEvent, task: TaskView | None) -> ProgressSummary | None:
     raw: dict[str, Any] | None = None
     if isinstance(event, TaskProgress):
         raw = event.progress
@@ -278,7 +278,7 @@ def _progress(event: TaskEvent, task: BackgroundTask | None) -> ProgressSummary 
     return ProgressSummary.model_validate(fields)
 
 
-def _is_parent(task: BackgroundTask | None) -> bool:
+def _is_parent(task: TaskView | None) -> bool:
     summary = task.sub_task_status_summary if task is not None else None
     return summary is not None and summary.total > 0
 
@@ -296,7 +296,7 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _result_summary(event: TaskEvent, task: BackgroundTask | None) -> TruncatedResult | dict[str, Any] | None:
+def _result_summary(event: TaskEvent, task: TaskView | None) -> TruncatedResult | dict[str, Any] | None:
     if not isinstance(event, TaskCompleted):
         return None
     # Roll-up completions carry no result of their own: the parent's stored one stands.
@@ -310,7 +310,7 @@ def _result_summary(event: TaskEvent, task: BackgroundTask | None) -> TruncatedR
     return TruncatedResult(size_bytes=len(raw), keys=[str(k) for k in list(result)[:RESULT_SUMMARY_MAX_KEYS]])
 
 
-def _error(event: TaskEvent, task: BackgroundTask | None) -> ErrorSummary | None:
+def _error(event: TaskEvent, task: TaskView | None) -> ErrorSummary | None:
     if isinstance(event, TaskRetrying | TaskFailed):
         return _error_summary(event.error, event.error.reason)
     if not isinstance(event, TaskDeadLettered):

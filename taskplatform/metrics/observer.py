@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from taskplatform.events.bus import Published
+from taskplatform.events.bus import Published, TaskView
 from taskplatform.events.models import (
     TaskCancelled,
     TaskCompleted,
@@ -23,7 +23,7 @@ from taskplatform.events.models import (
     TaskSubmitted,
 )
 from taskplatform.metrics.registry import Metrics, reason_label
-from taskplatform.models import TERMINAL, BackgroundTask
+from taskplatform.models import TERMINAL
 from taskplatform.recent import RecentIds
 
 #: Events after which a task may be finished for good.
@@ -48,7 +48,7 @@ class MetricsObserver:
             if not item.duplicate:
                 self._count(item.event, item.task)
 
-    def _count(self, event: TaskEvent, task: BackgroundTask | None) -> None:
+    def _count(self, event: TaskEvent, task: TaskView | None) -> None:
         m = self._m
         task_type = task.task_type if task is not None else event.task_type
         if isinstance(event, TaskSubmitted):

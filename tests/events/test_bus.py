@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
 from collections.abc import Sequence
 
 import pytest
 
-from taskplatform.events import Delivery, EventBus, Published, TaskStarted
+from taskplatform.events import Delivery, EventBus, Published, TaskStarted, TaskView
+from taskplatform.models import BackgroundTask, ErrorInfo, SubTaskStatusSummary, utcnow
 
 
 def _event(i: int) -> TaskStarted:
@@ -179,3 +182,53 @@ async def test_the_bridge_skips_event_types_it_was_not_asked_to_publish() -> Non
     bridge = ExternalEventBridge(broker, "x", types=[EventType.COMPLETED], confirm_timeout=0.2)
     await bridge.observe([Published(_event(i), None) for i in range(3)])
     assert bridge.published == 0 and bridge.publish_failures == 0
+
+
+class Keeping:
+    name = "keeping"
+
+    def __init__(self) -> None:
+        self.items: list[Published] = []
+
+    async def observe(self, batch: Sequence[Published]) -> None:
+        self.items.extend(batch)
+
+
+async def test_observers_hold_a_view_of_the_task_not_its_document() -> None:
+    parent = "p" * 36
+    task = BackgroundTask(
+        task_type="t",
+        user_id="alice",
+        parameters={"blob": "x" * 100_000},
+        metadata={"kept": "out"},
+        parent_task_id=parent,
+        tags=["a", "b"],
+        priority=3,
+        result={"value": 1},
+        progress={"percent": 50},
+        error_info=ErrorInfo(type="E", message="m", attempt=1),
+        sub_task_status_summary=SubTaskStatusSummary(total=2, completed=1),
+        retry_count=1,
+        replays=2,
+        version=7,
+        started_at=utcnow(),
+    )
+    bus = EventBus()
+    keeping = Keeping()
+    bus.add_observer(keeping)
+    bus.start()
+    await bus.publish(TaskStarted(task_id=task.id, task_type="t"), task)
+    await bus.publish(_event(1))  # an event without a task: none to view
+    assert await bus.drain(5)
+    await bus.close()
+    view = keeping.items[0].task
+    assert isinstance(view, TaskView) and keeping.items[1].task is None
+    # every field the observers read, as the document had it
+    for name in TaskView.__slots__:
+        expected = getattr(task, name)
+        assert getattr(view, name) == (tuple(expected) if name == "tags" else expected), name
+    # ... and nothing more: the parameters (100 kB here), metadata and the document itself are
+    # not held by a buffered event
+    assert not hasattr(view, "parameters") and not hasattr(view, "metadata")
+    assert task not in gc.get_referents(view)
+    assert sys.getsizeof(view) < 300
