@@ -59,11 +59,10 @@ from tests.bench.harness import (
     server_env,
     start_server,
     stop_servers,
-    tree_cpu,
-    tree_rss_mb,
     wait_http_ready,
 )
 from tests.bench.noop import BenchNoop
+from tests.bench.procfs import tree_cpu, tree_rss_mb
 from topology.spec import node_queue_name
 
 LABELS = {"fleet": "bench"}

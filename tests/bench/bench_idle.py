@@ -29,7 +29,6 @@ from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import (
     RawBaseline,
     Server,
-    ThreadSwitches,
     bench_platform,
     delete_topology,
     raw_baseline,
@@ -39,14 +38,11 @@ from tests.bench.harness import (
     server_env,
     start_server,
     stop_servers,
-    thread_switches,
-    tree_cpu,
-    tree_rss_mb,
-    tree_runtime,
     wait_consumers,
     wait_http_ready,
 )
 from tests.bench.noop import BenchNoop
+from tests.bench.procfs import ThreadSwitches, thread_switches, tree_cpu, tree_rss_mb, tree_runtime
 
 
 @dataclass(frozen=True)

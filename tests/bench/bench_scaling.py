@@ -27,11 +27,9 @@ from pathlib import Path
 
 from taskplatform.models import TaskStatus
 from taskplatform.tasks.registry import ExecutableRegistry
-from tests.bench.bench_http import api_platform, find_bulk_route, run_generators, wait_completed
+from tests.bench.bench_http import api_platform, wait_completed
 from tests.bench.bench_pipeline import throughput
 from tests.bench.harness import (
-    CpuLedger,
-    PgWatch,
     RawBaseline,
     bench_platform,
     raw_baseline,
@@ -42,7 +40,9 @@ from tests.bench.harness import (
     stop_servers,
     wait_consumers,
 )
+from tests.bench.http_load import find_bulk_route, run_generators
 from tests.bench.noop import BenchNoop
+from tests.bench.procfs import CpuLedger, PgWatch
 
 
 @dataclass(frozen=True)

@@ -33,26 +33,17 @@ import aio_pika
 
 from taskplatform.models import TaskStatus
 from taskplatform.submission import SubmitRequest
-from tests.bench.bench_http import (
+from tests.bench.bench_http import Platform, api_platform, wait_completed
+from tests.bench.harness import AMQP_URL, MEMPROBE_ENV, RawBaseline, queue_ready, raw_baseline, run_bench
+from tests.bench.http_load import (
     SUBMIT_PATH,
     BulkRoute,
     HttpConnection,
-    Platform,
     accepted_in,
-    api_platform,
     find_bulk_route,
     submit_body,
-    wait_completed,
 )
-from tests.bench.harness import (
-    AMQP_URL,
-    MEMPROBE_ENV,
-    RawBaseline,
-    queue_ready,
-    raw_baseline,
-    run_bench,
-    tree_rss_mb,
-)
+from tests.bench.procfs import tree_rss_mb
 
 
 @dataclass
