@@ -3,7 +3,7 @@
 Runs ``taskplatform api`` (``--api-processes``, default 1; authentication disabled) and
 ``taskplatform worker`` as processes on a store and topology of their own, and drives the API
 from load-generator processes: ``hey`` when it is installed (closed-loop modes), else the
-keep-alive HTTP/1.1 client below, in ``--generators`` processes so that the generator is not
+keep-alive HTTP/1.1 client of ``http_load``, in ``--generators`` processes so that the generator is not
 the bottleneck (its CPU is measured and printed).
 
 - ``--mode submit``: ``--clients`` connections POST /api/v1/tasks back to back for

@@ -1,7 +1,7 @@
 """What the benchmarks share: a store and topology of their own, the submitting runtime, worker
 processes with the same settings, and cleaning all of it up; for the benchmarks that run the
-platform as processes, the servers (started, known ready, stopped or killed), their CPU, memory
-and wake-ups from /proc, and the raw aio-pika baseline every figure is compared with."""
+platform as processes, the servers (started, known ready, stopped or killed), and the raw
+aio-pika baseline every figure is compared with. What they read from /proc is in ``procfs``."""
 
 from __future__ import annotations
 

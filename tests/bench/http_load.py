@@ -239,8 +239,9 @@ class Generator:
 
 
 async def generator_process() -> None:
-    """The ``--child`` side: read the spec (one JSON line on stdin), open the connections, say
-    ``ready``, read the start time (a wall-clock line), run, print the tally (one JSON line)."""
+    """A generator process (``python -m tests.bench.http_load``): read the spec (one JSON line
+    on stdin), open the connections, say ``ready``, read the start time (a wall-clock line),
+    run, print the tally (one JSON line)."""
     loop = asyncio.get_running_loop()
     spec = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
     gen = Generator(spec)
@@ -491,9 +492,6 @@ async def find_bulk_route(base: str, batch: int) -> BulkRoute | None:
             if prop.get("type") == "array":
                 return BulkRoute(path, name, min(batch, prop.get("maxItems", batch)))
     return None
-
-
-# ---------------------------------------------------------------- the platform under test
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
-from taskplatform.events import EVENT_CLASSES, EventBus, EventType, Published, TaskEvent
+from taskplatform.events import EVENT_CLASSES, EventBus, EventType, Published, TaskEvent, TaskView
 from taskplatform.events.bridge import ExternalEventBridge
 from taskplatform.events.schema import DEFAULT_PATH
 from taskplatform.messaging.connection import BrokerConnection
@@ -60,7 +60,8 @@ def make_event(kind: EventType, task: BackgroundTask, n: int) -> TaskEvent:
 
 
 def lifecycle(task_type: str, kinds: Sequence[EventType], **task_fields: Any) -> list[Published]:
-    """One task's events in order, each with the task's state (and store version) after it."""
+    """One task's events in order, each with the task's state (and store version) after it: the
+    document, as producers give it to ``EventBus.publish`` (observers get a ``TaskView`` of it)."""
     task = BackgroundTask(task_type=task_type, user_id="user-1", **task_fields)
     out: list[Published] = []
     for n, kind in enumerate(kinds):
@@ -354,7 +355,11 @@ async def test_nacked_events_are_retried_and_later_events_of_their_task_wait_for
 
 async def test_close_ends_an_observe_that_is_retrying_and_counts_the_abandoned_events(broker: Broker) -> None:
     await broker.choke("task.#")  # nothing is ever confirmed
-    sent = interleave(progress_run("generate_summary", 4) for _ in range(5))
+    # observed directly, as the bus hands them over: each with a view of the task
+    sent = [
+        Published(p.event, TaskView.of(p.task) if p.task is not None else None)
+        for p in interleave(progress_run("generate_summary", 4) for _ in range(5))
+    ]
     connection = BrokerConnection(RABBITMQ_URL, name="test-events-bridge")
     await connection.start()
     registry = CollectorRegistry()

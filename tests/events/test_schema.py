@@ -23,6 +23,7 @@ from taskplatform.events import (
     TaskRetrying,
     TaskStarted,
     TaskSubmitted,
+    TaskView,
     TaskWaiting,
 )
 from taskplatform.events.external import (
@@ -64,6 +65,11 @@ def sample(cls: type[TaskEvent], task_id: str, task_type: str = "generate_summar
         TaskDeadLettered: {"reason": "max-retries-exceeded", "error": error()},
     }
     return cls(task_id=task_id, task_type=task_type, attempt=1, node_id="node-a", **extra.get(cls, {}))
+
+
+def _view(task: BackgroundTask | None) -> TaskView | None:
+    """What the bus gives observers of a task's state (None stays None)."""
+    return None if task is None else TaskView.of(task)
 
 
 def state_after(event: TaskEvent, **fields: Any) -> BackgroundTask:
@@ -127,7 +133,7 @@ def test_every_event_type_converts_to_an_event_valid_against_the_committed_schem
 ) -> None:
     event = sample(cls, "task-1")
     task = state_after(event) if with_task else None
-    external = to_external(Published(event, task))
+    external = to_external(Published(event, _view(task)))
     document = json.loads(external.model_dump_json())
     errors = [e.message for e in validator.iter_errors(document)]
     assert errors == []
@@ -188,7 +194,7 @@ def test_roll_up_completion_uses_the_parents_stored_result() -> None:
         task_id="p", task_type="x", origin=Origin.CHILDREN, status=TaskStatus.COMPLETED_WITH_ERRORS
     )
     task = state_after(event, status=TaskStatus.COMPLETED_WITH_ERRORS, result={"own": 1})
-    external = to_external(Published(event, task))
+    external = to_external(Published(event, _view(task)))
     assert external.result_summary == {"own": 1}
     assert external.task.status is TaskStatus.COMPLETED_WITH_ERRORS
     assert to_external(Published(event, None)).task.status is TaskStatus.COMPLETED_WITH_ERRORS
@@ -197,7 +203,7 @@ def test_roll_up_completion_uses_the_parents_stored_result() -> None:
 def test_parent_events_carry_the_sub_task_roll_up() -> None:
     summary = SubTaskStatusSummary(total=4, completed=2, failed=1, running=1)
     event = TaskStarted(task_id="p", task_type="x")
-    external = to_external(Published(event, state_after(event, sub_task_status_summary=summary)))
+    external = to_external(Published(event, _view(state_after(event, sub_task_status_summary=summary))))
     assert external.sub_tasks is not None and external.sub_tasks.failed == 1
     assert external.progress is not None and external.progress.percent == 75.0
 

@@ -23,17 +23,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: Claiming, the started event and scheduling between receipt and ``execute``, beyond the rate
 #: limit's own hold (measured: 5-115 ms with two workers, the store and the broker on 2 cores).
 CLAIM_ALLOWANCE = 0.25
-#: The same, for the one delivery that waited longest, in the whole suite's company, in this
-#: test's process (the memory backend). A delivery held for a second slot, or past the hold,
+#: The same, for the one delivery that waited longest, in the whole suite's company, when the
+#: worker runs in this test's process. A delivery held for a second slot, or past the hold,
 #: would be a full second or more over.
 LATEST_START_ALLOWANCE = 0.5
-#: The same with two worker processes on PostgreSQL under coverage, in the whole suite's
-#: company on 2 cores: measured 0.32 s and 0.57 s over the hold. Receipt to start there also
-#: holds a task read, the slot's reservation and the claim, each a round trip to a busy server.
-#: Still well short of what an unbounded hold gives this test (the 100th task would wait about
-#: 5 s); how long the limiter itself held a delivery is checked exactly in this process, where
-#: its figures can be read (``test_one_process_with_the_memory_backend_keeps_the_rate``).
+#: The same, and how late the first start may follow its slot, with two worker processes on
+#: PostgreSQL under coverage in the whole suite's company on 2 cores: measured 0.32 s and 0.57 s
+#: over the hold. Receipt to start holds the task read, the slot's reservation and the claim,
+#: each a round trip to a server that is busy there. Still short of what an unbounded hold gives
+#: this test: the two workers hold up to 64 deliveries (prefetch 32 each), the last of them for
+#: its slot 63 / 20 = 3.2 s later. The limiter's own hold, without the round trips, is checked
+#: in ``test_one_process_with_the_memory_backend_keeps_the_rate`` (the memory limiter; the
+#: PostgreSQL limiter's waits are checked by the store contract's rate-limit tests).
 PROCESSES_START_ALLOWANCE = 1.0
+#: How late ``asyncio.sleep`` may wake on a busy host: the slack of the limiter's own hold.
+SLEEP_LATENESS = 0.25
 
 
 @pytest.fixture
@@ -100,6 +104,7 @@ def _check_pace(
     hold: float,
     held_for_slots: bool = True,
     start_allowance: float = LATEST_START_ALLOWANCE,
+    first_start_allowance: float = CLAIM_ALLOWANCE,
 ) -> list[float]:
     """Every task completed in its first attempt, no faster than the limit and without a stall;
     no delivery held longer than the bound. Returns the sorted start times."""
@@ -118,7 +123,9 @@ def _check_pace(
     # The slots are ``least`` apart at the least; a start follows its slot by the claim work, so
     # the first start may be that late and the last one on time (a limit kept at twice the rate
     # would give half of ``least``).
-    assert span >= least - CLAIM_ALLOWANCE, f"{span:.3f}s is faster than the limit allows ({least:.3f}s)"
+    assert span >= least - first_start_allowance, (
+        f"{span:.3f}s is faster than the limit allows ({least:.3f}s)"
+    )
     assert span <= 1.3 * least + 1.0, f"{span:.3f}s: a stall ({least:.3f}s expected)"
     # Starts never precede their slots but may follow them by the claim work: a second of
     # starts holds at most what the limit allows in a second and that allowance.
@@ -153,6 +160,7 @@ async def test_100_tasks_limited_to_20_per_second_on_2_worker_processes_keep_the
         burst=1,
         hold=api.settings.rate_limit_hold_seconds,
         start_allowance=PROCESSES_START_ALLOWANCE,
+        first_start_allowance=PROCESSES_START_ALLOWANCE,  # a limit kept at twice the rate: 2.5 s
     )
     nodes = {t.execution_node_id for t in tasks}
     assert nodes == {"paced-0", "paced-1"}, nodes  # both processes ran some: the limit is shared
@@ -187,7 +195,7 @@ async def test_one_process_with_the_memory_backend_keeps_the_rate(
     assert stats.held > 0 and stats.delayed > 0, stats
     # the limiter's own hold, without the claim work around it: within the bound but for the
     # sleep's lateness on a busy host (waits here reach 1.95 s: a hold past the bound shows)
-    assert 0.5 < stats.longest_hold <= 1.0 + CLAIM_ALLOWANCE, stats
+    assert 0.5 < stats.longest_hold <= 1.0 + SLEEP_LATENESS, stats
     # a delivery sent round is held for one publish and its ack, not for its wait (1 s or more);
     # the bound is the busy-host allowance, not a speed figure
     assert stats.longest_delay_hold < LATEST_START_ALLOWANCE, stats

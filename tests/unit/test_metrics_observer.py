@@ -10,7 +10,14 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from taskplatform.events import Published, TaskCompleted, TaskDeadLettered, TaskStarted, TaskSubmitted
+from taskplatform.events import (
+    Published,
+    TaskCompleted,
+    TaskDeadLettered,
+    TaskStarted,
+    TaskSubmitted,
+    TaskView,
+)
 from taskplatform.metrics import sampler as sampler_module
 from taskplatform.metrics.observer import MetricsObserver
 from taskplatform.metrics.registry import Metrics, method_label, reason_label
@@ -33,7 +40,9 @@ async def test_an_event_marked_duplicate_is_not_counted_again() -> None:
     observer = MetricsObserver(metrics)
     task = BackgroundTask(task_type="t")
     event = TaskSubmitted(task_id=task.id, task_type="t")
-    await observer.observe([Published(event, task), Published(event, task, duplicate=True)])
+    await observer.observe(
+        [Published(event, TaskView.of(task)), Published(event, TaskView.of(task), duplicate=True)]
+    )
     assert _value(registry, "taskplatform_tasks_submitted_total", task_type="t") == 1
 
 
@@ -47,8 +56,8 @@ async def test_a_finished_task_is_counted_and_timed_by_its_final_status() -> Non
     foreign = "x-from-a-foreign-header"
     await observer.observe(
         [
-            Published(TaskCompleted(task_id=done.id, task_type="t"), done),
-            Published(TaskDeadLettered(task_id=dead.id, task_type="t", reason=foreign), dead),
+            Published(TaskCompleted(task_id=done.id, task_type="t"), TaskView.of(done)),
+            Published(TaskDeadLettered(task_id=dead.id, task_type="t", reason=foreign), TaskView.of(dead)),
         ]
     )
     finished, duration = "taskplatform_tasks_finished_total", "taskplatform_task_duration_seconds"
@@ -66,7 +75,7 @@ async def test_the_queue_wait_is_observed_once_per_task() -> None:
     task = BackgroundTask(task_type="t", status=TaskStatus.RUNNING)
     first = TaskStarted(task_id=task.id, task_type="t", attempt=0)
     again = TaskStarted(task_id=task.id, task_type="t", attempt=0)  # a takeover starts attempt 0 anew
-    await observer.observe([Published(first, task), Published(again, task)])
+    await observer.observe([Published(first, TaskView.of(task)), Published(again, TaskView.of(task))])
     assert _value(registry, "taskplatform_task_queue_wait_seconds_count", task_type="t") == 1
 
 
