@@ -30,9 +30,10 @@ import httpx
 from taskplatform.messaging.codec import encode
 from taskplatform.models import BackgroundTask, TaskMessage, TaskStatus
 from taskplatform.tasks.registry import ExecutableRegistry
-from tests.bench.bench_pipeline import broker_pid, machine_busy, process_cpu, raw_aio_pika
+from tests.bench.bench_pipeline import raw_aio_pika
 from tests.bench.harness import AMQP_URL, bench_platform, pct
 from tests.bench.noop import BenchNoop
+from tests.bench.procfs import broker_pid, machine_busy, proc_cpu
 from tests.support.server import free_port, platform_env, serving
 
 
@@ -60,7 +61,7 @@ def tree_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
         try:
-            total += process_cpu(pid)
+            total += proc_cpu(pid)
         except (OSError, ValueError, IndexError):
             continue  # gone
     return total
@@ -111,11 +112,11 @@ async def raw_publish_only(n: int, connections: int, body_bytes: int, batch: int
                 )
             )
 
-    rabbit = process_cpu(broker) if broker else 0.0
+    rabbit = proc_cpu(broker) if broker else 0.0
     started = time.perf_counter()
     await asyncio.gather(*(publish(channel) for channel in channels))
     seconds = time.perf_counter() - started
-    rabbit = (process_cpu(broker) if broker else 0.0) - rabbit
+    rabbit = (proc_cpu(broker) if broker else 0.0) - rabbit
     await queue.delete(if_unused=False, if_empty=False)
     for link in links:
         await link.close()
@@ -183,9 +184,9 @@ async def main(args: argparse.Namespace) -> None:
             requests = bodies(args.n, args.batch, args.keyed)
             pids = process_tree(api_pid(port))
             broker = broker_pid()
-            before = (tree_cpu(pids), process_cpu(broker) if broker else 0.0, machine_busy())
+            before = (tree_cpu(pids), proc_cpu(broker) if broker else 0.0, machine_busy())
             seconds, latencies, accepted = await post_all(base, requests, args.clients)
-            after = (tree_cpu(pids), process_cpu(broker) if broker else 0.0, machine_busy())
+            after = (tree_cpu(pids), proc_cpu(broker) if broker else 0.0, machine_busy())
         counts = await bench.runtime.store.count_by_status()
         stored = counts.get(TaskStatus.QUEUED, 0) - len(json.loads(warm[0])["tasks"])
         api, rabbit, total = (b - a for a, b in zip(before, after, strict=True))

@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import aio_pika
 
@@ -29,33 +28,7 @@ from taskplatform.submission import SubmitRequest
 from taskplatform.tasks.registry import ExecutableRegistry
 from tests.bench.harness import AMQP_URL, bench_platform, pct, start_workers, stop_workers
 from tests.bench.noop import BenchNoop
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy() -> float:
-    """CPU seconds all cores have spent not idle since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values[:8]) - idle) / CLK_TCK
-
-
-def broker_pid() -> int | None:
-    """The local RabbitMQ's Erlang VM, when it runs on this machine."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "comm").read_text().strip() == "beam.smp":
-                    return int(proc.name)
-            except OSError:
-                continue
-    return None
+from tests.bench.procfs import broker_pid, machine_busy, proc_cpu
 
 
 class CpuMeter:
@@ -66,8 +39,8 @@ class CpuMeter:
         self.broker = broker_pid()
 
     def snapshot(self) -> tuple[float, ...]:
-        broker = process_cpu(self.broker) if self.broker else 0.0
-        return process_cpu(os.getpid()), sum(process_cpu(p) for p in self.pids), broker, machine_busy()
+        broker = proc_cpu(self.broker) if self.broker else 0.0
+        return proc_cpu(os.getpid()), sum(proc_cpu(p) for p in self.pids), broker, machine_busy()
 
     @staticmethod
     def per_task(before: tuple[float, ...], after: tuple[float, ...], n: int) -> str:

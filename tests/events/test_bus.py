@@ -184,16 +184,6 @@ async def test_the_bridge_skips_event_types_it_was_not_asked_to_publish() -> Non
     assert bridge.published == 0 and bridge.publish_failures == 0
 
 
-class Keeping:
-    name = "keeping"
-
-    def __init__(self) -> None:
-        self.items: list[Published] = []
-
-    async def observe(self, batch: Sequence[Published]) -> None:
-        self.items.extend(batch)
-
-
 async def test_observers_hold_a_view_of_the_task_not_its_document() -> None:
     parent = "p" * 36
     task = BackgroundTask(
@@ -218,7 +208,7 @@ async def test_observers_hold_a_view_of_the_task_not_its_document() -> None:
         status=TaskStatus.RETRYING,
     )
     bus = EventBus()
-    keeping = Keeping()
+    keeping = Recording()
     bus.add_observer(keeping)
     bus.start()
     await bus.publish(TaskStarted(task_id=task.id, task_type="t"), task)
