@@ -87,7 +87,9 @@ class OutboxRelay:
 
     The lease (``lease_seconds``) keeps two relays, in one process or many, from
     publishing the same entry at the same time; a relay that dies mid-batch lets its
-    lease lapse and another picks the entries up.
+    lease lapse and another picks the entries up. An entry whose publish fails is taken again
+    after a wait that doubles with each failure, from ``interval`` up to ``max_backoff``, so one
+    the broker keeps refusing costs a log line and a store write a minute, not a second.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class OutboxRelay:
         grace: float = 10.0,
         lease_seconds: float = 30.0,
         batch_size: int = 200,
+        max_backoff: float = 60.0,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -108,7 +111,12 @@ class OutboxRelay:
         self._grace = grace
         self._lease = lease_seconds
         self._batch = batch_size
+        self._max_backoff = max_backoff
         self.published_total = 0
+
+    def backoff(self, failures: int) -> float:
+        """Seconds before an entry that has failed ``failures`` times (this one included) is taken again."""
+        return min(self._max_backoff, self._interval * 2.0 ** min(failures - 1, 32))
 
     async def run_once(self) -> int:
         """One pass; returns how many entries it published."""
@@ -140,8 +148,11 @@ class OutboxRelay:
         done = [t.id for t, err in zip(claimed, results, strict=True) if err is None]
         for task, err in zip(claimed, results, strict=True):
             if err is not None:
-                log.warning("relay could not publish task %s: %s", task.id, err)
-                await self._store.record_publish_failure(task.id, f"{type(err).__name__}: {err}")
+                retry_in = self.backoff(task.outbox.attempts + 1)
+                log.warning("relay could not publish task %s (again in %.3gs): %s", task.id, retry_in, err)
+                await self._store.record_publish_failure(
+                    task.id, f"{type(err).__name__}: {err}", retry_in=retry_in
+                )
         await self._store.mark_published(done, owner=self._owner)
         self.published_total += len(done)
         if done:

@@ -123,6 +123,7 @@ def build_relay(settings: PlatformSettings, store: TaskStore, publisher: TaskPub
         grace=settings.outbox_grace_seconds,
         lease_seconds=settings.outbox_lease_seconds,
         batch_size=settings.outbox_batch_size,
+        max_backoff=settings.outbox_max_backoff_seconds,
     )
 
 

@@ -283,6 +283,12 @@ class PlatformSettings(WorkerSettings, ApiSettings, BaseSettings):
         description="How long a relay holds the outbox entries it took (others skip them).",
     )
     outbox_batch_size: int = Field(default=200, ge=1, description="Outbox entries one relay pass takes.")
+    outbox_max_backoff_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait before the relay tries an entry again whose publishes keep failing "
+        "(the wait doubles from the relay's period with each failure).",
+    )
 
     # metrics
     metrics_port: int | None = Field(

@@ -351,8 +351,9 @@ class Outbox(StoreClock, Protocol):
         leased), so a late mark never hides a newer message; returns how many changed."""
 
     @abstractmethod
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
-        """Count a failed publish; the entry stays pending, its lease lapses now, its owner kept."""
+    async def record_publish_failure(self, task_id: str, error: str, *, retry_in: float = 0.0) -> None:
+        """Count a failed publish; the entry stays pending, its owner kept, and its lease lapses
+        ``retry_in`` seconds from now (0: at once), which is when a relay may take it again."""
 
 
 @runtime_checkable

@@ -101,6 +101,11 @@ def best_offset(samples: Sequence[ClockSample]) -> timedelta:
 LAPSED = timedelta(seconds=1)
 
 
+def failed_lease_until(now: datetime, retry_in: float) -> datetime:
+    """The lease of an outbox entry whose publish failed: lapsed at once, or ``retry_in`` from now."""
+    return now + timedelta(seconds=retry_in) if retry_in > 0 else now - LAPSED
+
+
 def owner_guard(node_id: str, attempt: int) -> Guard:
     """The task runs, claimed by ``node_id`` for ``attempt``, and is not a parent waiting for
     its children (whose own execution is over: it has no owner any more)."""

@@ -109,3 +109,25 @@ async def test_the_backlog_counts_pending_outbox_entries_and_finds_the_oldest_qu
     assert close_in_time(backlog.oldest_pending_at, running.created_at)
     assert close_in_time(backlog.oldest_queued_at, old.created_at)  # not the older RUNNING one
     assert backlog.oldest_queued_at is not None and backlog.oldest_queued_at.tzinfo is not None
+
+
+async def test_a_failed_publish_with_a_wait_keeps_the_entry_from_every_relay_until_then(
+    store: BaseTaskStore,
+) -> None:
+    task = make_task(created_at=utcnow() - timedelta(seconds=60))
+    await store.create(task)
+    lease = utcnow() + timedelta(seconds=30)
+    taken = await store.claim_pending_outbox(owner="r1", limit=10, lease_until=lease, created_before=utcnow())
+    assert [t.id for t in taken] == [task.id]
+    before = store.now()
+    await store.record_publish_failure(task.id, "broker down", retry_in=0.5)
+    got = await store.get(task.id)
+    assert got is not None and got.outbox.attempts == 1 and got.outbox.lease_until is not None
+    assert timedelta(seconds=0.4) < got.outbox.lease_until - before < timedelta(seconds=1.5)
+    assert (
+        await store.claim_pending_outbox(owner="r2", limit=10, lease_until=lease, created_before=utcnow())
+        == []
+    )
+    await asyncio.sleep(0.7)  # the wait is over: another relay takes it
+    again = await store.claim_pending_outbox(owner="r2", limit=10, lease_until=lease, created_before=utcnow())
+    assert [t.id for t in again] == [task.id]

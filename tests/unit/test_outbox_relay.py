@@ -107,7 +107,7 @@ async def test_a_failed_publish_is_recorded_and_left_pending_for_the_next_pass(
     bad = await _pending(store)
     publisher = RelayPublisher()
     publisher.refuse = {bad.id}
-    relay = _relay(store, publisher)
+    relay = _relay(store, publisher, interval=0.2)
 
     assert await relay.run_once() == 1
 
@@ -117,12 +117,41 @@ async def test_a_failed_publish_is_recorded_and_left_pending_for_the_next_pass(
     assert got_bad is not None and got_bad.outbox.status is OutboxStatus.PENDING
     assert got_bad.outbox.attempts == 1
     assert got_bad.outbox.last_error == "BrokerError: no route to the queue (fake)"
-    assert f"relay could not publish task {bad.id}" in caplog.text
-    # the failure freed its lease: the next pass publishes it once the broker takes it
+    assert f"relay could not publish task {bad.id} (again in 0.2s)" in caplog.text
     publisher.refuse = set()
+    assert await relay.run_once() == 0  # its first wait (one period) has not passed
+    await asyncio.sleep(0.3)
+    # the wait is over: the next pass publishes it once the broker takes it
     assert await relay.run_once() == 1
     assert publisher.published_ids == [good.id, bad.id]
     assert relay.published_total == 2
+
+
+def test_the_wait_after_a_failed_publish_doubles_from_the_period_up_to_its_cap() -> None:
+    relay = OutboxRelay(None, None, owner="r", interval=1.0, max_backoff=60.0)  # type: ignore[arg-type]
+    assert [relay.backoff(n) for n in (1, 2, 3, 6, 7, 10_000)] == [1.0, 2.0, 4.0, 32.0, 60.0, 60.0]
+
+
+async def test_an_entry_that_keeps_failing_is_taken_again_only_after_its_doubled_wait(
+    store: MemoryTaskStore,
+) -> None:
+    task = make_task(created_at=utcnow() - timedelta(seconds=600))
+    task.outbox.attempts = 4  # four publishes of it have failed before
+    await store.create(task)
+    publisher = RelayPublisher()
+    publisher.refuse = {task.id}
+    relay = _relay(store, publisher, interval=1.0, max_backoff=60.0)
+    before = store.now()
+
+    assert await relay.run_once() == 0
+
+    got = await store.get(task.id)
+    assert got is not None and got.outbox.attempts == 5 and got.outbox.lease_until is not None
+    wait = (got.outbox.lease_until - before).total_seconds()
+    assert 16.0 <= wait < 17.0  # the fifth failure waits 2**4 periods
+    publisher.refuse = set()
+    assert await relay.run_once() == 0  # nothing is taken within the wait, nothing sent
+    assert publisher.calls == 1 and publisher.published_ids == []
 
 
 async def test_an_entry_leased_by_another_relay_waits_for_its_lease_to_lapse(store: MemoryTaskStore) -> None:

@@ -32,7 +32,7 @@ from taskplatform.store.memory.part import MemoryPart, copied, dataset_of
 from taskplatform.store.memory.records import MemoryDeadLetters
 from taskplatform.store.memory.upkeep import MemoryUpkeep
 from taskplatform.store.memory.workers import MemoryWorkers
-from taskplatform.store.primitives import LAPSED, ClockSample, read_clock
+from taskplatform.store.primitives import ClockSample, failed_lease_until, read_clock
 from taskplatform.store.rollup import check_child_id, rollup_delta
 from taskplatform.store.types import (
     EQUALITY_FILTERS,
@@ -297,7 +297,7 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart
             marked += 1
         return marked
 
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
+    async def record_publish_failure(self, task_id: str, error: str, *, retry_in: float = 0.0) -> None:
         data = await self._reach()
         doc = data.tasks.get(task_id)
         if doc is None or doc["outbox"]["status"] != OutboxStatus.PENDING:
@@ -305,7 +305,7 @@ class MemoryTaskStore(MemoryDeadLetters, MemoryUpkeep, MemoryWorkers, MemoryPart
         changes = {
             "outbox.attempts": doc["outbox"]["attempts"] + 1,
             "outbox.last_error": error[:2000],
-            # free for the next relay pass; the owner stays (see the port)
-            "outbox.lease_until": self.now() - LAPSED,
+            # free for a relay pass after retry_in; the owner stays (see the port)
+            "outbox.lease_until": failed_lease_until(self.now(), retry_in),
         }
         data.tasks[task_id] = self._changed(doc, changes)

@@ -12,7 +12,7 @@ from pymongo import ASCENDING, ReturnDocument
 from taskplatform.models import BackgroundTask, OutboxStatus, utcnow
 from taskplatform.store.base import outbox_published_changes
 from taskplatform.store.mongo.part import TASK_PROJECTION, MongoPart
-from taskplatform.store.primitives import LAPSED
+from taskplatform.store.primitives import failed_lease_until
 
 
 class MongoOutbox(MongoPart):
@@ -61,14 +61,17 @@ class MongoOutbox(MongoPart):
             )
         return int(result.modified_count)
 
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
+    async def record_publish_failure(self, task_id: str, error: str, *, retry_in: float = 0.0) -> None:
         async with self._errors():
             await self.collection.update_one(
                 {"_id": task_id, "outbox.status": OutboxStatus.PENDING.value},
                 {
                     "$inc": {"outbox.attempts": 1, "version": 1},
-                    # free for the next relay pass, not only after the lease; the owner stays, so a
-                    # late mark of an earlier publish cannot take this entry for published
-                    "$set": {"outbox.last_error": error[:2000], "outbox.lease_until": self.now() - LAPSED},
+                    # free for a relay pass after retry_in, not only after the lease; the owner
+                    # stays, so a late mark of an earlier publish cannot take this entry for published
+                    "$set": {
+                        "outbox.last_error": error[:2000],
+                        "outbox.lease_until": failed_lease_until(self.now(), retry_in),
+                    },
                 },
             )

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select, update
 
 from taskplatform.models import BackgroundTask, OutboxStatus, utcnow
-from taskplatform.store.primitives import LAPSED
+from taskplatform.store.primitives import failed_lease_until
 from taskplatform.store.sql import statements as sql
 from taskplatform.store.sql.part import SqlPart
 from taskplatform.store.sql.schema import tasks
@@ -66,16 +66,16 @@ class SqlOutbox(SqlPart):
                 result = await conn.execute(sql.MARK_PUBLISHED, params)
         return int(result.rowcount)
 
-    async def record_publish_failure(self, task_id: str, error: str) -> None:
+    async def record_publish_failure(self, task_id: str, error: str, *, retry_in: float = 0.0) -> None:
         stmt = (
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.outbox_status == OutboxStatus.PENDING.value)
             .values(
                 outbox_attempts=tasks.c.outbox_attempts + 1,
                 outbox_last_error=error[:2000],
-                # free for the next relay pass, not after the lease; the owner stays, so a late
-                # mark of an earlier publish cannot take this entry for published
-                outbox_lease_until=self.now() - LAPSED,
+                # free for a relay pass after retry_in, not after the lease; the owner stays, so a
+                # late mark of an earlier publish cannot take this entry for published
+                outbox_lease_until=failed_lease_until(self.now(), retry_in),
                 version=tasks.c.version + 1,
             )
         )
