@@ -1,11 +1,13 @@
-"""Task commands: what a caller asks of a task once it is submitted, in one service.
+"""Task commands: what a caller asks of a task, in one service for every front door.
 
-Cancel, amend (change a waiting task) and delete tasks; replay and discard dead letters. Built
-once per process (``runtime.commands``); the HTTP routes call it, and the CLI and the Python
-client reach it through those routes. Each command checks that the caller may see the task
-(another user's task is "not found", like a missing one) and raises ``TaskNotFound`` /
-``TaskConflict`` (or the dead-letter errors), which the routes answer as 404 / 409. Store
-faults (``StoreError``) pass through. Each path, step by step: DEVELOPER_GUIDE.md.
+Submit, read and list tasks as the caller may; cancel, amend (change a waiting task) and delete
+them; replay and discard dead letters. Built once per process (``runtime.commands``); the HTTP
+routes and the gRPC service call it, and the CLI and the Python client reach it through the
+routes. Each command checks that the caller may see the task (another user's task is "not
+found", like a missing one) and raises ``TaskNotFound`` / ``TaskConflict`` / ``CommandForbidden``
+(or the dead-letter errors), which HTTP answers 404 / 409 / 403 and gRPC ``NOT_FOUND`` /
+``FAILED_PRECONDITION`` / ``PERMISSION_DENIED``. Store faults (``StoreError``) pass through.
+Each path, step by step: DEVELOPER_GUIDE.md.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from taskplatform.storable import ensure_storable
 from taskplatform.store.base import Deletion
 from taskplatform.store.deadletters import DeadLetterFilter
 from taskplatform.store.ports import AuditLog, Cancellation, Retention, StoreClock, TaskReads, TaskRevisions
-from taskplatform.submission import TaskSubmitter
+from taskplatform.store.types import TaskFilter
+from taskplatform.submission import SubmitRequest, Submitted, TaskSubmitter
 
 if TYPE_CHECKING:
     from taskplatform.runtime import Runtime
+    from taskplatform.tasks.registry import ExecutableRegistry
 
 
 #: The longest a bulk replay may hold its request (it paces itself at ``rate``).
@@ -50,6 +54,11 @@ class TaskNotFound(TaskPlatformError):
 
 class TaskConflict(TaskPlatformError):
     """The task is not in a state that allows the command; the message says why."""
+
+
+class CommandForbidden(TaskPlatformError):
+    """The caller's roles do not allow what it asked (submit a type kept for a higher role, act
+    for another user, list another user's tasks); the message says why."""
 
 
 class NotQueued(TaskConflict):
@@ -84,7 +93,9 @@ class TaskCommands:
         node_id: str,
         max_bulk_seconds: float = MAX_BULK_SECONDS,
         metrics: Metrics | None = None,
+        registry: ExecutableRegistry | None = None,
     ) -> None:
+        self._registry = registry
         self._store = store
         self._submitter = submitter
         self._dead_letters = dead_letters
@@ -103,9 +114,31 @@ class TaskCommands:
             runtime.dead_letters,
             node_id=runtime.settings.node_id,
             metrics=runtime.metrics,
+            registry=runtime.registry,
         )
 
     # ------------------------------------------------------------ tasks
+    async def submit(
+        self, request: SubmitRequest, principal: Principal, *, idempotency_key: str | None = None
+    ) -> Submitted:
+        """Store and publish one task for ``principal``, audited: refused (CommandForbidden,
+        audited) when its type is kept for a higher role or it names another user and the caller
+        is no admin; IdempotencyKeyReusedError and validation errors pass through."""
+        who = principal.subject or "anonymous"
+        refusal = submit_refusal(principal, self._registry, request.task_type)
+        if refusal is not None:
+            await self.audit.record(
+                who, "submit", [], outcome=f"refused: {refusal}", details={"task_type": request.task_type}
+            )
+            raise CommandForbidden(refusal)
+        owned = request.model_copy(update={"user_id": owner_of(principal, request.user_id)})
+        # Idempotency keys are scoped by the task's user id, so by the caller here.
+        submitted = await self._submitter.submit(owned, idempotency_key=idempotency_key)
+        if submitted.created:
+            details = {"task_type": request.task_type}
+            await self.audit.record(who, "submit", [submitted.task.id], details=details)
+        return submitted
+
     async def find(self, task_id: str, principal: Principal) -> BackgroundTask:
         """The task, if ``principal`` may see it (``auth.SYSTEM``, the platform itself, sees all).
         Required in every command: a forgotten principal must not mean "sees every task"."""
@@ -273,3 +306,48 @@ class TaskCommands:
     async def discard(self, record_id: str, *, actor: str) -> DeadLetter:
         """Give a dead letter up (DeadLetterNotFound, DeadLetterConflict)."""
         return await self._dead_letters.discard(record_id, actor=actor)
+
+
+def submit_refusal(principal: Principal, registry: ExecutableRegistry | None, task_type: str) -> str | None:
+    """Why ``principal`` may not submit ``task_type`` (its executable's ``submit_role``), or None.
+    Unknown types pass here: validation names them."""
+    if registry is None or task_type not in registry:
+        return None
+    role = registry.get(task_type).submit_role
+    if role is None or principal.has(role):
+        return None
+    held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+    return f"task type {task_type!r} may be submitted by the {role.value} role or above (this token: {held})"
+
+
+def owner_of(principal: Principal, requested: str | None) -> str | None:
+    """The user a submission belongs to: the caller, or (admins only) whom it names."""
+    if requested is None or requested == principal.subject:
+        return principal.subject  # None only with authentication disabled
+    if not principal.is_admin:
+        raise CommandForbidden(
+            f"only an admin may submit for another user: user_id {requested!r} is not the token's "
+            "subject; leave user_id out"
+        )
+    return requested
+
+
+def visible_filter(principal: Principal, filters: TaskFilter) -> TaskFilter:
+    """``filters`` as ``principal`` may list: operators and admins every user's tasks, a
+    submitter its own only (CommandForbidden when it names another user)."""
+    if principal.can_see_all:
+        return filters
+    if filters.user_id is not None and filters.user_id != principal.subject:
+        raise CommandForbidden("a submitter lists its own tasks only: leave user_id out or give your own")
+    return filters.model_copy(update={"user_id": principal.subject})
+
+
+def shown(principal: Principal, task: BackgroundTask) -> BackgroundTask:
+    """The task as this caller may read it: a submitter gets its error's type and message (and
+    attempt, reason, time) but not the traceback or the worker node, which carry server paths,
+    line numbers and host names; operators and admins get everything."""
+    error = task.error_info
+    if principal.can_see_all or error is None:
+        return task
+    redacted = error.model_copy(update={"traceback": None, "node_id": None})
+    return task.model_copy(update={"error_info": redacted})

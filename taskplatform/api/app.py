@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -28,6 +29,9 @@ from taskplatform.heap import settle_startup_heap
 from taskplatform.runtime import Runtime
 from taskplatform.settings import PlatformSettings
 
+if TYPE_CHECKING:
+    from taskplatform.grpc_api.server import GrpcServer
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +42,7 @@ def create_app(
     with_worker: bool = False,
     on_setup_failure: Callable[[], None] | None = None,
     settle_heap: bool = False,
+    serve_grpc: bool = False,
 ) -> FastAPI:
     """The API. It owns ``runtime`` (built from ``settings`` when not given) for its lifetime.
 
@@ -46,7 +51,8 @@ def create_app(
     stop the server, so its supervisor restarts it instead of it serving on without its broker
     side. Raises ConfigError, before anything is served, when ``AUTH=jwt`` lacks its
     key material. ``settle_heap`` (the CLI's servers): once started, freeze the start-up heap
-    (``heap.settle_startup_heap``: short collector pauses).
+    (``heap.settle_startup_heap``: short collector pauses). ``serve_grpc`` (``dev``): also serve
+    the gRPC front door on ``GRPC_HOST:GRPC_PORT`` over the same runtime for the app's lifetime.
     """
     settings = settings or (runtime.settings if runtime else PlatformSettings())
     authenticator = Authenticator.from_settings(settings)
@@ -62,6 +68,7 @@ def create_app(
                 "admin; never expose this API beyond your machine"
             )
         await rt.start(wait_for_broker=False)
+        grpc_server = await _start_grpc(rt, authenticator) if serve_grpc else None
         if settle_heap:
             settle_startup_heap()
         watcher = asyncio.create_task(_on_failure(rt, on_setup_failure)) if on_setup_failure else None
@@ -70,6 +77,8 @@ def create_app(
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=settings.shutdown_grace_seconds)
             await rt.stop(grace=settings.shutdown_grace_seconds)
 
     app = documented_app(  # Swagger UI and ReDoc with their assets served here (offline)
@@ -104,6 +113,19 @@ def _install(app: FastAPI, rt: Runtime, settings: PlatformSettings, authenticato
     if settings.api_access_log:  # outside the guard: its refusals are logged too
         app.add_middleware(AccessLog)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # added last: the outermost
+
+
+async def _start_grpc(rt: Runtime, authenticator: Authenticator) -> GrpcServer:
+    """The gRPC front door over ``rt``; the runtime is stopped again if it cannot listen."""
+    from taskplatform.grpc_api.server import GrpcServer  # grpcio loads only where it serves
+
+    server = GrpcServer(rt, authenticator)
+    try:
+        await server.start()
+    except RuntimeError:
+        await rt.stop(grace=0)
+        raise
+    return server
 
 
 async def _on_failure(rt: Runtime, stop_server: Callable[[], None]) -> None:

@@ -25,7 +25,6 @@ from taskplatform.auth import (
     parse_bearer,
 )
 from taskplatform.settings import PlatformSettings
-from taskplatform.tasks.registry import ExecutableRegistry
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +76,36 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.verifier is not None
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The caller; HTTPException 401 with a ``WWW-Authenticate`` challenge when rejected."""
+    def principal_of(self, authorization: str | None) -> Principal:
+        """The caller an ``Authorization`` value names (any front door); AuthenticationError when
+        rejected (``rejection`` words it)."""
         if self.verifier is None:
             return UNAUTHENTICATED_ADMIN
+        return self.verifier.verify(parse_bearer(authorization))
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller; HTTPException 401 with a ``WWW-Authenticate`` challenge when rejected."""
         try:
-            return self.verifier.verify(parse_bearer(authorization))
+            return self.principal_of(authorization)
         except AuthenticationError as exc:
-            message = (
-                exc.detail
-                if exc.reason is AuthFailure.MISSING_TOKEN
-                else f"invalid bearer token ({exc.reason.value}): {exc.detail}"
-            )
-            raise HTTPException(401, message, headers={"WWW-Authenticate": challenge(exc.reason)}) from None
+            headers = {"WWW-Authenticate": challenge(exc.reason)}
+            raise HTTPException(401, rejection(exc), headers=headers) from None
+
+
+def rejection(exc: AuthenticationError) -> str:
+    """What a rejected caller is told (HTTP's 401, gRPC's UNAUTHENTICATED)."""
+    if exc.reason is AuthFailure.MISSING_TOKEN:
+        return exc.detail
+    return f"invalid bearer token ({exc.reason.value}): {exc.detail}"
+
+
+def role_refusal(principal: Principal, role: Role) -> str | None:
+    """Why ``principal`` lacks ``role`` (HTTP's 403, gRPC's PERMISSION_DENIED), or None."""
+    if principal.has(role):
+        return None
+    above = [r.value for r in Role if r.includes(role) and r is not role]
+    needed = " or ".join([role.value, *above])
+    return f"this needs the {needed} role; the token's roles: {principal.describe_roles()}"
 
 
 def challenge(reason: AuthFailure) -> str:
@@ -124,12 +140,9 @@ class RoleGuard:
 
     def check(self, principal: Principal) -> Principal:
         """``principal``, if it has the role; else the 403."""
-        if not principal.has(self.role):
-            above = [r.value for r in Role if r.includes(self.role) and r is not self.role]
-            needed = " or ".join([self.role.value, *above])
-            raise HTTPException(
-                403, f"this needs the {needed} role; the token's roles: {principal.describe_roles()}"
-            )
+        refusal = role_refusal(principal, self.role)
+        if refusal is not None:
+            raise HTTPException(403, refusal)
         return principal
 
 
@@ -171,15 +184,3 @@ def install_auth(app: FastAPI, authenticator: Authenticator) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def submit_role_refusal(principal: Principal, registry: ExecutableRegistry, task_type: str) -> str | None:
-    """Why ``principal`` may not submit ``task_type`` (its executable's ``submit_role``), or None.
-    Unknown types pass here: validation names them."""
-    if task_type not in registry:
-        return None
-    role = registry.get(task_type).submit_role
-    if role is None or principal.has(role):
-        return None
-    held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
-    return f"task type {task_type!r} may be submitted by the {role.value} role or above (this token: {held})"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import ValidationError
 
-from taskplatform.api.auth import SubmitterDep, require_submitter, submit_role_refusal
+from taskplatform.api.auth import SubmitterDep, require_submitter
 from taskplatform.api.deps import CommandsDep, RuntimeDep
 from taskplatform.api.errors import ErrorBody, error_response, field_errors
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, charge, submission_weight
@@ -29,6 +29,7 @@ from taskplatform.api.schemas import (
     BulkSubmitted,
 )
 from taskplatform.auth import Principal
+from taskplatform.commands import submit_refusal
 from taskplatform.submission import (
     MAX_BULK_TASKS,
     BulkItem,
@@ -183,7 +184,7 @@ async def submit_tasks_bulk(
         if _names_another_user(principal, item.user_id):
             foreign.append(index)
             continue
-        refusal = submit_role_refusal(principal, runtime.registry, item.task_type)
+        refusal = submit_refusal(principal, runtime.registry, item.task_type)
         if refusal is not None:
             beyond_role.append((index, refusal))
             continue

@@ -9,7 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from taskplatform.commands import BulkReplayRefused, TaskCommands, TaskConflict, TaskNotFound
+from taskplatform.commands import (
+    BulkReplayRefused,
+    CommandForbidden,
+    TaskCommands,
+    TaskConflict,
+    TaskNotFound,
+)
 from taskplatform.deadletters.service import DeadLetterConflict, DeadLetterNotFound
 from taskplatform.runtime import Runtime
 
@@ -36,12 +42,15 @@ CommandsDep = Annotated[TaskCommands, Depends(get_commands)]
 
 @contextlib.contextmanager
 def command_answers() -> Iterator[None]:
-    """A command's refusal as its HTTP answer: not found 404, conflict 409, refused 422."""
+    """A command's refusal as its HTTP answer: not found 404, conflict 409, forbidden 403,
+    refused 422."""
     try:
         yield
     except (TaskNotFound, DeadLetterNotFound) as exc:
         raise HTTPException(404, str(exc)) from None
     except (TaskConflict, DeadLetterConflict) as exc:
         raise HTTPException(409, str(exc)) from None
+    except CommandForbidden as exc:
+        raise HTTPException(403, str(exc)) from None
     except BulkReplayRefused as exc:
         raise HTTPException(422, str(exc)) from None

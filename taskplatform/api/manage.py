@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from taskplatform.api.auth import SubmitterDep, require_submitter
 from taskplatform.api.deps import CommandsDep, command_answers
 from taskplatform.api.errors import ErrorBody
-from taskplatform.api.routes import ERRORS, TaskId, shown
+from taskplatform.api.routes import ERRORS, TaskId
+from taskplatform.commands import shown
 from taskplatform.models import MAX_PRIORITY, BackgroundTask
 from taskplatform.storable import Metadata, Tags
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import StringConstraints
 
@@ -15,7 +15,6 @@ from taskplatform.api.auth import (
     SubmitterDep,
     require_operator_if_protected,
     require_submitter,
-    submit_role_refusal,
 )
 from taskplatform.api.deps import NO_NUL, CommandsDep, RuntimeDep, command_answers
 from taskplatform.api.errors import ErrorBody, error_response
@@ -35,6 +34,7 @@ from taskplatform.api.schemas import (
     list_response,
 )
 from taskplatform.auth import Principal
+from taskplatform.commands import shown, visible_filter
 from taskplatform.errors import TRANSIENT_BROKER_ERRORS, StoreError
 from taskplatform.metrics.exposition import render
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, TaskStatus
@@ -58,17 +58,6 @@ tasks_router = APIRouter(
     responses=ERRORS,
     dependencies=[Depends(require_submitter)],
 )
-
-
-def shown(principal: Principal, task: BackgroundTask) -> BackgroundTask:
-    """The task as this caller may read it: a submitter gets its error's type and message (and
-    attempt, reason, time) but not the traceback or the worker node, which carry server paths,
-    line numbers and host names; operators and admins get everything."""
-    error = task.error_info
-    if principal.can_see_all or error is None:
-        return task
-    redacted = error.model_copy(update={"traceback": None, "node_id": None})
-    return task.model_copy(update={"error_info": redacted})
 
 
 ViewQuery = Annotated[
@@ -105,19 +94,6 @@ async def task_page(
         cursor_of=lambda t: encode_cursor(t.created_at, t.id),
     )
     return list_response(parts, next_cursor)
-
-
-def _owner(principal: Principal, requested: str | None) -> str | None:
-    """The user a submission belongs to: the caller, or (admins only) whom the body names."""
-    if requested is None or requested == principal.subject:
-        return principal.subject  # None only with authentication disabled
-    if not principal.is_admin:
-        raise HTTPException(
-            403,
-            f"only an admin may submit for another user: user_id {requested!r} is not the token's "
-            "subject; leave user_id out",
-        )
-    return requested
 
 
 @tasks_router.post(
@@ -170,26 +146,15 @@ async def submit_task(
     The task belongs to the token's subject; only an admin may name another ``user_id``. With
     ``API_SUBMIT_RATE`` set, a caller past its limit gets 429 with ``Retry-After``; a batch is
     charged its children too, and one heavier than ``API_SUBMIT_BURST`` gets 422."""
-    refusal = submit_role_refusal(principal, runtime.registry, body.task_type)
-    if refusal is not None:
-        who = principal.subject or "anonymous"
-        await commands.audit.record(
-            who, "submit", [], outcome=f"refused: {refusal}", details={"task_type": body.task_type}
-        )
-        raise HTTPException(403, refusal)
-    owned = body.model_copy(update={"user_id": _owner(principal, body.user_id)})
-    # Idempotency keys are scoped by the task's user id, so by the caller here.
     try:
-        submitted = await runtime.submitter.submit(owned, idempotency_key=idempotency_key)
+        with command_answers():
+            submitted = await commands.submit(body, principal, idempotency_key=idempotency_key)
     except IdempotencyKeyReusedError as exc:
         details = [{"idempotency_key": exc.key, "task_id": exc.task_id}]
         return error_response(422, "idempotency_key_reused", str(exc), details)
     if not submitted.created:
         response.status_code = 200
         return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
-    await commands.audit.record(
-        principal.subject or "anonymous", "submit", [submitted.task.id], details={"task_type": body.task_type}
-    )
     if not submitted.published:
         response.status_code = 202
     return TaskCreated(task_id=submitted.task.id, status=submitted.task.status)
@@ -292,12 +257,6 @@ async def list_tasks(
     view: ViewQuery = "full",
 ) -> Response:
     """Operators and admins list every user's tasks; a submitter lists its own only."""
-    if not principal.can_see_all:
-        if user_id is not None and user_id != principal.subject:
-            raise HTTPException(
-                403, "a submitter lists its own tasks only: leave user_id out or give your own"
-            )
-        user_id = principal.subject
     filters = TaskFilter(
         status=status,
         task_type=task_type,
@@ -306,6 +265,8 @@ async def list_tasks(
         priority=priority,
         tags=tuple(tag or ()),
     )
+    with command_answers():
+        filters = visible_filter(principal, filters)
     return await task_page(runtime, principal, filters, limit, cursor, view)
 
 
