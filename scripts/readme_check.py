@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The docs pages whose commands run after the README's, in this order, on the same main job.
 PAGES = ("docs/walkthrough.md", "docs/dead-letters.md", "docs/authentication.md")
 PORT = 8000
+#: The gRPC port the main job serves (``taskplatform dev``'s default) and the README's client uses.
+GRPC_PORT = 50051
 FENCE = re.compile(r"^```(\w*)\s*$")
 DIRECTIVE = re.compile(r"<!--\s*readme-check:\s*(\S+)\s*(.*?)\s*-->")
 PLACEHOLDER = re.compile(r"<[a-z_]+(?:_id)?>")
@@ -334,8 +336,9 @@ def main() -> int:
     unfilled = [(b.where, m) for b in todo if b.directive != "skip" for m in PLACEHOLDER.findall(b.text)]
     if unfilled:
         raise SystemExit(f"readme-check: placeholders in blocks that run: {unfilled}")
-    if not port_free(PORT):
-        raise SystemExit(f"readme-check: port {PORT} is taken; the README's commands use localhost:{PORT}")
+    for port in (PORT, GRPC_PORT):
+        if not port_free(port):
+            raise SystemExit(f"readme-check: port {port} is taken; the README's commands use localhost:{port}")
     runner = Runner(work, env)
     try:
         for block in todo:

@@ -105,6 +105,24 @@ class ApiSettings(BaseModel):
         description="API processes (uvicorn workers); above 1, metrics use prometheus-client's multiprocess "
         "mode (`PROMETHEUS_MULTIPROC_DIR`, a fresh temporary directory unless set).",
     )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        description="The address the gRPC front door binds (`taskplatform grpc`, and `dev` with "
+        "`GRPC_ENABLED`).",
+    )
+    grpc_port: int = Field(
+        default=50051, ge=0, le=65535, description="The gRPC front door's port (0: any free)."
+    )
+    grpc_enabled: bool = Field(
+        default=True,
+        description="Whether `taskplatform dev` serves gRPC beside HTTP (`taskplatform grpc` always does).",
+    )
+    grpc_max_message_bytes: int = Field(
+        default=4 * 1_048_576,
+        ge=1024,
+        description="The largest gRPC request one call may send; a larger one is refused "
+        "(RESOURCE_EXHAUSTED).",
+    )
     api_access_log: bool = Field(
         default=True,
         description="One INFO line per API request on the `taskplatform.access` logger (method, route, "

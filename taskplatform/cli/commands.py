@@ -20,7 +20,7 @@ from taskplatform.cli.admin import cmd_token, db_upgrade, topology
 from taskplatform.cli.dlq import add_dlq_parser, run_dlq
 from taskplatform.cli.options import positive_int
 from taskplatform.cli.output import ExitCode, exit_codes_epilog, failure, one_line, quiet_logs
-from taskplatform.cli.serve import cmd_api, cmd_worker, exposure_refused, run_async
+from taskplatform.cli.serve import cmd_api, cmd_grpc, cmd_worker, exposure_refused, run_async
 from taskplatform.cli.workers import add_workers_parser, run_workers
 from taskplatform.settings import PlatformSettings
 
@@ -36,10 +36,13 @@ ROLE_NAMES = ("submitter", "operator", "admin")
 
 def _settings(args: argparse.Namespace) -> PlatformSettings:
     overrides: dict[str, Any] = {}
+    door = "grpc" if args.command == "grpc" else "api"
     for name in ("host", "port"):
         value = getattr(args, name, None)
         if value is not None:
-            overrides[f"api_{name}"] = value
+            overrides[f"{door}_{name}"] = value
+    if getattr(args, "grpc_port", None) is not None:
+        overrides["grpc_port"] = args.grpc_port
     if getattr(args, "api_url", None):
         overrides["api_url"] = args.api_url
     # ``dev`` is the laptop command: open unless the environment asks for authentication.
@@ -67,13 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskplatform", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, text in (
-        ("api", "run the HTTP API (and the outbox relay)"),
-        ("dev", "run API + worker + relay in one process"),
+    for name, text, door in (
+        ("api", "run the HTTP API (and the outbox relay)", "API"),
+        ("dev", "run API + gRPC + worker + relay in one process", "API"),
+        ("grpc", "run the gRPC front door (and the outbox relay)", "GRPC"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--host", help="address to listen on (default: TASKPLATFORM_API_HOST)")
-        p.add_argument("--port", type=int, help="port to listen on (default: TASKPLATFORM_API_PORT)")
+        p.add_argument("--host", help=f"address to listen on (default: TASKPLATFORM_{door}_HOST)")
+        p.add_argument("--port", type=int, help=f"port to listen on (default: TASKPLATFORM_{door}_PORT)")
+        if name == "dev":
+            p.add_argument(
+                "--grpc-port", type=int, help="the gRPC port (default: TASKPLATFORM_GRPC_PORT; 0: any free)"
+            )
         p.add_argument(
             "--insecure-expose-without-auth",
             action="store_true",
@@ -172,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Commands that serve until stopped; the others do one thing and exit.
-SERVERS = frozenset({"api", "dev", "worker"})
+SERVERS = frozenset({"api", "dev", "grpc", "worker"})
 #: Loggers of the RabbitMQ client, which log a refused connection the command reports itself.
 BROKER_CLIENT_LOGGERS = ("aiormq", "aio_pika")
 
@@ -199,7 +207,7 @@ def _report(exc: Exception, args: argparse.Namespace, settings: PlatformSettings
 
 def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
     command = args.command
-    if command in ("api", "dev") and (refusal := exposure_refused(args, settings)) is not None:
+    if command in ("api", "dev", "grpc") and (refusal := exposure_refused(args, settings)) is not None:
         print(f"error: {refusal}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
     if command == "api":
@@ -208,6 +216,8 @@ def _dispatch(args: argparse.Namespace, settings: PlatformSettings) -> int:
         return cmd_api(settings, with_worker=True)
     if command == "worker":
         return cmd_worker(settings)
+    if command == "grpc":
+        return cmd_grpc(settings)
     if command == "token":
         return cmd_token(settings, args)
     runners = {

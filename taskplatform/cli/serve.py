@@ -37,18 +37,23 @@ def is_loopback(host: str) -> bool:
 
 
 def exposure_refused(args: argparse.Namespace, settings: PlatformSettings) -> str | None:
-    """Why ``api`` / ``dev`` must not start: an API without authentication acts as an admin for
-    every caller, so it stays on loopback unless the operator says otherwise in so many words."""
-    if settings.auth != "disabled" or is_loopback(settings.api_host):
+    """Why ``api`` / ``dev`` / ``grpc`` must not start: an API without authentication acts as an
+    admin for every caller, so it stays on loopback unless the operator says otherwise in so many
+    words (``dev`` serves both doors: both hosts count)."""
+    hosts = {"api": [settings.api_host], "grpc": [settings.grpc_host]}.get(args.command)
+    if hosts is None:  # dev
+        hosts = [settings.api_host, *([settings.grpc_host] if settings.grpc_enabled else [])]
+    exposed = [h for h in hosts if not is_loopback(h)]
+    if settings.auth != "disabled" or not exposed:
         return None
     if getattr(args, "insecure_expose_without_auth", False):
         log.warning(
             "authentication is disabled and the API listens on %s: anyone who reaches it is an admin",
-            settings.api_host,
+            exposed[0],
         )
         return None
     return (
-        f"refusing to serve the API on {settings.api_host!r} with authentication disabled: anyone who "
+        f"refusing to serve the API on {exposed[0]!r} with authentication disabled: anyone who "
         "reaches it would act as an admin. Set TASKPLATFORM_AUTH=jwt (with TASKPLATFORM_JWT_SECRET), "
         "bind a loopback address (--host 127.0.0.1), or pass --insecure-expose-without-auth"
     )
@@ -91,7 +96,13 @@ def cmd_api(settings: PlatformSettings, *, with_worker: bool = False) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, with_worker=with_worker, on_setup_failure=stop_serving, settle_heap=True)
+    app = create_app(
+        settings,
+        with_worker=with_worker,
+        on_setup_failure=stop_serving,
+        settle_heap=True,
+        serve_grpc=with_worker and settings.grpc_enabled,
+    )
     server = uvicorn.Server(uvicorn.Config(app, **options))
     with _startup_failure_reported(settings):
         server.run()
@@ -178,6 +189,48 @@ def loop_factory(settings: PlatformSettings) -> Callable[[], asyncio.AbstractEve
 def run_async(settings: PlatformSettings, coro: Coroutine[Any, Any, int | None]) -> int | None:
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         return runner.run(coro)
+
+
+async def run_grpc(settings: PlatformSettings) -> int:
+    """Serve the gRPC front door (and the outbox relay) until SIGTERM/SIGINT, then drain calls
+    in progress for up to ``SHUTDOWN_GRACE_SECONDS`` (0); 1 when it cannot listen or its broker
+    setup fails."""
+    from taskplatform.grpc_api.server import GrpcServer
+    from taskplatform.runtime import Runtime
+
+    runtime = Runtime(settings, role="api")
+    server = GrpcServer(runtime)  # ConfigError for bad authentication settings, before any I/O
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start(wait_for_broker=False)
+    try:
+        try:
+            await server.start()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        settle_startup_heap()
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+        if runtime.setup_error is not None:
+            log.critical(
+                "broker setup failed (%s); exiting so the supervisor restarts this process",
+                runtime.setup_error,
+            )
+            return 1
+        log.info("shutting down: draining gRPC calls (up to %.0fs)", settings.shutdown_grace_seconds)
+        await server.stop(grace=settings.shutdown_grace_seconds)
+        return 0
+    finally:
+        await runtime.stop(grace=settings.shutdown_grace_seconds)
+
+
+def cmd_grpc(settings: PlatformSettings) -> int:
+    return run_async(settings, run_grpc(settings)) or 0
 
 
 def cmd_worker(settings: PlatformSettings) -> int:

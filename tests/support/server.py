@@ -92,6 +92,8 @@ def serving(
     its base URL once /readyz answers, and stops it on exit."""
     port = port or free_port()
     argv = [sys.executable, "-m", "taskplatform.cli", command, "--host", "127.0.0.1", "--port", str(port)]
+    if command == "dev":  # its gRPC door on a free port, so servers of concurrent tests never collide
+        argv += ["--grpc-port", "0"]
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603
             [*argv, *args], cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT

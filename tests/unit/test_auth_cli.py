@@ -183,6 +183,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         (["dev", "--host", "myhost.example"], {}),
         (["dev"], {"TASKPLATFORM_API_HOST": "0.0.0.0"}),
         (["api", "--host", "0.0.0.0"], {"TASKPLATFORM_AUTH": "disabled"}),
+        (["grpc", "--host", "0.0.0.0"], {"TASKPLATFORM_AUTH": "disabled"}),
+        (["dev"], {"TASKPLATFORM_GRPC_HOST": "0.0.0.0"}),  # dev serves gRPC too
     ],
 )
 def test_serving_beyond_loopback_without_authentication_is_refused_with_exit_2(
@@ -212,6 +214,7 @@ def test_serving_beyond_loopback_without_authentication_is_refused_with_exit_2(
         (["dev", "--host", "0.0.0.0"], {"TASKPLATFORM_AUTH": "jwt", "TASKPLATFORM_JWT_SECRET": SECRET}),
         (["api", "--host", "0.0.0.0"], {}),
         (["dev", "--host", "0.0.0.0", "--insecure-expose-without-auth"], {}),
+        (["dev"], {"TASKPLATFORM_GRPC_HOST": "0.0.0.0", "TASKPLATFORM_GRPC_ENABLED": "false"}),
     ],
 )
 def test_loopback_an_authenticated_api_or_the_explicit_override_serves(

@@ -1,0 +1,75 @@
+"""The gRPC server: the ``Tasks`` service, standard health checking (``grpc.health.v1``) and
+server reflection, on ``GRPC_HOST:GRPC_PORT``, over a runtime owned by its caller.
+
+Plain TCP: put a TLS-terminating proxy in front (or bind loopback) as for the HTTP API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from taskplatform.api.auth import Authenticator
+from taskplatform.grpc_api.service import TasksService
+from taskplatform.grpc_api.v1 import tasks_pb2 as pb
+from taskplatform.grpc_api.v1 import tasks_pb2_grpc as pb_grpc
+from taskplatform.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: The full name of the tasks service (health checks and reflection name it).
+TASKS_SERVICE = pb.DESCRIPTOR.services_by_name["Tasks"].full_name
+
+
+class GrpcServer:
+    """One process's gRPC front door: ``start`` binds and serves, ``stop`` drains."""
+
+    def __init__(self, runtime: Runtime, authenticator: Authenticator | None = None) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.authenticator = authenticator or Authenticator.from_settings(settings)
+        self.host = settings.grpc_host
+        self.port = settings.grpc_port
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+            ]
+        )
+        add_tasks: Any = pb_grpc.add_TasksServicer_to_server  # generated, untyped
+        add_tasks(TasksService(runtime, self.authenticator), self._server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        names = (
+            TASKS_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self._server)
+
+    async def start(self) -> int:
+        """Bind and serve; the port bound (the one asked for, or the one found for port 0).
+        RuntimeError when it cannot bind."""
+        address = f"{self.host}:{self.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the gRPC server cannot listen on {address}: {exc}") from exc
+        await self._server.start()
+        for service in ("", TASKS_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC serving on %s:%d (%s, health, reflection)", self.host, self.port, TASKS_SERVICE)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Say NOT_SERVING, refuse new calls, let calls in progress finish for up to ``grace``
+        seconds, then cancel the rest."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
