@@ -295,7 +295,8 @@ class PlatformSettings(WorkerSettings, ApiSettings, BaseSettings):
         default=None,
         ge=0,
         le=65535,
-        description="Workers serve Prometheus metrics on this port; the API serves /metrics on its own port.",
+        description="Workers and `taskplatform grpc` serve Prometheus metrics on this port; the API serves "
+        "/metrics on its own port.",
     )
     metrics_host: str = Field(
         default="127.0.0.1",

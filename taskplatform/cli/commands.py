@@ -59,7 +59,7 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
 
 # ---------------------------------------------------------------- parser
 DESCRIPTION = """\
-Run the platform (api, worker, dev), submit and follow tasks, handle dead letters, list the
+Run the platform (api, grpc, worker, dev), submit and follow tasks, handle dead letters, list the
 workers, check the RabbitMQ topology and the store schema. Settings come from TASKPLATFORM_*
 environment variables: the servers read the broker, store and authentication settings; the
 commands that call the API read TASKPLATFORM_API_URL and TASKPLATFORM_TOKEN. A failure is one

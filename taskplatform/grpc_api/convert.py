@@ -21,7 +21,7 @@ from taskplatform.grpc_api.v1 import tasks_pb2 as pb
 from taskplatform.models import MAX_PRIORITY, BackgroundTask, ErrorInfo, TaskStatus
 from taskplatform.models.target import TaskTarget
 from taskplatform.models.task import SubTaskStatusSummary
-from taskplatform.storable import MAX_TAGS
+from taskplatform.storable import MAX_NESTING, MAX_TAGS
 from taskplatform.store.types import MAX_PAGE_SIZE, TaskFilter
 from taskplatform.submission import SubmitRequest
 
@@ -129,6 +129,8 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidInputError((field,), f"not JSON: {exc}") from None
+    except RecursionError:  # nested past what the parser takes; the storable limit is far lower
+        raise InvalidInputError((field,), f"nested deeper than {MAX_NESTING} levels") from None
     if not isinstance(value, dict):
         raise InvalidInputError((field,), f"a JSON object is needed, not {type(value).__name__}")
     return value

@@ -10,19 +10,51 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taskplatform.api.auth import Authenticator
-from taskplatform.grpc_api.service import TasksService
+from taskplatform.grpc_api import metrics as grpc_metrics
+from taskplatform.grpc_api.service import TasksService, lenient
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
-from taskplatform.grpc_api.v1 import tasks_pb2_grpc as pb_grpc
+from taskplatform.metrics.registry import Metrics
 from taskplatform.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 #: The full name of the tasks service (health checks and reflection name it).
 TASKS_SERVICE = pb.DESCRIPTOR.services_by_name["Tasks"].full_name
+
+
+def method_handlers(servicer: TasksService, metrics: Metrics | None = None) -> dict[str, Any]:
+    """The service's handlers, as the generated ``add_TasksServicer_to_server`` makes them but
+    with a request parser that never raises: a request protobuf cannot parse (nested past its
+    100 levels, or not this message at all) reaches the method as ``Malformed``, which answers
+    INVALID_ARGUMENT, instead of failing inside gRPC."""
+    handlers: dict[str, Any] = {}
+    methods = pb.DESCRIPTOR.services_by_name["Tasks"].methods
+    if metrics is not None:
+        grpc_metrics.prepare(metrics, TASKS_SERVICE, {m.name: m.server_streaming for m in methods})
+    for method in methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        behavior = getattr(servicer, method.name)
+        if metrics is not None:
+            labels = (grpc_metrics.kind(method.server_streaming), TASKS_SERVICE, method.name)
+            measure = grpc_metrics.measured_stream if method.server_streaming else grpc_metrics.measured_unary
+            behavior = measure(behavior, metrics, labels)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            behavior,
+            request_deserializer=lenient(request),
+            response_serializer=response.SerializeToString,
+        )
+    return handlers
 
 
 class GrpcServer:
@@ -40,8 +72,11 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
             ]
         )
-        add_tasks: Any = pb_grpc.add_TasksServicer_to_server  # generated, untyped
-        add_tasks(TasksService(runtime, self.authenticator), self._server)
+        handlers = method_handlers(TasksService(runtime, self.authenticator), runtime.metrics)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(TASKS_SERVICE, handlers),)
+        )
+        self._server.add_registered_method_handlers(TASKS_SERVICE, handlers)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         names = (

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 from taskplatform.api.auth import Authenticator, role_refusal
@@ -43,6 +44,37 @@ class RequestInvalid(Exception):
     def __init__(self, refusal: Refusal) -> None:
         self.refusal = refusal
         super().__init__(refusal.message)
+
+
+class Malformed:
+    """A request protobuf could not parse; the method answers INVALID_ARGUMENT."""
+
+    def __init__(self, message: str, why: str) -> None:
+        self.message = message
+        self.why = why
+
+
+def lenient(message: Any) -> Callable[[bytes], Any]:
+    """A request parser for ``message`` that returns ``Malformed`` instead of raising."""
+    name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except (DecodeError, RecursionError) as exc:
+            return Malformed(name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def parsed(request: Any) -> None:
+    """RequestInvalid when ``request`` is ``Malformed``."""
+    if isinstance(request, Malformed):
+        why = (
+            f"the request cannot be parsed as {request.message} ({request.why}): nested over 100 "
+            "levels, or not this message"
+        )
+        raise RequestInvalid(Refusal(grpc.StatusCode.INVALID_ARGUMENT, why))
 
 
 def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -81,12 +113,13 @@ class TasksService(pb_grpc.TasksServicer):
         return principal
 
     async def _answer(
-        self, context: grpc.aio.ServicerContext, body: Callable[[Principal], Awaitable[T]]
+        self, request: Any, context: grpc.aio.ServicerContext, body: Callable[[Principal], Awaitable[T]]
     ) -> T:
-        """Authenticate, check the role, run ``body`` within the deadline; a refusal ends the
-        call with its status (a bug: INTERNAL, logged)."""
+        """Authenticate, check the role and that ``request`` parsed, run ``body`` within the
+        deadline; a refusal ends the call with its status (a bug: INTERNAL, logged)."""
         try:
             principal = self._caller(context)
+            parsed(request)
             async with asyncio.timeout(context.time_remaining()):
                 return await body(principal)
         except TimeoutError:
@@ -103,6 +136,7 @@ class TasksService(pb_grpc.TasksServicer):
         runs until then, or until the caller cancels it or its deadline passes."""
         try:
             principal = self._caller(context)
+            parsed(request)
             task_id = convert.task_id(request.task_id)
 
             async def read() -> BackgroundTask:
@@ -135,7 +169,7 @@ class TasksService(pb_grpc.TasksServicer):
                 published=submitted.published,
             )
 
-        return await self._answer(context, create)
+        return await self._answer(request, context, create)
 
     async def _charge(
         self, principal: Principal, context: grpc.aio.ServicerContext, task_type: str, parameters: Any
@@ -155,7 +189,7 @@ class TasksService(pb_grpc.TasksServicer):
             task = await self._commands.find(convert.task_id(request.task_id), principal)
             return convert.task_message(shown(principal, task))
 
-        return await self._answer(context, get)
+        return await self._answer(request, context, get)
 
     async def GetTaskStatus(  # noqa: N802
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
@@ -164,7 +198,7 @@ class TasksService(pb_grpc.TasksServicer):
             task = await self._commands.find(convert.task_id(request.task_id), principal)
             return convert.status_reply(shown(principal, task))
 
-        return await self._answer(context, status)
+        return await self._answer(request, context, status)
 
     async def ListTasks(  # noqa: N802
         self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext
@@ -178,7 +212,7 @@ class TasksService(pb_grpc.TasksServicer):
             filters = visible_filter(principal, convert.list_filter(query))
             return await self._page(principal, filters, limit, query.cursor, request.summary)
 
-        return await self._answer(context, page)
+        return await self._answer(request, context, page)
 
     async def _page(
         self, principal: Principal, filters: Any, limit: int, cursor: str | None, summary: bool
@@ -217,7 +251,7 @@ class TasksService(pb_grpc.TasksServicer):
                 cancel_requested=task.cancel_requested,
             )
 
-        return await self._answer(context, cancel)
+        return await self._answer(request, context, cancel)
 
 
 def _answer_to(exc: Exception) -> Refusal:

@@ -234,6 +234,26 @@ class Metrics:
             buckets=API_BUCKETS,
             registry=r,
         )
+        # the conventional gRPC server series (grpc-ecosystem/go-grpc-prometheus names and labels)
+        self.grpc_started = Counter(
+            "grpc_server_started",
+            "gRPC calls started on this server, by method.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=r,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "gRPC calls ended on this server, by method and status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.grpc_handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from a gRPC call's start to its end (a stream: its whole life), by method.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
 
     def prepare(self, task_types: Iterable[str]) -> None:
         """Create the series of the known task types at zero, so a first increment shows in

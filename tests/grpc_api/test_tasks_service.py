@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 ALICE = token("alice")
 BOB = token("bob")
+CAROL = token("carol")  # only the crafted-input test submits as carol
 ADA = token("ada", "admin")
 NOBODY = token("nora", "viewer")  # a role below submitter
 WAITING = (pb.TASK_STATUS_QUEUED, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_RETRYING)
@@ -298,6 +299,24 @@ async def test_unavailable_when_the_store_is_cut(serve: Serve, own_postgres_data
         await proxy.close()
 
 
+async def test_crafted_input_is_refused_as_invalid_or_too_large_and_stores_nothing(front: Front) -> None:
+    nul = await refused(front.create(CAROL, task_type="test_noop", tags=["a\x00b"]))
+    assert nul.code() == grpc.StatusCode.INVALID_ARGUMENT
+    nul_key = await refused(front.create(CAROL, idempotency_key="k\x00"))
+    assert nul_key.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in violations(nul_key)
+    deep = "[" * 5000 + "]" * 5000
+    nested = await refused(front.create(CAROL, parameters_json=f'{{"x": {deep}}}'))
+    assert nested.code() == grpc.StatusCode.INVALID_ARGUMENT
+    huge = await refused(front.create(CAROL, parameters_json=json.dumps({"x": "y" * (5 * 1_048_576)})))
+    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # past GRPC_MAX_MESSAGE_BYTES
+    mode = pb.TaskTarget(mode="sideways")
+    mode.labels.update({"role": "db"})
+    bad_target = await refused(front.create(CAROL, target=mode))
+    assert bad_target.code() == grpc.StatusCode.INVALID_ARGUMENT and "target.mode" in violations(bad_target)
+    listed = await front.stub.ListTasks(pb.ListTasksRequest(user_id="carol"), metadata=auth(ADA))
+    assert len(listed.tasks) == 0  # nothing of the above was stored
+
+
 # ------------------------------------------------------------------ listing, cancelling
 async def test_list_tasks_pages_with_a_cursor_and_shows_a_submitter_its_own(front: Front) -> None:
     mine = [(await front.create(tags=["page"], parameters_json="{}")).task_id for _ in range(5)]
@@ -414,3 +433,68 @@ async def _first(stream: Any) -> Any:
     async for item in stream:
         return item
     return None
+
+
+async def test_a_struct_nested_past_protobufs_limit_is_invalid_not_internal(front: Front) -> None:
+    """A CreateTaskRequest whose Struct nests 200 levels (protobuf parses at most 100), written
+    byte by byte: no protobuf library builds one."""
+    body = pb.CreateTaskRequest(task_type="test_noop").SerializeToString() + _field(2, _struct(200))
+    call = front.channel.unary_unary("/taskplatform.v1.Tasks/CreateTask")
+    deep = await refused(call(body, metadata=auth(ALICE), timeout=10))
+    assert deep.code() == grpc.StatusCode.INVALID_ARGUMENT, deep
+    assert "cannot be parsed" in deep.details()
+
+
+def _struct(depth: int) -> bytes:
+    """A Struct ``{"a": {"a": ... {}}}`` ``depth`` levels deep, encoded."""
+    inner = b""
+    for _ in range(depth):
+        value = _field(5, inner)  # Value.struct_value
+        entry = _field(1, b"a") + _field(2, value)  # map entry: key, value
+        inner = _field(1, entry)  # Struct.fields
+    return inner
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if not n:
+            return out + bytes([byte])
+        out += bytes([byte | 0x80])
+
+
+async def test_every_call_is_counted_by_method_and_code_from_zero(front: Front) -> None:
+    registry = front.runtime.metrics.registry
+
+    def handled(method: str, code: str, kind: str = "unary") -> float | None:
+        labels = {"grpc_type": kind, "grpc_service": TASKS_SERVICE, "grpc_method": method, "grpc_code": code}
+        return registry.get_sample_value("grpc_server_handled_total", labels)
+
+    assert handled("CancelTask", "FAILED_PRECONDITION") == 0.0  # there before any call
+    assert handled("WatchTask", "OK", "server_stream") == 0.0
+    created = await front.create(parameters_json="{}")
+    await refused(front.status("no-such-task"))
+    await front.ended(created.task_id)
+    [_ async for _ in _updates(front, created.task_id)]
+    await refused(front.stub.GetTaskStatus(pb.GetTaskRequest(task_id="x")))  # no token
+    assert handled("CreateTask", "OK") == 1.0
+    assert handled("GetTaskStatus", "NOT_FOUND") == 1.0
+    assert handled("GetTaskStatus", "UNAUTHENTICATED") == 1.0
+    assert (handled("GetTaskStatus", "OK") or 0) >= 1.0
+    assert handled("WatchTask", "OK", "server_stream") == 1.0
+    started = registry.get_sample_value(
+        "grpc_server_started_total",
+        {"grpc_type": "unary", "grpc_service": TASKS_SERVICE, "grpc_method": "CreateTask"},
+    )
+    assert started == 1.0
+    count = registry.get_sample_value(
+        "grpc_server_handling_seconds_count",
+        {"grpc_type": "unary", "grpc_service": TASKS_SERVICE, "grpc_method": "CreateTask"},
+    )
+    assert count == 1.0
