@@ -95,7 +95,8 @@ class TaskCommands:
         metrics: Metrics | None = None,
         registry: ExecutableRegistry | None = None,
     ) -> None:
-        self._registry = registry
+        # the submitter's when not given: never "no registry, so no role is checked"
+        self._registry = registry if registry is not None else submitter.registry
         self._store = store
         self._submitter = submitter
         self._dead_letters = dead_letters
@@ -308,10 +309,10 @@ class TaskCommands:
         return await self._dead_letters.discard(record_id, actor=actor)
 
 
-def submit_refusal(principal: Principal, registry: ExecutableRegistry | None, task_type: str) -> str | None:
+def submit_refusal(principal: Principal, registry: ExecutableRegistry, task_type: str) -> str | None:
     """Why ``principal`` may not submit ``task_type`` (its executable's ``submit_role``), or None.
     Unknown types pass here: validation names them."""
-    if registry is None or task_type not in registry:
+    if task_type not in registry:
         return None
     role = registry.get(task_type).submit_role
     if role is None or principal.has(role):

@@ -118,7 +118,7 @@ class ApiSettings(BaseModel):
         description="Whether `taskplatform dev` serves gRPC beside HTTP (`taskplatform grpc` always does).",
     )
     grpc_max_message_bytes: int = Field(
-        default=4 * 1_048_576,
+        default=1_048_576,
         ge=1024,
         description="The largest gRPC request one call may send; a larger one is refused "
         "(RESOURCE_EXHAUSTED).",

@@ -170,6 +170,11 @@ class TaskSubmitter:
             updated_at=now,
         )
 
+    @property
+    def registry(self) -> ExecutableRegistry:
+        """The task types this submitter validates against."""
+        return self._registry
+
     async def submit(self, request: SubmitRequest, *, idempotency_key: str | None = None) -> Submitted:
         """Validate, store and publish one task.
 

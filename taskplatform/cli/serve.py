@@ -205,12 +205,14 @@ async def run_grpc(settings: PlatformSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start(wait_for_broker=False)
+    serving = False
     try:
         try:
             await server.start()
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        serving = True
         settle_startup_heap()
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -223,9 +225,10 @@ async def run_grpc(settings: PlatformSettings) -> int:
             )
             return 1
         log.info("shutting down: draining gRPC calls (up to %.0fs)", settings.shutdown_grace_seconds)
-        await server.stop(grace=settings.shutdown_grace_seconds)
         return 0
     finally:
+        if serving:
+            await server.stop(grace=settings.shutdown_grace_seconds)
         await runtime.stop(grace=settings.shutdown_grace_seconds)
 
 

@@ -48,9 +48,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a JSON object."""
-    return dict(_plain(json_format.MessageToDict(struct)))
+def from_struct(struct: struct_pb2.Struct, field: str = "parameters") -> dict[str, Any]:
+    """A Struct as a JSON object; InvalidInputError for what JSON cannot hold (NaN, infinity)."""
+    try:
+        return dict(_plain(json_format.MessageToDict(struct)))
+    except ValueError as exc:
+        raise InvalidInputError((field,), f"not JSON: {exc}") from None
+
+
+#: JSON levels a reply's Struct carries at most: each takes 3 protobuf levels, and a client
+#: parses 100 (the task message's own levels included). Deeper bodies go as JSON text.
+STRUCT_DEPTH = 30
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > STRUCT_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def body_into(value: dict[str, Any] | None, message: Any, name: str) -> None:
+    """``value`` into ``message``'s Struct ``name``, or, nested deeper than a client parses, into
+    its text field ``name_json``."""
+    if value is None:
+        return
+    if _depth(value) > STRUCT_DEPTH:
+        setattr(message, f"{name}_json", json.dumps(value, separators=(",", ":")))
+    else:
+        to_struct(value, getattr(message, name))
 
 
 def to_struct(value: dict[str, Any] | None, into: struct_pb2.Struct) -> None:
@@ -99,7 +128,7 @@ def submit_request(request: pb.CreateTaskRequest) -> SubmitRequest:
     if request.tags:
         body["tags"] = list(request.tags)
     if request.HasField("metadata"):
-        body["metadata"] = from_struct(request.metadata)
+        body["metadata"] = from_struct(request.metadata, "metadata")
     if request.HasField("user_id"):
         body["user_id"] = request.user_id
     if request.HasField("target"):
@@ -166,7 +195,10 @@ class ListQuery(BaseModel):
 
 
 def list_query(request: pb.ListTasksRequest) -> ListQuery:
-    """The request's filters (empty fields filter nothing); ValidationError when out of bounds."""
+    """The request's filters (empty fields filter nothing); ValidationError when out of bounds,
+    InvalidInputError for a status number the enum does not have."""
+    if request.status and request.status not in PB_TO_STATUS:
+        raise InvalidInputError(("status",), f"no task status has the number {request.status}")
     return ListQuery.model_validate(
         {
             "status": PB_TO_STATUS.get(request.status),
@@ -222,10 +254,8 @@ def task_message(task: BackgroundTask, *, summary: bool = False) -> pb.Task:
         if value is not None:
             setattr(out, name, value)
     if not summary:
-        to_struct(task.parameters, out.parameters)
-        to_struct(task.progress, out.progress)
-        to_struct(task.result, out.result)
-        to_struct(task.metadata, out.metadata)
+        for name in ("parameters", "progress", "result", "metadata"):
+            body_into(getattr(task, name), out, name)
     if task.error_info is not None:
         out.error_info.CopyFrom(error_message(task.error_info))
     for name in _TIMES:
@@ -263,8 +293,8 @@ def target_message(target: TaskTarget) -> pb.TaskTarget:
 def status_reply(task: BackgroundTask) -> pb.TaskStatusReply:
     """``GetTaskStatus``: status, result, error, progress and children counts."""
     out = pb.TaskStatusReply(task_id=task.id, status=STATUS_TO_PB[task.status])
-    to_struct(task.result, out.result)
-    to_struct(task.progress, out.progress)
+    body_into(task.result, out, "result")
+    body_into(task.progress, out, "progress")
     if task.error_info is not None:
         out.error_message = task.error_info.message
         out.error.CopyFrom(error_message(task.error_info))

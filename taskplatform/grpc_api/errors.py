@@ -10,7 +10,7 @@ input a ``google.rpc.BadRequest`` naming the fields (in ``grpc-status-details-bi
 | task finished (cancel) | 409 | FAILED_PRECONDITION |
 | idempotency key used with another request | 422 ``idempotency_key_reused`` | ALREADY_EXISTS |
 | submit rate limit | 429 | RESOURCE_EXHAUSTED (with ``google.rpc.RetryInfo``) |
-| store unreachable | 503 | UNAVAILABLE |
+| store unreachable (a watch: the broker too) | 503 | UNAVAILABLE |
 | anything else (a bug) | 500 | INTERNAL, logged |
 """
 
@@ -29,7 +29,14 @@ from pydantic import ValidationError
 from taskplatform.api.auth import rejection
 from taskplatform.auth import AuthenticationError
 from taskplatform.commands import CommandForbidden, TaskConflict, TaskNotFound
-from taskplatform.errors import InvalidInputError, StoreError, UnknownTaskTypeError, UnreachableTargetError
+from taskplatform.errors import (
+    TRANSIENT_BROKER_ERRORS,
+    BrokerError,
+    InvalidInputError,
+    StoreError,
+    UnknownTaskTypeError,
+    UnreachableTargetError,
+)
 from taskplatform.ratelimit.submissions import SubmissionsLimited, SubmissionTooHeavy
 from taskplatform.store.base import InvalidCursorError
 from taskplatform.submission import IdempotencyKeyReusedError
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 
 #: What a store outage answers, as HTTP's 503 says it.
 STORE_DOWN = "the task store is unavailable; retry later"
+BROKER_DOWN = "the message broker is unavailable; retry later"
 
 
 @dataclass
@@ -118,4 +126,7 @@ def refusal_of(exc: BaseException) -> Refusal | None:  # noqa: C901  (one answer
     if isinstance(exc, StoreError):
         log.error("store error: %s", exc)
         return Refusal(grpc.StatusCode.UNAVAILABLE, STORE_DOWN)
+    if isinstance(exc, (BrokerError, *TRANSIENT_BROKER_ERRORS)):  # a watch needs the broker
+        log.error("broker error: %s", exc)
+        return Refusal(grpc.StatusCode.UNAVAILABLE, BROKER_DOWN)
     return None

@@ -70,9 +70,11 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
-            ]
+            ],
+            maximum_concurrent_rpcs=settings.api_max_connections,  # beyond: RESOURCE_EXHAUSTED
         )
-        handlers = method_handlers(TasksService(runtime, self.authenticator), runtime.metrics)
+        self.service = TasksService(runtime, self.authenticator)
+        handlers = method_handlers(self.service, runtime.metrics)
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(TASKS_SERVICE, handlers),)
         )
@@ -105,6 +107,7 @@ class GrpcServer:
         seconds, then cancel the rest."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        await self.service.tap.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -101,7 +101,7 @@ class TasksService(pb_grpc.TasksServicer):
         self._runtime = runtime
         self._commands = runtime.commands
         self._authenticator = authenticator
-        self._tap = EventTap(runtime.broker, runtime.topology.events_exchange)
+        self.tap = EventTap(runtime.broker, runtime.topology.events_exchange)
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Principal:
         """The authenticated caller, if it holds the submitter role (AuthenticationError,
@@ -142,7 +142,7 @@ class TasksService(pb_grpc.TasksServicer):
             async def read() -> BackgroundTask:
                 return shown(principal, await self._commands.find(task_id, principal))
 
-            async for update in watch(self._tap, task_id, read):
+            async for update in watch(self.tap, task_id, read):
                 yield update
             return
         except Exception as exc:
@@ -160,7 +160,8 @@ class TasksService(pb_grpc.TasksServicer):
                 raise RequestInvalid(invalid(exc)) from None
             key = convert.idempotency_key(request.idempotency_key)
             await self._charge(principal, context, submit.task_type, submit.parameters)
-            submitted = await self._commands.submit(submit, principal, idempotency_key=key)
+            # shielded: a deadline or a caller gone mid-way must not cut a stored task from its audit
+            submitted = await asyncio.shield(self._commands.submit(submit, principal, idempotency_key=key))
             task = submitted.task
             return pb.CreateTaskResponse(
                 task_id=task.id,
@@ -244,7 +245,7 @@ class TasksService(pb_grpc.TasksServicer):
         self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelTaskResponse:
         async def cancel(principal: Principal) -> pb.CancelTaskResponse:
-            task = await self._commands.cancel(convert.task_id(request.task_id), principal)
+            task = await asyncio.shield(self._commands.cancel(convert.task_id(request.task_id), principal))
             return pb.CancelTaskResponse(
                 task_id=task.id,
                 status=convert.STATUS_TO_PB[task.status],

@@ -20,7 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from taskplatform.events.external import ExternalTaskEvent
@@ -46,6 +46,7 @@ class EventTap:
         self._exchange = exchange
         self._watches: dict[str, set[asyncio.Queue[ExternalTaskEvent | None]]] = defaultdict(set)
         self._queue: AbstractQueue | None = None
+        self._channel: AbstractChannel | None = None
         self._starting = asyncio.Lock()
         self.received = 0
 
@@ -56,10 +57,24 @@ class EventTap:
             if self._queue is not None:
                 return
             channel = await self._broker.channel()
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(self._exchange, routing_key="task.#")
-            await queue.consume(self._on_message, no_ack=True)
+            try:
+                queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+                await queue.bind(self._exchange, routing_key="task.#")
+                await queue.consume(self._on_message, no_ack=True)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
+            self._channel = channel
             self._queue = queue
+
+    async def close(self) -> None:
+        """Stop consuming (the queue goes with its channel: exclusive, auto-delete)."""
+        async with self._starting:
+            channel, self._channel, self._queue = self._channel, None, None
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.received += 1

@@ -109,6 +109,27 @@ def report(kind: str, store: str, figures: IdleFigures, raw: RawBaseline) -> Non
     )
 
 
+async def wait_grpc_serving(server: Server, timeout: float = 60.0) -> None:
+    """Until the server's gRPC health check says SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    assert server.base is not None
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(server.base) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert server.process.poll() is None, f"{server.name} exited; see {server.log}"
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            assert time.monotonic() < deadline, f"{server.name} not serving within {timeout:.0f}s"
+            await asyncio.sleep(0.2)
+
+
 async def measure(kind: str, store: str, args: argparse.Namespace, raw: RawBaseline, log_dir: Path) -> None:
     """One server on its own: a fresh store and topology, started with its defaults (the
     harness's broker, store, prefix and executors; log level WARNING), ready, settled, sampled."""
@@ -120,7 +141,7 @@ async def measure(kind: str, store: str, args: argparse.Namespace, raw: RawBasel
             env = server_env(
                 bench.env,
                 outbox_relay_enabled=None,  # the harness turns the relay off; idle means defaults
-                auth="disabled" if kind == "api" else None,
+                auth="disabled" if kind in ("api", "grpc") else None,
                 load_entry_points="true" if args.entry_points else "false",
             )
             server = start_server(kind, env, log_dir)
@@ -129,6 +150,8 @@ async def measure(kind: str, store: str, args: argparse.Namespace, raw: RawBasel
                     queue = bench.runtime.topology.queue_for("bench_noop")
                     assert queue is not None
                     await wait_consumers(queue, 1, [server])
+                elif kind == "grpc":
+                    await wait_grpc_serving(server)
                 else:
                     await wait_http_ready(server)
                 await asyncio.sleep(args.settle)
@@ -173,7 +196,7 @@ def parse_args() -> argparse.Namespace:
         "--servers",
         type=lambda v: [s.strip() for s in v.split(",")],
         default=["dev", "api", "worker"],
-        help="comma-separated: dev,api,worker",
+        help="comma-separated: dev,api,grpc,worker",
     )
     p.add_argument("--entry-points", action="store_true", help="also load the reference executors")
     p.add_argument("--raw-n", type=int, default=10000, help="messages of the raw aio-pika loop")

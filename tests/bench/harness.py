@@ -186,8 +186,8 @@ MEMPROBE_ENV = "BENCH_MEMPROBE_DIR"
 
 
 def start_server(command: str, env: dict[str, str], log_dir: Path, *, name: str | None = None) -> Server:
-    """``taskplatform <command>`` (api, dev, worker) as a child process, output to a log file in
-    ``log_dir``; api and dev listen on a free port of 127.0.0.1."""
+    """``taskplatform <command>`` (api, dev, grpc, worker) as a child process, output to a log file
+    in ``log_dir``; api, dev and grpc listen on free ports of 127.0.0.1."""
     name = name or command
     argv = [sys.executable, "-m", "taskplatform.cli", command]
     probe_dir = env.get(MEMPROBE_ENV)
@@ -198,6 +198,12 @@ def start_server(command: str, env: dict[str, str], log_dir: Path, *, name: str 
         port = free_port()
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
+    if command == "dev":  # its gRPC door too, on a port of its own
+        argv += ["--grpc-port", str(free_port())]
+    if command == "grpc":
+        port = free_port()
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+        base = f"127.0.0.1:{port}"  # a gRPC target, not a URL
     log = log_dir / f"{name}.log"
     env = {**env, "TASKPLATFORM_NODE_ID": f"bench-{name}"}
     with log.open("wb") as out:

@@ -307,8 +307,15 @@ async def test_crafted_input_is_refused_as_invalid_or_too_large_and_stores_nothi
     deep = "[" * 5000 + "]" * 5000
     nested = await refused(front.create(CAROL, parameters_json=f'{{"x": {deep}}}'))
     assert nested.code() == grpc.StatusCode.INVALID_ARGUMENT
-    huge = await refused(front.create(CAROL, parameters_json=json.dumps({"x": "y" * (5 * 1_048_576)})))
-    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # past GRPC_MAX_MESSAGE_BYTES
+    # 2 MiB: past GRPC_MAX_MESSAGE_BYTES (1 MiB, HTTP's body limit), within gRPC's own 4 MiB
+    huge = await refused(front.create(CAROL, parameters_json=json.dumps({"x": "y" * (2 * 1_048_576)})))
+    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    not_a_number = pb.CreateTaskRequest(task_type="test_noop")
+    not_a_number.parameters.update({"value": float("nan")})
+    nan = await refused(front.stub.CreateTask(not_a_number, metadata=auth(CAROL)))
+    assert nan.code() == grpc.StatusCode.INVALID_ARGUMENT and "parameters" in violations(nan)
+    odd_status = await refused(front.stub.ListTasks(pb.ListTasksRequest(status=99), metadata=auth(CAROL)))
+    assert odd_status.code() == grpc.StatusCode.INVALID_ARGUMENT and "status" in violations(odd_status)
     mode = pb.TaskTarget(mode="sideways")
     mode.labels.update({"role": "db"})
     bad_target = await refused(front.create(CAROL, target=mode))
@@ -498,3 +505,45 @@ async def test_every_call_is_counted_by_method_and_code_from_zero(front: Front) 
         {"grpc_type": "unary", "grpc_service": TASKS_SERVICE, "grpc_method": "CreateTask"},
     )
     assert count == 1.0
+
+
+async def test_a_body_nested_deeper_than_a_struct_carries_comes_as_json_text(front: Front) -> None:
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(40):  # stored fine (64 levels at most), 120 protobuf levels as a Struct
+        deep = {"a": deep}
+    r = await front.http.post(
+        "/api/v1/tasks", json={"task_type": "test_noop", "metadata": deep}, headers=bearer(ALICE)
+    )
+    assert r.status_code == 201, r.text
+    task_id = r.json()["task_id"]
+    task = await front.stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=auth(ALICE))
+    assert not task.HasField("metadata") and json.loads(task.metadata_json) == deep
+    listed = await front.stub.ListTasks(pb.ListTasksRequest(), metadata=auth(ALICE))
+    assert task_id in [t.id for t in listed.tasks]  # the page parses too
+
+
+async def test_a_submitter_sees_no_traceback_or_node_an_operator_does_as_over_http(front: Front) -> None:
+    failed = (await front.create(task_type="test_boom", parameters_json='{"value": 3}')).task_id
+    await front.ended(failed)
+    mine = await front.stub.GetTask(pb.GetTaskRequest(task_id=failed), metadata=auth(ALICE))
+    ops = await front.stub.GetTask(
+        pb.GetTaskRequest(task_id=failed), metadata=auth(token("olga", "operator"))
+    )
+    assert mine.error_info.message == ops.error_info.message == "boom 3"
+    assert not mine.error_info.HasField("traceback") and not mine.error_info.HasField("node_id")
+    assert "ValueError" in ops.error_info.traceback and ops.error_info.node_id
+    http = (await front.http.get(f"/api/v1/tasks/{failed}", headers=bearer(ALICE))).json()["error_info"]
+    assert http["traceback"] is None and http["node_id"] is None
+    listed = await front.stub.ListTasks(pb.ListTasksRequest(task_type="test_boom"), metadata=auth(ALICE))
+    assert all(not t.error_info.HasField("traceback") for t in listed.tasks)
+
+
+async def test_grpc_submissions_and_cancels_are_in_the_audit_log(front: Front) -> None:
+    task_id = (await front.create(task_type="test_cooperative", parameters_json="{}")).task_id
+    await front.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id), metadata=auth(ALICE))
+    r = await front.http.get(
+        "/api/v1/audit", params={"task_id": task_id}, headers=bearer(token("olga", "operator"))
+    )
+    assert r.status_code == 200, r.text
+    actions = sorted((e["actor"], e["action"], e["outcome"]) for e in r.json()["items"])
+    assert actions == [("alice", "cancel", "ok"), ("alice", "submit", "ok")]

@@ -132,7 +132,7 @@ class SubTaskSummary(_message.Message):
     def __init__(self, total: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., completed: _Optional[int] = ..., completed_with_errors: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., dead_letter: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "user_id", "task_type", "status", "parameters", "progress", "result", "error_info", "created_at", "updated_at", "started_at", "completed_at", "retry_count", "last_attempt_at", "next_attempt_at", "execution_node_id", "parent_task_id", "sub_task_status_summary", "version", "priority", "tags", "metadata", "idempotency_key", "cancel_requested", "replays", "target")
+    __slots__ = ("id", "user_id", "task_type", "status", "parameters", "progress", "result", "error_info", "created_at", "updated_at", "started_at", "completed_at", "retry_count", "last_attempt_at", "next_attempt_at", "execution_node_id", "parent_task_id", "sub_task_status_summary", "version", "priority", "tags", "metadata", "idempotency_key", "cancel_requested", "replays", "target", "parameters_json", "progress_json", "result_json", "metadata_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,10 @@ class Task(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     REPLAYS_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     user_id: str
     task_type: str
@@ -185,10 +189,14 @@ class Task(_message.Message):
     cancel_requested: bool
     replays: int
     target: TaskTarget
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_info: _Optional[_Union[ErrorInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_count: _Optional[int] = ..., last_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_node_id: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., sub_task_status_summary: _Optional[_Union[SubTaskSummary, _Mapping]] = ..., version: _Optional[int] = ..., priority: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., replays: _Optional[int] = ..., target: _Optional[_Union[TaskTarget, _Mapping]] = ...) -> None: ...
+    parameters_json: str
+    progress_json: str
+    result_json: str
+    metadata_json: str
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_info: _Optional[_Union[ErrorInfo, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_count: _Optional[int] = ..., last_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_node_id: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., sub_task_status_summary: _Optional[_Union[SubTaskSummary, _Mapping]] = ..., version: _Optional[int] = ..., priority: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., replays: _Optional[int] = ..., target: _Optional[_Union[TaskTarget, _Mapping]] = ..., parameters_json: _Optional[str] = ..., progress_json: _Optional[str] = ..., result_json: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class TaskStatusReply(_message.Message):
-    __slots__ = ("task_id", "status", "result", "error_message", "error", "progress", "children", "updated_at")
+    __slots__ = ("task_id", "status", "result", "error_message", "error", "progress", "children", "updated_at", "result_json", "progress_json")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +205,8 @@ class TaskStatusReply(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_JSON_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     status: TaskStatus
     result: _struct_pb2.Struct
@@ -205,7 +215,9 @@ class TaskStatusReply(_message.Message):
     progress: _struct_pb2.Struct
     children: SubTaskSummary
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_message: _Optional[str] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., progress: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., children: _Optional[_Union[SubTaskSummary, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    result_json: str
+    progress_json: str
+    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_message: _Optional[str] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., progress: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., children: _Optional[_Union[SubTaskSummary, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_json: _Optional[str] = ..., progress_json: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("status", "task_type", "user_id", "parent_task_id", "priority", "tags", "limit", "cursor", "summary")
