@@ -338,7 +338,7 @@ def main() -> int:
         raise SystemExit(f"readme-check: placeholders in blocks that run: {unfilled}")
     for port in (PORT, GRPC_PORT):
         if not port_free(port):
-            raise SystemExit(f"readme-check: port {port} is taken; the README's commands use localhost:{port}")
+            raise SystemExit(f"readme-check: port {port} is taken; the README's commands use it")
     runner = Runner(work, env)
     try:
         for block in todo:
