@@ -109,9 +109,11 @@ async def test_a_worker_whose_clock_is_off_by_70s_runs_long_tasks_without_takeov
                 **{k: str(v) for k, v in quick.items()},
             )
         try:
-            # the process sees its clock off: it measured the store's clock the other way round
+            # the process sees its clock off: it measured the store's clock the other way round.
+            # The wait is the process's start under faketime and coverage, not a bound under test:
+            # a full run on a slow host took over 30 s (alone, the whole test takes about 20 s)
             seen: list[float] = []
-            await eventually(lambda: _offset_measured(port, seen), timeout=30)
+            await eventually(lambda: _offset_measured(port, seen), timeout=90)
             measured = seen[-1]  # the scrape that answered (a later one may time out on a busy host)
             expected = -float(offset.removesuffix("s"))
             assert abs(measured - expected) < 1.0, f"measured {measured:+.3f} s, expected {expected:+} s"
