@@ -1,17 +1,12 @@
 """The gRPC front door against real RabbitMQ and PostgreSQL, called by a real gRPC client over a
 port: a task's life, every status code of the error table named by a test, health checking and
-reflection, listing, cancelling."""
+reflection, listing, cancelling, redaction and the audit log."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
-from typing import Any
 
 import grpc
-import httpx
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
@@ -19,126 +14,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from taskplatform.grpc_api.server import TASKS_SERVICE, GrpcServer
+from taskplatform.grpc_api.server import TASKS_SERVICE
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
-from taskplatform.grpc_api.v1 import tasks_pb2_grpc as pb_grpc
-from taskplatform.runtime import Runtime
-from taskplatform.settings import PlatformSettings
-from taskplatform.tasks.registry import ExecutableRegistry
-from tests.api.tokens import SECRET, bearer, token
-from tests.support.api import client_of, served
+from tests.api.tokens import bearer, token
+from tests.grpc_api.front import (
+    ADA,
+    ALICE,
+    BOB,
+    CAROL,
+    NOBODY,
+    Front,
+    Serve,
+    auth,
+    moment,
+    refused,
+    violations,
+)
 from tests.support.runtime import eventually
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-ALICE = token("alice")
-BOB = token("bob")
-CAROL = token("carol")  # only the crafted-input test submits as carol
-ADA = token("ada", "admin")
-NOBODY = token("nora", "viewer")  # a role below submitter
-WAITING = (pb.TASK_STATUS_QUEUED, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_RETRYING)
-
-
-def auth(value: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {value}"),)
-
-
-class Front:
-    """One process serving HTTP and gRPC over one runtime (a worker consuming in it too)."""
-
-    def __init__(self, runtime: Runtime, http: httpx.AsyncClient, channel: grpc.aio.Channel) -> None:
-        self.runtime = runtime
-        self.http = http
-        self.channel = channel
-        self.stub = pb_grpc.TasksStub(channel)
-
-    async def create(self, who: str = ALICE, **fields: Any) -> pb.CreateTaskResponse:
-        fields.setdefault("task_type", "test_noop")
-        request = pb.CreateTaskRequest(**fields)
-        response: pb.CreateTaskResponse = await self.stub.CreateTask(request, metadata=auth(who), timeout=10)
-        return response
-
-    async def status(self, task_id: str, who: str = ALICE) -> pb.TaskStatusReply:
-        reply: pb.TaskStatusReply = await self.stub.GetTaskStatus(
-            pb.GetTaskRequest(task_id=task_id), metadata=auth(who), timeout=10
-        )
-        return reply
-
-    async def ended(self, task_id: str, who: str = ALICE) -> pb.TaskStatusReply:
-        async def done() -> bool:
-            reply = await self.status(task_id, who)
-            return reply.status not in WAITING
-
-        await eventually(done, timeout=20)
-        return await self.status(task_id, who)
-
-
-Serve = Callable[..., contextlib.AbstractAsyncContextManager[Front]]
-
-
-@pytest.fixture
-def serve(
-    make_settings: Callable[..., PlatformSettings],
-    registry: ExecutableRegistry,
-    rabbitmq: Any,
-    postgres_database_url: str,
-) -> Serve:
-    """``async with serve(**settings) as front``: JWT authentication (HS256, SECRET), PostgreSQL."""
-
-    @contextlib.asynccontextmanager
-    async def run(**overrides: Any) -> AsyncIterator[Front]:
-        values: dict[str, Any] = {
-            "auth": "jwt",
-            "jwt_secret": SECRET,
-            "store_url": postgres_database_url,
-            "grpc_port": 0,
-        }
-        consume = overrides.pop("consume", True)
-        values.update(overrides)
-        runtime = Runtime(
-            make_settings(**values), role="dev", registry=registry, consume=consume, relay=False
-        )
-        async with served(runtime) as app, client_of(app) as http:
-            server = GrpcServer(runtime)
-            port = await server.start()
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    yield Front(runtime, http, channel)
-            finally:
-                await server.stop(grace=1)
-
-    return run
-
-
-@pytest.fixture
-async def front(serve: Serve) -> AsyncIterator[Front]:
-    async with serve() as f:
-        yield f
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    """The error a call ends with (it must end with one)."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The BadRequest field violations the error's status details carry."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
-
-
-def _moment(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # ------------------------------------------------------------------ a task's life
@@ -162,10 +57,10 @@ async def test_a_task_created_over_grpc_completes_and_reads_as_http_reads_it(fro
     assert http["parameters"]["value"] == http["result"]["value"] == 2**60
     assert as_dict["parameters"]["value"] == as_dict["result"]["value"] == str(2**60)
     for name in ("created_at", "updated_at", "started_at", "completed_at"):
-        expected = _moment(http[name])
+        expected = moment(http[name])
         assert expected is not None, name
-        moment = getattr(task, name).ToDatetime(tzinfo=expected.tzinfo)
-        assert abs((moment - expected).total_seconds()) < 0.001, name
+        sent = getattr(task, name).ToDatetime(tzinfo=expected.tzinfo)
+        assert abs((sent - expected).total_seconds()) < 0.001, name
     assert reply.task_id == task.id and reply.result == task.result and reply.updated_at == task.updated_at
 
 
@@ -372,154 +267,6 @@ async def test_health_checking_and_reflection_answer(front: Front) -> None:
         names += [s.name for s in response.list_services_response.service]
     assert TASKS_SERVICE in names and "grpc.health.v1.Health" in names
     assert TASKS_SERVICE == "taskplatform.v1.Tasks"
-
-
-# ------------------------------------------------------------------ watching
-async def _updates(front: Front, task_id: str, who: str = ALICE) -> AsyncIterator[pb.TaskUpdate]:
-    call = front.stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=auth(who), timeout=60)
-    async for update in call:
-        yield update
-
-
-async def test_watch_streams_queued_then_running_then_completed_and_ends_with_the_result(
-    serve: Serve, make_runtime: Callable[..., Runtime], postgres_database_url: str
-) -> None:
-    async with serve(consume=False) as front:
-        task_id = (await front.create(parameters_json='{"value": 5, "sleep": 0.3}')).task_id
-        seen: list[pb.TaskUpdate] = []
-        worker = make_runtime(role="worker", store_url=postgres_database_url, auth="jwt", jwt_secret=SECRET)
-        async for update in _updates(front, task_id):
-            seen.append(update)
-            if len(seen) == 1:  # the task is QUEUED and watched: now a worker may take it
-                assert update.event == "snapshot" and update.status == pb.TASK_STATUS_QUEUED
-                assert update.task.id == task_id
-                await worker.start()
-        await worker.stop(grace=2)
-    statuses = [pb.TaskStatus.Name(u.status) for u in seen]
-    distinct = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
-    assert distinct == ["TASK_STATUS_QUEUED", "TASK_STATUS_RUNNING", "TASK_STATUS_COMPLETED"], statuses
-    assert "started" in [u.event for u in seen] and "completed" in [u.event for u in seen]
-    assert [u.sequence for u in seen] == sorted(u.sequence for u in seen)  # never goes back
-    last = seen[-1]
-    assert last.event == "snapshot" and json_format.MessageToDict(last.task.result) == {"value": 5}
-
-
-async def test_watch_ends_without_events_from_the_store_alone(
-    serve: Serve, make_runtime: Callable[..., Runtime], postgres_database_url: str
-) -> None:
-    async with serve(consume=False) as front:
-        task_id = (await front.create(parameters_json="{}")).task_id
-        worker = make_runtime(role="worker", store_url=postgres_database_url, events_bridge_enabled=False)
-        seen: list[pb.TaskUpdate] = []
-        async for update in _updates(front, task_id):
-            seen.append(update)
-            if len(seen) == 1:
-                await worker.start()
-        await worker.stop(grace=2)
-    assert [u.event for u in seen] == ["snapshot", "snapshot"]
-    assert seen[-1].status == pb.TASK_STATUS_COMPLETED
-
-
-async def test_watching_another_users_task_is_not_found(front: Front) -> None:
-    bobs = (await front.create(BOB)).task_id
-    theirs = await refused(_first(_updates(front, bobs, ALICE)))
-    assert theirs.code() == grpc.StatusCode.NOT_FOUND and theirs.details() == f"task {bobs!r} not found"
-    nobody = front.stub.WatchTask(pb.WatchTaskRequest(task_id=bobs))
-    none = await refused(_first(nobody))
-    assert none.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-async def test_watching_a_finished_task_sends_its_state_and_ends(front: Front) -> None:
-    done = (await front.create(parameters_json="{}")).task_id
-    await front.ended(done)
-    seen = [u async for u in _updates(front, done)]
-    assert len(seen) == 1 and seen[0].event == "snapshot" and seen[0].status == pb.TASK_STATUS_COMPLETED
-
-
-async def _first(stream: Any) -> Any:
-    async for item in stream:
-        return item
-    return None
-
-
-async def test_a_struct_nested_past_protobufs_limit_is_invalid_not_internal(front: Front) -> None:
-    """A CreateTaskRequest whose Struct nests 200 levels (protobuf parses at most 100), written
-    byte by byte: no protobuf library builds one."""
-    body = pb.CreateTaskRequest(task_type="test_noop").SerializeToString() + _field(2, _struct(200))
-    call = front.channel.unary_unary("/taskplatform.v1.Tasks/CreateTask")
-    deep = await refused(call(body, metadata=auth(ALICE), timeout=10))
-    assert deep.code() == grpc.StatusCode.INVALID_ARGUMENT, deep
-    assert "cannot be parsed" in deep.details()
-
-
-def _struct(depth: int) -> bytes:
-    """A Struct ``{"a": {"a": ... {}}}`` ``depth`` levels deep, encoded."""
-    inner = b""
-    for _ in range(depth):
-        value = _field(5, inner)  # Value.struct_value
-        entry = _field(1, b"a") + _field(2, value)  # map entry: key, value
-        inner = _field(1, entry)  # Struct.fields
-    return inner
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if not n:
-            return out + bytes([byte])
-        out += bytes([byte | 0x80])
-
-
-async def test_every_call_is_counted_by_method_and_code_from_zero(front: Front) -> None:
-    registry = front.runtime.metrics.registry
-
-    def handled(method: str, code: str, kind: str = "unary") -> float | None:
-        labels = {"grpc_type": kind, "grpc_service": TASKS_SERVICE, "grpc_method": method, "grpc_code": code}
-        return registry.get_sample_value("grpc_server_handled_total", labels)
-
-    assert handled("CancelTask", "FAILED_PRECONDITION") == 0.0  # there before any call
-    assert handled("WatchTask", "OK", "server_stream") == 0.0
-    created = await front.create(parameters_json="{}")
-    await refused(front.status("no-such-task"))
-    await front.ended(created.task_id)
-    [_ async for _ in _updates(front, created.task_id)]
-    await refused(front.stub.GetTaskStatus(pb.GetTaskRequest(task_id="x")))  # no token
-    assert handled("CreateTask", "OK") == 1.0
-    assert handled("GetTaskStatus", "NOT_FOUND") == 1.0
-    assert handled("GetTaskStatus", "UNAUTHENTICATED") == 1.0
-    assert (handled("GetTaskStatus", "OK") or 0) >= 1.0
-    assert handled("WatchTask", "OK", "server_stream") == 1.0
-    started = registry.get_sample_value(
-        "grpc_server_started_total",
-        {"grpc_type": "unary", "grpc_service": TASKS_SERVICE, "grpc_method": "CreateTask"},
-    )
-    assert started == 1.0
-    count = registry.get_sample_value(
-        "grpc_server_handling_seconds_count",
-        {"grpc_type": "unary", "grpc_service": TASKS_SERVICE, "grpc_method": "CreateTask"},
-    )
-    assert count == 1.0
-
-
-async def test_a_body_nested_deeper_than_a_struct_carries_comes_as_json_text(front: Front) -> None:
-    deep: dict[str, Any] = {"leaf": 1}
-    for _ in range(40):  # stored fine (64 levels at most), 120 protobuf levels as a Struct
-        deep = {"a": deep}
-    r = await front.http.post(
-        "/api/v1/tasks", json={"task_type": "test_noop", "metadata": deep}, headers=bearer(ALICE)
-    )
-    assert r.status_code == 201, r.text
-    task_id = r.json()["task_id"]
-    task = await front.stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=auth(ALICE))
-    assert not task.HasField("metadata") and json.loads(task.metadata_json) == deep
-    listed = await front.stub.ListTasks(pb.ListTasksRequest(), metadata=auth(ALICE))
-    assert task_id in [t.id for t in listed.tasks]  # the page parses too
 
 
 async def test_a_submitter_sees_no_traceback_or_node_an_operator_does_as_over_http(front: Front) -> None:
