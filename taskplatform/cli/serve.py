@@ -144,28 +144,40 @@ def prepare_multiprocess_metrics() -> None:
     log.info("API metrics of every process are shared in %s", directory)
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_stopped(runtime: Runtime, stop: asyncio.Event, failed: str) -> bool:
+    """Wait for ``stop`` or the runtime's broker setup to fail; False (logged at CRITICAL with
+    ``failed``, which has a ``%s`` for the error) when the setup failed."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+    if runtime.setup_error is not None:
+        log.critical(failed, runtime.setup_error)
+        return False
+    return True
+
+
 async def run_worker(settings: PlatformSettings) -> int:
     """Run a worker until SIGTERM/SIGINT, then shut down gracefully (0); or until its broker
     setup fails (1)."""
     from taskplatform.runtime import Runtime
 
     runtime = Runtime(settings, role="worker", consume=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     await runtime.start(wait_for_broker=False)
     settle_startup_heap()
     try:
-        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in pending:
-            wait.cancel()
-        if runtime.setup_error is not None:
-            log.critical(
-                "cannot consume: setup failed (%s); exiting so the supervisor restarts this worker",
-                runtime.setup_error,
-            )
+        failed = "cannot consume: setup failed (%s); exiting so the supervisor restarts this worker"
+        if not await _until_stopped(runtime, stop, failed):
             return 1
         log.info("shutting down: finishing in-flight tasks (up to %.0fs)", settings.shutdown_grace_seconds)
         return 0
@@ -200,10 +212,7 @@ async def run_grpc(settings: PlatformSettings) -> int:
 
     runtime = Runtime(settings, role="api")
     server = GrpcServer(runtime)  # ConfigError for bad authentication settings, before any I/O
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     await runtime.start(wait_for_broker=False)
     serving = False
     try:
@@ -214,15 +223,8 @@ async def run_grpc(settings: PlatformSettings) -> int:
             return 1
         serving = True
         settle_startup_heap()
-        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.setup_failed.wait())]
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in pending:
-            wait.cancel()
-        if runtime.setup_error is not None:
-            log.critical(
-                "broker setup failed (%s); exiting so the supervisor restarts this process",
-                runtime.setup_error,
-            )
+        failed = "broker setup failed (%s); exiting so the supervisor restarts this process"
+        if not await _until_stopped(runtime, stop, failed):
             return 1
         log.info("shutting down: draining gRPC calls (up to %.0fs)", settings.shutdown_grace_seconds)
         return 0

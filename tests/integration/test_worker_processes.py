@@ -115,7 +115,7 @@ async def _all(runtime: Runtime, tasks: list[BackgroundTask], status: TaskStatus
     return all(s is status for s in statuses)
 
 
-@pytest.mark.parametrize("command", ["worker", "api"])
+@pytest.mark.parametrize("command", ["worker", "api", "grpc"])
 async def test_a_process_whose_topology_the_broker_refuses_exits_with_an_error(
     make_settings: Callable[..., PlatformSettings], rabbitmq: Any, command: str
 ) -> None:
@@ -125,7 +125,13 @@ async def test_a_process_whose_topology_the_broker_refuses_exits_with_an_error(
     await channel.declare_queue(f"{settings.topology_prefix}tasks.work.default", durable=True)
     await channel.close()
     process = start_worker(
-        settings, node_id="refused", command=command, stderr=subprocess.PIPE, api_port="0", auth="disabled"
+        settings,
+        node_id="refused",
+        command=command,
+        stderr=subprocess.PIPE,
+        api_port="0",
+        grpc_port="0",
+        auth="disabled",
     )
     try:
         _, err = await asyncio.to_thread(process.communicate, timeout=60)
