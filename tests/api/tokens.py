@@ -54,7 +54,11 @@ def write(path: Path, data: bytes | dict[str, Any]) -> Path:
 
 
 def claims(sub: str | None = "alice", roles: Any = ("submitter",), **overrides: Any) -> dict[str, Any]:
-    """Valid claims for an hour; an override of None drops that claim."""
+    """Valid claims for four hours; an override of None drops that claim.
+
+    Modules mint their tokens at import, when pytest collects them, and the whole suite may run for
+    90 minutes: an hour's token expired before the last modules ran (every answer a 401).
+    """
     now = int(time.time())
     values: dict[str, Any] = {
         "sub": sub,
@@ -62,7 +66,7 @@ def claims(sub: str | None = "alice", roles: Any = ("submitter",), **overrides: 
         "iss": ISSUER,
         "aud": AUDIENCE,
         "iat": now,
-        "exp": now + 3600,
+        "exp": now + 4 * 3600,  # under the API's default longest lifetime, a day
     }
     values.update(overrides)
     return {k: v for k, v in values.items() if v is not None}

@@ -15,6 +15,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -75,6 +76,7 @@ async def _all_finished(runtime: Runtime, tasks: list[BackgroundTask]) -> bool:
     return True
 
 
+@pytest.mark.timeout(240)  # the waits below add up past the suite's 120 s before their own failures
 @pytest.mark.parametrize("offset", [f"+{SKEW}s", f"-{SKEW}s"], ids=["ahead", "behind"])
 async def test_a_worker_whose_clock_is_off_by_70s_runs_long_tasks_without_takeover(
     make_runtime: Callable[..., Runtime],
@@ -113,7 +115,13 @@ async def test_a_worker_whose_clock_is_off_by_70s_runs_long_tasks_without_takeov
             # The wait is the process's start under faketime and coverage, not a bound under test:
             # a full run on a slow host took over 30 s (alone, the whole test takes about 20 s)
             seen: list[float] = []
-            await eventually(lambda: _offset_measured(port, seen), timeout=90)
+            try:
+                await eventually(lambda: _offset_measured(port, seen), timeout=90)
+            except AssertionError:
+                raise AssertionError(
+                    "the skewed worker reported no clock offset in 90 s; its log, and the stacks of "
+                    f"its threads:\n{await _stacks_of(skewed, log_file)}"
+                ) from None
             measured = seen[-1]  # the scrape that answered (a later one may time out on a busy host)
             expected = -float(offset.removesuffix("s"))
             assert abs(measured - expected) < 1.0, f"measured {measured:+.3f} s, expected {expected:+} s"
@@ -127,6 +135,11 @@ async def test_a_worker_whose_clock_is_off_by_70s_runs_long_tasks_without_takeov
             skewed.send_signal(signal.SIGTERM)
             try:
                 await asyncio.to_thread(skewed.wait, 20)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    "the skewed worker did not stop within 20 s of SIGTERM; its log, and the stacks "
+                    f"of its threads:\n{await _stacks_of(skewed, log_file)}"
+                ) from None
             finally:
                 if skewed.poll() is None:
                     skewed.kill()
@@ -142,6 +155,18 @@ async def test_a_worker_whose_clock_is_off_by_70s_runs_long_tasks_without_takeov
     assert {t.execution_node_id for t in done if t is not None} == {"steady", "skewed"}
     runs = Counter(line.split()[0] for line in effects.read_text().splitlines())
     assert runs == {t.id: 1 for t in tasks}, runs  # each ran once: no takeover, no second attempt
+
+
+async def _stacks_of(process: subprocess.Popen[bytes], log_file: Path) -> str:
+    """Stop a stuck worker with SIGABRT: Python's fault handler (``PYTHONFAULTHANDLER``, set for
+    every worker process the tests start) writes each thread's stack to its log first."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGABRT)
+        try:
+            await asyncio.to_thread(process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return log_file.read_text(errors="replace")[-20_000:]
 
 
 async def _offset_measured(port: int, seen: list[float]) -> bool:

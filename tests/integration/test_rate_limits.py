@@ -196,9 +196,10 @@ async def test_one_process_with_the_memory_backend_keeps_the_rate(
     # the limiter's own hold, without the claim work around it: within the bound but for the
     # sleep's lateness on a busy host (waits here reach 1.95 s: a hold past the bound shows)
     assert 0.5 < stats.longest_hold <= 1.0 + SLEEP_LATENESS, stats
-    # a delivery sent round is held for one publish and its ack, not for its wait (1 s or more);
-    # the bound is the busy-host allowance, not a speed figure
-    assert stats.longest_delay_hold < LATEST_START_ALLOWANCE, stats
+    # a delivery sent round is held for one publish and its ack, not for its wait: it went round
+    # because its wait was longer than the hold, so held for its wait it would show over the hold.
+    # (The publish and ack took up to 0.69 s under coverage on a busy host: no finer bound holds.)
+    assert stats.longest_delay_hold < worker.settings.rate_limit_hold_seconds, stats
     assert len(worker.task_rate_limiter) == 1  # the one bucket, in this process
 
 

@@ -40,6 +40,7 @@ def start_worker(
         "TASKPLATFORM_NODE_ID": node_id,
         "TASKPLATFORM_OUTBOX_RELAY_ENABLED": "false",
         "TASKPLATFORM_LOG_LEVEL": "WARNING",
+        "PYTHONFAULTHANDLER": "1",  # a stuck process stopped with SIGABRT writes its threads' stacks
         **{f"TASKPLATFORM_{k.upper()}": v for k, v in extra.items()},
     }
     argv = [sys.executable, "-m", "taskplatform.cli", command]
