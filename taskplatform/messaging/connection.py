@@ -87,8 +87,16 @@ class BrokerConnection:
         return True
 
     async def channel(self, **kwargs: object) -> AbstractChannel:
-        """A new channel on the connection."""
-        return await self.connection.channel(**kwargs)  # type: ignore[arg-type]
+        """A new channel on the connection; BrokerError while the connection is down (aiormq says
+        so with a bare RuntimeError, which callers would take for a bug)."""
+        try:
+            return await self.connection.channel(**kwargs)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            if self.is_connected:
+                raise
+            raise BrokerError(
+                f"the connection to RabbitMQ at {_redact(self.url)} is down; reconnecting"
+            ) from exc
 
     async def close(self) -> None:
         if self._connector is not None:

@@ -39,8 +39,11 @@ def auth(value: str) -> tuple[tuple[str, str], ...]:
 class Front:
     """One process serving HTTP and gRPC over one runtime (a worker consuming in it too)."""
 
-    def __init__(self, runtime: Runtime, http: httpx.AsyncClient, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self, runtime: Runtime, http: httpx.AsyncClient, channel: grpc.aio.Channel, server: GrpcServer
+    ) -> None:
         self.runtime = runtime
+        self.server = server
         self.http = http
         self.channel = channel
         self.stub = pb_grpc.TasksStub(channel)
@@ -96,7 +99,7 @@ def serve(
             port = await server.start()
             try:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    yield Front(runtime, http, channel)
+                    yield Front(runtime, http, channel, server)
             finally:
                 await server.stop(grace=1)
 
