@@ -123,6 +123,13 @@ class ApiSettings(BaseModel):
         description="The largest gRPC request one call may send; a larger one is refused "
         "(RESOURCE_EXHAUSTED).",
     )
+    grpc_max_watches_per_caller: int = Field(
+        default=32,
+        ge=1,
+        description="WatchTask streams one caller (a user, or an address without a token) may hold open "
+        "at once on one process; one more is refused (RESOURCE_EXHAUSTED), so one caller cannot take "
+        "every call slot.",
+    )
     api_access_log: bool = Field(
         default=True,
         description="One INFO line per API request on the `taskplatform.access` logger (method, route, "

@@ -10,6 +10,7 @@ input a ``google.rpc.BadRequest`` naming the fields (in ``grpc-status-details-bi
 | task finished (cancel) | 409 | FAILED_PRECONDITION |
 | idempotency key used with another request | 422 ``idempotency_key_reused`` | ALREADY_EXISTS |
 | submit rate limit | 429 | RESOURCE_EXHAUSTED (with ``google.rpc.RetryInfo``) |
+| a caller's watches at ``GRPC_MAX_WATCHES_PER_CALLER`` | (none) | RESOURCE_EXHAUSTED |
 | store unreachable (a watch: the broker too) | 503 | UNAVAILABLE |
 | anything else (a bug) | 500 | INTERNAL, logged |
 """
@@ -37,6 +38,7 @@ from taskplatform.errors import (
     UnknownTaskTypeError,
     UnreachableTargetError,
 )
+from taskplatform.grpc_api.watch import WatchesLimited
 from taskplatform.ratelimit.submissions import SubmissionsLimited, SubmissionTooHeavy
 from taskplatform.store.base import InvalidCursorError
 from taskplatform.submission import IdempotencyKeyReusedError
@@ -121,6 +123,8 @@ def refusal_of(exc: BaseException) -> Refusal | None:  # noqa: C901  (one answer
         return Refusal(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, IdempotencyKeyReusedError):
         return Refusal(grpc.StatusCode.ALREADY_EXISTS, str(exc), [("idempotency_key", str(exc))])
+    if isinstance(exc, WatchesLimited):
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, SubmissionsLimited):
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), retry_seconds=exc.seconds)
     if isinstance(exc, StoreError):

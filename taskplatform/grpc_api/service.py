@@ -24,7 +24,7 @@ from taskplatform.grpc_api import convert
 from taskplatform.grpc_api.errors import Refusal, invalid, refusal_of
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
 from taskplatform.grpc_api.v1 import tasks_pb2_grpc as pb_grpc
-from taskplatform.grpc_api.watch import EventTap, watch
+from taskplatform.grpc_api.watch import EventTap, WatchSlots, watch
 from taskplatform.models import BackgroundTask
 from taskplatform.ratelimit.submissions import caller_key, charge_key, check_weight, submission_weight
 from taskplatform.runtime import Runtime
@@ -102,6 +102,7 @@ class TasksService(pb_grpc.TasksServicer):
         self._commands = runtime.commands
         self._authenticator = authenticator
         self.tap = EventTap(runtime.broker, runtime.topology.events_exchange)
+        self.watch_slots = WatchSlots(runtime.settings.grpc_max_watches_per_caller)
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Principal:
         """The authenticated caller, if it holds the submitter role (AuthenticationError,
@@ -142,8 +143,9 @@ class TasksService(pb_grpc.TasksServicer):
             async def read() -> BackgroundTask:
                 return shown(principal, await self._commands.find(task_id, principal))
 
-            async for update in watch(self.tap, task_id, read):
-                yield update
+            with self.watch_slots.held(caller_key(principal.subject, peer_host(context))):
+                async for update in watch(self.tap, task_id, read):
+                    yield update
             return
         except Exception as exc:
             answer = _answer_to(exc)

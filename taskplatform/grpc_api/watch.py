@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
@@ -36,6 +36,40 @@ log = logging.getLogger(__name__)
 WATCH_BUFFER = 256
 #: Seconds a watch waits for an event before it reads the task again.
 RESYNC_SECONDS = 2.0
+
+
+class WatchesLimited(Exception):
+    """The caller holds as many watches as one caller may (``GRPC_MAX_WATCHES_PER_CALLER``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"too many watches open: a caller may hold {limit} at once on this server; "
+            "end one or wait for a task to finish"
+        )
+
+
+class WatchSlots:
+    """Watches open per caller, at most ``limit`` each."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = defaultdict(int)
+
+    @contextlib.contextmanager
+    def held(self, caller: str) -> Iterator[None]:
+        """One of ``caller``'s slots for the ``with`` block (WatchesLimited when none is left)."""
+        if self._open[caller] >= self.limit:
+            raise WatchesLimited(self.limit)
+        self._open[caller] += 1
+        try:
+            yield
+        finally:
+            self._open[caller] -= 1
+            if not self._open[caller]:
+                del self._open[caller]
+
+    def of(self, caller: str) -> int:
+        return self._open.get(caller, 0)
 
 
 class EventTap:

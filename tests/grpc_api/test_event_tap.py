@@ -16,7 +16,7 @@ import pytest
 from taskplatform.events.external import ErrorSummary, ExternalTaskEvent, ProgressSummary, TaskSnapshot
 from taskplatform.events.models import EventType, Origin
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
-from taskplatform.grpc_api.watch import WATCH_BUFFER, EventTap, update_of, watch
+from taskplatform.grpc_api.watch import WATCH_BUFFER, EventTap, WatchesLimited, WatchSlots, update_of, watch
 from taskplatform.models import BackgroundTask, TaskStatus
 
 
@@ -255,3 +255,16 @@ async def test_an_abandoned_stream_unsubscribes_when_closed() -> None:
         await pending
     await stream.aclose()
     assert tap.watching == 0
+
+
+def test_watch_slots_hold_at_most_the_limit_per_caller_and_free_on_exit() -> None:
+    slots = WatchSlots(limit=2)
+    with slots.held("alice"), slots.held("alice"):
+        with pytest.raises(WatchesLimited, match="a caller may hold 2 at once"), slots.held("alice"):
+            pass  # pragma: no cover  (refused)
+        with slots.held("bob"):  # another caller's slots are their own
+            assert (slots.of("alice"), slots.of("bob")) == (2, 1)
+    assert slots.of("alice") == 0 and slots.of("bob") == 0
+    with pytest.raises(RuntimeError), slots.held("alice"):  # a watch that fails frees its slot too
+        raise RuntimeError("the stream broke")
+    assert slots.of("alice") == 0

@@ -14,7 +14,7 @@ import pytest
 
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
 from taskplatform.models import BackgroundTask
-from tests.grpc_api.front import ALICE, Front, Serve, auth, refused, violations
+from tests.grpc_api.front import ALICE, BOB, Front, Serve, auth, refused, violations
 from tests.support.runtime import eventually
 from tests.support.tcp_proxy import TcpProxy
 
@@ -114,6 +114,36 @@ async def test_a_target_nothing_serves_answers_invalid_argument_naming_it(front:
     assert "no-such-node" in violations(nowhere)["target"]
 
 
-async def _drain(front: Front, task_id: str, timeout: float = 10) -> list[pb.TaskUpdate]:
-    call = front.stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=auth(ALICE), timeout=timeout)
+async def _drain(front: Front, task_id: str, timeout: float = 10, who: str = ALICE) -> list[pb.TaskUpdate]:
+    call = front.stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=auth(who), timeout=timeout)
     return [u async for u in call]
+
+
+async def test_a_caller_past_its_watches_is_refused_and_others_are_not(serve: Serve) -> None:
+    async with serve(grpc_max_watches_per_caller=2, consume=False) as front:  # the tasks stay queued
+        task_id = (await front.create(parameters_json="{}")).task_id
+        bobs = (await front.create(BOB, parameters_json="{}")).task_id
+        service = front.server.service
+
+        def watching(task: str, who: str = ALICE) -> Any:
+            return front.stub.WatchTask(pb.WatchTaskRequest(task_id=task), metadata=auth(who), timeout=30)
+
+        calls = [watching(task_id) for _ in range(2)]
+        for call in calls:
+            assert (await call.read()).event == "snapshot"  # both held open
+        third = await refused(_drain(front, task_id))
+        assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "a caller may hold 2 at once" in third.details()
+        bob = watching(bobs, BOB)
+        assert (await bob.read()).task.id == bobs  # bob's slots are his own
+        bob.cancel()
+        calls[0].cancel()
+
+        async def one_left() -> bool:
+            return service.watch_slots.of("submit:user:alice") == 1 and service.tap.watching == 1
+
+        await eventually(one_left)
+        again = watching(task_id)
+        assert (await again.read()).event == "snapshot"  # a slot freed is a slot to use
+        for call in (again, calls[1]):
+            call.cancel()
