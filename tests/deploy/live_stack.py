@@ -23,11 +23,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import grpc
 import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
+from taskplatform.grpc_api.v1 import tasks_pb2 as pb
+from taskplatform.grpc_api.v1 import tasks_pb2_grpc as pb_grpc
 from taskplatform.metrics.registry import UNKNOWN_TASK_TYPE, reason_label
 from taskplatform.models import TERMINAL, DeadLetterStatus, TaskMessage
 from taskplatform.runtime import build_platform_topology, build_registry
@@ -79,11 +82,18 @@ class Live:
     store: StoreFigures = field(default_factory=StoreFigures)
     api_processes: int = 2
     workers: int = 2
+    grpc_servers: int = 1
+    grpc_calls: dict[str, int] = field(default_factory=dict)
     rabbitmq_source: str = ""
     submitted: int = 0
     dead_tasks: int = 0
     provoked: set[str] = field(default_factory=set)
     poison: list[str] = field(default_factory=list)
+
+    @property
+    def instances(self) -> int:
+        """Platform scrape targets: the API (one, in multiprocess mode), gRPC, the workers."""
+        return 1 + self.grpc_servers + self.workers
 
     def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
         """The vector ``expr`` evaluates to at ``at``: (labels, value) of each series."""
@@ -184,8 +194,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-async def _drive(live: Live, api: str, settings: PlatformSettings) -> list[str]:
-    """The load: tasks through the API, poison messages straight to the work queue."""
+async def _drive(live: Live, api: str, grpc_target: str, settings: PlatformSettings) -> list[str]:
+    """The load: tasks through the API, reads over gRPC, poison messages straight to the work
+    queue."""
     requests: list[dict[str, Any]] = [
         {"task_type": "test_noop", "parameters": {"value": i}} for i in range(20)
     ]
@@ -203,6 +214,14 @@ async def _drive(live: Live, api: str, settings: PlatformSettings) -> list[str]:
         for path in ("/docs", "/openapi.json"):
             assert (await client.get(path)).status_code == 200
     live.submitted = len(ids)
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = pb_grpc.TasksStub(channel)
+        for task_id in ids[:3]:
+            await stub.GetTaskStatus(pb.GetTaskRequest(task_id=task_id), timeout=30)
+        await stub.ListTasks(pb.ListTasksRequest(limit=5), timeout=30)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.GetTask(pb.GetTaskRequest(task_id="no-such-task"), timeout=30)
+    live.grpc_calls = {"GetTaskStatus OK": 3, "ListTasks OK": 1, "GetTask NOT_FOUND": 1}
     live.dead_tasks = sum(1 for r in requests if r["task_type"] in ("test_boom", "test_picky")) + 3
 
     topology = build_platform_topology(settings, build_registry(settings))
@@ -312,8 +331,9 @@ async def _delete_topology(settings: PlatformSettings) -> None:
 
 
 def run_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:  # noqa: C901 - one stack, in order
-    """API (2 processes), two workers, Prometheus; the load driven and settled; the store's
-    figures read; the moment to evaluate at (Prometheus has scraped the final state)."""
+    """API (2 processes), the gRPC front door, two workers, Prometheus; the load driven and
+    settled; the store's figures read; the moment to evaluate at (Prometheus has scraped the
+    final state)."""
     prometheus_bin = require_command("prometheus", "prometheus")
     require_rabbitmq()
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -341,6 +361,7 @@ def run_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]: 
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         api_port, worker_ports, prometheus_port = free_port(), [free_port(), free_port()], free_port()
+        grpc_port, grpc_metrics_port = free_port(), free_port()
         processes: list[subprocess.Popen[bytes]] = []
         stand_in: QueueFigures | None = None
         stand_in_server: Any = None
@@ -353,6 +374,15 @@ def run_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]: 
             }
             processes.append(
                 _start([sys.executable, "-m", "taskplatform.cli", "api"], api_env, logs / "api.log")
+            )
+            grpc_env = {
+                **env,
+                "TASKPLATFORM_GRPC_PORT": str(grpc_port),
+                "TASKPLATFORM_METRICS_PORT": str(grpc_metrics_port),
+                "TASKPLATFORM_OUTBOX_RELAY_ENABLED": "false",
+            }
+            processes.append(
+                _start([sys.executable, "-m", "taskplatform.cli", "grpc"], grpc_env, logs / "grpc.log")
             )
             for n, port in enumerate(worker_ports, 1):
                 worker_env = {
@@ -389,6 +419,7 @@ def run_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]: 
             instances = {
                 "taskplatform-api": ([f"127.0.0.1:{api_port}"], None),
                 "taskplatform-worker": ([f"127.0.0.1:{p}" for p in worker_ports], None),
+                "taskplatform-grpc": ([f"127.0.0.1:{grpc_metrics_port}"], None),
                 "rabbitmq": rabbitmq_target,
                 "prometheus": ([f"127.0.0.1:{prometheus_port}"], None),
             }
@@ -425,11 +456,13 @@ def run_live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]: 
                 except (httpx.HTTPError, AssertionError):
                     return False
                 # every target answers, and every platform process was scraped with its series at 0
-                return len(up) == 5 and all(v == 1 for _, v in up) and len(ours) == 3
+                return len(up) == 6 and all(v == 1 for _, v in up) and len(ours) == 4
 
             wait_until("every target up and scraped", ready, 120, logs)
             started = time.time()
-            ids = asyncio.run(_drive(live, f"http://127.0.0.1:{api_port}", settings))
+            ids = asyncio.run(
+                _drive(live, f"http://127.0.0.1:{api_port}", f"127.0.0.1:{grpc_port}", settings)
+            )
             topology = build_platform_topology(settings, build_registry(settings))
             drained = [topology.dead_letter_queue, *(q for wq in topology.work_queues for q in wq.queues)]
 

@@ -19,8 +19,8 @@ ALERTS_FILE = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "taskplatform.json"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
-SERVICES = {"rabbitmq", "mongo", "api", "worker", "prometheus", "grafana"}
-PLATFORM_SERVICES = ("api", "worker")
+SERVICES = {"rabbitmq", "mongo", "api", "worker", "grpc", "prometheus", "grafana"}
+PLATFORM_SERVICES = ("api", "worker", "grpc")
 API_JOB, WORKER_JOB, RABBITMQ_JOB = "taskplatform-api", "taskplatform-worker", "rabbitmq"
 DATASOURCE_UID = "prometheus"
 #: Panels and variables use the dashboard's datasource variable (its default: the one chosen on
@@ -28,7 +28,7 @@ DATASOURCE_UID = "prometheus"
 DASHBOARD_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 HISTOGRAM_SUFFIX = re.compile(r"_(?:bucket|sum|count)$")
-METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:taskplatform|rabbitmq)_[A-Za-z0-9_:]*)")
+METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])((?:taskplatform|grpc_server|rabbitmq)_[A-Za-z0-9_:]*)")
 STRING_LITERAL = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 DURATION = re.compile(r"^(?:\d+(?:ms|[smhdwy]))+$")
 SETTING_VAR = re.compile(r"\bTASKPLATFORM_([A-Z0-9_]+)\b")
@@ -100,9 +100,9 @@ def names_in(expr: str) -> set[str]:
 
 
 def metric_names_used() -> set[str]:
-    """Every ``taskplatform_…`` and ``rabbitmq_…`` metric name the dashboard (its targets and
-    template variables) and the alert rules use: histograms by their base name (``_bucket``,
-    ``_sum`` and ``_count`` stripped), counters as exposed (with ``_total``)."""
+    """Every ``taskplatform_…``, ``grpc_server_…`` and ``rabbitmq_…`` metric name the dashboard
+    (its targets and template variables) and the alert rules use: histograms by their base name
+    (``_bucket``, ``_sum`` and ``_count`` stripped), counters as exposed (with ``_total``)."""
     dashboard = json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
     names: set[str] = set()
     for expr in (*dashboard_exprs(dashboard), *alert_exprs()):

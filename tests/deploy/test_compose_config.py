@@ -29,8 +29,8 @@ DUMMY_SECRETS = {
 }
 assert set(DUMMY_SECRETS) == set(REQUIRED_SECRETS)
 
-#: The one port published beyond the host's loopback: the API's.
-PUBLIC_PORTS = {("api", 8000)}
+#: The ports published beyond the host's loopback: the HTTP API's and the gRPC front door's.
+PUBLIC_PORTS = {("api", 8000), ("grpc", 50051)}
 
 
 def _compose_tool() -> list[str] | None:
@@ -105,7 +105,7 @@ def _published(port: Any) -> tuple[str, int | None, int]:
     return host_ip, int(parts[-2]) if parts[-2] else None, target
 
 
-def test_rendered_stack_publishes_only_the_api_beyond_loopback(rendered: dict[str, Any]) -> None:
+def test_rendered_stack_publishes_only_the_front_doors_beyond_loopback(rendered: dict[str, Any]) -> None:
     exposed = []
     for name, service in rendered["services"].items():
         for port in service.get("ports") or []:
@@ -145,7 +145,7 @@ def test_rendered_stack_has_no_default_credentials(rendered: dict[str, Any]) -> 
     assert env["rabbitmq"]["RABBITMQ_DEFAULT_USER"] == DUMMY_SECRETS["RABBITMQ_USER"]
     assert env["rabbitmq"]["RABBITMQ_DEFAULT_PASS"] == DUMMY_SECRETS["RABBITMQ_PASSWORD"]
     assert env["grafana"]["GF_SECURITY_ADMIN_PASSWORD"] == DUMMY_SECRETS["GRAFANA_ADMIN_PASSWORD"]
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "grpc"):
         url = urlsplit(env[name]["TASKPLATFORM_AMQP_URL"])
         assert (url.username, url.password) == (
             DUMMY_SECRETS["RABBITMQ_USER"],

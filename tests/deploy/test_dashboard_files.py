@@ -31,6 +31,9 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exposed() -> None:
     own = {name for name in exposed if name.startswith("taskplatform_")}
     assert not own - used, f"exposed but on no panel or alert: {sorted(own - used)}"
     assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= exposed
+    grpc = {name for name in used if name.startswith("grpc_")}
+    assert grpc, "the dashboard has a gRPC row"
+    assert not grpc - exposed, f"not in the registry: {sorted(grpc - exposed)}"
 
 
 def test_the_dashboard_has_a_datasource_variable_and_an_import_input() -> None:
@@ -58,7 +61,7 @@ def test_platform_panels_follow_the_job_and_instance_variables_and_rabbitmq_ones
     for panel, target in targets(dashboard):
         for name, matchers in SELECTOR.findall(target["expr"]):
             where = f"{panel['title']}: {name}"
-            if name.startswith(("taskplatform_", "process_", "python_")) or name == "up":
+            if name.startswith(("taskplatform_", "grpc_", "process_", "python_")) or name == "up":
                 assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, where
             elif name.startswith("rabbitmq_"):
                 assert 'vhost=~"$vhost"' in matchers, where

@@ -66,9 +66,10 @@ def test_every_dashboard_variable_lists_values(live: Live) -> None:
     instances = label_values(
         live, 'label_values(taskplatform_heartbeat_timestamp_seconds{job=~"$job"}, instance)'
     )
-    assert len(instances) == 1 + live.workers
+    assert len(instances) == live.instances
     assert sorted(label_values(live, "label_values(taskplatform_heartbeat_timestamp_seconds, job)")) == [
         "taskplatform-api",
+        "taskplatform-grpc",
         "taskplatform-worker",
     ]
 
@@ -104,9 +105,9 @@ def test_the_dashboard_counts_match_the_store(live: Live) -> None:
     assert values("In progress") == [({}, 0.0)]
     assert values("Outbox backlog") == [({}, 0.0)]
     assert values("Oldest queued task") == [({}, 0.0)]
-    assert values("Targets up") == [({}, float(1 + live.workers))]
+    assert values("Targets up") == [({}, float(live.instances))]
     assert {v for _, v in values("Attempts running by instance")} == {0.0}
-    assert len(values("Attempts running by instance")) == 1 + live.workers
+    assert len(values("Attempts running by instance")) == live.instances
     assert {labels["queue"] for labels, v in values("Dead-letter queue depth") if v == 0} == {
         f"{live.prefix}tasks.dlq.queue"
     }  # the DLQ consumers moved every dead message into the store
@@ -204,17 +205,32 @@ def test_prometheus_fires_the_dead_letter_alert_for_tasks_and_poison_messages(li
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(420)
+def test_the_grpc_row_counts_the_calls_made(live: Live) -> None:
+    handled = {
+        f"{s['grpc_method']} {s['grpc_code']}": v
+        for s, v in live.query(
+            'sum by (grpc_method, grpc_code) (grpc_server_handled_total{job="taskplatform-grpc"}) > 0'
+        )
+    }
+    assert handled == {k: float(v) for k, v in live.grpc_calls.items()}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_every_process_reports_its_process_and_python_metrics(live: Live) -> None:
     memory = live.query("process_resident_memory_bytes")
     api = [s for s, _ in memory if s["job"] == "taskplatform-api"]
     assert len({s["pid"] for s in api}) == live.api_processes  # each API process, by pid
     workers = {s["instance"] for s, _ in memory if s["job"] == "taskplatform-worker"}
     assert len(workers) == live.workers and all(v > 0 for _, v in memory)
+    grpc = {s["instance"] for s, _ in memory if s["job"] == "taskplatform-grpc"}
+    assert len(grpc) == 1
     cpu = live.query('sum by (instance) (process_cpu_seconds_total{job=~"taskplatform-.*"})')
-    assert len(cpu) == 1 + live.workers and all(v > 0 for _, v in cpu)
-    assert len(live.query('python_info{job=~"taskplatform-.*"}')) == 1 + live.workers
+    assert len(cpu) == live.instances and all(v > 0 for _, v in cpu)
+    assert len(live.query('python_info{job=~"taskplatform-.*"}')) == live.instances
     gc = {s["instance"] for s, _ in live.query("python_gc_collections_total")}
-    assert gc == workers  # an API of several processes cannot read its siblings' collector
+    assert gc == workers | grpc  # an API of several processes cannot read its siblings' collector
 
 
 @pytest.mark.integration

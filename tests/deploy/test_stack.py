@@ -52,7 +52,7 @@ from tests.deploy.stack_files import (
 
 
 # ---------------------------------------------------------------- compose
-def test_compose_defines_the_six_services_without_a_version_key(compose: dict[str, Any]) -> None:
+def test_compose_defines_the_seven_services_without_a_version_key(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
     assert "version" not in compose, "the Compose Specification has no version key"
 
@@ -184,10 +184,10 @@ def test_no_default_credentials_in_deploy() -> None:
     assert not found, f"default credentials in deploy/: {found}"
 
 
-def test_only_the_api_is_published_on_every_interface(services: dict[str, dict[str, Any]]) -> None:
+def test_only_the_front_doors_are_published_on_every_interface(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for port in service.get("ports") or []:
-            if name == "api" and str(port) == "8000:8000":
+            if (name, str(port)) in (("api", "8000:8000"), ("grpc", "50051:50051")):
                 continue
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
 
@@ -301,6 +301,12 @@ def test_prometheus_scrapes_the_api_the_workers_and_rabbitmq(
     rabbitmq = scrape_jobs[RABBITMQ_JOB]
     assert rabbitmq.get("metrics_path", "/metrics") == "/metrics"
     assert [t for c in rabbitmq["static_configs"] for t in c["targets"]] == ["rabbitmq:15692"]
+
+    grpc = scrape_jobs["taskplatform-grpc"]  # the gRPC front door's own metrics port
+    assert [t for c in grpc["static_configs"] for t in c["targets"]] == ["grpc:9100"]
+    env = environment(services["grpc"])
+    assert (env["TASKPLATFORM_METRICS_PORT"], env["TASKPLATFORM_METRICS_HOST"]) == ("9100", "0.0.0.0")
+    assert services["grpc"]["command"] == ["grpc"] and env["TASKPLATFORM_AUTH"] == "jwt"
 
 
 def test_prometheus_loads_its_config_and_the_alert_rules_from_deploy(
@@ -437,6 +443,8 @@ DASHBOARD_METRICS = {
     "taskplatform_event_subscriber_errors_total",
     "taskplatform_api_requests_total",
     "taskplatform_api_request_duration_seconds",
+    "grpc_server_handled_total",
+    "grpc_server_handling_seconds",
     "rabbitmq_queue_messages_ready",
     "rabbitmq_queue_messages_unacked",
     "rabbitmq_queue_messages",
@@ -479,7 +487,8 @@ def test_metric_names_used_finds_the_dashboard_and_alert_metrics() -> None:
     assert {"taskplatform_tasks_finished_total", "rabbitmq_queue_messages_ready"} <= names
     assert "taskplatform_task_duration_seconds" in names, "histograms by their base name"
     assert not {n for n in names if HISTOGRAM_SUFFIX.search(n)}, names
-    assert all(n.startswith(("taskplatform_", "rabbitmq_")) for n in names)
+    assert all(n.startswith(("taskplatform_", "grpc_server_", "rabbitmq_")) for n in names)
+    assert "grpc_server_handling_seconds" in names  # the gRPC row's latency, by its base name
     assert "taskplatform" not in {n.rstrip("_") for n in names}, "job label values are no metric names"
     assert names_in('sum(rate(taskplatform_x_seconds_bucket{job="taskplatform-api"}[5m]))') == {
         "taskplatform_x_seconds"
