@@ -57,7 +57,7 @@ from tests.bench.harness import (
     wait_consumers,
     wait_http_ready,
 )
-from tests.bench.http_load import READ_PATH, SUBMIT_PATH, run_generators, run_hey, submit_body
+from tests.bench.http_load import READ_PATH, SUBMIT_PATH, LoadRun, run_generators, run_hey, submit_body
 from tests.bench.noop import BenchNoop
 from tests.bench.procfs import PgWatch
 
@@ -164,7 +164,6 @@ async def closed_mode(args: argparse.Namespace, raw: RawBaseline, platform: Plat
     """submit / reads: C clients back to back for D seconds. Returns the tasks accepted."""
     assert platform.api.base is not None
     reads = args.mode == "reads"
-    kind = "read" if reads else "write"
     what = f"GET {READ_PATH.format('{id}')}" if reads else f"POST {SUBMIT_PATH}"
     hey = shutil.which("hey") if args.generator in ("auto", "hey") else None
     if args.generator == "hey" and hey is None:
@@ -192,6 +191,18 @@ async def closed_mode(args: argparse.Namespace, raw: RawBaseline, platform: Plat
         for line in cpu_lines(raw, run.cpu, run.total, "request", args.seconds):
             print(line)
         return 0 if reads else run.statuses["201"] + run.statuses["202"]
+    return (await generated_closed(args, raw, platform, ids)).accepted
+
+
+async def generated_closed(
+    args: argparse.Namespace, raw: RawBaseline, platform: Platform, ids: list[str]
+) -> LoadRun:
+    """submit / reads with the keep-alive generator processes of ``http_load``: run, print the
+    figures, return the run."""
+    assert platform.api.base is not None
+    reads = args.mode == "reads"
+    kind = "read" if reads else "write"
+    what = f"GET {READ_PATH.format('{id}')}" if reads else f"POST {SUBMIT_PATH}"
     async with PgWatch(platform.runtime.settings.store_url).watching() as pg:
         run2 = await run_generators(
             platform.api.base,
@@ -214,7 +225,7 @@ async def closed_mode(args: argparse.Namespace, raw: RawBaseline, platform: Plat
     )
     for line in cpu_lines(raw, run2.cpu, n, "request", run2.elapsed_s):
         print(line)
-    return run2.accepted
+    return run2
 
 
 async def mixed_mode(args: argparse.Namespace, raw: RawBaseline, platform: Platform, ids: list[str]) -> int:

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from tests.bench.harness import ROOT, die_with_parent, run_bench
+from tests.bench.generators import drive_generators
+from tests.bench.harness import die_with_parent, run_bench
 from tests.bench.procfs import CpuLedger, proc_cpu
 
 SUBMIT_PATH = "/api/v1/tasks"
@@ -327,11 +328,11 @@ async def run_generators(
     at ``rate`` requests/s for ``duration``. ``groups`` (name → pids) are the processes whose
     CPU to account; the generators are added as ``load generator``."""
     host, port = base.removeprefix("http://").split(":")
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        for index in range(generators):
-            share = connections // generators + (1 if index < connections % generators else 0)
-            spec = {
+    specs = []
+    for index in range(generators):
+        share = connections // generators + (1 if index < connections % generators else 0)
+        specs.append(
+            {
                 "index": index,
                 "generators": generators,
                 "host": host,
@@ -346,47 +347,8 @@ async def run_generators(
                 "bulk": None if bulk is None else {"path": bulk.path, "key": bulk.key, "batch": bulk.batch},
                 "drain": drain,
             }
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.bench.http_load",
-                cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                limit=1 << 28,
-                preexec_fn=die_with_parent,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(spec).encode() + b"\n")
-            await proc.stdin.drain()
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            if line.strip() != b"ready":
-                raise RuntimeError(f"a load generator did not start (said {line[:200]!r})")
-        ledger = CpuLedger({**groups, "load generator": [p.pid for p in procs]})
-        start = time.time() + 0.3
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{start}\n".encode())
-            await proc.stdin.drain()
-        await asyncio.sleep(start - time.time())
-        before = ledger.snapshot()  # the generators' CPU: each measures its own window (below)
-        lines = await asyncio.wait_for(
-            asyncio.gather(*(p.stdout.readline() for p in procs if p.stdout)), timeout
         )
-        spent = CpuLedger.spent(before, ledger.snapshot())
-        if not all(lines):
-            codes = [p.returncode for p in procs]
-            raise RuntimeError(f"a load generator exited without its tally (exit codes {codes})")
-        results = [json.loads(line) for line in lines]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
+    results, spent = await drive_generators("tests.bench.http_load", specs, groups=groups, timeout=timeout)
     spent["load generator"] = sum(r["cpu_s"] for r in results)
     merged: dict[str, list[float]] = {"read": [], "write": []}
     statuses: dict[str, Counter[str]] = {"read": Counter(), "write": Counter()}
