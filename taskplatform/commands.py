@@ -36,7 +36,9 @@ from taskplatform.store.types import TaskFilter
 from taskplatform.submission import SubmitRequest, Submitted, TaskSubmitter
 
 if TYPE_CHECKING:
+    from taskplatform.commands_bulk import BulkEntry
     from taskplatform.runtime import Runtime
+    from taskplatform.submission import BulkProblem
     from taskplatform.tasks.registry import ExecutableRegistry
 
 
@@ -139,6 +141,22 @@ class TaskCommands:
             details = {"task_type": request.task_type}
             await self.audit.record(who, "submit", [submitted.task.id], details=details)
         return submitted
+
+    async def submit_bulk(
+        self, entries: Sequence[BulkEntry], principal: Principal, *, problems: Sequence[BulkProblem] = ()
+    ) -> list[Submitted]:
+        """Store and publish many tasks for ``principal``, all or nothing (``commands_bulk.py``):
+        BulkForbidden, BulkSubmissionRefused."""
+        from taskplatform.commands_bulk import submit_bulk  # it builds on this module's rules
+
+        return await submit_bulk(
+            entries,
+            principal,
+            submitter=self._submitter,
+            registry=self._registry,
+            audit=self.audit,
+            problems=problems,
+        )
 
     async def find(self, task_id: str, principal: Principal) -> BackgroundTask:
         """The task, if ``principal`` may see it (``auth.SYSTEM``, the platform itself, sees all).

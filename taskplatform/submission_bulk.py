@@ -72,3 +72,13 @@ def item_problems(
         )
         for err in exc.errors()
     ]
+
+
+def schema_problems(index: int, exc: ValidationError) -> list[BulkProblem]:
+    """Item ``index`` failed the single submission's schema: one problem per field at fault."""
+    problems = []
+    for err in exc.errors():
+        loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
+        message = f"{'.'.join(map(str, loc)) or 'item'}: {err['msg']}"
+        problems.append(BulkProblem(index, "validation_error", message, {"loc": loc, "type": err["type"]}))
+    return problems

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from taskplatform.api.auth import SubmitterDep, require_submitter
 from taskplatform.api.deps import CommandsDep, RuntimeDep
-from taskplatform.api.errors import ErrorBody, error_response, field_errors
+from taskplatform.api.errors import ErrorBody, error_response
 from taskplatform.api.ratelimit import SUBMIT_RATE_LIMITED, charge, submission_weight
 from taskplatform.api.routes import ERRORS
 from taskplatform.api.schemas import (
@@ -28,16 +28,15 @@ from taskplatform.api.schemas import (
     BulkSubmitRequest,
     BulkSubmitted,
 )
-from taskplatform.auth import Principal
-from taskplatform.commands import submit_refusal
+from taskplatform.commands_bulk import BulkEntry, BulkForbidden
 from taskplatform.submission import (
     MAX_BULK_TASKS,
-    BulkItem,
     BulkProblem,
     BulkSubmissionRefused,
     SubmitRequest,
     Submitted,
 )
+from taskplatform.submission_bulk import schema_problems
 
 router = APIRouter(
     prefix="/api/v1",
@@ -93,18 +92,6 @@ def _refusal(problems: list[BulkProblem]) -> Response:
     return error_response(422, code, str(exc), [_detail(p) for p in exc.problems])
 
 
-def _schema_problems(index: int, exc: ValidationError) -> list[BulkProblem]:
-    return [
-        BulkProblem(
-            index,
-            "validation_error",
-            f"{'.'.join(map(str, err['loc'])) or 'item'}: {err['msg']}",
-            {"loc": err["loc"], "type": err["type"]},
-        )
-        for err in field_errors(exc)
-    ]
-
-
 def _outcome(submitted: Submitted) -> BulkOutcome:
     if not submitted.created:
         return "existing"
@@ -158,7 +145,6 @@ def _status(outcomes: set[BulkOutcome]) -> int:
 )
 async def submit_tasks_bulk(
     body: BulkSubmitRequest,
-    runtime: RuntimeDep,
     commands: CommandsDep,
     principal: SubmitterDep,
     _limited: BulkRateLimit,
@@ -170,82 +156,40 @@ async def submit_tasks_bulk(
     user without an admin's token, or reuses a key with a different task, nothing is stored.
     Answers 201 when every task was created, 202 when some wait for the broker (outcome
     ``stored_unpublished``), else 200 (some were ``existing``)."""
-    items: list[BulkItem] = []
-    positions: list[int] = []
+    entries: list[BulkEntry] = []
     problems: list[BulkProblem] = []
-    foreign: list[int] = []
-    beyond_role: list[tuple[int, str]] = []
     for index, raw in enumerate(body.tasks):
         try:
             item = BulkSubmitItem.model_validate(raw)
         except ValidationError as exc:
-            problems.extend(_schema_problems(index, exc))
+            problems.extend(schema_problems(index, exc))
             continue
-        if _names_another_user(principal, item.user_id):
-            foreign.append(index)
-            continue
-        refusal = submit_refusal(principal, runtime.registry, item.task_type)
-        if refusal is not None:
-            beyond_role.append((index, refusal))
-            continue
-        # The task belongs to the caller unless (an admin's) item names its user, as submit_task's.
         fields = {name: getattr(item, name) for name in SubmitRequest.model_fields}
-        fields["user_id"] = principal.subject if item.user_id is None else item.user_id
-        request = SubmitRequest.model_construct(**fields)
-        items.append(BulkItem(request, item.idempotency_key))
-        positions.append(index)
-    if foreign:
-        shown = ", ".join(map(str, foreign[:10])) + (", …" if len(foreign) > 10 else "")
-        return error_response(
-            403,
-            "forbidden",
-            f"only an admin may submit for another user: items {shown} name a user_id that is not the "
-            "token's subject; leave user_id out",
-            [{"index": i, "loc": ["tasks", i, "user_id"]} for i in foreign],
-        )
-    if beyond_role:
-        shown = ", ".join(str(i) for i, _ in beyond_role[:10]) + (", …" if len(beyond_role) > 10 else "")
-        await commands.audit.record(
-            principal.subject or "anonymous",
-            "submit",
-            [],
-            outcome=f"refused: items {shown}: {beyond_role[0][1]}",
-            details={"bulk": True},
-        )
-        return error_response(
-            403,
-            "forbidden",
-            f"items {shown} are of a task type this token may not submit: {beyond_role[0][1]}",
-            [{"index": i, "loc": ["tasks", i, "task_type"], "msg": why} for i, why in beyond_role],
-        )
-    tasks, more = runtime.submitter.prepare_bulk(items, indexes=positions)
-    if problems or more:
-        return _refusal(problems + more)
-    # Every item is valid from here, so the tasks are the request's items in order.
+        entries.append(BulkEntry(index, SubmitRequest.model_construct(**fields), item.idempotency_key))
     try:
-        submitted = await runtime.submitter.submit_bulk_prepared(tasks)
-    except BulkSubmissionRefused as exc:  # keys reused with another task: nothing was stored
+        submitted = await commands.submit_bulk(entries, principal, problems=problems)
+    except BulkForbidden as exc:
+        return error_response(
+            403,
+            "forbidden",
+            str(exc),
+            [
+                {
+                    "index": f.index,
+                    "loc": ["tasks", f.index, f.field],
+                    **({"msg": f.why} if f.field == "task_type" else {}),
+                }
+                for f in exc.items
+            ],
+        )
+    except BulkSubmissionRefused as exc:  # nothing was stored
         return _refusal(exc.problems)
     results = [
         BulkItemResult(index=index, task_id=s.task.id, status=s.task.status, outcome=_outcome(s))
         for index, s in enumerate(submitted)
     ]
-    created = [s.task.id for s in submitted if s.created]
-    if created:
-        types = sorted({s.task.task_type for s in submitted if s.created})
-        await commands.audit.record(
-            principal.subject or "anonymous",
-            "submit",
-            created,
-            details={"bulk": True, "task_types": types[:20]},
-        )
     return Response(
         BulkSubmitted(results=results).model_dump_json(),
         status_code=_status({r.outcome for r in results}),
         media_type="application/json",
     )
-
-
-def _names_another_user(principal: Principal, requested: str | None) -> bool:
-    """Whether an item names a user other than the caller, which only an admin may."""
-    return requested is not None and requested != principal.subject and not principal.is_admin

@@ -137,6 +137,39 @@ class TaskState:
         )
 
 
+def request_for(
+    task_type: str,
+    parameters: BaseModel | Mapping[str, Any] | None = None,
+    *,
+    priority: int = 0,
+    tags: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    user_id: str | None = None,
+    target: pb.TaskTarget | None = None,
+) -> pb.CreateTaskRequest:
+    """One task's ``CreateTaskRequest``: the parameters as JSON text (integers stay exact)."""
+    params = parameters.model_dump(mode="json") if isinstance(parameters, BaseModel) else parameters
+    request = pb.CreateTaskRequest(
+        task_type=task_type,
+        parameters_json=json.dumps(dict(params or {})),
+        priority=priority,
+        tags=list(tags),
+        idempotency_key=idempotency_key or "",
+    )
+    if metadata:
+        request.metadata.update(dict(metadata))
+    if user_id is not None:
+        request.user_id = user_id
+    if target is not None:
+        request.target.CopyFrom(target)
+    return request
+
+
+def _created(reply: pb.CreateTaskResponse) -> Created:
+    return Created(reply.task_id, status_of(reply.status), reply.created, reply.published)
+
+
 class TasksClient:
     """``taskplatform.v1.Tasks`` over one channel; each call bounded by ``timeout`` seconds."""
 
@@ -174,31 +207,18 @@ class TasksClient:
         self,
         task_type: str,
         parameters: BaseModel | Mapping[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        tags: Sequence[str] = (),
-        metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        user_id: str | None = None,
-        target: pb.TaskTarget | None = None,
+        **fields: Any,
     ) -> Created:
-        """Submit a task (``parameters`` as a model or a JSON object)."""
-        params = parameters.model_dump(mode="json") if isinstance(parameters, BaseModel) else parameters
-        request = pb.CreateTaskRequest(
-            task_type=task_type,
-            parameters_json=json.dumps(dict(params or {})),
-            priority=priority,
-            tags=list(tags),
-            idempotency_key=idempotency_key or "",
-        )
-        if metadata:
-            request.metadata.update(dict(metadata))
-        if user_id is not None:
-            request.user_id = user_id
-        if target is not None:
-            request.target.CopyFrom(target)
-        reply: pb.CreateTaskResponse = await self._call(self._stub.CreateTask, request)
-        return Created(reply.task_id, status_of(reply.status), reply.created, reply.published)
+        """Submit a task (``parameters`` as a model or a JSON object; ``fields``: those of
+        ``request_for``)."""
+        reply = await self._call(self._stub.CreateTask, request_for(task_type, parameters, **fields))
+        return _created(reply)
+
+    async def create_many(self, requests: Sequence[pb.CreateTaskRequest]) -> list[Created]:
+        """Submit many tasks (each made by ``request_for``), all or nothing: one refused item
+        refuses the call, ``violations`` naming each as ``tasks[INDEX].FIELD``."""
+        reply = await self._call(self._stub.CreateTasks, pb.CreateTasksRequest(tasks=list(requests)))
+        return [_created(r) for r in reply.results]
 
     async def get(self, task_id: str) -> pb.Task:
         """The whole task as the wire carries it."""

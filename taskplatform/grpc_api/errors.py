@@ -4,6 +4,8 @@ input a ``google.rpc.BadRequest`` naming the fields (in ``grpc-status-details-bi
 | condition | HTTP | gRPC |
 |---|---|---|
 | invalid request, parameters, cursor, unknown type, unreachable target | 422 | INVALID_ARGUMENT |
+| bulk items at fault (fields ``tasks[INDEX].FIELD``) | 422 | INVALID_ARGUMENT |
+| bulk items whose keys were used with other tasks, and nothing else | 422 | ALREADY_EXISTS |
 | no token, bad token | 401 | UNAUTHENTICATED |
 | role too low, another user | 403 | PERMISSION_DENIED |
 | missing task, another user's task | 404 | NOT_FOUND |
@@ -30,6 +32,7 @@ from pydantic import ValidationError
 from taskplatform.api.auth import rejection
 from taskplatform.auth import AuthenticationError
 from taskplatform.commands import CommandForbidden, TaskConflict, TaskNotFound
+from taskplatform.commands_bulk import BulkForbidden
 from taskplatform.errors import (
     TRANSIENT_BROKER_ERRORS,
     BrokerError,
@@ -41,7 +44,7 @@ from taskplatform.errors import (
 from taskplatform.grpc_api.watch import WatchesLimited
 from taskplatform.ratelimit.submissions import SubmissionsLimited, SubmissionTooHeavy
 from taskplatform.store.base import InvalidCursorError
-from taskplatform.submission import IdempotencyKeyReusedError
+from taskplatform.submission import BulkProblem, BulkSubmissionRefused, IdempotencyKeyReusedError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,12 @@ def _packed(message: error_details_pb2.BadRequest | error_details_pb2.RetryInfo)
 _CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 
 
+def _item_field(problem: BulkProblem) -> str:
+    """``tasks[INDEX]``, and the field within the item where one is at fault."""
+    loc = problem.details.get("loc")
+    return f"tasks[{problem.index}]" + (f".{_dotted(loc)}" if loc else "")
+
+
 def _dotted(loc: Iterable[str | int]) -> str:
     return ".".join(str(p) for p in loc)
 
@@ -115,6 +124,17 @@ def refusal_of(exc: BaseException) -> Refusal | None:  # noqa: C901  (one answer
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, AuthenticationError):
         return Refusal(grpc.StatusCode.UNAUTHENTICATED, rejection(exc))
+    if isinstance(exc, BulkForbidden):  # before CommandForbidden: it names the items
+        where = [(f"tasks[{f.index}].{f.field}", f.why) for f in exc.items]
+        return Refusal(grpc.StatusCode.PERMISSION_DENIED, str(exc), where)
+    if isinstance(exc, BulkSubmissionRefused):
+        codes = {p.code for p in exc.problems}
+        code = (
+            grpc.StatusCode.ALREADY_EXISTS
+            if codes == {"idempotency_key_reused"}
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        return Refusal(code, str(exc), [(_item_field(p), p.message) for p in exc.problems])
     if isinstance(exc, CommandForbidden):
         return Refusal(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, TaskNotFound):

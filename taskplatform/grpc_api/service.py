@@ -20,6 +20,8 @@ from taskplatform.api.auth import Authenticator, role_refusal
 from taskplatform.api.schemas import bounded_items
 from taskplatform.auth import Principal, Role
 from taskplatform.commands import CommandForbidden, shown, visible_filter
+from taskplatform.commands_bulk import BulkEntry
+from taskplatform.errors import InvalidInputError
 from taskplatform.grpc_api import convert
 from taskplatform.grpc_api.errors import Refusal, invalid, refusal_of
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
@@ -29,6 +31,8 @@ from taskplatform.models import BackgroundTask
 from taskplatform.ratelimit.submissions import caller_key, charge_key, check_weight, submission_weight
 from taskplatform.runtime import Runtime
 from taskplatform.store.base import encode_cursor
+from taskplatform.submission import MAX_BULK_TASKS, BulkProblem, Submitted
+from taskplatform.submission_bulk import item_problems, schema_problems
 
 log = logging.getLogger(__name__)
 
@@ -161,28 +165,62 @@ class TasksService(pb_grpc.TasksServicer):
             except ValidationError as exc:
                 raise RequestInvalid(invalid(exc)) from None
             key = convert.idempotency_key(request.idempotency_key)
-            await self._charge(principal, context, submit.task_type, submit.parameters)
+            await self._charge(
+                principal, context, [{"task_type": submit.task_type, "parameters": submit.parameters}]
+            )
             # shielded: a deadline or a caller gone mid-way must not cut a stored task from its audit
             submitted = await asyncio.shield(self._commands.submit(submit, principal, idempotency_key=key))
-            task = submitted.task
-            return pb.CreateTaskResponse(
-                task_id=task.id,
-                status=convert.STATUS_TO_PB[task.status],
-                created=submitted.created,
-                published=submitted.published,
+            return _created(submitted)
+
+        return await self._answer(request, context, create)
+
+    async def CreateTasks(  # noqa: N802
+        self, request: pb.CreateTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTasksResponse:
+        async def create(principal: Principal) -> pb.CreateTasksResponse:
+            count = len(request.tasks)
+            if not 1 <= count <= MAX_BULK_TASKS:
+                why = f"send 1 to {MAX_BULK_TASKS:,} tasks per request, not {count:,}"
+                raise RequestInvalid(Refusal(grpc.StatusCode.INVALID_ARGUMENT, why, [("tasks", why)]))
+            entries: list[BulkEntry] = []
+            problems: list[BulkProblem] = []
+            for index, item in enumerate(request.tasks):
+                try:
+                    entries.append(
+                        BulkEntry(
+                            index, convert.submit_request(item), convert.idempotency_key(item.idempotency_key)
+                        )
+                    )
+                except ValidationError as exc:
+                    problems.extend(schema_problems(index, exc))
+                except InvalidInputError as exc:
+                    problems.extend(item_problems(index, exc))
+            # charged every task the request holds, valid or not (an invalid item as one), as HTTP does
+            bodies = [{"task_type": e.request.task_type, "parameters": e.request.parameters} for e in entries]
+            bodies += [{"task_type": ""}] * len({p.index for p in problems})
+            await self._charge(principal, context, bodies, bulk=True)
+            submitted = await asyncio.shield(
+                self._commands.submit_bulk(entries, principal, problems=problems)
             )
+            return pb.CreateTasksResponse(results=[_created(s) for s in submitted])
 
         return await self._answer(request, context, create)
 
     async def _charge(
-        self, principal: Principal, context: grpc.aio.ServicerContext, task_type: str, parameters: Any
+        self,
+        principal: Principal,
+        context: grpc.aio.ServicerContext,
+        bodies: list[dict[str, Any]],
+        *,
+        bulk: bool = False,
     ) -> None:
-        """The submit rate limit, as HTTP applies it (one bucket per caller for both)."""
+        """The submit rate limit, as HTTP applies it (one bucket per caller for both), charged
+        every task ``bodies`` create (an executable's declared children too)."""
         if self._runtime.settings.api_submit_rate is None:
             return
-        weight = submission_weight({"task_type": task_type, "parameters": parameters}, self._runtime.registry)
+        weight = sum(submission_weight(body, self._runtime.registry) for body in bodies)
         check_weight(self._runtime, weight)
-        size = f"; this submission creates {weight} tasks" if weight > 1 else ""
+        size = f"; this {'bulk ' if bulk else ''}submission creates {weight} tasks" if weight > 1 else ""
         await charge_key(self._runtime, caller_key(principal.subject, peer_host(context)), weight, size)
 
     async def GetTask(  # noqa: N802
@@ -255,6 +293,16 @@ class TasksService(pb_grpc.TasksServicer):
             )
 
         return await self._answer(request, context, cancel)
+
+
+def _created(submitted: Submitted) -> pb.CreateTaskResponse:
+    task = submitted.task
+    return pb.CreateTaskResponse(
+        task_id=task.id,
+        status=convert.STATUS_TO_PB[task.status],
+        created=submitted.created,
+        published=submitted.published,
+    )
 
 
 def _answer_to(exc: Exception) -> Refusal:

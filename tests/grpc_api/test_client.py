@@ -18,6 +18,7 @@ from taskplatform.grpc_api.client import (
     TaskState,
     WatchEnded,
     main,
+    request_for,
 )
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
 from taskplatform.models import TaskStatus
@@ -43,9 +44,14 @@ async def test_create_wait_and_read_give_the_platforms_types(front: Front) -> No
     assert list(whole.tags) == ["typed"] and whole.id == created.task_id
     page = await tasks.list(pb.ListTasksRequest(tags=["typed"]))
     assert [t.id for t in page.tasks] == [created.task_id] and page.next_cursor == ""
-    again = await tasks.create("test_noop", {"value": 1}, idempotency_key="k-1")
-    same = await tasks.create("test_noop", {"value": 1}, idempotency_key="k-1")
+    again = await tasks.create("test_noop", {"value": 1}, idempotency_key="typed-client-k-1")
+    same = await tasks.create("test_noop", {"value": 1}, idempotency_key="typed-client-k-1")
     assert same.task_id == again.task_id and again.created and not same.created
+    many = await tasks.create_many([request_for("test_noop", {"value": v}, tags=["many"]) for v in (1, 2)])
+    assert [m.created for m in many] == [True, True] and len({m.task_id for m in many}) == 2
+    with pytest.raises(GrpcApiError) as refused_whole:
+        await tasks.create_many([request_for("test_noop"), request_for("test_noop", {"value": "x"})])
+    assert set(refused_whole.value.violations) == {"tasks[1].parameters.value"}
     await tasks.aclose()  # the channel is the caller's: left open
     assert (await tasks.status(created.task_id)).status is TaskStatus.COMPLETED
 

@@ -41,6 +41,11 @@ class TasksStub:
                 request_serializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskRequest.SerializeToString,
                 response_deserializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskResponse.FromString,
                 _registered_method=True)
+        self.CreateTasks = channel.unary_unary(
+                '/taskplatform.v1.Tasks/CreateTasks',
+                request_serializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksRequest.SerializeToString,
+                response_deserializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/taskplatform.v1.Tasks/GetTask',
                 request_serializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.GetTaskRequest.SerializeToString,
@@ -79,6 +84,15 @@ class TasksServicer:
         for a higher role, or user_id of another user without the admin role), ALREADY_EXISTS (the
         idempotency key was used with another submission), RESOURCE_EXHAUSTED (submit rate limit),
         UNAVAILABLE (store unreachable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTasks(self, request, context):
+        """Up to 1,000 tasks, all or nothing: every item is checked before any is stored, and the
+        refusal names each item at fault (BadRequest fields "tasks[INDEX].FIELD"). The tasks are
+        stored in one write and published together; the submit rate limit is charged them all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +142,11 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.CreateTask,
                     request_deserializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskRequest.FromString,
                     response_serializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskResponse.SerializeToString,
+            ),
+            'CreateTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTasks,
+                    request_deserializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksRequest.FromString,
+                    response_serializer=taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -184,6 +203,33 @@ class Tasks:
             '/taskplatform.v1.Tasks/CreateTask',
             taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskRequest.SerializeToString,
             taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskplatform.v1.Tasks/CreateTasks',
+            taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksRequest.SerializeToString,
+            taskplatform_dot_grpc__api_dot_v1_dot_tasks__pb2.CreateTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
