@@ -83,9 +83,18 @@ class WatchEnded(TaskPlatformError):
     """A watch ended before its task did (the server went away mid-stream)."""
 
 
+class UnknownStatus(TaskPlatformError):
+    """The server answered a status this client does not know (a newer server)."""
+
+
 def status_of(value: int) -> TaskStatus:
-    """The platform's status for the wire's enum value."""
-    return convert.PB_TO_STATUS[value]
+    """The platform's status for the wire's enum value (UnknownStatus for one it does not know)."""
+    try:
+        return convert.PB_TO_STATUS[value]
+    except KeyError:
+        raise UnknownStatus(
+            f"the server answered task status {value}, which this client does not know: update taskplatform"
+        ) from None
 
 
 def body_of(struct: struct_pb2.Struct, text: str, present: bool) -> Any:
@@ -328,9 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except GrpcApiError as exc:
+    except TaskPlatformError as exc:  # a refusal, a watch cut short, a status unknown here
         print(f"error: {exc}", file=sys.stderr)
-        for field, why in exc.violations.items():
+        for field, why in getattr(exc, "violations", {}).items():
             print(f"  {field}: {why}", file=sys.stderr)
         return 1
 

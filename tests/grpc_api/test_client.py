@@ -16,9 +16,11 @@ from taskplatform.grpc_api.client import (
     GrpcApiError,
     TasksClient,
     TaskState,
+    UnknownStatus,
     WatchEnded,
     main,
     request_for,
+    status_of,
 )
 from taskplatform.grpc_api.v1 import tasks_pb2 as pb
 from taskplatform.models import TaskStatus
@@ -136,6 +138,26 @@ async def test_a_watch_that_ends_before_its_task_is_watch_ended(front: Front) ->
     with pytest.raises(WatchEnded, match="ended before the task did"):
         await tasks.wait("t1")
     assert stream.cancelled
+
+
+def test_a_status_this_client_does_not_know_is_named() -> None:
+    with pytest.raises(UnknownStatus, match="status 0, which this client does not know"):
+        status_of(0)  # TASK_STATUS_UNSPECIFIED: never sent by a server of this version
+    with pytest.raises(UnknownStatus, match="status 99"):
+        TaskState.of(pb.TaskStatusReply(status=99))  # type: ignore[arg-type]  (a newer server's)
+
+
+async def test_the_command_line_reports_a_watch_cut_short_in_one_line(
+    front: Front, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def cut(self: TasksClient, task_id: str, **kwargs: Any) -> TaskState:
+        raise WatchEnded(f"the watch of task {task_id} ended before the task did")
+
+    monkeypatch.setattr(TasksClient, "wait", cut)
+    argv = ["--target", f"127.0.0.1:{front.server.port}", "--token", ALICE, "create", "test_noop", "--wait"]
+    code = await asyncio.to_thread(main, argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: the watch of task") and "Traceback" not in err
 
 
 def test_a_reply_body_comes_from_its_text_form_or_its_struct() -> None:
